@@ -1,0 +1,156 @@
+"""The contract between the GPU service and a pipeline.
+
+A pipeline is pure inference: it never touches Pub/Sub, Firestore, HTTP or ``os.environ``.
+It is described by a :class:`PipelineSpec` that is cheap to import (pydantic models only, so the
+functions can validate jobs without torch), and it is loaded once per process through the spec's
+``loader`` import path, which returns an object with ``run(inputs, ctx) -> RunResult``.
+
+Input files appear in a pipeline's ``Inputs`` model as ``gs://bucket/path`` strings annotated with
+:class:`FileInput`; the functions check them (existence, owner, size, content type) and the GPU
+service downloads them before ``run`` is called, passing local paths in ``RunContext.files``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Generic, Protocol, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+_GS_URI = re.compile(r"^gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(?P<name>[^\r\n]+)$")
+
+
+def parse_gs_uri(uri: str) -> tuple[str, str]:
+    """Split ``gs://bucket/object`` into ``(bucket, object)``.
+
+    Raises:
+        ValueError: if ``uri`` is not a well-formed ``gs://`` URI naming an object.
+    """
+    m = _GS_URI.match(uri)
+    if not m or m["name"].endswith("/"):
+        raise ValueError(f"expected a file as gs://BUCKET/PATH, got {uri!r}")
+    return m["bucket"], m["name"]
+
+
+def _check_gs_uri(value: str) -> str:
+    parse_gs_uri(value)
+    return value
+
+
+GsUri = Annotated[str, AfterValidator(_check_gs_uri)]
+
+
+@dataclass(frozen=True)
+class FileInput:
+    """Marks an ``Inputs`` field as a Storage object and states what it may be.
+
+    ``content_types`` are patterns such as ``"audio/*"``; ``max_bytes`` caps the object size.
+    Use as ``media: Annotated[GsUri, FileInput(("audio/*", "video/*"), 500 * 2**20)]``.
+    """
+
+    content_types: tuple[str, ...]
+    max_bytes: int
+
+    def accepts(self, content_type: str | None) -> bool:
+        ct = (content_type or "").split(";")[0].strip().lower()
+        return any(fnmatch.fnmatchcase(ct, pattern) for pattern in self.content_types)
+
+
+class PipelineModel(BaseModel):
+    """Base for pipeline inputs and outputs: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def file_fields(model: type[BaseModel]) -> dict[str, FileInput]:
+    """The fields of ``model`` that are Storage objects, with their limits."""
+    found: dict[str, FileInput] = {}
+    for name, info in model.model_fields.items():
+        for meta in info.metadata:
+            if isinstance(meta, FileInput):
+                found[name] = meta
+    return found
+
+
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass
+class RunContext:
+    """What a running pipeline gets besides its inputs.
+
+    Attributes:
+        job_id: the job's id (for logs and file names only).
+        workdir: an empty private directory, removed after the run.
+        files: local copies of the input files, keyed by ``Inputs`` field name.
+        progress: ``progress(fraction, stage)`` reports progress in 0..1. It is also the
+            cancellation checkpoint: it raises :class:`~pipelines.errors.Cancelled` when the client
+            asked to cancel, so call it between units of work.
+    """
+
+    job_id: str
+    workdir: Path
+    files: Mapping[str, Path] = field(default_factory=dict)
+    progress: ProgressFn = field(default=lambda fraction, stage: None)
+
+
+O = TypeVar("O", bound=BaseModel)
+
+
+@dataclass
+class RunResult(Generic[O]):
+    """What a pipeline returns: typed outputs plus local files to publish.
+
+    Each file in ``files`` is uploaded to ``results/{uid}/{jobId}/...`` under its key (which must
+    be a plain file name such as ``transcript.srt``); its ``gs://`` URI is added to the job's
+    ``outputs.files`` under the same key.
+    """
+
+    outputs: O
+    files: dict[str, Path] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline(Protocol):
+    """A loaded pipeline. Load once per process; ``run`` is called once per job."""
+
+    def run(self, inputs: Any, ctx: RunContext) -> RunResult[Any]: ...
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Everything the functions and the service need to know about a pipeline, without loading it.
+
+    Attributes:
+        name: the value of ``pipeline`` on a job document, and the Pub/Sub topic suffix.
+        inputs: pydantic model of ``job.inputs`` (validated in the function, before any GPU work).
+        outputs: pydantic model of ``job.outputs`` (without ``files``, which the service adds).
+        config: pydantic model of this pipeline's settings (model dirs, device, backend...),
+            filled from the service's one ``Settings`` object.
+        loader: ``"module:function"``; ``function(config) -> Pipeline``. Imported lazily.
+        drop_field: the ``Inputs`` field a drop upload to ``uploads/{uid}/{name}/...`` fills,
+            or ``None`` if this pipeline cannot be started by an upload alone.
+        description: one line for ``gpujobs pipelines`` and the README.
+    """
+
+    name: str
+    inputs: type[PipelineModel]
+    outputs: type[BaseModel]
+    config: type[BaseModel]
+    loader: str
+    drop_field: str | None = None
+    description: str = ""
+
+    def load(self, config: BaseModel) -> Pipeline:
+        module_name, _, attr = self.loader.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+        pipeline: Pipeline = factory(config)
+        return pipeline
+
+    def file_fields(self) -> dict[str, FileInput]:
+        return file_fields(self.inputs)
