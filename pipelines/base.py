@@ -99,11 +99,11 @@ class RunContext:
     progress: ProgressFn = field(default=lambda fraction, stage: None)
 
 
-O = TypeVar("O", bound=BaseModel)
+OutT = TypeVar("OutT", bound=BaseModel)
 
 
 @dataclass
-class RunResult(Generic[O]):
+class RunResult(Generic[OutT]):
     """What a pipeline returns: typed outputs plus local files to publish.
 
     Each file in ``files`` is uploaded to ``results/{uid}/{jobId}/...`` under its key (which must
@@ -111,7 +111,7 @@ class RunResult(Generic[O]):
     ``outputs.files`` under the same key.
     """
 
-    outputs: O
+    outputs: OutT
     files: dict[str, Path] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -136,6 +136,9 @@ class PipelineSpec:
         drop_field: the ``Inputs`` field a drop upload to ``uploads/{uid}/{name}/...`` fills,
             or ``None`` if this pipeline cannot be started by an upload alone.
         description: one line for ``gpujobs pipelines`` and the README.
+        precheck: optional ``"module:function"``; ``function(inputs, config)`` runs in the
+            functions before a job is queued, for checks beyond the schema (e.g. a URL's host).
+            It must be cheap and import no model code; it raises ``InvalidInput``.
     """
 
     name: str
@@ -145,12 +148,18 @@ class PipelineSpec:
     loader: str
     drop_field: str | None = None
     description: str = ""
+    precheck: str | None = None
 
     def load(self, config: BaseModel) -> Pipeline:
         module_name, _, attr = self.loader.partition(":")
         factory = getattr(importlib.import_module(module_name), attr)
         pipeline: Pipeline = factory(config)
         return pipeline
+
+    def run_precheck(self, inputs: BaseModel, config: BaseModel) -> None:
+        if self.precheck:
+            module_name, _, attr = self.precheck.partition(":")
+            getattr(importlib.import_module(module_name), attr)(inputs, config)
 
     def file_fields(self) -> dict[str, FileInput]:
         return file_fields(self.inputs)

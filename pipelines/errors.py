@@ -7,6 +7,7 @@ Every failure a pipeline, the functions or the GPU service can raise is one of t
 exception           job state      what the caller must do
 ==================  =============  ========================================================
 ``InvalidInput``    ``rejected``   nothing can fix this request: ack, tell the user why
+                                   (``failed`` with its code if found while running)
 ``PermanentError``  ``failed``     the request was fine but cannot succeed: ack, report
 ``RetryableError``  (retried)      transient: nack so Pub/Sub redelivers; ``failed`` once
                                    the attempts are spent

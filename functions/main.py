@@ -1,0 +1,79 @@
+"""functions-framework entry points (CloudEvent signature), deployed one service per target.
+
+Run locally exactly as deployed, e.g.::
+
+    functions-framework --source functions/main.py --target on_job_created --signature-type cloudevent
+
+Each entry point is a thin wrapper: decode the event into a typed object, call the plain function
+in ``functions.handlers``. Returning acks the event; raising makes the platform retry it (only
+transient errors are raised). Importing this module is cheap: no torch, no models.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from functions import events
+from functions.handlers import (
+    Deps,
+    handle_dead_letter,
+    handle_job_created,
+    handle_object_finalized,
+)
+from infra.blobs import BlobStore, storage_client
+from infra.bus import Bus
+from infra.jobs import JobStore, firestore_client
+from infra.settings import Settings
+from pipelines.errors import InvalidInput
+
+log = logging.getLogger("functions")
+
+
+@cache
+def deps() -> Deps:
+    """Built once per instance, on the first event (the entry point of this deployable)."""
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return Deps(
+        settings=settings,
+        jobs=JobStore(firestore_client(settings), settings.jobs_collection),
+        blobs=BlobStore(storage_client(settings)),
+        bus=Bus(settings),
+    )
+
+
+@functions_framework.cloud_event
+def on_object_finalized(event: CloudEvent) -> None:
+    """Storage object finalized (through the bucket's Pub/Sub notification): maybe create a job."""
+    try:
+        storage_event = events.storage_event(event)
+    except InvalidInput as exc:
+        log.error("ignoring malformed storage event %s: %s", event["id"], exc)
+        return
+    handle_object_finalized(deps(), storage_event)
+
+
+@functions_framework.cloud_event
+def on_job_created(event: CloudEvent) -> None:
+    """Firestore ``jobs/{jobId}`` created: validate, then queue and publish or reject."""
+    try:
+        doc = events.firestore_document(event)
+    except InvalidInput as exc:
+        log.error("ignoring malformed Firestore event %s: %s", event["id"], exc)
+        return
+    handle_job_created(deps(), doc)
+
+
+@functions_framework.cloud_event
+def on_dead_letter(event: CloudEvent) -> None:
+    """A job message Pub/Sub gave up on: end its job as failed, with the attempt count."""
+    try:
+        msg = events.pubsub_message(event)
+    except InvalidInput as exc:
+        log.error("ignoring malformed dead-letter event %s: %s", event["id"], exc)
+        return
+    handle_dead_letter(deps(), msg.data, msg.attributes)

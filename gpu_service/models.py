@@ -1,0 +1,80 @@
+"""Loaded pipelines: each model is loaded once per process and shared by every job."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from infra.settings import Settings
+from pipelines.base import Pipeline, PipelineSpec
+from pipelines.registry import get_spec
+
+log = logging.getLogger(__name__)
+
+
+class Health(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class Loaded:
+    pipeline: Pipeline
+    load_seconds: float
+
+
+class ModelPool:
+    """Loads pipelines lazily or at start-up, at most once each, thread-safely."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._loaded: dict[str, Loaded] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self.health = Health.STARTING
+        self.error: str | None = None
+
+    def spec(self, name: str) -> PipelineSpec | None:
+        if name not in self._settings.enabled_pipelines:
+            return None
+        return get_spec(name)
+
+    def _ensure(self, spec: PipelineSpec) -> tuple[Loaded, bool]:
+        with self._guard:
+            lock = self._locks.setdefault(spec.name, threading.Lock())
+        with lock:
+            loaded = self._loaded.get(spec.name)
+            if loaded is not None:
+                return loaded, False
+            start = time.perf_counter()
+            pipeline = spec.load(self._settings.pipeline_config(spec))
+            loaded = self._loaded[spec.name] = Loaded(pipeline, time.perf_counter() - start)
+            log.info("loaded pipeline %s in %.2fs", spec.name, loaded.load_seconds)
+            return loaded, True
+
+    def get(self, spec: PipelineSpec) -> tuple[Pipeline, float]:
+        """The loaded pipeline, and the load seconds this job paid (0 when it was warm)."""
+        loaded, fresh = self._ensure(spec)
+        return loaded.pipeline, loaded.load_seconds if fresh else 0.0
+
+    def preload(self) -> None:
+        """Load every enabled pipeline; the service is ready only when all are loaded."""
+        try:
+            for name in self._settings.enabled_pipelines:
+                spec = get_spec(name)
+                if spec is None:
+                    raise RuntimeError(f"ENABLED_PIPELINES names {name!r}, which is not installed")
+                self._ensure(spec)
+        except Exception as exc:
+            self.health = Health.FAILED
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("pipeline preload failed")
+            return
+        self.health = Health.READY
+
+    def load_seconds(self) -> dict[str, float]:
+        return {name: round(v.load_seconds, 3) for name, v in self._loaded.items()}

@@ -1,0 +1,93 @@
+"""Cloud Storage edge: object metadata, downloads and result uploads."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+from infra.settings import Settings
+from pipelines.base import parse_gs_uri
+from pipelines.errors import RetryableError
+
+_TRANSIENT = (gexc.ServiceUnavailable, gexc.InternalServerError, gexc.TooManyRequests, gexc.GatewayTimeout)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    bucket: str
+    name: str
+    size: int
+    content_type: str | None
+    generation: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def uri(self) -> str:
+        return f"gs://{self.bucket}/{self.name}"
+
+
+def storage_client(settings: Settings) -> storage.Client:
+    if settings.storage_emulator_host:
+        # The client library honours STORAGE_EMULATOR_HOST; it needs no credentials there.
+        os.environ.setdefault("STORAGE_EMULATOR_HOST", settings.storage_emulator_host)
+        return storage.Client(project=settings.google_cloud_project, credentials=AnonymousCredentials())
+    return storage.Client(project=settings.google_cloud_project)
+
+
+class BlobStore:
+    def __init__(self, client: storage.Client) -> None:
+        self._client = client
+
+    def stat(self, uri: str) -> ObjectInfo | None:
+        """Metadata of the object at ``uri``, or ``None`` if it does not exist."""
+        bucket, name = parse_gs_uri(uri)
+        try:
+            blob = self._client.bucket(bucket).get_blob(name)
+        except gexc.NotFound:
+            return None
+        except _TRANSIENT as exc:
+            raise RetryableError(f"Cloud Storage unavailable reading {uri}: {exc}") from exc
+        if blob is None:
+            return None
+        return ObjectInfo(
+            bucket=bucket,
+            name=name,
+            size=int(blob.size or 0),
+            content_type=blob.content_type,
+            generation=str(blob.generation),
+            metadata=dict(blob.metadata or {}),
+        )
+
+    def download(self, uri: str, dest: Path) -> Path:
+        bucket, name = parse_gs_uri(uri)
+        try:
+            self._client.bucket(bucket).blob(name).download_to_filename(str(dest))
+        except _TRANSIENT as exc:
+            raise RetryableError(f"Cloud Storage unavailable downloading {uri}: {exc}") from exc
+        return dest
+
+    def upload(self, src: Path, bucket: str, name: str, content_type: str | None = None) -> str:
+        try:
+            self._client.bucket(bucket).blob(name).upload_from_filename(str(src), content_type=content_type)
+        except _TRANSIENT as exc:
+            raise RetryableError(f"Cloud Storage unavailable uploading {name}: {exc}") from exc
+        return f"gs://{bucket}/{name}"
+
+    def delete_prefix(self, bucket: str, prefix: str) -> int:
+        """Delete every object under ``prefix``; returns how many were deleted."""
+        count = 0
+        for blob in self._client.list_blobs(bucket, prefix=prefix):
+            try:
+                blob.delete()
+                count += 1
+            except gexc.NotFound:
+                pass
+        return count
+
+    def list_names(self, bucket: str, prefix: str) -> list[str]:
+        return [b.name for b in self._client.list_blobs(bucket, prefix=prefix)]

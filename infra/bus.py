@@ -1,0 +1,34 @@
+"""Pub/Sub edge: publishing job messages."""
+
+from __future__ import annotations
+
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1
+
+from infra.contract import JobMessage
+from infra.settings import Settings
+from pipelines.errors import RetryableError
+
+
+class Bus:
+    def __init__(self, settings: Settings, publisher: pubsub_v1.PublisherClient | None = None) -> None:
+        self._settings = settings
+        self._publisher = publisher or pubsub_v1.PublisherClient()
+
+    def topic_path(self, topic: str) -> str:
+        return self._publisher.topic_path(self._settings.google_cloud_project, topic)
+
+    def publish(self, topic: str, data: bytes, **attributes: str) -> str:
+        """Publish and wait for the server's ack; returns the message id."""
+        try:
+            future = self._publisher.publish(self.topic_path(topic), data, **attributes)
+            return str(future.result(timeout=30))
+        except (gexc.GoogleAPICallError, TimeoutError) as exc:
+            raise RetryableError(f"could not publish to {topic}: {exc}", code="queue_unavailable") from exc
+
+    def publish_job(self, message: JobMessage, topic: str | None = None) -> str:
+        attrs = {"jobId": message.job_id, "pipeline": message.pipeline}
+        if message.part:
+            attrs["part"] = message.part
+        body = message.model_dump_json(by_alias=True, exclude_none=True).encode()
+        return self.publish(topic or self._settings.topic_for(message.pipeline), body, **attrs)

@@ -1,0 +1,197 @@
+"""The job document: the public API that client apps write and listen to.
+
+A client creates ``jobs/{jobId}`` (or uploads to ``uploads/{uid}/{pipeline}/{name}``) and listens to
+it. Field names are camelCase in Firestore, as app code (JS, Swift, Kotlin) expects; the Python
+attributes are snake_case aliases. New fields may be added; existing names never change.
+
+States and the only allowed transitions::
+
+    pending ──► queued ──► running ──► succeeded
+       │           │          │ ├────► failed
+       │           │          │ ├────► cancelled
+       │           │          │ └────► queued      (retryable error, attempts left)
+       │           ├──► cancelled / failed
+       └──► rejected / cancelled / failed
+
+``succeeded``, ``failed``, ``rejected`` and ``cancelled`` are final: nothing moves a job out of them.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from pipelines.errors import Cancelled, InvalidInput, JobError, RetryableError
+
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+UID_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.REJECTED, JobStatus.CANCELLED})
+
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.PENDING: frozenset(
+        {JobStatus.QUEUED, JobStatus.REJECTED, JobStatus.CANCELLED, JobStatus.FAILED}
+    ),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}
+    ),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.REJECTED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+def can_transition(current: JobStatus, new: JobStatus) -> bool:
+    return new in TRANSITIONS[current]
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    def to_firestore(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="python")
+
+
+class ErrorInfo(_Doc):
+    """``job.error``: what went wrong, and whether trying again could help."""
+
+    code: str
+    message: str
+    retryable: bool = False
+    part: str | None = Field(None, description="for multi-part jobs: the part that failed")
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, part: str | None = None) -> ErrorInfo:
+        if isinstance(exc, JobError):
+            return cls(code=exc.code, message=exc.message, retryable=exc.retryable, part=part)
+        return cls(
+            code="internal", message=f"internal error: {type(exc).__name__}", retryable=True, part=part
+        )
+
+
+class Progress(_Doc):
+    """``job.progress``: a fraction in 0..1 and a stage a person can read."""
+
+    fraction: float = Field(ge=0.0, le=1.0)
+    stage: str = Field(max_length=64)
+    updated_at: datetime | None = None
+
+
+class Timings(_Doc):
+    """``job.timings``, in seconds. ``load`` is model load paid by this job (0 when warm)."""
+
+    queue: float | None = Field(None, description="queued -> started")
+    download: float | None = Field(None, description="fetching input files")
+    load: float | None = Field(None, description="model load paid by this job")
+    inference: float | None = None
+    write: float | None = Field(None, description="uploading results and committing")
+    total: float | None = Field(None, description="created -> finished")
+
+
+class Lease(_Doc):
+    owner: str
+    expires_at: datetime
+
+
+class Source(_Doc):
+    """Where a job came from: a drop upload (with its object generation) or a client write."""
+
+    kind: Literal["upload", "client"]
+    bucket: str | None = None
+    object: str | None = None
+    generation: str | None = None
+
+
+class JobDoc(_Doc):
+    """``jobs/{jobId}`` as stored in Firestore."""
+
+    uid: str
+    pipeline: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    status: JobStatus | None = None
+    progress: Progress | None = None
+    outputs: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+    attempt: int = 0
+    lease: Lease | None = None
+    cancel_requested: bool = False
+    source: Source | None = None
+    timings: Timings | None = None
+    created_at: datetime | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @field_validator("uid")
+    @classmethod
+    def _uid_shape(cls, value: str) -> str:
+        if not UID_PATTERN.match(value):
+            raise ValueError("uid must be 1-128 letters, digits or _.@-")
+        return value
+
+    @property
+    def effective_status(self) -> JobStatus:
+        """A client-created document may omit ``status``: that means ``pending``."""
+        return self.status or JobStatus.PENDING
+
+
+class JobMessage(BaseModel):
+    """The Pub/Sub message on ``jobs-{pipeline}``: a pointer to the job, never the job itself."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    job_id: str
+    pipeline: str
+    part: str | None = Field(None, description="for multi-part jobs: which part to run")
+
+    @field_validator("job_id")
+    @classmethod
+    def _job_id_shape(cls, value: str) -> str:
+        if not JOB_ID_PATTERN.match(value):
+            raise ValueError("jobId must be 1-128 letters, digits, _ or -")
+        return value
+
+
+def state_for_error(exc: BaseException, *, attempts_left: bool) -> JobStatus | None:
+    """The state a running job ends in after ``exc``; ``None`` means: retry (nack to Pub/Sub).
+
+    ``InvalidInput`` found before a job runs (in the functions) ends it as ``rejected``; found
+    while it runs (media that does not decode, say) it ends it as ``failed`` with the error's code,
+    since ``running -> rejected`` is not a transition.
+    """
+    if isinstance(exc, Cancelled):
+        return JobStatus.CANCELLED
+    if isinstance(exc, RetryableError) or not isinstance(exc, JobError):
+        return None if attempts_left else JobStatus.FAILED
+    return JobStatus.FAILED
+
+
+def validate_job_id(job_id: str) -> str:
+    if not JOB_ID_PATTERN.match(job_id):
+        raise InvalidInput(
+            f"job id {job_id!r} is not valid: use 1-128 letters, digits, '_' or '-'", code="invalid_job_id"
+        )
+    return job_id

@@ -1,0 +1,73 @@
+"""The one settings object, read from the environment in one place.
+
+Every deployable (the functions, the GPU service, the CLI, the local stack) builds a
+:class:`Settings` in its entry point and passes it down; nothing else reads ``os.environ``.
+The Google client libraries read the standard emulator variables themselves
+(``PUBSUB_EMULATOR_HOST``, ``FIRESTORE_EMULATOR_HOST``, ``STORAGE_EMULATOR_HOST``); they are
+mirrored here so that code can tell whether it runs against emulators.
+
+Pipeline settings are nested: ``PIPELINES__TRANSCRIBE__MODEL_DIR=/models/whisper`` becomes
+``settings.pipelines["transcribe"]["model_dir"]`` and is validated by that pipeline's own
+config model (:meth:`Settings.pipeline_config`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from pipelines.base import PipelineSpec
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_nested_delimiter="__", env_ignore_empty=True, extra="ignore", case_sensitive=False
+    )
+
+    # Where things are.
+    google_cloud_project: str = Field("demo-gpu-jobs", description="GCP project id")
+    media_bucket: str = Field("demo-gpu-jobs-media", description="bucket for uploads/ and results/")
+    jobs_collection: str = "jobs"
+    topic_prefix: str = "jobs-"
+    dead_letter_topic: str = "jobs-dead-letter"
+
+    # Emulators (set by the local stack; empty in production).
+    pubsub_emulator_host: str | None = None
+    firestore_emulator_host: str | None = None
+    storage_emulator_host: str | None = None
+
+    # Which pipelines this deployment serves (the functions reject the others).
+    enabled_pipelines: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["transcribe"])
+    pipelines: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    # The GPU service.
+    host: str = "0.0.0.0"
+    port: int = 8080
+    worker_id: str = Field("", description="lease owner name; defaults to host:pid")
+    max_concurrent_jobs: int = Field(1, ge=1, description="jobs run at once; more answers 429")
+    lease_seconds: float = Field(120.0, gt=0)
+    max_attempts: int = Field(5, ge=1, description="run attempts before a retryable error fails the job")
+    progress_min_interval_seconds: float = Field(1.0, ge=0)
+    preload_pipelines: bool = Field(True, description="load enabled pipelines at start-up")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("enabled_pipelines", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @property
+    def using_emulators(self) -> bool:
+        return bool(self.firestore_emulator_host or self.pubsub_emulator_host)
+
+    def topic_for(self, pipeline: str) -> str:
+        return f"{self.topic_prefix}{pipeline}"
+
+    def pipeline_config(self, spec: PipelineSpec) -> BaseModel:
+        """The validated config of ``spec`` from ``PIPELINES__<NAME>__*`` variables."""
+        return spec.config.model_validate(self.pipelines.get(spec.name, {}))
