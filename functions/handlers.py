@@ -179,9 +179,10 @@ def validate(deps: Deps, job: JobDoc) -> PipelineSpec:
         info = deps.blobs.stat(uri)
         if info is None:
             raise InvalidInput(f"inputs.{field}: {uri} does not exist", code="object_not_found")
-        if info.size > rule.max_bytes:
+        limit = min(rule.max_bytes, settings.max_input_bytes)
+        if info.size > limit:
             raise InvalidInput(
-                f"inputs.{field}: {uri} is {info.size} bytes; the limit is {rule.max_bytes}",
+                f"inputs.{field}: {uri} is {info.size} bytes; the limit is {limit}",
                 code="too_large",
             )
         if not rule.accepts(info.content_type):

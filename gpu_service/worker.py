@@ -68,6 +68,7 @@ class _Attempt:
     job: JobDoc
     attempt: int
     spec: PipelineSpec
+    claimed_at: datetime = field(default_factory=utcnow)
     timings: dict[str, float] = field(default_factory=dict)
     uploaded: list[str] = field(default_factory=list)
 
@@ -102,7 +103,6 @@ class Worker:
         return self._run(run)
 
     def _run(self, run: _Attempt) -> Outcome:
-        started = time.perf_counter()
         heartbeat = _Heartbeat(self, run)
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{run.job_id}-"))
         try:
@@ -111,7 +111,7 @@ class Worker:
             commit_start = time.perf_counter()
             outputs = self._publish_outputs(run, result, workdir)
             run.timings["write"] = time.perf_counter() - commit_start
-            self._commit_success(run, outputs, result, started)
+            self._commit_success(run, outputs, result)
             return Outcome(Ack.DONE, "succeeded", JobStatus.SUCCEEDED)
         except LeaseLost as exc:
             log.warning("job %s attempt %d lost its lease: %s", run.job_id, run.attempt, exc)
@@ -168,10 +168,8 @@ class Worker:
         outputs["files"] = uris
         return _fit_in_document(outputs)
 
-    def _commit_success(
-        self, run: _Attempt, outputs: dict[str, Any], result: RunResult[Any], started: float
-    ) -> None:
-        timings = self._timings(run, started)
+    def _commit_success(self, run: _Attempt, outputs: dict[str, Any], result: RunResult[Any]) -> None:
+        timings = self._timings(run)
         self.jobs.finish(
             run.job_id,
             self.owner,
@@ -207,7 +205,7 @@ class Worker:
                 error = error.model_copy(
                     update={"retryable": False, "message": f"{error.message} (after {run.attempt} attempts)"}
                 )
-            updates: dict[str, Any] = {"timings": self._timings(run, None).to_firestore()}
+            updates: dict[str, Any] = {"timings": self._timings(run).to_firestore()}
             if not isinstance(exc, Cancelled):
                 updates["error"] = error.to_firestore()
             self.jobs.finish(run.job_id, self.owner, run.attempt, state, updates)
@@ -222,11 +220,12 @@ class Worker:
             except Exception:
                 log.warning("could not delete partial output %s", name, exc_info=True)
 
-    def _timings(self, run: _Attempt, started: float | None) -> Timings:
+    def _timings(self, run: _Attempt) -> Timings:
         t = {k: round(v, 3) for k, v in run.timings.items()}
-        queue = _seconds_between(run.job.queued_at, run.job.started_at or utcnow())
+        queue = _seconds_between(run.job.queued_at, run.claimed_at)
         total = _seconds_between(run.job.created_at, utcnow())
-        return Timings(queue=queue, total=total, **t)
+        delivery = _seconds_between(run.job.created_at, run.job.queued_at)
+        return Timings(delivery=delivery, queue=queue, total=total, **t)
 
 
 class _Heartbeat:

@@ -102,6 +102,7 @@ class Progress(_Doc):
 class Timings(_Doc):
     """``job.timings``, in seconds. ``load`` is model load paid by this job (0 when warm)."""
 
+    delivery: float | None = Field(None, description="created -> queued: event delivery and validation")
     queue: float | None = Field(None, description="queued -> started")
     download: float | None = Field(None, description="fetching input files")
     load: float | None = Field(None, description="model load paid by this job")

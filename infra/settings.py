@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # Which pipelines this deployment serves (the functions reject the others).
     enabled_pipelines: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["transcribe"])
     pipelines: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    max_input_bytes: int = Field(
+        2 * 2**30, gt=0, description="deployment-wide cap on any input object, on top of each pipeline's"
+    )
 
     # The GPU service.
     host: str = "0.0.0.0"

@@ -1,0 +1,37 @@
+# The project's commands. `make demo` and `make test` are all a fresh machine needs.
+PY := .venv/bin/python
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test test-fast up down lint bench faults clean
+
+install:
+	@bash scripts/setup.sh
+
+demo: install ## start the local stack, submit sample jobs, print the results and timings
+	$(PY) -m infra.demo
+
+test: install ## the whole suite: unit tests and the end-to-end tests on the real emulators
+	$(PY) -m pytest
+
+test-fast: install ## unit tests only (no emulators)
+	$(PY) -m pytest tests/unit
+
+up: install ## start the local stack in the background; settings in .local/stack.env
+	@mkdir -p .local/logs
+	@if [ -f .local/stack.pid ] && kill -0 $$(cat .local/stack.pid) 2>/dev/null; then echo "already running"; \
+	else nohup $(PY) -m infra.localstack up > .local/logs/stack.log 2>&1 & fi
+	@$(PY) -m infra.localstack wait
+
+down: ## stop the local stack started by `make up`
+	@$(PY) -m infra.localstack down
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+bench: install ## upload -> succeeded latency for a 10 s clip, split by stage
+	$(PY) -m bench.e2e_latency
+
+clean:
+	rm -rf .local .pytest_cache .mypy_cache .ruff_cache

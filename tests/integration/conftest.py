@@ -1,0 +1,65 @@
+"""The local stack, started once per test session, and helpers to talk to it."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.client import Client
+from infra.localstack.stack import LocalStack, StackConfig
+from infra.settings import Settings
+
+# Small enough to test "too large" with a real upload; lease short enough to test take-overs.
+TEST_STACK_ENV = {
+    "MAX_INPUT_BYTES": str(3 * 2**20),
+    "MAX_CONCURRENT_JOBS": "2",
+    "LEASE_SECONDS": "6",
+    "PROGRESS_MIN_INTERVAL_SECONDS": "0.5",
+    "LOG_LEVEL": "INFO",
+}
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    state = tmp_path_factory.mktemp("stack")
+    config = StackConfig(state_dir=state, env=dict(TEST_STACK_ENV))
+    with LocalStack(config) as running, pytest.MonkeyPatch.context() as mp:
+        for key, value in {**running.env, **TEST_STACK_ENV}.items():
+            mp.setenv(key, value)
+        yield running
+    # Logs stay in the session's tmp dir for post-mortems: print where.
+    print(f"\nlocal stack logs: {config.log_dir}")
+
+
+@pytest.fixture(scope="session")
+def settings(stack: LocalStack) -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings) -> Client:
+    return Client.from_settings(settings)
+
+
+@pytest.fixture
+def uid() -> str:
+    """A fresh user per test, so tests never see each other's jobs."""
+    return f"user-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
