@@ -8,7 +8,7 @@ install:
 	@bash scripts/setup.sh
 
 demo: install ## start the local stack, submit sample jobs, print the results and timings
-	$(PY) -m infra.demo
+	$(PY) -m scripts.demo
 
 test: install ## the whole suite: unit tests and the end-to-end tests on the real emulators
 	$(PY) -m pytest
