@@ -31,7 +31,7 @@ lint:
 	$(PY) -m mypy
 
 bench: install ## upload -> succeeded latency for a 10 s clip, split by stage
-	$(PY) -m bench.e2e_latency
+	$(PY) -m bench.e2e_latency --runs 5
 
 clean:
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache
