@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,11 +22,10 @@ from infra.contract import (
     Source,
     validate_job_id,
 )
-from infra.jobs import SERVER_TIME, JobStore
+from infra.jobs import SERVER_TIME, JobStore, utcnow
 from infra.settings import Settings
 from pipelines.base import PipelineModel, PipelineSpec, parse_gs_uri
 from pipelines.errors import InvalidInput, RetryableError
-from pipelines.registry import get_spec
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def handle_object_finalized(deps: Deps, event: StorageEvent) -> str | None:
         return None  # uploads/{uid}/{name}: an input for a client-created job
     _, uid, pipeline, _rest = parts
     uri = f"gs://{obj.bucket}/{obj.name}"
-    spec = get_spec(pipeline)
+    spec = deps.settings.spec(pipeline)
     field = spec.drop_field if spec and spec.drop_field else "file"
     inputs: dict[str, Any] = {}
     error: ErrorInfo | None = None
@@ -151,8 +151,8 @@ def validate(deps: Deps, job: JobDoc) -> PipelineSpec:
         InvalidInput: with a message that says what to change.
     """
     settings = deps.settings
-    spec = get_spec(job.pipeline)
-    if spec is None or job.pipeline not in settings.enabled_pipelines:
+    spec = settings.spec(job.pipeline)
+    if spec is None:
         known = ", ".join(sorted(settings.enabled_pipelines))
         raise InvalidInput(f"unknown pipeline {job.pipeline!r}; available: {known}", code="unknown_pipeline")
     try:
@@ -236,3 +236,53 @@ def handle_dead_letter(deps: Deps, data: bytes, attributes: dict[str, str]) -> s
             log.warning("job %s failed after dead-lettering (%s deliveries)", message.job_id, count)
             return message.job_id
     return None
+
+
+# -- The sweeper: nothing stays pending, queued or running forever --------------------------------
+
+
+@dataclass
+class SweepReport:
+    requeued: list[str]
+    failed: list[str]
+    republished: list[str]
+    revalidated: list[str]
+
+    def __bool__(self) -> bool:
+        return any((self.requeued, self.failed, self.republished, self.revalidated))
+
+
+def sweep(deps: Deps, now: datetime | None = None) -> SweepReport:
+    """Recover jobs that nothing will move any more.
+
+    * ``running`` with an expired lease (its worker died): back to ``queued`` and re-published,
+      or ``failed`` when its attempts are spent;
+    * ``queued`` untouched for ``stale_queued_seconds`` (a message lost or dead-lettered while a
+      worker was busy): re-published; the claim makes a duplicate harmless;
+    * ``pending`` for ``stale_pending_seconds`` (its created-trigger never ran): validated now.
+    """
+    settings = deps.settings
+    now = now or utcnow()
+    report = SweepReport([], [], [], [])
+    for job_id, job in deps.jobs.find([JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.PENDING]):
+        age = (now - job.updated_at).total_seconds() if job.updated_at else float("inf")
+        if job.status is JobStatus.RUNNING and job.lease and job.lease.expires_at < now:
+            state = deps.jobs.recover_expired(job_id, settings.max_attempts)
+            if state is JobStatus.QUEUED:
+                deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=job.pipeline))
+                report.requeued.append(job_id)
+            elif state is JobStatus.FAILED:
+                report.failed.append(job_id)
+        elif job.status is JobStatus.QUEUED and age > settings.stale_queued_seconds:
+            deps.jobs.touch(job_id)
+            deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=job.pipeline))
+            report.republished.append(job_id)
+        elif job.status is JobStatus.PENDING and age > settings.stale_pending_seconds:
+            fields = job.to_firestore()
+            handle_job_created(
+                deps, DocumentEvent(path=f"{settings.jobs_collection}/{job_id}", fields=fields)
+            )
+            report.revalidated.append(job_id)
+    if report:
+        log.warning("sweep: %s", report)
+    return report

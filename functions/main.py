@@ -23,6 +23,7 @@ from functions.handlers import (
     handle_dead_letter,
     handle_job_created,
     handle_object_finalized,
+    sweep,
 )
 from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
@@ -77,3 +78,9 @@ def on_dead_letter(event: CloudEvent) -> None:
         log.error("ignoring malformed dead-letter event %s: %s", event["id"], exc)
         return
     handle_dead_letter(deps(), msg.data, msg.attributes)
+
+
+@functions_framework.cloud_event
+def on_sweep(event: CloudEvent) -> None:
+    """A scheduler tick (Cloud Scheduler -> Pub/Sub): recover stuck jobs."""
+    sweep(deps())

@@ -1,17 +1,46 @@
-"""Entry point: ``python -m gpu_service`` (the container's command)."""
+"""Entry point: ``python -m gpu_service`` (the container's command).
+
+Serves the push endpoints and ``/healthz``; also runs a streaming-pull consumer for each enabled
+pipeline whose subscription is in ``mode: pull`` in the topology. On SIGTERM (Cloud Run gives
+about 10 s) it stops taking work first: new pushes get 503, running jobs go back to the queue at
+their next checkpoint instead of waiting for a lease to expire, and pull consumers stop.
+"""
 
 from __future__ import annotations
 
 import logging
+import signal
+from types import FrameType
 
 import uvicorn
 
 from gpu_service.app import create_app
 from gpu_service.models import ModelPool
+from gpu_service.pull import PullConsumer
 from gpu_service.worker import Worker
 from infra.blobs import BlobStore, storage_client
 from infra.jobs import JobStore, firestore_client
 from infra.settings import Settings
+from infra.topology import load_topology
+
+log = logging.getLogger("gpu_service")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, with our drain step run first when the signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, worker: Worker, consumers: list[PullConsumer]) -> None:
+        super().__init__(config)
+        self.worker = worker
+        self.consumers = consumers
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.worker.draining.is_set():
+            log.warning("signal %s: draining (running jobs go back to the queue)", signal.Signals(sig).name)
+            self.worker.drain()
+            for consumer in self.consumers:
+                consumer.stop()
+        super().handle_exit(sig, frame)
 
 
 def main() -> None:
@@ -23,7 +52,26 @@ def main() -> None:
         BlobStore(storage_client(settings)),
         ModelPool(settings),
     )
-    uvicorn.run(create_app(worker), host=settings.host, port=settings.port, log_level="warning")
+    topology = load_topology(settings.topology_file) if settings.topology_file else load_topology()
+    consumers = [
+        PullConsumer(
+            worker,
+            f"projects/{settings.google_cloud_project}/subscriptions/jobs-{name}-gpu",
+            max_messages=settings.max_concurrent_jobs,
+        )
+        for name in settings.enabled_pipelines
+        if name in topology.pipelines and topology.subscription(name).mode == "pull"
+    ]
+    for consumer in consumers:
+        consumer.start()
+    config = uvicorn.Config(
+        create_app(worker),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    )
+    _Server(config, worker, consumers).run()
 
 
 if __name__ == "__main__":

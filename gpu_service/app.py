@@ -56,6 +56,8 @@ def create_app(worker: Worker) -> FastAPI:
             log.error("job %s for %s arrived on /push/%s", message.job_id, message.pipeline, pipeline)
             return JSONResponse({"error": "pipeline does not match the endpoint"}, status_code=400)
         log.info("push %s: job %s", envelope.message.message_id, message.job_id)
+        if worker.draining.is_set():
+            return JSONResponse({"outcome": Ack.BUSY, "detail": "shutting down"}, status_code=503)
         if models.health is not Health.READY:
             return JSONResponse({"outcome": Ack.BUSY, "detail": models.health.value}, status_code=429)
         if not slots.acquire(blocking=False):

@@ -10,7 +10,6 @@ from enum import StrEnum
 
 from infra.settings import Settings
 from pipelines.base import Pipeline, PipelineSpec
-from pipelines.registry import get_spec
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +38,7 @@ class ModelPool:
         self.error: str | None = None
 
     def spec(self, name: str) -> PipelineSpec | None:
-        if name not in self._settings.enabled_pipelines:
-            return None
-        return get_spec(name)
+        return self._settings.spec(name)
 
     def _ensure(self, spec: PipelineSpec) -> tuple[Loaded, bool]:
         with self._guard:
@@ -65,7 +62,7 @@ class ModelPool:
         """Load every enabled pipeline; the service is ready only when all are loaded."""
         try:
             for name in self._settings.enabled_pipelines:
-                spec = get_spec(name)
+                spec = self._settings.spec(name)
                 if spec is None:
                     raise RuntimeError(f"ENABLED_PIPELINES names {name!r}, which is not installed")
                 self._ensure(spec)

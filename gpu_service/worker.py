@@ -35,7 +35,7 @@ from infra.contract import ErrorInfo, JobDoc, JobMessage, JobStatus, Progress, T
 from infra.jobs import DELETE, SERVER_TIME, ClaimOutcome, JobStore, LeaseLost, utcnow
 from infra.settings import Settings
 from pipelines.base import PipelineSpec, RunContext, RunResult
-from pipelines.errors import Cancelled, InvalidInput, JobError
+from pipelines.errors import Cancelled, InvalidInput, JobError, Preempted
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,11 @@ class Worker:
         self.blobs = blobs
         self.models = models
         self.owner = settings.worker_id or default_worker_id()
+        self.draining = threading.Event()
+
+    def drain(self) -> None:
+        """Stop taking work; running jobs go back to the queue at their next checkpoint."""
+        self.draining.set()
 
     # -- one delivery ---------------------------------------------------------------------------
 
@@ -95,6 +100,10 @@ class Worker:
         claim = self.jobs.claim(
             message.job_id, self.owner, self.settings.lease_seconds, self.settings.max_attempts
         )
+        if claim.outcome is ClaimOutcome.RUNNING_ELSEWHERE:
+            # Keep the message until that attempt ends: if its worker died, a redelivery after
+            # the lease expires takes over (the sweeper re-publishes as a backstop).
+            return Outcome(Ack.RETRY, claim.outcome.value)
         if claim.outcome is not ClaimOutcome.CLAIMED or claim.job is None:
             log.info("job %s not run: %s", message.job_id, claim.outcome)
             return Outcome(Ack.DONE, claim.outcome.value)
@@ -197,15 +206,16 @@ class Worker:
         self._discard_outputs(run)
         try:
             if state is None:
-                self.jobs.finish(
-                    run.job_id, self.owner, run.attempt, JobStatus.QUEUED, {"lastError": error.to_firestore()}
-                )
+                updates: dict[str, Any] = {"lastError": error.to_firestore()}
+                if isinstance(exc, Preempted):
+                    updates["attempt"] = run.attempt - 1  # not the job's fault: not an attempt
+                self.jobs.finish(run.job_id, self.owner, run.attempt, JobStatus.QUEUED, updates)
                 return Outcome(Ack.RETRY, error.message)
             if state is JobStatus.FAILED and error.retryable:
                 error = error.model_copy(
                     update={"retryable": False, "message": f"{error.message} (after {run.attempt} attempts)"}
                 )
-            updates: dict[str, Any] = {"timings": self._timings(run).to_firestore()}
+            updates = {"timings": self._timings(run).to_firestore()}
             if not isinstance(exc, Cancelled):
                 updates["error"] = error.to_firestore()
             self.jobs.finish(run.job_id, self.owner, run.attempt, state, updates)
@@ -254,6 +264,8 @@ class _Heartbeat:
             raise self._lost
         if self._cancelled:
             raise Cancelled("cancelled at the client's request")
+        if self._worker.draining.is_set():
+            raise Preempted("the worker is shutting down; the job goes back to the queue")
 
     def report(self, fraction: float, stage: str) -> None:
         """The pipelines' progress callback: throttled write, then the checkpoint."""

@@ -64,10 +64,20 @@ class Client:
         return f"gs://{self.settings.media_bucket}/{object_name}"
 
     def create_job(self, uid: str, pipeline: str, inputs: dict[str, Any], job_id: str | None = None) -> str:
-        """Create ``jobs/{jobId}`` as a client app does (no status: the backend sets it)."""
+        """Create ``jobs/{jobId}`` as a client app does.
+
+        ``status: pending`` is optional in the contract, but a job that carries it can be found by
+        the sweeper if its created-event is ever lost (Firestore cannot query a missing field).
+        """
         job_id = job_id or uuid.uuid4().hex
         self.jobs().document(job_id).create(
-            {"uid": uid, "pipeline": pipeline, "inputs": inputs, "createdAt": firestore.SERVER_TIMESTAMP}
+            {
+                "uid": uid,
+                "pipeline": pipeline,
+                "inputs": inputs,
+                "status": JobStatus.PENDING.value,
+                "createdAt": firestore.SERVER_TIMESTAMP,
+            }
         )
         return job_id
 

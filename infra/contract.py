@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from pipelines.errors import Cancelled, InvalidInput, JobError, RetryableError
+from pipelines.errors import Cancelled, InvalidInput, JobError, Preempted, RetryableError
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 UID_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
@@ -185,6 +185,8 @@ def state_for_error(exc: BaseException, *, attempts_left: bool) -> JobStatus | N
     """
     if isinstance(exc, Cancelled):
         return JobStatus.CANCELLED
+    if isinstance(exc, Preempted):
+        return None  # the worker is going away; the job is not at fault
     if isinstance(exc, RetryableError) or not isinstance(exc, JobError):
         return None if attempts_left else JobStatus.FAILED
     return JobStatus.FAILED

@@ -80,7 +80,13 @@ class JobStore:
         query = self._db.collection(self._collection).where(
             filter=firestore.FieldFilter("status", "in", [s.value for s in statuses])
         )
-        return [(s.id, JobDoc.model_validate(s.to_dict())) for s in query.stream()]
+        found = []
+        for snap in query.stream():
+            job = JobDoc.model_validate(snap.to_dict())
+            if job.updated_at is None:  # a client-created job: the document's own update time
+                job.updated_at = snap.update_time
+            found.append((snap.id, job))
+        return found
 
     # -- creation -------------------------------------------------------------------------------
 
@@ -235,6 +241,54 @@ class JobStore:
             txn.update(ref, {**data, **updates})
 
         run(self._db.transaction())
+
+    def recover_expired(self, job_id: str, max_attempts: int) -> JobStatus | None:
+        """For the sweeper: a running job whose lease expired goes back to the queue (or fails
+        when its attempts are spent). Returns the new state, or ``None`` if it was not stuck."""
+        ref = self.ref(job_id)
+
+        @firestore.transactional  # type: ignore[untyped-decorator]
+        def run(txn: firestore.Transaction) -> JobStatus | None:
+            snap = ref.get(transaction=txn)
+            if not snap.exists:
+                return None
+            job = JobDoc.model_validate(snap.to_dict())
+            if job.status is not JobStatus.RUNNING or (job.lease and job.lease.expires_at > utcnow()):
+                return None
+            owner = job.lease.owner if job.lease else "unknown"
+            lost = ErrorInfo(
+                code="worker_lost",
+                message=f"the worker running attempt {job.attempt} ({owner}) stopped renewing its lease",
+                retryable=True,
+            )
+            if job.cancel_requested:
+                txn.update(ref, _final_fields(JobStatus.CANCELLED))
+                return JobStatus.CANCELLED
+            if job.attempt >= max_attempts:
+                error = lost.model_copy(
+                    update={
+                        "retryable": False,
+                        "message": f"{lost.message}; gave up after {job.attempt} attempts",
+                    }
+                )
+                txn.update(ref, {**_final_fields(JobStatus.FAILED), "error": error.to_firestore()})
+                return JobStatus.FAILED
+            txn.update(
+                ref,
+                {
+                    "status": JobStatus.QUEUED.value,
+                    "lease": DELETE,
+                    "lastError": lost.to_firestore(),
+                    "updatedAt": SERVER_TIME,
+                },
+            )
+            return JobStatus.QUEUED
+
+        result: JobStatus | None = run(self._db.transaction())
+        return result
+
+    def touch(self, job_id: str) -> None:
+        self.ref(job_id).update({"updatedAt": SERVER_TIME})
 
     @staticmethod
     def _owned(snap: firestore.DocumentSnapshot, owner: str, attempt: int) -> JobDoc:

@@ -13,6 +13,7 @@ config model (:meth:`Settings.pipeline_config`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -39,6 +40,9 @@ class Settings(BaseSettings):
     storage_emulator_host: str | None = None
 
     # Which pipelines this deployment serves (the functions reject the others).
+    plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="extra pipelines as 'module:SPEC' import paths"
+    )
     enabled_pipelines: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["transcribe"])
     pipelines: dict[str, dict[str, Any]] = Field(default_factory=dict)
     max_input_bytes: int = Field(
@@ -53,11 +57,17 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(120.0, gt=0)
     max_attempts: int = Field(5, ge=1, description="run attempts before a retryable error fails the job")
     progress_min_interval_seconds: float = Field(1.0, ge=0)
+    shutdown_grace_seconds: float = Field(8.0, ge=0, description="Cloud Run allows about 10 s after SIGTERM")
+    topology_file: Path | None = None
     preload_pipelines: bool = Field(True, description="load enabled pipelines at start-up")
+
+    # The sweeper: what counts as stuck.
+    stale_pending_seconds: float = Field(60.0, gt=0, description="pending this long: re-validate")
+    stale_queued_seconds: float = Field(900.0, gt=0, description="queued this long unclaimed: re-publish")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("enabled_pipelines", mode="before")
+    @field_validator("enabled_pipelines", "plugins", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.lstrip().startswith("["):
@@ -70,6 +80,12 @@ class Settings(BaseSettings):
 
     def topic_for(self, pipeline: str) -> str:
         return f"{self.topic_prefix}{pipeline}"
+
+    def spec(self, name: str) -> PipelineSpec | None:
+        """The spec of an enabled pipeline, or ``None``."""
+        from pipelines.registry import get_spec
+
+        return get_spec(name, tuple(self.plugins)) if name in self.enabled_pipelines else None
 
     def pipeline_config(self, spec: PipelineSpec) -> BaseModel:
         """The validated config of ``spec`` from ``PIPELINES__<NAME>__*`` variables."""

@@ -58,8 +58,14 @@ class Subscription(_Model):
     message_retention_seconds: int = Field(86400, ge=600, le=604800)
 
 
+class Schedule(_Model):
+    topic: str
+    schedule: str
+
+
 class Topology(_Model):
     buckets: dict[str, Bucket]
+    schedules: dict[str, Schedule] = Field(default_factory=dict)
     firestore: dict[str, str]
     topics: dict[str, dict[str, Any]]
     functions: dict[str, Function]

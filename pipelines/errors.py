@@ -59,6 +59,15 @@ class OutOfGpuMemory(RetryableError):
     code = "gpu_out_of_memory"
 
 
+class Preempted(RetryableError):
+    """The worker is shutting down (SIGTERM): the job goes back to the queue at once.
+
+    It does not count as one of the job's attempts.
+    """
+
+    code = "preempted"
+
+
 class Cancelled(JobError):
     """The client set ``cancelRequested`` on the job; work stopped at a checkpoint."""
 

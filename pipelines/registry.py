@@ -6,6 +6,8 @@ A plugin is any installed distribution that declares an entry point in the group
     [project.entry-points."gpu_jobs.pipelines"]
     upscale = "acme_upscale:SPEC"
 
+or a ``"module:SPEC"`` path named in the ``PLUGINS`` setting (passed here as ``extra``).
+
 Built-ins are listed here by import path so that importing the registry stays cheap.
 """
 
@@ -33,9 +35,12 @@ def _import_spec(path: str) -> PipelineSpec:
 
 
 @cache
-def all_specs() -> dict[str, PipelineSpec]:
+def all_specs(extra: tuple[str, ...] = ()) -> dict[str, PipelineSpec]:
     """Every known pipeline by name; a plugin cannot shadow a built-in."""
     specs = {name: _import_spec(path) for name, path in BUILTIN.items()}
+    for path in extra:
+        spec = _import_spec(path)
+        specs.setdefault(spec.name, spec)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in specs:
             continue
@@ -45,5 +50,5 @@ def all_specs() -> dict[str, PipelineSpec]:
     return specs
 
 
-def get_spec(name: str) -> PipelineSpec | None:
-    return all_specs().get(name)
+def get_spec(name: str, extra: tuple[str, ...] = ()) -> PipelineSpec | None:
+    return all_specs(tuple(extra)).get(name)

@@ -24,12 +24,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import yaml
 
 from infra.topology import Topology, load_topology
 
@@ -105,6 +107,8 @@ class StackConfig:
     # Extra environment for the GPU service and functions (PIPELINES__*, LEASE_SECONDS, ...).
     env: dict[str, str] = field(default_factory=dict)
     start_gpu_service: bool = True
+    # Cloud Scheduler runs the sweeper every minute; locally a shorter tick keeps demos snappy.
+    schedule_interval_seconds: float = 10.0
 
     @property
     def log_dir(self) -> Path:
@@ -124,11 +128,18 @@ class LocalStack:
     def __init__(self, config: StackConfig | None = None, topology: Topology | None = None) -> None:
         self.config = config or StackConfig()
         self.topology = topology or load_topology()
-        self.ports = {
-            name: free_port()
-            for name in ("pubsub", "firestore", "gcs", "fn_storage", "fn_jobs", "fn_dead_letter", "gpu")
-        }
+        self.ports = {name: free_port() for name in ("pubsub", "firestore", "gcs", "gpu")}
+        self.ports.update({f"fn:{name}": free_port() for name in self.topology.functions})
+        firestore_fns = [n for n, f in self.topology.functions.items() if f.trigger.firestore]
+        if len(firestore_fns) != 1:
+            # The Firestore emulator delivers triggers to one --functions_emulator address.
+            raise StackError(
+                f"the local stack supports one Firestore-triggered function, got {firestore_fns}"
+            )
+        self._firestore_fn = firestore_fns[0]
         self._procs: list[_Proc] = []
+        self._ticker_stop = threading.Event()
+        self._tickers: list[threading.Thread] = []
         self.timings: dict[str, float] = {}
 
     # -- connection settings --------------------------------------------------------------------
@@ -148,6 +159,11 @@ class LocalStack:
             "ENABLED_PIPELINES": ",".join(self.config.enabled_pipelines),
         }
 
+    def write_topology(self) -> Path:
+        path = self.config.state_dir / "topology.yaml"
+        path.write_text(yaml.safe_dump(self.topology.model_dump(), sort_keys=False))
+        return path
+
     def write_env_file(self) -> Path:
         path = self.config.state_dir / "stack.env"
         path.write_text("".join(f"{k}={v}\n" for k, v in sorted(self.env.items())))
@@ -165,6 +181,7 @@ class LocalStack:
     def start(self) -> None:
         bins = check_prerequisites()
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        self.write_topology()
         t0 = time.perf_counter()
         try:
             self._start(bins, t0)
@@ -186,7 +203,7 @@ class LocalStack:
                 "start",
                 "--host=127.0.0.1",
                 f"--port={p['firestore']}",
-                f"--functions_emulator=127.0.0.1:{p['fn_jobs']}",
+                f"--functions_emulator=127.0.0.1:{p['fn:' + self._firestore_fn]}",
                 f"--rules={REPO / 'infra/firestore.rules'}",
                 f"--project_id={project}",
             ],
@@ -234,8 +251,9 @@ class LocalStack:
         self._wait("firestore", self._firestore_writable, 90)
         self.timings["firestore"] = round(time.perf_counter() - t0, 2)
         self._register_firestore_triggers()
-        for name in ("fn_storage", "fn_jobs", "fn_dead_letter"):
-            self._wait(name, lambda n=name: _port_open(p[n]), 30)
+        for name in self.topology.functions:
+            self._wait(name, lambda n=name: _port_open(p[f"fn:{n}"]), 30)
+        self._start_schedules()
         self.timings["functions"] = round(time.perf_counter() - t0, 2)
         if self.config.start_gpu_service:
             self._wait("gpu_service", lambda: _http_ok(f"http://127.0.0.1:{p['gpu']}/healthz"), 180)
@@ -243,6 +261,10 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop every component: SIGTERM to each process group, SIGKILL after a grace period."""
+        self._ticker_stop.set()
+        for thread in self._tickers:
+            thread.join(timeout=5)
+        self._tickers.clear()
         for proc in reversed(self._procs):
             if proc.popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -286,6 +308,7 @@ class LocalStack:
     def _component_env(self, extra: Mapping[str, str]) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.env)
+        env["TOPOLOGY_FILE"] = str(self.config.state_dir / "topology.yaml")
         env.update(self.config.env)
         env.update(extra)
         env["PYTHONUNBUFFERED"] = "1"
@@ -324,32 +347,37 @@ class LocalStack:
         raise StackError(f"{name} not ready after {timeout:.0f}s; see {where}\n{_tail(where)}")
 
     def _start_functions(self) -> None:
-        by_trigger = {
-            "fn_storage": "on-object-finalized",
-            "fn_jobs": "on-job-created",
-            "fn_dead_letter": "on-dead-letter",
-        }
-        for port_name, fn_name in by_trigger.items():
-            fn = self.topology.functions[fn_name]
+        for fn_name, fn in self.topology.functions.items():
             self._spawn(
                 fn_name,
                 [
-                    sys.executable,
-                    "-m",
-                    "functions_framework",
-                    "--source",
-                    str(REPO / "functions/main.py"),
-                    "--target",
-                    fn.target,
-                    "--signature-type",
-                    "cloudevent",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.ports[port_name]),
+                    sys.executable, "-m", "functions_framework",
+                    "--source", str(REPO / "functions/main.py"),
+                    "--target", fn.target,
+                    "--signature-type", "cloudevent",
+                    "--host", "127.0.0.1",
+                    "--port", str(self.ports[f"fn:{fn_name}"]),
                 ],
                 {},
+            )  # fmt: skip
+
+    def _start_schedules(self) -> None:
+        """Cloud Scheduler stand-in: publish an empty tick to each schedule's topic on a timer."""
+        for name, schedule in self.topology.schedules.items():
+            thread = threading.Thread(
+                target=self._tick, args=(schedule.topic,), name=f"schedule-{name}", daemon=True
             )
+            thread.start()
+            self._tickers.append(thread)
+
+    def _tick(self, topic: str) -> None:
+        while not self._ticker_stop.wait(self.config.schedule_interval_seconds):
+            with contextlib.suppress(Exception):
+                self._pubsub(
+                    "POST",
+                    f"topics/{topic}:publish",
+                    {"messages": [{"data": "e30=", "attributes": {"tick": "1"}}]},
+                )
 
     def _pubsub(self, method: str, path: str, body: dict[str, object] | None = None) -> None:
         url = f"http://127.0.0.1:{self.ports['pubsub']}/v1/projects/{self.config.project}/{path}"
@@ -364,14 +392,13 @@ class LocalStack:
 
     def _create_subscriptions(self) -> None:
         project, p = self.config.project, self.ports
-        fn_ports = {"on-object-finalized": p["fn_storage"], "on-dead-letter": p["fn_dead_letter"]}
         for fn_name, fn in self.topology.functions.items():
             topic = fn.trigger.pubsub_topic
             if not topic:
                 continue
             # functions-framework turns a raw push into a messagePublished CloudEvent when the
             # path names the topic, which is what Eventarc delivers in production.
-            endpoint = f"http://127.0.0.1:{fn_ports[fn_name]}/projects/{project}/topics/{topic}"
+            endpoint = f"http://127.0.0.1:{p['fn:' + fn_name]}/projects/{project}/topics/{topic}"
             self._pubsub(
                 "PUT",
                 f"subscriptions/{fn_name}",

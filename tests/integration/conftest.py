@@ -12,23 +12,44 @@ import pytest
 from infra.client import Client
 from infra.localstack.stack import LocalStack, StackConfig
 from infra.settings import Settings
+from infra.topology import Topology, load_topology
 
 # Small enough to test "too large" with a real upload; lease short enough to test take-overs.
 TEST_STACK_ENV = {
     "MAX_INPUT_BYTES": str(3 * 2**20),
     "MAX_CONCURRENT_JOBS": "2",
     "LEASE_SECONDS": "6",
-    "PROGRESS_MIN_INTERVAL_SECONDS": "0.5",
+    "PROGRESS_MIN_INTERVAL_SECONDS": "0.3",
+    "STALE_QUEUED_SECONDS": "4",
+    "STALE_PENDING_SECONDS": "4",
+    "PLUGINS": "tests.support.flaky:SPEC",
     "LOG_LEVEL": "INFO",
 }
 
 
+def stack_topology() -> Topology:
+    """The real topology plus the ``flaky`` stand-in pipeline, retried quickly."""
+    topology = load_topology()
+    topology.pipelines["flaky"] = {
+        "retry_policy": {"minimum_backoff_seconds": 1, "maximum_backoff_seconds": 2},
+    }
+    return topology
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def flaky_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("flaky")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, flaky_state: Path) -> Iterator[LocalStack]:
     state = tmp_path_factory.mktemp("stack")
-    config = StackConfig(state_dir=state, env=dict(TEST_STACK_ENV))
-    with LocalStack(config) as running, pytest.MonkeyPatch.context() as mp:
-        for key, value in {**running.env, **TEST_STACK_ENV}.items():
+    env = {**TEST_STACK_ENV, "PIPELINES__FLAKY__STATE_DIR": str(flaky_state)}
+    config = StackConfig(
+        state_dir=state, env=env, enabled_pipelines=["transcribe", "flaky"], schedule_interval_seconds=1.0
+    )
+    with LocalStack(config, stack_topology()) as running, pytest.MonkeyPatch.context() as mp:
+        for key, value in {**running.env, **env}.items():
             mp.setenv(key, value)
         yield running
     # Logs stay in the session's tmp dir for post-mortems: print where.

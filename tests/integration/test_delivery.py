@@ -69,14 +69,18 @@ def _push_body(job_id: str, n: int) -> dict[str, object]:
     }
 
 
-def test_duplicated_push_runs_the_pipeline_once(stack: LocalStack, client: Client, uid: str, wav: Path) -> None:
+def test_duplicated_push_runs_the_pipeline_once(
+    stack: LocalStack, client: Client, uid: str, wav: Path
+) -> None:
     job_id = client.create_job(uid, "transcribe", {"media": client.upload(wav, uid)})
     client.wait_for_status(job_id, {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED})
     url = f"{stack.env['GPU_SERVICE_URL']}/push/transcribe"
     # Two more deliveries of the same message while Pub/Sub's own delivery is running or done.
     with ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda n: httpx.post(url, json=_push_body(job_id, n), timeout=60), range(2)))
-    assert all(a.status_code in (200, 429) for a in answers), [a.text for a in answers]
+    # Each is acked as a duplicate (200), or nacked while the first delivery runs (503: running
+    # elsewhere) or while the service is full (429); Pub/Sub redelivers those later.
+    assert all(a.status_code in (200, 429, 503) for a in answers), [a.text for a in answers]
     job = client.follow(job_id, timeout=120)
     assert job.status is JobStatus.SUCCEEDED
     assert job.attempt == 1  # claimed once: the pipeline ran once
@@ -100,7 +104,9 @@ def test_poison_message_is_refused_not_run(stack: LocalStack) -> None:
 def test_dead_lettered_message_fails_its_job(stack: LocalStack, client: Client, uid: str) -> None:
     job_id = f"dl-{uid}"
     # A job that is queued but whose deliveries Pub/Sub gave up on.
-    client.jobs().document(job_id).set({"uid": uid, "pipeline": "transcribe", "inputs": {}, "status": "queued"})
+    client.jobs().document(job_id).set(
+        {"uid": uid, "pipeline": "transcribe", "inputs": {}, "status": "queued"}
+    )
     publisher = pubsub_v1.PublisherClient()
     topic = publisher.topic_path(stack.config.project, "jobs-dead-letter")
     body = json.dumps({"jobId": job_id, "pipeline": "transcribe"}).encode()

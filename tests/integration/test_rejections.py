@@ -74,7 +74,11 @@ def _schema_missing_field(c: Client, uid: str, wav: Path) -> tuple[str, dict[str
 @pytest.mark.parametrize(
     ("case", "code", "says"),
     [
-        (_unknown_pipeline, "unknown_pipeline", "unknown pipeline 'paint-my-house'; available: transcribe"),
+        (
+            _unknown_pipeline,
+            "unknown_pipeline",
+            "unknown pipeline 'paint-my-house'; available: flaky, transcribe",
+        ),
         (_missing_object, "object_not_found", "does not exist"),
         (_other_users_object, "forbidden_object", "does not belong to user"),
         (_other_bucket, "wrong_bucket", "files must be in gs://"),
@@ -115,7 +119,7 @@ def test_drop_upload_with_invalid_job_id_is_rejected(client: Client, uid: str, w
         import time
 
         time.sleep(0.1)
-    [(job_id, job)] = jobs
+    [(_, job)] = jobs
     assert job.status is JobStatus.REJECTED
     assert job.error and job.error.code == "invalid_job_id"
 

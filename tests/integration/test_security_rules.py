@@ -44,7 +44,10 @@ class App:
 
     def create(self, job_id: str, fields: dict[str, object]) -> httpx.Response:
         return httpx.post(
-            f"{self.base}/jobs", params={"documentId": job_id}, json={"fields": _fields(fields)}, headers=self.headers
+            f"{self.base}/jobs",
+            params={"documentId": job_id},
+            json={"fields": _fields(fields)},
+            headers=self.headers,
         )
 
     def read(self, job_id: str) -> httpx.Response:
@@ -99,13 +102,17 @@ def test_user_cannot_create_forged_jobs(alice: App, uid: str, fields: dict[str, 
 
 
 def test_user_cannot_read_or_change_another_users_job(stack: LocalStack, alice: App, uid: str) -> None:
-    assert alice.create(f"r3-{uid}", {"uid": uid, "pipeline": "nothing-here", "inputs": {}}).status_code == 200
+    assert (
+        alice.create(f"r3-{uid}", {"uid": uid, "pipeline": "nothing-here", "inputs": {}}).status_code == 200
+    )
     mallory = App(stack, f"{uid}-mallory")
     assert mallory.read(f"r3-{uid}").status_code == 403
     assert mallory.patch(f"r3-{uid}", {"cancelRequested": True}).status_code == 403
 
 
 def test_user_may_only_request_cancellation(alice: App, uid: str) -> None:
-    assert alice.create(f"r4-{uid}", {"uid": uid, "pipeline": "nothing-here", "inputs": {}}).status_code == 200
+    assert (
+        alice.create(f"r4-{uid}", {"uid": uid, "pipeline": "nothing-here", "inputs": {}}).status_code == 200
+    )
     assert alice.patch(f"r4-{uid}", {"status": "succeeded"}).status_code == 403
     assert alice.patch(f"r4-{uid}", {"cancelRequested": True}).status_code == 200

@@ -1,0 +1,236 @@
+"""Exactly-once effect on at-least-once delivery: leases, retries, cancellation, crashes, shutdown.
+
+These use the ``flaky`` stand-in pipeline (tests/support/flaky.py), which counts its starts and
+completions per job in files that survive the service being killed.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from google.cloud import pubsub_v1
+
+from functions.handlers import Deps, sweep
+from infra.blobs import BlobStore, storage_client
+from infra.bus import Bus
+from infra.client import Client
+from infra.contract import JobDoc, JobMessage, JobStatus
+from infra.jobs import ClaimOutcome, JobStore, LeaseLost, firestore_client
+from infra.localstack.stack import LocalStack
+from infra.settings import Settings
+from tests.support.flaky import count
+
+
+def _flaky(client: Client, uid: str, **inputs: Any) -> str:
+    return client.create_job(uid, "flaky", inputs)
+
+
+def _starts(state: Path, job_id: str) -> int:
+    return count(state / f"{job_id}.starts")
+
+
+def _completions(state: Path, job_id: str) -> int:
+    return count(state / f"{job_id}.completions")
+
+
+def _result_objects(client: Client, uid: str, job_id: str) -> list[str]:
+    blobs = client.gcs.list_blobs(client.settings.media_bucket, prefix=f"results/{uid}/{job_id}/")
+    return [b.name for b in blobs]
+
+
+def test_transient_failures_are_retried_until_success(client: Client, uid: str, flaky_state: Path) -> None:
+    job_id = _flaky(client, uid, steps=2, fail_times=2)
+    job = client.follow(job_id, timeout=60)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    assert job.attempt == 3 and _starts(flaky_state, job_id) == 3
+    assert _completions(flaky_state, job_id) == 1
+    assert job.error is None and "lastError" not in job.to_firestore()
+    # Only the successful attempt's files exist.
+    assert _result_objects(client, uid, job_id) == [f"results/{uid}/{job_id}/3/result.txt"]
+
+
+def test_retryable_errors_give_up_after_max_attempts(client: Client, uid: str, flaky_state: Path) -> None:
+    job = client.follow(_flaky(client, uid, fail_times=20), timeout=90)
+    assert job.status is JobStatus.FAILED
+    assert job.error and job.error.code == "flaky" and not job.error.retryable
+    assert "after 5 attempts" in job.error.message
+    assert job.attempt == 5
+
+
+def test_permanent_error_fails_at_once(client: Client, uid: str, flaky_state: Path) -> None:
+    job_id = _flaky(client, uid, fail_permanently=True)
+    job = client.follow(job_id, timeout=30)
+    assert job.status is JobStatus.FAILED and job.attempt == 1
+    assert job.error and job.error.code == "told_to_fail" and not job.error.retryable
+
+
+def test_running_job_is_cancelled_at_its_next_checkpoint(client: Client, uid: str, flaky_state: Path) -> None:
+    job_id = _flaky(client, uid, steps=200, step_seconds=0.05)
+    client.wait_for_status(job_id, {JobStatus.RUNNING}, timeout=30)
+    time.sleep(0.5)
+    client.cancel(job_id)
+    t0 = time.monotonic()
+    job = client.follow(job_id, timeout=30)
+    assert job.status is JobStatus.CANCELLED
+    assert time.monotonic() - t0 < 5  # well before the 10 s the job would take
+    assert _completions(flaky_state, job_id) == 0
+    assert _result_objects(client, uid, job_id) == []  # no partial outputs
+    assert job.error is None
+
+
+def test_queued_job_cancelled_before_it_starts_never_runs(
+    stack: LocalStack, client: Client, uid: str, flaky_state: Path
+) -> None:
+    job_id = f"cq-{uid}"
+    client.jobs().document(job_id).set(
+        {"uid": uid, "pipeline": "flaky", "inputs": {}, "status": "queued", "cancelRequested": True}
+    )
+    Bus(client.settings).publish_job(JobMessage(job_id=job_id, pipeline="flaky"))
+    job = client.follow(job_id, timeout=30)
+    assert job.status is JobStatus.CANCELLED
+    assert _starts(flaky_state, job_id) == 0
+
+
+def test_worker_killed_mid_run_is_taken_over(
+    stack: LocalStack, client: Client, uid: str, flaky_state: Path
+) -> None:
+    job_id = _flaky(client, uid, steps=40, step_seconds=0.05)
+    client.wait_for_status(job_id, {JobStatus.RUNNING}, timeout=30)
+    time.sleep(0.5)
+    stack.restart_gpu_service()  # SIGKILL, then start again
+    job = client.follow(job_id, timeout=90)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    assert job.attempt == 2
+    assert _starts(flaky_state, job_id) == 2 and _completions(flaky_state, job_id) == 1
+    assert _result_objects(client, uid, job_id) == [f"results/{uid}/{job_id}/2/result.txt"]
+
+
+def test_sigterm_sends_running_jobs_back_to_the_queue_at_once(
+    stack: LocalStack, client: Client, uid: str, flaky_state: Path
+) -> None:
+    job_id = _flaky(client, uid, steps=200, step_seconds=0.05)
+    client.wait_for_status(job_id, {JobStatus.RUNNING}, timeout=30)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    stack.kill("gpu_service", signal.SIGTERM)
+    requeued = client.wait_for_status(job_id, {JobStatus.QUEUED}, timeout=10)
+    # Back in the queue by the drain, not by a lease expiry (6 s here), and not an attempt.
+    assert time.monotonic() - t0 < 4
+    assert requeued.attempt == 0
+    assert requeued.to_firestore()["lastError"]["code"] == "preempted"
+    stack.restart_gpu_service()
+    job = client.follow(job_id, timeout=90)
+    assert job.status is JobStatus.SUCCEEDED and job.attempt == 1
+    assert _completions(flaky_state, job_id) == 1
+
+
+def test_at_capacity_the_service_pushes_back_and_the_job_stays_queued(
+    stack: LocalStack, client: Client, uid: str
+) -> None:
+    busy = [_flaky(client, uid, steps=60, step_seconds=0.05) for _ in range(2)]  # MAX_CONCURRENT_JOBS=2
+    for job_id in busy:
+        client.wait_for_status(job_id, {JobStatus.RUNNING}, timeout=30)
+    job_id = f"bp-{uid}"
+    client.jobs().document(job_id).set({"uid": uid, "pipeline": "flaky", "inputs": {}, "status": "queued"})
+    body = JobMessage(job_id=job_id, pipeline="flaky").model_dump_json(by_alias=True)
+    import base64
+
+    envelope = {"message": {"data": base64.b64encode(body.encode()).decode(), "messageId": "bp"}}
+    resp = httpx.post(f"{stack.env['GPU_SERVICE_URL']}/push/flaky", json=envelope, timeout=30)
+    assert resp.status_code == 429
+    job = client.get(job_id)
+    assert job and job.status is JobStatus.QUEUED and job.attempt == 0
+    for b in busy:
+        assert client.follow(b, timeout=60).status is JobStatus.SUCCEEDED
+    # Nothing published this job: the sweeper finds it queued and untouched, and re-publishes it.
+    assert client.follow(job_id, timeout=60).status is JobStatus.SUCCEEDED
+
+
+def test_a_worker_that_lost_its_lease_cannot_commit(stack: LocalStack, client: Client, uid: str) -> None:
+    store = JobStore(client.db, client.settings.jobs_collection)
+    job_id = f"lease-{uid}"
+    client.jobs().document(job_id).set({"uid": uid, "pipeline": "none", "inputs": {}, "status": "queued"})
+    first = store.claim(job_id, "worker-a", lease_seconds=0.5, max_attempts=5)
+    assert first.outcome is ClaimOutcome.CLAIMED and first.attempt == 1
+    assert store.claim(job_id, "worker-b", 30, 5).outcome is ClaimOutcome.RUNNING_ELSEWHERE
+    time.sleep(0.8)  # worker-a paused past its lease
+    second = store.claim(job_id, "worker-b", 30, 5)
+    assert second.outcome is ClaimOutcome.CLAIMED and second.attempt == 2
+    with pytest.raises(LeaseLost):
+        store.heartbeat(job_id, "worker-a", 1, 30)
+    with pytest.raises(LeaseLost):
+        store.finish(job_id, "worker-a", 1, JobStatus.SUCCEEDED, {"outputs": {"from": "a"}})
+    store.finish(job_id, "worker-b", 2, JobStatus.SUCCEEDED, {"outputs": {"from": "b"}})
+    job = client.get(job_id)
+    assert job and job.status is JobStatus.SUCCEEDED and job.outputs == {"from": "b"}
+    with pytest.raises(LeaseLost):  # and nothing moves a final job
+        store.finish(job_id, "worker-b", 2, JobStatus.FAILED, {})
+
+
+def test_sweeper_validates_a_pending_job_whose_trigger_never_ran(stack: LocalStack, uid: str) -> None:
+    # A collection with no trigger stands in for a lost Firestore event.
+    settings = Settings(jobs_collection="jobs-no-trigger")
+    db = firestore_client(settings)
+    deps = Deps(
+        settings, JobStore(db, settings.jobs_collection), BlobStore(storage_client(settings)), Bus(settings)
+    )
+    db.collection("jobs-no-trigger").document(f"p-{uid}").set({"uid": uid, "pipeline": "flaky", "inputs": {}, "status": "pending"})
+    db.collection("jobs-no-trigger").document(f"bad-{uid}").set(
+        {"uid": uid, "pipeline": "nope", "inputs": {}, "status": "pending"}
+    )
+    assert not sweep(deps).revalidated  # too recent: its trigger may still be on the way
+    time.sleep(4.5)
+    report = sweep(deps)
+    assert {f"p-{uid}", f"bad-{uid}"} <= set(report.revalidated)
+    assert deps.jobs.get(f"p-{uid}").status is JobStatus.QUEUED  # type: ignore[union-attr]
+    bad = deps.jobs.get(f"bad-{uid}")
+    assert bad and bad.status is JobStatus.REJECTED and bad.error and bad.error.code == "unknown_pipeline"
+
+
+def test_pull_consumer_runs_jobs_with_the_same_claim_and_commit(
+    stack: LocalStack, client: Client, uid: str, flaky_state: Path
+) -> None:
+    from gpu_service.models import ModelPool
+    from gpu_service.pull import PullConsumer
+    from gpu_service.worker import Worker
+
+    settings = Settings(worker_id="pull-worker", enabled_pipelines=["flaky"])
+    project = settings.google_cloud_project
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic = publisher.topic_path(project, "pull-test")
+    publisher.create_topic(name=topic)
+    sub = subscriber.subscription_path(project, "pull-test-gpu")
+    subscriber.create_subscription(name=sub, topic=topic, ack_deadline_seconds=10)
+
+    worker = Worker(settings, JobStore(client.db), BlobStore(client.gcs), ModelPool(settings))
+    consumer = PullConsumer(worker, sub, max_messages=2)
+    consumer.start()
+    try:
+        ids = []
+        for n in range(3):
+            job_id = f"pull-{n}-{uid}"
+            ids.append(job_id)
+            client.jobs().document(job_id).set(
+                {
+                    "uid": uid,
+                    "pipeline": "flaky",
+                    "inputs": {"steps": 5, "fail_times": 1 if n == 0 else 0},
+                    "status": "queued",
+                }
+            )
+            for _ in range(2):  # every message delivered twice
+                publisher.publish(
+                    topic, JobMessage(job_id=job_id, pipeline="flaky").model_dump_json(by_alias=True).encode()
+                ).result()
+        jobs: list[JobDoc] = [client.follow(j, timeout=60) for j in ids]
+    finally:
+        consumer.stop()
+    assert [j.status for j in jobs] == [JobStatus.SUCCEEDED] * 3
+    assert all(j.to_firestore()["runtime"]["worker"] == "pull-worker" for j in jobs)
+    assert jobs[0].attempt == 2  # retried after its transient failure (a nack)
+    assert [_completions(flaky_state, j) for j in ids] == [1, 1, 1]

@@ -1,0 +1,83 @@
+"""``flaky``: a stand-in pipeline for fault-injection runs and delivery tests (loaded via PLUGINS).
+
+It does timed steps with progress (so it can be killed or cancelled mid-run), can fail
+transiently the first N times it starts or permanently, and counts its starts and completions
+per job in files under ``state_dir``. Those files survive a SIGKILL of the service, which is what
+lets ``make faults`` prove that no job's pipeline ran to completion twice.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from pipelines.base import PipelineModel, PipelineSpec, RunContext, RunResult
+from pipelines.errors import PermanentError, RetryableError
+
+
+class FlakyInputs(PipelineModel):
+    steps: int = Field(10, ge=1, le=10_000)
+    step_seconds: float = Field(0.05, ge=0, le=10)
+    fail_times: int = Field(0, ge=0, le=20, description="raise a retryable error on the first N starts")
+    fail_permanently: bool = False
+
+
+class FlakyOutputs(BaseModel):
+    steps: int
+    starts: int
+
+
+class FlakyConfig(BaseModel):
+    state_dir: Path = Path("/tmp/gpu-jobs-flaky")
+
+
+def count(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _append(path: Path, line: str) -> int:
+    with path.open("a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return count(path)
+
+
+class Flaky:
+    def __init__(self, config: FlakyConfig) -> None:
+        self.state = config.state_dir
+        self.state.mkdir(parents=True, exist_ok=True)
+
+    def run(self, inputs: FlakyInputs, ctx: RunContext) -> RunResult[FlakyOutputs]:
+        starts = _append(self.state / f"{ctx.job_id}.starts", str(os.getpid()))
+        if inputs.fail_permanently:
+            raise PermanentError("this job was told to fail", code="told_to_fail")
+        if starts <= inputs.fail_times:
+            raise RetryableError(f"transient failure {starts} of {inputs.fail_times}", code="flaky")
+        for step in range(inputs.steps):
+            ctx.progress(step / inputs.steps, "working")
+            if inputs.step_seconds:
+                import time
+
+                time.sleep(inputs.step_seconds)
+        ctx.progress(1.0, "working")
+        result = ctx.workdir / "result.txt"
+        result.write_text(f"{inputs.steps} steps\n")
+        _append(self.state / f"{ctx.job_id}.completions", str(os.getpid()))
+        return RunResult(FlakyOutputs(steps=inputs.steps, starts=starts), files={"result.txt": result})
+
+
+def load(config: FlakyConfig) -> Flaky:
+    return Flaky(config)
+
+
+SPEC = PipelineSpec(
+    name="flaky",
+    inputs=FlakyInputs,
+    outputs=FlakyOutputs,
+    config=FlakyConfig,
+    loader="tests.support.flaky:load",
+    description="test stand-in: timed steps, injectable transient and permanent failures",
+)
