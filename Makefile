@@ -35,3 +35,6 @@ bench: install ## upload -> succeeded latency for a 10 s clip, split by stage
 
 clean:
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache
+
+faults: install ## fault injection on the local stack; last line: lost=N double=N stuck=N
+	$(PY) -m scripts.faults

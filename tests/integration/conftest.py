@@ -12,7 +12,7 @@ import pytest
 from infra.client import Client
 from infra.localstack.stack import LocalStack, StackConfig
 from infra.settings import Settings
-from infra.topology import Topology, load_topology
+from tests.support.flaky import topology_with_flaky
 
 # Small enough to test "too large" with a real upload; lease short enough to test take-overs.
 TEST_STACK_ENV = {
@@ -27,15 +27,6 @@ TEST_STACK_ENV = {
 }
 
 
-def stack_topology() -> Topology:
-    """The real topology plus the ``flaky`` stand-in pipeline, retried quickly."""
-    topology = load_topology()
-    topology.pipelines["flaky"] = {
-        "retry_policy": {"minimum_backoff_seconds": 1, "maximum_backoff_seconds": 2},
-    }
-    return topology
-
-
 @pytest.fixture(scope="session")
 def flaky_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("flaky")
@@ -48,7 +39,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, flaky_state: Path) -> Iterat
     config = StackConfig(
         state_dir=state, env=env, enabled_pipelines=["transcribe", "flaky"], schedule_interval_seconds=1.0
     )
-    with LocalStack(config, stack_topology()) as running, pytest.MonkeyPatch.context() as mp:
+    with LocalStack(config, topology_with_flaky()) as running, pytest.MonkeyPatch.context() as mp:
         for key, value in {**running.env, **env}.items():
             mp.setenv(key, value)
         yield running

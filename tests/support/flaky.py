@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -81,3 +82,14 @@ SPEC = PipelineSpec(
     loader="tests.support.flaky:load",
     description="test stand-in: timed steps, injectable transient and permanent failures",
 )
+
+
+def topology_with_flaky() -> Any:
+    """The real topology plus a ``flaky`` pipeline whose subscription retries quickly."""
+    from infra.topology import load_topology
+
+    topology = load_topology()
+    topology.pipelines["flaky"] = {
+        "retry_policy": {"minimum_backoff_seconds": 1, "maximum_backoff_seconds": 2}
+    }
+    return topology
