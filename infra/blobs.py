@@ -8,7 +8,7 @@ from pathlib import Path
 
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
+from google.cloud import storage  # type: ignore[attr-defined]
 
 from infra.settings import Settings
 from pipelines.base import parse_gs_uri
@@ -35,7 +35,7 @@ def storage_client(settings: Settings) -> storage.Client:
     if settings.storage_emulator_host:
         # The client library honours STORAGE_EMULATOR_HOST; it needs no credentials there.
         os.environ.setdefault("STORAGE_EMULATOR_HOST", settings.storage_emulator_host)
-        return storage.Client(project=settings.google_cloud_project, credentials=AnonymousCredentials())
+        return storage.Client(project=settings.google_cloud_project, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
     return storage.Client(project=settings.google_cloud_project)
 
 

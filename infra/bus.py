@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from google.api_core import exceptions as gexc
-from google.cloud import pubsub_v1
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 from infra.contract import JobMessage
 from infra.settings import Settings
@@ -16,7 +16,7 @@ class Bus:
         self._publisher = publisher or pubsub_v1.PublisherClient()
 
     def topic_path(self, topic: str) -> str:
-        return self._publisher.topic_path(self._settings.google_cloud_project, topic)
+        return str(self._publisher.topic_path(self._settings.google_cloud_project, topic))
 
     def publish(self, topic: str, data: bytes, **attributes: str) -> str:
         """Publish and wait for the server's ack; returns the message id."""

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from google.cloud import firestore, storage
+from google.cloud import firestore, storage  # type: ignore[attr-defined]
 
 from infra.contract import FINAL_STATES, JobDoc, JobStatus
 from infra.settings import Settings
@@ -110,7 +110,7 @@ class Client:
         done = threading.Event()
         latest: list[JobDoc] = []
 
-        def on_snapshot(snaps: list[firestore.DocumentSnapshot], _changes: Any, _read_time: Any) -> None:
+        def on_snapshot(snaps: list[Any], _changes: Any, _read_time: Any) -> None:
             for snap in snaps:
                 if not snap.exists:
                     continue
@@ -127,7 +127,7 @@ class Client:
                 status = latest[-1].status if latest else "absent"
                 raise JobTimeout(f"job {job_id} is still {status} after {timeout:.0f}s")
         finally:
-            watch.unsubscribe()
+            watch.unsubscribe()  # type: ignore[no-untyped-call]
         return latest[-1]
 
     def wait_for_status(self, job_id: str, statuses: set[JobStatus], timeout: float = 60.0) -> JobDoc:

@@ -119,7 +119,7 @@ class JobStore:
         allowed = set(allowed_from) if allowed_from is not None else None
         ref = self.ref(job_id)
 
-        @firestore.transactional  # type: ignore[untyped-decorator]
+        @firestore.transactional
         def run(txn: firestore.Transaction) -> JobDoc | None:
             snap = ref.get(transaction=txn)
             if not snap.exists:
@@ -151,7 +151,7 @@ class JobStore:
         """Take the job for one attempt, in a transaction. Only the returned attempt may commit."""
         ref = self.ref(job_id)
 
-        @firestore.transactional  # type: ignore[untyped-decorator]
+        @firestore.transactional
         def run(txn: firestore.Transaction) -> Claim:
             snap = ref.get(transaction=txn)
             if not snap.exists:
@@ -206,7 +206,7 @@ class JobStore:
         """
         ref = self.ref(job_id)
 
-        @firestore.transactional  # type: ignore[untyped-decorator]
+        @firestore.transactional
         def run(txn: firestore.Transaction) -> bool:
             job = self._owned(ref.get(transaction=txn), owner, attempt)
             data: dict[str, Any] = {
@@ -231,7 +231,7 @@ class JobStore:
             raise ValueError(f"a running job cannot become {to}")
         ref = self.ref(job_id)
 
-        @firestore.transactional  # type: ignore[untyped-decorator]
+        @firestore.transactional
         def run(txn: firestore.Transaction) -> None:
             self._owned(ref.get(transaction=txn), owner, attempt)
             if to is JobStatus.QUEUED:
@@ -247,7 +247,7 @@ class JobStore:
         when its attempts are spent). Returns the new state, or ``None`` if it was not stuck."""
         ref = self.ref(job_id)
 
-        @firestore.transactional  # type: ignore[untyped-decorator]
+        @firestore.transactional
         def run(txn: firestore.Transaction) -> JobStatus | None:
             snap = ref.get(transaction=txn)
             if not snap.exists:
@@ -291,7 +291,7 @@ class JobStore:
         self.ref(job_id).update({"updatedAt": SERVER_TIME})
 
     @staticmethod
-    def _owned(snap: firestore.DocumentSnapshot, owner: str, attempt: int) -> JobDoc:
+    def _owned(snap: Any, owner: str, attempt: int) -> JobDoc:
         if not snap.exists:
             raise LeaseLost("the job document is gone")
         job = JobDoc.model_validate(snap.to_dict())

@@ -16,6 +16,7 @@ Components (each its own process group, each with its own log under ``.local/log
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -252,7 +253,8 @@ class LocalStack:
         self.timings["firestore"] = round(time.perf_counter() - t0, 2)
         self._register_firestore_triggers()
         for name in self.topology.functions:
-            self._wait(name, lambda n=name: _port_open(p[f"fn:{n}"]), 30)
+            port = p[f"fn:{name}"]
+            self._wait(name, functools.partial(_port_open, port), 30)
         self._start_schedules()
         self.timings["functions"] = round(time.perf_counter() - t0, 2)
         if self.config.start_gpu_service:
