@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TOPOLOGY_FILE = Path(__file__).with_name("topology.yaml")
 
@@ -44,6 +44,12 @@ class RetryPolicy(_Model):
     minimum_backoff_seconds: int = Field(ge=0, le=600)
     maximum_backoff_seconds: int = Field(ge=0, le=600)
 
+    @model_validator(mode="after")
+    def _ordered(self) -> RetryPolicy:
+        if self.minimum_backoff_seconds > self.maximum_backoff_seconds:
+            raise ValueError("retry_policy: minimum_backoff_seconds must not exceed maximum_backoff_seconds")
+        return self
+
 
 class DeadLetter(_Model):
     topic: str
@@ -51,7 +57,7 @@ class DeadLetter(_Model):
 
 
 class Subscription(_Model):
-    mode: str = "push"
+    mode: Literal["push", "pull"] = "push"
     ack_deadline_seconds: int = Field(10, ge=10, le=600)
     retry_policy: RetryPolicy
     dead_letter: DeadLetter

@@ -1,0 +1,124 @@
+variable "config" {
+  description = "The GPU Cloud Run service. concurrency = jobs per instance (1: one job per GPU); timeout_seconds should cover the push ack deadline."
+  type = object({
+    accelerator                   = optional(string, "nvidia-l4")
+    concurrency                   = optional(number, 1)
+    cpu                           = optional(string, "8")
+    env                           = optional(map(string), {})
+    gpu_zonal_redundancy_disabled = optional(bool, true)
+    image                         = string
+    ingress                       = optional(string, "INGRESS_TRAFFIC_INTERNAL_ONLY")
+    max_instances                 = optional(number, 1)
+    memory                        = optional(string, "32Gi")
+    min_instances                 = optional(number, 0)
+    name                          = optional(string, "gpu-service")
+    port                          = optional(number, 8080)
+    startup_probe = optional(object({
+      failure_threshold     = optional(number, 30)
+      initial_delay_seconds = optional(number, 0)
+      path                  = optional(string, "/healthz")
+      period_seconds        = optional(number, 10)
+      timeout_seconds       = optional(number, 5)
+    }), {})
+    timeout_seconds = optional(number, 600)
+  })
+  nullable = false
+  validation {
+    condition     = contains(["nvidia-l4", "nvidia-rtx-pro-6000"], var.config.accelerator)
+    error_message = "accelerator must be a Cloud Run GPU type: nvidia-l4 (or nvidia-rtx-pro-6000 where available)."
+  }
+  validation {
+    condition     = var.config.accelerator != "nvidia-l4" || (try(tonumber(var.config.cpu), 0) >= 4 && try(tonumber(trimsuffix(var.config.memory, "Gi")), 0) >= 16)
+    error_message = "Cloud Run L4 GPUs need at least 4 CPU and 16Gi memory (8 CPU / 32Gi recommended); give cpu as a whole number and memory in Gi."
+  }
+  validation {
+    condition     = var.config.min_instances >= 0 && var.config.max_instances >= max(1, var.config.min_instances)
+    error_message = "Need 0 <= min_instances <= max_instances and max_instances >= 1 (max_instances is bounded by your GPU quota)."
+  }
+  validation {
+    condition     = var.config.concurrency >= 1 && var.config.concurrency <= 1000
+    error_message = "concurrency must be between 1 and 1000; keep 1 unless a pipeline can share the GPU."
+  }
+  validation {
+    condition     = var.config.timeout_seconds >= 1 && var.config.timeout_seconds <= 3600
+    error_message = "timeout_seconds must be between 1 and 3600 (Cloud Run request timeout)."
+  }
+  validation {
+    condition = (
+      var.config.startup_probe.period_seconds >= 1 && var.config.startup_probe.period_seconds <= 240 &&
+      var.config.startup_probe.initial_delay_seconds >= 0 && var.config.startup_probe.initial_delay_seconds <= 240 &&
+      var.config.startup_probe.timeout_seconds >= 1 && var.config.startup_probe.timeout_seconds <= var.config.startup_probe.period_seconds &&
+      var.config.startup_probe.failure_threshold >= 1
+    )
+    error_message = "startup_probe: period_seconds and initial_delay_seconds at most 240, timeout_seconds between 1 and period_seconds; raise failure_threshold for slow model loads."
+  }
+  validation {
+    condition     = contains(["INGRESS_TRAFFIC_ALL", "INGRESS_TRAFFIC_INTERNAL_ONLY", "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"], var.config.ingress)
+    error_message = "ingress must be INGRESS_TRAFFIC_ALL, INGRESS_TRAFFIC_INTERNAL_ONLY (Pub/Sub push from this project still reaches it) or INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER."
+  }
+}
+
+variable "deletion_protection" {
+  description = "Refuse to destroy the service (and worker pool) from Terraform."
+  type        = bool
+  nullable    = false
+  default     = true
+}
+
+variable "invokers" {
+  description = "Members granted run.invoker on the service (the Pub/Sub push identity), keyed by a static name."
+  type        = map(string)
+  nullable    = false
+  default     = {}
+}
+
+variable "labels" {
+  description = "Labels applied to the service and worker pool."
+  type        = map(string)
+  nullable    = false
+  default     = {}
+}
+
+variable "project_id" {
+  description = "Project of the service."
+  type        = string
+  nullable    = false
+}
+
+variable "region" {
+  description = "Region of the service; it needs Cloud Run GPU quota for the accelerator."
+  type        = string
+  nullable    = false
+}
+
+variable "service_account" {
+  description = "Email of the identity the service (and worker pool) runs as."
+  type        = string
+  nullable    = false
+}
+
+variable "worker_pool" {
+  description = <<-EOT
+    Optional Cloud Run worker pool (google-beta google_cloud_run_v2_worker_pool) running the same
+    image, for pipelines in pull mode whose jobs outlast the 600 s push limit: `python -m
+    gpu_service` starts a streaming-pull consumer for every enabled pull-mode pipeline. `env` is
+    added to config.env (set ENABLED_PIPELINES to the pull pipelines there); `command`/`args`
+    null = the image's CMD. `subscriptions` (ids) are recorded on the revision, which also makes
+    the pool wait for them.
+  EOT
+  type = object({
+    args           = optional(list(string))
+    command        = optional(list(string))
+    enabled        = optional(bool, false)
+    env            = optional(map(string), {})
+    instance_count = optional(number, 1)
+    name           = optional(string, "gpu-worker")
+    subscriptions  = optional(list(string), [])
+  })
+  nullable = false
+  default  = {}
+  validation {
+    condition     = var.worker_pool.instance_count >= 0
+    error_message = "worker_pool.instance_count must be 0 or more (0 parks the pool without deleting it)."
+  }
+}

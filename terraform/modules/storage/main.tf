@@ -1,0 +1,92 @@
+resource "google_storage_bucket" "default" {
+  for_each                    = var.buckets
+  project                     = var.project_id
+  name                        = each.value.name
+  location                    = var.config.location
+  storage_class               = var.config.storage_class
+  force_destroy               = var.config.force_destroy
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  labels                      = var.labels
+
+  versioning {
+    enabled = var.config.versioning
+  }
+
+  # Browsers upload with the Firebase Storage SDK (resumable uploads) and read results back.
+  dynamic "cors" {
+    for_each = length(var.config.cors_origins) == 0 ? [] : [""]
+    content {
+      origin          = var.config.cors_origins
+      method          = ["GET", "HEAD", "PUT", "POST", "DELETE"]
+      response_header = ["Content-Type", "Content-Length", "Authorization", "User-Agent", "x-goog-resumable"]
+      max_age_seconds = 3600
+    }
+  }
+}
+
+resource "google_storage_bucket_iam_member" "default" {
+  for_each = var.iam_bindings_additive
+  bucket   = google_storage_bucket.default[each.value.bucket].name
+  role     = each.value.role
+  member   = each.value.member
+}
+
+# The Cloud Storage service agent publishes the notifications: it needs publisher on each topic.
+# Reading it through this data source also makes sure the agent exists.
+data "google_storage_project_service_account" "default" {
+  project = var.project_id
+}
+
+resource "google_pubsub_topic_iam_member" "notification_publisher" {
+  for_each = { for topic_id in distinct([for n in values(var.notifications) : n.topic_id]) : topic_id => topic_id }
+  topic    = each.value
+  role     = "roles/pubsub.publisher"
+  member   = data.google_storage_project_service_account.default.member
+}
+
+resource "google_storage_notification" "default" {
+  for_each           = var.notifications
+  bucket             = google_storage_bucket.default[each.key].name
+  payload_format     = "JSON_API_V1"
+  topic              = each.value.topic_id
+  event_types        = each.value.event_types
+  object_name_prefix = each.value.object_prefix
+  custom_attributes  = each.value.custom_attributes
+  depends_on         = [google_pubsub_topic_iam_member.notification_publisher]
+}
+
+resource "google_firebase_storage_bucket" "default" {
+  provider  = google-beta
+  for_each  = var.firebase_link ? var.buckets : {}
+  project   = var.project_id
+  bucket_id = google_storage_bucket.default[each.key].id
+}
+
+# Firebase Storage security rules: what app users may read and write with the client SDKs
+# (the backend's service accounts are not subject to them).
+resource "google_firebaserules_ruleset" "storage" {
+  count   = var.firebase_link && var.firebase_rules != null ? 1 : 0
+  project = var.project_id
+  source {
+    files {
+      name    = "storage.rules"
+      content = var.firebase_rules
+    }
+  }
+  depends_on = [google_firebase_storage_bucket.default]
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "google_firebaserules_release" "storage" {
+  for_each     = var.firebase_link && var.firebase_rules != null ? var.buckets : {}
+  project      = var.project_id
+  name         = "firebase.storage/${google_storage_bucket.default[each.key].name}"
+  ruleset_name = "projects/${var.project_id}/rulesets/${google_firebaserules_ruleset.storage[0].name}"
+  lifecycle {
+    # A release cannot be pointed at a new ruleset in place.
+    replace_triggered_by = [google_firebaserules_ruleset.storage[0]]
+  }
+}

@@ -1,0 +1,84 @@
+variable "buckets" {
+  description = "Buckets by topology key. name = the real (globally unique) bucket name."
+  type = map(object({
+    name = string
+  }))
+  nullable = false
+  validation {
+    condition     = alltrue([for b in values(var.buckets) : can(regex("^[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]$", b.name))])
+    error_message = "Bucket names must be 3-63 characters of lowercase letters, digits, -, _ and ., starting and ending with a letter or digit."
+  }
+}
+
+variable "config" {
+  description = "Settings shared by every bucket."
+  type = object({
+    cors_origins  = optional(list(string), [])
+    force_destroy = optional(bool, false)
+    location      = string
+    storage_class = optional(string, "STANDARD")
+    versioning    = optional(bool, false)
+  })
+  nullable = false
+  validation {
+    condition     = alltrue([for o in var.config.cors_origins : o == "*" || can(regex("^https?://", o))])
+    error_message = "cors_origins are web origins such as \"https://my-app.web.app\" (or \"*\")."
+  }
+}
+
+variable "firebase_link" {
+  description = "Link the buckets to Firebase so the Firebase Storage client SDKs can use them (the project must already be a Firebase project)."
+  type        = bool
+  nullable    = false
+  default     = false
+}
+
+variable "firebase_rules" {
+  description = "Content of the Firebase Storage security rules (infra/storage.rules), released on every bucket when firebase_link is true. Null leaves the rules alone."
+  type        = string
+  default     = null
+}
+
+variable "iam_bindings_additive" {
+  description = "Bucket-level IAM members to add, keyed by a static name. bucket is a key of var.buckets."
+  type = map(object({
+    bucket = string
+    member = string
+    role   = string
+  }))
+  nullable = false
+  default  = {}
+  validation {
+    condition     = alltrue([for b in values(var.iam_bindings_additive) : contains(keys(var.buckets), b.bucket)])
+    error_message = "iam_bindings_additive.*.bucket must be a key of buckets."
+  }
+}
+
+variable "labels" {
+  description = "Labels applied to every bucket."
+  type        = map(string)
+  nullable    = false
+  default     = {}
+}
+
+variable "notifications" {
+  description = "Pub/Sub notifications by bucket key (JSON_API_V1 payload). topic_id is the full topic id."
+  type = map(object({
+    custom_attributes = optional(map(string), {})
+    event_types       = list(string)
+    object_prefix     = optional(string)
+    topic_id          = string
+  }))
+  nullable = false
+  default  = {}
+  validation {
+    condition     = alltrue([for k in keys(var.notifications) : contains(keys(var.buckets), k)])
+    error_message = "notifications are keyed by bucket key and each key must be in buckets."
+  }
+}
+
+variable "project_id" {
+  description = "Project that owns the buckets."
+  type        = string
+  nullable    = false
+}

@@ -1,0 +1,49 @@
+output "buckets" {
+  description = "Bucket keys (short ids; the storage module derives the real, globally unique names)."
+  value       = keys(var.topology.buckets)
+}
+
+output "dead_letter_topics" {
+  description = "Topics used as a dead-letter topic by at least one pipeline subscription."
+  value       = distinct(compact([for p in values(local.pipelines) : try(p.dead_letter.topic, null)]))
+}
+
+output "firestore" {
+  description = "Firestore database id and the jobs collection."
+  value       = var.topology.firestore
+}
+
+output "functions" {
+  description = "Functions by service name: target and a normalised trigger (kind = pubsub | firestore)."
+  value       = local.functions
+}
+
+output "notifications" {
+  description = "Storage notifications by bucket key."
+  value       = local.notifications
+}
+
+output "pipeline_topic_prefix" {
+  description = "Prefix of the pipeline topics (the services' TOPIC_PREFIX setting)."
+  value       = trimsuffix(var.naming.pipeline_topic, "%s")
+}
+
+output "pipelines" {
+  description = "Each pipeline's settings: pipeline_defaults merged with its overrides, plus derived topic, subscription and push path."
+  value       = local.pipelines
+}
+
+output "schedules" {
+  description = "Cloud Scheduler jobs by name (empty unless topology.yaml declares schedules)."
+  value       = var.topology.schedules
+}
+
+output "subscriptions" {
+  description = "GPU-side subscriptions by subscription name, with their effective settings."
+  value       = local.subscriptions
+}
+
+output "topics" {
+  description = "Every topic to create: the declared ones plus one per pipeline."
+  value       = local.topics
+}

@@ -1,0 +1,41 @@
+output "bucket_names" {
+  description = "Real bucket names by topology key."
+  value       = module.storage.names
+}
+
+output "function_urls" {
+  description = "Function service URLs by function name (reachable through their Eventarc triggers)."
+  value       = module.functions.urls
+}
+
+output "gpu_service_url" {
+  description = "GPU service URL (OIDC audience of the push subscriptions)."
+  value       = module.gpu_service.uri
+}
+
+output "push_endpoints" {
+  description = "Push endpoint of each push-mode pipeline subscription."
+  value = {
+    for name, s in module.topology.subscriptions : name => "${module.gpu_service.uri}${s.push_path}" if s.mode == "push"
+  }
+}
+
+output "service_accounts" {
+  description = "Service account email per role."
+  value       = local.sa_email
+}
+
+output "subscriptions" {
+  description = "Subscription ids by name."
+  value       = module.pubsub.subscription_ids
+}
+
+output "topics" {
+  description = "Topic ids by name."
+  value       = module.pubsub.topic_ids
+}
+
+output "worker_pool" {
+  description = "Worker pool name, or null when no pull-mode pipeline runs on one."
+  value       = module.gpu_service.worker_pool_name
+}

@@ -1,0 +1,186 @@
+variable "bucket_config" {
+  description = <<-EOT
+    Settings for the topology's buckets. Bucket names are global, so each topology key K becomes
+    "PROJECT_ID-K" unless `names` maps K to another name (e.g. an existing Firebase bucket).
+    `roles` are the bucket roles of the functions (which only inspect uploads) and of the GPU
+    service (which reads inputs and writes results). With firebase_link (the project must be a
+    Firebase project) the buckets are linked to Firebase and, unless firebase_rules is false,
+    infra/storage.rules is released on them.
+  EOT
+  type = object({
+    cors_origins   = optional(list(string), [])
+    firebase_link  = optional(bool, false)
+    firebase_rules = optional(bool, true)
+    force_destroy  = optional(bool, false)
+    location       = optional(string)
+    names          = optional(map(string), {})
+    roles = optional(object({
+      functions   = optional(list(string), ["roles/storage.objectViewer"])
+      gpu_service = optional(list(string), ["roles/storage.objectAdmin"])
+    }), {})
+    versioning = optional(bool, false)
+  })
+  nullable = false
+  default  = {}
+  validation {
+    condition     = alltrue([for r in concat(var.bucket_config.roles.functions, var.bucket_config.roles.gpu_service) : startswith(r, "roles/storage.")])
+    error_message = "bucket_config.roles must be Cloud Storage roles such as \"roles/storage.objectViewer\"."
+  }
+}
+
+variable "deletion_protection" {
+  description = "Refuse to destroy the Cloud Run services and worker pool from Terraform (set false in throwaway environments)."
+  type        = bool
+  nullable    = false
+  default     = true
+}
+
+variable "firestore_config" {
+  description = <<-EOT
+    The Firestore database named in topology.yaml. location_id defaults to the region; use a
+    multi-region such as nam5 or eur3 for higher availability (Firestore triggers are then created
+    in that location). Set create_database = false when the project already has it (e.g. created
+    by Firebase), or import it. rules = false leaves the security rules to another tool.
+  EOT
+  type = object({
+    create_database   = optional(bool, true)
+    delete_protection = optional(bool, true)
+    location_id       = optional(string)
+    rules             = optional(bool, true)
+  })
+  nullable = false
+  default  = {}
+}
+
+variable "functions_config" {
+  description = <<-EOT
+    Settings shared by the function services. source_file is the functions-framework --source
+    (a path inside the image, relative to /app); null uses the framework's default (main.py).
+    env is added to the derived settings (see README: GOOGLE_CLOUD_PROJECT, <KEY>_BUCKET,
+    JOBS_COLLECTION, TOPIC_PREFIX, DEAD_LETTER_TOPIC, ENABLED_PIPELINES) and overrides them.
+  EOT
+  type = object({
+    concurrency     = optional(number, 80)
+    cpu             = optional(string, "1")
+    env             = optional(map(string), {})
+    max_instances   = optional(number, 10)
+    memory          = optional(string, "512Mi")
+    min_instances   = optional(number, 0)
+    source_file     = optional(string, "functions/main.py")
+    timeout_seconds = optional(number, 60)
+  })
+  nullable = false
+  default  = {}
+}
+
+variable "functions_image" {
+  description = "Functions image (functions/Dockerfile), with a tag or digest, e.g. REGION-docker.pkg.dev/PROJECT/REPO/functions:SHORT_SHA."
+  type        = string
+  nullable    = false
+  validation {
+    condition     = can(regex("^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})$", var.functions_image)) && !endswith(var.functions_image, ":latest")
+    error_message = "functions_image must be a full image reference pinned to a tag (not :latest) or a digest, e.g. europe-west1-docker.pkg.dev/my-project/gpu-jobs/functions:abc1234."
+  }
+}
+
+variable "gpu_service_config" {
+  description = <<-EOT
+    The GPU Cloud Run service. concurrency is max_instance_request_concurrency and also the
+    service's MAX_CONCURRENT_JOBS (1 = one job per GPU). timeout_seconds = null uses the largest
+    push ack deadline in topology.yaml (the push ack deadline doubles as the request timeout).
+    env is added to the derived settings (see README) and overrides them; put per-pipeline
+    settings there, e.g. PIPELINES__TRANSCRIBE__MODEL_DIR = "/models/whisper".
+  EOT
+  type = object({
+    accelerator                   = optional(string, "nvidia-l4")
+    concurrency                   = optional(number, 1)
+    cpu                           = optional(string, "8")
+    env                           = optional(map(string), {})
+    gpu_zonal_redundancy_disabled = optional(bool, true)
+    max_instances                 = optional(number, 1)
+    memory                        = optional(string, "32Gi")
+    min_instances                 = optional(number, 0)
+    name                          = optional(string, "gpu-service")
+    startup_probe = optional(object({
+      failure_threshold     = optional(number, 30)
+      initial_delay_seconds = optional(number, 0)
+      path                  = optional(string, "/healthz")
+      period_seconds        = optional(number, 10)
+      timeout_seconds       = optional(number, 5)
+    }), {})
+    timeout_seconds = optional(number)
+  })
+  nullable = false
+  default  = {}
+}
+
+variable "gpu_service_image" {
+  description = "GPU service image (gpu_service/Dockerfile), with a tag or digest, e.g. REGION-docker.pkg.dev/PROJECT/REPO/gpu-service:SHORT_SHA."
+  type        = string
+  nullable    = false
+  validation {
+    condition     = can(regex("^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})$", var.gpu_service_image)) && !endswith(var.gpu_service_image, ":latest")
+    error_message = "gpu_service_image must be a full image reference pinned to a tag (not :latest) or a digest, e.g. europe-west1-docker.pkg.dev/my-project/gpu-jobs/gpu-service:abc1234."
+  }
+}
+
+variable "ingress" {
+  description = "Ingress of every Cloud Run service. INGRESS_TRAFFIC_INTERNAL_ONLY still admits Eventarc and Pub/Sub push from this project."
+  type        = string
+  nullable    = false
+  default     = "INGRESS_TRAFFIC_INTERNAL_ONLY"
+  validation {
+    condition     = contains(["INGRESS_TRAFFIC_ALL", "INGRESS_TRAFFIC_INTERNAL_ONLY", "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"], var.ingress)
+    error_message = "ingress must be INGRESS_TRAFFIC_ALL, INGRESS_TRAFFIC_INTERNAL_ONLY or INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER."
+  }
+}
+
+variable "labels" {
+  description = "Labels applied to every resource that takes them."
+  type        = map(string)
+  nullable    = false
+  default     = {}
+  validation {
+    condition     = alltrue([for k, v in var.labels : can(regex("^[a-z][a-z0-9_-]{0,62}$", k)) && can(regex("^[a-z0-9_-]{0,63}$", v))])
+    error_message = "Label keys must start with a lowercase letter; keys and values use lowercase letters, digits, - and _ (at most 63 characters)."
+  }
+}
+
+variable "project_id" {
+  description = "Project to deploy into."
+  type        = string
+  nullable    = false
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a project id (6-30 lowercase letters, digits, hyphens), not a project name or number."
+  }
+}
+
+variable "region" {
+  description = "Region of every regional resource. The GPU service needs Cloud Run GPU (L4) quota there, e.g. us-central1, europe-west1, europe-west4, asia-southeast1."
+  type        = string
+  nullable    = false
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]$", var.region))
+    error_message = "region must be a Google Cloud region such as europe-west1 (not a zone or multi-region)."
+  }
+}
+
+variable "worker_pool_config" {
+  description = <<-EOT
+    Cloud Run worker pool for pipelines declared with mode: pull in topology.yaml (jobs longer than
+    the 600 s push limit). It runs the GPU image (`python -m gpu_service`, or command/args) with
+    ENABLED_PIPELINES = the pull pipelines, whose streaming-pull consumers it starts. Off by
+    default (google_cloud_run_v2_worker_pool is a google-beta resource); then the GPU service
+    itself consumes the pull pipelines, which needs gpu_service_config.min_instances >= 1.
+  EOT
+  type = object({
+    args           = optional(list(string))
+    command        = optional(list(string))
+    enabled        = optional(bool, false)
+    instance_count = optional(number, 1)
+    name           = optional(string, "gpu-worker")
+  })
+  nullable = false
+  default  = {}
+}

@@ -1,0 +1,1065 @@
+"""Offline checks of the deployment code: terraform/, the Dockerfiles and cloudbuild.yaml.
+
+The google provider cannot be downloaded here, so `terraform validate` runs in Cloud Build only.
+What runs here:
+
+* `terraform fmt -check`;
+* ``terraform/modules/topology`` has no provider, so it is planned for real against
+  infra/topology.yaml (its derived names must match what this file derives) and against broken
+  copies (which its validations must reject);
+* a small HCL scanner checks module interfaces (inputs, outputs, ``var.`` references) the way
+  ``terraform validate`` would, and that no topology name is hard-coded in any ``*.tf``;
+* the per-pipeline subscription settings are checked against Pub/Sub limits in pure Python.
+
+Terraform-backed tests skip, with the reason, when ``terraform`` is not on PATH.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TF = ROOT / "terraform"
+TOPOLOGY_PATH = ROOT / "infra" / "topology.yaml"
+TOPOLOGY_MODULE = TF / "modules" / "topology"
+YAMLDECODE = 'yamldecode(file("${path.module}/../infra/topology.yaml"))'
+
+# Naming conventions shared with the Python side (see the comment above `pipeline_defaults`).
+PIPELINE_TOPIC = "jobs-{}"
+PIPELINE_SUBSCRIPTION = "jobs-{}-gpu"
+PUSH_PATH = "/push/{}"
+
+TERRAFORM = shutil.which("terraform")
+needs_terraform = pytest.mark.skipif(
+    TERRAFORM is None, reason="terraform is not on PATH (the Cloud Build terraform-validate step covers it)"
+)
+
+
+def load_topology() -> dict[str, Any]:
+    data = yaml.safe_load(TOPOLOGY_PATH.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# Pub/Sub limits: a pure function over a pipeline's merged settings.
+# (Worth moving into infra/ so the local stack refuses the same topologies as Terraform.)
+# --------------------------------------------------------------------------------------------
+
+ACK_DEADLINE_S = (10, 600)
+MAX_DELIVERY_ATTEMPTS = (5, 100)
+BACKOFF_S = (0, 600)
+RETENTION_S = (600, 31 * 24 * 3600)
+MODES = ("push", "pull")
+
+
+def merge_pipeline(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline's effective settings, merged shallowly as in modules/topology and infra/topology.py:
+    an override's retry_policy or dead_letter replaces the default one whole."""
+    merged = {**defaults, **{k: v for k, v in override.items() if v is not None}}
+    merged.setdefault("mode", "push")
+    merged.setdefault("message_retention_seconds", 86400)  # the defaults of infra/topology.py
+    return merged
+
+
+def _outside(value: Any, bounds: tuple[int, int]) -> bool:
+    return not isinstance(value, int) or not bounds[0] <= value <= bounds[1]
+
+
+def subscription_limit_errors(settings: dict[str, Any]) -> list[str]:
+    """Every way a pipeline's merged subscription settings break a Pub/Sub limit (empty if none)."""
+    errors: list[str] = []
+    if settings.get("mode") not in MODES:
+        errors.append(f"mode {settings.get('mode')!r} is not one of {MODES}")
+    if _outside(settings.get("ack_deadline_seconds"), ACK_DEADLINE_S):
+        errors.append(f"ack_deadline_seconds {settings.get('ack_deadline_seconds')} not in {ACK_DEADLINE_S}")
+    if _outside(settings.get("message_retention_seconds"), RETENTION_S):
+        errors.append(
+            f"message_retention_seconds {settings.get('message_retention_seconds')} not in {RETENTION_S}"
+        )
+    retry = settings.get("retry_policy")
+    if retry is not None:
+        lo, hi = retry.get("minimum_backoff_seconds", 10), retry.get("maximum_backoff_seconds", 600)
+        for key, value in (("minimum_backoff_seconds", lo), ("maximum_backoff_seconds", hi)):
+            if _outside(value, BACKOFF_S):
+                errors.append(f"retry_policy.{key} {value} not in {BACKOFF_S}")
+        if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
+            errors.append(f"retry_policy minimum_backoff_seconds {lo} > maximum_backoff_seconds {hi}")
+    dead_letter = settings.get("dead_letter")
+    if dead_letter is not None:
+        if _outside(dead_letter.get("max_delivery_attempts"), MAX_DELIVERY_ATTEMPTS):
+            errors.append(
+                f"dead_letter.max_delivery_attempts {dead_letter.get('max_delivery_attempts')} "
+                f"not in {MAX_DELIVERY_ATTEMPTS}"
+            )
+        if not dead_letter.get("topic"):
+            errors.append("dead_letter.topic is missing")
+    return errors
+
+
+def effective_pipelines(topology: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    defaults = topology["pipeline_defaults"]
+    return {name: merge_pipeline(defaults, p or {}) for name, p in (topology.get("pipelines") or {}).items()}
+
+
+def test_every_pipeline_subscription_is_within_pubsub_limits() -> None:
+    topology = load_topology()
+    pipelines = effective_pipelines(topology)
+    assert pipelines, "topology.yaml declares no pipelines"
+    problems = {name: subscription_limit_errors(s) for name, s in pipelines.items()}
+    assert not any(problems.values()), problems
+    declared = set(topology.get("topics") or {})
+    for name, s in pipelines.items():
+        if s.get("dead_letter"):
+            assert s["dead_letter"]["topic"] in declared, f"{name}: dead-letter topic is not under topics"
+
+
+GOOD = {
+    "mode": "push",
+    "ack_deadline_seconds": 600,
+    "message_retention_seconds": 86400,
+    "retry_policy": {"minimum_backoff_seconds": 10, "maximum_backoff_seconds": 300},
+    "dead_letter": {"topic": "dlq", "max_delivery_attempts": 5},
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"ack_deadline_seconds": 9}, "ack_deadline_seconds"),
+        ({"ack_deadline_seconds": 601}, "ack_deadline_seconds"),
+        ({"mode": "stream"}, "mode"),
+        ({"message_retention_seconds": 599}, "message_retention_seconds"),
+        (
+            {"retry_policy": {"minimum_backoff_seconds": 400, "maximum_backoff_seconds": 300}},
+            "minimum_backoff",
+        ),
+        (
+            {"retry_policy": {"minimum_backoff_seconds": 10, "maximum_backoff_seconds": 601}},
+            "maximum_backoff",
+        ),
+        (
+            {"retry_policy": {"minimum_backoff_seconds": -1, "maximum_backoff_seconds": 300}},
+            "minimum_backoff",
+        ),
+        ({"dead_letter": {"topic": "dlq", "max_delivery_attempts": 4}}, "max_delivery_attempts"),
+        ({"dead_letter": {"topic": "dlq", "max_delivery_attempts": 101}}, "max_delivery_attempts"),
+        ({"dead_letter": {"max_delivery_attempts": 5}}, "dead_letter.topic"),
+    ],
+)
+def test_limit_check_rejects(change: dict[str, Any], expected: str) -> None:
+    assert subscription_limit_errors(GOOD) == []
+    errors = subscription_limit_errors({**GOOD, **change})
+    assert any(expected in e for e in errors), errors
+
+
+def test_merge_is_shallow_like_infra_topology() -> None:
+    from infra.topology import Topology
+
+    defaults = {
+        "ack_deadline_seconds": 600,
+        "retry_policy": {"minimum_backoff_seconds": 10, "maximum_backoff_seconds": 300},
+        "dead_letter": {"topic": "dlq", "max_delivery_attempts": 5},
+    }
+    override = {"retry_policy": {"minimum_backoff_seconds": 1, "maximum_backoff_seconds": 20}, "mode": "pull"}
+    merged = merge_pipeline(defaults, override)
+    assert merged["retry_policy"] == override["retry_policy"]
+    assert merged["ack_deadline_seconds"] == 600 and merged["mode"] == "pull"
+    topology = Topology.model_validate(
+        {
+            "buckets": {},
+            "firestore": {"jobs_collection": "jobs"},
+            "topics": {"dlq": {}},
+            "functions": {},
+            "pipeline_defaults": defaults,
+            "pipelines": {"p": override},
+        }
+    )
+    python = topology.subscription("p").model_dump()
+    assert {k: merged[k] for k in python if k in merged} == {k: python[k] for k in python if k in merged}
+
+
+# --------------------------------------------------------------------------------------------
+# topology.yaml keys must be ones Terraform reads: its typed variable silently drops the others.
+# Keep in step with `variable "topology"` in terraform/modules/topology/variables.tf.
+# --------------------------------------------------------------------------------------------
+
+PIPELINE_KEYS = {
+    "mode": None,
+    "ack_deadline_seconds": None,
+    "message_retention_seconds": None,
+    "retry_policy": {"minimum_backoff_seconds": None, "maximum_backoff_seconds": None},
+    "dead_letter": {"topic": None, "max_delivery_attempts": None},
+}
+SCHEMA: dict[str, Any] = {
+    "buckets": {"*": {"notification": {"topic": None, "event_types": None, "object_prefix": None}}},
+    "firestore": {"database": None, "jobs_collection": None},
+    "topics": {"*": {"message_retention_seconds": None}},
+    "functions": {
+        "*": {
+            "target": None,
+            "trigger": {"pubsub_topic": None, "firestore": {"event_type": None, "document": None}},
+        }
+    },
+    "pipeline_defaults": PIPELINE_KEYS,
+    "pipelines": {"*": PIPELINE_KEYS},
+    "schedules": {"*": {"schedule": None, "topic": None}},
+}
+
+
+def test_schema_covers_every_field_of_infra_topology() -> None:
+    """What the Python model accepts, Terraform must read (and the other way round)."""
+    from infra import topology as t
+
+    pairs = [
+        (t.Notification, SCHEMA["buckets"]["*"]["notification"]),
+        (t.Bucket, SCHEMA["buckets"]["*"]),
+        (t.Function, SCHEMA["functions"]["*"]),
+        (t.Trigger, SCHEMA["functions"]["*"]["trigger"]),
+        (t.FirestoreTrigger, SCHEMA["functions"]["*"]["trigger"]["firestore"]),
+        (t.Subscription, PIPELINE_KEYS),
+        (t.RetryPolicy, PIPELINE_KEYS["retry_policy"]),
+        (t.DeadLetter, PIPELINE_KEYS["dead_letter"]),
+        (t.Schedule, SCHEMA["schedules"]["*"]),
+    ]
+    for model, keys in pairs:
+        assert set(model.model_fields) == set(keys), model.__name__
+    assert set(t.Topology.model_fields) == set(SCHEMA)
+
+
+def unknown_keys(value: Any, schema: Any, path: str = "") -> Iterator[str]:
+    if schema is None or not isinstance(value, dict):
+        return
+    for key, sub in value.items():
+        if "*" in schema:
+            yield from unknown_keys(sub, schema["*"], f"{path}.{key}")
+        elif key not in schema:
+            yield f"{path}.{key}".lstrip(".")
+        else:
+            yield from unknown_keys(sub, schema[key], f"{path}.{key}")
+
+
+def test_topology_uses_only_keys_terraform_reads() -> None:
+    unknown = list(unknown_keys(load_topology(), SCHEMA))
+    assert not unknown, f"Terraform would silently ignore {unknown}: add them to modules/topology"
+
+
+def test_unknown_key_detection_works() -> None:
+    bad = {"pipelines": {"x": {"ack_deadline_second": 60}}, "extra": 1}
+    assert sorted(unknown_keys(bad, SCHEMA)) == ["extra", "pipelines.x.ack_deadline_second"]
+
+
+# --------------------------------------------------------------------------------------------
+# A tiny HCL scanner (comments, strings, heredocs, top-level blocks): enough for the checks below.
+# --------------------------------------------------------------------------------------------
+
+_HEREDOC = re.compile(r"<<-?([A-Za-z_]+)\n(.*?)\n\s*\1\b", re.S)
+
+
+def tf_files(directory: Path = TF) -> list[Path]:
+    return sorted(p for p in directory.rglob("*.tf") if ".terraform" not in p.parts)
+
+
+def strip_comments(text: str) -> str:
+    out: list[str] = []
+    i, n, in_str = 0, len(text), False
+    while i < n:
+        c = text[i]
+        if in_str:
+            out.append(c)
+            if c == "\\" and i + 1 < n:
+                out.append(text[i + 1])
+                i += 2
+                continue
+            in_str = c != '"'
+            i += 1
+        elif c == '"':
+            in_str = True
+            out.append(c)
+            i += 1
+        elif c == "#" or text.startswith("//", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif text.startswith("/*", i):
+            j = text.find("*/", i)
+            i = n if j < 0 else j + 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def string_literals(text: str) -> list[str]:
+    """Quoted strings and heredoc bodies of an HCL file (comments removed)."""
+    text = strip_comments(text)
+    literals = [m.group(2) for m in _HEREDOC.finditer(text)]
+    text = _HEREDOC.sub("", text)
+    literals += [m.group(1) for m in re.finditer(r'"((?:\\.|[^"\\])*)"', text)]
+    return literals
+
+
+def blocks(text: str, kind: str) -> Iterator[tuple[list[str], str]]:
+    """(labels, body) of each top-level block of one kind, e.g. ("module", ...)."""
+    text = strip_comments(text)
+    for m in re.finditer(rf'^{kind}((?:\s+"[^"]*")*)\s*\{{', text, re.M):
+        labels = re.findall(r'"([^"]*)"', m.group(1))
+        depth, i, in_str = 0, m.end() - 1, False
+        while True:
+            c = text[i]
+            if in_str:
+                if c == "\\":
+                    i += 2
+                    continue
+                in_str = c != '"'
+            elif c == '"':
+                in_str = True
+            elif c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            i += 1
+        yield labels, text[m.end() : i]
+
+
+def top_level_attributes(body: str) -> list[str]:
+    names, depth = [], 0
+    for line in _HEREDOC.sub('""', body).split("\n"):
+        if depth == 0 and (m := re.match(r"\s*([A-Za-z_][A-Za-z0-9_-]*)\s*=(?!=)", line)):
+            names.append(m.group(1))
+        bare = re.sub(r'"(?:\\.|[^"\\])*"', '""', line)
+        depth += sum(bare.count(c) for c in "{[(") - sum(bare.count(c) for c in "}])")
+    return names
+
+
+def declared_variables(module_dir: Path) -> dict[str, str]:
+    """Variable name -> body, for one module directory."""
+    return {
+        labels[0]: body for f in module_dir.glob("*.tf") for labels, body in blocks(f.read_text(), "variable")
+    }
+
+
+def declared_outputs(module_dir: Path) -> set[str]:
+    return {labels[0] for f in module_dir.glob("*.tf") for labels, _ in blocks(f.read_text(), "output")}
+
+
+def module_calls() -> dict[str, tuple[Path, list[str]]]:
+    calls = {}
+    for f in TF.glob("*.tf"):
+        for labels, body in blocks(f.read_text(), "module"):
+            source = re.search(r'source\s*=\s*"([^"]+)"', body)
+            assert source, f"module {labels[0]} has no literal source"
+            calls[labels[0]] = ((TF / source.group(1)).resolve(), top_level_attributes(body))
+    return calls
+
+
+MODULE_DIRS = sorted(p for p in (TF / "modules").iterdir() if p.is_dir())
+
+
+def test_scanner_reads_blocks_strings_and_heredocs() -> None:
+    text = 'variable "a" {\n  description = <<-EOT\n    x "q" y\n  EOT\n  type = map(object({ b = string }))\n}\n# c "d"\n'
+    ((labels, body),) = list(blocks(text, "variable"))
+    assert labels == ["a"]
+    assert top_level_attributes(body) == ["description", "type"]
+    assert 'x "q" y' in string_literals(text)[0]
+    assert "d" not in string_literals(text)
+
+
+# --------------------------------------------------------------------------------------------
+# Terraform layout and wiring
+# --------------------------------------------------------------------------------------------
+
+
+@needs_terraform
+def test_terraform_is_formatted() -> None:
+    result = subprocess.run(
+        [str(TERRAFORM), "fmt", "-check", "-recursive", "-diff", "-no-color", str(TF)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"run `terraform fmt -recursive terraform`:\n{result.stdout}{result.stderr}"
+    )
+
+
+def test_root_reads_topology_with_yamldecode() -> None:
+    main = strip_comments((TF / "main.tf").read_text())
+    assert YAMLDECODE in main
+    calls = module_calls()
+    assert calls["topology"][0] == TOPOLOGY_MODULE
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "module.topology.buckets",
+        "module.topology.topics",
+        "module.topology.subscriptions",
+        "module.topology.functions",
+        "module.topology.notifications",
+        "module.topology.schedules",
+        "module.topology.firestore",
+        "module.topology.pipelines",
+    ],
+)
+def test_root_builds_resources_from_the_topology(reference: str) -> None:
+    assert reference in strip_comments((TF / "main.tf").read_text())
+
+
+def topology_names(topology: dict[str, Any]) -> set[str]:
+    """Every name or value that topology.yaml owns and Terraform must therefore not repeat."""
+    pipelines = effective_pipelines(topology)
+    functions = topology.get("functions") or {}
+    names = {*(topology.get("topics") or {}), *(topology.get("buckets") or {}), *functions, *pipelines}
+    names |= {PIPELINE_TOPIC.format(p) for p in pipelines} | {
+        PIPELINE_SUBSCRIPTION.format(p) for p in pipelines
+    }
+    names |= {f["target"] for f in functions.values()}
+    names |= {
+        f["trigger"]["firestore"]["document"] for f in functions.values() if "firestore" in f["trigger"]
+    }
+    names |= {
+        b["notification"]["object_prefix"]
+        for b in (topology.get("buckets") or {}).values()
+        if b.get("notification")
+    }
+    names |= {s["dead_letter"]["topic"] for s in pipelines.values() if s.get("dead_letter")}
+    names.add(topology["firestore"]["jobs_collection"])
+    return {n for n in names if n}
+
+
+def hard_coded(names: set[str], text: str) -> list[str]:
+    """Topology names written as HCL string literals in `text`.
+
+    Compound ids (jobs-dead-letter, on_job_created, jobs/{jobId}) may not appear inside any
+    literal; short words (media, jobs, transcribe) only count as a whole literal.
+    """
+    compound = {n for n in names if re.search(r"[-_/{]", n)}
+    hits = []
+    for literal in string_literals(text):
+        hits += [f"{n!r} in {literal!r}" for n in sorted(names) if literal == n]
+        hits += [f"{n!r} in {literal!r}" for n in sorted(compound) if n in literal and literal != n]
+    return hits
+
+
+def test_no_topology_name_is_hard_coded_in_terraform() -> None:
+    names = topology_names(load_topology())
+    found = [f"{f.relative_to(ROOT)}: {hit}" for f in tf_files() for hit in hard_coded(names, f.read_text())]
+    assert not found, "read these from module.topology instead:\n" + "\n".join(found)
+
+
+def test_hard_coded_name_detection_works() -> None:
+    names = {"jobs-dead-letter", "media", "jobs/{jobId}"}
+    assert hard_coded(names, 'a = "jobs-dead-letter"') == ["'jobs-dead-letter' in 'jobs-dead-letter'"]
+    assert hard_coded(names, 'a = "projects/p/topics/jobs-dead-letter"')
+    assert hard_coded(names, "a = <<-EOT\n  match jobs/{jobId}\n  EOT\n")
+    assert hard_coded(names, 'b = "media"')
+    assert hard_coded(names, 'b = "${var.project}-media"') == []
+    assert hard_coded(names, '# "jobs-dead-letter"\nc = 1 // "media"\n') == []
+    assert hard_coded(names, 'd = local.t.topics["x"] /* "media" */') == []
+
+
+@pytest.mark.parametrize("module_dir", MODULE_DIRS, ids=lambda p: p.name)
+def test_module_has_fabric_layout(module_dir: Path) -> None:
+    for name in ("main.tf", "variables.tf", "outputs.tf", "versions.tf"):
+        assert (module_dir / name).is_file(), f"{module_dir.name} lacks {name}"
+    names = [labels[0] for labels, _ in blocks((module_dir / "variables.tf").read_text(), "variable")]
+    assert names == sorted(names), f"{module_dir.name}: variables are not alphabetical"
+    for name, body in declared_variables(module_dir).items():
+        attributes = top_level_attributes(body)
+        assert {"description", "type"} <= set(attributes), (
+            f"{module_dir.name}: variable {name} needs description and type"
+        )
+
+
+@pytest.mark.parametrize("module_dir", [TF, *MODULE_DIRS], ids=lambda p: p.name)
+def test_variables_are_declared_where_used(module_dir: Path) -> None:
+    declared = declared_variables(module_dir)
+    used = {
+        ref
+        for f in module_dir.glob("*.tf")
+        for ref in re.findall(r"\bvar\.([A-Za-z_][A-Za-z0-9_]*)", strip_comments(f.read_text()))
+    }
+    assert used <= set(declared), f"undeclared: {sorted(used - set(declared))}"
+
+
+def test_root_variables_are_alphabetical_and_typed() -> None:
+    names = [labels[0] for labels, _ in blocks((TF / "variables.tf").read_text(), "variable")]
+    assert names == sorted(names)
+    for name, body in declared_variables(TF).items():
+        assert {"description", "type"} <= set(top_level_attributes(body)), name
+
+
+def test_module_calls_match_module_interfaces() -> None:
+    problems = []
+    calls = module_calls()
+    for name, (module_dir, attributes) in calls.items():
+        variables = declared_variables(module_dir)
+        meta = {"source", "version", "providers", "depends_on", "count", "for_each"}
+        problems += [
+            f"module.{name}: no variable {a!r}" for a in attributes if a not in meta | set(variables)
+        ]
+        problems += [
+            f"module.{name}: required variable {v!r} not passed"
+            for v, body in variables.items()
+            if "default" not in top_level_attributes(body) and v not in attributes
+        ]
+    for f in TF.glob("*.tf"):
+        for module, output in re.findall(
+            r"\bmodule\.([A-Za-z_]\w*)\.([A-Za-z_]\w*)", strip_comments(f.read_text())
+        ):
+            if module not in calls:
+                problems.append(f"{f.name}: no module {module!r}")
+            elif output not in declared_outputs(calls[module][0]):
+                problems.append(f"{f.name}: module.{module} has no output {output!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_providers_are_pinned() -> None:
+    for f in [TF / "versions.tf", *(d / "versions.tf" for d in MODULE_DIRS)]:
+        text = f.read_text()
+        assert "required_version" in text, f
+        for version in re.findall(r'^\s*version\s*=\s*"([^"]+)"', text, re.M):
+            assert re.search(r">=\s*6\.\d+", version) and "< 8" in version, f"{f}: {version}"
+
+
+def test_gpu_service_settings() -> None:
+    text = strip_comments((TF / "modules" / "gpu-service" / "main.tf").read_text())
+    for pattern in (
+        r'"nvidia\.com/gpu"\s*=\s*"1"',
+        r"node_selector\s*\{\s*accelerator\s*=\s*var\.config\.accelerator",
+        r"gpu_zonal_redundancy_disabled\s*=",
+        r"max_instance_request_concurrency\s*=\s*var\.config\.concurrency",
+        r"startup_probe\s*\{",
+        r"cpu_idle\s*=\s*false",
+        r'timeout\s*=\s*"\$\{var\.config\.timeout_seconds\}s"',
+    ):
+        assert re.search(pattern, text), pattern
+    variables = (TF / "modules" / "gpu-service" / "variables.tf").read_text()
+    assert re.search(r"concurrency\s*=\s*optional\(number, 1\)", variables)
+    assert re.search(r'accelerator\s*=\s*optional\(string, "nvidia-l4"\)', variables)
+    assert re.search(r'path\s*=\s*optional\(string, "/healthz"\)', variables)
+
+
+# --------------------------------------------------------------------------------------------
+# modules/topology planned for real (no provider needed)
+# --------------------------------------------------------------------------------------------
+
+HARNESS = """
+variable "path" {
+  type = string
+}
+
+module "topology" {
+  source   = "%s"
+  topology = yamldecode(file(var.path))
+}
+
+output "t" {
+  value = module.topology
+}
+"""
+
+
+def _terraform(workdir: Path, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1", "TF_INPUT": "0"}
+    return subprocess.run(
+        [str(TERRAFORM), f"-chdir={workdir}", command, "-no-color", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if TERRAFORM is None:
+        pytest.skip("terraform is not on PATH (the Cloud Build terraform-validate step covers it)")
+    workdir = tmp_path_factory.mktemp("tf-topology")
+    (workdir / "main.tf").write_text(HARNESS % TOPOLOGY_MODULE.as_posix())
+    result = _terraform(workdir, "init", "-backend=false")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def derived(harness: Path) -> dict[str, Any]:
+    result = _terraform(harness, "apply", "-auto-approve", f"-var=path={TOPOLOGY_PATH}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = _terraform(harness, "output", "-json", "t")
+    assert out.returncode == 0, out.stderr
+    value = json.loads(out.stdout)
+    assert isinstance(value, dict)
+    return value
+
+
+def test_terraform_derives_every_topic(derived: dict[str, Any]) -> None:
+    topology = load_topology()
+    expected = set(topology.get("topics") or {}) | {
+        PIPELINE_TOPIC.format(p) for p in topology.get("pipelines") or {}
+    }
+    assert set(derived["topics"]) == expected
+
+
+def test_terraform_derives_every_subscription_with_merged_settings(derived: dict[str, Any]) -> None:
+    expected = {PIPELINE_SUBSCRIPTION.format(p): s for p, s in effective_pipelines(load_topology()).items()}
+    assert set(derived["subscriptions"]) == set(expected)
+    for name, sub in derived["subscriptions"].items():
+        want = expected[name]
+        assert sub["ack_deadline_seconds"] == want["ack_deadline_seconds"], name
+        assert sub["mode"] == want["mode"], name
+        assert sub["message_retention_seconds"] == want["message_retention_seconds"], name
+        assert sub["retry_policy"] == want.get("retry_policy"), name
+        assert sub["dead_letter"] == want.get("dead_letter"), name
+        assert sub["push_path"] == PUSH_PATH.format(sub["pipeline"]), name
+        assert subscription_limit_errors(sub) == [], name
+
+
+def test_terraform_derives_every_function_and_trigger(derived: dict[str, Any]) -> None:
+    functions = load_topology().get("functions") or {}
+    assert set(derived["functions"]) == set(functions)
+    for name, f in functions.items():
+        got = derived["functions"][name]
+        assert got["target"] == f["target"]
+        trigger = f["trigger"]
+        if "pubsub_topic" in trigger:
+            assert got["trigger"]["kind"] == "pubsub"
+            assert got["trigger"]["topic"] == trigger["pubsub_topic"]
+            assert got["trigger"]["topic"] in derived["topics"]
+        else:
+            assert got["trigger"]["kind"] == "firestore"
+            assert got["trigger"]["event_type"] == trigger["firestore"]["event_type"]
+            assert got["trigger"]["document"] == trigger["firestore"]["document"]
+            assert got["trigger"]["database"] == load_topology()["firestore"].get("database", "(default)")
+
+
+def test_terraform_derives_every_bucket_notification(derived: dict[str, Any]) -> None:
+    buckets = load_topology().get("buckets") or {}
+    assert set(derived["buckets"]) == set(buckets)
+    expected = {k: b["notification"] for k, b in buckets.items() if b.get("notification")}
+    assert set(derived["notifications"]) == set(expected)
+    for key, n in expected.items():
+        got = derived["notifications"][key]
+        assert got["topic"] == n["topic"] and got["topic"] in derived["topics"]
+        assert got["event_types"] == n.get("event_types", ["OBJECT_FINALIZE"])
+        assert got["object_prefix"] == n.get("object_prefix")
+
+
+def _broken(mutate: Any) -> dict[str, Any]:
+    topology = copy.deepcopy(load_topology())
+    mutate(topology)
+    return topology
+
+
+def _first_pipeline(t: dict[str, Any]) -> dict[str, Any]:
+    name = next(iter(t["pipelines"]))
+    t["pipelines"][name] = t["pipelines"][name] or {}
+    result: dict[str, Any] = t["pipelines"][name]
+    return result
+
+
+BROKEN = {
+    "ack_over_600": (lambda t: _first_pipeline(t).update(ack_deadline_seconds=601), "ack_deadline_seconds"),
+    "ack_under_10": (lambda t: t["pipeline_defaults"].update(ack_deadline_seconds=5), "ack_deadline_seconds"),
+    "attempts_under_5": (
+        lambda t: _first_pipeline(t).update(
+            dead_letter={"topic": "jobs-dead-letter", "max_delivery_attempts": 4}
+        ),
+        "max_delivery_attempts",
+    ),
+    "backoff_min_over_max": (
+        lambda t: _first_pipeline(t).update(
+            retry_policy={"minimum_backoff_seconds": 599, "maximum_backoff_seconds": 20}
+        ),
+        "minimum_backoff_seconds must not exceed",
+    ),
+    "backoff_over_600": (
+        lambda t: _first_pipeline(t).update(
+            retry_policy={"minimum_backoff_seconds": 10, "maximum_backoff_seconds": 700}
+        ),
+        "backoffs must be between",
+    ),
+    "unknown_mode": (lambda t: _first_pipeline(t).update(mode="stream"), "mode must be"),
+    "partial_nested_override": (
+        lambda t: _first_pipeline(t).update(retry_policy={"maximum_backoff_seconds": 20}),
+        'attribute "minimum_backoff_seconds" is required',
+    ),
+    "undeclared_schedule_topic": (
+        lambda t: t.setdefault("schedules", {}).update(x={"topic": "no-such-topic", "schedule": "* * * * *"}),
+        "schedules.*.topic must be declared",
+    ),
+    "undeclared_dead_letter_topic": (
+        lambda t: _first_pipeline(t).update(
+            dead_letter={"topic": "no-such-topic", "max_delivery_attempts": 5}
+        ),
+        "dead_letter.topic must be declared",
+    ),
+    "undeclared_trigger_topic": (
+        lambda t: next(f for f in t["functions"].values() if "pubsub_topic" in f["trigger"])[
+            "trigger"
+        ].update(pubsub_topic="no-such-topic"),
+        "pubsub_topic must be declared",
+    ),
+    "two_triggers": (
+        lambda t: next(iter(t["functions"].values()))["trigger"].update(
+            pubsub_topic=next(iter(t["topics"])), firestore={"event_type": "x", "document": "y/{z}"}
+        ),
+        "exactly one of pubsub_topic or firestore",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_terraform_rejects_broken_topology(harness: Path, tmp_path: Path, case: str) -> None:
+    mutate, message = BROKEN[case]
+    path = tmp_path / "topology.yaml"
+    path.write_text(yaml.safe_dump(_broken(mutate)))
+    result = _terraform(harness, "plan", f"-var=path={path}")
+    assert result.returncode != 0, f"{case}: plan succeeded"
+    assert message in " ".join((result.stdout + result.stderr).split()), result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# The root module planned offline: each provider-backed module is replaced by a stub made of its
+# real variables.tf (so every input, type conversion and validation runs on the real values) and
+# outputs of the right shape; each stub also echoes its inputs so the wiring can be asserted.
+# --------------------------------------------------------------------------------------------
+
+STUB_URI = "https://gpu-service-stub.a.run.app"
+STUB_OUTPUTS = {
+    "project": """
+output "number" { value = "123456789012" }
+output "project_id" { value = var.project_id }
+output "service_agents" { value = { pubsub = "service-123456789012@gcp-sa-pubsub.iam.gserviceaccount.com" } }
+""",
+    "service-accounts": """
+output "emails" { value = { for id in keys(var.service_accounts) : id => "${id}@${var.project_id}.iam.gserviceaccount.com" } }
+output "members" { value = { for id in keys(var.service_accounts) : id => "serviceAccount:${id}@${var.project_id}.iam.gserviceaccount.com" } }
+""",
+    "storage": """
+output "names" { value = { for k, b in var.buckets : k => b.name } }
+output "urls" { value = { for k, b in var.buckets : k => "gs://${b.name}" } }
+""",
+    "firestore": """
+output "database" { value = var.database.id }
+output "location_id" { value = var.database.location_id }
+""",
+    "pubsub": """
+output "subscription_ids" { value = { for k in keys(var.subscriptions) : k => "projects/${var.project_id}/subscriptions/${k}" } }
+output "topic_ids" { value = { for k in keys(var.topics) : k => "projects/${var.project_id}/topics/${k}" } }
+""",
+    "gpu-service": f"""
+output "name" {{ value = var.config.name }}
+output "uri" {{ value = "{STUB_URI}" }}
+output "worker_pool_name" {{ value = null }}
+""",
+    "functions": """
+output "service_names" { value = { for k in keys(var.functions) : k => k } }
+output "trigger_ids" { value = { for k in keys(var.functions) : k => k } }
+output "urls" { value = { for k in keys(var.functions) : k => "https://${k}-stub.a.run.app" } }
+""",
+    "scheduler": """
+output "ids" { value = { for k in keys(var.schedules) : k => k } }
+""",
+}
+TFVARS_EXAMPLE = TF / "envs" / "dev.tfvars.example"
+
+
+def test_every_module_has_a_stub() -> None:
+    assert {d.name for d in MODULE_DIRS} - {"topology"} == set(STUB_OUTPUTS)
+    for name, stub in STUB_OUTPUTS.items():
+        stubbed = set(re.findall(r'^output "([^"]+)"', stub, re.M))
+        assert stubbed == declared_outputs(TF / "modules" / name), f"stub outputs of {name} are out of date"
+
+
+def plan_root(base: Path, topology: dict[str, Any] | None = None, *extra_vars: str) -> dict[str, Any]:
+    """Apply the root module (resource modules stubbed) in `base`; return its outputs."""
+    if TERRAFORM is None:
+        pytest.skip("terraform is not on PATH (the Cloud Build terraform-validate step covers it)")
+    (base / "infra").mkdir()
+    for name in set(re.findall(r"/\.\./infra/([\w.-]+)", (TF / "main.tf").read_text())):
+        shutil.copy(ROOT / "infra" / name, base / "infra" / name)  # topology.yaml and the rules files
+    if topology is not None:
+        (base / "infra" / "topology.yaml").write_text(yaml.safe_dump(topology))
+    root = base / "terraform"
+    shutil.copytree(TOPOLOGY_MODULE, root / "modules" / "topology")
+    echo = []
+    for name, outputs in STUB_OUTPUTS.items():
+        stub = root / "modules" / name
+        stub.mkdir(parents=True)
+        shutil.copy(TF / "modules" / name / "variables.tf", stub / "variables.tf")
+        inputs = ", ".join(f"{v} = var.{v}" for v in declared_variables(TF / "modules" / name))
+        (stub / "outputs.tf").write_text(outputs + f'output "inputs" {{ value = {{ {inputs} }} }}\n')
+    for f in ("main.tf", "variables.tf", "outputs.tf"):  # not versions.tf: no provider, no backend
+        shutil.copy(TF / f, root / f)
+    for module in module_calls():
+        if module != "topology":
+            echo.append(f'output "inputs_{module}" {{ value = module.{module}.inputs }}')
+    (root / "inputs.tf").write_text("\n".join(echo) + "\n")
+    result = _terraform(root, "init", "-backend=false")
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = _terraform(root, "apply", "-auto-approve", f"-var-file={TFVARS_EXAMPLE}", *extra_vars)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = _terraform(root, "output", "-json")
+    assert out.returncode == 0, out.stderr
+    return {k: v["value"] for k, v in json.loads(out.stdout).items()}
+
+
+@pytest.fixture(scope="module")
+def root_plan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return plan_root(tmp_path_factory.mktemp("tf-root"))
+
+
+def test_root_puts_pull_pipelines_on_the_worker_pool(tmp_path: Path) -> None:
+    topology = load_topology()
+    pull = next(iter(topology["pipelines"]))
+    topology["pipelines"][pull] = {**(topology["pipelines"][pull] or {}), "mode": "pull"}
+    topology["pipelines"]["other"] = {}
+    plan = plan_root(tmp_path, topology, "-var=worker_pool_config={enabled = true}")
+    subscription = PIPELINE_SUBSCRIPTION.format(pull)
+    assert plan["inputs_pubsub"]["subscriptions"][subscription]["push"] is None
+    assert subscription not in plan["push_endpoints"]
+    assert PIPELINE_SUBSCRIPTION.format("other") in plan["push_endpoints"]
+    binding = plan["inputs_pubsub"]["subscription_iam_bindings_additive"][f"gpu-service-subscribe-{pull}"]
+    assert binding == {
+        "subscription": subscription,
+        "role": "roles/pubsub.subscriber",
+        "member": f"serviceAccount:{plan['service_accounts']['gpu_service']}",
+    }
+    gpu = plan["inputs_gpu_service"]
+    assert gpu["config"]["env"]["ENABLED_PIPELINES"] == "other"
+    assert gpu["worker_pool"]["enabled"] is True
+    assert gpu["worker_pool"]["env"] == {"ENABLED_PIPELINES": pull}
+    assert gpu["worker_pool"]["subscriptions"] == [plan["subscriptions"][subscription]]
+
+
+def test_root_plans_with_the_example_tfvars(root_plan: dict[str, Any]) -> None:
+    topology = load_topology()
+    push = [p for p, s in effective_pipelines(topology).items() if s["mode"] == "push"]
+    assert root_plan["push_endpoints"] == {
+        PIPELINE_SUBSCRIPTION.format(p): STUB_URI + PUSH_PATH.format(p) for p in push
+    }
+    assert set(root_plan["topics"]) == set(root_plan["inputs_pubsub"]["topics"])
+
+
+def test_root_wires_push_subscriptions_to_the_gpu_service(root_plan: dict[str, Any]) -> None:
+    pubsub = root_plan["inputs_pubsub"]
+    push_sa = root_plan["service_accounts"]["push_invoker"]
+    for name, s in effective_pipelines(load_topology()).items():
+        sub = pubsub["subscriptions"][PIPELINE_SUBSCRIPTION.format(name)]
+        assert sub["topic"] == PIPELINE_TOPIC.format(name)
+        if s["mode"] == "push":
+            assert sub["push"] == {
+                "endpoint": STUB_URI + PUSH_PATH.format(name),
+                "audience": STUB_URI,
+                "service_account_email": push_sa,
+            }
+        else:
+            assert sub["push"] is None
+        binding = pubsub["topic_iam_bindings_additive"][f"functions-publish-{name}"]
+        assert binding["role"] == "roles/pubsub.publisher" and binding["topic"] == PIPELINE_TOPIC.format(name)
+    assert pubsub["pubsub_service_agent"].startswith("service-")
+    gpu = root_plan["inputs_gpu_service"]
+    assert gpu["invokers"] == {"push-invoker": f"serviceAccount:{push_sa}"}
+
+
+def test_root_configures_the_gpu_service(root_plan: dict[str, Any]) -> None:
+    topology = load_topology()
+    pipelines = effective_pipelines(topology)
+    config = root_plan["inputs_gpu_service"]["config"]
+    assert config["concurrency"] == 1
+    assert config["accelerator"] == "nvidia-l4"
+    assert config["timeout_seconds"] == max(
+        s["ack_deadline_seconds"] for s in pipelines.values() if s["mode"] == "push"
+    )
+    env = config["env"]
+    project = root_plan["inputs_project"]["project_id"]
+    assert env["GOOGLE_CLOUD_PROJECT"] == project
+    assert env["JOBS_COLLECTION"] == topology["firestore"]["jobs_collection"]
+    assert env["TOPIC_PREFIX"] == PIPELINE_TOPIC.format("")
+    assert env["DEAD_LETTER_TOPIC"] == topology["pipeline_defaults"]["dead_letter"]["topic"]
+    for key in topology["buckets"]:
+        assert env[f"{key.upper().replace('-', '_')}_BUCKET"] == f"{project}-{key}"
+    # No worker pool in the example: the service consumes every pipeline (pull ones by streaming pull).
+    assert env["ENABLED_PIPELINES"] == ",".join(sorted(pipelines))
+    assert env["MAX_CONCURRENT_JOBS"] == str(config["concurrency"])
+    assert env["PIPELINES__TRANSCRIBE__MODEL_DIR"] == "/models/whisper"  # from the tfvars example
+    assert root_plan["inputs_gpu_service"]["worker_pool"]["enabled"] is False
+
+
+def test_infra_settings_parse_the_environment_terraform_sets(
+    root_plan: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infra.settings import Settings
+
+    for module in ("gpu_service", "functions"):
+        env = root_plan[f"inputs_{module}"]["config"]["env"]
+        for key in list(os.environ):
+            if key.upper() in {k.upper() for k in Settings.model_fields} or key.upper().startswith(
+                "PIPELINES__"
+            ):
+                monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        settings = Settings()
+        assert settings.enabled_pipelines == env["ENABLED_PIPELINES"].split(","), module
+        assert settings.media_bucket == env["MEDIA_BUCKET"]
+        assert settings.jobs_collection == env["JOBS_COLLECTION"]
+        assert settings.topic_for("x") == PIPELINE_TOPIC.format("x")
+        assert settings.dead_letter_topic == env["DEAD_LETTER_TOPIC"]
+        if module == "gpu_service":
+            assert settings.max_concurrent_jobs == root_plan["inputs_gpu_service"]["config"]["concurrency"]
+            assert settings.pipelines["transcribe"]["model_dir"] == "/models/whisper"
+
+
+def test_root_configures_functions_and_storage(root_plan: dict[str, Any]) -> None:
+    topology = load_topology()
+    functions = root_plan["inputs_functions"]
+    assert set(functions["functions"]) == set(topology["functions"])
+    assert functions["config"]["image"].endswith("/functions:abc1234")
+    assert functions["firestore_location"] == root_plan["inputs_firestore"]["database"]["location_id"]
+    storage = root_plan["inputs_storage"]
+    for key, bucket in topology["buckets"].items():
+        if bucket.get("notification"):
+            n = storage["notifications"][key]
+            project = root_plan["inputs_project"]["project_id"]
+            assert n["topic_id"] == f"projects/{project}/topics/{bucket['notification']['topic']}"
+            assert n["object_prefix"] == bucket["notification"].get("object_prefix")
+    roles = {
+        (b["bucket"], b["role"], b["member"].split("@")[0]) for b in storage["iam_bindings_additive"].values()
+    }
+    for key in topology["buckets"]:
+        assert (key, "roles/storage.objectViewer", "serviceAccount:fn-runtime") in roles
+        assert (key, "roles/storage.objectAdmin", "serviceAccount:gpu-runtime") in roles
+    schedules = root_plan["inputs_scheduler"]["schedules"]
+    assert set(schedules) == set(topology.get("schedules") or {})
+    for name, schedule in (topology.get("schedules") or {}).items():
+        assert (
+            schedules[name]["topic"] == schedule["topic"]
+            and schedules[name]["schedule"] == schedule["schedule"]
+        )
+    source = root_plan["inputs_functions"]["config"]["source_file"]
+    assert source is None or (ROOT / source).is_file(), (
+        f"functions-framework --source={source} is not in the repo"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Images and Cloud Build
+# --------------------------------------------------------------------------------------------
+
+GPU_DOCKERFILE = ROOT / "gpu_service" / "Dockerfile"
+FUNCTIONS_DOCKERFILE = ROOT / "functions" / "Dockerfile"
+
+
+def _instructions(dockerfile: Path) -> list[str]:
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_gpu_dockerfile_installs_cuda_torch_first_and_runs_as_non_root() -> None:
+    lines = _instructions(GPU_DOCKERFILE)
+    torch = next(
+        i
+        for i, line in enumerate(lines)
+        if "pip install" in line and "torch==" in line and "--index-url" in line
+    )
+    service = next(i for i, line in enumerate(lines) if 'pip install ".[service]"' in line)
+    assert torch < service
+    assert any("ffmpeg" in line and "tesseract-ocr" in line for line in lines)
+    assert any(re.match(r"COPY \S*MODELS_DIR\S* /models/?$", line) for line in lines)
+    users = [line for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("USER root", "USER 0")
+    assert lines[-1] == 'CMD ["python", "-m", "gpu_service"]'
+
+
+def test_functions_dockerfile_has_no_torch() -> None:
+    lines = _instructions(FUNCTIONS_DOCKERFILE)
+    assert lines[0].startswith("FROM python:3.11-slim")
+    assert not any(re.search(r"pip install[^&;|]*torch", line) for line in lines)
+    assert not any("[service]" in line for line in lines)
+    assert 'ENTRYPOINT ["functions-framework", "--signature-type=cloudevent"]' in lines
+    users = [line for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("USER root", "USER 0")
+
+
+def test_terraform_runs_functions_framework_with_the_topology_target() -> None:
+    text = strip_comments((TF / "modules" / "functions" / "main.tf").read_text())
+    assert 'command = ["functions-framework"]' in text
+    assert '"--target=${each.value.target}"' in text and '"--signature-type=cloudevent"' in text
+    assert 'operator  = "match-path-pattern"' in text
+    assert '"application/protobuf"' in text
+
+
+@pytest.fixture(scope="module")
+def cloudbuild() -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _steps(cloudbuild: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["id"]: s for s in cloudbuild["steps"]}
+
+
+def _args(step: dict[str, Any]) -> str:
+    return " ".join(str(a) for a in step.get("args", []))
+
+
+def test_cloudbuild_builds_both_dockerfiles_in_parallel_after_tests(cloudbuild: dict[str, Any]) -> None:
+    steps = _steps(cloudbuild)
+    builds = {
+        dockerfile: step_id
+        for step_id, step in steps.items()
+        for dockerfile in ("functions/Dockerfile", "gpu_service/Dockerfile")
+        if re.search(rf"(^|\s)-f {re.escape(dockerfile)}(\s|$)", _args(step))
+        and "build" in step.get("args", [])
+    }
+    assert set(builds) == {"functions/Dockerfile", "gpu_service/Dockerfile"}
+    for step_id in builds.values():
+        wait_for = steps[step_id].get("waitFor", [])
+        assert "test" in wait_for, f"{step_id} must wait for the tests"
+        assert not set(wait_for) & set(builds.values()), f"{step_id} must not wait for the other image"
+    assert "bash .ci/run" in _args(steps["test"])
+    assert all(Path(ROOT, d).is_file() for d in builds)
+
+
+def test_cloudbuild_deploys_the_pushed_tags(cloudbuild: dict[str, Any]) -> None:
+    subs = cloudbuild["substitutions"]
+    assert {"_REGION", "_REPO", "_TF_STATE_BUCKET"} <= set(subs)
+    for image in ("_FUNCTIONS_IMAGE", "_GPU_SERVICE_IMAGE"):
+        assert subs[image].startswith("${_REGION}-docker.pkg.dev/${PROJECT_ID}/${_REPO}/")
+        assert subs[image].endswith(":${SHORT_SHA}")
+    steps = _steps(cloudbuild)
+    pushes = [sid for sid, s in steps.items() if s.get("args", [None])[0] == "push"]
+    assert len(pushes) == 2
+    deploy = steps["deploy"]
+    assert set(pushes) <= set(deploy["waitFor"])
+    script = _args(deploy)
+    assert "bucket=${_TF_STATE_BUCKET}" in script
+    assert (
+        "functions_image=${_FUNCTIONS_IMAGE}" in script
+        and "gpu_service_image=${_GPU_SERVICE_IMAGE}" in script
+    )
+    # Cloud Build substitutes $NAME itself: anything else must be escaped as $$NAME or $$(...).
+    known = set(subs) | {"PROJECT_ID", "PROJECT_NUMBER", "SHORT_SHA", "COMMIT_SHA", "BUILD_ID", "LOCATION"}
+    for step in cloudbuild["steps"]:
+        script = _args(step)
+        unknown = set(re.findall(r"(?<!\$)\$\{?([A-Za-z_][A-Za-z0-9_]*)", script)) - known
+        assert not unknown, f"{step['id']}: escape shell variables {sorted(unknown)} as $$NAME"
+        assert not re.search(r"(?<!\$)\$\(", script), f"{step['id']}: escape $( as $$("
