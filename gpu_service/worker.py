@@ -175,6 +175,8 @@ class Worker:
             run.uploaded.append(prefix + key)
             uris[key] = uri
         outputs["files"] = uris
+        for output_field, key in result.uri_fields.items():
+            outputs[output_field] = uris[key]
         return _fit_in_document(outputs)
 
     def _commit_success(self, run: _Attempt, outputs: dict[str, Any], result: RunResult[Any]) -> None:

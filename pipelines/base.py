@@ -114,6 +114,9 @@ class RunResult(Generic[OutT]):
     outputs: OutT
     files: dict[str, Path] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: output field -> file key: the service sets that output field to the file's ``gs://`` URI
+    #: (e.g. ``{"image": "result.png"}`` fills ``outputs.image``).
+    uri_fields: dict[str, str] = field(default_factory=dict)
 
 
 class Pipeline(Protocol):

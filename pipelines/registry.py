@@ -23,6 +23,8 @@ ENTRY_POINT_GROUP = "gpu_jobs.pipelines"
 
 BUILTIN: dict[str, str] = {
     "transcribe": "pipelines.transcribe:SPEC",
+    "inpaint": "pipelines.inpaint:SPEC",
+    "edit": "pipelines.edit:SPEC",
 }
 
 

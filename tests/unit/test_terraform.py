@@ -842,7 +842,7 @@ def test_root_puts_pull_pipelines_on_the_worker_pool(tmp_path: Path) -> None:
         "member": f"serviceAccount:{plan['service_accounts']['gpu_service']}",
     }
     gpu = plan["inputs_gpu_service"]
-    assert gpu["config"]["env"]["ENABLED_PIPELINES"] == "other"
+    assert gpu["config"]["env"]["ENABLED_PIPELINES"] == ",".join(sorted(set(topology["pipelines"]) - {pull}))
     assert gpu["worker_pool"]["enabled"] is True
     assert gpu["worker_pool"]["env"] == {"ENABLED_PIPELINES": pull}
     assert gpu["worker_pool"]["subscriptions"] == [plan["subscriptions"][subscription]]

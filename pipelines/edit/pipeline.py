@@ -1,0 +1,276 @@
+"""The ``edit`` pipeline: instruction image editing through a local diffusers pipeline.
+
+``DiffusionPipeline.from_pretrained(model_dir)`` picks the class from ``model_index.json``. The
+classes differ in their call arguments (Qwen-Image-Edit takes ``true_cfg_scale`` and an explicit
+size; InstructPix2Pix takes ``guidance_scale`` and ``image_guidance_scale``); :data:`FAMILIES` is
+the one place that maps a job onto each class's call. The image runs at a work size (at most
+``max_work_pixels``, sides rounded to what the model accepts) and the result is resized back to
+the input's size and written in its format.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from pipelines.base import RunContext, RunResult
+from pipelines.edit.spec import EditConfig, EditInputs, EditOutputs
+from pipelines.errors import InvalidInput, PermanentError
+from pipelines.imaging.checks import load_image
+from pipelines.imaging.diffusion import (
+    PeakGpuMemory,
+    apply_memory_strategy,
+    component_bytes,
+    gpu_errors,
+    make_generator,
+    plan_memory,
+    resolve_device,
+    step_progress,
+    torch_dtype,
+)
+from pipelines.imaging.fields import pick_seed
+from pipelines.imaging.lora import LoraAdapters
+from pipelines.imaging.memory import MemoryStrategy
+from pipelines.imaging.output import fit_work_size, save_result
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EditJob:
+    instruction: str
+    negative_prompt: str
+    steps: int
+    guidance: float
+    image_guidance: float | None
+    image: Image.Image
+
+
+@dataclass(frozen=True)
+class EditFamily:
+    """How one pipeline class is called.
+
+    Attributes:
+        default_guidance: the guidance used when the job gives none.
+        default_image_guidance: for classes with image guidance, its default; else ``None``.
+        patchified: latents are packed 2x2 (transformer models), so sizes are multiples of
+            ``2 * vae_scale_factor``.
+        kwargs: the class-specific call arguments for a job.
+    """
+
+    default_guidance: float
+    default_image_guidance: float | None
+    patchified: bool
+    kwargs: Callable[[EditJob], dict[str, Any]]
+
+
+def _qwen(job: EditJob) -> dict[str, Any]:
+    return {
+        "image": job.image,
+        "prompt": job.instruction,
+        # Qwen-Image-Edit runs true CFG only with a negative prompt; " " is the reference default.
+        "negative_prompt": job.negative_prompt or " ",
+        "true_cfg_scale": job.guidance,
+        "width": job.image.width,
+        "height": job.image.height,
+    }
+
+
+def _instruct_pix2pix(job: EditJob) -> dict[str, Any]:
+    return {
+        "image": job.image,
+        "prompt": job.instruction,
+        "negative_prompt": job.negative_prompt or None,
+        "guidance_scale": job.guidance,
+        "image_guidance_scale": job.image_guidance,
+    }
+
+
+def _flux_kontext(job: EditJob) -> dict[str, Any]:
+    return {
+        "image": job.image,
+        "prompt": job.instruction,
+        "guidance_scale": job.guidance,
+        "width": job.image.width,
+        "height": job.image.height,
+    }
+
+
+FAMILIES: dict[str, EditFamily] = {
+    "QwenImageEditPipeline": EditFamily(4.0, None, True, _qwen),
+    "QwenImageEditPlusPipeline": EditFamily(4.0, None, True, _qwen),
+    "FluxKontextPipeline": EditFamily(2.5, None, True, _flux_kontext),
+    "StableDiffusionInstructPix2PixPipeline": EditFamily(7.5, 1.5, False, _instruct_pix2pix),
+}
+
+
+def load_edit_pipeline(config: EditConfig, dtype: torch.dtype) -> tuple[Any, EditFamily]:
+    """The diffusers pipeline in ``config.model_dir`` and its call family.
+
+    Raises:
+        PermanentError: no or unreadable model directory, or a pipeline class we cannot drive.
+    """
+    from diffusers import DiffusionPipeline
+
+    loader: Any = DiffusionPipeline  # diffusers is untyped
+    if not config.model_dir:
+        raise PermanentError("the edit pipeline needs config.model_dir (a local diffusers directory)")
+    try:
+        pipe = loader.from_pretrained(config.model_dir, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise PermanentError(f"cannot load an edit model from {config.model_dir!r}: {e}") from e
+    family = FAMILIES.get(type(pipe).__name__)
+    if family is None:
+        raise PermanentError(
+            f"{type(pipe).__name__} in {config.model_dir!r} is not an instruction-editing pipeline "
+            f"this service drives; supported: {', '.join(sorted(FAMILIES))}"
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, family
+
+
+class EditPipeline:
+    """Loaded once per process; :meth:`run` per job (one at a time)."""
+
+    def __init__(
+        self,
+        config: EditConfig,
+        pipe: Any,
+        family: EditFamily,
+        device: str,
+        strategy: MemoryStrategy,
+        adapters: LoraAdapters,
+    ) -> None:
+        self.config = config
+        self.pipe = pipe
+        self.family = family
+        self.device = device
+        self.strategy = strategy
+        self.adapters = adapters
+        self.size_multiple = int(pipe.vae_scale_factor) * (2 if family.patchified else 1)
+        self._lock = threading.Lock()
+
+    @property
+    def backend(self) -> str:
+        return type(self.pipe).__name__
+
+    def run(self, inputs: EditInputs, ctx: RunContext) -> RunResult[EditOutputs]:
+        if not isinstance(inputs, EditInputs):
+            try:
+                inputs = EditInputs.model_validate(inputs)
+            except ValidationError as e:
+                raise InvalidInput(f"invalid edit inputs: {e}") from e
+        with self._lock:
+            return self._run(inputs, ctx)
+
+    def _run(self, inputs: EditInputs, ctx: RunContext) -> RunResult[EditOutputs]:
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        ctx.progress(0.0, "checking inputs")
+        try:
+            image_path = Path(ctx.files["image"])
+        except KeyError:
+            raise PermanentError("input file 'image' was not provided to the pipeline") from None
+        checked = load_image(image_path, self.config, what="image")
+        loras = self.adapters.resolve(inputs.loras)
+        seed = pick_seed(inputs.seed)
+        width, height = checked.size
+        work = fit_work_size(
+            width, height, multiple=self.size_multiple, max_pixels=self.config.max_work_pixels
+        )
+        work_image = (
+            checked.image if work == checked.size else checked.image.resize(work, Image.Resampling.LANCZOS)
+        )
+        guidance = inputs.guidance if inputs.guidance is not None else self.family.default_guidance
+        image_guidance = None
+        if self.family.default_image_guidance is not None:
+            image_guidance = (
+                inputs.image_guidance
+                if inputs.image_guidance is not None
+                else self.family.default_image_guidance
+            )
+        job = EditJob(
+            instruction=inputs.instruction,
+            negative_prompt=inputs.negative_prompt,
+            steps=inputs.steps,
+            guidance=guidance,
+            image_guidance=image_guidance,
+            image=work_image,
+        )
+        timings["checks"] = time.perf_counter() - t0
+        log.info(
+            "edit job %s: %dx%d (work %dx%d), %s, seed %d",
+            ctx.job_id, width, height, *work, self.backend, seed,
+        )  # fmt: skip
+
+        t1 = time.perf_counter()
+        with gpu_errors(), PeakGpuMemory(self.device) as peak, self.adapters.applied(self.pipe, loras):
+            out = self.pipe(
+                **self.family.kwargs(job),
+                num_inference_steps=job.steps,
+                generator=make_generator(seed),
+                callback_on_step_end=step_progress(ctx.progress, job.steps),
+                output_type="pil",
+            )
+        result: Image.Image = out.images[0]
+        timings["inference"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        ctx.progress(1.0, "writing result")
+        if result.size != checked.size:
+            result = result.resize(checked.size, Image.Resampling.LANCZOS)
+        fmt = inputs.output_format or checked.format
+        key, path = save_result(
+            result.convert("RGB"), Path(ctx.workdir), fmt, self.config, icc_profile=checked.icc_profile
+        )
+        timings["write"] = time.perf_counter() - t2
+        timings["total"] = time.perf_counter() - t0
+        outputs = EditOutputs(
+            result_file=key,
+            width=width,
+            height=height,
+            format=fmt,
+            seed=seed,
+            backend=self.backend,
+            work_width=work[0],
+            work_height=work[1],
+            steps=inputs.steps,
+            guidance=guidance,
+            image_guidance=image_guidance,
+            loras=[lora.ref for lora in loras],
+            memory_strategy=self.strategy.name,
+            peak_gpu_memory_bytes=peak.peak_bytes,
+            notes=checked.notes,
+            timings={k: round(v, 4) for k, v in timings.items()},
+        )
+        return RunResult(
+            outputs=outputs,
+            files={key: path},
+            metadata={"backend": self.backend, "memory_strategy": self.strategy.name},
+            uri_fields={"image": key},
+        )
+
+
+def load(config: EditConfig) -> EditPipeline:
+    """The spec's loader: load the model once, choose and apply the memory strategy."""
+    if not isinstance(config, EditConfig):
+        config = EditConfig.model_validate(config)
+    device = resolve_device(config.device)
+    dtype = torch_dtype(config.dtype, device)
+    pipe, family = load_edit_pipeline(config, dtype)
+    adapters = LoraAdapters(config.lora_dir, config.lora_cache_size)
+    if config.fixed_lora is not None:
+        quantized = any(getattr(c, "is_quantized", False) for c in pipe.components.values())
+        adapters.fix(pipe, config.fixed_lora, fuse=not quantized)
+    strategy = plan_memory(config.memory_strategy, device, component_bytes(pipe), what="edit")
+    apply_memory_strategy(pipe, strategy, device)
+    return EditPipeline(config, pipe, family, device, strategy, adapters)

@@ -1,0 +1,105 @@
+"""Input/output field types shared by the image pipelines. Pydantic only: cheap to import.
+
+LoRA adapters: a job names adapters by a path *relative to the service's adapter directory*
+(``config.lora_dir``), e.g. ``{"path": "styles/ink.safetensors", "weight": 0.8}``. Absolute paths,
+``..`` and ``gs://`` URIs are refused when the job is validated: adapters are operator-provided
+files (in production a bucket mounted at ``lora_dir`` with Cloud Storage FUSE, or baked into the
+image), not arbitrary user uploads, so a job cannot make the service read any other file and the
+service does not need to download anything per job.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from pipelines.base import FileInput, GsUri, PipelineModel
+
+IMAGE_CONTENT_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp")
+IMAGE_MAX_BYTES = 20 * 2**20
+
+ImageFile = Annotated[GsUri, FileInput(IMAGE_CONTENT_TYPES, IMAGE_MAX_BYTES)]
+"""A PNG, JPEG or WebP object in Storage, at most 20 MiB."""
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+DtypeName = Literal["bfloat16", "float16", "float32"]
+
+SEED_MAX = 2**32 - 1
+MAX_LORAS_PER_JOB = 4
+LORA_SUFFIX = ".safetensors"
+
+
+def _check_relative_adapter_path(value: str) -> str:
+    if value.startswith("gs://") or "://" in value:
+        raise ValueError(
+            "adapters are read from the service's adapter directory: give a path relative to it, "
+            "e.g. 'styles/ink.safetensors' (URIs are not accepted; copy the adapter into the adapter bucket)"
+        )
+    if "\\" in value:
+        raise ValueError("use '/' as the separator in adapter paths")
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"adapter path {value!r} must be relative to the adapter directory, without '..'")
+    if path.suffix != LORA_SUFFIX:
+        raise ValueError(f"adapter path {value!r} must name a {LORA_SUFFIX} file")
+    return value
+
+
+class LoraRef(PipelineModel):
+    """One LoRA adapter for a job: a file in the adapter directory and its strength."""
+
+    path: Annotated[str, Field(min_length=1, max_length=300), AfterValidator(_check_relative_adapter_path)]
+    weight: float = Field(default=1.0, ge=-2.0, le=2.0)
+
+
+@dataclass(frozen=True)
+class ResolvedLora:
+    """A job's adapter and the local file it names (checked to exist inside ``lora_dir``)."""
+
+    ref: LoraRef
+    path: Path
+
+
+def _check_unique_paths(value: list[LoraRef]) -> list[LoraRef]:
+    paths = [ref.path for ref in value]
+    if len(set(paths)) != len(paths):
+        raise ValueError("each adapter may be named once; combine weights into one entry")
+    return value
+
+
+LoraList = Annotated[list[LoraRef], Field(max_length=MAX_LORAS_PER_JOB), AfterValidator(_check_unique_paths)]
+
+
+class FixedLora(BaseModel):
+    """Operator setting: an adapter applied to every job (fused into the weights where possible).
+
+    ``path`` is absolute, or relative to ``lora_dir``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1)
+    weight: float = 1.0
+
+
+class ImageLimitsConfig(BaseModel):
+    """Operator limits on input images, checked before any model work."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_input_pixels: int = Field(
+        default=40_000_000, gt=0, description="decompression-bomb guard: width*height read from the header"
+    )
+    max_side: int = Field(default=8192, gt=0, description="longest accepted side in pixels")
+    min_side: int = Field(default=16, gt=0, description="shortest accepted side in pixels")
+    jpeg_quality: int = Field(default=95, ge=1, le=100)
+    webp_lossless: bool = Field(default=True, description="lossless WebP keeps pixels outside the mask exact")
+
+
+def pick_seed(seed: int | None) -> int:
+    """The job's seed, or a fresh random one to report back so the result can be reproduced."""
+    return seed if seed is not None else secrets.randbelow(SEED_MAX + 1)

@@ -1,0 +1,171 @@
+"""LoRA adapters per job on a loaded diffusers pipeline, never leaking into the next job.
+
+A job's adapters (see :mod:`pipelines.imaging.fields` for how they are named) are loaded under
+names ``job_0``, ``job_1``... with ``load_lora_weights``, activated with ``set_adapters`` at their
+weights, and deleted with ``delete_adapters`` when the run ends, however it ends (result, error,
+cancellation). The adapter *weights* read from disk are kept in a small LRU cache keyed by path
+(and the file's mtime and size, so a replaced file is re-read); re-attaching cached weights to the
+model costs milliseconds.
+
+A fixed adapter (``config.fixed_lora``) is loaded once at start-up. It is fused into the base
+weights (``fuse_lora`` then ``unload_lora_weights``) when the weights are plain tensors; GGUF
+weights cannot absorb it, so there it stays loaded as the active adapter ``fixed``, combined with
+each job's adapters and restored after them.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipelines.errors import InvalidInput, PermanentError
+from pipelines.imaging.fields import FixedLora, LoraRef, ResolvedLora
+
+log = logging.getLogger(__name__)
+
+JOB_ADAPTER_PREFIX = "job_"
+FIXED_ADAPTER = "fixed"
+
+
+def _loaded_adapters(pipe: Any) -> set[str]:
+    return {name for names in pipe.get_list_adapters().values() for name in names}
+
+
+class LoraAdapters:
+    """Resolves, caches and applies LoRA adapters for one pipeline."""
+
+    def __init__(self, lora_dir: str | None, cache_size: int = 8) -> None:
+        self.lora_dir = Path(lora_dir).resolve() if lora_dir else None
+        self.cache_size = max(0, cache_size)
+        self._cache: OrderedDict[tuple[str, int, int], dict[str, torch.Tensor]] = OrderedDict()
+        self.base: list[tuple[str, float]] = []  # an unfused fixed adapter, always active
+
+    # -- resolving (before any model work) -------------------------------------------------------
+    def resolve(self, refs: list[LoraRef]) -> list[ResolvedLora]:
+        """Map each job adapter to a file inside ``lora_dir``.
+
+        Raises:
+            InvalidInput: no adapter directory configured, or the file is not in it.
+        """
+        if not refs:
+            return []
+        if self.lora_dir is None:
+            raise InvalidInput(
+                "this service has no adapter directory configured: remove 'loras' from the job"
+            )
+        resolved = []
+        for ref in refs:
+            path = (self.lora_dir / ref.path).resolve()
+            if not path.is_relative_to(self.lora_dir) or not path.is_file():
+                raise InvalidInput(
+                    f"adapter {ref.path!r} was not found in the adapter directory: check the name"
+                )
+            resolved.append(ResolvedLora(ref, path))
+        return resolved
+
+    # -- weights cache ---------------------------------------------------------------------------
+    def state_dict(self, path: Path) -> dict[str, torch.Tensor]:
+        """Adapter weights from ``path``, via an LRU cache keyed by path, mtime and size."""
+        from safetensors.torch import load_file
+
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        try:
+            weights = load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise InvalidInput(f"adapter {path.name!r} is not a readable .safetensors file ({e})") from e
+        if self.cache_size:
+            self._cache[key] = weights
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return weights
+
+    @property
+    def cached_paths(self) -> list[str]:
+        return [key[0] for key in self._cache]
+
+    # -- applying --------------------------------------------------------------------------------
+    def _load(self, pipe: Any, path: Path, name: str, shown: str) -> None:
+        try:
+            with warnings.catch_warnings():
+                # peft warns whenever a second adapter joins a model: here that is the design.
+                warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+                pipe.load_lora_weights(self.state_dict(path), adapter_name=name)
+        except torch.OutOfMemoryError:
+            raise
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:
+            raise InvalidInput(f"adapter {shown!r} does not fit this model: {e}") from e
+        if name not in _loaded_adapters(pipe):
+            raise InvalidInput(f"adapter {shown!r} has no layers this model has: is it for another model?")
+
+    @contextmanager
+    def applied(self, pipe: Any, loras: list[ResolvedLora]) -> Iterator[list[str]]:
+        """Load and activate ``loras`` for the block; remove them afterwards, whatever happens.
+
+        Yields the adapter names in use. With no job adapters this does nothing.
+        """
+        if not loras:
+            yield []
+            return
+        names: list[str] = []
+        try:
+            for i, lora in enumerate(loras):
+                name = f"{JOB_ADAPTER_PREFIX}{i}"
+                names.append(name)
+                self._load(pipe, lora.path, name, lora.ref.path)
+            pipe.set_adapters(
+                [n for n, _ in self.base] + names,
+                [w for _, w in self.base] + [lora.ref.weight for lora in loras],
+            )
+            log.info("applied adapters %s", [(lora.ref.path, lora.ref.weight) for lora in loras])
+            yield names
+        finally:
+            self.remove_job_adapters(pipe)
+
+    def remove_job_adapters(self, pipe: Any) -> None:
+        """Delete every ``job_*`` adapter (also a half-loaded one) and restore the fixed adapter."""
+        leftover = sorted(n for n in _loaded_adapters(pipe) if n.startswith(JOB_ADAPTER_PREFIX))
+        if leftover:
+            pipe.delete_adapters(leftover)
+        if self.base:
+            pipe.set_adapters([n for n, _ in self.base], [w for _, w in self.base])
+
+    def fix(self, pipe: Any, fixed: FixedLora, *, fuse: bool) -> str:
+        """Apply the operator's fixed adapter for good; returns ``"fused"`` or ``"active"``.
+
+        Raises:
+            PermanentError: the file is missing or does not fit the model (a deployment error).
+        """
+        path = Path(fixed.path)
+        if not path.is_absolute():
+            if self.lora_dir is None:
+                raise PermanentError(f"fixed_lora {fixed.path!r} is relative but no lora_dir is configured")
+            path = self.lora_dir / path
+        if not path.is_file():
+            raise PermanentError(f"fixed_lora {str(path)!r} does not exist")
+        try:
+            self._load(pipe, path, FIXED_ADAPTER, str(path))
+        except InvalidInput as e:
+            raise PermanentError(f"fixed_lora: {e.message}") from e
+        if fuse:
+            pipe.fuse_lora(lora_scale=fixed.weight, adapter_names=[FIXED_ADAPTER])
+            pipe.unload_lora_weights()
+            log.info("fused fixed adapter %s at weight %s", path, fixed.weight)
+            return "fused"
+        self.base = [(FIXED_ADAPTER, fixed.weight)]
+        pipe.set_adapters([FIXED_ADAPTER], [fixed.weight])
+        log.info(
+            "fixed adapter %s active at weight %s (weights are quantized: not fused)", path, fixed.weight
+        )
+        return "active"

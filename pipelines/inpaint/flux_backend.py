@@ -1,0 +1,226 @@
+"""FLUX.1 Fill inpainting with diffusers, sized for one 24 GB L4.
+
+Memory plan for FLUX.1-Fill-dev on an L4 (24 GB, about 22.5 GB free after the CUDA context):
+
+=====================  ==========  ============================================================
+component              size        where it lives
+=====================  ==========  ============================================================
+transformer, GGUF Q8_0  ~12.7 GB   GPU (``transformer_gguf``; compute in bf16). bf16 would be
+                                   ~23.8 GB and cannot share an L4 with anything.
+T5-XXL encoder, bf16    ~9.5 GB    not next to the transformer: 12.7 + 9.5 + activations does
+                                   not fit. Either ``text_encoder_device: cpu`` (stays in host
+                                   memory; a new prompt costs seconds of CPU time) or
+                                   ``memory_strategy: auto`` picks model offload on an L4 (T5 is
+                                   copied in only when a prompt is encoded, ~0.5 s over PCIe).
+CLIP-L encoder          ~0.25 GB   with T5
+VAE                     ~0.17 GB   GPU; tiling switched on whenever memory is tight
+activations at 1 MP     ~2-3 GB    the 3 GB headroom of :mod:`pipelines.imaging.memory`
+=====================  ==========  ============================================================
+
+Prompt embeddings are cached per prompt (an LRU of ``(prompt_embeds, pooled_prompt_embeds)`` in
+host memory, ~4 MB each at 512 tokens), so repeated prompts (a UI's default prompt, retries,
+batches) never touch the text encoders: with the cache warm, only the transformer and VAE work.
+The cache is bypassed for a job whose adapters carry text-encoder layers (their embeddings
+differ). With ``text_encoder_device: cpu`` the pipeline is split: a denoising pipeline without
+text encoders gets the memory strategy (and the job's adapters, so text-encoder layers of an
+adapter are ignored there), while the encoders stay on the CPU.
+
+So on an L4: GGUF Q8 transformer + ``text_encoder_device: cpu`` gives ``gpu`` placement for
+~13 GB of weights (peak ~16 GB at 1 MP); ``auto`` for both gives model offload. Peak GPU memory
+(``torch.cuda.max_memory_allocated``) is reported with every job on CUDA. Inputs above
+``max_work_pixels`` (1 MP by default) are run downscaled and the result resized back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+
+from pipelines.base import ProgressFn
+from pipelines.errors import PermanentError
+from pipelines.imaging.diffusion import (
+    PeakGpuMemory,
+    apply_memory_strategy,
+    component_bytes,
+    gpu_errors,
+    make_generator,
+    plan_memory,
+    resolve_device,
+    step_progress,
+    torch_dtype,
+)
+from pipelines.imaging.fields import LoraRef, ResolvedLora
+from pipelines.imaging.lora import JOB_ADAPTER_PREFIX, LoraAdapters
+from pipelines.imaging.memory import MemoryStrategy
+from pipelines.inpaint.backend import BackendResult, InpaintJob
+from pipelines.inpaint.spec import InpaintConfig
+
+log = logging.getLogger(__name__)
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+
+
+def load_flux_fill(config: InpaintConfig, device: str, dtype: torch.dtype) -> Any:
+    """``FluxFillPipeline`` from ``config.model_dir``, the transformer from a GGUF file if configured.
+
+    Raises:
+        PermanentError: the directory or file is missing or unreadable (a deployment error).
+    """
+    import diffusers
+
+    # diffusers is untyped
+    pipeline_cls: Any = diffusers.FluxFillPipeline
+    transformer_cls: Any = diffusers.FluxTransformer2DModel
+    gguf_config: Any = diffusers.GGUFQuantizationConfig
+
+    if not config.model_dir:
+        raise PermanentError("the flux backend needs config.model_dir (a local FLUX.1-Fill-dev directory)")
+    parts: dict[str, Any] = {}
+    try:
+        if config.transformer_gguf:
+            parts["transformer"] = transformer_cls.from_single_file(
+                config.transformer_gguf,
+                config=config.model_dir,
+                subfolder="transformer",
+                quantization_config=gguf_config(compute_dtype=dtype),
+                dtype=dtype,
+                local_files_only=True,
+            )
+        pipe = pipeline_cls.from_pretrained(config.model_dir, dtype=dtype, local_files_only=True, **parts)
+    except (OSError, ValueError) as e:
+        raise PermanentError(f"cannot load FLUX.1 Fill from {config.model_dir!r}: {e}") from e
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class FluxFillInpainter:
+    """The ``flux`` backend: loaded once, one job at a time."""
+
+    name: Literal["flux", "opencv"] = "flux"
+
+    def __init__(
+        self,
+        config: InpaintConfig,
+        pipe: Any,
+        denoiser: Any,
+        device: str,
+        dtype: torch.dtype,
+        strategy: MemoryStrategy,
+        adapters: LoraAdapters,
+    ) -> None:
+        self.config = config
+        self.pipe = pipe  # holds the text encoders
+        self.denoiser = denoiser  # the pipeline called per job (the same object unless split)
+        self.device = device
+        self.dtype = dtype
+        self.strategy = strategy
+        self.adapters = adapters
+        self.size_multiple = int(pipe.vae_scale_factor) * 2
+        self.max_work_pixels: int | None = config.max_work_pixels
+        self.memory_strategy: str | None = strategy.name
+        self._prompts: OrderedDict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    @classmethod
+    def load(cls, config: InpaintConfig) -> FluxFillInpainter:
+        device = resolve_device(config.device)
+        dtype = torch_dtype(config.dtype, device)
+        pipe = load_flux_fill(config, device, dtype)
+        adapters = LoraAdapters(config.lora_dir, config.lora_cache_size)
+        if config.fixed_lora is not None:
+            adapters.fix(pipe, config.fixed_lora, fuse=not config.transformer_gguf)
+        if config.text_encoder_device == "cpu":
+            # Same modules, no text encoders: only this pipeline is placed on the GPU.
+            denoiser = type(pipe)(**{**pipe.components, **dict.fromkeys(TEXT_ENCODERS)})
+            denoiser.set_progress_bar_config(disable=True)
+        else:
+            denoiser = pipe
+        strategy = plan_memory(config.memory_strategy, device, component_bytes(denoiser), what="inpaint/flux")
+        apply_memory_strategy(denoiser, strategy, device)
+        log.info(
+            "flux fill loaded from %s (transformer %s, %s, text encoders %s, memory %s)",
+            config.model_dir,
+            config.transformer_gguf or "from model_dir",
+            dtype,
+            "on the CPU" if denoiser is not pipe else "with the pipeline",
+            strategy.name,
+        )
+        return cls(config, pipe, denoiser, device, dtype, strategy, adapters)
+
+    def resolve_loras(self, refs: list[LoraRef]) -> list[ResolvedLora]:
+        return self.adapters.resolve(refs)
+
+    # -- prompt embeddings ------------------------------------------------------------------------
+    def _text_encoders_have_job_adapters(self) -> bool:
+        if self.denoiser is not self.pipe:
+            return False  # split: adapters went to the denoiser only
+        for component, names in self.pipe.get_list_adapters().items():
+            if component.startswith("text_encoder") and any(n.startswith(JOB_ADAPTER_PREFIX) for n in names):
+                return True
+        return False
+
+    def prompt_embeddings(
+        self, prompt: str, *, use_cache: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """``(prompt_embeds, pooled_prompt_embeds, cache_hit)``, on the CPU, from the LRU when possible."""
+        key = (prompt, self.config.max_sequence_length)
+        if use_cache and key in self._prompts:
+            self._prompts.move_to_end(key)
+            embeds, pooled = self._prompts[key]
+            return embeds, pooled, True
+        with torch.no_grad():
+            embeds, pooled, _ids = self.pipe.encode_prompt(
+                prompt=prompt,
+                prompt_2=None,
+                device=torch.device("cpu"),
+                max_sequence_length=self.config.max_sequence_length,
+            )
+        embeds, pooled = embeds.detach().to("cpu"), pooled.detach().to("cpu")
+        if use_cache and self.config.prompt_cache_size > 0:
+            self._prompts[key] = (embeds, pooled)
+            while len(self._prompts) > self.config.prompt_cache_size:
+                self._prompts.popitem(last=False)
+        return embeds, pooled, False
+
+    # -- a job ------------------------------------------------------------------------------------
+    def inpaint(
+        self, image: Image.Image, mask: Image.Image, job: InpaintJob, progress: ProgressFn
+    ) -> BackendResult:
+        timings: dict[str, float] = {}
+        with (
+            gpu_errors(),
+            PeakGpuMemory(self.device) as peak,
+            self.adapters.applied(self.denoiser, job.loras),
+        ):
+            progress(0.0, "encoding prompt")
+            t0 = time.perf_counter()
+            embeds, pooled, hit = self.prompt_embeddings(
+                job.prompt, use_cache=not self._text_encoders_have_job_adapters()
+            )
+            timings["encode_prompt"] = time.perf_counter() - t0
+            execution_device = self.denoiser._execution_device
+            t1 = time.perf_counter()
+            out = self.denoiser(
+                prompt_embeds=embeds.to(execution_device, self.dtype),
+                pooled_prompt_embeds=pooled.to(execution_device, self.dtype),
+                image=image,
+                mask_image=mask,
+                width=image.width,
+                height=image.height,
+                strength=job.strength,
+                num_inference_steps=job.steps,
+                guidance_scale=job.guidance,
+                generator=make_generator(job.seed),
+                max_sequence_length=self.config.max_sequence_length,
+                callback_on_step_end=step_progress(progress, job.steps),
+                output_type="pil",
+            )
+            timings["denoise"] = time.perf_counter() - t1
+        result: Image.Image = out.images[0]
+        return BackendResult(
+            image=result, peak_gpu_memory_bytes=peak.peak_bytes, prompt_cache_hit=hit, timings=timings
+        )

@@ -1,0 +1,146 @@
+"""The ``inpaint`` pipeline: checks, backend call, exact compositing, result file.
+
+The flow is the same for both backends:
+
+1. check the image and mask (:mod:`pipelines.imaging.checks`) and resolve adapters: every
+   :class:`~pipelines.errors.InvalidInput` happens here, before any model work;
+2. fit a work size the backend accepts (Flux: sides in multiples of 16, at most
+   ``max_work_pixels``; OpenCV: the original size);
+3. run the backend at the work size;
+4. resize its output back and paste the original outside the mask, so those pixels are
+   unchanged bit for bit (in PNG or lossless WebP output);
+5. write ``result.<ext>`` in the input's format unless ``output_format`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from pydantic import ValidationError
+
+from pipelines.base import RunContext, RunResult
+from pipelines.errors import InvalidInput, PermanentError
+from pipelines.imaging.checks import load_image, load_mask
+from pipelines.imaging.fields import pick_seed
+from pipelines.imaging.output import composite, fit_work_size, save_result
+from pipelines.inpaint.backend import Inpainter, InpaintJob
+from pipelines.inpaint.spec import InpaintConfig, InpaintInputs, InpaintOutputs
+
+log = logging.getLogger(__name__)
+
+
+def _input_path(ctx: RunContext, name: str) -> Path:
+    try:
+        return Path(ctx.files[name])
+    except KeyError:
+        raise PermanentError(f"input file {name!r} was not provided to the pipeline") from None
+
+
+class InpaintPipeline:
+    """Loaded once per process; :meth:`run` per job (one at a time)."""
+
+    def __init__(self, config: InpaintConfig, backend: Inpainter) -> None:
+        self.config = config
+        self.backend = backend
+        self._lock = threading.Lock()
+
+    def run(self, inputs: InpaintInputs, ctx: RunContext) -> RunResult[InpaintOutputs]:
+        if not isinstance(inputs, InpaintInputs):
+            try:
+                inputs = InpaintInputs.model_validate(inputs)
+            except ValidationError as e:
+                raise InvalidInput(f"invalid inpaint inputs: {e}") from e
+        with self._lock:
+            return self._run(inputs, ctx)
+
+    def _run(self, inputs: InpaintInputs, ctx: RunContext) -> RunResult[InpaintOutputs]:
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        ctx.progress(0.0, "checking inputs")
+        checked = load_image(_input_path(ctx, "image"), self.config, what="image")
+        mask = load_mask(_input_path(ctx, "mask"), checked.size, self.config, notes=checked.notes)
+        loras = self.backend.resolve_loras(inputs.loras)
+        seed = pick_seed(inputs.seed)
+        width, height = checked.size
+        work = fit_work_size(
+            width, height, multiple=self.backend.size_multiple, max_pixels=self.backend.max_work_pixels
+        )
+        if work != checked.size:
+            work_image = checked.image.resize(work, Image.Resampling.LANCZOS)
+            # Any overlap with the mask counts as masked, so the model repaints at least the mask.
+            work_mask = mask.resize(work, Image.Resampling.BILINEAR).point(lambda v: 255 if v > 0 else 0)
+        else:
+            work_image, work_mask = checked.image, mask
+        timings["checks"] = time.perf_counter() - t0
+
+        job = InpaintJob(
+            prompt=inputs.prompt,
+            steps=inputs.steps,
+            guidance=inputs.guidance,
+            strength=inputs.strength,
+            seed=seed,
+            loras=loras,
+        )
+        log.info(
+            "inpaint job %s: %dx%d (work %dx%d), backend %s, seed %d",
+            ctx.job_id, width, height, *work, self.backend.name, seed,
+        )  # fmt: skip
+        t1 = time.perf_counter()
+        result = self.backend.inpaint(work_image, work_mask, job, ctx.progress)
+        timings.update(result.timings)
+        timings["inference"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        ctx.progress(1.0, "writing result")
+        final = composite(checked.image, result.image, mask)
+        fmt = inputs.output_format or checked.format
+        key, path = save_result(final, Path(ctx.workdir), fmt, self.config, icc_profile=checked.icc_profile)
+        timings["write"] = time.perf_counter() - t2
+        timings["total"] = time.perf_counter() - t0
+
+        is_flux = self.backend.name == "flux"
+        outputs = InpaintOutputs(
+            result_file=key,
+            width=width,
+            height=height,
+            format=fmt,
+            seed=seed,
+            backend=self.backend.name,
+            work_width=work[0],
+            work_height=work[1],
+            steps=inputs.steps if is_flux else None,
+            guidance=inputs.guidance if is_flux else None,
+            strength=inputs.strength if is_flux else None,
+            loras=[lora.ref for lora in loras],
+            memory_strategy=self.backend.memory_strategy,
+            peak_gpu_memory_bytes=result.peak_gpu_memory_bytes,
+            prompt_cache_hit=result.prompt_cache_hit,
+            notes=checked.notes,
+            timings={k: round(v, 4) for k, v in timings.items()},
+        )
+        metadata: dict[str, Any] = {
+            "backend": self.backend.name,
+            "memory_strategy": self.backend.memory_strategy,
+        }
+        return RunResult(outputs=outputs, files={key: path}, metadata=metadata, uri_fields={"image": key})
+
+
+def load(config: InpaintConfig) -> InpaintPipeline:
+    """The spec's loader: build the configured backend (Flux weights load here, once)."""
+    if not isinstance(config, InpaintConfig):
+        config = InpaintConfig.model_validate(config)
+    backend: Inpainter
+    if config.backend == "opencv":
+        from pipelines.inpaint.opencv_backend import OpenCVInpainter
+
+        backend = OpenCVInpainter(config)
+    else:
+        from pipelines.inpaint.flux_backend import FluxFillInpainter
+
+        backend = FluxFillInpainter.load(config)
+    return InpaintPipeline(config, backend)

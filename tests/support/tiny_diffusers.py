@@ -1,0 +1,342 @@
+"""Tiny random-weight diffusers pipelines, built and saved locally (nothing is downloaded).
+
+Configurations come from /work/shared/MODELS.md section 4. The weights are random, so outputs
+are noise: tests built on these check plumbing (shapes, formats, seeds, adapters, progress),
+never image quality.
+
+Every builder writes into a directory it is given and returns the path it wrote, so a
+session- or module-scoped fixture can call it once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+# No model hub: set before anything imports huggingface_hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import numpy as np
+import torch
+
+_WORDS = ("a", "photo", "of", "the", "red", "cat", "wooden", "bench", "make", "it", "snow", "blue", "sky")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable unicode table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs], strict=True))
+
+
+def clip_tokenizer() -> Any:
+    """A CLIP BPE tokenizer built in memory: byte characters, a few merged words, specials."""
+    from transformers import CLIPTokenizer
+
+    chars = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for c in chars:
+        vocab[c] = len(vocab)
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    for word in _WORDS:
+        if len(word) < 2:
+            continue
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        while len(pieces) > 1:
+            a, b = pieces[0], pieces[1]
+            if (a, b) not in merges:
+                merges.append((a, b))
+            merged = a + b
+            if merged not in vocab:
+                vocab[merged] = len(vocab)
+            pieces = [merged, *pieces[2:]]
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def t5_tokenizer() -> Any:
+    """A T5 Unigram tokenizer with a small vocabulary (no sentencepiece file needed)."""
+    from transformers import T5Tokenizer
+
+    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [("▁" + w, -3.0) for w in _WORDS]
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    pieces += [(c, -5.0) for c in chars] + [("▁" + c, -5.5) for c in chars]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def _clip_text_encoder(tok: Any) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            projection_dim=32,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
+
+
+def _vae(**extra: Any) -> Any:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        sample_size=128,
+        norm_num_groups=8,
+        layers_per_block=1,
+        block_out_channels=(16, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        **extra,
+    )
+
+
+def build_tiny_fluxfill(out_dir: Path) -> Path:
+    """Build and save a ~0.1 M-parameter random FluxFillPipeline (vae_scale_factor 8, sizes in 16s)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    tok = clip_tokenizer()
+    tok2 = t5_tokenizer()
+    text_encoder = _clip_text_encoder(tok)
+    torch.manual_seed(0)
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tok2),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=tok2.pad_token_id,
+            eos_token_id=tok2.eos_token_id,
+            decoder_start_token_id=0,
+        )
+    )
+    c, s = 4, 8  # latent channels, vae scale factor
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=8 * c + 4 * s * s,
+        out_channels=4 * c,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+        guidance_embeds=True,
+    )
+    vae = _vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+    pipe = FluxFillPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tok,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tok2,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_instruct_pix2pix(out_dir: Path) -> Path:
+    """Build and save a ~1 M-parameter random StableDiffusionInstructPix2PixPipeline."""
+    from diffusers import (
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+        UNet2DConditionModel,
+    )
+
+    tok = clip_tokenizer()
+    text_encoder = _clip_text_encoder(tok)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=8,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    scheduler = EulerAncestralDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out_dir)
+    return out_dir
+
+
+def write_flux_transformer_gguf_q8(pipeline_dir: Path, out_path: Path) -> Path:
+    """Write the saved tiny Flux transformer as a GGUF file, Q8_0 where the shape allows.
+
+    Keys keep the diffusers names, so diffusers loads it without key conversion. 2-D ``.weight``
+    tensors whose last dimension is a multiple of 32 (the Q8_0 block) are quantized; the rest stay F32.
+    """
+    import gguf
+    from diffusers import FluxTransformer2DModel
+
+    transformer = FluxTransformer2DModel.from_pretrained(
+        pipeline_dir, subfolder="transformer", local_files_only=True
+    )
+    writer = gguf.GGUFWriter(str(out_path), arch="flux")
+    for name, tensor in transformer.state_dict().items():
+        arr = tensor.detach().to(torch.float32).cpu().numpy()
+        if name.endswith(".weight") and arr.ndim == 2 and arr.shape[-1] % 32 == 0:
+            q = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(name, np.ascontiguousarray(arr))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out_path
+
+
+def write_tiny_lora(
+    pipeline_dir: Path, out_dir: Path, *, kind: str, seed: int = 1, text_encoder: bool = False
+) -> Path:
+    """Create a random LoRA for the tiny pipeline's denoiser with peft; save it as the pipeline does.
+
+    ``kind`` is ``"flux"`` (transformer attention projections) or ``"sd"`` (UNet attention).
+    ``text_encoder=True`` (flux only) adds layers for the CLIP text encoder too.
+    ``init_lora_weights=False`` makes both LoRA matrices random, so the adapter visibly changes
+    the output. Returns the ``.safetensors`` file.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    config = LoraConfig(
+        r=4,
+        lora_alpha=16,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        init_lora_weights=False,
+    )
+    torch.manual_seed(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if kind == "flux":
+        from diffusers import FluxFillPipeline, FluxTransformer2DModel
+
+        transformer = FluxTransformer2DModel.from_pretrained(
+            pipeline_dir, subfolder="transformer", local_files_only=True
+        )
+        transformer.add_adapter(config)
+        layers = get_peft_model_state_dict(transformer)
+        text_layers = None
+        if text_encoder:
+            from transformers import CLIPTextModel
+
+            clip = CLIPTextModel.from_pretrained(
+                pipeline_dir, subfolder="text_encoder", local_files_only=True
+            )
+            clip_config = LoraConfig(
+                r=4,
+                lora_alpha=16,
+                target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
+                init_lora_weights=False,
+            )
+            # peft directly: transformers' own add_adapter wants a newer peft than diffusers does.
+            text_layers = get_peft_model_state_dict(inject_adapter_in_model(clip_config, clip))
+        FluxFillPipeline.save_lora_weights(
+            out_dir, transformer_lora_layers=layers, text_encoder_lora_layers=text_layers
+        )
+    elif kind == "sd":
+        from diffusers import StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(pipeline_dir, subfolder="unet", local_files_only=True)
+        unet.add_adapter(config)
+        layers = get_peft_model_state_dict(unet)
+        StableDiffusionInstructPix2PixPipeline.save_lora_weights(out_dir, unet_lora_layers=layers)
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    return out_dir / "pytorch_lora_weights.safetensors"
+
+
+# -- helpers for running pipelines in tests ------------------------------------------------------
+
+
+@contextmanager
+def single_threaded_torch() -> Iterator[None]:
+    """Run torch on one intra-op thread for the block, then restore the previous count.
+
+    These models are tiny: a second thread buys nothing, and on a busy 2-core machine its
+    spinning waits made the tests 2-3x slower.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class ProgressLog:
+    """A ``RunContext.progress`` that records calls and can cancel at a chosen call.
+
+    ``cancel_at=(stage, n)`` raises :class:`~pipelines.errors.Cancelled` on the ``n``-th call
+    (1-based) reporting ``stage``, as the service does when a client asks to cancel.
+    """
+
+    def __init__(self, cancel_at: tuple[str, int] | None = None) -> None:
+        self.calls: list[tuple[float, str]] = []
+        self.cancel_at = cancel_at
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        from pipelines.errors import Cancelled
+
+        self.calls.append((fraction, stage))
+        if self.cancel_at is not None:
+            stage_wanted, n = self.cancel_at
+            if stage == stage_wanted and sum(1 for _, s in self.calls if s == stage) == n:
+                raise Cancelled("cancelled by the test")
+
+    @property
+    def fractions(self) -> list[float]:
+        return [f for f, _ in self.calls]
+
+    def stages(self, stage: str) -> list[float]:
+        return [f for f, s in self.calls if s == stage]
