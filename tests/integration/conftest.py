@@ -33,11 +33,30 @@ def flaky_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, flaky_state: Path) -> Iterator[LocalStack]:
+def tiny_edit_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight InstructPix2Pix saved locally: the edit pipeline's plumbing, end to end."""
+    from tests.support.tiny_diffusers import build_tiny_instruct_pix2pix
+
+    return build_tiny_instruct_pix2pix(tmp_path_factory.mktemp("models") / "tiny-ip2p")
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, flaky_state: Path, tiny_edit_model: Path
+) -> Iterator[LocalStack]:
     state = tmp_path_factory.mktemp("stack")
-    env = {**TEST_STACK_ENV, "PIPELINES__FLAKY__STATE_DIR": str(flaky_state)}
+    env = {
+        **TEST_STACK_ENV,
+        "PIPELINES__FLAKY__STATE_DIR": str(flaky_state),
+        "PIPELINES__EDIT__MODEL_DIR": str(tiny_edit_model),
+        "PIPELINES__EDIT__DTYPE": "float32",
+        "PIPELINES__EDIT__DEVICE": "cpu",
+    }
     config = StackConfig(
-        state_dir=state, env=env, enabled_pipelines=["transcribe", "flaky"], schedule_interval_seconds=1.0
+        state_dir=state,
+        env=env,
+        enabled_pipelines=["transcribe", "inpaint", "edit", "flaky"],
+        schedule_interval_seconds=1.0,
     )
     with LocalStack(config, topology_with_flaky()) as running, pytest.MonkeyPatch.context() as mp:
         for key, value in {**running.env, **env}.items():

@@ -179,7 +179,9 @@ def test_sweeper_validates_a_pending_job_whose_trigger_never_ran(stack: LocalSta
     deps = Deps(
         settings, JobStore(db, settings.jobs_collection), BlobStore(storage_client(settings)), Bus(settings)
     )
-    db.collection("jobs-no-trigger").document(f"p-{uid}").set({"uid": uid, "pipeline": "flaky", "inputs": {}, "status": "pending"})
+    db.collection("jobs-no-trigger").document(f"p-{uid}").set(
+        {"uid": uid, "pipeline": "flaky", "inputs": {}, "status": "pending"}
+    )
     db.collection("jobs-no-trigger").document(f"bad-{uid}").set(
         {"uid": uid, "pipeline": "nope", "inputs": {}, "status": "pending"}
     )
