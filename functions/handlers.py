@@ -201,7 +201,7 @@ def describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False):
         where = ".".join(str(p) for p in err["loc"]) or "value"
-        parts.append(f"{where}: {err['msg']}")
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 
@@ -266,7 +266,9 @@ def sweep(deps: Deps, now: datetime | None = None) -> SweepReport:
     report = SweepReport([], [], [], [])
     for job_id, job in deps.jobs.find([JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.PENDING]):
         age = (now - job.updated_at).total_seconds() if job.updated_at else float("inf")
-        if job.status is JobStatus.RUNNING and job.lease and job.lease.expires_at < now:
+        if job.status is JobStatus.RUNNING and job.parts:
+            _sweep_parts(deps, job_id, job, now, age, report)
+        elif job.status is JobStatus.RUNNING and job.lease and job.lease.expires_at < now:
             state = deps.jobs.recover_expired(job_id, settings.max_attempts)
             if state is JobStatus.QUEUED:
                 deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=job.pipeline))
@@ -286,3 +288,22 @@ def sweep(deps: Deps, now: datetime | None = None) -> SweepReport:
     if report:
         log.warning("sweep: %s", report)
     return report
+
+
+def _sweep_parts(
+    deps: Deps, job_id: str, job: JobDoc, now: datetime, age: float, report: SweepReport
+) -> None:
+    """A fanned-out job: re-queue parts whose worker died; re-publish parts nothing picked up."""
+    topic = deps.settings.topic_for(job.pipeline)
+    for part, state in (job.parts or {}).items():
+        if state.status is JobStatus.RUNNING and (state.lease is None or state.lease.expires_at < now):
+            if not deps.jobs.recover_expired_part(job_id, part):
+                continue
+            report.requeued.append(f"{job_id}/{part}")
+        elif state.status is JobStatus.QUEUED and age > deps.settings.stale_queued_seconds:
+            deps.jobs.touch(job_id)
+            report.republished.append(f"{job_id}/{part}")
+        else:
+            continue
+        message = JobMessage(job_id=job_id, pipeline=job.pipeline, part=part)
+        deps.bus.publish_job(message, topic=f"{topic}-{part}")

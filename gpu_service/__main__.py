@@ -19,9 +19,10 @@ from gpu_service.models import ModelPool
 from gpu_service.pull import PullConsumer
 from gpu_service.worker import Worker
 from infra.blobs import BlobStore, storage_client
+from infra.bus import Bus
 from infra.jobs import JobStore, firestore_client
 from infra.settings import Settings
-from infra.topology import load_topology
+from infra.topology import load_topology, route_name
 
 log = logging.getLogger("gpu_service")
 
@@ -51,16 +52,17 @@ def main() -> None:
         JobStore(firestore_client(settings), settings.jobs_collection),
         BlobStore(storage_client(settings)),
         ModelPool(settings),
+        Bus(settings),
     )
     topology = load_topology(settings.topology_file) if settings.topology_file else load_topology()
     consumers = [
         PullConsumer(
             worker,
-            f"projects/{settings.google_cloud_project}/subscriptions/jobs-{name}-gpu",
+            f"projects/{settings.google_cloud_project}/subscriptions/jobs-{route_name(name, part)}-gpu",
             max_messages=settings.max_concurrent_jobs,
         )
-        for name in settings.enabled_pipelines
-        if name in topology.pipelines and topology.subscription(name).mode == "pull"
+        for name, part in topology.routes()
+        if name in settings.enabled_pipelines and topology.subscription(name).mode == "pull"
     ]
     for consumer in consumers:
         consumer.start()

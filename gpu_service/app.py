@@ -47,14 +47,24 @@ def create_app(worker: Worker) -> FastAPI:
 
     @app.post("/push/{pipeline}")
     async def push(pipeline: str, request: Request) -> JSONResponse:
+        return await handle(request, pipeline, None)
+
+    @app.post("/push/{pipeline}/{part}")
+    async def push_part(pipeline: str, part: str, request: Request) -> JSONResponse:
+        return await handle(request, pipeline, part)
+
+    async def handle(request: Request, pipeline: str, part: str | None) -> JSONResponse:
+        route = f"/push/{pipeline}" + (f"/{part}" if part else "")
         try:
             envelope, message = decode(await request.body())
         except BadEnvelope as exc:
-            log.error("poison message on /push/%s: %s", pipeline, exc)
+            log.error("poison message on %s: %s", route, exc)
             return JSONResponse({"error": str(exc)}, status_code=400)
-        if message.pipeline != pipeline:
-            log.error("job %s for %s arrived on /push/%s", message.job_id, message.pipeline, pipeline)
-            return JSONResponse({"error": "pipeline does not match the endpoint"}, status_code=400)
+        if message.pipeline != pipeline or message.part != part:
+            log.error(
+                "job %s (%s, part %s) arrived on %s", message.job_id, message.pipeline, message.part, route
+            )
+            return JSONResponse({"error": "the message does not match the endpoint"}, status_code=400)
         log.info("push %s: job %s", envelope.message.message_id, message.job_id)
         if worker.draining.is_set():
             return JSONResponse({"outcome": Ack.BUSY, "detail": "shutting down"}, status_code=503)

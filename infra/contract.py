@@ -125,6 +125,26 @@ class Source(_Doc):
     generation: str | None = None
 
 
+class PartState(_Doc):
+    """``job.parts.{name}``: one part of a multi-part job, with its own attempt and lease."""
+
+    status: JobStatus = JobStatus.QUEUED
+    attempt: int = 0
+    lease: Lease | None = None
+    progress: Progress | None = None
+    outputs: dict[str, Any] | None = None
+    files: dict[str, str] | None = None
+    error: ErrorInfo | None = None
+    seconds: float | None = None
+
+
+class Prepared(_Doc):
+    """``job.prepared``: what the prepare step of a multi-part job left for its parts."""
+
+    files: dict[str, str] = Field(default_factory=dict)
+    state: dict[str, Any] = Field(default_factory=dict)
+
+
 class JobDoc(_Doc):
     """``jobs/{jobId}`` as stored in Firestore."""
 
@@ -139,6 +159,8 @@ class JobDoc(_Doc):
     lease: Lease | None = None
     cancel_requested: bool = False
     source: Source | None = None
+    prepared: Prepared | None = None
+    parts: dict[str, PartState] | None = None
     timings: Timings | None = None
     created_at: datetime | None = None
     queued_at: datetime | None = None

@@ -1,7 +1,8 @@
-"""Firestore edge: the job document's life cycle, one transaction per state change.
+"""Firestore edge: the job document's life cycle, one compare-and-set per state change.
 
 Every write that changes ``status`` goes through :meth:`JobStore.transition` or one of the lease
-methods, which read the current document in a transaction and refuse transitions that
+methods, which read the current document, decide, and write only if the document is unchanged
+since the read (an update-time precondition), refusing transitions that
 ``infra.contract.TRANSITIONS`` does not allow. That is what keeps a job ending exactly once when
 Pub/Sub delivers a message twice, or when a worker that lost its lease wakes up.
 """
@@ -9,19 +10,25 @@ Pub/Sub delivers a message twice, or when a worker that lost its lease wakes up.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import random
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from infra.contract import ErrorInfo, JobDoc, JobStatus, Progress, can_transition
+from infra.contract import ErrorInfo, JobDoc, JobStatus, PartState, Prepared, Progress, can_transition
 from infra.settings import Settings
+from pipelines.errors import RetryableError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+CAS_ATTEMPTS = 50
 
 SERVER_TIME = firestore.SERVER_TIMESTAMP
 DELETE = firestore.DELETE_FIELD
@@ -47,6 +54,7 @@ class ClaimOutcome(StrEnum):
     RUNNING_ELSEWHERE = "running_elsewhere"  # another worker holds a live lease
     CANCELLED = "cancelled"  # cancel requested before it started: ended now
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # ended as failed now
+    FANNED_OUT = "fanned_out"  # a multi-part job already prepared: its parts are running
 
 
 @dataclass(frozen=True)
@@ -56,10 +64,46 @@ class Claim:
     attempt: int = 0
 
 
+class _Writes:
+    """Collects the one update a decision makes, for :meth:`JobStore._cas`."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] | None = None
+
+    def update(self, _ref: Any, data: dict[str, Any]) -> None:
+        self.data = data
+
+
 class JobStore:
     def __init__(self, client: firestore.Client, collection: str = "jobs") -> None:
         self._db = client
         self._collection = collection
+
+    def _cas(self, ref: firestore.DocumentReference, decide: Callable[[_Writes, Any], T]) -> T:
+        """Read the document, decide, and write only if it has not changed since: compare-and-set.
+
+        Every state change goes through here. It is a transaction without locks: on a hot
+        document (the parts of one job) lock-based transactions stall each other, while a failed
+        precondition just means "someone wrote first: read again and decide again".
+
+        Raises:
+            RetryableError: the document kept changing under us (it never settles).
+        """
+        for attempt in range(CAS_ATTEMPTS):
+            snap = ref.get()
+            writes = _Writes()
+            result = decide(writes, snap)
+            if writes.data is None:
+                return result
+            try:
+                if snap.exists:
+                    ref.update(writes.data, option=self._db.write_option(last_update_time=snap.update_time))
+                else:
+                    ref.create(writes.data)
+                return result
+            except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted):
+                time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
+        raise RetryableError(f"job {ref.id} kept changing; try again", code="contention")
 
     def ref(self, job_id: str) -> firestore.DocumentReference:
         return self._db.collection(self._collection).document(job_id)
@@ -119,9 +163,7 @@ class JobStore:
         allowed = set(allowed_from) if allowed_from is not None else None
         ref = self.ref(job_id)
 
-        @firestore.transactional
-        def run(txn: firestore.Transaction) -> JobDoc | None:
-            snap = ref.get(transaction=txn)
+        def run(txn: _Writes, snap: Any) -> JobDoc | None:
             if not snap.exists:
                 return None
             job = JobDoc.model_validate(snap.to_dict())
@@ -135,7 +177,7 @@ class JobStore:
             txn.update(ref, data)
             return job
 
-        result: JobDoc | None = run(self._db.transaction())
+        result: JobDoc | None = self._cas(ref, run)
         return result
 
     def end(self, job_id: str, to: JobStatus, error: ErrorInfo | None = None, **updates: Any) -> bool:
@@ -148,12 +190,10 @@ class JobStore:
     # -- the worker's lease ---------------------------------------------------------------------
 
     def claim(self, job_id: str, owner: str, lease_seconds: float, max_attempts: int) -> Claim:
-        """Take the job for one attempt, in a transaction. Only the returned attempt may commit."""
+        """Take the job for one attempt, atomically. Only the returned attempt may commit."""
         ref = self.ref(job_id)
 
-        @firestore.transactional
-        def run(txn: firestore.Transaction) -> Claim:
-            snap = ref.get(transaction=txn)
+        def run(txn: _Writes, snap: Any) -> Claim:
             if not snap.exists:
                 return Claim(ClaimOutcome.NOT_FOUND)
             job = JobDoc.model_validate(snap.to_dict())
@@ -164,6 +204,8 @@ class JobStore:
             if job.cancel_requested:
                 txn.update(ref, _final_fields(JobStatus.CANCELLED))
                 return Claim(ClaimOutcome.CANCELLED, job, job.attempt)
+            if job.parts:
+                return Claim(ClaimOutcome.FANNED_OUT, job, job.attempt)
             if status is JobStatus.RUNNING and job.lease and job.lease.expires_at > now:
                 return Claim(ClaimOutcome.RUNNING_ELSEWHERE, job, job.attempt)
             if job.attempt >= max_attempts:
@@ -188,7 +230,7 @@ class JobStore:
             txn.update(ref, data)
             return Claim(ClaimOutcome.CLAIMED, job, attempt)
 
-        result: Claim = run(self._db.transaction())
+        result: Claim = self._cas(ref, run)
         return result
 
     def heartbeat(
@@ -206,9 +248,8 @@ class JobStore:
         """
         ref = self.ref(job_id)
 
-        @firestore.transactional
-        def run(txn: firestore.Transaction) -> bool:
-            job = self._owned(ref.get(transaction=txn), owner, attempt)
+        def run(txn: _Writes, snap: Any) -> bool:
+            job = self._owned(snap, owner, attempt)
             data: dict[str, Any] = {
                 "lease.expiresAt": utcnow() + timedelta(seconds=lease_seconds),
                 "updatedAt": SERVER_TIME,
@@ -218,7 +259,7 @@ class JobStore:
             txn.update(ref, data)
             return job.cancel_requested
 
-        result: bool = run(self._db.transaction())
+        result: bool = self._cas(ref, run)
         return result
 
     def finish(self, job_id: str, owner: str, attempt: int, to: JobStatus, updates: dict[str, Any]) -> None:
@@ -231,25 +272,22 @@ class JobStore:
             raise ValueError(f"a running job cannot become {to}")
         ref = self.ref(job_id)
 
-        @firestore.transactional
-        def run(txn: firestore.Transaction) -> None:
-            self._owned(ref.get(transaction=txn), owner, attempt)
+        def run(txn: _Writes, snap: Any) -> None:
+            self._owned(snap, owner, attempt)
             if to is JobStatus.QUEUED:
                 data = {"status": to.value, "lease": DELETE, "updatedAt": SERVER_TIME}
             else:
                 data = _final_fields(to)
             txn.update(ref, {**data, **updates})
 
-        run(self._db.transaction())
+        self._cas(ref, run)
 
     def recover_expired(self, job_id: str, max_attempts: int) -> JobStatus | None:
         """For the sweeper: a running job whose lease expired goes back to the queue (or fails
         when its attempts are spent). Returns the new state, or ``None`` if it was not stuck."""
         ref = self.ref(job_id)
 
-        @firestore.transactional
-        def run(txn: firestore.Transaction) -> JobStatus | None:
-            snap = ref.get(transaction=txn)
+        def run(txn: _Writes, snap: Any) -> JobStatus | None:
             if not snap.exists:
                 return None
             job = JobDoc.model_validate(snap.to_dict())
@@ -284,7 +322,214 @@ class JobStore:
             )
             return JobStatus.QUEUED
 
-        result: JobStatus | None = run(self._db.transaction())
+        result: JobStatus | None = self._cas(ref, run)
+        return result
+
+    # -- multi-part jobs -------------------------------------------------------------------------
+
+    def fan_out(
+        self,
+        job_id: str,
+        owner: str,
+        attempt: int,
+        prepared: Prepared,
+        parts: Iterable[str],
+        progress: Progress,
+    ) -> None:
+        """The prepare step's commit: record what it made and queue every part (job stays running).
+
+        Raises:
+            LeaseLost: another attempt owns the job now, or it already ended.
+        """
+        ref = self.ref(job_id)
+
+        def run(txn: _Writes, snap: Any) -> None:
+            self._owned(snap, owner, attempt)
+            txn.update(
+                ref,
+                {
+                    "prepared": prepared.to_firestore(),
+                    "parts": {p: PartState(status=JobStatus.QUEUED).to_firestore() for p in parts},
+                    "lease": DELETE,
+                    "progress": progress.to_firestore() | {"updatedAt": SERVER_TIME},
+                    "updatedAt": SERVER_TIME,
+                },
+            )
+
+        self._cas(ref, run)
+
+    def claim_part(
+        self, job_id: str, part: str, owner: str, lease_seconds: float, max_attempts: int
+    ) -> Claim:
+        """Take one part of a fanned-out job for one attempt. Only that attempt may commit it."""
+        ref = self.ref(job_id)
+
+        def run(txn: _Writes, snap: Any) -> Claim:
+            if not snap.exists:
+                return Claim(ClaimOutcome.NOT_FOUND)
+            job = JobDoc.model_validate(snap.to_dict())
+            state = (job.parts or {}).get(part)
+            if job.effective_status.is_final or state is None or state.status.is_final:
+                return Claim(
+                    ClaimOutcome.FINAL if state or job.effective_status.is_final else ClaimOutcome.NOT_FOUND,
+                    job,
+                )
+            now = utcnow()
+            if state.status is JobStatus.RUNNING and state.lease and state.lease.expires_at > now:
+                return Claim(ClaimOutcome.RUNNING_ELSEWHERE, job, state.attempt)
+            if job.cancel_requested or state.attempt >= max_attempts:
+                return Claim(
+                    ClaimOutcome.CANCELLED if job.cancel_requested else ClaimOutcome.ATTEMPTS_EXHAUSTED,
+                    job,
+                    state.attempt,
+                )
+            attempt = state.attempt + 1
+            txn.update(
+                ref,
+                {
+                    f"parts.{part}.status": JobStatus.RUNNING.value,
+                    f"parts.{part}.attempt": attempt,
+                    f"parts.{part}.lease": {
+                        "owner": owner,
+                        "expiresAt": now + timedelta(seconds=lease_seconds),
+                    },
+                    "updatedAt": SERVER_TIME,
+                },
+            )
+            return Claim(ClaimOutcome.CLAIMED, job, attempt)
+
+        result: Claim = self._cas(ref, run)
+        return result
+
+    def heartbeat_part(
+        self,
+        job_id: str,
+        part: str,
+        owner: str,
+        attempt: int,
+        lease_seconds: float,
+        progress: Progress | None,
+        prepare_weight: float,
+    ) -> bool:
+        """Renew a part's lease and write its progress (and the job's overall progress).
+
+        Raises:
+            LeaseLost: this worker no longer holds this attempt of the part.
+        """
+        ref = self.ref(job_id)
+
+        def run(txn: _Writes, snap: Any) -> bool:
+            job = self._owned_part(snap, part, owner, attempt)
+            data: dict[str, Any] = {
+                f"parts.{part}.lease.expiresAt": utcnow() + timedelta(seconds=lease_seconds),
+                "updatedAt": SERVER_TIME,
+            }
+            if progress is not None:
+                data[f"parts.{part}.progress"] = progress.to_firestore()
+                parts = dict(job.parts or {})
+                parts[part] = parts[part].model_copy(update={"progress": progress})
+                data["progress"] = overall_progress(parts, prepare_weight).to_firestore() | {
+                    "updatedAt": SERVER_TIME
+                }
+            txn.update(ref, data)
+            return job.cancel_requested
+
+        return self._cas(ref, run)
+
+    def finish_part(
+        self,
+        job_id: str,
+        part: str,
+        owner: str | None,
+        attempt: int,
+        state: PartState,
+        join: Callable[[JobDoc], tuple[JobStatus, dict[str, Any]]],
+    ) -> JobStatus | None:
+        """Record a part's end (or its return to the queue); when it was the last part to end,
+        call ``join(job)`` and end the job with what it returns, in the same atomic write, so the
+        job ends exactly once however the parts race. Returns the job's final state, if it ended.
+
+        ``owner=None`` is the sweeper or a claim ending a part that no worker holds.
+
+        Raises:
+            LeaseLost: ``owner`` no longer holds this attempt of the part.
+        """
+        ref = self.ref(job_id)
+
+        def run(txn: _Writes, snap: Any) -> JobStatus | None:
+            if owner is not None:
+                job = self._owned_part(snap, part, owner, attempt)
+            else:
+                if not snap.exists:
+                    return None
+                job = JobDoc.model_validate(snap.to_dict())
+                current = (job.parts or {}).get(part)
+                if job.effective_status.is_final or current is None or current.status.is_final:
+                    return None
+            data: dict[str, Any] = {f"parts.{part}": state.to_firestore(), "updatedAt": SERVER_TIME}
+            parts = dict(job.parts or {})
+            parts[part] = state
+            if all(p.status.is_final for p in parts.values()):
+                status, fields = join(job.model_copy(update={"parts": parts}))
+                data.update(_final_fields(status))
+                data.update(fields)
+                txn.update(ref, data)
+                return status
+            txn.update(ref, data)
+            return None
+
+        result: JobStatus | None = self._cas(ref, run)
+        return result
+
+    @staticmethod
+    def _owned_part(snap: Any, part: str, owner: str, attempt: int) -> JobDoc:
+        if not snap.exists:
+            raise LeaseLost("the job document is gone")
+        job = JobDoc.model_validate(snap.to_dict())
+        state = (job.parts or {}).get(part)
+        if job.effective_status.is_final or state is None:
+            raise LeaseLost(f"job is {job.status}")
+        if state.status is not JobStatus.RUNNING or state.attempt != attempt or not state.lease:
+            raise LeaseLost(
+                f"part {part} is {state.status} at attempt {state.attempt}, not running attempt {attempt}"
+            )
+        if state.lease.owner != owner:
+            raise LeaseLost(f"part {part}'s lease is held by {state.lease.owner}")
+        return job
+
+    def recover_expired_part(self, job_id: str, part: str) -> bool:
+        """For the sweeper: a running part whose lease expired goes back to ``queued``.
+        (The next claim fails it if its attempts are spent.) Returns whether it was stuck."""
+        ref = self.ref(job_id)
+
+        def run(txn: _Writes, snap: Any) -> bool:
+            if not snap.exists:
+                return False
+            job = JobDoc.model_validate(snap.to_dict())
+            state = (job.parts or {}).get(part)
+            if job.effective_status.is_final or state is None or state.status is not JobStatus.RUNNING:
+                return False
+            if state.lease and state.lease.expires_at > utcnow():
+                return False
+            owner = state.lease.owner if state.lease else "unknown"
+            lost = ErrorInfo(
+                code="worker_lost",
+                message=f"the worker running attempt {state.attempt} ({owner}) stopped renewing its lease",
+                retryable=True,
+                part=part,
+            )
+            txn.update(
+                ref,
+                {
+                    f"parts.{part}.status": JobStatus.QUEUED.value,
+                    f"parts.{part}.lease": DELETE,
+                    f"parts.{part}.error": lost.to_firestore(),
+                    "updatedAt": SERVER_TIME,
+                },
+            )
+            return True
+
+        result: bool = self._cas(ref, run)
         return result
 
     def touch(self, job_id: str) -> None:
@@ -300,6 +545,17 @@ class JobStore:
         if job.lease.owner != owner:
             raise LeaseLost(f"lease is held by {job.lease.owner}")
         return job
+
+
+def overall_progress(parts: dict[str, PartState], prepare_weight: float) -> Progress:
+    """A multi-part job's progress: the prepare step's share, then the mean of its parts."""
+    fractions = [
+        1.0 if p.status.is_final else (p.progress.fraction if p.progress else 0.0) for p in parts.values()
+    ]
+    mean = sum(fractions) / len(fractions) if fractions else 1.0
+    running = [name for name, p in parts.items() if not p.status.is_final]
+    stage = ("parts: " + ", ".join(running)) if running else "joining"
+    return Progress(fraction=prepare_weight + (1 - prepare_weight) * mean, stage=stage[:64])
 
 
 def _final_fields(status: JobStatus) -> dict[str, Any]:

@@ -62,6 +62,7 @@ class Subscription(_Model):
     retry_policy: RetryPolicy
     dead_letter: DeadLetter
     message_retention_seconds: int = Field(86400, ge=600, le=604800)
+    parts: list[str] = Field(default_factory=list)
 
 
 class Schedule(_Model):
@@ -83,8 +84,18 @@ class Topology(_Model):
         merged = {**self.pipeline_defaults, **(self.pipelines.get(pipeline) or {})}
         return Subscription.model_validate(merged)
 
-    def pipeline_topics(self, prefix: str) -> dict[str, str]:
-        return {name: f"{prefix}{name}" for name in self.pipelines}
+    def routes(self) -> list[tuple[str, str | None]]:
+        """Every (pipeline, part) that has its own topic and subscription; part None = the job."""
+        found: list[tuple[str, str | None]] = []
+        for name in self.pipelines:
+            found.append((name, None))
+            found.extend((name, part) for part in self.subscription(name).parts)
+        return found
+
+
+def route_name(pipeline: str, part: str | None) -> str:
+    """``video`` or ``video-speech``: the suffix of the route's topic (``jobs-…``)."""
+    return f"{pipeline}-{part}" if part else pipeline
 
 
 def load_topology(path: Path = TOPOLOGY_FILE) -> Topology:

@@ -125,6 +125,26 @@ class Pipeline(Protocol):
     def run(self, inputs: Any, ctx: RunContext) -> RunResult[Any]: ...
 
 
+class MultiPartPipeline(Pipeline, Protocol):
+    """A pipeline whose spec lists ``parts``: prepare once, run the parts in parallel, join.
+
+    * ``prepare`` runs on the job's own message. Its ``RunResult.files`` are published for the
+      parts (they get them as ``ctx.files`` under the same keys) and its ``outputs`` are the state
+      the parts and the join receive (``state``, a JSON-able dict).
+    * ``run_part`` runs once per part, on whichever instance takes the part's message.
+    * ``join`` runs when the last part ends, with the outputs of the parts that succeeded
+      (``None`` for the others); it must be cheap and pure: it may run more than once.
+    """
+
+    def prepare(self, inputs: Any, ctx: RunContext) -> RunResult[Any]: ...
+
+    def run_part(self, part: str, inputs: Any, ctx: RunContext, state: dict[str, Any]) -> RunResult[Any]: ...
+
+    def join(
+        self, inputs: Any, state: dict[str, Any], parts: dict[str, dict[str, Any] | None]
+    ) -> BaseModel: ...
+
+
 @dataclass(frozen=True)
 class PipelineSpec:
     """Everything the functions and the service need to know about a pipeline, without loading it.
@@ -139,6 +159,7 @@ class PipelineSpec:
         drop_field: the ``Inputs`` field a drop upload to ``uploads/{uid}/{name}/...`` fills,
             or ``None`` if this pipeline cannot be started by an upload alone.
         description: one line for ``gpujobs pipelines`` and the README.
+        parts: for a multi-part pipeline (:class:`MultiPartPipeline`), the names of its parts.
         precheck: optional ``"module:function"``; ``function(inputs, config)`` runs in the
             functions before a job is queued, for checks beyond the schema (e.g. a URL's host).
             It must be cheap and import no model code; it raises ``InvalidInput``.
@@ -152,6 +173,7 @@ class PipelineSpec:
     drop_field: str | None = None
     description: str = ""
     precheck: str | None = None
+    parts: tuple[str, ...] = ()
 
     def load(self, config: BaseModel) -> Pipeline:
         module_name, _, attr = self.loader.partition(":")

@@ -25,6 +25,7 @@ BUILTIN: dict[str, str] = {
     "transcribe": "pipelines.transcribe:SPEC",
     "inpaint": "pipelines.inpaint:SPEC",
     "edit": "pipelines.edit:SPEC",
+    "video": "pipelines.video:SPEC",
 }
 
 

@@ -12,6 +12,9 @@ module "topology" {
 }
 
 locals {
+  # Pipeline names (ENABLED_PIPELINES) never include parts: a multi-part pipeline's parts are
+  # routes of their own (topic, subscription, push path) in module.topology.subscriptions, with
+  # the pipeline's mode, so a pull pipeline's part subscriptions are pulled by the same consumer.
   pipelines      = module.topology.pipelines
   push_pipelines = sort([for p in values(local.pipelines) : p.name if p.mode == "push"])
   pull_pipelines = sort([for p in values(local.pipelines) : p.name if p.mode == "pull"])
@@ -176,18 +179,30 @@ module "pubsub" {
       }
     }
   }
-  # The functions fan accepted work out to the pipeline topics.
-  topic_iam_bindings_additive = {
-    for p in values(local.pipelines) : "functions-publish-${p.name}" => {
-      topic  = p.topic
-      role   = "roles/pubsub.publisher"
-      member = local.sa_member.functions
-    }
-  }
-  # Pull-mode pipelines are consumed by streaming pull, in the worker pool or in the GPU service;
-  # both run as the GPU service identity.
+  topic_iam_bindings_additive = merge(
+    # The functions fan accepted work out to the pipeline topics (and the sweeper re-publishes
+    # stale work, the parts of a multi-part job included).
+    {
+      for s in values(module.topology.subscriptions) : "functions-publish-${s.route}" => {
+        topic  = s.topic
+        role   = "roles/pubsub.publisher"
+        member = local.sa_member.functions
+      }
+    },
+    # The first step of a multi-part job runs in the GPU service (or worker pool) and publishes
+    # the job's parts to their topics.
+    {
+      for s in values(module.topology.subscriptions) : "gpu-service-publish-${s.route}" => {
+        topic  = s.topic
+        role   = "roles/pubsub.publisher"
+        member = local.sa_member.gpu_service
+      } if s.part != null
+    },
+  )
+  # Pull-mode pipelines (and their parts) are consumed by streaming pull, in the worker pool or in
+  # the GPU service; both run as the GPU service identity.
   subscription_iam_bindings_additive = {
-    for name, s in local.pull_subs : "gpu-service-subscribe-${s.pipeline}" => {
+    for name, s in local.pull_subs : "gpu-service-subscribe-${s.route}" => {
       subscription = name
       role         = "roles/pubsub.subscriber"
       member       = local.sa_member.gpu_service

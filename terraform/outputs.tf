@@ -14,7 +14,7 @@ output "gpu_service_url" {
 }
 
 output "push_endpoints" {
-  description = "Push endpoint of each push-mode pipeline subscription."
+  description = "Push endpoint of each push-mode subscription: a pipeline's (/push/P) and its parts' (/push/P/PART)."
   value = {
     for name, s in module.topology.subscriptions : name => "${module.gpu_service.uri}${s.push_path}" if s.mode == "push"
   }

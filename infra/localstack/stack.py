@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from infra.topology import Topology, load_topology
+from infra.topology import Topology, load_topology, route_name
 
 log = logging.getLogger("localstack")
 
@@ -158,6 +158,8 @@ class LocalStack:
             "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{p['gcs']}",
             "GPU_SERVICE_URL": f"http://127.0.0.1:{p['gpu']}",
             "ENABLED_PIPELINES": ",".join(self.config.enabled_pipelines),
+            # Local videos are served from 127.0.0.1; a production configuration never sets this.
+            "PIPELINES__VIDEO__ALLOW_LOOPBACK": "true",
         }
 
     def write_topology(self) -> Path:
@@ -258,7 +260,7 @@ class LocalStack:
         self._start_schedules()
         self.timings["functions"] = round(time.perf_counter() - t0, 2)
         if self.config.start_gpu_service:
-            self._wait("gpu_service", lambda: _http_ok(f"http://127.0.0.1:{p['gpu']}/healthz"), 180)
+            self._wait("gpu_service", self._gpu_ready, 180)
             self.timings["gpu_service"] = round(time.perf_counter() - t0, 2)
 
     def stop(self) -> None:
@@ -292,7 +294,7 @@ class LocalStack:
             [sys.executable, "-m", "gpu_service"],
             {"HOST": "127.0.0.1", "PORT": str(self.ports["gpu"]), **(extra_env or {})},
         )
-        self._wait("gpu_service", lambda: _http_ok(f"http://127.0.0.1:{self.ports['gpu']}/healthz"), 180)
+        self._wait("gpu_service", self._gpu_ready, 180)
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
         for proc in [p for p in self._procs if p.name == name]:
@@ -341,9 +343,13 @@ class LocalStack:
                 raise StackError(
                     f"{name} exited with {proc.popen.returncode}; see {proc.log_path}\n{_tail(proc.log_path)}"
                 )
-            with contextlib.suppress(Exception):
+            try:
                 if ready():
                     return
+            except StackError:
+                raise
+            except Exception as exc:  # not up yet
+                log.debug("%s not ready: %s", name, exc)
             time.sleep(0.1)
         where = proc.log_path if proc else self.config.log_dir
         raise StackError(f"{name} not ready after {timeout:.0f}s; see {where}\n{_tail(where)}")
@@ -388,7 +394,7 @@ class LocalStack:
             raise StackError(f"Pub/Sub emulator {method} {path}: {resp.status_code} {resp.text}")
 
     def _create_topics(self) -> None:
-        topics = set(self.topology.topics) | {f"jobs-{name}" for name in self.topology.pipelines}
+        topics = set(self.topology.topics) | {f"jobs-{route_name(n, p)}" for n, p in self.topology.routes()}
         for topic in sorted(topics):
             self._pubsub("PUT", f"topics/{topic}")
 
@@ -411,10 +417,11 @@ class LocalStack:
                     "retryPolicy": {"minimumBackoff": "1s", "maximumBackoff": "60s"},
                 },
             )
-        for name in self.topology.pipelines:
+        for name, part in self.topology.routes():
             sub = self.topology.subscription(name)
+            route = route_name(name, part)
             body: dict[str, object] = {
-                "topic": f"projects/{project}/topics/jobs-{name}",
+                "topic": f"projects/{project}/topics/jobs-{route}",
                 "ackDeadlineSeconds": sub.ack_deadline_seconds,
                 "retryPolicy": {
                     "minimumBackoff": f"{sub.retry_policy.minimum_backoff_seconds}s",
@@ -427,8 +434,16 @@ class LocalStack:
                 "messageRetentionDuration": f"{sub.message_retention_seconds}s",
             }
             if sub.mode == "push" and self.config.start_gpu_service:
-                body["pushConfig"] = {"pushEndpoint": f"http://127.0.0.1:{p['gpu']}/push/{name}"}
-            self._pubsub("PUT", f"subscriptions/jobs-{name}-gpu", body)
+                path = f"/push/{name}" + (f"/{part}" if part else "")
+                body["pushConfig"] = {"pushEndpoint": f"http://127.0.0.1:{p['gpu']}{path}"}
+            self._pubsub("PUT", f"subscriptions/jobs-{route}-gpu", body)
+
+    def _gpu_ready(self) -> bool:
+        resp = httpx.get(f"http://127.0.0.1:{self.ports['gpu']}/healthz", timeout=2)
+        body = resp.json()
+        if body.get("status") == "failed":
+            raise StackError(f"the GPU service could not load its pipelines: {body.get('error')}")
+        return resp.status_code == 200
 
     def _firestore_writable(self) -> bool:
         # The emulator answers "Ok" about a second before it accepts writes: wait for a write.

@@ -22,7 +22,7 @@ TEST_STACK_ENV = {
     "PROGRESS_MIN_INTERVAL_SECONDS": "0.3",
     "STALE_QUEUED_SECONDS": "4",
     "STALE_PENDING_SECONDS": "4",
-    "PLUGINS": "tests.support.flaky:SPEC",
+    "PLUGINS": "tests.support.flaky:SPEC,tests.support.flaky:PARTS_SPEC",
     "LOG_LEVEL": "INFO",
 }
 
@@ -51,11 +51,12 @@ def stack(
         "PIPELINES__EDIT__MODEL_DIR": str(tiny_edit_model),
         "PIPELINES__EDIT__DTYPE": "float32",
         "PIPELINES__EDIT__DEVICE": "cpu",
+        "PIPELINES__FLAKYPARTS__STATE_DIR": str(flaky_state),
     }
     config = StackConfig(
         state_dir=state,
         env=env,
-        enabled_pipelines=["transcribe", "inpaint", "edit", "flaky"],
+        enabled_pipelines=["transcribe", "inpaint", "edit", "video", "flaky", "flakyparts"],
         schedule_interval_seconds=1.0,
     )
     with LocalStack(config, topology_with_flaky()) as running, pytest.MonkeyPatch.context() as mp:

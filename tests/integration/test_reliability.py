@@ -209,7 +209,7 @@ def test_pull_consumer_runs_jobs_with_the_same_claim_and_commit(
     sub = subscriber.subscription_path(project, "pull-test-gpu")
     subscriber.create_subscription(name=sub, topic=topic, ack_deadline_seconds=10)
 
-    worker = Worker(settings, JobStore(client.db), BlobStore(client.gcs), ModelPool(settings))
+    worker = Worker(settings, JobStore(client.db), BlobStore(client.gcs), ModelPool(settings), Bus(settings))
     consumer = PullConsumer(worker, sub, max_messages=2)
     consumer.start()
     try:

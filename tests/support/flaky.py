@@ -9,6 +9,7 @@ lets ``make faults`` prove that no job's pipeline ran to completion twice.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +85,90 @@ SPEC = PipelineSpec(
 )
 
 
+# -- a multi-part stand-in: prepare, parts "a" and "b" in parallel, join ----------------------------
+
+
+class PartsInputs(PipelineModel):
+    step_seconds: float = Field(0.05, ge=0, le=10)
+    steps: int = Field(10, ge=1, le=10_000)
+    fail_part: str | None = None  # this part fails permanently
+    flaky_part: str | None = None  # this part fails transiently on its first start
+
+
+class PartsOutputs(BaseModel):
+    a: str | None
+    b: str | None
+    prepared: str
+
+
+class PartOutput(BaseModel):
+    value: str
+
+
+class PreparedToken(BaseModel):
+    token: str
+
+
+class FlakyParts:
+    def __init__(self, config: FlakyConfig) -> None:
+        self.state = config.state_dir
+        self.state.mkdir(parents=True, exist_ok=True)
+
+    def run(self, inputs: PartsInputs, ctx: RunContext) -> RunResult[PartsOutputs]:
+        raise PermanentError("flakyparts runs as parts", code="internal")
+
+    def prepare(self, inputs: PartsInputs, ctx: RunContext) -> RunResult[PreparedToken]:
+        _append(self.state / f"{ctx.job_id}.prepare", str(os.getpid()))
+        shared = ctx.workdir / "shared.txt"
+        shared.write_text("shared input\n")
+        return RunResult(PreparedToken(token="tok"), files={"shared.txt": shared})
+
+    def run_part(
+        self, part: str, inputs: PartsInputs, ctx: RunContext, state: dict[str, Any]
+    ) -> RunResult[PartOutput]:
+        starts = _append(self.state / f"{ctx.job_id}.{part}.starts", str(os.getpid()))
+        if ctx.files["shared.txt"].read_text() != "shared input\n":
+            raise PermanentError("the prepared file did not arrive", code="internal")
+        if inputs.fail_part == part:
+            raise PermanentError(f"part {part} was told to fail", code="told_to_fail")
+        if inputs.flaky_part == part and starts == 1:
+            raise RetryableError(f"part {part} fails once", code="flaky")
+        for step in range(inputs.steps):
+            ctx.progress(step / inputs.steps, f"part {part}")
+            time.sleep(inputs.step_seconds)
+        out = ctx.workdir / f"{part}.txt"
+        out.write_text(part)
+        _append(self.state / f"{ctx.job_id}.{part}.completions", str(os.getpid()))
+        return RunResult(PartOutput(value=f"{part}:{state['token']}"), files={f"{part}.txt": out})
+
+    def join(
+        self, inputs: PartsInputs, state: dict[str, Any], parts: dict[str, dict[str, Any] | None]
+    ) -> PartsOutputs:
+        a, b = parts.get("a"), parts.get("b")
+        return PartsOutputs(a=a["value"] if a else None, b=b["value"] if b else None, prepared=state["token"])
+
+
+def load_parts(config: FlakyConfig) -> FlakyParts:
+    return FlakyParts(config)
+
+
+PARTS_SPEC = PipelineSpec(
+    name="flakyparts",
+    inputs=PartsInputs,
+    outputs=PartsOutputs,
+    config=FlakyConfig,
+    loader="tests.support.flaky:load_parts",
+    parts=("a", "b"),
+    description="test stand-in for multi-part jobs: prepare, parts a and b, join",
+)
+
+
 def topology_with_flaky() -> Any:
-    """The real topology plus a ``flaky`` pipeline whose subscription retries quickly."""
+    """The real topology plus the stand-ins, whose subscriptions retry quickly."""
     from infra.topology import load_topology
 
     topology = load_topology()
-    topology.pipelines["flaky"] = {
-        "retry_policy": {"minimum_backoff_seconds": 1, "maximum_backoff_seconds": 2}
-    }
+    quick = {"retry_policy": {"minimum_backoff_seconds": 1, "maximum_backoff_seconds": 2}}
+    topology.pipelines["flaky"] = dict(quick)
+    topology.pipelines["flakyparts"] = {**quick, "parts": ["a", "b"]}
     return topology

@@ -39,6 +39,9 @@ YAMLDECODE = 'yamldecode(file("${path.module}/../infra/topology.yaml"))'
 PIPELINE_TOPIC = "jobs-{}"
 PIPELINE_SUBSCRIPTION = "jobs-{}-gpu"
 PUSH_PATH = "/push/{}"
+# A part of a multi-part pipeline is a route of its own: jobs-{pipeline}-{part} -> ...-gpu.
+PART_ROUTE = "{}-{}"
+PART_PUSH_PATH = "/push/{}/{}"
 
 TERRAFORM = shutil.which("terraform")
 needs_terraform = pytest.mark.skipif(
@@ -70,6 +73,7 @@ def merge_pipeline(defaults: dict[str, Any], override: dict[str, Any]) -> dict[s
     merged = {**defaults, **{k: v for k, v in override.items() if v is not None}}
     merged.setdefault("mode", "push")
     merged.setdefault("message_retention_seconds", 86400)  # the defaults of infra/topology.py
+    merged.setdefault("parts", [])
     return merged
 
 
@@ -111,6 +115,48 @@ def subscription_limit_errors(settings: dict[str, Any]) -> list[str]:
 def effective_pipelines(topology: dict[str, Any]) -> dict[str, dict[str, Any]]:
     defaults = topology["pipeline_defaults"]
     return {name: merge_pipeline(defaults, p or {}) for name, p in (topology.get("pipelines") or {}).items()}
+
+
+def routes(topology: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every route by name (a pipeline's own, and one per part of a multi-part pipeline): its
+    pipeline, part (None for the pipeline's own), topic, subscription, push path and settings."""
+    found = {}
+    for name, settings in effective_pipelines(topology).items():
+        found[name] = {
+            "pipeline": name,
+            "part": None,
+            "topic": PIPELINE_TOPIC.format(name),
+            "subscription": PIPELINE_SUBSCRIPTION.format(name),
+            "push_path": PUSH_PATH.format(name),
+            "settings": settings,
+        }
+        for part in settings["parts"]:
+            route = PART_ROUTE.format(name, part)
+            found[route] = {
+                "pipeline": name,
+                "part": part,
+                "topic": PIPELINE_TOPIC.format(route),
+                "subscription": PIPELINE_SUBSCRIPTION.format(route),
+                "push_path": PART_PUSH_PATH.format(name, part),
+                "settings": settings,
+            }
+    return found
+
+
+def multipart_pipeline(topology: dict[str, Any]) -> str:
+    """The first pipeline of topology.yaml with parts (the part tests need one)."""
+    name = next((n for n, s in effective_pipelines(topology).items() if s["parts"]), None)
+    assert name, "topology.yaml declares no pipeline with parts"
+    return name
+
+
+def test_routes_match_infra_topology() -> None:
+    from infra.topology import load_topology as load_model
+    from infra.topology import route_name
+
+    model = load_model(TOPOLOGY_PATH)
+    assert set(routes(load_topology())) == {route_name(p, part) for p, part in model.routes()}
+    assert {(r["pipeline"], r["part"]) for r in routes(load_topology()).values()} == set(model.routes())
 
 
 def test_every_pipeline_subscription_is_within_pubsub_limits() -> None:
@@ -199,6 +245,7 @@ PIPELINE_KEYS = {
     "mode": None,
     "ack_deadline_seconds": None,
     "message_retention_seconds": None,
+    "parts": None,
     "retry_policy": {"minimum_backoff_seconds": None, "maximum_backoff_seconds": None},
     "dead_letter": {"topic": None, "max_delivery_attempts": None},
 }
@@ -424,9 +471,10 @@ def topology_names(topology: dict[str, Any]) -> set[str]:
     pipelines = effective_pipelines(topology)
     functions = topology.get("functions") or {}
     names = {*(topology.get("topics") or {}), *(topology.get("buckets") or {}), *functions, *pipelines}
-    names |= {PIPELINE_TOPIC.format(p) for p in pipelines} | {
-        PIPELINE_SUBSCRIPTION.format(p) for p in pipelines
-    }
+    all_routes = routes(topology)
+    names |= set(all_routes) | {r["part"] for r in all_routes.values() if r["part"]}
+    names |= {r["topic"] for r in all_routes.values()} | {r["subscription"] for r in all_routes.values()}
+    names |= {r["push_path"] for r in all_routes.values()}
     names |= {f["target"] for f in functions.values()}
     names |= {
         f["trigger"]["firestore"]["document"] for f in functions.values() if "firestore" in f["trigger"]
@@ -610,24 +658,48 @@ def derived(harness: Path) -> dict[str, Any]:
 
 def test_terraform_derives_every_topic(derived: dict[str, Any]) -> None:
     topology = load_topology()
-    expected = set(topology.get("topics") or {}) | {
-        PIPELINE_TOPIC.format(p) for p in topology.get("pipelines") or {}
-    }
+    expected = set(topology.get("topics") or {}) | {r["topic"] for r in routes(topology).values()}
     assert set(derived["topics"]) == expected
+    video = multipart_pipeline(topology)
+    for part in effective_pipelines(topology)[video]["parts"]:
+        assert PIPELINE_TOPIC.format(PART_ROUTE.format(video, part)) in derived["topics"]
 
 
 def test_terraform_derives_every_subscription_with_merged_settings(derived: dict[str, Any]) -> None:
-    expected = {PIPELINE_SUBSCRIPTION.format(p): s for p, s in effective_pipelines(load_topology()).items()}
+    expected = {r["subscription"]: r for r in routes(load_topology()).values()}
     assert set(derived["subscriptions"]) == set(expected)
     for name, sub in derived["subscriptions"].items():
-        want = expected[name]
+        route = expected[name]
+        want = route["settings"]
         assert sub["ack_deadline_seconds"] == want["ack_deadline_seconds"], name
         assert sub["mode"] == want["mode"], name
         assert sub["message_retention_seconds"] == want["message_retention_seconds"], name
         assert sub["retry_policy"] == want.get("retry_policy"), name
         assert sub["dead_letter"] == want.get("dead_letter"), name
-        assert sub["push_path"] == PUSH_PATH.format(sub["pipeline"]), name
+        assert sub["pipeline"] == route["pipeline"] and sub["part"] == route["part"], name
+        assert sub["topic"] == route["topic"], name
+        assert sub["push_path"] == route["push_path"], name
         assert subscription_limit_errors(sub) == [], name
+
+
+def test_terraform_derives_part_routes_with_the_pipeline_settings(derived: dict[str, Any]) -> None:
+    topology = load_topology()
+    video = multipart_pipeline(topology)
+    parts = effective_pipelines(topology)[video]["parts"]
+    assert derived["pipelines"][video]["parts"] == parts
+    assert set(derived["pipelines"]) == set(topology["pipelines"])  # parts are not pipelines
+    own = derived["subscriptions"][PIPELINE_SUBSCRIPTION.format(video)]
+    policies = ("ack_deadline_seconds", "mode", "message_retention_seconds", "retry_policy", "dead_letter")
+    paths = set()
+    for part in parts:
+        sub = derived["subscriptions"][PIPELINE_SUBSCRIPTION.format(PART_ROUTE.format(video, part))]
+        assert sub["topic"] == PIPELINE_TOPIC.format(PART_ROUTE.format(video, part))
+        assert {k: sub[k] for k in policies} == {k: own[k] for k in policies}
+        assert sub["dead_letter"] is not None  # the Pub/Sub agent's DLQ grants follow dead_letter
+        paths.add(sub["push_path"])
+    assert paths == {PART_PUSH_PATH.format(video, part) for part in parts}
+    if video == "video":  # the real topology.yaml, spelled out
+        assert paths == {"/push/video/speech", "/push/video/screen"}
 
 
 def test_terraform_derives_every_function_and_trigger(derived: dict[str, Any]) -> None:
@@ -673,7 +745,23 @@ def _first_pipeline(t: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _multipart(t: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = t["pipelines"][multipart_pipeline(t)]
+    return result
+
+
 BROKEN = {
+    "part_name_uppercase": (lambda t: _multipart(t).update(parts=["Speech"]), "part names must be"),
+    "part_name_underscore": (lambda t: _multipart(t).update(parts=["on_screen"]), "part names must be"),
+    "part_name_leading_digit": (lambda t: _multipart(t).update(parts=["1st"]), "part names must be"),
+    "part_name_too_long": (lambda t: _multipart(t).update(parts=["p" * 32]), "part names must be"),
+    "part_name_slash": (lambda t: _first_pipeline(t).update(parts=["a/b"]), "part names must be"),
+    "part_name_in_defaults": (lambda t: t["pipeline_defaults"].update(parts=["X"]), "part names must be"),
+    "duplicate_parts": (
+        lambda t: _multipart(t).update(parts=[*_multipart(t)["parts"], _multipart(t)["parts"][0]]),
+        "parts must be unique",
+    ),
+    "parts_not_a_list": (lambda t: _multipart(t).update(parts={"a": 1}), "list of string required"),
     "ack_over_600": (lambda t: _first_pipeline(t).update(ack_deadline_seconds=601), "ack_deadline_seconds"),
     "ack_under_10": (lambda t: t["pipeline_defaults"].update(ack_deadline_seconds=5), "ack_deadline_seconds"),
     "attempts_under_5": (
@@ -848,31 +936,71 @@ def test_root_puts_pull_pipelines_on_the_worker_pool(tmp_path: Path) -> None:
     assert gpu["worker_pool"]["subscriptions"] == [plan["subscriptions"][subscription]]
 
 
+def test_root_puts_a_pull_pipelines_parts_on_the_worker_pool(tmp_path: Path) -> None:
+    topology = load_topology()
+    video = multipart_pipeline(topology)
+    topology["pipelines"][video] = {**topology["pipelines"][video], "mode": "pull"}
+    plan = plan_root(tmp_path, topology, "-var=worker_pool_config={enabled = true}")
+    pubsub, gpu = plan["inputs_pubsub"], plan["inputs_gpu_service"]
+    member = f"serviceAccount:{plan['service_accounts']['gpu_service']}"
+    part_routes = [r for r in routes(topology).values() if r["pipeline"] == video and r["part"]]
+    assert part_routes
+    for route in part_routes:
+        name = route["subscription"]
+        assert pubsub["subscriptions"][name]["push"] is None, name
+        assert name not in plan["push_endpoints"]
+        assert plan["subscriptions"][name] in gpu["worker_pool"]["subscriptions"]
+        binding = pubsub["subscription_iam_bindings_additive"][
+            f"gpu-service-subscribe-{PART_ROUTE.format(video, route['part'])}"
+        ]
+        assert binding == {"subscription": name, "role": "roles/pubsub.subscriber", "member": member}
+    assert len(gpu["worker_pool"]["subscriptions"]) == 1 + len(part_routes)
+    # The worker pool runs the pipeline, whose step handler runs the parts: no part is a pipeline.
+    assert gpu["worker_pool"]["env"] == {"ENABLED_PIPELINES": video}
+    assert gpu["config"]["env"]["ENABLED_PIPELINES"] == ",".join(sorted(set(topology["pipelines"]) - {video}))
+
+
 def test_root_plans_with_the_example_tfvars(root_plan: dict[str, Any]) -> None:
     topology = load_topology()
-    push = [p for p, s in effective_pipelines(topology).items() if s["mode"] == "push"]
-    assert root_plan["push_endpoints"] == {
-        PIPELINE_SUBSCRIPTION.format(p): STUB_URI + PUSH_PATH.format(p) for p in push
-    }
+    push = [r for r in routes(topology).values() if r["settings"]["mode"] == "push"]
+    assert root_plan["push_endpoints"] == {r["subscription"]: STUB_URI + r["push_path"] for r in push}
+    video = multipart_pipeline(topology)
+    for part in effective_pipelines(topology)[video]["parts"]:
+        endpoint = root_plan["push_endpoints"][PIPELINE_SUBSCRIPTION.format(PART_ROUTE.format(video, part))]
+        assert endpoint == f"{STUB_URI}/push/{video}/{part}"
     assert set(root_plan["topics"]) == set(root_plan["inputs_pubsub"]["topics"])
 
 
 def test_root_wires_push_subscriptions_to_the_gpu_service(root_plan: dict[str, Any]) -> None:
     pubsub = root_plan["inputs_pubsub"]
     push_sa = root_plan["service_accounts"]["push_invoker"]
-    for name, s in effective_pipelines(load_topology()).items():
-        sub = pubsub["subscriptions"][PIPELINE_SUBSCRIPTION.format(name)]
-        assert sub["topic"] == PIPELINE_TOPIC.format(name)
-        if s["mode"] == "push":
+    gpu_member = f"serviceAccount:{root_plan['service_accounts']['gpu_service']}"
+    all_routes = routes(load_topology())
+    for name, r in all_routes.items():
+        sub = pubsub["subscriptions"][r["subscription"]]
+        assert sub["topic"] == r["topic"]
+        assert sub["dead_letter"] == r["settings"].get("dead_letter"), name  # drives the DLQ grants
+        if r["settings"]["mode"] == "push":
             assert sub["push"] == {
-                "endpoint": STUB_URI + PUSH_PATH.format(name),
+                "endpoint": STUB_URI + r["push_path"],
                 "audience": STUB_URI,
                 "service_account_email": push_sa,
             }
         else:
             assert sub["push"] is None
         binding = pubsub["topic_iam_bindings_additive"][f"functions-publish-{name}"]
-        assert binding["role"] == "roles/pubsub.publisher" and binding["topic"] == PIPELINE_TOPIC.format(name)
+        assert binding["role"] == "roles/pubsub.publisher" and binding["topic"] == r["topic"]
+        # The job's first step, in the GPU service, publishes the parts.
+        gpu_publish = pubsub["topic_iam_bindings_additive"].get(f"gpu-service-publish-{name}")
+        if r["part"]:
+            assert gpu_publish == {
+                "topic": r["topic"],
+                "role": "roles/pubsub.publisher",
+                "member": gpu_member,
+            }
+        else:
+            assert gpu_publish is None
+    assert set(pubsub["subscriptions"]) == {r["subscription"] for r in all_routes.values()}
     assert pubsub["pubsub_service_agent"].startswith("service-")
     gpu = root_plan["inputs_gpu_service"]
     assert gpu["invokers"] == {"push-invoker": f"serviceAccount:{push_sa}"}
@@ -897,6 +1025,11 @@ def test_root_configures_the_gpu_service(root_plan: dict[str, Any]) -> None:
         assert env[f"{key.upper().replace('-', '_')}_BUCKET"] == f"{project}-{key}"
     # No worker pool in the example: the service consumes every pipeline (pull ones by streaming pull).
     assert env["ENABLED_PIPELINES"] == ",".join(sorted(pipelines))
+    parts = {r["part"] for r in routes(topology).values() if r["part"]}
+    part_routes = {name for name, r in routes(topology).items() if r["part"]}
+    assert parts and not (parts | part_routes) & set(env["ENABLED_PIPELINES"].split(","))
+    functions_env = root_plan["inputs_functions"]["config"]["env"]
+    assert functions_env["ENABLED_PIPELINES"] == ",".join(sorted(pipelines))
     assert env["MAX_CONCURRENT_JOBS"] == str(config["concurrency"])
     assert env["PIPELINES__TRANSCRIBE__MODEL_DIR"] == "/models/whisper"  # from the tfvars example
     assert root_plan["inputs_gpu_service"]["worker_pool"]["enabled"] is False

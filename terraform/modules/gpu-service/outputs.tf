@@ -4,7 +4,7 @@ output "name" {
 }
 
 output "uri" {
-  description = "Service URL: push endpoints are this plus /push/{pipeline}, and it is the OIDC audience."
+  description = "Service URL: push endpoints are this plus /push/{pipeline} (or /push/{pipeline}/{part}), and it is the OIDC audience."
   value       = google_cloud_run_v2_service.default.uri
 }
 

@@ -23,7 +23,43 @@ locals {
     })
   }
 
-  pipeline_topics = { for p in values(local.pipelines) : p.topic => { message_retention_seconds = tonumber(null) } }
+  # Every (pipeline, part) with its own topic and subscription, by route name: the pipeline's
+  # own route (part = null, route = pipeline name) and, for a multi-part pipeline, one per part
+  # (route = naming.part_route: P-PART -> topic jobs-P-PART, push path /push/P/PART).
+  # Parts are not pipelines: they only get a route, with their pipeline's settings.
+  routes = merge(
+    {
+      for p in values(local.pipelines) : p.name => {
+        part         = tostring(null)
+        pipeline     = p.name
+        push_path    = p.push_path
+        route        = p.name
+        subscription = p.subscription
+        topic        = p.topic
+      }
+    },
+    {
+      for r in flatten([
+        for p in values(local.pipelines) : [
+          for part in p.parts : {
+            part     = part
+            pipeline = p.name
+            push     = format(var.naming.part_push_path, p.push_path, part)
+            route    = format(var.naming.part_route, p.name, part)
+          }
+        ]
+        ]) : r.route => {
+        part         = r.part
+        pipeline     = r.pipeline
+        push_path    = r.push
+        route        = r.route
+        subscription = format(var.naming.pipeline_subscription, r.route)
+        topic        = format(var.naming.pipeline_topic, r.route)
+      }
+    },
+  )
+
+  pipeline_topics = { for r in values(local.routes) : r.topic => { message_retention_seconds = tonumber(null) } }
 
   topics = merge(
     { for name, v in local.t.topics : name => { message_retention_seconds = v.message_retention_seconds } },
@@ -31,15 +67,17 @@ locals {
   )
 
   subscriptions = {
-    for p in values(local.pipelines) : p.subscription => {
-      ack_deadline_seconds      = p.ack_deadline_seconds
-      dead_letter               = p.dead_letter
-      message_retention_seconds = p.message_retention_seconds
-      mode                      = p.mode
-      pipeline                  = p.name
-      push_path                 = p.push_path
-      retry_policy              = p.retry_policy
-      topic                     = p.topic
+    for r in values(local.routes) : r.subscription => {
+      ack_deadline_seconds      = local.pipelines[r.pipeline].ack_deadline_seconds
+      dead_letter               = local.pipelines[r.pipeline].dead_letter
+      message_retention_seconds = local.pipelines[r.pipeline].message_retention_seconds
+      mode                      = local.pipelines[r.pipeline].mode
+      part                      = r.part
+      pipeline                  = r.pipeline
+      push_path                 = r.push_path
+      retry_policy              = local.pipelines[r.pipeline].retry_policy
+      route                     = r.route
+      topic                     = r.topic
     }
   }
 

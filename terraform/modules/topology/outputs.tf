@@ -29,7 +29,7 @@ output "pipeline_topic_prefix" {
 }
 
 output "pipelines" {
-  description = "Each pipeline's settings: pipeline_defaults merged with its overrides, plus derived topic, subscription and push path."
+  description = "Each pipeline's settings: pipeline_defaults merged with its overrides (parts included, [] for a single-step pipeline), plus derived topic, subscription and push path."
   value       = local.pipelines
 }
 
@@ -39,11 +39,11 @@ output "schedules" {
 }
 
 output "subscriptions" {
-  description = "GPU-side subscriptions by subscription name, with their effective settings."
+  description = "GPU-side subscriptions by subscription name, with their effective settings: one per pipeline (part = null) and one per part of a multi-part pipeline (its pipeline's settings; route = PIPELINE-PART)."
   value       = local.subscriptions
 }
 
 output "topics" {
-  description = "Every topic to create: the declared ones plus one per pipeline."
+  description = "Every topic to create: the declared ones plus one per pipeline and one per pipeline part."
   value       = local.topics
 }

@@ -1,6 +1,14 @@
 variable "naming" {
-  description = "How per-pipeline resource names are derived from the pipeline name (format() strings with one %s)."
+  description = <<-EOT
+    How per-pipeline resource names are derived (format() strings). pipeline_topic,
+    pipeline_subscription and push_path take one %s, the pipeline name. A part of a multi-part
+    pipeline is a route of its own: part_route (two %s: pipeline, part) names it, and that name goes
+    through pipeline_topic and pipeline_subscription like a pipeline name; part_push_path (two %s:
+    the pipeline's push path, part) is its push path, e.g. /push/P/PART.
+  EOT
   type = object({
+    part_push_path        = optional(string, "%s/%s")
+    part_route            = optional(string, "%s-%s")
     pipeline_topic        = optional(string, "jobs-%s")
     pipeline_subscription = optional(string, "jobs-%s-gpu")
     push_path             = optional(string, "/push/%s")
@@ -9,9 +17,9 @@ variable "naming" {
   default  = {}
   validation {
     condition = alltrue([
-      for f in values(var.naming) : length(regexall("%s", f)) == 1
+      for k, f in var.naming : length(regexall("%s", f)) == (startswith(k, "part_") ? 2 : 1)
     ]) && endswith(var.naming.pipeline_topic, "%s")
-    error_message = "Each naming format must contain exactly one %s (the pipeline name), and pipeline_topic must end with it (the services only know a topic prefix), e.g. \"jobs-%s\"."
+    error_message = "Each naming format must contain exactly one %s (the pipeline name; two for part_route and part_push_path: pipeline, part), and pipeline_topic must end with it (the services only know a topic prefix), e.g. \"jobs-%s\"."
   }
 }
 
@@ -48,6 +56,7 @@ variable "topology" {
       }))
       message_retention_seconds = optional(number, 86400) # defaults as in infra/topology.py
       mode                      = optional(string, "push")
+      parts                     = optional(list(string), [])
       retry_policy = optional(object({
         maximum_backoff_seconds = number
         minimum_backoff_seconds = number
@@ -63,6 +72,9 @@ variable "topology" {
       }))
       message_retention_seconds = optional(number)
       mode                      = optional(string)
+      # A multi-part pipeline: besides its own route, each part gets a topic and subscription
+      # (see var.naming) with the pipeline's settings. Absent = the defaults' (normally none).
+      parts = optional(list(string))
       retry_policy = optional(object({
         maximum_backoff_seconds = number
         minimum_backoff_seconds = number
@@ -83,7 +95,16 @@ variable "topology" {
   # --- names -------------------------------------------------------------------------------
   validation {
     condition = alltrue([
-      for name in concat(keys(var.topology.topics), [for p in keys(var.topology.pipelines) : format(var.naming.pipeline_subscription, p)]) :
+      for name in concat(
+        keys(var.topology.topics),
+        [for p in keys(var.topology.pipelines) : format(var.naming.pipeline_subscription, p)],
+        flatten([
+          for name, p in var.topology.pipelines : [
+            for part in coalesce(p.parts, var.topology.pipeline_defaults.parts) :
+            format(var.naming.pipeline_subscription, format(var.naming.part_route, name, part))
+          ]
+        ]),
+      ) :
       can(regex("^[a-zA-Z][a-zA-Z0-9._~%+-]{2,254}$", name)) && !startswith(lower(name), "goog")
     ])
     error_message = "Topic and subscription names must be 3-255 characters, start with a letter, use only letters, digits and -._~%+, and not start with \"goog\"."
@@ -91,6 +112,21 @@ variable "topology" {
   validation {
     condition     = alltrue([for name in keys(var.topology.pipelines) : can(regex("^[a-z][a-z0-9_]{0,30}$", name))])
     error_message = "Pipeline names must be lowercase letters, digits or underscores, starting with a letter (they become topic names, URL paths and PIPELINES__<NAME>__ settings)."
+  }
+  validation {
+    condition = alltrue(flatten([
+      for p in concat([var.topology.pipeline_defaults], values(var.topology.pipelines)) : [
+        for part in coalesce(p.parts, []) : can(regex("^[a-z][a-z0-9-]{0,30}$", part))
+      ]
+    ]))
+    error_message = "Pipeline part names must be 1-31 lowercase letters, digits or hyphens, starting with a letter (they become topic and subscription names and URL paths)."
+  }
+  validation {
+    condition = alltrue([
+      for p in concat([var.topology.pipeline_defaults], values(var.topology.pipelines)) :
+      length(distinct(coalesce(p.parts, []))) == length(coalesce(p.parts, []))
+    ])
+    error_message = "A pipeline's parts must be unique."
   }
   validation {
     condition     = alltrue([for name in keys(var.topology.functions) : can(regex("^[a-z]([a-z0-9-]{0,47}[a-z0-9])?$", name))])
