@@ -32,6 +32,7 @@ lint:
 
 bench: install ## upload -> succeeded latency for a 10 s clip, split by stage
 	$(PY) -m bench.e2e_latency --runs 5
+	$(PY) -m bench.video_latency --runs 3
 
 clean:
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache

@@ -326,6 +326,7 @@ class Worker:
             prepared,
             run.spec.parts,
             Progress(fraction=PREPARE_WEIGHT, stage="parts: " + ", ".join(run.spec.parts)),
+            self._timings(run),
         )
         self._publish_parts(run.job_id, run.spec)
         log.info("%s prepared; parts %s published", run.label, ", ".join(run.spec.parts))
@@ -486,7 +487,7 @@ class _Joiner:
         total = _seconds_between(job.created_at, utcnow())
         fields: dict[str, Any] = {
             "outputs": outputs,
-            "timings": Timings(total=total).to_firestore(),
+            "timings.total": total,
             "lastError": DELETE,
         }
         failed = [(name, p) for name, p in parts.items() if p.status is JobStatus.FAILED]

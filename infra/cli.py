@@ -28,8 +28,8 @@ def load_env_file(path: Path) -> None:
 
 
 class ProgressBar:
-    def __init__(self, stream: Any = sys.stderr, width: int = 30) -> None:
-        self.stream = stream
+    def __init__(self, stream: Any = None, width: int = 30) -> None:
+        self.stream = stream or sys.stderr
         self.width = width
         self.last = ""
 

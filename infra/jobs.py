@@ -21,7 +21,16 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from infra.contract import ErrorInfo, JobDoc, JobStatus, PartState, Prepared, Progress, can_transition
+from infra.contract import (
+    ErrorInfo,
+    JobDoc,
+    JobStatus,
+    PartState,
+    Prepared,
+    Progress,
+    Timings,
+    can_transition,
+)
 from infra.settings import Settings
 from pipelines.errors import RetryableError
 
@@ -335,6 +344,7 @@ class JobStore:
         prepared: Prepared,
         parts: Iterable[str],
         progress: Progress,
+        timings: Timings,
     ) -> None:
         """The prepare step's commit: record what it made and queue every part (job stays running).
 
@@ -352,6 +362,7 @@ class JobStore:
                     "parts": {p: PartState(status=JobStatus.QUEUED).to_firestore() for p in parts},
                     "lease": DELETE,
                     "progress": progress.to_firestore() | {"updatedAt": SERVER_TIME},
+                    "timings": timings.to_firestore(),
                     "updatedAt": SERVER_TIME,
                 },
             )

@@ -76,8 +76,26 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tests.support.speech import make_video_with_speech, synthesize
 
+    out_dir = REPO / ".local" / "demo"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    banner(
+        "building a tiny random-weight InstructPix2Pix for the edit pipeline (no weights can be downloaded)"
+    )
+    from tests.support.tiny_diffusers import build_tiny_instruct_pix2pix
+
+    edit_model = build_tiny_instruct_pix2pix(REPO / ".local" / "models" / "tiny-ip2p")
     banner("starting the local stack (Pub/Sub, Firestore, Storage emulators, functions, GPU service)")
-    stack = LocalStack(StackConfig(state_dir=REPO / ".local"))
+    stack = LocalStack(
+        StackConfig(
+            state_dir=REPO / ".local",
+            enabled_pipelines=["transcribe", "inpaint", "edit", "video"],
+            env={
+                "PIPELINES__EDIT__MODEL_DIR": str(edit_model),
+                "PIPELINES__EDIT__DTYPE": "float32",
+                "PIPELINES__EDIT__DEVICE": "cpu",
+            },
+        )
+    )
     try:
         stack.start()
     except StackError as exc:
@@ -111,12 +129,67 @@ def main() -> int:
             )
             show(job_id, client.follow(job_id, ProgressBar(), timeout=300), SPEECH["reminder.wav"])
 
-            banner("3. a video container (mp4) through the same pipeline")
+            banner("3. a video container (mp4) through the transcription pipeline")
             uri = client.upload(video, uid, content_type="video/mp4")
             job_id = client.create_job(uid, "transcribe", {"media": uri})
             show(job_id, client.follow(job_id, ProgressBar(), timeout=300), VIDEO_TEXT)
 
-            banner("4. a bad request: another user's file -> rejected, with a reason")
+            banner("4. inpainting (OpenCV backend, no GPU): remove a drawn mark from a picture")
+            from PIL import Image
+
+            from pipelines.imaging.demo import side_by_side, write_sample
+
+            image_path, mask_path = write_sample(tmp / "img")
+            inputs = {
+                "image": client.upload(image_path, uid),
+                "mask": client.upload(mask_path, uid),
+                "seed": 1,
+            }
+            job_id = client.create_job(uid, "inpaint", inputs)
+            job = client.follow(job_id, ProgressBar(), timeout=300)
+            show(job_id, job)
+            if job.status is JobStatus.SUCCEEDED and job.outputs:
+                result = client.download(job.outputs["image"], tmp / "img" / "result.png")
+                with (
+                    Image.open(image_path) as before,
+                    Image.open(mask_path) as mask,
+                    Image.open(result) as after,
+                ):
+                    picture = side_by_side(before, after, out_dir / "before_after.png", mask=mask)
+                print(f"   result {job.outputs['image']}\n   before/after picture: {picture}")
+
+            banner(
+                "5. instruction editing through the production loader (tiny random weights: the picture is noise)"
+            )
+            job_id = client.create_job(
+                uid,
+                "edit",
+                {"image": client.upload(image_path, uid), "instruction": "make it sunset", "steps": 4},
+            )
+            job = client.follow(job_id, ProgressBar(), timeout=300)
+            show(job_id, job)
+            if job.outputs:
+                print(
+                    f"   memory strategy: {job.outputs.get('memory_strategy')}, result {job.outputs.get('image')}"
+                )
+
+            banner("6. a video URL: download, then transcription and OCR as parallel parts, then the join")
+            from tests.support.video_server import serve
+
+            www = tmp / "www"
+            www.mkdir()
+            video.rename(www / "slides.mp4")
+            with serve(www) as server:
+                job_id = client.create_job(uid, "video", {"url": server.url("/slides.mp4")})
+                job = client.follow(job_id, ProgressBar(), timeout=300)
+            show(job_id, job, VIDEO_TEXT)
+            if job.outputs:
+                for entry in job.outputs["ocr"]:
+                    print(f"   on screen {entry['time']:>4.1f}-{entry['until']:>4.1f} s: {entry['text']}")
+                for name, part in sorted((job.parts or {}).items()):
+                    print(f"   part {name}: {part.status}, {part.seconds} s")
+
+            banner("7. a bad request: another user's file -> rejected, with a reason")
             other = client.upload(files["reminder.wav"], "someone-else")
             job_id = client.create_job(uid, "transcribe", {"media": other})
             show(job_id, client.follow(job_id, timeout=60))
