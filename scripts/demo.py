@@ -41,9 +41,11 @@ def show(job_id: str, job: JobDoc, reference: str | None = None) -> None:
         print(f"   error [{job.error.code}]: {job.error.message}")
     if job.outputs and "text" in job.outputs:
         print(f"   transcript: {job.outputs['text']}")
+        duration = job.outputs.get("duration") or (job.outputs.get("metadata") or {}).get("duration") or 0.0
+        language = job.outputs.get("language")
         print(
-            f"   language {job.outputs.get('language')}, media {job.outputs.get('duration', 0):.1f} s, "
-            f"{len(job.outputs.get('segments') or [])} segments"
+            (f"   language {language}, " if language else "   ")
+            + f"media {duration:.1f} s, {len(job.outputs.get('segments') or [])} segments"
         )
         for name, uri in sorted((job.outputs.get("files") or {}).items()):
             print(f"   file {name}: {uri}")
@@ -111,7 +113,10 @@ def main() -> int:
             banner("making sample media with Piper (offline TTS) and ffmpeg")
             files = {name: synthesize(text, tmp / name) for name, text in SPEECH.items()}
             video = make_video_with_speech(
-                VIDEO_TEXT, tmp / "slides.mp4", burned_text=["PROJECT ATLAS", "Release date March 15"]
+                VIDEO_TEXT,
+                tmp / "slides.mp4",
+                burned_text=["PROJECT ATLAS", "Release date March 15"],
+                duration=10.0,
             )
             print("   " + ", ".join(sorted([*files, video.name])))
 
