@@ -160,6 +160,9 @@ class LocalStack:
             "ENABLED_PIPELINES": ",".join(self.config.enabled_pipelines),
             # Local videos are served from 127.0.0.1; a production configuration never sets this.
             "PIPELINES__VIDEO__ALLOW_LOOPBACK": "true",
+            # One process stands in for a fleet of GPU instances: let it run two jobs (or the two
+            # parts of a video job) at once, as the emulator pushes two at a time per subscription.
+            "MAX_CONCURRENT_JOBS": "2",
         }
 
     def write_topology(self) -> Path:
