@@ -88,3 +88,23 @@ def test_cancelling_a_fanned_out_job_leaves_no_outputs(client: Client, uid: str,
             break
         time.sleep(0.1)
     assert not list(client.gcs.list_blobs(client.settings.media_bucket, prefix=prefix))
+
+
+def test_a_part_whose_worker_died_is_taken_over(
+    stack: LocalStack, client: Client, uid: str, flaky_state: Path
+) -> None:
+    job_id = client.create_job(uid, "flakyparts", {"steps": 40, "step_seconds": 0.05})
+    for _ in range(200):
+        job = client.get(job_id)
+        if job and job.parts and all(p.status is JobStatus.RUNNING for p in job.parts.values()):
+            break
+        time.sleep(0.05)
+    stack.restart_gpu_service()  # SIGKILL mid-part, then start again
+    job = client.follow(job_id, timeout=90)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    assert job.parts and all(p.attempt == 2 for p in job.parts.values())
+    assert _count(flaky_state, job_id, "prepare") == 1  # prepared once, before the kill
+    assert (
+        _count(flaky_state, job_id, "a.completions") == 1
+        and _count(flaky_state, job_id, "b.completions") == 1
+    )
