@@ -186,8 +186,7 @@ class JobStore:
             txn.update(ref, data)
             return job
 
-        result: JobDoc | None = self._cas(ref, run)
-        return result
+        return self._cas(ref, run)
 
     def end(self, job_id: str, to: JobStatus, error: ErrorInfo | None = None, **updates: Any) -> bool:
         """End a job that is not running (rejected at validation, failed by a sweeper, ...)."""
@@ -239,8 +238,7 @@ class JobStore:
             txn.update(ref, data)
             return Claim(ClaimOutcome.CLAIMED, job, attempt)
 
-        result: Claim = self._cas(ref, run)
-        return result
+        return self._cas(ref, run)
 
     def heartbeat(
         self,
@@ -268,8 +266,7 @@ class JobStore:
             txn.update(ref, data)
             return job.cancel_requested
 
-        result: bool = self._cas(ref, run)
-        return result
+        return self._cas(ref, run)
 
     def finish(self, job_id: str, owner: str, attempt: int, to: JobStatus, updates: dict[str, Any]) -> None:
         """End (or re-queue) this worker's attempt. Only the lease owner can do this.
@@ -331,8 +328,7 @@ class JobStore:
             )
             return JobStatus.QUEUED
 
-        result: JobStatus | None = self._cas(ref, run)
-        return result
+        return self._cas(ref, run)
 
     # -- multi-part jobs -------------------------------------------------------------------------
 
@@ -409,8 +405,7 @@ class JobStore:
             )
             return Claim(ClaimOutcome.CLAIMED, job, attempt)
 
-        result: Claim = self._cas(ref, run)
-        return result
+        return self._cas(ref, run)
 
     def heartbeat_part(
         self,
@@ -489,8 +484,7 @@ class JobStore:
             txn.update(ref, data)
             return None
 
-        result: JobStatus | None = self._cas(ref, run)
-        return result
+        return self._cas(ref, run)
 
     @staticmethod
     def _owned_part(snap: Any, part: str, owner: str, attempt: int) -> JobDoc:
@@ -540,8 +534,7 @@ class JobStore:
             )
             return True
 
-        result: bool = self._cas(ref, run)
-        return result
+        return self._cas(ref, run)
 
     def touch(self, job_id: str) -> None:
         self.ref(job_id).update({"updatedAt": SERVER_TIME})
