@@ -166,7 +166,9 @@ class Worker:
             if run.spec.parts:
                 return self._prepare(run, inputs, files, workdir, heartbeat)
             pipeline = self._pipeline(run, heartbeat)
-            result = self._timed(run, lambda ctx: pipeline.run(inputs, ctx), files, workdir, heartbeat)
+            result = self._timed(
+                run, lambda ctx: self.models.run(run.spec, pipeline, inputs, ctx), files, workdir, heartbeat
+            )
             commit_start = time.perf_counter()
             outputs = self._publish_outputs(run, result)
             run.timings["write"] = time.perf_counter() - commit_start
