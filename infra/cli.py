@@ -126,9 +126,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<12} {enabled:<9} {spec.description}")
         return 0
 
+    from google.auth.exceptions import DefaultCredentialsError
+
     from infra.client import Client
 
-    client = Client.from_settings(settings)
+    try:
+        client = Client.from_settings(settings)
+    except DefaultCredentialsError:
+        print(
+            "no local stack settings (.local/stack.env: start it with 'make up') and no Google "
+            "credentials for a real project (gcloud auth application-default login)",
+            file=sys.stderr,
+        )
+        return 2
     if args.command == "submit":
         return _submit(client, args)
     if args.command == "watch":

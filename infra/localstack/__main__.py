@@ -72,12 +72,15 @@ def down(timeout: float = 30) -> int:
 
 
 def wait(timeout: float) -> int:
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     while time.monotonic() < deadline:
         if ENV_FILE.exists():
             print(ENV_FILE.read_text(), end="")
             return 0
-        if not PID_FILE.exists():
+        # The background process needs a moment to write its pid file; after that, a missing
+        # pid file means it exited.
+        if not PID_FILE.exists() and time.monotonic() - started > 15:
             print(f"the local stack is not running; see {STATE / 'logs'}", file=sys.stderr)
             return 1
         time.sleep(0.2)
@@ -91,7 +94,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.localstack")
     sub = parser.add_subparsers(dest="command", required=True)
     u = sub.add_parser("up")
-    u.add_argument("--pipelines", default=os.environ.get("ENABLED_PIPELINES", "transcribe"))
+    u.add_argument("--pipelines", default=os.environ.get("ENABLED_PIPELINES", "transcribe,inpaint,video"))
     sub.add_parser("down")
     w = sub.add_parser("wait")
     w.add_argument("--timeout", type=float, default=240)
