@@ -11,7 +11,6 @@ the input's size and written in its format.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,11 +19,10 @@ from typing import Any
 
 import torch
 from PIL import Image
-from pydantic import ValidationError
 
 from pipelines.base import RunContext, RunResult
 from pipelines.edit.spec import EditConfig, EditInputs, EditOutputs
-from pipelines.errors import InvalidInput, PermanentError
+from pipelines.errors import PermanentError
 from pipelines.imaging.checks import load_image
 from pipelines.imaging.diffusion import (
     PeakGpuMemory,
@@ -41,6 +39,7 @@ from pipelines.imaging.fields import pick_seed
 from pipelines.imaging.lora import LoraAdapters
 from pipelines.imaging.memory import MemoryStrategy
 from pipelines.imaging.output import fit_work_size, save_result
+from pipelines.imaging.pipeline import ImagePipeline, input_path
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +137,11 @@ def load_edit_pipeline(config: EditConfig, dtype: torch.dtype) -> tuple[Any, Edi
     return pipe, family
 
 
-class EditPipeline:
+class EditPipeline(ImagePipeline[EditInputs, EditOutputs]):
     """Loaded once per process; :meth:`run` per job (one at a time)."""
+
+    inputs_model = EditInputs
+    what = "edit"
 
     def __init__(
         self,
@@ -150,6 +152,7 @@ class EditPipeline:
         strategy: MemoryStrategy,
         adapters: LoraAdapters,
     ) -> None:
+        super().__init__()
         self.config = config
         self.pipe = pipe
         self.family = family
@@ -157,30 +160,16 @@ class EditPipeline:
         self.strategy = strategy
         self.adapters = adapters
         self.size_multiple = int(pipe.vae_scale_factor) * (2 if family.patchified else 1)
-        self._lock = threading.Lock()
 
     @property
     def backend(self) -> str:
         return type(self.pipe).__name__
 
-    def run(self, inputs: EditInputs, ctx: RunContext) -> RunResult[EditOutputs]:
-        if not isinstance(inputs, EditInputs):
-            try:
-                inputs = EditInputs.model_validate(inputs)
-            except ValidationError as e:
-                raise InvalidInput(f"invalid edit inputs: {e}") from e
-        with self._lock:
-            return self._run(inputs, ctx)
-
     def _run(self, inputs: EditInputs, ctx: RunContext) -> RunResult[EditOutputs]:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         ctx.progress(0.0, "checking inputs")
-        try:
-            image_path = Path(ctx.files["image"])
-        except KeyError:
-            raise PermanentError("input file 'image' was not provided to the pipeline") from None
-        checked = load_image(image_path, self.config, what="image")
+        checked = load_image(input_path(ctx, "image"), self.config, what="image")
         loras = self.adapters.resolve(inputs.loras)
         seed = pick_seed(inputs.seed)
         width, height = checked.size

@@ -1,6 +1,9 @@
 """Shared pieces of the image pipelines (``inpaint``, ``edit``).
 
-- :mod:`~pipelines.imaging.fields`: input/output field types (pydantic only; cheap to import).
+- :mod:`~pipelines.imaging.fields`: input/output field types and the fields every image job's
+  inputs, outputs and config share (pydantic only; cheap to import).
+- :mod:`~pipelines.imaging.pipeline`: the base of the loaded pipelines (inputs validated, one job at
+  a time).
 - :mod:`~pipelines.imaging.checks`: input image and mask checks, before any model work (Pillow).
 - :mod:`~pipelines.imaging.output`: work sizes, compositing, writing ``result.<ext>``.
 - :mod:`~pipelines.imaging.memory`: choosing a GPU memory strategy (pure logic).

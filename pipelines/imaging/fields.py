@@ -1,4 +1,6 @@
-"""Input/output field types shared by the image pipelines. Pydantic only: cheap to import.
+"""Input/output field types shared by the image pipelines, and the base classes of their
+``Inputs``, ``Outputs`` and ``Config`` (the fields both pipelines declare alike). Pydantic only:
+cheap to import.
 
 LoRA adapters: a job names adapters by a path *relative to the service's adapter directory*
 (``config.lora_dir``), e.g. ``{"path": "styles/ink.safetensors", "weight": 0.8}``. Absolute paths,
@@ -18,6 +20,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pipelines.base import FileInput, GsUri, PipelineModel
+from pipelines.imaging.memory import StrategyChoice
 
 IMAGE_CONTENT_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp")
 IMAGE_MAX_BYTES = 20 * 2**20
@@ -98,6 +101,43 @@ class ImageLimitsConfig(BaseModel):
     min_side: int = Field(default=16, gt=0, description="shortest accepted side in pixels")
     jpeg_quality: int = Field(default=95, ge=1, le=100)
     webp_lossless: bool = Field(default=True, description="lossless WebP keeps pixels outside the mask exact")
+
+
+class ImageJobInputs(PipelineModel):
+    """The inputs every image job takes; each pipeline's ``Inputs`` adds its own."""
+
+    image: ImageFile
+    seed: int | None = Field(
+        default=None, ge=0, le=SEED_MAX, description="omit for a random seed (reported back)"
+    )
+    output_format: OutputFormat | None = Field(default=None, description="default: the input image's format")
+    loras: LoraList = Field(default_factory=list, description="adapters from the service's adapter directory")
+
+
+class ImageJobOutputs(PipelineModel):
+    """What every finished image job reports; each pipeline's ``Outputs`` adds its own."""
+
+    image: str | None = Field(default=None, description="gs:// URI of the result, filled in by the service")
+    result_file: str = Field(description="key of the result in the job's files, e.g. 'result.png'")
+    width: int
+    height: int
+    format: OutputFormat
+    seed: int
+    loras: list[LoraRef] = Field(default_factory=list)
+    peak_gpu_memory_bytes: int | None = None
+    timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
+
+
+class DiffusionConfig(ImageLimitsConfig):
+    """Operator settings for a local diffusers model: device, precision, memory, work size, adapters."""
+
+    device: str = Field(default="auto", description="'auto', 'cuda', 'cuda:N' or 'cpu'")
+    dtype: DtypeName = "bfloat16"
+    memory_strategy: StrategyChoice = "auto"
+    max_work_pixels: int = Field(default=1024 * 1024, gt=0, description="larger inputs run downscaled")
+    lora_dir: str | None = Field(default=None, description="directory job adapters are named relative to")
+    lora_cache_size: int = Field(default=8, ge=0)
+    fixed_lora: FixedLora | None = None
 
 
 def pick_seed(seed: int | None) -> int:

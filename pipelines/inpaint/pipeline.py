@@ -15,55 +15,40 @@ The flow is the same for both backends:
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from pydantic import ValidationError
 
 from pipelines.base import RunContext, RunResult
-from pipelines.errors import InvalidInput, PermanentError
 from pipelines.imaging.checks import load_image, load_mask
 from pipelines.imaging.fields import pick_seed
 from pipelines.imaging.output import composite, fit_work_size, save_result
+from pipelines.imaging.pipeline import ImagePipeline, input_path
 from pipelines.inpaint.backend import Inpainter, InpaintJob
 from pipelines.inpaint.spec import InpaintConfig, InpaintInputs, InpaintOutputs
 
 log = logging.getLogger(__name__)
 
 
-def _input_path(ctx: RunContext, name: str) -> Path:
-    try:
-        return Path(ctx.files[name])
-    except KeyError:
-        raise PermanentError(f"input file {name!r} was not provided to the pipeline") from None
-
-
-class InpaintPipeline:
+class InpaintPipeline(ImagePipeline[InpaintInputs, InpaintOutputs]):
     """Loaded once per process; :meth:`run` per job (one at a time)."""
 
+    inputs_model = InpaintInputs
+    what = "inpaint"
+
     def __init__(self, config: InpaintConfig, backend: Inpainter) -> None:
+        super().__init__()
         self.config = config
         self.backend = backend
-        self._lock = threading.Lock()
-
-    def run(self, inputs: InpaintInputs, ctx: RunContext) -> RunResult[InpaintOutputs]:
-        if not isinstance(inputs, InpaintInputs):
-            try:
-                inputs = InpaintInputs.model_validate(inputs)
-            except ValidationError as e:
-                raise InvalidInput(f"invalid inpaint inputs: {e}") from e
-        with self._lock:
-            return self._run(inputs, ctx)
 
     def _run(self, inputs: InpaintInputs, ctx: RunContext) -> RunResult[InpaintOutputs]:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         ctx.progress(0.0, "checking inputs")
-        checked = load_image(_input_path(ctx, "image"), self.config, what="image")
-        mask = load_mask(_input_path(ctx, "mask"), checked.size, self.config, notes=checked.notes)
+        checked = load_image(input_path(ctx, "image"), self.config, what="image")
+        mask = load_mask(input_path(ctx, "mask"), checked.size, self.config, notes=checked.notes)
         loras = self.backend.resolve_loras(inputs.loras)
         seed = pick_seed(inputs.seed)
         width, height = checked.size

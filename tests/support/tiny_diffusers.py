@@ -23,6 +23,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import numpy as np
 import torch
+from PIL import Image
+from pydantic import BaseModel
+
+from pipelines.base import Pipeline, RunContext, RunResult
 
 _WORDS = ("a", "photo", "of", "the", "red", "cat", "wooden", "bench", "make", "it", "snow", "blue", "sky")
 
@@ -116,6 +120,21 @@ def _vae(**extra: Any) -> Any:
         up_block_types=("UpDecoderBlock2D",) * 4,
         **extra,
     )
+
+
+def _saved_flux_transformer(pipeline_dir: Path) -> Any:
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel.from_pretrained(
+        pipeline_dir, subfolder="transformer", local_files_only=True
+    )
+
+
+def _random_lora_config(target_modules: list[str]) -> Any:
+    """A rank-4 LoRA whose matrices are both random (``init_lora_weights=False``)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=4, lora_alpha=16, target_modules=target_modules, init_lora_weights=False)
 
 
 def build_tiny_fluxfill(out_dir: Path) -> Path:
@@ -217,11 +236,8 @@ def write_flux_transformer_gguf_q8(pipeline_dir: Path, out_path: Path) -> Path:
     tensors whose last dimension is a multiple of 32 (the Q8_0 block) are quantized; the rest stay F32.
     """
     import gguf
-    from diffusers import FluxTransformer2DModel
 
-    transformer = FluxTransformer2DModel.from_pretrained(
-        pipeline_dir, subfolder="transformer", local_files_only=True
-    )
+    transformer = _saved_flux_transformer(pipeline_dir)
     writer = gguf.GGUFWriter(str(out_path), arch="flux")
     for name, tensor in transformer.state_dict().items():
         arr = tensor.detach().to(torch.float32).cpu().numpy()
@@ -247,23 +263,16 @@ def write_tiny_lora(
     ``init_lora_weights=False`` makes both LoRA matrices random, so the adapter visibly changes
     the output. Returns the ``.safetensors`` file.
     """
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
 
-    config = LoraConfig(
-        r=4,
-        lora_alpha=16,
-        target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-        init_lora_weights=False,
-    )
+    config = _random_lora_config(["to_q", "to_k", "to_v", "to_out.0"])
     torch.manual_seed(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     if kind == "flux":
-        from diffusers import FluxFillPipeline, FluxTransformer2DModel
+        from diffusers import FluxFillPipeline
 
-        transformer = FluxTransformer2DModel.from_pretrained(
-            pipeline_dir, subfolder="transformer", local_files_only=True
-        )
+        transformer = _saved_flux_transformer(pipeline_dir)
         transformer.add_adapter(config)
         layers = get_peft_model_state_dict(transformer)
         text_layers = None
@@ -273,12 +282,7 @@ def write_tiny_lora(
             clip = CLIPTextModel.from_pretrained(
                 pipeline_dir, subfolder="text_encoder", local_files_only=True
             )
-            clip_config = LoraConfig(
-                r=4,
-                lora_alpha=16,
-                target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
-                init_lora_weights=False,
-            )
+            clip_config = _random_lora_config(["q_proj", "k_proj", "v_proj", "out_proj"])
             # peft directly: transformers' own add_adapter wants a newer peft than diffusers does.
             text_layers = get_peft_model_state_dict(inject_adapter_in_model(clip_config, clip))
         FluxFillPipeline.save_lora_weights(
@@ -312,6 +316,23 @@ def single_threaded_torch() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def run_job(
+    pipeline: Pipeline,
+    inputs_model: type[BaseModel],
+    job: dict[str, Any],
+    files: dict[str, Path],
+    workdir: Path,
+    progress: ProgressLog | None = None,
+) -> tuple[RunResult[Any], np.ndarray]:
+    """Run ``job`` in ``workdir`` (created if missing); the result and its file's RGB pixels (int16)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(job_id="job", workdir=workdir, files=files, progress=progress or ProgressLog())
+    result = pipeline.run(inputs_model.model_validate(job), ctx)
+    with Image.open(result.files[result.outputs.result_file]) as written:
+        pixels = np.asarray(written.convert("RGB")).astype(np.int16)
+    return result, pixels
 
 
 class ProgressLog:

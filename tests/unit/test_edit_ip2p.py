@@ -82,13 +82,9 @@ def run(
     progress: tiny.ProgressLog | None = None,
     **inputs: Any,
 ) -> tuple[EditOutputs, np.ndarray]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(job_id="job", workdir=workdir, files=files, progress=progress or tiny.ProgressLog())
     job = {"image": URI, "instruction": "make it snow", "steps": 2, "seed": 7, **inputs}
-    result = pipeline.run(EditInputs.model_validate(job), ctx)
+    result, pixels = tiny.run_job(pipeline, EditInputs, job, files, workdir, progress)
     assert list(result.files) == [result.outputs.result_file]
-    with Image.open(result.files[result.outputs.result_file]) as written:
-        pixels = np.asarray(written.convert("RGB")).astype(np.int16)
     return result.outputs, pixels
 
 

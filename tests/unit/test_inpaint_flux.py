@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.base import RunContext
 from pipelines.errors import Cancelled, InvalidInput, PermanentError
 from pipelines.imaging.demo import make_sample
 from pipelines.imaging.fields import FixedLora
@@ -93,12 +92,8 @@ def run(
     progress: tiny.ProgressLog | None = None,
     **inputs: Any,
 ) -> tuple[InpaintOutputs, np.ndarray]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(job_id="job", workdir=workdir, files=files, progress=progress or tiny.ProgressLog())
     job = {"prompt": "a wooden bench", "steps": 2, "seed": 7, **URIS, **inputs}
-    result = pipeline.run(InpaintInputs.model_validate(job), ctx)
-    with Image.open(result.files[result.outputs.result_file]) as written:
-        pixels = np.asarray(written.convert("RGB")).astype(np.int16)
+    result, pixels = tiny.run_job(pipeline, InpaintInputs, job, files, workdir, progress)
     return result.outputs, pixels
 
 
