@@ -218,23 +218,21 @@ def handle_dead_letter(deps: Deps, data: bytes, attributes: dict[str, str]) -> s
     job = deps.jobs.get(message.job_id)
     if job is None:
         return None
-    last = job.model_extra.get("lastError") if job.model_extra else None
-    detail = f"; last error: {last['message']}" if isinstance(last, dict) and last.get("message") else ""
+    detail = f"; last error: {job.last_error.message}" if job.last_error else ""
     error = ErrorInfo(
         code="dead_lettered",
         message=f"delivery gave up after {count} attempts{detail}",
         retryable=False,
         part=message.part,
     )
-    for source in (JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.PENDING):
-        if deps.jobs.transition(
-            message.job_id,
-            JobStatus.FAILED,
-            allowed_from=[source],
-            updates={"error": error.to_firestore(), "deliveryAttempts": count},
-        ):
-            log.warning("job %s failed after dead-lettering (%s deliveries)", message.job_id, count)
-            return message.job_id
+    if deps.jobs.transition(
+        message.job_id,
+        JobStatus.FAILED,
+        allowed_from=[JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.PENDING],
+        updates={"error": error.to_firestore(), "deliveryAttempts": count},
+    ):
+        log.warning("job %s failed after dead-lettering (%s deliveries)", message.job_id, count)
+        return message.job_id
     return None
 
 

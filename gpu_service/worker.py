@@ -202,10 +202,11 @@ class Worker:
             uri = getattr(inputs, name, None)
             if uri is None:
                 continue
-            if self.blobs.stat(uri) is None:
-                raise InvalidInput(f"inputs.{name}: {uri} no longer exists", code="object_not_found")
             suffix = Path(uri).suffix[:16]
-            files[name] = self.blobs.download(uri, workdir / f"input-{name}{suffix}")
+            try:
+                files[name] = self.blobs.download(uri, workdir / f"input-{name}{suffix}")
+            except FileNotFoundError as exc:
+                raise InvalidInput(f"inputs.{name}: {uri} no longer exists", code="object_not_found") from exc
         run.timings["download"] = time.perf_counter() - t0
         return files
 
@@ -354,14 +355,11 @@ class Worker:
             if claim.outcome is ClaimOutcome.CANCELLED:
                 end = PartState(status=JobStatus.CANCELLED, attempt=claim.attempt)
             else:
-                last = ((claim.job.parts or {})[part]).error
-                message = f"gave up after {claim.attempt} attempts" + (
-                    f"; last error: {last.message}" if last else ""
-                )
+                last = (claim.job.parts or {})[part].error
                 end = PartState(
                     status=JobStatus.FAILED,
                     attempt=claim.attempt,
-                    error=ErrorInfo(code="attempts_exhausted", message=message, part=part),
+                    error=ErrorInfo.attempts_exhausted(claim.attempt, last, part),
                 )
             self._end_part(_Attempt(job_id, claim.job, claim.attempt, spec, part), end, owner=None)
             return Outcome(Ack.DONE, claim.outcome.value)

@@ -64,9 +64,18 @@ class BlobStore:
         )
 
     def download(self, uri: str, dest: Path) -> Path:
+        """Download ``uri`` to ``dest``.
+
+        Raises:
+            FileNotFoundError: the object does not exist.
+            RetryableError: Storage is unavailable.
+        """
         bucket, name = parse_gs_uri(uri)
         try:
             self._client.bucket(bucket).blob(name).download_to_filename(str(dest))
+        except gexc.NotFound as exc:
+            dest.unlink(missing_ok=True)
+            raise FileNotFoundError(uri) from exc
         except _TRANSIENT as exc:
             raise RetryableError(f"Cloud Storage unavailable downloading {uri}: {exc}") from exc
         return dest
@@ -88,6 +97,3 @@ class BlobStore:
             except gexc.NotFound:
                 pass
         return count
-
-    def list_names(self, bucket: str, prefix: str) -> list[str]:
-        return [b.name for b in self._client.list_blobs(bucket, prefix=prefix)]

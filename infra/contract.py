@@ -83,6 +83,12 @@ class ErrorInfo(_Doc):
     part: str | None = Field(None, description="for multi-part jobs: the part that failed")
 
     @classmethod
+    def attempts_exhausted(cls, attempts: int, last: ErrorInfo | None, part: str | None = None) -> ErrorInfo:
+        """The final error of a job (or part) whose retries are spent, naming the last error."""
+        message = f"gave up after {attempts} attempts" + (f"; last error: {last.message}" if last else "")
+        return cls(code="attempts_exhausted", message=message, retryable=False, part=part)
+
+    @classmethod
     def from_exception(cls, exc: BaseException, *, part: str | None = None) -> ErrorInfo:
         if isinstance(exc, JobError):
             return cls(code=exc.code, message=exc.message, retryable=exc.retryable, part=part)
@@ -155,6 +161,7 @@ class JobDoc(_Doc):
     progress: Progress | None = None
     outputs: dict[str, Any] | None = None
     error: ErrorInfo | None = None
+    last_error: ErrorInfo | None = None
     attempt: int = 0
     lease: Lease | None = None
     cancel_requested: bool = False

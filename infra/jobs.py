@@ -123,12 +123,6 @@ class JobStore:
         snap = self.ref(job_id).get()
         return JobDoc.model_validate(snap.to_dict()) if snap.exists else None
 
-    def list_for_user(self, uid: str, limit: int = 50) -> list[tuple[str, JobDoc]]:
-        query = self._db.collection(self._collection).where(filter=firestore.FieldFilter("uid", "==", uid))
-        docs = [(s.id, JobDoc.model_validate(s.to_dict())) for s in query.stream()]
-        docs.sort(key=lambda d: d[1].created_at or datetime.min.replace(tzinfo=UTC), reverse=True)
-        return docs[:limit]
-
     def find(self, statuses: Iterable[JobStatus]) -> list[tuple[str, JobDoc]]:
         query = self._db.collection(self._collection).where(
             filter=firestore.FieldFilter("status", "in", [s.value for s in statuses])
@@ -217,11 +211,7 @@ class JobStore:
             if status is JobStatus.RUNNING and job.lease and job.lease.expires_at > now:
                 return Claim(ClaimOutcome.RUNNING_ELSEWHERE, job, job.attempt)
             if job.attempt >= max_attempts:
-                last = job.model_extra.get("lastError") if job.model_extra else None
-                message = f"gave up after {job.attempt} attempts"
-                if isinstance(last, dict) and last.get("message"):
-                    message += f"; last error: {last['message']}"
-                error = ErrorInfo(code="attempts_exhausted", message=message, retryable=False)
+                error = ErrorInfo.attempts_exhausted(job.attempt, job.last_error)
                 txn.update(ref, {**_final_fields(JobStatus.FAILED), "error": error.to_firestore()})
                 return Claim(ClaimOutcome.ATTEMPTS_EXHAUSTED, job, job.attempt)
             attempt = job.attempt + 1

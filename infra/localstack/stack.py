@@ -247,11 +247,7 @@ class LocalStack:
 
         self._start_functions()
         if self.config.start_gpu_service:
-            self._spawn(
-                "gpu_service",
-                [sys.executable, "-m", "gpu_service"],
-                {"HOST": "127.0.0.1", "PORT": str(p["gpu"])},
-            )
+            self._spawn_gpu_service()
         self._create_subscriptions()
 
         self._wait("firestore", self._firestore_writable, 90)
@@ -292,12 +288,12 @@ class LocalStack:
     def restart_gpu_service(self, extra_env: Mapping[str, str] | None = None) -> None:
         """Kill the GPU service with SIGKILL (a crash, not a shutdown) and start it again."""
         self.kill("gpu_service", signal.SIGKILL)
-        self._spawn(
-            "gpu_service",
-            [sys.executable, "-m", "gpu_service"],
-            {"HOST": "127.0.0.1", "PORT": str(self.ports["gpu"]), **(extra_env or {})},
-        )
+        self._spawn_gpu_service(extra_env)
         self._wait("gpu_service", self._gpu_ready, 180)
+
+    def _spawn_gpu_service(self, extra_env: Mapping[str, str] | None = None) -> None:
+        env = {"HOST": "127.0.0.1", "PORT": str(self.ports["gpu"]), **(extra_env or {})}
+        self._spawn("gpu_service", [sys.executable, "-m", "gpu_service"], env)
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
         for proc in [p for p in self._procs if p.name == name]:

@@ -7,7 +7,6 @@ check sizes, formats, seeds, adapters in and out, progress, cancellation and the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,10 +45,7 @@ class TinyIP2P:
         return pipeline
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with tiny.single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ exact pixels outside the mask, seeds, the GGUF path, adapters in and out, progre
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,10 +48,7 @@ class TinyFlux:
         return pipeline
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with tiny.single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
