@@ -31,8 +31,8 @@ from pathlib import Path
 
 import httpx
 
+from core.contract import JobDoc, JobStatus
 from infra.client import Client
-from infra.contract import JobDoc, JobStatus
 from infra.localstack.stack import LocalStack, StackConfig
 from infra.settings import Settings
 

@@ -20,8 +20,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from core.contract import JobStatus
 from infra.client import Client
-from infra.contract import JobStatus
 from infra.localstack.stack import LocalStack, StackConfig
 from infra.settings import Settings
 

@@ -26,7 +26,7 @@ from cloudevents.http import CloudEvent
 from google.events.cloud.firestore_v1.types import DocumentEventData
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.errors import InvalidInput
+from core.errors import InvalidInput
 
 PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"

@@ -11,10 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from functions.events import DocumentEvent, StorageEvent
-from infra.blobs import BlobStore
-from infra.bus import Bus
-from infra.contract import (
+from core.contract import (
     ErrorInfo,
     JobDoc,
     JobMessage,
@@ -22,10 +19,16 @@ from infra.contract import (
     Source,
     validate_job_id,
 )
-from infra.jobs import SERVER_TIME, JobStore, utcnow
+from core.errors import InvalidInput, RetryableError
+from core.patch import Patch
+from core.routes import route
+from core.spec import Catalog, PipelineModel, PipelineSpec, parse_gs_uri
+from core.work import WorkRef
+from functions.events import DocumentEvent, StorageEvent
+from infra.blobs import BlobStore
+from infra.bus import Bus
+from infra.jobs import JobStore, utcnow
 from infra.settings import Settings
-from pipelines.base import PipelineModel, PipelineSpec, parse_gs_uri
-from pipelines.errors import InvalidInput, RetryableError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ UPLOADS_PREFIX = "uploads/"
 @dataclass
 class Deps:
     settings: Settings
+    catalog: Catalog
     jobs: JobStore
     blobs: BlobStore
     bus: Bus
@@ -62,7 +66,7 @@ def handle_object_finalized(deps: Deps, event: StorageEvent) -> str | None:
         return None  # uploads/{uid}/{name}: an input for a client-created job
     _, uid, pipeline, _rest = parts
     uri = f"gs://{obj.bucket}/{obj.name}"
-    spec = deps.settings.spec(pipeline)
+    spec = deps.catalog.get(pipeline)
     field = spec.drop_field if spec and spec.drop_field else "file"
     inputs: dict[str, Any] = {}
     error: ErrorInfo | None = None
@@ -122,7 +126,7 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
         spec = validate(deps, job)
     except InvalidInput as exc:
         log.info("job %s rejected: %s", job_id, exc)
-        deps.jobs.end(job_id, JobStatus.REJECTED, ErrorInfo.from_exception(exc))
+        end(deps, job_id, JobStatus.REJECTED, ErrorInfo.from_exception(exc))
         return JobStatus.REJECTED
 
     if (
@@ -130,7 +134,7 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
             job_id,
             JobStatus.QUEUED,
             allowed_from=[JobStatus.PENDING],
-            updates={"queuedAt": SERVER_TIME, "pipeline": spec.name},
+            patch=Patch().server_time("queued_at").set("pipeline", spec.name),
         )
         is None
     ):
@@ -138,9 +142,9 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
     try:
         deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=spec.name))
     except RetryableError as exc:
-        deps.jobs.end(job_id, JobStatus.FAILED, ErrorInfo.from_exception(exc))
+        end(deps, job_id, JobStatus.FAILED, ErrorInfo.from_exception(exc))
         raise
-    log.info("job %s queued on %s", job_id, deps.settings.topic_for(spec.name))
+    log.info("job %s queued on %s", job_id, route(spec.name).topic)
     return JobStatus.QUEUED
 
 
@@ -151,9 +155,9 @@ def validate(deps: Deps, job: JobDoc) -> PipelineSpec:
         InvalidInput: with a message that says what to change.
     """
     settings = deps.settings
-    spec = settings.spec(job.pipeline)
+    spec = deps.catalog.get(job.pipeline)
     if spec is None:
-        known = ", ".join(sorted(settings.enabled_pipelines))
+        known = ", ".join(deps.catalog.names)
         raise InvalidInput(f"unknown pipeline {job.pipeline!r}; available: {known}", code="unknown_pipeline")
     try:
         inputs: PipelineModel = spec.inputs.model_validate(job.inputs)
@@ -192,8 +196,13 @@ def validate(deps: Deps, job: JobDoc) -> PipelineSpec:
                 code="unsupported_content_type",
             )
     if spec.precheck:
-        spec.run_precheck(inputs, settings.pipeline_config(spec))
+        spec.run_precheck(inputs, deps.catalog.config(spec))
     return spec
+
+
+def end(deps: Deps, job_id: str, to: JobStatus, error: ErrorInfo) -> bool:
+    """End a job that is not running (rejected at validation, failed by a sweeper, ...)."""
+    return deps.jobs.transition(job_id, to, patch=Patch().set("error", error)) is not None
 
 
 def describe(exc: ValidationError) -> str:
@@ -225,11 +234,14 @@ def handle_dead_letter(deps: Deps, data: bytes, attributes: dict[str, str]) -> s
         retryable=False,
         part=message.part,
     )
+    patch = Patch().set("error", error)
+    if count.isdigit():
+        patch.set("delivery_attempts", int(count))
     if deps.jobs.transition(
         message.job_id,
         JobStatus.FAILED,
         allowed_from=[JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.PENDING],
-        updates={"error": error.to_firestore(), "deliveryAttempts": count},
+        patch=patch,
     ):
         log.warning("job %s failed after dead-lettering (%s deliveries)", message.job_id, count)
         return message.job_id
@@ -267,7 +279,7 @@ def sweep(deps: Deps, now: datetime | None = None) -> SweepReport:
         if job.status is JobStatus.RUNNING and job.parts:
             _sweep_parts(deps, job_id, job, now, age, report)
         elif job.status is JobStatus.RUNNING and job.lease and job.lease.expires_at < now:
-            state = deps.jobs.recover_expired(job_id, settings.max_attempts)
+            state = deps.jobs.recover(WorkRef(job_id), settings.max_attempts)
             if state is JobStatus.QUEUED:
                 deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=job.pipeline))
                 report.requeued.append(job_id)
@@ -292,10 +304,10 @@ def _sweep_parts(
     deps: Deps, job_id: str, job: JobDoc, now: datetime, age: float, report: SweepReport
 ) -> None:
     """A fanned-out job: re-queue parts whose worker died; re-publish parts nothing picked up."""
-    topic = deps.settings.topic_for(job.pipeline)
     for part, state in (job.parts or {}).items():
+        ref = WorkRef(job_id, part)
         if state.status is JobStatus.RUNNING and (state.lease is None or state.lease.expires_at < now):
-            if not deps.jobs.recover_expired_part(job_id, part):
+            if deps.jobs.recover(ref, deps.settings.max_attempts) is None:
                 continue
             report.requeued.append(f"{job_id}/{part}")
         elif state.status is JobStatus.QUEUED and age > deps.settings.stale_queued_seconds:
@@ -304,4 +316,4 @@ def _sweep_parts(
         else:
             continue
         message = JobMessage(job_id=job_id, pipeline=job.pipeline, part=part)
-        deps.bus.publish_job(message, topic=f"{topic}-{part}")
+        deps.bus.publish_job(message, topic=route(job.pipeline, ref.lane).topic)

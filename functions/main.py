@@ -17,6 +17,7 @@ from functools import cache
 import functions_framework
 from cloudevents.http import CloudEvent
 
+from core.errors import InvalidInput
 from functions import events
 from functions.handlers import (
     Deps,
@@ -29,7 +30,7 @@ from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
 from infra.jobs import JobStore, firestore_client
 from infra.settings import Settings
-from pipelines.errors import InvalidInput
+from pipelines.registry import catalog
 
 log = logging.getLogger("functions")
 
@@ -41,6 +42,7 @@ def deps() -> Deps:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return Deps(
         settings=settings,
+        catalog=catalog(settings.enabled_pipelines, settings.plugins, settings.pipelines),
         jobs=JobStore(firestore_client(settings), settings.jobs_collection),
         blobs=BlobStore(storage_client(settings)),
         bus=Bus(settings),

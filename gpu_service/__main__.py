@@ -15,14 +15,15 @@ from types import FrameType
 import uvicorn
 
 from gpu_service.app import create_app
-from gpu_service.models import ModelPool
+from gpu_service.pool import ModelPool
 from gpu_service.pull import PullConsumer
-from gpu_service.worker import Worker
+from gpu_service.worker import Worker, subscription_path
 from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
 from infra.jobs import JobStore, firestore_client
 from infra.settings import Settings
-from infra.topology import load_topology, route_name
+from infra.topology import load_topology
+from pipelines.registry import catalog
 
 log = logging.getLogger("gpu_service")
 
@@ -47,21 +48,23 @@ class _Server(uvicorn.Server):
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pipelines = catalog(settings.enabled_pipelines, settings.plugins, settings.pipelines)
     worker = Worker(
         settings,
+        pipelines,
         JobStore(firestore_client(settings), settings.jobs_collection),
         BlobStore(storage_client(settings)),
-        ModelPool(settings),
+        ModelPool(pipelines),
         Bus(settings),
     )
     topology = load_topology(settings.topology_file) if settings.topology_file else load_topology()
     consumers = [
         PullConsumer(
             worker,
-            f"projects/{settings.google_cloud_project}/subscriptions/jobs-{route_name(name, part)}-gpu",
+            subscription_path(settings.google_cloud_project, name, lane),
             max_messages=settings.max_concurrent_jobs,
         )
-        for name, part in topology.routes()
+        for name, lane in topology.routes()
         if name in settings.enabled_pipelines and topology.subscription(name).mode == "pull"
     ]
     for consumer in consumers:

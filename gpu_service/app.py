@@ -17,7 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from gpu_service.models import Health, ModelPool
+from core.routes import PUSH_PREFIX, route
+from gpu_service.pool import Health, ModelPool
 from gpu_service.push import BadEnvelope, decode
 from gpu_service.worker import Ack, Worker
 
@@ -27,13 +28,14 @@ STATUS_FOR_ACK = {Ack.DONE: 200, Ack.RETRY: 503, Ack.BUSY: 429}
 
 
 def create_app(worker: Worker) -> FastAPI:
-    models: ModelPool = worker.models
+    models: ModelPool = worker.pool
     slots = threading.BoundedSemaphore(worker.settings.max_concurrent_jobs)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if worker.settings.preload_pipelines:
-            threading.Thread(target=models.preload, name="preload", daemon=True).start()
+            names = worker.settings.enabled_pipelines
+            threading.Thread(target=models.preload, args=(names,), name="preload", daemon=True).start()
         else:
             models.health = Health.READY
         yield
@@ -45,24 +47,24 @@ def create_app(worker: Worker) -> FastAPI:
         body = {"status": models.health.value, "loaded": models.load_seconds(), "error": models.error}
         return JSONResponse(body, status_code=200 if models.health is Health.READY else 503)
 
-    @app.post("/push/{pipeline}")
+    @app.post(PUSH_PREFIX + "{pipeline}")
     async def push(pipeline: str, request: Request) -> JSONResponse:
         return await handle(request, pipeline, None)
 
-    @app.post("/push/{pipeline}/{part}")
-    async def push_part(pipeline: str, part: str, request: Request) -> JSONResponse:
-        return await handle(request, pipeline, part)
+    @app.post(PUSH_PREFIX + "{pipeline}/{lane}")
+    async def push_part(pipeline: str, lane: str, request: Request) -> JSONResponse:
+        return await handle(request, pipeline, lane)
 
-    async def handle(request: Request, pipeline: str, part: str | None) -> JSONResponse:
-        route = f"/push/{pipeline}" + (f"/{part}" if part else "")
+    async def handle(request: Request, pipeline: str, lane: str | None) -> JSONResponse:
+        path = route(pipeline, lane).push_path
         try:
             envelope, message = decode(await request.body())
         except BadEnvelope as exc:
-            log.error("poison message on %s: %s", route, exc)
+            log.error("poison message on %s: %s", path, exc)
             return JSONResponse({"error": str(exc)}, status_code=400)
-        if message.pipeline != pipeline or message.part != part:
+        if message.pipeline != pipeline or message.ref.lane != lane:
             log.error(
-                "job %s (%s, part %s) arrived on %s", message.job_id, message.pipeline, message.part, route
+                "job %s (%s, part %s) arrived on %s", message.job_id, message.pipeline, message.part, path
             )
             return JSONResponse({"error": "the message does not match the endpoint"}, status_code=400)
         log.info("push %s: job %s", envelope.message.message_id, message.job_id)

@@ -17,9 +17,10 @@ from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.cloud.pubsub_v1.subscriber.message import Message
 from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
 
+from core.contract import JobMessage
+from gpu_service.attempt import Ack
 from gpu_service.push import BadEnvelope
-from gpu_service.worker import Ack, Worker
-from infra.contract import JobMessage
+from gpu_service.worker import Worker
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import binascii
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from infra.contract import JobMessage
+from core.contract import JobMessage
 
 
 class BadEnvelope(ValueError):

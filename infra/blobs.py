@@ -10,9 +10,9 @@ from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage  # type: ignore[attr-defined]
 
+from core.errors import RetryableError
+from core.spec import parse_gs_uri
 from infra.settings import Settings
-from pipelines.base import parse_gs_uri
-from pipelines.errors import RetryableError
 
 _TRANSIENT = (gexc.ServiceUnavailable, gexc.InternalServerError, gexc.TooManyRequests, gexc.GatewayTimeout)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-from infra.contract import JobMessage
+from core.contract import JobMessage
+from core.errors import RetryableError
+from core.routes import route
 from infra.settings import Settings
-from pipelines.errors import RetryableError
 
 
 class Bus:
@@ -31,4 +32,4 @@ class Bus:
         if message.part:
             attrs["part"] = message.part
         body = message.model_dump_json(by_alias=True, exclude_none=True).encode()
-        return self.publish(topic or self._settings.topic_for(message.pipeline), body, **attrs)
+        return self.publish(topic or route(message.pipeline).topic, body, **attrs)

@@ -16,7 +16,7 @@ from typing import Any
 
 from google.cloud import firestore, storage  # type: ignore[attr-defined]
 
-from infra.contract import FINAL_STATES, JobDoc, JobStatus
+from core.contract import FINAL_STATES, JobDoc, JobStatus
 from infra.settings import Settings
 
 

@@ -8,7 +8,8 @@ mirrored here so that code can tell whether it runs against emulators.
 
 Pipeline settings are nested: ``PIPELINES__TRANSCRIBE__MODEL_DIR=/models/whisper`` becomes
 ``settings.pipelines["transcribe"]["model_dir"]`` and is validated by that pipeline's own
-config model (:meth:`Settings.pipeline_config`).
+config model (``core.spec.Catalog.config``). Settings hold values only: which pipelines are
+enabled is resolved once per entry point by ``pipelines.registry.catalog(settings...)``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-from pipelines.base import PipelineSpec
 
 
 class Settings(BaseSettings):
@@ -31,8 +30,6 @@ class Settings(BaseSettings):
     google_cloud_project: str = Field("demo-gpu-jobs", description="GCP project id")
     media_bucket: str = Field("demo-gpu-jobs-media", description="bucket for uploads/ and results/")
     jobs_collection: str = "jobs"
-    topic_prefix: str = "jobs-"
-    dead_letter_topic: str = "jobs-dead-letter"
 
     # Emulators (set by the local stack; empty in production).
     pubsub_emulator_host: str | None = None
@@ -77,16 +74,3 @@ class Settings(BaseSettings):
     @property
     def using_emulators(self) -> bool:
         return bool(self.firestore_emulator_host or self.pubsub_emulator_host)
-
-    def topic_for(self, pipeline: str) -> str:
-        return f"{self.topic_prefix}{pipeline}"
-
-    def spec(self, name: str) -> PipelineSpec | None:
-        """The spec of an enabled pipeline, or ``None``."""
-        from pipelines.registry import get_spec
-
-        return get_spec(name, tuple(self.plugins)) if name in self.enabled_pipelines else None
-
-    def pipeline_config(self, spec: PipelineSpec) -> BaseModel:
-        """The validated config of ``spec`` from ``PIPELINES__<NAME>__*`` variables."""
-        return spec.config.model_validate(self.pipelines.get(spec.name, {}))

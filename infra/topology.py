@@ -93,10 +93,5 @@ class Topology(_Model):
         return found
 
 
-def route_name(pipeline: str, part: str | None) -> str:
-    """``video`` or ``video-speech``: the suffix of the route's topic (``jobs-…``)."""
-    return f"{pipeline}-{part}" if part else pipeline
-
-
 def load_topology(path: Path = TOPOLOGY_FILE) -> Topology:
     return Topology.model_validate(yaml.safe_load(path.read_text()))

@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from infra.cli import ProgressBar
+from cli import ProgressBar
+from core.contract import JobDoc, JobStatus
 from infra.client import Client
-from infra.contract import JobDoc, JobStatus
 from infra.localstack.stack import REPO, LocalStack, StackConfig, StackError
 from infra.settings import Settings
 
@@ -142,7 +142,7 @@ def main() -> int:
             banner("4. inpainting (OpenCV backend, no GPU): remove a drawn mark from a picture")
             from PIL import Image
 
-            from pipelines.imaging.demo import side_by_side, write_sample
+            from scripts.sample_images import side_by_side, write_sample
 
             image_path, mask_path = write_sample(tmp / "img")
             inputs = {

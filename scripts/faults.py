@@ -32,8 +32,9 @@ from pathlib import Path
 import httpx
 from google.cloud import pubsub_v1
 
+from core.contract import FINAL_STATES, JobDoc, JobMessage, JobStatus
+from core.routes import route
 from infra.client import Client
-from infra.contract import FINAL_STATES, JobDoc, JobMessage, JobStatus
 from infra.localstack.stack import REPO, LocalStack, StackConfig
 from infra.settings import Settings
 from tests.support.flaky import count, topology_with_flaky
@@ -129,8 +130,8 @@ def run(
     uid = f"faults-{int(time.time())}"
     publisher = pubsub_v1.PublisherClient()
     project = stack.config.project
-    topic = publisher.topic_path(project, "jobs-flaky")
-    push_url = f"{stack.env['GPU_SERVICE_URL']}/push/flaky"
+    topic = publisher.topic_path(project, route("flaky").topic)
+    push_url = stack.env["GPU_SERVICE_URL"] + route("flaky").push_path
     t_start = time.monotonic()
 
     ids: dict[str, str] = {}
@@ -141,9 +142,9 @@ def run(
 
     def publish(job_id: str, part: str | None = None) -> None:
         pipeline = pipeline_of[job_id]
-        route = f"jobs-{pipeline}" + (f"-{part}" if part else "")
-        body = JobMessage(job_id=job_id, pipeline=pipeline, part=part).model_dump_json(by_alias=True).encode()
-        publisher.publish(publisher.topic_path(project, route), body)
+        message = JobMessage(job_id=job_id, pipeline=pipeline, part=part)
+        body = message.model_dump_json(by_alias=True).encode()
+        publisher.publish(publisher.topic_path(project, route(pipeline, message.ref.lane).topic), body)
 
     # Every message delivered two or three times: the function's publish plus 1-2 more; parts
     # get one more delivery each once their job has fanned out.

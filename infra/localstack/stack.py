@@ -34,7 +34,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from infra.topology import Topology, load_topology, route_name
+from core.routes import route
+from infra.topology import Topology, load_topology
 
 log = logging.getLogger("localstack")
 
@@ -393,7 +394,7 @@ class LocalStack:
             raise StackError(f"Pub/Sub emulator {method} {path}: {resp.status_code} {resp.text}")
 
     def _create_topics(self) -> None:
-        topics = set(self.topology.topics) | {f"jobs-{route_name(n, p)}" for n, p in self.topology.routes()}
+        topics = set(self.topology.topics) | {route(n, lane).topic for n, lane in self.topology.routes()}
         for topic in sorted(topics):
             self._pubsub("PUT", f"topics/{topic}")
 
@@ -416,11 +417,11 @@ class LocalStack:
                     "retryPolicy": {"minimumBackoff": "1s", "maximumBackoff": "60s"},
                 },
             )
-        for name, part in self.topology.routes():
+        for name, lane in self.topology.routes():
             sub = self.topology.subscription(name)
-            route = route_name(name, part)
+            names = route(name, lane)
             body: dict[str, object] = {
-                "topic": f"projects/{project}/topics/jobs-{route}",
+                "topic": f"projects/{project}/topics/{names.topic}",
                 "ackDeadlineSeconds": sub.ack_deadline_seconds,
                 "retryPolicy": {
                     "minimumBackoff": f"{sub.retry_policy.minimum_backoff_seconds}s",
@@ -433,9 +434,8 @@ class LocalStack:
                 "messageRetentionDuration": f"{sub.message_retention_seconds}s",
             }
             if sub.mode == "push" and self.config.start_gpu_service:
-                path = f"/push/{name}" + (f"/{part}" if part else "")
-                body["pushConfig"] = {"pushEndpoint": f"http://127.0.0.1:{p['gpu']}{path}"}
-            self._pubsub("PUT", f"subscriptions/jobs-{route}-gpu", body)
+                body["pushConfig"] = {"pushEndpoint": f"http://127.0.0.1:{p['gpu']}{names.push_path}"}
+            self._pubsub("PUT", f"subscriptions/{names.subscription}", body)
 
     def _gpu_ready(self) -> bool:
         resp = httpx.get(f"http://127.0.0.1:{self.ports['gpu']}/healthz", timeout=2)

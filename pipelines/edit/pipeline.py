@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from pipelines.base import RunContext, RunResult
+from core.errors import PermanentError
+from core.spec import RunContext, RunResult
 from pipelines.edit.spec import EditConfig, EditInputs, EditOutputs
-from pipelines.errors import PermanentError
 from pipelines.imaging.checks import load_image
 from pipelines.imaging.diffusion import (
     PeakGpuMemory,

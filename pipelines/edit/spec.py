@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pipelines.base import PipelineSpec
+from core.spec import PipelineSpec
 from pipelines.imaging.fields import DiffusionConfig, ImageJobInputs, ImageJobOutputs
 
 

@@ -1,6 +1,6 @@
 """Input image and mask checks, run before any model work.
 
-Each check fails with :class:`~pipelines.errors.InvalidInput` and a message a person can act on.
+Each check fails with :class:`~core.errors.InvalidInput` and a message a person can act on.
 What the checks decide (and the tests pin down):
 
 - **Content, not extension.** The file is opened with Pillow; it must decode as PNG, JPEG or WebP.
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipelines.errors import InvalidInput
+from core.errors import InvalidInput
 from pipelines.imaging.fields import ImageLimitsConfig, OutputFormat
 
 ACCEPTED_FORMATS: dict[str, OutputFormat] = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}

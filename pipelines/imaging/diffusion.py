@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from pipelines.base import ProgressFn
-from pipelines.errors import OutOfGpuMemory
+from core.errors import OutOfGpuMemory
+from core.spec import ProgressFn
 from pipelines.imaging.fields import DtypeName
 from pipelines.imaging.memory import MemoryStrategy, StrategyChoice, choose_memory_strategy, forced_strategy
 
@@ -98,7 +98,7 @@ def step_progress(progress: ProgressFn, requested_steps: int) -> Callable[..., d
     """A ``callback_on_step_end`` reporting ``step/steps`` as ``"denoising"`` progress.
 
     The step count is read from the pipeline (``strength`` < 1 runs fewer steps than requested).
-    ``progress`` may raise :class:`~pipelines.errors.Cancelled`; it propagates out of the
+    ``progress`` may raise :class:`~core.errors.Cancelled`; it propagates out of the
     pipeline call and ends the run.
     """
 

@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from pipelines.base import FileInput, GsUri, PipelineModel
+from core.spec import FileInput, GsUri, PipelineModel
 from pipelines.imaging.memory import StrategyChoice
 
 IMAGE_CONTENT_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp")

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from pipelines.errors import InvalidInput, PermanentError
+from core.errors import InvalidInput, PermanentError
 from pipelines.imaging.fields import FixedLora, LoraRef, ResolvedLora
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from pipelines.base import RunContext, RunResult
-from pipelines.errors import InvalidInput, PermanentError
+from core.errors import InvalidInput, PermanentError
+from core.spec import RunContext, RunResult
 
 InT = TypeVar("InT", bound=BaseModel)
 OutT = TypeVar("OutT", bound=BaseModel)

@@ -7,7 +7,7 @@ from typing import Literal, Protocol
 
 from PIL import Image
 
-from pipelines.base import ProgressFn
+from core.spec import ProgressFn
 from pipelines.imaging.fields import LoraRef, ResolvedLora
 
 

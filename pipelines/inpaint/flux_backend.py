@@ -41,8 +41,8 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from pipelines.base import ProgressFn
-from pipelines.errors import PermanentError
+from core.errors import PermanentError
+from core.spec import ProgressFn
 from pipelines.imaging.diffusion import (
     PeakGpuMemory,
     apply_memory_strategy,

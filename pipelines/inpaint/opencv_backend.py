@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pipelines.base import ProgressFn
-from pipelines.errors import InvalidInput
+from core.errors import InvalidInput
+from core.spec import ProgressFn
 from pipelines.imaging.fields import LoraRef, ResolvedLora
 from pipelines.inpaint.backend import BackendResult, InpaintJob
 from pipelines.inpaint.spec import InpaintConfig

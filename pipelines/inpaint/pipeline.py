@@ -3,7 +3,7 @@
 The flow is the same for both backends:
 
 1. check the image and mask (:mod:`pipelines.imaging.checks`) and resolve adapters: every
-   :class:`~pipelines.errors.InvalidInput` happens here, before any model work;
+   :class:`~core.errors.InvalidInput` happens here, before any model work;
 2. fit a work size the backend accepts (Flux: sides in multiples of 16, at most
    ``max_work_pixels``; OpenCV: the original size);
 3. run the backend at the work size;
@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.base import RunContext, RunResult
+from core.spec import RunContext, RunResult
 from pipelines.imaging.checks import load_image, load_mask
 from pipelines.imaging.fields import pick_seed
 from pipelines.imaging.output import composite, fit_work_size, save_result

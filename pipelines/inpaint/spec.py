@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipelines.base import PipelineSpec
+from core.spec import PipelineSpec
 from pipelines.imaging.fields import DiffusionConfig, ImageFile, ImageJobInputs, ImageJobOutputs
 
 

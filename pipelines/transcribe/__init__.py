@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipelines.base import FileInput, GsUri, PipelineModel, PipelineSpec
+from core.spec import FileInput, GsUri, PipelineModel, PipelineSpec
 
 # The language codes Whisper knows (faster_whisper.tokenizer._LANGUAGE_CODES, kept in sync by a test).
 # fmt: off

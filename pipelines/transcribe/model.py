@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pipelines.base import RunContext, RunResult
-from pipelines.errors import InvalidInput, OutOfGpuMemory, PermanentError
+from core.errors import InvalidInput, OutOfGpuMemory, PermanentError
+from core.spec import RunContext, RunResult
 from pipelines.transcribe import Segment, TranscribeConfig, TranscribeInputs, TranscribeOutputs, Word
 from pipelines.transcribe.formats import to_srt, to_vtt
 

@@ -20,8 +20,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipelines.base import FileInput, GsUri, PipelineModel, PipelineSpec
-from pipelines.errors import InvalidInput
+from core.errors import InvalidInput
+from core.spec import FileInput, GsUri, PipelineModel, PipelineSpec
 from pipelines.transcribe import WHISPER_LANGUAGES, Segment, TranscribeConfig
 from pipelines.video.urls import check_url_syntax
 
@@ -182,6 +182,7 @@ SPEC = PipelineSpec(
     outputs=VideoOutputs,
     config=VideoConfig,
     loader="pipelines.video.pipeline:load",
+    join="pipelines.video.join:join",
     drop_field="video",
     parts=("speech", "screen"),
     precheck="pipelines.video.urls:precheck",

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from PIL import Image, ImageChops, ImageOps
 
-from pipelines.errors import InvalidInput
+from core.errors import InvalidInput
 from pipelines.video import FramePreprocess
-from pipelines.video.ingest import AV_OPEN_OPTIONS
+from pipelines.video.media import AV_OPEN_OPTIONS
 
 THUMBNAIL_SIZE = (160, 90)
 

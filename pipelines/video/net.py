@@ -60,8 +60,8 @@ from yt_dlp.downloader.http import HttpFD
 from yt_dlp.networking._requests import RequestsRH
 from yt_dlp.networking.exceptions import RequestError, UnsupportedRequest
 
-from pipelines.errors import InvalidInput, JobError
-from pipelines.video.ingest import FFMPEG_INPUT_GUARD
+from core.errors import InvalidInput, JobError
+from pipelines.video.media import FFMPEG_INPUT_GUARD
 from pipelines.video.urls import Resolver, check_host, default_resolve
 
 # Downloaders that fetch through YoutubeDL.urlopen, i.e. through the guarded handler.

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from pipelines.errors import PermanentError, RetryableError
+from core.errors import PermanentError, RetryableError
 from pipelines.video import OcrFrame
 
 VISION_MAX_BATCH = 16  # images per BatchAnnotateImagesRequest, the API's limit

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from pipelines.base import Pipeline, ProgressFn, RunContext, RunResult
-from pipelines.errors import PermanentError
+from core.errors import PermanentError
+from core.spec import Pipeline, ProgressFn, RunContext, RunResult
 from pipelines.transcribe import Segment, TranscribeInputs
 from pipelines.video import OcrFrame, VideoConfig, VideoInputs, VideoMetadata, VideoOutputs
 from pipelines.video.frames import (
@@ -29,7 +29,9 @@ from pipelines.video.frames import (
     sample_frames,
     thumbnail,
 )
-from pipelines.video.ingest import MediaInfo, check_media, download, extract_audio, probe
+from pipelines.video.ingest import download
+from pipelines.video.join import PreparedVideo, ScreenPart, SpeechPart
+from pipelines.video.media import MediaInfo, check_media, extract_audio, probe
 from pipelines.video.ocr import FrameText, OcrBackend, combine, dedupe_frames, make_backend
 from pipelines.video.urls import Resolver, default_resolve
 
@@ -263,27 +265,6 @@ class VideoPipeline:
         return RunResult(outputs=outputs, files=files, metadata=metadata)
 
 
-class PreparedVideo(BaseModel):
-    """The state the prepare step hands to the parts and the join (stored on the job)."""
-
-    metadata: VideoMetadata
-    media: dict[str, Any]
-    video_key: str
-    audio_key: str | None = None
-    timings: dict[str, float] = Field(default_factory=dict)
-
-
-class SpeechPart(BaseModel):
-    text: str
-    segments: list[Segment]
-    language: str | None = None
-
-
-class ScreenPart(BaseModel):
-    ocr: list[OcrFrame]
-    stats: dict[str, Any] = Field(default_factory=dict)
-
-
 class FannedOutVideo(VideoPipeline):
     """The video pipeline as a multi-part job: prepare (ingest, extract the audio), then the
     ``speech`` and ``screen`` parts in parallel on whichever instances are free, then a join."""
@@ -334,25 +315,6 @@ class FannedOutVideo(VideoPipeline):
             ctx.progress(1.0, "reading text")
             return RunResult(outputs=ScreenPart(ocr=ocr, stats=stats))
         raise PermanentError(f"video has no part {part!r}", code="unknown_part")
-
-    def join(
-        self, inputs: VideoInputs, state: dict[str, Any], parts: dict[str, dict[str, Any] | None]
-    ) -> VideoOutputs:
-        """Merge what the parts that succeeded produced; a failed part leaves its fields empty."""
-        prepared = PreparedVideo.model_validate(state)
-        speech = (
-            SpeechPart.model_validate(parts["speech"])
-            if parts.get("speech")
-            else SpeechPart(text="", segments=[])
-        )
-        screen = ScreenPart.model_validate(parts["screen"]) if parts.get("screen") else ScreenPart(ocr=[])
-        return VideoOutputs(
-            text=speech.text,
-            segments=speech.segments,
-            ocr=screen.ocr,
-            combined_text=combine(speech.text, screen.ocr),
-            metadata=prepared.metadata,
-        )
 
 
 def ocr_backend_for(config: VideoConfig, *, vision_client: Any = None) -> OcrBackend:

@@ -26,12 +26,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.base import RunContext
+from core.spec import RunContext
 from pipelines.edit import SPEC as EDIT
 from pipelines.edit import EditConfig, EditInputs
-from pipelines.imaging.demo import make_sample
 from pipelines.inpaint import SPEC as INPAINT
 from pipelines.inpaint import InpaintConfig, InpaintInputs
+from scripts.sample_images import make_sample
 from tests.support import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
 
 pytestmark = pytest.mark.gpu

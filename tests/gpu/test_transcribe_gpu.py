@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.base import RunContext
+from core.spec import RunContext
 from pipelines.transcribe import TranscribeConfig, TranscribeInputs
 from pipelines.transcribe.model import load
 from tests.support.speech import synthesize, wav_duration, word_error_rate

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.cli import main
+from cli import main
 from infra.localstack.stack import LocalStack
 from tests.support.speech import synthesize
 

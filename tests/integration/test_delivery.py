@@ -12,8 +12,8 @@ import httpx
 import pytest
 from google.cloud import pubsub_v1
 
+from core.contract import JobStatus
 from infra.client import Client
-from infra.contract import JobStatus
 from infra.localstack.stack import LocalStack
 from tests.support.speech import synthesize
 

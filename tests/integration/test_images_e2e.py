@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from core.contract import JobDoc, JobStatus
 from infra.client import Client
-from infra.contract import JobDoc, JobStatus
-from pipelines.imaging.demo import make_sample
+from scripts.sample_images import make_sample
 
 
 def _follow(client: Client, job_id: str) -> tuple[JobDoc, list[JobDoc]]:

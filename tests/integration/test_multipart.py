@@ -11,8 +11,8 @@ from pathlib import Path
 
 from google.cloud import pubsub_v1
 
+from core.contract import JobMessage, JobStatus
 from infra.client import Client
-from infra.contract import JobMessage, JobStatus
 from infra.localstack.stack import LocalStack
 from tests.support.flaky import count
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from core.contract import JobStatus
 from infra.client import Client
-from infra.contract import JobStatus
 from tests.support.speech import synthesize
 
 

@@ -15,14 +15,17 @@ import httpx
 import pytest
 from google.cloud import pubsub_v1
 
+from core.contract import JobDoc, JobMessage, JobStatus
+from core.lifecycle import ClaimOutcome, Ending, LeaseLost
+from core.work import WorkRef
 from functions.handlers import Deps, sweep
 from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
 from infra.client import Client
-from infra.contract import JobDoc, JobMessage, JobStatus
-from infra.jobs import ClaimOutcome, JobStore, LeaseLost, firestore_client
+from infra.jobs import JobStore, firestore_client
 from infra.localstack.stack import LocalStack
 from infra.settings import Settings
+from pipelines.registry import catalog
 from tests.support.flaky import count
 
 
@@ -151,22 +154,23 @@ def test_at_capacity_the_service_pushes_back_and_the_job_stays_queued(
 def test_a_worker_that_lost_its_lease_cannot_commit(stack: LocalStack, client: Client, uid: str) -> None:
     store = JobStore(client.db, client.settings.jobs_collection)
     job_id = f"lease-{uid}"
+    ref = WorkRef(job_id)
     client.jobs().document(job_id).set({"uid": uid, "pipeline": "none", "inputs": {}, "status": "queued"})
-    first = store.claim(job_id, "worker-a", lease_seconds=0.5, max_attempts=5)
+    first = store.claim(ref, "worker-a", lease_seconds=0.5, max_attempts=5)
     assert first.outcome is ClaimOutcome.CLAIMED and first.attempt == 1
-    assert store.claim(job_id, "worker-b", 30, 5).outcome is ClaimOutcome.RUNNING_ELSEWHERE
+    assert store.claim(ref, "worker-b", 30, 5).outcome is ClaimOutcome.RUNNING_ELSEWHERE
     time.sleep(0.8)  # worker-a paused past its lease
-    second = store.claim(job_id, "worker-b", 30, 5)
+    second = store.claim(ref, "worker-b", 30, 5)
     assert second.outcome is ClaimOutcome.CLAIMED and second.attempt == 2
     with pytest.raises(LeaseLost):
-        store.heartbeat(job_id, "worker-a", 1, 30)
+        store.heartbeat(ref, "worker-a", 1, 30)
     with pytest.raises(LeaseLost):
-        store.finish(job_id, "worker-a", 1, JobStatus.SUCCEEDED, {"outputs": {"from": "a"}})
-    store.finish(job_id, "worker-b", 2, JobStatus.SUCCEEDED, {"outputs": {"from": "b"}})
+        store.finish(ref, "worker-a", 1, Ending(JobStatus.SUCCEEDED, outputs={"from": "a"}))
+    store.finish(ref, "worker-b", 2, Ending(JobStatus.SUCCEEDED, outputs={"from": "b"}))
     job = client.get(job_id)
     assert job and job.status is JobStatus.SUCCEEDED and job.outputs == {"from": "b"}
     with pytest.raises(LeaseLost):  # and nothing moves a final job
-        store.finish(job_id, "worker-b", 2, JobStatus.FAILED, {})
+        store.finish(ref, "worker-b", 2, Ending(JobStatus.FAILED))
 
 
 def test_sweeper_validates_a_pending_job_whose_trigger_never_ran(stack: LocalStack, uid: str) -> None:
@@ -174,7 +178,11 @@ def test_sweeper_validates_a_pending_job_whose_trigger_never_ran(stack: LocalSta
     settings = Settings(jobs_collection="jobs-no-trigger")
     db = firestore_client(settings)
     deps = Deps(
-        settings, JobStore(db, settings.jobs_collection), BlobStore(storage_client(settings)), Bus(settings)
+        settings,
+        catalog(["flaky"], ["tests.support.flaky:SPEC"]),
+        JobStore(db, settings.jobs_collection),
+        BlobStore(storage_client(settings)),
+        Bus(settings),
     )
     db.collection("jobs-no-trigger").document(f"p-{uid}").set(
         {"uid": uid, "pipeline": "flaky", "inputs": {}, "status": "pending"}
@@ -194,7 +202,7 @@ def test_sweeper_validates_a_pending_job_whose_trigger_never_ran(stack: LocalSta
 def test_pull_consumer_runs_jobs_with_the_same_claim_and_commit(
     stack: LocalStack, client: Client, uid: str, flaky_state: Path
 ) -> None:
-    from gpu_service.models import ModelPool
+    from gpu_service.pool import ModelPool
     from gpu_service.pull import PullConsumer
     from gpu_service.worker import Worker
 
@@ -206,7 +214,10 @@ def test_pull_consumer_runs_jobs_with_the_same_claim_and_commit(
     sub = subscriber.subscription_path(project, "pull-test-gpu")
     subscriber.create_subscription(name=sub, topic=topic, ack_deadline_seconds=10)
 
-    worker = Worker(settings, JobStore(client.db), BlobStore(client.gcs), ModelPool(settings), Bus(settings))
+    pipelines = catalog(["flaky"], ["tests.support.flaky:SPEC"], settings.pipelines)
+    worker = Worker(
+        settings, pipelines, JobStore(client.db), BlobStore(client.gcs), ModelPool(pipelines), Bus(settings)
+    )
     consumer = PullConsumer(worker, sub, max_messages=2)
     consumer.start()
     try:

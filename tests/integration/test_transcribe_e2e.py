@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from core.contract import JobDoc, JobStatus
 from infra.client import Client
-from infra.contract import JobDoc, JobStatus
 from infra.localstack.stack import LocalStack
 from tests.support.speech import synthesize, wav_duration, word_error_rate
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from core.contract import JobStatus
 from infra.client import Client
-from infra.contract import JobStatus
 from tests.support.speech import make_video_with_speech, word_error_rate
 from tests.support.video_server import VideoServer, serve
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from pipelines.base import PipelineModel, PipelineSpec, RunContext, RunResult
-from pipelines.errors import PermanentError, RetryableError
+from core.errors import PermanentError, RetryableError
+from core.spec import PipelineModel, PipelineSpec, RunContext, RunResult
 
 
 class FlakyInputs(PipelineModel):
@@ -141,11 +141,12 @@ class FlakyParts:
         _append(self.state / f"{ctx.job_id}.{part}.completions", str(os.getpid()))
         return RunResult(PartOutput(value=f"{part}:{state['token']}"), files={f"{part}.txt": out})
 
-    def join(
-        self, inputs: PartsInputs, state: dict[str, Any], parts: dict[str, dict[str, Any] | None]
-    ) -> PartsOutputs:
-        a, b = parts.get("a"), parts.get("b")
-        return PartsOutputs(a=a["value"] if a else None, b=b["value"] if b else None, prepared=state["token"])
+
+def join_parts(
+    inputs: PartsInputs, state: dict[str, Any], parts: dict[str, dict[str, Any] | None]
+) -> PartsOutputs:
+    a, b = parts.get("a"), parts.get("b")
+    return PartsOutputs(a=a["value"] if a else None, b=b["value"] if b else None, prepared=state["token"])
 
 
 def load_parts(config: FlakyConfig) -> FlakyParts:
@@ -159,6 +160,7 @@ PARTS_SPEC = PipelineSpec(
     config=FlakyConfig,
     loader="tests.support.flaky:load_parts",
     parts=("a", "b"),
+    join="tests.support.flaky:join_parts",
     description="test stand-in for multi-part jobs: prepare, parts a and b, join",
 )
 

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel
 
-from pipelines.base import Pipeline, RunContext, RunResult
+from core.spec import Pipeline, RunContext, RunResult
 
 _WORDS = ("a", "photo", "of", "the", "red", "cat", "wooden", "bench", "make", "it", "snow", "blue", "sky")
 
@@ -338,7 +338,7 @@ def run_job(
 class ProgressLog:
     """A ``RunContext.progress`` that records calls and can cancel at a chosen call.
 
-    ``cancel_at=(stage, n)`` raises :class:`~pipelines.errors.Cancelled` on the ``n``-th call
+    ``cancel_at=(stage, n)`` raises :class:`~core.errors.Cancelled` on the ``n``-th call
     (1-based) reporting ``stage``, as the service does when a client asks to cancel.
     """
 
@@ -347,7 +347,7 @@ class ProgressLog:
         self.cancel_at = cancel_at
 
     def __call__(self, fraction: float, stage: str) -> None:
-        from pipelines.errors import Cancelled
+        from core.errors import Cancelled
 
         self.calls.append((fraction, stage))
         if self.cancel_at is not None:

@@ -1,60 +1,112 @@
-"""Import direction and cold-start cost: the rules that keep the layers apart."""
+"""Import direction and cold-start cost: the rules that keep the layers apart.
+
+The packages and the only arrows between them::
+
+    core  <──  pipelines  <──┐
+      ^                       ├── functions, gpu_service, cli   (the entry points)
+      └──────  infra      <──┘
+
+``core`` imports nothing of ours; ``pipelines`` (pure inference) and ``infra`` (the Google edge)
+stand on it and not on each other; the entry points resolve the enabled pipelines once and pass
+them down. Every arrow not listed in ``ALLOWED`` fails a test of its own.
+"""
 
 from __future__ import annotations
 
 import ast
+import itertools
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
+PACKAGES = ("core", "pipelines", "infra", "functions", "gpu_service", "cli")
+ALLOWED = {
+    ("pipelines", "core"),
+    ("infra", "core"),
+    ("functions", "core"),
+    ("functions", "infra"),
+    ("functions", "pipelines"),
+    ("gpu_service", "core"),
+    ("gpu_service", "infra"),
+    ("gpu_service", "pipelines"),
+    ("cli", "core"),
+    ("cli", "infra"),
+    ("cli", "pipelines"),
+}
+FORBIDDEN = sorted(
+    (src, dst) for src, dst in itertools.permutations(PACKAGES, 2) if (src, dst) not in ALLOWED
+)
 
-def _imports(package: str) -> set[tuple[str, str]]:
-    found = set()
+
+@cache
+def _imports(package: str) -> frozenset[tuple[str, str]]:
+    """(file, imported module) for every import in ``package``, lazy ones included."""
+    found: set[tuple[str, str]] = set()
     for path in (REPO / package).rglob("*.py"):
+        where = str(path.relative_to(REPO))
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add((str(path.relative_to(REPO)), node.module))
-                found.update((str(path.relative_to(REPO)), f"{node.module}.{a.name}") for a in node.names)
+                found.add((where, node.module))
+                found.update((where, f"{node.module}.{a.name}") for a in node.names)
             elif isinstance(node, ast.Import):
-                found.update((str(path.relative_to(REPO)), a.name) for a in node.names)
-    return found
+                found.update((where, a.name) for a in node.names)
+    return frozenset(found)
 
 
-@pytest.mark.parametrize(
-    ("package", "forbidden"),
-    [
-        # Pipelines may call inference services (Cloud Vision), never the job plumbing.
-        (
-            "pipelines",
-            {
-                "infra",
-                "functions",
-                "gpu_service",
-                "google.cloud.firestore",
-                "google.cloud.pubsub_v1",
-                "google.cloud.storage",
-            },
-        ),
-        ("functions", {"gpu_service", "torch", "faster_whisper", "diffusers"}),
-        ("infra", {"gpu_service", "functions"}),
-    ],
-)
-def test_import_direction(package: str, forbidden: set[str]) -> None:
-    bad = sorted(
-        (f, m) for f, m in _imports(package) if any(m == x or m.startswith(x + ".") for x in forbidden)
+def _offenders(package: str, targets: set[str]) -> list[tuple[str, str]]:
+    return sorted(
+        (f, m) for f, m in _imports(package) if any(m == t or m.startswith(t + ".") for t in targets)
     )
-    # The local stack launches the other deployables as processes; it does not import them.
-    assert bad == [], f"{package} must not import {forbidden}: {bad}"
+
+
+@pytest.mark.parametrize(("src", "dst"), FORBIDDEN, ids=[f"{s}->{d}" for s, d in FORBIDDEN])
+def test_no_arrow_outside_the_allowed_list(src: str, dst: str) -> None:
+    assert _offenders(src, {dst}) == [], f"{src} must not import {dst}"
+
+
+@pytest.mark.parametrize(("src", "dst"), sorted(ALLOWED), ids=[f"{s}->{d}" for s, d in sorted(ALLOWED)])
+def test_every_allowed_arrow_is_one_the_code_uses(src: str, dst: str) -> None:
+    # Keeps the list honest: an arrow nothing needs any more is taken off it.
+    assert _offenders(src, {dst}), f"nothing in {src} imports {dst}: remove the arrow from ALLOWED"
+
+
+def test_core_depends_on_pydantic_and_the_standard_library_only() -> None:
+    third_party = {
+        m.split(".")[0]
+        for _, m in _imports("core")
+        if m.split(".")[0] not in sys.stdlib_module_names and m.split(".")[0] != "core"
+    }
+    assert third_party <= {"pydantic"}, third_party
+
+
+def test_pipelines_never_touch_the_job_plumbing() -> None:
+    # Pipelines may call inference services (Cloud Vision), never Firestore, Pub/Sub or Storage.
+    plumbing = {"google.cloud.firestore", "google.cloud.pubsub_v1", "google.cloud.storage"}
+    assert _offenders("pipelines", plumbing) == []
 
 
 def test_functions_import_no_model_code() -> None:
+    assert _offenders("functions", {"torch", "faster_whisper", "diffusers"}) == []
     code = (
         "import sys, functions.main, pipelines.registry as r; r.all_specs(); "
         "heavy = {'torch', 'faster_whisper', 'ctranslate2', 'diffusers', 'transformers', 'cv2', 'yt_dlp'}; "
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_multi_part_join_loads_no_model_code() -> None:
+    # Whichever instance ends the last part joins the job, without loading the pipeline's model.
+    code = (
+        "import sys; from pipelines.registry import get_spec; s = get_spec('video'); "
+        "import importlib; importlib.import_module(s.join.partition(':')[0]); "
+        "heavy = {'torch', 'faster_whisper', 'ctranslate2', 'yt_dlp', 'av'}; "
         "print(sorted(heavy & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.base import RunContext
+from core.errors import Cancelled, InvalidInput, PermanentError
+from core.spec import RunContext
 from pipelines.edit import SPEC, EditConfig, EditInputs, EditOutputs
 from pipelines.edit.pipeline import FAMILIES, EditPipeline
-from pipelines.errors import Cancelled, InvalidInput, PermanentError
-from pipelines.imaging.demo import make_sample
 from pipelines.imaging.fields import FixedLora
+from scripts.sample_images import make_sample
 from tests.support import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
 
 URI = "gs://bucket/in/photo.png"

@@ -9,10 +9,10 @@ import pytest
 from cloudevents.http import CloudEvent
 from google.events.cloud.firestore_v1.types import Document, DocumentEventData, MapValue, Value
 
+from core.errors import InvalidInput
 from functions.events import firestore_document, pubsub_message, storage_event
 from functions.handlers import derived_job_id
 from gpu_service.push import BadEnvelope, decode
-from pipelines.errors import InvalidInput
 
 OBJECT = {
     "kind": "storage#object",

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.errors import InvalidInput
+from core.errors import InvalidInput
 from pipelines.imaging.checks import load_image, load_mask
-from pipelines.imaging.demo import local_demo, make_sample, side_by_side, write_sample
 from pipelines.imaging.fields import ImageLimitsConfig
 from pipelines.imaging.output import composite, fit_work_size, result_key, save_result
+from scripts.sample_images import local_demo, make_sample, side_by_side, write_sample
 
 LIMITS = ImageLimitsConfig()
 

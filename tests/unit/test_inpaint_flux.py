@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.errors import Cancelled, InvalidInput, PermanentError
-from pipelines.imaging.demo import make_sample
+from core.errors import Cancelled, InvalidInput, PermanentError
 from pipelines.imaging.fields import FixedLora
 from pipelines.inpaint import SPEC, InpaintConfig, InpaintInputs, InpaintOutputs
 from pipelines.inpaint.flux_backend import FluxFillInpainter
 from pipelines.inpaint.pipeline import InpaintPipeline
+from scripts.sample_images import make_sample
 from tests.support import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
 
 URIS = {"image": "gs://bucket/in/image.png", "mask": "gs://bucket/in/mask.png"}

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.base import RunContext
-from pipelines.errors import Cancelled, InvalidInput, PermanentError
-from pipelines.imaging.demo import make_sample
+from core.errors import Cancelled, InvalidInput, PermanentError
+from core.spec import RunContext
 from pipelines.inpaint import SPEC, InpaintConfig, InpaintInputs
 from pipelines.inpaint.pipeline import InpaintPipeline
+from scripts.sample_images import make_sample
 from tests.support.tiny_diffusers import ProgressLog
 
 URIS = {"image": "gs://bucket/in/image.png", "mask": "gs://bucket/in/mask.png"}

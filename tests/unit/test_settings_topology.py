@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from gpu_service.worker import MAX_OUTPUTS_BYTES, _fit_in_document
+from gpu_service.attempt import MAX_OUTPUTS_BYTES, fit_in_document
 from infra.settings import Settings
 from infra.topology import load_topology
-from pipelines.registry import get_spec
+from pipelines.registry import catalog, get_spec
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -19,9 +19,11 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.enabled_pipelines == ["transcribe", "inpaint"]
     assert s.max_concurrent_jobs == 2
-    spec = get_spec("transcribe")
+    pipelines = catalog(s.enabled_pipelines, s.plugins, s.pipelines)
+    assert pipelines.names == ["inpaint", "transcribe"]
+    spec = pipelines.get("transcribe")
     assert spec is not None
-    config = s.pipeline_config(spec)
+    config = pipelines.config(spec)
     assert str(config.model_dir) == "/models/whisper"  # type: ignore[attr-defined]
 
 
@@ -33,10 +35,12 @@ def test_bad_setting_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_pipeline_config_typo_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIPELINES__TRANSCRIBE__MODLE_DIR", "/x")
-    spec = get_spec("transcribe")
+    s = Settings()
+    pipelines = catalog(["transcribe"], (), s.pipelines)
+    spec = pipelines.get("transcribe")
     assert spec is not None
     with pytest.raises(ValidationError):
-        Settings().pipeline_config(spec)
+        pipelines.config(spec)
 
 
 def test_topology_declares_every_pipeline_with_valid_subscription_policies() -> None:
@@ -53,7 +57,7 @@ def test_topology_declares_every_pipeline_with_valid_subscription_policies() -> 
 
 def test_huge_outputs_are_trimmed_to_fit_a_firestore_document() -> None:
     outputs = {"text": "t", "segments": [{"text": "x" * 100}] * 20_000, "files": {"a": "gs://b/a"}}
-    fitted = _fit_in_document(outputs)
+    fitted = fit_in_document(outputs)
     assert fitted["segments"] is None and fitted["truncated"] == ["segments"]
     assert fitted["files"] == {"a": "gs://b/a"} and fitted["text"] == "t"
     assert len(str(fitted)) < MAX_OUTPUTS_BYTES

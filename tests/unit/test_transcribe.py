@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from pipelines.base import RunContext, RunResult
-from pipelines.errors import Cancelled, InvalidInput, OutOfGpuMemory
+from core.errors import Cancelled, InvalidInput, OutOfGpuMemory
+from core.spec import RunContext, RunResult
 from pipelines.transcribe import (
     SPEC,
     WHISPER_LANGUAGES,

@@ -15,17 +15,10 @@ from typing import Any
 
 import pytest
 
-from pipelines.errors import Cancelled, InvalidInput, JobError, RetryableError
+from core.errors import Cancelled, InvalidInput, JobError, RetryableError
 from pipelines.video import VideoConfig
-from pipelines.video.ingest import (
-    FFMPEG_INPUT_GUARD,
-    Downloaded,
-    MediaInfo,
-    check_media,
-    download,
-    extract_audio,
-    probe,
-)
+from pipelines.video.ingest import Downloaded, download
+from pipelines.video.media import FFMPEG_INPUT_GUARD, MediaInfo, check_media, extract_audio, probe
 from pipelines.video.net import BlockedConnection, ConnectionGuard, GuardedRequestsRH, GuardedYoutubeDL
 from tests.support.video_server import (
     VideoServer,

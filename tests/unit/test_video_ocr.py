@@ -13,7 +13,7 @@ from google.api_core import gapic_v1
 from google.cloud import vision
 from PIL import Image, ImageDraw
 
-from pipelines.errors import InvalidInput, PermanentError, RetryableError
+from core.errors import InvalidInput, PermanentError, RetryableError
 from pipelines.video import FramePreprocess, OcrFrame, VideoConfig
 from pipelines.video.frames import (
     effective_interval,

@@ -14,8 +14,8 @@ import pytest
 from google.cloud import vision
 from pydantic import ValidationError
 
-from pipelines.base import RunContext, file_fields
-from pipelines.errors import Cancelled, InvalidInput, PermanentError
+from core.errors import Cancelled, InvalidInput, PermanentError
+from core.spec import RunContext, file_fields
 from pipelines.transcribe import Segment
 from pipelines.video import SPEC, VideoConfig, VideoInputs, VideoOutputs
 from pipelines.video.ocr import CloudVisionOcr, TesseractOcr

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pipelines.errors import InvalidInput, RetryableError
+from core.errors import InvalidInput, RetryableError
 from pipelines.video.urls import (
     BlockedAddress,
     address_category,

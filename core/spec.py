@@ -22,6 +22,9 @@ from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
+from core.routes import check_name
+from core.work import part_key
+
 _GS_URI = re.compile(r"^gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(?P<name>[^\r\n]+)$")
 
 
@@ -89,7 +92,7 @@ class RunContext:
         workdir: an empty private directory, removed after the run.
         files: local copies of the input files, keyed by ``Inputs`` field name.
         progress: ``progress(fraction, stage)`` reports progress in 0..1. It is also the
-            cancellation checkpoint: it raises :class:`~pipelines.errors.Cancelled` when the client
+            cancellation checkpoint: it raises :class:`~core.errors.Cancelled` when the client
             asked to cancel, so call it between units of work.
     """
 
@@ -114,6 +117,9 @@ class RunResult(Generic[OutT]):
     outputs: OutT
     files: dict[str, Path] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: a multi-part pipeline's prepare step only: lane -> how many shards of it to run (lanes not
+    #: named run once, as the part named by the lane itself)
+    shards: dict[str, int] = field(default_factory=dict)
     #: output field -> file key: the service sets that output field to the file's ``gs://`` URI
     #: (e.g. ``{"image": "result.png"}`` fills ``outputs.image``).
     uri_fields: dict[str, str] = field(default_factory=dict)
@@ -131,18 +137,25 @@ class MultiPartPipeline(Pipeline, Protocol):
     * ``prepare`` runs on the job's own message. Its ``RunResult.files`` are published for the
       parts (they get them as ``ctx.files`` under the same keys) and its ``outputs`` are the state
       the parts and the join receive (``state``, a JSON-able dict).
-    * ``run_part`` runs once per part, on whichever instance takes the part's message.
-    * ``join`` runs when the last part ends, with the outputs of the parts that succeeded
-      (``None`` for the others); it must be cheap and pure: it may run more than once.
+    * ``run_part`` runs once per part key (a lane, or ``{lane}-{i}`` for shard *i*), on whichever
+      instance takes the part's message.
+    * the spec's ``join`` (a plain function, not a method: no model is loaded for it) runs when the
+      last part ends, with the outputs of the parts that succeeded (``None`` for the others); it
+      must be cheap and pure: it may run more than once.
     """
 
     def prepare(self, inputs: Any, ctx: RunContext) -> RunResult[Any]: ...
 
     def run_part(self, part: str, inputs: Any, ctx: RunContext, state: dict[str, Any]) -> RunResult[Any]: ...
 
-    def join(
-        self, inputs: Any, state: dict[str, Any], parts: dict[str, dict[str, Any] | None]
-    ) -> BaseModel: ...
+
+#: ``join(inputs, state, parts) -> outputs`` of a multi-part pipeline.
+JoinFn = Callable[[Any, dict[str, Any], dict[str, dict[str, Any] | None]], BaseModel]
+
+
+def _import(path: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 @dataclass(frozen=True)
@@ -159,7 +172,9 @@ class PipelineSpec:
         drop_field: the ``Inputs`` field a drop upload to ``uploads/{uid}/{name}/...`` fills,
             or ``None`` if this pipeline cannot be started by an upload alone.
         description: one line for ``gpujobs pipelines`` and the README.
-        parts: for a multi-part pipeline (:class:`MultiPartPipeline`), the names of its parts.
+        parts: for a multi-part pipeline (:class:`MultiPartPipeline`), its lanes: each part (or
+            each shard of it that the prepare step asks for) has its own route.
+        join: for a multi-part pipeline, ``"module:function"`` (a :data:`JoinFn`), imported lazily.
         precheck: optional ``"module:function"``; ``function(inputs, config)`` runs in the
             functions before a job is queued, for checks beyond the schema (e.g. a URL's host).
             It must be cheap and import no model code; it raises ``InvalidInput``.
@@ -174,17 +189,64 @@ class PipelineSpec:
     description: str = ""
     precheck: str | None = None
     parts: tuple[str, ...] = ()
+    join: str | None = None
+
+    def __post_init__(self) -> None:
+        check_name("pipeline", self.name)
+        for lane in self.parts:
+            check_name("part", lane)
+        if bool(self.parts) != bool(self.join):
+            raise ValueError(f"pipeline {self.name}: a multi-part pipeline has both parts and a join")
 
     def load(self, config: BaseModel) -> Pipeline:
-        module_name, _, attr = self.loader.partition(":")
-        factory = getattr(importlib.import_module(module_name), attr)
-        pipeline: Pipeline = factory(config)
+        pipeline: Pipeline = _import(self.loader)(config)
         return pipeline
 
     def run_precheck(self, inputs: BaseModel, config: BaseModel) -> None:
         if self.precheck:
-            module_name, _, attr = self.precheck.partition(":")
-            getattr(importlib.import_module(module_name), attr)(inputs, config)
+            _import(self.precheck)(inputs, config)
+
+    def run_join(
+        self, inputs: BaseModel, state: dict[str, Any], parts: dict[str, dict[str, Any] | None]
+    ) -> BaseModel:
+        if self.join is None:
+            raise ValueError(f"pipeline {self.name} has no parts to join")
+        joined: BaseModel = _import(self.join)(inputs, state, parts)
+        return joined
+
+    def part_keys(self, shards: Mapping[str, int] | None = None) -> list[str]:
+        """The part keys of one job: each lane once, or ``{lane}-{i}`` for each of its shards."""
+        keys: list[str] = []
+        for lane in self.parts:
+            count = (shards or {}).get(lane)
+            keys.extend([lane] if count is None else [part_key(lane, i) for i in range(count)])
+        unknown = set(shards or {}) - set(self.parts)
+        if unknown:
+            raise ValueError(f"pipeline {self.name} has no lanes {sorted(unknown)}")
+        return keys
 
     def file_fields(self) -> dict[str, FileInput]:
         return file_fields(self.inputs)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The pipelines one deployment serves, resolved once in its entry point and passed down.
+
+    ``settings`` holds each pipeline's raw settings (``PIPELINES__<NAME>__*``), validated by its
+    own config model in :meth:`config`.
+    """
+
+    specs: Mapping[str, PipelineSpec]
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def get(self, name: str) -> PipelineSpec | None:
+        return self.specs.get(name)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.specs)
+
+    def config(self, spec: PipelineSpec) -> BaseModel:
+        """The validated config of ``spec`` (raises ``ValidationError`` on a typo or bad value)."""
+        return spec.config.model_validate(dict(self.settings.get(spec.name, {})))

@@ -1,7 +1,7 @@
 """The named errors a job can end with.
 
 Every failure a pipeline, the functions or the GPU service can raise is one of these four types;
-``infra.contract.state_for_error`` maps each to the job state a client sees:
+``core.contract.state_for_error`` maps each to the job state a client sees:
 
 ==================  =============  ========================================================
 exception           job state      what the caller must do

@@ -26,7 +26,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from pipelines.errors import Cancelled, InvalidInput, JobError, Preempted, RetryableError
+from core.errors import Cancelled, InvalidInput, JobError, Preempted, RetryableError
+from core.work import PART_KEY_PATTERN, WorkRef
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 UID_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
@@ -68,7 +69,9 @@ def can_transition(current: JobStatus, new: JobStatus) -> bool:
 
 
 class _Doc(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+    # Reads ignore fields this version does not know (the contract only ever adds fields); writes
+    # go through core.patch.Patch, which refuses them.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
     def to_firestore(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="python")
@@ -169,6 +172,8 @@ class JobDoc(_Doc):
     prepared: Prepared | None = None
     parts: dict[str, PartState] | None = None
     timings: Timings | None = None
+    runtime: dict[str, Any] | None = None
+    delivery_attempts: int | None = Field(None, description="set when Pub/Sub dead-lettered the job")
     created_at: datetime | None = None
     queued_at: datetime | None = None
     started_at: datetime | None = None
@@ -196,6 +201,17 @@ class JobMessage(BaseModel):
     job_id: str
     pipeline: str
     part: str | None = Field(None, description="for multi-part jobs: which part to run")
+
+    @property
+    def ref(self) -> WorkRef:
+        return WorkRef(self.job_id, self.part)
+
+    @field_validator("part")
+    @classmethod
+    def _part_shape(cls, value: str | None) -> str | None:
+        if value is not None and not PART_KEY_PATTERN.match(value):
+            raise ValueError("part must be a part key (a-z, 0-9, '_', optionally '-N')")
+        return value
 
     @field_validator("job_id")
     @classmethod

@@ -1,4 +1,4 @@
-"""Loaded pipelines: each model is loaded once per process and shared by every job."""
+"""The model pool: each pipeline is loaded once per process and shared by every job."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from infra.settings import Settings
-from pipelines.base import Pipeline, PipelineSpec, RunContext, RunResult
+from core.spec import Catalog, Pipeline, PipelineSpec, RunContext, RunResult
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +29,15 @@ class Loaded:
 
 
 class ModelPool:
-    """Loads pipelines lazily or at start-up, at most once each, thread-safely."""
+    """Loads the catalog's pipelines lazily or at start-up, at most once each, thread-safely."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
         self._loaded: dict[str, Loaded] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.health = Health.STARTING
         self.error: str | None = None
-
-    def spec(self, name: str) -> PipelineSpec | None:
-        return self._settings.spec(name)
 
     def _ensure(self, spec: PipelineSpec) -> tuple[Loaded, bool]:
         with self._guard:
@@ -51,7 +47,7 @@ class ModelPool:
             if loaded is not None:
                 return loaded, False
             start = time.perf_counter()
-            pipeline = spec.load(self._settings.pipeline_config(spec))
+            pipeline = spec.load(self._catalog.config(spec))
             loaded = self._loaded[spec.name] = Loaded(pipeline, time.perf_counter() - start)
             log.info("loaded pipeline %s in %.2fs", spec.name, loaded.load_seconds)
             return loaded, True
@@ -61,11 +57,11 @@ class ModelPool:
         loaded, fresh = self._ensure(spec)
         return loaded.pipeline, loaded.load_seconds if fresh else 0.0
 
-    def preload(self) -> None:
-        """Load every enabled pipeline; the service is ready only when all are loaded."""
+    def preload(self, names: list[str]) -> None:
+        """Load the named pipelines; the service is ready only when all are loaded."""
         try:
-            for name in self._settings.enabled_pipelines:
-                spec = self._settings.spec(name)
+            for name in names:
+                spec = self._catalog.get(name)
                 if spec is None:
                     raise RuntimeError(f"ENABLED_PIPELINES names {name!r}, which is not installed")
                 self._ensure(spec)
@@ -76,13 +72,11 @@ class ModelPool:
             return
         self.health = Health.READY
 
-    def run(
+    def infer(
         self, spec: PipelineSpec, pipeline: Pipeline, inputs: BaseModel, ctx: RunContext
     ) -> RunResult[Any]:
         """Run one job on a loaded pipeline: the one place every job passes through on its way to
-        the model. Batching concurrent jobs of one pipeline (a ``run_batch`` on the pipeline, fed
-        by a short collection window here) goes here, without the worker or the consumers
-        changing; today each job runs on its own."""
+        the model, where batching concurrent jobs of one pipeline will go."""
         return pipeline.run(inputs, ctx)
 
     def load_seconds(self) -> dict[str, float]:

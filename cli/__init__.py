@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from infra.contract import JobDoc, JobStatus
+from core.contract import JobDoc, JobStatus
+from core.spec import PipelineSpec
 from infra.settings import Settings
+from pipelines.registry import all_specs
 
 DEFAULT_ENV_FILE = Path(".local/stack.env")
 
@@ -118,10 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         load_env_file(env_file)
     settings = Settings()
 
+    known = all_specs(tuple(settings.plugins))
     if args.command == "pipelines":
-        from pipelines.registry import all_specs
-
-        for name, spec in sorted(all_specs().items()):
+        for name, spec in sorted(known.items()):
             enabled = "enabled" if name in settings.enabled_pipelines else "disabled"
             print(f"{name:<12} {enabled:<9} {spec.description}")
         return 0
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if args.command == "submit":
-        return _submit(client, args)
+        return _submit(client, args, known.get(args.pipeline))
     if args.command == "watch":
         job = client.follow(args.job_id, ProgressBar(), timeout=args.timeout)
         print_job(args.job_id, job, args.json)
@@ -157,11 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _submit(client: Any, args: argparse.Namespace) -> int:
-    from pipelines.registry import get_spec
-
+def _submit(client: Any, args: argparse.Namespace, spec: PipelineSpec | None) -> int:
     inputs = parse_inputs(args.input)
-    spec = get_spec(args.pipeline)
     if args.drop:
         if not args.file:
             raise SystemExit("--drop needs --file")
@@ -186,7 +184,3 @@ def _submit(client: Any, args: argparse.Namespace) -> int:
     job = client.follow(job_id, ProgressBar(), timeout=args.timeout)
     print_job(job_id, job, args.json)
     return 0 if job.status is JobStatus.SUCCEEDED else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -96,7 +96,7 @@ def local_demo(out_dir: Path, width: int = 320, height: int = 240) -> Path:
     Writes ``marked.png``, ``mask.png``, ``result.png`` and ``before_after.png`` into ``out_dir``
     and returns the path of ``before_after.png``.
     """
-    from pipelines.base import RunContext
+    from core.spec import RunContext
     from pipelines.inpaint import SPEC, InpaintConfig, InpaintInputs
 
     image_path, mask_path = write_sample(out_dir, width, height)

@@ -1,0 +1,90 @@
+"""Throttled progress writes plus a lease-renewal thread: the running attempt's checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from core.contract import Progress
+from core.errors import Cancelled, Preempted
+from core.lifecycle import LeaseLost
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Renews one attempt's lease and writes its progress; the cancellation checkpoint.
+
+    ``beat(progress_or_None)`` renews the lease (writing progress when given) and returns whether
+    the client asked to cancel; it raises ``LeaseLost`` when the lease is gone. :meth:`report` is
+    the pipelines' progress callback: it raises at the next checkpoint when the attempt must stop
+    (cancelled, lease lost, or the worker is draining).
+    """
+
+    def __init__(
+        self,
+        label: str,
+        beat: Callable[[Progress | None], bool],
+        *,
+        lease_seconds: float,
+        min_interval: float,
+        draining: threading.Event,
+    ) -> None:
+        self._label = label
+        self._beat = beat
+        self._period = max(lease_seconds / 3, 0.2)
+        self._min_interval = min_interval
+        self._draining = draining
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"lease-{label}", daemon=True)
+        self._last_write = 0.0
+        self._last_stage = ""
+        self._cancelled = False
+        self._lost: LeaseLost | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def check(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+        if self._cancelled:
+            raise Cancelled("cancelled at the client's request")
+        if self._draining.is_set():
+            raise Preempted("the worker is shutting down; the job goes back to the queue")
+
+    def report(self, fraction: float, stage: str) -> None:
+        """Throttled progress write, then the checkpoint."""
+        self.check()
+        now = time.monotonic()
+        if stage != self._last_stage or now - self._last_write >= self._min_interval:
+            self._write(Progress(fraction=min(max(fraction, 0.0), 1.0), stage=stage[:64]))
+        self.check()
+
+    def _write(self, progress: Progress | None) -> None:
+        with self._lock:
+            if self._lost is not None:
+                return
+            try:
+                self._cancelled = self._beat(progress)
+            except LeaseLost as exc:
+                self._lost = exc
+            except Exception:
+                log.warning("heartbeat for %s failed", self._label, exc_info=True)
+                return
+            self._last_write = time.monotonic()
+            if progress is not None:
+                self._last_stage = progress.stage
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._period):
+            if time.monotonic() - self._last_write >= self._period:
+                self._write(None)
