@@ -18,15 +18,16 @@ States and the only allowed transitions::
 
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from core.errors import Cancelled, InvalidInput, JobError, Preempted, RetryableError
+from core.errors import Cancelled, InvalidInput, JobError, Preempted, RetryableError, bounded, shown
 from core.work import PART_KEY_PATTERN, WorkRef
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -80,10 +81,15 @@ class _Doc(BaseModel):
 class ErrorInfo(_Doc):
     """``job.error``: what went wrong, and whether trying again could help."""
 
-    code: str
+    code: str = Field(max_length=64)
     message: str
     retryable: bool = False
     part: str | None = Field(None, description="for multi-part jobs: the part that failed")
+
+    @field_validator("message")
+    @classmethod
+    def _bounded(cls, value: str) -> str:
+        return bounded(value)
 
     @classmethod
     def attempts_exhausted(cls, attempts: int, last: ErrorInfo | None, part: str | None = None) -> ErrorInfo:
@@ -134,6 +140,17 @@ class Source(_Doc):
     generation: str | None = None
 
 
+class InputFile(_Doc):
+    """``job.inputFiles.{field}``: an input object as validation saw it. The worker downloads
+    exactly this generation and checks it again, so an object replaced after validation (a 797-byte
+    PNG swapped for a 20 MB one) fails the job instead of running past the limits."""
+
+    uri: str
+    generation: str
+    size: int = Field(ge=0)
+    content_type: str | None = None
+
+
 class PartState(_Doc):
     """``job.parts.{name}``: one part of a multi-part job, with its own attempt and lease."""
 
@@ -169,6 +186,7 @@ class JobDoc(_Doc):
     lease: Lease | None = None
     cancel_requested: bool = False
     source: Source | None = None
+    input_files: dict[str, InputFile] | None = None
     prepared: Prepared | None = None
     parts: dict[str, PartState] | None = None
     timings: Timings | None = None
@@ -187,10 +205,52 @@ class JobDoc(_Doc):
             raise ValueError("uid must be 1-128 letters, digits or _.@-")
         return value
 
+    _malformed: str | None = PrivateAttr(None)
+
     @property
     def effective_status(self) -> JobStatus:
         """A client-created document may omit ``status``: that means ``pending``."""
         return self.status or JobStatus.PENDING
+
+    @property
+    def malformed(self) -> str | None:
+        """Why the stored document does not fit the contract (see :func:`read_job`), or ``None``."""
+        return self._malformed
+
+
+def read_job(data: dict[str, Any]) -> JobDoc:
+    """A stored job document, as the backend reads it: never raises.
+
+    Clients write job documents, so a stored one may not fit the contract (the rules bound what
+    they write, but a document can predate a rule). Such a document is read as the little that can
+    be trusted of it (status, uid, pipeline, attempt, lease, cancel request) with ``malformed``
+    saying why, so that it can still be ended with a clear error instead of stopping whoever reads
+    it.
+    """
+    try:
+        return JobDoc.model_validate(data)
+    except ValidationError as exc:
+        why = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'document'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+    status = data.get("status")
+    lease: Lease | None = None
+    with contextlib.suppress(ValidationError):
+        lease = Lease.model_validate(data.get("lease")) if isinstance(data.get("lease"), dict) else None
+    attempt = data.get("attempt")
+    job = JobDoc.model_construct(
+        uid=data["uid"] if isinstance(data.get("uid"), str) else "",
+        pipeline=data["pipeline"] if isinstance(data.get("pipeline"), str) else "",
+        inputs={},
+        status=JobStatus(status) if status in set(JobStatus) else None,
+        attempt=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 0,
+        lease=lease,
+        cancel_requested=data.get("cancelRequested") is True,
+        updated_at=data["updatedAt"] if isinstance(data.get("updatedAt"), datetime) else None,
+    )
+    job._malformed = bounded(f"the job document does not fit the contract: {why}", 400)
+    return job
 
 
 class JobMessage(BaseModel):
@@ -201,6 +261,9 @@ class JobMessage(BaseModel):
     job_id: str
     pipeline: str
     part: str | None = Field(None, description="for multi-part jobs: which part to run")
+    uid: str | None = Field(
+        None, max_length=128, description="the job's owner: a scheduling hint for fairness, never trusted"
+    )
 
     @property
     def ref(self) -> WorkRef:
@@ -240,6 +303,7 @@ def state_for_error(exc: BaseException, *, attempts_left: bool) -> JobStatus | N
 def validate_job_id(job_id: str) -> str:
     if not JOB_ID_PATTERN.match(job_id):
         raise InvalidInput(
-            f"job id {job_id!r} is not valid: use 1-128 letters, digits, '_' or '-'", code="invalid_job_id"
+            f"job id {shown(job_id)} is not valid: use 1-128 letters, digits, '_' or '-'",
+            code="invalid_job_id",
         )
     return job_id

@@ -26,6 +26,7 @@ class ClaimOutcome(StrEnum):
     CANCELLED = "cancelled"  # cancel requested before it started: ended now
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # ended as failed now
     FANNED_OUT = "fanned_out"  # a multi-part job already prepared: its parts are running
+    INVALID = "invalid"  # the document does not fit the contract: ended now, with why
     MISROUTED = "misrouted"  # the delivery names another pipeline than the job's: not run
 
 

@@ -17,6 +17,20 @@ exception           job state      what the caller must do
 
 from __future__ import annotations
 
+#: The longest message a job document carries (messages are bounded so that an echoed value can
+#: never push a document past Firestore's 1 MiB limit, or fill a client's screen).
+MAX_MESSAGE_CHARS = 1000
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters: clients write these values."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
 
 class JobError(Exception):
     """Base of every error that ends up on a job document as ``error``."""

@@ -108,6 +108,11 @@ def decide_claim(
         return Decision(Claim(ClaimOutcome.NOT_FOUND))
     if job.effective_status.is_final:
         return Decision(Claim(ClaimOutcome.FINAL, job, job.attempt))
+    if job.malformed:
+        # Never run what the contract cannot describe; end it, saying why.
+        to = JobStatus.REJECTED if job.effective_status is JobStatus.PENDING else JobStatus.FAILED
+        patch = _final(Patch(), to).set("error", ErrorInfo(code="invalid_job", message=job.malformed))
+        return Decision(Claim(ClaimOutcome.INVALID, job, job.attempt, to), patch)
     if pipeline is not None and job.pipeline != pipeline:
         return Decision(Claim(ClaimOutcome.MISROUTED, job, job.attempt))
     unit = _unit(job, ref)

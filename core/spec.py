@@ -58,10 +58,40 @@ class FileInput:
 
     content_types: tuple[str, ...]
     max_bytes: int
+    #: optional ``"module:function"``; ``function(head, complete=, what=, config=)`` checks the first
+    #: ``header_bytes`` of the object before the job is queued (image format and dimensions, say),
+    #: raising ``InvalidInput``. ``complete`` says whether ``head`` is the whole object.
+    header_check: str | None = None
+    header_bytes: int = 256 * 1024
 
     def accepts(self, content_type: str | None) -> bool:
         ct = (content_type or "").split(";")[0].strip().lower()
         return any(fnmatch.fnmatchcase(ct, pattern) for pattern in self.content_types)
+
+    def run_header_check(self, head: bytes, *, complete: bool, what: str, config: BaseModel) -> None:
+        if self.header_check:
+            _import(self.header_check)(head, complete=complete, what=what, config=config)
+
+
+def check_input_location(name: str, uri: str, uid: str, bucket: str) -> None:
+    """An input object must be in the deployment's bucket, under its owner's ``uploads/{uid}/``.
+
+    Raises:
+        InvalidInput: ``wrong_bucket`` or ``forbidden_object``.
+    """
+    from core.errors import InvalidInput, shown
+
+    found_bucket, object_name = parse_gs_uri(uri)
+    if found_bucket != bucket:
+        raise InvalidInput(
+            f"inputs.{name}: files must be in gs://{bucket}/, not gs://{shown(found_bucket).strip(chr(39))}/",
+            code="wrong_bucket",
+        )
+    if not object_name.startswith(f"uploads/{uid}/"):
+        raise InvalidInput(
+            f"inputs.{name}: {shown(uri, 200)} does not belong to user {uid} (upload it under uploads/{uid}/)",
+            code="forbidden_object",
+        )
 
 
 class PipelineModel(BaseModel):

@@ -5,34 +5,40 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from core.contract import (
+    UID_PATTERN,
     ErrorInfo,
+    InputFile,
     JobDoc,
     JobMessage,
     JobStatus,
     Source,
     validate_job_id,
 )
-from core.errors import InvalidInput, RetryableError
+from core.errors import InvalidInput, RetryableError, bounded, shown
 from core.patch import Patch
 from core.routes import route
-from core.spec import Catalog, PipelineModel, PipelineSpec, parse_gs_uri
+from core.spec import Catalog, PipelineModel, PipelineSpec, check_input_location
 from core.work import WorkRef
 from functions.events import DocumentEvent, StorageEvent
 from infra.blobs import BlobStore
 from infra.bus import Bus
+from infra.errors import TRANSIENT_GOOGLE_ERRORS
 from infra.jobs import JobStore, utcnow
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
 UPLOADS_PREFIX = "uploads/"
+MAX_INPUT_DEPTH = 8
+#: failures the platform should redeliver the event for: a service was unavailable
+RETRY_LATER: tuple[type[Exception], ...] = (RetryableError, *TRANSIENT_GOOGLE_ERRORS)
 
 
 @dataclass
@@ -52,33 +58,57 @@ def derived_job_id(bucket: str, name: str, generation: str) -> str:
     return "u" + hashlib.sha256(f"{bucket}/{name}#{generation}".encode()).hexdigest()[:27]
 
 
+def _metadata_inputs(raw: str, settings: Settings) -> dict[str, Any]:
+    """The ``inputs`` custom metadata of a drop upload, bounded like a job document's inputs.
+
+    Raises:
+        InvalidInput: not a JSON object, too large, or nested too deep to store.
+    """
+    if len(raw) > settings.max_inputs_bytes:
+        raise InvalidInput(
+            f"upload metadata 'inputs' is {len(raw)} bytes; the limit is {settings.max_inputs_bytes}",
+            code="invalid_inputs",
+        )
+    try:
+        extra = json.loads(raw)
+    except (ValueError, RecursionError):
+        extra = None
+    if not isinstance(extra, dict):
+        raise InvalidInput("upload metadata 'inputs' must be a JSON object", code="invalid_inputs")
+    check_inputs_shape(extra, settings)
+    return extra
+
+
 def handle_object_finalized(deps: Deps, event: StorageEvent) -> str | None:
     """Create the job for a drop upload ``uploads/{uid}/{pipeline}/{name}``; returns its id.
 
     Other objects (``uploads/{uid}/{name}``: inputs for jobs that clients create; anything outside
     ``uploads/``) create nothing. A redelivered notification returns the same id and writes nothing.
+    A notification that cannot become a runnable job ends as a rejected job saying why, or (when
+    not even that can be stored) is logged and dropped: never redelivered without end.
     """
     obj = event.object
     if event.event_type != "OBJECT_FINALIZE" or not obj.name.startswith(UPLOADS_PREFIX):
         return None
-    parts = obj.name.split("/", 3)
-    if len(parts) < 4 or not parts[3]:
+    segments = obj.name.split("/", 3)
+    if len(segments) < 4 or not segments[3]:
         return None  # uploads/{uid}/{name}: an input for a client-created job
-    _, uid, pipeline, _rest = parts
+    _, uid, pipeline, _rest = segments
     uri = f"gs://{obj.bucket}/{obj.name}"
+    if not UID_PATTERN.match(uid):
+        # No job can name this owner (and no client could read it): nothing to create.
+        log.warning("upload %s: %s is not a user id; no job created", shown(uri, 200), shown(uid))
+        return None
     spec = deps.catalog.get(pipeline)
-    field = spec.drop_field if spec and spec.drop_field else "file"
+    drop_field = spec.drop_field if spec and spec.drop_field else "file"
     inputs: dict[str, Any] = {}
     error: ErrorInfo | None = None
     if raw := obj.metadata.get("inputs"):
         try:
-            extra = json.loads(raw)
-            if not isinstance(extra, dict):
-                raise ValueError("not an object")
-            inputs.update(extra)
-        except ValueError:
-            error = ErrorInfo(code="invalid_input", message="object metadata 'inputs' must be a JSON object")
-    inputs[field] = uri
+            inputs.update(_metadata_inputs(raw, deps.settings))
+        except InvalidInput as exc:
+            error = ErrorInfo.from_exception(exc)
+    inputs[drop_field] = uri
 
     job_id = obj.metadata.get("jobId") or derived_job_id(obj.bucket, obj.name, obj.generation)
     try:
@@ -87,24 +117,47 @@ def handle_object_finalized(deps: Deps, event: StorageEvent) -> str | None:
         error = ErrorInfo.from_exception(exc)
         job_id = derived_job_id(obj.bucket, obj.name, obj.generation)
 
-    job = JobDoc(
-        uid=uid,
-        pipeline=pipeline,
-        inputs=inputs,
-        status=JobStatus.PENDING,
-        source=Source(kind="upload", bucket=obj.bucket, object=obj.name, generation=obj.generation),
-    )
+    source = Source(kind="upload", bucket=obj.bucket, object=obj.name, generation=obj.generation)
+    job = JobDoc(uid=uid, pipeline=pipeline, inputs=inputs, status=JobStatus.PENDING, source=source)
     if error is not None:
         # Created already final: the Firestore trigger ignores it, the client sees why.
-        job = job.model_copy(update={"status": JobStatus.REJECTED, "error": error})
-    if deps.jobs.create(job_id, job):
-        log.info("job %s created for upload %s", job_id, uri)
+        job = job.model_copy(
+            update={"status": JobStatus.REJECTED, "error": error, "inputs": {drop_field: uri}}
+        )
+    try:
+        created = deps.jobs.create(job_id, job)
+    except RETRY_LATER:
+        raise  # Firestore is unavailable: the platform redelivers the notification
+    except Exception as exc:  # Firestore refused the document itself: say so on a minimal one
+        log.warning("job %s for %s could not be stored (%s): rejecting", job_id, shown(uri, 200), exc)
+        refused = ErrorInfo(
+            code="invalid_inputs", message=f"the upload's job could not be stored: {type(exc).__name__}"
+        )
+        minimal = JobDoc(
+            uid=uid,
+            pipeline=pipeline,
+            inputs={drop_field: uri},
+            status=JobStatus.REJECTED,
+            source=source,
+            error=refused,
+        )
+        try:
+            created = deps.jobs.create(job_id, minimal)
+        except RETRY_LATER:
+            raise
+        except Exception:
+            log.exception("upload %s: not even a rejected job could be stored; dropped", shown(uri, 200))
+            return None
+    if created:
+        log.info("job %s created for upload %s", job_id, shown(uri, 200))
         return job_id
     existing = deps.jobs.get(job_id)
     if existing and existing.source and existing.source.object == obj.name:
-        log.info("job %s already exists for %s: duplicate notification", job_id, uri)
+        log.info("job %s already exists for %s: duplicate notification", job_id, shown(uri, 200))
     else:
-        log.warning("upload %s asked for job id %s, which belongs to another job: ignored", uri, job_id)
+        log.warning(
+            "upload %s asked for job id %s, which belongs to another job: ignored", shown(uri, 200), job_id
+        )
     return job_id
 
 
@@ -123,81 +176,110 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
             job = JobDoc.model_validate(event.fields)
         except ValidationError as exc:
             raise InvalidInput(f"job document is invalid: {describe(exc)}", code="invalid_job") from exc
-        spec = validate(deps, job)
+        checked = validate(deps, job)
     except InvalidInput as exc:
-        log.info("job %s rejected: %s", job_id, exc)
+        log.info("job %s rejected: %s", job_id, exc.code)
         end(deps, job_id, JobStatus.REJECTED, ErrorInfo.from_exception(exc))
         return JobStatus.REJECTED
 
-    if (
-        deps.jobs.transition(
-            job_id,
-            JobStatus.QUEUED,
-            allowed_from=[JobStatus.PENDING],
-            patch=Patch().server_time("queued_at").set("pipeline", spec.name),
-        )
-        is None
-    ):
+    patch = Patch().server_time("queued_at").set("pipeline", checked.spec.name)
+    if checked.files:
+        patch.set("input_files", checked.files)
+    if deps.jobs.transition(job_id, JobStatus.QUEUED, allowed_from=[JobStatus.PENDING], patch=patch) is None:
         return None  # a duplicate event: the first one queued it (or the client cancelled)
     try:
-        deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=spec.name))
-    except RetryableError as exc:
-        end(deps, job_id, JobStatus.FAILED, ErrorInfo.from_exception(exc))
-        raise
-    log.info("job %s queued on %s", job_id, route(spec.name).topic)
+        deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=checked.spec.name, uid=job.uid))
+    except RetryableError:
+        # Queued but not announced: the service's redriver (or the sweeper) finds it anyway.
+        log.warning("job %s queued but its message could not be published", job_id)
+    log.info("job %s queued on %s", job_id, route(checked.spec.name).topic)
     return JobStatus.QUEUED
 
 
-def validate(deps: Deps, job: JobDoc) -> PipelineSpec:
+def check_inputs_shape(inputs: Any, settings: Settings) -> None:
+    """Bounds on ``inputs`` that hold before any schema: size and nesting.
+
+    Raises:
+        InvalidInput: too large, or nested too deep (Firestore stores at most 20 levels).
+    """
+
+    def depth(value: Any, level: int = 1) -> int:
+        if level > MAX_INPUT_DEPTH:
+            return level
+        if isinstance(value, dict):
+            return max((depth(v, level + 1) for v in value.values()), default=level)
+        if isinstance(value, list):
+            return max((depth(v, level + 1) for v in value), default=level)
+        return level
+
+    if depth(inputs) > MAX_INPUT_DEPTH:
+        raise InvalidInput(
+            f"inputs are nested more than {MAX_INPUT_DEPTH} levels deep", code="invalid_inputs"
+        )
+    size = len(json.dumps(inputs, default=str))
+    if size > settings.max_inputs_bytes:
+        raise InvalidInput(
+            f"inputs are {size} bytes as JSON; the limit is {settings.max_inputs_bytes}",
+            code="invalid_inputs",
+        )
+
+
+@dataclass(frozen=True)
+class Validated:
+    spec: PipelineSpec
+    inputs: PipelineModel
+    #: each input object as it was checked: the worker runs on exactly these generations
+    files: dict[str, InputFile]
+
+
+def validate(deps: Deps, job: JobDoc) -> Validated:
     """Every check that can be made before any GPU time is spent.
 
     Raises:
         InvalidInput: with a message that says what to change.
+        RetryableError: a service the checks need is unavailable (DNS, Storage).
     """
     settings = deps.settings
     spec = deps.catalog.get(job.pipeline)
     if spec is None:
         known = ", ".join(deps.catalog.names)
-        raise InvalidInput(f"unknown pipeline {job.pipeline!r}; available: {known}", code="unknown_pipeline")
+        raise InvalidInput(
+            f"unknown pipeline {shown(job.pipeline)}; available: {known}", code="unknown_pipeline"
+        )
+    check_inputs_shape(job.inputs, settings)
     try:
         inputs: PipelineModel = spec.inputs.model_validate(job.inputs)
     except ValidationError as exc:
         raise InvalidInput(f"inputs are invalid: {describe(exc)}", code="invalid_inputs") from exc
 
-    for field, rule in spec.file_fields().items():
-        uri = getattr(inputs, field)
+    config = deps.catalog.config(spec)
+    files: dict[str, InputFile] = {}
+    for name, rule in spec.file_fields().items():
+        uri = getattr(inputs, name)
         if uri is None:
             continue
-        bucket, name = parse_gs_uri(uri)
-        if bucket != settings.media_bucket:
-            raise InvalidInput(
-                f"inputs.{field}: files must be in gs://{settings.media_bucket}/, not gs://{bucket}/",
-                code="wrong_bucket",
-            )
-        if not name.startswith(f"{UPLOADS_PREFIX}{job.uid}/"):
-            raise InvalidInput(
-                f"inputs.{field}: {uri} does not belong to user {job.uid} "
-                f"(upload it under uploads/{job.uid}/)",
-                code="forbidden_object",
-            )
+        check_input_location(name, uri, job.uid, settings.media_bucket)
         info = deps.blobs.stat(uri)
         if info is None:
-            raise InvalidInput(f"inputs.{field}: {uri} does not exist", code="object_not_found")
+            raise InvalidInput(f"inputs.{name}: {shown(uri, 200)} does not exist", code="object_not_found")
         limit = min(rule.max_bytes, settings.max_input_bytes)
         if info.size > limit:
-            raise InvalidInput(
-                f"inputs.{field}: {uri} is {info.size} bytes; the limit is {limit}",
-                code="too_large",
-            )
+            raise InvalidInput(f"inputs.{name} is {info.size} bytes; the limit is {limit}", code="too_large")
         if not rule.accepts(info.content_type):
             raise InvalidInput(
-                f"inputs.{field}: content type {info.content_type or 'unknown'!r} is not accepted; "
+                f"inputs.{name}: content type {shown(info.content_type or 'unknown')} is not accepted; "
                 f"expected {', '.join(rule.content_types)}",
                 code="unsupported_content_type",
             )
+        if rule.header_check:
+            head = deps.blobs.read_head(uri, rule.header_bytes, info.generation)
+            rule.run_header_check(head, complete=len(head) >= info.size, what=f"inputs.{name}", config=config)
+        files[name] = InputFile(
+            uri=uri, generation=info.generation, size=info.size, content_type=info.content_type
+        )
     if spec.precheck:
-        spec.run_precheck(inputs, deps.catalog.config(spec))
-    return spec
+        spec.run_precheck(inputs, config)
+    return Validated(spec, inputs, files)
 
 
 def end(deps: Deps, job_id: str, to: JobStatus, error: ErrorInfo) -> bool:
@@ -205,13 +287,16 @@ def end(deps: Deps, job_id: str, to: JobStatus, error: ErrorInfo) -> bool:
     return deps.jobs.transition(job_id, to, patch=Patch().set("error", error)) is not None
 
 
-def describe(exc: ValidationError) -> str:
-    """A pydantic error as one line a person can act on."""
+def describe(exc: ValidationError, limit: int = 10) -> str:
+    """A pydantic error as one line a person can act on (never the values themselves)."""
     parts = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "value"
-        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
+    for err in exc.errors(include_url=False, include_input=False)[:limit]:
+        where = (
+            ".".join(shown(p, 40).strip("'") if isinstance(p, str) else str(p) for p in err["loc"]) or "value"
+        )
+        parts.append(f"{where}: {bounded(err['msg'].removeprefix('Value error, '), 200)}")
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 # -- Dead letters: a message Pub/Sub gave up on ends its job --------------------------------------
@@ -253,13 +338,24 @@ def handle_dead_letter(deps: Deps, data: bytes, attributes: dict[str, str]) -> s
 
 @dataclass
 class SweepReport:
-    requeued: list[str]
-    failed: list[str]
-    republished: list[str]
-    revalidated: list[str]
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    republished: list[str] = field(default_factory=list)
+    revalidated: list[str] = field(default_factory=list)
+    ended_malformed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return any((self.requeued, self.failed, self.republished, self.revalidated))
+        return any(
+            (
+                self.requeued,
+                self.failed,
+                self.republished,
+                self.revalidated,
+                self.ended_malformed,
+                self.errors,
+            )
+        )
 
 
 def sweep(deps: Deps, now: datetime | None = None) -> SweepReport:
@@ -269,35 +365,49 @@ def sweep(deps: Deps, now: datetime | None = None) -> SweepReport:
       or ``failed`` when its attempts are spent;
     * ``queued`` untouched for ``stale_queued_seconds`` (a message lost or dead-lettered while a
       worker was busy): re-published; the claim makes a duplicate harmless;
-    * ``pending`` for ``stale_pending_seconds`` (its created-trigger never ran): validated now.
+    * ``pending`` for ``stale_pending_seconds`` (its created-trigger never ran): validated now;
+    * a document that does not fit the contract: ended (``rejected`` if it never ran, else
+      ``failed``) with ``invalid_job`` saying why.
+
+    One job's failure is logged with its id and never stops the sweep of the others.
     """
-    settings = deps.settings
     now = now or utcnow()
-    report = SweepReport([], [], [], [])
+    report = SweepReport()
     for job_id, job in deps.jobs.find([JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.PENDING]):
-        age = (now - job.updated_at).total_seconds() if job.updated_at else float("inf")
-        if job.status is JobStatus.RUNNING and job.parts:
-            _sweep_parts(deps, job_id, job, now, age, report)
-        elif job.status is JobStatus.RUNNING and job.lease and job.lease.expires_at < now:
-            state = deps.jobs.recover(WorkRef(job_id), settings.max_attempts)
-            if state is JobStatus.QUEUED:
-                deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=job.pipeline))
-                report.requeued.append(job_id)
-            elif state is JobStatus.FAILED:
-                report.failed.append(job_id)
-        elif job.status is JobStatus.QUEUED and age > settings.stale_queued_seconds:
-            deps.jobs.touch(job_id)
-            deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=job.pipeline))
-            report.republished.append(job_id)
-        elif job.status is JobStatus.PENDING and age > settings.stale_pending_seconds:
-            fields = job.to_firestore()
-            handle_job_created(
-                deps, DocumentEvent(path=f"{settings.jobs_collection}/{job_id}", fields=fields)
-            )
-            report.revalidated.append(job_id)
+        try:
+            _sweep_one(deps, job_id, job, now, report)
+        except Exception as exc:  # one bad document must not stop everyone else's recovery
+            log.exception("sweep: job %s: %s", job_id, type(exc).__name__)
+            report.errors.append(job_id)
     if report:
         log.warning("sweep: %s", report)
     return report
+
+
+def _sweep_one(deps: Deps, job_id: str, job: JobDoc, now: datetime, report: SweepReport) -> None:
+    settings = deps.settings
+    age = (now - job.updated_at).total_seconds() if job.updated_at else float("inf")
+    if job.malformed:
+        to = JobStatus.REJECTED if job.effective_status is JobStatus.PENDING else JobStatus.FAILED
+        if end(deps, job_id, to, ErrorInfo(code="invalid_job", message=job.malformed)):
+            report.ended_malformed.append(job_id)
+    elif job.status is JobStatus.RUNNING and job.parts:
+        _sweep_parts(deps, job_id, job, now, age, report)
+    elif job.status is JobStatus.RUNNING and job.lease and job.lease.expires_at < now:
+        state = deps.jobs.recover(WorkRef(job_id), settings.max_attempts)
+        if state is JobStatus.QUEUED:
+            deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=job.pipeline, uid=job.uid))
+            report.requeued.append(job_id)
+        elif state is JobStatus.FAILED:
+            report.failed.append(job_id)
+    elif job.status is JobStatus.QUEUED and age > settings.stale_queued_seconds:
+        deps.jobs.touch(job_id)
+        deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=job.pipeline, uid=job.uid))
+        report.republished.append(job_id)
+    elif job.status is JobStatus.PENDING and age > settings.stale_pending_seconds:
+        path = f"{settings.jobs_collection}/{job_id}"
+        handle_job_created(deps, DocumentEvent(path=path, fields=job.to_firestore()))
+        report.revalidated.append(job_id)
 
 
 def _sweep_parts(
@@ -315,5 +425,5 @@ def _sweep_parts(
             report.republished.append(f"{job_id}/{part}")
         else:
             continue
-        message = JobMessage(job_id=job_id, pipeline=job.pipeline, part=part)
+        message = JobMessage(job_id=job_id, pipeline=job.pipeline, part=part, uid=job.uid)
         deps.bus.publish_job(message, topic=route(job.pipeline, ref.lane).topic)

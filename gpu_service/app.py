@@ -1,8 +1,10 @@
 """The GPU service's HTTP surface: Pub/Sub push endpoints and health.
 
 Status codes are chosen for Pub/Sub: 200 acks (the job ended, or the delivery was a duplicate);
-503 nacks a retryable failure and 429 nacks when at capacity, so Pub/Sub redelivers with backoff
-while the job stays queued; 400 nacks a poison message, which the dead-letter policy then
+503 nacks a retryable failure. A push that finds every slot busy waits for one (fairly, up to
+``PUSH_WAIT_SECONDS``) and only then answers 429: the job stays queued, and the redriver
+(gpu_service/redrive.py) runs it from Firestore as soon as a slot is idle, whatever Pub/Sub's
+backoff is doing; 400 nacks a poison message, which the dead-letter policy then
 removes. Never 202: the emulator treats it as a failure.
 """
 
@@ -18,8 +20,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from core.routes import PUSH_PREFIX, route
+from gpu_service.capacity import Capacity
 from gpu_service.pool import Health, ModelPool
 from gpu_service.push import BadEnvelope, decode
+from gpu_service.redrive import Redriver
 from gpu_service.worker import Ack, Worker
 
 log = logging.getLogger(__name__)
@@ -27,24 +31,41 @@ log = logging.getLogger(__name__)
 STATUS_FOR_ACK = {Ack.DONE: 200, Ack.RETRY: 503, Ack.BUSY: 429}
 
 
-def create_app(worker: Worker) -> FastAPI:
+def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
     models: ModelPool = worker.pool
-    slots = threading.BoundedSemaphore(worker.settings.max_concurrent_jobs)
+    settings = worker.settings
+    capacity = capacity or Capacity(settings.max_concurrent_jobs, settings.pipeline_slots)
+    redriver = Redriver(
+        worker,
+        capacity,
+        worker.catalog.names,
+        after_seconds=settings.redrive_after_seconds,
+        poll_seconds=settings.redrive_poll_seconds,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if worker.settings.preload_pipelines:
-            names = worker.settings.enabled_pipelines
+        if settings.preload_pipelines:
+            names = settings.enabled_pipelines
             threading.Thread(target=models.preload, args=(names,), name="preload", daemon=True).start()
         else:
             models.health = Health.READY
+        if settings.redrive:
+            redriver.start()
         yield
+        redriver.stop()
 
     app = FastAPI(title="gpu-jobs GPU service", lifespan=lifespan)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
-        body = {"status": models.health.value, "loaded": models.load_seconds(), "error": models.error}
+        body = {
+            "status": models.health.value,
+            "loaded": models.load_seconds(),
+            "error": models.error,
+            "capacity": capacity.stats(),
+            "redriven": redriver.started_units,
+        }
         return JSONResponse(body, status_code=200 if models.health is Health.READY else 503)
 
     @app.post(PUSH_PREFIX + "{pipeline}")
@@ -72,12 +93,18 @@ def create_app(worker: Worker) -> FastAPI:
             return JSONResponse({"outcome": Ack.BUSY, "detail": "shutting down"}, status_code=503)
         if models.health is not Health.READY:
             return JSONResponse({"outcome": Ack.BUSY, "detail": models.health.value}, status_code=429)
-        if not slots.acquire(blocking=False):
+        # Wait for a slot (fairly, see gpu_service/capacity.py) rather than turn the push away:
+        # a 429 makes Pub/Sub back off this subscription while the GPU may soon be idle.
+        slot = await run_in_threadpool(
+            capacity.acquire, message.pipeline, message.uid or "", settings.push_wait_seconds
+        )
+        if slot is None:
+            # Still busy: the job stays queued, and the redriver takes it when a slot frees.
             return JSONResponse({"outcome": Ack.BUSY, "detail": "at capacity"}, status_code=429)
         try:
             outcome = await run_in_threadpool(worker.handle, message)
         finally:
-            slots.release()
+            capacity.release(slot)
         body = {"outcome": outcome.ack, "detail": outcome.detail, "jobId": message.job_id}
         return JSONResponse(body, status_code=STATUS_FOR_ACK[outcome.ack])
 

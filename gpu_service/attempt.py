@@ -71,8 +71,8 @@ class Attempt:
 
 
 def seconds_between(a: datetime | None, b: datetime | None) -> float | None:
-    if a is None or b is None:
-        return None
+    if a is None or b is None or b < a:
+        return None  # a missing or impossible time (a clock, or a client, wrote nonsense)
     return round((b - a).total_seconds(), 3)
 
 

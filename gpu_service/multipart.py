@@ -95,7 +95,7 @@ def prepare(
     worker.jobs.fan_out(attempt.ref, worker.owner, attempt.number, prepared, keys, attempt.job_timings())
     for key in keys:
         # A failure here leaves the part queued; the sweeper re-publishes it.
-        worker.publish_part(attempt.ref.job_id, attempt.spec.name, key)
+        worker.publish_part(attempt.ref.job_id, attempt.spec.name, key, attempt.job.uid)
     log.info("%s prepared; parts %s published", attempt.label, ", ".join(keys))
     return None
 
@@ -128,7 +128,7 @@ def run_part(
     return worker.finish(attempt, ending)
 
 
-def part_message(job_id: str, pipeline: str, key: str) -> tuple[JobMessage, str]:
+def part_message(job_id: str, pipeline: str, key: str, uid: str | None = None) -> tuple[JobMessage, str]:
     """The message for part ``key`` of a job, and the topic it goes to."""
-    message = JobMessage(job_id=job_id, pipeline=pipeline, part=key)
+    message = JobMessage(job_id=job_id, pipeline=pipeline, part=key, uid=uid)
     return message, route(pipeline, message.ref.lane).topic

@@ -37,7 +37,7 @@ from core.contract import JobMessage, JobStatus, Progress, state_for_error
 from core.errors import Cancelled, InvalidInput, Preempted
 from core.lifecycle import ClaimOutcome, Ending, LeaseLost
 from core.routes import route
-from core.spec import Catalog, Pipeline, PipelineModel, RunContext, RunResult
+from core.spec import Catalog, Pipeline, PipelineModel, RunContext, RunResult, check_input_location
 from gpu_service import multipart
 from gpu_service.attempt import Ack, Attempt, Outcome, final_error, fit_in_document, jsonable, log_error
 from gpu_service.heartbeat import Heartbeat
@@ -217,10 +217,10 @@ class Worker:
                 self._discard_job_results(attempt.job.uid, attempt.ref.job_id)
         return final
 
-    def publish_part(self, job_id: str, pipeline: str, key: str) -> None:
+    def publish_part(self, job_id: str, pipeline: str, key: str, uid: str) -> None:
         if self.bus is None:
             raise RuntimeError("a multi-part pipeline needs the worker to have a Bus")
-        message, topic = multipart.part_message(job_id, pipeline, key)
+        message, topic = multipart.part_message(job_id, pipeline, key, uid)
         self.bus.publish_job(message, topic=topic)
 
     def _inputs(self, attempt: Attempt) -> PipelineModel:
@@ -234,18 +234,39 @@ class Worker:
     def _download_inputs(
         self, attempt: Attempt, inputs: PipelineModel, workdir: Path, beat: Heartbeat
     ) -> dict[str, Path]:
+        """Download each input object exactly as validation saw it, after checking again that it is
+        the owner's, in this deployment's bucket, and within the limits: the worker trusts nothing
+        it is pushed, and nothing that changed since validation."""
         beat.report(0.0, "downloading")
         t0 = time.perf_counter()
         files: dict[str, Path] = {}
-        for name in attempt.spec.file_fields():
+        pins = attempt.job.input_files or {}
+        for name, rule in attempt.spec.file_fields().items():
             uri = getattr(inputs, name, None)
             if uri is None:
                 continue
-            suffix = Path(uri).suffix[:16]
+            check_input_location(name, uri, attempt.job.uid, self.settings.media_bucket)
+            pin = pins.get(name)
+            if pin is None or pin.uri != uri:
+                raise InvalidInput(
+                    f"inputs.{name} was not validated before the job was queued", code="not_validated"
+                )
+            dest = workdir / f"input-{name}{Path(uri).suffix[:16]}"
             try:
-                files[name] = self.blobs.download(uri, workdir / f"input-{name}{suffix}")
+                files[name] = self.blobs.download(uri, dest, generation=pin.generation)
             except FileNotFoundError as exc:
-                raise InvalidInput(f"inputs.{name} no longer exists", code="object_not_found") from exc
+                raise InvalidInput(
+                    f"inputs.{name} was replaced or deleted after the job was validated; "
+                    "upload it again and create a new job",
+                    code="input_changed",
+                ) from exc
+            size = files[name].stat().st_size
+            limit = min(rule.max_bytes, self.settings.max_input_bytes)
+            if size != pin.size or size > limit:
+                raise InvalidInput(
+                    f"inputs.{name} is {size} bytes, not the {pin.size} that were validated (limit {limit})",
+                    code="input_changed",
+                )
         attempt.timings["download"] = time.perf_counter() - t0
         return files
 

@@ -12,9 +12,10 @@ from google.cloud import storage  # type: ignore[attr-defined]
 
 from core.errors import RetryableError
 from core.spec import parse_gs_uri
+from infra.errors import TRANSIENT_GOOGLE_ERRORS
 from infra.settings import Settings
 
-_TRANSIENT = (gexc.ServiceUnavailable, gexc.InternalServerError, gexc.TooManyRequests, gexc.GatewayTimeout)
+_TRANSIENT = TRANSIENT_GOOGLE_ERRORS
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,36 @@ class BlobStore:
             metadata=dict(blob.metadata or {}),
         )
 
-    def download(self, uri: str, dest: Path) -> Path:
-        """Download ``uri`` to ``dest``.
+    def read_head(self, uri: str, nbytes: int, generation: str | None = None) -> bytes:
+        """The first ``nbytes`` of the object (a range read), of ``generation`` when given.
 
         Raises:
-            FileNotFoundError: the object does not exist.
+            FileNotFoundError: the object (that generation) does not exist.
             RetryableError: Storage is unavailable.
         """
         bucket, name = parse_gs_uri(uri)
+        blob = self._client.bucket(bucket).blob(name, generation=int(generation) if generation else None)
         try:
-            self._client.bucket(bucket).blob(name).download_to_filename(str(dest))
+            data: bytes = blob.download_as_bytes(start=0, end=nbytes - 1)
+        except gexc.NotFound as exc:
+            raise FileNotFoundError(uri) from exc
+        except gexc.RequestRangeNotSatisfiable:
+            return b""  # an empty object
+        except _TRANSIENT as exc:
+            raise RetryableError(f"Cloud Storage unavailable reading {uri}: {exc}") from exc
+        return data
+
+    def download(self, uri: str, dest: Path, generation: str | None = None) -> Path:
+        """Download ``uri`` (exactly ``generation`` when given) to ``dest``.
+
+        Raises:
+            FileNotFoundError: the object (that generation) does not exist.
+            RetryableError: Storage is unavailable.
+        """
+        bucket, name = parse_gs_uri(uri)
+        blob = self._client.bucket(bucket).blob(name, generation=int(generation) if generation else None)
+        try:
+            blob.download_to_filename(str(dest))
         except gexc.NotFound as exc:
             dest.unlink(missing_ok=True)
             raise FileNotFoundError(uri) from exc

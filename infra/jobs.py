@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from core.contract import JobDoc, JobStatus, Prepared, Progress, Timings
-from core.errors import RetryableError
+from core.contract import JobDoc, JobStatus, Prepared, Progress, Timings, read_job
+from core.errors import PermanentError, RetryableError, bounded
 from core.lifecycle import (
     Claim,
     Decision,
@@ -91,7 +91,7 @@ class JobStore:
         ref = self.ref(job_id)
         for attempt in range(CAS_ATTEMPTS):
             snap = ref.get()
-            job = JobDoc.model_validate(snap.to_dict()) if snap.exists else None
+            job = read_job(snap.to_dict() or {}) if snap.exists else None
             decision = decide(job)
             if not decision.patch:
                 return decision.result
@@ -103,13 +103,20 @@ class JobStore:
                 return decision.result
             except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
                 time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
+            except gexc.InvalidArgument as exc:
+                # Firestore refused the write itself (the document would pass its 1 MiB limit):
+                # the same write would fail again, so this is not worth a retry.
+                raise PermanentError(
+                    f"the job document cannot take this write: {bounded(str(exc.message), 200)}",
+                    code="write_refused",
+                ) from exc
         raise RetryableError(f"job {job_id} kept changing; try again", code="contention")
 
     # -- reads ----------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> JobDoc | None:
         snap = self.ref(job_id).get()
-        return JobDoc.model_validate(snap.to_dict()) if snap.exists else None
+        return read_job(snap.to_dict() or {}) if snap.exists else None
 
     def find(self, statuses: Iterable[JobStatus]) -> list[tuple[str, JobDoc]]:
         query = self._db.collection(self._collection).where(
@@ -117,8 +124,29 @@ class JobStore:
         )
         found = []
         for snap in query.stream():
-            job = JobDoc.model_validate(snap.to_dict())
+            job = read_job(snap.to_dict() or {})
             if job.updated_at is None:  # a client-created job: the document's own update time
+                job.updated_at = snap.update_time
+            found.append((snap.id, job))
+        return found
+
+    def find_runnable(self, limit: int) -> list[tuple[str, JobDoc]]:
+        """The oldest ``queued`` jobs, and ``running`` ones (whose parts may be queued), for the
+        redriver: at most ``limit`` of each. (Production needs a composite index on
+        ``status`` + ``queuedAt``; Terraform creates it.)"""
+        coll = self._db.collection(self._collection)
+        queued = (
+            coll.where(filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value))
+            .order_by("queuedAt")
+            .limit(limit)
+        )
+        running = coll.where(filter=firestore.FieldFilter("status", "==", JobStatus.RUNNING.value)).limit(
+            limit
+        )
+        found = []
+        for snap in [*queued.stream(), *running.stream()]:
+            job = read_job(snap.to_dict() or {})
+            if job.updated_at is None:
                 job.updated_at = snap.update_time
             found.append((snap.id, job))
         return found

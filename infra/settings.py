@@ -45,12 +45,26 @@ class Settings(BaseSettings):
     max_input_bytes: int = Field(
         2 * 2**30, gt=0, description="deployment-wide cap on any input object, on top of each pipeline's"
     )
+    max_inputs_bytes: int = Field(
+        64 * 2**10, gt=0, description="cap on a job's inputs as JSON (keeps job documents far below 1 MiB)"
+    )
 
     # The GPU service.
     host: str = "0.0.0.0"
     port: int = 8080
     worker_id: str = Field("", description="lease owner name; defaults to host:pid")
-    max_concurrent_jobs: int = Field(1, ge=1, description="jobs run at once; more answers 429")
+    max_concurrent_jobs: int = Field(1, ge=1, description="units of work run at once per instance")
+    pipeline_slots: dict[str, int] = Field(
+        default_factory=dict, description="optional per-pipeline caps within max_concurrent_jobs"
+    )
+    push_wait_seconds: float = Field(
+        30.0, ge=0, description="how long a push waits for a free slot before answering 429"
+    )
+    redrive: bool = Field(True, description="run queued work straight from Firestore when a slot is idle")
+    redrive_after_seconds: float = Field(
+        5.0, ge=0, description="queued this long: the redriver may take it (younger work is the push path's)"
+    )
+    redrive_poll_seconds: float = Field(5.0, gt=0, description="how often an idle instance looks for work")
     lease_seconds: float = Field(120.0, gt=0)
     max_attempts: int = Field(5, ge=1, description="run attempts before a retryable error fails the job")
     progress_min_interval_seconds: float = Field(1.0, ge=0)
@@ -60,7 +74,7 @@ class Settings(BaseSettings):
 
     # The sweeper: what counts as stuck.
     stale_pending_seconds: float = Field(60.0, gt=0, description="pending this long: re-validate")
-    stale_queued_seconds: float = Field(900.0, gt=0, description="queued this long unclaimed: re-publish")
+    stale_queued_seconds: float = Field(300.0, gt=0, description="queued this long unclaimed: re-publish")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

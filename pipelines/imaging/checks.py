@@ -23,17 +23,16 @@ What the checks decide (and the tests pin down):
 from __future__ import annotations
 
 import struct
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from core.errors import InvalidInput
 from pipelines.imaging.fields import ImageLimitsConfig, OutputFormat
+from pipelines.imaging.headers import check_facts, open_header
 
-ACCEPTED_FORMATS: dict[str, OutputFormat] = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
 ASPECT_TOLERANCE = 0.01
 
 
@@ -54,43 +53,16 @@ class CheckedImage:
 def _open_checked(path: Path, what: str, limits: ImageLimitsConfig) -> tuple[Image.Image, OutputFormat]:
     """Open ``path`` as an image and check header-level facts; pixels are not decoded yet."""
     try:
-        with warnings.catch_warnings():
-            # Our own limit is checked below; Pillow's warning level would only add noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-    except Image.DecompressionBombError as e:
-        raise InvalidInput(
-            f"the {what} is too large to process safely ({e}); "
-            f"upload at most {limits.max_input_pixels:,} pixels"
-        ) from e
-    except UnidentifiedImageError as e:
-        raise InvalidInput(f"the {what} is not an image we can read: upload a PNG, JPEG or WebP file") from e
+        img = open_header(path, what, limits)
     except OSError as e:
-        raise InvalidInput(f"the {what} could not be opened ({e}): upload a PNG, JPEG or WebP file") from e
-    fmt = ACCEPTED_FORMATS.get(img.format or "")
-    if fmt is None:
-        img.close()
         raise InvalidInput(
-            f"the {what} is a {img.format or 'unknown'} image: upload a PNG, JPEG or WebP file"
-        )
-    width, height = img.size
-    if width * height > limits.max_input_pixels:
+            f"the {what} could not be opened ({e}): upload a PNG, JPEG or WebP file", code="invalid_image"
+        ) from e
+    try:
+        fmt = check_facts(img, what, limits)
+    except InvalidInput:
         img.close()
-        raise InvalidInput(
-            f"the {what} is {width}x{height} = {width * height:,} pixels, over the limit of "
-            f"{limits.max_input_pixels:,}: downscale it and try again"
-        )
-    if max(width, height) > limits.max_side:
-        img.close()
-        raise InvalidInput(
-            f"the {what} is {width}x{height}; the longest side may be at most {limits.max_side} pixels: "
-            "downscale it and try again"
-        )
-    if min(width, height) < limits.min_side:
-        img.close()
-        raise InvalidInput(
-            f"the {what} is {width}x{height}; each side must be at least {limits.min_side} pixels"
-        )
+        raise
     return img, fmt
 
 

@@ -25,8 +25,14 @@ from pipelines.imaging.memory import StrategyChoice
 IMAGE_CONTENT_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp")
 IMAGE_MAX_BYTES = 20 * 2**20
 
-ImageFile = Annotated[GsUri, FileInput(IMAGE_CONTENT_TYPES, IMAGE_MAX_BYTES)]
-"""A PNG, JPEG or WebP object in Storage, at most 20 MiB."""
+ImageFile = Annotated[
+    GsUri,
+    FileInput(
+        IMAGE_CONTENT_TYPES, IMAGE_MAX_BYTES, header_check="pipelines.imaging.headers:check_image_header"
+    ),
+]
+"""A PNG, JPEG or WebP object in Storage, at most 20 MiB; format and dimensions are checked from
+its header before the job is queued."""
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 DtypeName = Literal["bfloat16", "float16", "float32"]

@@ -20,7 +20,11 @@ TEST_STACK_ENV = {
     "MAX_CONCURRENT_JOBS": "2",
     "LEASE_SECONDS": "6",
     "PROGRESS_MIN_INTERVAL_SECONDS": "0.3",
-    "STALE_QUEUED_SECONDS": "4",
+    # The redriver, not the sweeper, re-drives queued work here: the sweeper's re-publish is the
+    # backstop for when no instance is running at all.
+    "STALE_QUEUED_SECONDS": "30",
+    "REDRIVE_AFTER_SECONDS": "1",
+    "REDRIVE_POLL_SECONDS": "0.5",
     "STALE_PENDING_SECONDS": "4",
     "PLUGINS": "tests.support.flaky:SPEC,tests.support.flaky:PARTS_SPEC",
     "LOG_LEVEL": "INFO",

@@ -76,5 +76,7 @@ def test_not_an_image_is_refused_before_any_model_work(client: Client, uid: str,
     fake.write_text("this is a text file with a .png name")
     image = client.upload(fake, uid, content_type="image/png")
     job = client.follow(client.create_job(uid, "edit", {"image": image, "instruction": "x"}), timeout=60)
-    assert job.status is JobStatus.FAILED
-    assert job.error and not job.error.retryable and "image" in job.error.message.lower()
+    # Rejected from its header before it was ever queued: no GPU time, and a code an app can act on.
+    assert job.status is JobStatus.REJECTED and job.queued_at is None
+    assert job.error and job.error.code == "invalid_image" and not job.error.retryable
+    assert "PNG, JPEG or WebP" in job.error.message

@@ -1,0 +1,150 @@
+"""Work is never left waiting while a slot is idle: the job documents are the queue's truth.
+
+A Pub/Sub delivery is a doorbell, not the work itself: a message may be in a backoff of minutes
+(Pub/Sub's per-message backoff reaches 300 s), dead-lettered, or lost, while its job sits
+``queued``. So whenever this instance has a free slot and no push is waiting for one, the
+redriver looks for runnable work straight in Firestore — the oldest ``queued`` jobs of the
+pipelines served here, and the queued parts of fanned-out jobs — that has waited at least
+``redrive_after_seconds`` (younger work is the push path's), picks fairly (round robin over
+pipelines, then over users, oldest first), and runs it through the same claim as a delivery. The
+claim is still the only way to run, so a job found here and pushed at the same moment runs once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from core.contract import JobDoc, JobMessage, JobStatus
+from gpu_service.attempt import utcnow
+from gpu_service.capacity import Capacity
+from gpu_service.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    message: JobMessage
+    uid: str
+    waiting_since: datetime
+
+
+def fair_order(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """Round robin over pipelines, and within each over users, each user's oldest first."""
+    by_pipeline: dict[str, dict[str, list[Candidate]]] = defaultdict(lambda: defaultdict(list))
+    for c in sorted(candidates, key=lambda c: c.waiting_since):
+        by_pipeline[c.message.pipeline][c.uid].append(c)
+    lanes: list[list[Candidate]] = []
+    for users in by_pipeline.values():
+        lane: list[Candidate] = []
+        queues = list(users.values())
+        while any(queues):
+            for q in queues:
+                if q:
+                    lane.append(q.pop(0))
+        lanes.append(lane)
+    ordered: list[Candidate] = []
+    while any(lanes):
+        for lane in lanes:
+            if lane:
+                ordered.append(lane.pop(0))
+    return ordered
+
+
+def candidates(
+    jobs: Iterable[tuple[str, JobDoc]], served: set[str], now: datetime, after: float
+) -> list[Candidate]:
+    """Runnable units among ``jobs``: queued jobs, and the queued parts of running ones."""
+    found: list[Candidate] = []
+    cutoff = now - timedelta(seconds=after)
+    for job_id, job in jobs:
+        if job.malformed or job.pipeline not in served or job.cancel_requested:
+            continue
+        since = job.updated_at or job.queued_at
+        if since is None or since > cutoff:
+            continue
+        if job.status is JobStatus.QUEUED and not job.parts:
+            found.append(
+                Candidate(JobMessage(job_id=job_id, pipeline=job.pipeline), job.uid, job.queued_at or since)
+            )
+        elif job.status is JobStatus.RUNNING and job.parts:
+            for key, part in job.parts.items():
+                if part.status is JobStatus.QUEUED:
+                    message = JobMessage(job_id=job_id, pipeline=job.pipeline, part=key)
+                    found.append(Candidate(message, job.uid, since))
+    return found
+
+
+class Redriver:
+    def __init__(
+        self,
+        worker: Worker,
+        capacity: Capacity,
+        served: Iterable[str],
+        *,
+        after_seconds: float,
+        poll_seconds: float,
+    ) -> None:
+        self.worker = worker
+        self.capacity = capacity
+        self.served = set(served)
+        self.after_seconds = after_seconds
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="redrive", daemon=True)
+        self._pool = ThreadPoolExecutor(capacity.total, thread_name_prefix="redriven")
+        self.started_units = 0
+
+    def start(self) -> None:
+        if self.served:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.capacity.wait_for_free(0)  # nothing to wait for: just let the loop see the flag
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.capacity.wait_for_free(self.poll_seconds)
+            if self._stop.is_set() or self.worker.draining.is_set():
+                continue
+            try:
+                self.once()
+            except Exception:  # Firestore unavailable, say: try again at the next tick
+                log.warning("redrive pass failed", exc_info=True)
+
+    def once(self) -> int:
+        """One pass: start as many waiting units as there are free slots. Returns how many."""
+        free = self.capacity.free()
+        if free <= 0 or self.capacity.waiting():
+            return 0
+        limit = max(10, 4 * free)
+        now = utcnow()
+        found = self.worker.jobs.find_runnable(limit)
+        started = 0
+        for candidate in fair_order(candidates(found, self.served, now, self.after_seconds)):
+            slot = self.capacity.try_acquire(candidate.message.pipeline, candidate.uid)
+            if slot is None:
+                if self.capacity.free() <= 0:
+                    break
+                continue
+            started += 1
+            self._pool.submit(self._run, candidate, slot)
+        self.started_units += started
+        return started
+
+    def _run(self, candidate: Candidate, slot: object) -> None:
+        try:
+            outcome = self.worker.handle(candidate.message)
+            log.info("redriven %s: %s", candidate.message.ref.label, outcome.detail)
+        except Exception:
+            log.exception("redriven %s crashed", candidate.message.ref.label)
+        finally:
+            self.capacity.release(slot)  # type: ignore[arg-type]
