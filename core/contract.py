@@ -209,7 +209,7 @@ class JobDoc(_Doc):
 
     @property
     def effective_status(self) -> JobStatus:
-        """A client-created document may omit ``status``: that means ``pending``."""
+        """A document without ``status`` (the rules now require it of clients) is ``pending``."""
         return self.status or JobStatus.PENDING
 
     @property

@@ -66,8 +66,9 @@ class Client:
     def create_job(self, uid: str, pipeline: str, inputs: dict[str, Any], job_id: str | None = None) -> str:
         """Create ``jobs/{jobId}`` as a client app does.
 
-        ``status: pending`` is optional in the contract, but a job that carries it can be found by
-        the sweeper if its created-event is ever lost (Firestore cannot query a missing field).
+        The security rules require ``status: pending`` (so the sweeper can find the job if its
+        created-event is ever lost: Firestore cannot query a missing field) and take ``createdAt``
+        only as a server timestamp.
         """
         job_id = job_id or uuid.uuid4().hex
         self.jobs().document(job_id).create(

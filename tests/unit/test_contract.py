@@ -49,7 +49,7 @@ def test_document_uses_camel_case_names_clients_rely_on() -> None:
         {"uid": "u1", "pipeline": "transcribe", "inputs": {"media": "gs://b/o"}, "cancelRequested": True}
     )
     assert job.cancel_requested is True
-    assert job.effective_status is JobStatus.PENDING  # a client may omit status
+    assert job.effective_status is JobStatus.PENDING  # a document without status
     data = job.to_firestore()
     assert data["cancelRequested"] is True
     assert {"uid", "pipeline", "inputs"} <= set(data)
