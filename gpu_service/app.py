@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from core.routes import PUSH_PREFIX, route
+from gpu_service.auth import PushAuthError, PushVerifier
 from gpu_service.pool import Health, ModelPool
 from gpu_service.push import BadEnvelope, decode
 from gpu_service.worker import Ack, Worker
@@ -30,6 +31,7 @@ STATUS_FOR_ACK = {Ack.DONE: 200, Ack.RETRY: 503, Ack.BUSY: 429}
 def create_app(worker: Worker) -> FastAPI:
     models: ModelPool = worker.pool
     slots = threading.BoundedSemaphore(worker.settings.max_concurrent_jobs)
+    verifier = PushVerifier.from_settings(worker.settings)  # None when PUSH_AUTH is off
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,6 +58,12 @@ def create_app(worker: Worker) -> FastAPI:
         return await handle(request, pipeline, lane)
 
     async def handle(request: Request, pipeline: str, lane: str | None) -> JSONResponse:
+        if verifier is not None:
+            try:  # before anything is read: an unverified push touches no job
+                await run_in_threadpool(verifier.verify, request.headers.get("Authorization"))
+            except PushAuthError as exc:
+                log.warning("push refused on %s: %s", request.url.path, exc.reason)
+                return JSONResponse({"error": exc.reason}, status_code=exc.status_code)
         path = route(pipeline, lane).push_path
         try:
             envelope, message = decode(await request.body())

@@ -7,6 +7,7 @@ verified by google-auth against a certificates document shaped like Google's
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -21,8 +22,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from fastapi.testclient import TestClient
 from google.auth import crypt, jwt
 
+from core.contract import JobMessage
+from core.spec import Catalog
+from gpu_service.app import create_app
+from gpu_service.attempt import Ack, Outcome
 from gpu_service.auth import (
     BadToken,
     CertsUnavailable,
@@ -31,6 +37,7 @@ from gpu_service.auth import (
     PushAuthError,
     PushVerifier,
 )
+from gpu_service.pool import ModelPool
 from infra.settings import Settings
 
 AUDIENCE = "https://gpu-service-123.europe-west4.run.app"
@@ -344,3 +351,118 @@ def test_off_against_the_emulators_is_quiet(caplog: pytest.LogCaptureFixture) ->
     with caplog.at_level(logging.WARNING, logger="gpu_service.auth"):
         assert PushVerifier.from_settings(settings(pubsub_emulator_host="127.0.0.1:8085")) is None
     assert caplog.text == ""
+
+
+# -- the app -------------------------------------------------------------------------------------
+
+
+class StubWorker:
+    """What create_app reads from a Worker; handle() records the messages that reached it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pool = ModelPool(Catalog(specs={}))
+        self.draining = threading.Event()
+        self.handled: list[JobMessage] = []
+
+    def handle(self, message: JobMessage) -> Outcome:
+        self.handled.append(message)
+        return Outcome(Ack.DONE, "ran")
+
+
+def envelope(job: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = json.dumps(job or {"jobId": "job-1", "pipeline": "transcribe"}).encode()
+    return {
+        "message": {"data": base64.b64encode(data).decode(), "messageId": "m-1"},
+        "subscription": "projects/demo-gpu-jobs/subscriptions/jobs-transcribe",
+    }
+
+
+@pytest.fixture
+def production(certs_base: str) -> Settings:
+    return settings(
+        push_audience=AUDIENCE,
+        push_service_account=PUSH_ACCOUNT,
+        push_certs_url=f"{certs_base}/certs",
+        preload_pipelines=False,
+    )
+
+
+@pytest.fixture
+def served(production: Settings) -> Iterator[tuple[TestClient, StubWorker]]:
+    worker = StubWorker(production)
+    with TestClient(create_app(worker)) as client:
+        yield client, worker
+
+
+def test_the_app_lets_a_good_token_through_to_the_worker(
+    served: tuple[TestClient, StubWorker], google_key: rsa.RSAPrivateKey
+) -> None:
+    client, worker = served
+    token = sign(google_key, claims())
+    answer = client.post("/push/transcribe", json=envelope(), headers={"Authorization": bearer(token)})
+    assert answer.status_code == 200, answer.text
+    assert [m.job_id for m in worker.handled] == ["job-1"]
+
+
+def test_the_app_decodes_only_after_verifying(
+    served: tuple[TestClient, StubWorker], google_key: rsa.RSAPrivateKey
+) -> None:
+    # A poison body is answered 400 only once the token passed; with a bad token, 403 first.
+    client, worker = served
+    good, bad = sign(google_key, claims()), sign(google_key, claims(aud="https://elsewhere.run.app"))
+    assert (
+        client.post("/push/transcribe", content=b"{}", headers={"Authorization": bearer(good)}).status_code
+        == 400
+    )
+    assert (
+        client.post("/push/transcribe", content=b"{}", headers={"Authorization": bearer(bad)}).status_code
+        == 403
+    )
+    assert worker.handled == []
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status", "error"),
+    [
+        (None, 401, "missing Authorization header"),
+        ("Basic dXNlcjpwYXNz", 401, "Authorization is not a Bearer token"),
+        ("Bearer not-a-jwt", 403, "malformed token"),
+        ("other-key", 403, "bad signature"),
+        ("wrong-email", 403, "wrong service account"),
+    ],
+    ids=["missing", "basic", "not-a-jwt", "other-key", "wrong-email"],
+)
+def test_the_app_refuses_a_bad_push_and_touches_no_job(
+    served: tuple[TestClient, StubWorker],
+    other_key: rsa.RSAPrivateKey,
+    google_key: rsa.RSAPrivateKey,
+    caplog: pytest.LogCaptureFixture,
+    authorization: str | None,
+    status: int,
+    error: str,
+) -> None:
+    client, worker = served
+    tokens = {"other-key": sign(other_key, claims()), "wrong-email": sign(google_key, claims(email="x@y.z"))}
+    if authorization in tokens:
+        authorization = bearer(tokens[authorization])
+    headers = {} if authorization is None else {"Authorization": authorization}
+    with caplog.at_level(logging.DEBUG):
+        answer = client.post("/push/transcribe/clip", json=envelope(), headers=headers)
+    assert (answer.status_code, answer.json()) == (status, {"error": error})
+    assert worker.handled == []
+    assert "push refused on /push/transcribe/clip" in caplog.text
+    for token in tokens.values():
+        assert token not in caplog.text and token.split(".")[1] not in caplog.text
+
+
+def test_the_app_takes_unsigned_pushes_from_the_emulator() -> None:
+    worker = StubWorker(settings(pubsub_emulator_host="127.0.0.1:8085", preload_pipelines=False))
+    with TestClient(create_app(worker)) as client:
+        assert client.post("/push/transcribe", json=envelope()).status_code == 200
+    assert len(worker.handled) == 1
+
+
+def test_the_app_will_not_start_in_production_without_audience_and_account() -> None:
+    with pytest.raises(PushAuthConfigError, match="PUSH_AUDIENCE and PUSH_SERVICE_ACCOUNT"):
+        create_app(StubWorker(settings(preload_pipelines=False)))
