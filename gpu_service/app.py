@@ -20,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from core.routes import PUSH_PREFIX, route
+from gpu_service.auth import PushAuthError, PushVerifier
 from gpu_service.capacity import Capacity
 from gpu_service.pool import Health, ModelPool
 from gpu_service.push import BadEnvelope, decode
@@ -34,6 +35,7 @@ STATUS_FOR_ACK = {Ack.DONE: 200, Ack.RETRY: 503, Ack.BUSY: 429}
 def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
     models: ModelPool = worker.pool
     settings = worker.settings
+    verifier = PushVerifier.from_settings(settings)  # None when PUSH_AUTH is off
     capacity = capacity or Capacity(settings.max_concurrent_jobs, settings.pipeline_slots)
     redriver = Redriver(
         worker,
@@ -77,6 +79,12 @@ def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
         return await handle(request, pipeline, lane)
 
     async def handle(request: Request, pipeline: str, lane: str | None) -> JSONResponse:
+        if verifier is not None:
+            try:  # before anything is read: an unverified push touches no job
+                await run_in_threadpool(verifier.verify, request.headers.get("Authorization"))
+            except PushAuthError as exc:
+                log.warning("push refused on %s: %s", request.url.path, exc.reason)
+                return JSONResponse({"error": exc.reason}, status_code=exc.status_code)
         path = route(pipeline, lane).push_path
         try:
             envelope, message = decode(await request.body())

@@ -72,6 +72,27 @@ class Settings(BaseSettings):
     topology_file: Path | None = None
     preload_pipelines: bool = Field(True, description="load enabled pipelines at start-up")
 
+    # Push authentication: Pub/Sub signs each push with a Google OIDC ID token for the push
+    # subscription's service account; the GPU service verifies it (gpu_service/auth.py).
+    push_auth: Literal["auto", "oidc", "off"] = Field(
+        "auto", description="verify push tokens: auto = on unless running against the emulators"
+    )
+    push_audience: str | None = Field(
+        None,
+        description="expected 'aud' claim: the push subscriptions' oidc_token audience "
+        "(without one, Pub/Sub uses the push endpoint URL); required when verifying",
+    )
+    push_service_account: str | None = Field(
+        None, description="the service account email the push subscriptions sign as; required when verifying"
+    )
+    push_certs_url: str = Field(
+        "https://www.googleapis.com/oauth2/v1/certs",
+        description="Google's signing certificates as a {key id: PEM certificate} JSON document",
+    )
+    push_clock_skew_seconds: int = Field(
+        10, ge=0, le=300, description="leeway on the token's iat and exp, for clock drift"
+    )
+
     # The sweeper: what counts as stuck.
     stale_pending_seconds: float = Field(60.0, gt=0, description="pending this long: re-validate")
     stale_queued_seconds: float = Field(300.0, gt=0, description="queued this long unclaimed: re-publish")
@@ -88,3 +109,10 @@ class Settings(BaseSettings):
     @property
     def using_emulators(self) -> bool:
         return bool(self.firestore_emulator_host or self.pubsub_emulator_host)
+
+    @property
+    def push_auth_enabled(self) -> bool:
+        """Whether the GPU service verifies push tokens (the emulator's pushes carry none)."""
+        if self.push_auth == "auto":
+            return not self.using_emulators
+        return self.push_auth == "oidc"
