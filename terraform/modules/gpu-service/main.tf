@@ -26,6 +26,17 @@ resource "google_cloud_run_v2_service" "default" {
       accelerator = var.config.accelerator
     }
 
+    dynamic "volumes" {
+      for_each = var.config.models_bucket == null ? [] : [var.config.models_bucket]
+      content {
+        name = "models"
+        gcs {
+          bucket    = volumes.value
+          read_only = true
+        }
+      }
+    }
+
     scaling {
       min_instance_count = var.config.min_instances
       max_instance_count = var.config.max_instances
@@ -36,6 +47,14 @@ resource "google_cloud_run_v2_service" "default" {
 
       ports {
         container_port = var.config.port
+      }
+
+      dynamic "volume_mounts" {
+        for_each = var.config.models_bucket == null ? [] : [var.config.models_mount_path]
+        content {
+          name       = "models"
+          mount_path = volume_mounts.value
+        }
       }
 
       dynamic "env" {
@@ -121,4 +140,12 @@ resource "google_cloud_run_v2_worker_pool" "default" {
       }
     }
   }
+}
+
+# The service reads the mounted models bucket (when models are not baked into the image).
+resource "google_storage_bucket_iam_member" "models" {
+  count  = var.config.models_bucket == null ? 0 : 1
+  bucket = var.config.models_bucket
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${var.service_account}"
 }
