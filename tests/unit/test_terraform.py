@@ -44,9 +44,22 @@ PART_ROUTE = "{}-{}"
 PART_PUSH_PATH = "/push/{}/{}"
 
 TERRAFORM = shutil.which("terraform")
-needs_terraform = pytest.mark.skipif(
-    TERRAFORM is None, reason="terraform is not on PATH (the Cloud Build terraform-validate step covers it)"
-)
+NO_TERRAFORM = "terraform is not on PATH"
+# Cloud Build sets this: there a missing tool is a broken build, not a reason to skip.
+REQUIRE_TOOLS = os.environ.get("GPU_JOBS_REQUIRE_TOOLS") == "1"
+needs_terraform = pytest.mark.skipif(TERRAFORM is None and not REQUIRE_TOOLS, reason=NO_TERRAFORM)
+
+
+def skip_without_terraform() -> None:
+    if TERRAFORM is None:
+        if REQUIRE_TOOLS:
+            pytest.fail(f"{NO_TERRAFORM}, and GPU_JOBS_REQUIRE_TOOLS=1 says it must be")
+        pytest.skip(NO_TERRAFORM)
+
+
+def test_terraform_is_installed_where_required() -> None:
+    if REQUIRE_TOOLS:
+        assert TERRAFORM, f"{NO_TERRAFORM}, and GPU_JOBS_REQUIRE_TOOLS=1 says it must be"
 
 
 def load_topology() -> dict[str, Any]:
@@ -636,8 +649,7 @@ def _terraform(workdir: Path, command: str, *args: str) -> subprocess.CompletedP
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if TERRAFORM is None:
-        pytest.skip("terraform is not on PATH (the Cloud Build terraform-validate step covers it)")
+    skip_without_terraform()
     workdir = tmp_path_factory.mktemp("tf-topology")
     (workdir / "main.tf").write_text(HARNESS % TOPOLOGY_MODULE.as_posix())
     result = _terraform(workdir, "init", "-backend=false")
@@ -1219,8 +1231,7 @@ DEV_TFVARS = TF / "envs" / "dev.tfvars"
 
 def prepare_root(base: Path, topology: dict[str, Any] | None = None) -> Path:
     """The root module with every provider-backed module mirrored, in `base`; returns its dir."""
-    if TERRAFORM is None:
-        pytest.skip("terraform is not on PATH (the Cloud Build terraform-validate step covers it)")
+    skip_without_terraform()
     (base / "infra").mkdir()
     for name in set(re.findall(r"/\.\./infra/([\w.-]+)", (TF / "main.tf").read_text())):
         shutil.copy(ROOT / "infra" / name, base / "infra" / name)  # topology.yaml and the rules files
@@ -1669,11 +1680,12 @@ def test_cloudbuild_deploys_the_pushed_tags(cloudbuild: dict[str, Any]) -> None:
         assert subs[image].startswith("${_REGION}-docker.pkg.dev/${PROJECT_ID}/${_REPO}/")
         assert subs[image].endswith(":${SHORT_SHA}")
     steps = _steps(cloudbuild)
-    pushes = [sid for sid, s in steps.items() if s.get("args", [None])[0] == "push"]
+    pushes = [sid for sid, s in steps.items() if "docker push" in _args(s)]
     assert len(pushes) == 2
     deploy = steps["deploy"]
     assert set(pushes) <= set(deploy["waitFor"])
     script = _args(deploy)
+    assert "bucket=${_TF_STATE_BUCKET}" in steps["registry"]["args"][-1]
     assert "bucket=${_TF_STATE_BUCKET}" in script
     assert (
         "functions_image=${_FUNCTIONS_IMAGE}" in script
@@ -1686,3 +1698,79 @@ def test_cloudbuild_deploys_the_pushed_tags(cloudbuild: dict[str, Any]) -> None:
         unknown = set(re.findall(r"(?<!\$)\$\{?([A-Za-z_][A-Za-z0-9_]*)", script)) - known
         assert not unknown, f"{step['id']}: escape shell variables {sorted(unknown)} as $$NAME"
         assert not re.search(r"(?<!\$)\$\(", script), f"{step['id']}: escape $( as $$("
+
+
+def test_cloudbuild_fails_without_the_vars_file_and_applies_the_saved_plan(
+    cloudbuild: dict[str, Any],
+) -> None:
+    steps = _steps(cloudbuild)
+    vars_file = cloudbuild["substitutions"]["_TF_VARS_FILE"]
+    assert (TF / vars_file).is_file(), f"terraform/{vars_file} must be committed"
+    for step_id in ("registry", "deploy"):
+        script = _args(steps[step_id])
+        assert 'test -f "${_TF_VARS_FILE}" ||' in script, step_id
+        assert '-var-file="${_TF_VARS_FILE}"' in script, step_id
+    deploy = _args(steps["deploy"])
+    assert "terraform plan -input=false -out=tfplan" in deploy
+    assert "terraform apply -input=false tfplan" in deploy
+    assert "-auto-approve" not in deploy
+    assert deploy.index("plan -input=false") < deploy.index("apply -input=false tfplan")
+
+
+def test_cloudbuild_runs_the_terraform_tests(cloudbuild: dict[str, Any]) -> None:
+    steps = _steps(cloudbuild)
+    test = steps["test"]
+    assert "terraform-bin" in test["waitFor"]
+    assert "GPU_JOBS_REQUIRE_TOOLS=1" in test["env"]
+    assert 'export PATH="/workspace/.ci-bin:$$PATH"' in _args(test)
+    assert steps["terraform-bin"]["name"] == steps["deploy"]["name"], "tests and deploy: one Terraform"
+    assert ".ci-bin/terraform" in _args(steps["terraform-bin"])
+
+
+def test_cloudbuild_locks_the_providers(cloudbuild: dict[str, Any]) -> None:
+    steps = _steps(cloudbuild)
+    validate = _args(steps["terraform-validate"])
+    assert "terraform providers lock" in validate and "-platform=linux_amd64" in validate
+    for step in cloudbuild["steps"]:
+        for init in re.findall(r"terraform init[^\n]*", _args(step)):
+            assert "-lockfile=readonly" in init, f"{step['id']}: {init}"
+
+
+def test_cloudbuild_creates_the_registry_before_pushing_and_reuses_layers(cloudbuild: dict[str, Any]) -> None:
+    steps = _steps(cloudbuild)
+    assert "-target=module.artifact_registry" in _args(steps["registry"])
+    for step_id in ("push-functions", "push-gpu-service"):
+        assert "registry" in steps[step_id]["waitFor"]
+    for step_id, cache in (
+        ("build-functions", "_FUNCTIONS_CACHE"),
+        ("build-gpu-service", "_GPU_SERVICE_CACHE"),
+    ):
+        args = steps[step_id]["args"]
+        assert args[args.index("--cache-from") + 1] == "${" + cache + "}"
+        assert "BUILDKIT_INLINE_CACHE=1" in args
+
+
+def test_gcloudignore_uploads_what_the_build_needs() -> None:
+    """Without .gcloudignore, gcloud applies .gitignore, and terraform/envs/*.tfvars never reached
+    Cloud Build: the defaults were applied instead of the documented settings."""
+    ignore = ROOT / ".gcloudignore"
+    assert ignore.is_file()
+    excluded = subprocess.run(
+        ["git", "ls-files", "--cached", "--ignored", f"--exclude-from={ignore}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    needed = [
+        "cloudbuild.yaml",
+        "constraints.txt",
+        "pyproject.toml",
+        "functions/Dockerfile",
+        "gpu_service/Dockerfile",
+        "infra/topology.yaml",
+        *(str(p.relative_to(ROOT)) for p in TFVARS),
+    ]
+    assert not set(needed) & set(excluded), sorted(set(needed) & set(excluded))
+    patterns = ignore.read_text().split()
+    assert "/models/" in patterns and ".venv/" in patterns and ".git/" in patterns
