@@ -1542,6 +1542,14 @@ def test_max_instances_leaves_a_gpu_for_the_redeploy(tmp_path: Path) -> None:
     assert plan["inputs_gpu_service"]["config"]["max_instances"] == 3
 
 
+def test_large_models_can_come_from_a_mounted_bucket(tmp_path: Path) -> None:
+    plan = plan_root(tmp_path, None, '-var=gpu_service_config={ models_bucket = "my-models" }')
+    assert plan["inputs_gpu_service"]["config"]["models_bucket"] == "my-models"
+    text = strip_comments((TF / "modules" / "gpu-service" / "main.tf").read_text())
+    assert re.search(r"gcs\s*\{\s*bucket\s*=\s*volumes\.value\s*read_only\s*=\s*true", text)
+    assert '"EXECUTION_ENVIRONMENT_GEN2"' in text and '"roles/storage.objectViewer"' in text
+
+
 def test_service_agents_are_created_before_they_are_granted_roles(root_plan: dict[str, Any]) -> None:
     project = root_plan["inputs_project"]
     assert set(project["service_identities"]) == {"eventarc.googleapis.com", "pubsub.googleapis.com"}

@@ -21,6 +21,8 @@ resource "google_cloud_run_v2_service" "default" {
     # Pub/Sub push waits at most ack_deadline_seconds (<= 600) for the reply, then redelivers.
     timeout                       = "${var.config.timeout_seconds}s"
     gpu_zonal_redundancy_disabled = var.config.gpu_zonal_redundancy_disabled
+    # Cloud Storage volumes need the second-generation execution environment.
+    execution_environment = var.config.models_bucket == null ? null : "EXECUTION_ENVIRONMENT_GEN2"
 
     node_selector {
       accelerator = var.config.accelerator
