@@ -40,10 +40,11 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.installed
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || constraints.txt -nt $stamp ]]; then
   say "installing Python packages (first time: about 2 minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[service,local-models,dev]'
+  # constraints.txt: the exact versions the GPU image installs, so tests run what production runs.
+  .venv/bin/python -m pip install -q -c constraints.txt -e '.[service,local-models,dev]'
   touch "$stamp"
 fi
 say "set-up complete"

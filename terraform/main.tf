@@ -19,10 +19,43 @@ locals {
   push_pipelines = sort([for p in values(local.pipelines) : p.name if p.mode == "push"])
   pull_pipelines = sort([for p in values(local.pipelines) : p.name if p.mode == "pull"])
   pull_subs      = { for name, s in module.topology.subscriptions : name => s if s.mode == "pull" }
-  worker_pool    = var.worker_pool_config.enabled && length(local.pull_pipelines) > 0
+
+  # Which pipelines can serve. The service loads every enabled pipeline at start-up and reports
+  # unhealthy while one cannot load, so a pipeline is only enabled when it has its model
+  # (pipeline_config.P.models, paths inside the container) or needs none (needs_model = false,
+  # e.g. inpaint's OpenCV backend). The others stay declared in the topology (topics and
+  # subscriptions exist) but no deployable serves them: the functions reject their jobs.
+  pipeline_config = {
+    for name in keys(local.pipelines) : name => lookup(var.pipeline_config, name, {
+      enabled = true, models = {}, needs_model = true, settings = {}
+    })
+  }
+  servable_pipelines = sort([
+    for name, c in local.pipeline_config : name if c.enabled && (!c.needs_model || length(c.models) > 0)
+  ])
+  unservable_pipelines = sort(setsubtract(keys(local.pipelines), local.servable_pipelines))
+  # PIPELINES__<NAME>__<KEY> settings (infra/settings.py) of the pipelines that serve.
+  pipeline_env = merge([
+    for name in local.servable_pipelines : {
+      for key, value in merge(local.pipeline_config[name].settings, local.pipeline_config[name].models) :
+      "PIPELINES__${upper(name)}__${upper(key)}" => value
+    }
+  ]...)
+  uses_vision_api = anytrue([
+    for name in local.servable_pipelines : lower(lookup(local.pipeline_config[name].settings, "OCR_BACKEND", "")) == "vision"
+  ])
+
+  worker_pool = var.worker_pool_config.enabled && length(setintersection(local.pull_pipelines, local.servable_pipelines)) > 0
   # `python -m gpu_service` serves pushes and runs a streaming-pull consumer for each enabled
   # pull-mode pipeline: without a worker pool the service consumes the pull pipelines too.
-  service_pipelines = local.worker_pool ? local.push_pipelines : sort(keys(local.pipelines))
+  service_pipelines     = sort(setintersection(local.worker_pool ? local.push_pipelines : keys(local.pipelines), local.servable_pipelines))
+  worker_pool_pipelines = sort(setintersection(local.pull_pipelines, local.servable_pipelines))
+  worker_pool_instances = local.worker_pool ? var.worker_pool_config.instance_count : 0
+
+  # A redeploy starts the new revision while the old one may still hold its GPU (an idle instance
+  # is kept for up to 15 minutes; min_instances ones always): by default leave one GPU of the
+  # quota free for that.
+  gpu_max_instances = coalesce(var.gpu_service_config.max_instances, max(1, var.gpu_quota - 1 - local.worker_pool_instances))
 
   bucket_names = {
     for key in module.topology.buckets : key => lookup(var.bucket_config.names, key, "${var.project_id}-${key}")
@@ -56,8 +89,12 @@ locals {
     max(concat([for p in values(local.pipelines) : p.ack_deadline_seconds if p.mode == "push"], [60])...),
   )
 
+  # Created explicitly (module.project) so that grants to them never race their creation.
+  service_identities = ["eventarc.googleapis.com", "pubsub.googleapis.com"]
+
   services = concat(
     [
+      "artifactregistry.googleapis.com",
       "cloudresourcemanager.googleapis.com",
       "eventarc.googleapis.com",
       "firebaserules.googleapis.com",
@@ -69,13 +106,15 @@ locals {
     ],
     length(module.topology.schedules) > 0 ? ["cloudscheduler.googleapis.com"] : [],
     var.bucket_config.firebase_link ? ["firebase.googleapis.com", "firebasestorage.googleapis.com"] : [],
+    local.uses_vision_api ? ["vision.googleapis.com"] : [],
   )
 }
 
 module "project" {
-  source     = "./modules/project"
-  project_id = var.project_id
-  services   = local.services
+  source             = "./modules/project"
+  project_id         = var.project_id
+  services           = local.services
+  service_identities = local.service_identities
   iam_bindings_additive = {
     # Eventarc direct events (Firestore) are delivered to the trigger's identity.
     eventarc-invoker-event-receiver = {
@@ -98,11 +137,11 @@ module "service_accounts" {
   # Eventarc triggers (required explicitly in projects created before April 2021).
   token_creators = {
     pubsub-agent-push-invoker = {
-      member          = "serviceAccount:${module.project.service_agents.pubsub}"
+      member          = module.project.service_agents.pubsub
       service_account = local.sa.push_invoker
     }
     pubsub-agent-eventarc-invoker = {
-      member          = "serviceAccount:${module.project.service_agents.pubsub}"
+      member          = module.project.service_agents.pubsub
       service_account = local.sa.eventarc_invoker
     }
   }
@@ -116,19 +155,21 @@ module "storage" {
   firebase_rules = (
     var.bucket_config.firebase_link && var.bucket_config.firebase_rules ? file("${path.module}/../infra/storage.rules") : null
   )
-  labels = var.labels
+  labels                = var.labels
+  storage_service_agent = module.project.service_agents.storage
   config = {
     cors_origins  = var.bucket_config.cors_origins
     force_destroy = var.bucket_config.force_destroy
     location      = coalesce(var.bucket_config.location, var.region)
+    ttl_days      = var.bucket_config.ttl_days
     versioning    = var.bucket_config.versioning
   }
   notifications = {
     for key, n in module.topology.notifications : key => {
-      custom_attributes = n.custom_attributes
-      event_types       = n.event_types
-      object_prefix     = n.object_prefix
-      topic_id          = module.pubsub.topic_ids[n.topic]
+      event_types   = n.event_types
+      object_prefix = n.object_prefix
+      topic         = n.topic
+      topic_id      = module.pubsub.topic_ids[n.topic]
     }
   }
   iam_bindings_additive = merge(
@@ -224,14 +265,16 @@ module "gpu_service" {
     gpu_zonal_redundancy_disabled = var.gpu_service_config.gpu_zonal_redundancy_disabled
     image                         = var.gpu_service_image
     ingress                       = var.ingress
-    max_instances                 = var.gpu_service_config.max_instances
+    max_instances                 = local.gpu_max_instances
     memory                        = var.gpu_service_config.memory
     min_instances                 = var.gpu_service_config.min_instances
+    models_bucket                 = var.gpu_service_config.models_bucket
     name                          = var.gpu_service_config.name
     startup_probe                 = var.gpu_service_config.startup_probe
     timeout_seconds               = local.gpu_timeout_seconds
     env = merge(
       local.common_env,
+      local.pipeline_env,
       {
         ENABLED_PIPELINES   = join(",", local.service_pipelines)
         MAX_CONCURRENT_JOBS = tostring(var.gpu_service_config.concurrency)
@@ -246,10 +289,10 @@ module "gpu_service" {
     args           = var.worker_pool_config.args
     command        = var.worker_pool_config.command
     enabled        = local.worker_pool
-    env            = { ENABLED_PIPELINES = join(",", local.pull_pipelines) }
+    env            = { ENABLED_PIPELINES = join(",", local.worker_pool_pipelines) }
     instance_count = var.worker_pool_config.instance_count
     name           = var.worker_pool_config.name
-    subscriptions  = [for name in keys(local.pull_subs) : module.pubsub.subscription_ids[name]]
+    subscriptions  = [for name, s in local.pull_subs : module.pubsub.subscription_ids[name] if contains(local.worker_pool_pipelines, s.pipeline)]
   }
 }
 
@@ -278,7 +321,9 @@ module "functions" {
     timeout_seconds = var.functions_config.timeout_seconds
     env = merge(
       local.common_env,
-      { ENABLED_PIPELINES = join(",", sort(keys(local.pipelines))) },
+      # Only the pipelines some deployable serves: a job for another one is rejected at once
+      # instead of waiting in a queue nobody consumes.
+      { ENABLED_PIPELINES = join(",", local.servable_pipelines) },
       var.functions_config.env,
     )
   }
@@ -293,9 +338,47 @@ module "scheduler" {
   topic_ids  = module.pubsub.topic_ids
 }
 
-check "pull_pipelines_have_a_consumer" {
+module "artifact_registry" {
+  source     = "./modules/artifact-registry"
+  count      = var.artifact_registry_config.create ? 1 : 0
+  project_id = module.project.project_id
+  region     = var.region
+  labels     = var.labels
+  config = {
+    delete_after_days = var.artifact_registry_config.delete_after_days
+    keep_count        = var.artifact_registry_config.keep_count
+    name              = var.artifact_registry_config.name
+  }
+}
+
+# Mistakes that would give a deployment that applies but does not work: fail the plan.
+resource "terraform_data" "deployment_checks" {
+  lifecycle {
+    precondition {
+      condition     = length(local.servable_pipelines) > 0
+      error_message = "No pipeline can serve: give at least one pipeline its model in pipeline_config (e.g. transcribe = { models = { MODEL_DIR = \"/models/whisper\" } }) or set needs_model = false for one that needs none."
+    }
+    precondition {
+      condition     = length(setintersection(local.pull_pipelines, local.servable_pipelines)) == 0 || local.worker_pool || var.gpu_service_config.min_instances >= 1
+      error_message = "Pipelines ${join(", ", setintersection(local.pull_pipelines, local.servable_pipelines))} are in pull mode, but there is no worker pool and the GPU service scales to zero, so nothing pulls them: set worker_pool_config.enabled = true or gpu_service_config.min_instances >= 1."
+    }
+    precondition {
+      condition     = local.gpu_max_instances + local.worker_pool_instances <= var.gpu_quota
+      error_message = "gpu_service_config.max_instances (${local.gpu_max_instances}) plus the worker pool's instances (${local.worker_pool_instances}) exceed gpu_quota (${var.gpu_quota}): Cloud Run could never start them all. Lower them or raise the quota (and gpu_quota)."
+    }
+  }
+}
+
+check "gpu_quota_leaves_room_for_a_redeploy" {
   assert {
-    condition     = length(local.pull_pipelines) == 0 || local.worker_pool || var.gpu_service_config.min_instances >= 1
-    error_message = "Pipelines ${join(", ", local.pull_pipelines)} are in pull mode, but there is no worker pool and the GPU service scales to zero, so nothing pulls them: set worker_pool_config.enabled = true or gpu_service_config.min_instances >= 1."
+    condition     = local.gpu_max_instances + local.worker_pool_instances < var.gpu_quota
+    error_message = "max_instances (${local.gpu_max_instances}) + worker pool (${local.worker_pool_instances}) use the whole GPU quota (${var.gpu_quota}): a redeploy needs a GPU for the new revision while the old one still holds its own (an idle instance for up to 15 minutes, min_instances ones always), so it may fail with a quota error until the old instance is gone. Ask for one more GPU of quota, or redeploy when the service is idle."
+  }
+}
+
+check "unservable_pipelines" {
+  assert {
+    condition     = length(local.unservable_pipelines) == 0
+    error_message = "Pipelines ${join(", ", local.unservable_pipelines)} have no model in pipeline_config: no deployable serves them and their jobs are rejected."
   }
 }

@@ -39,3 +39,18 @@ output "worker_pool" {
   description = "Worker pool name, or null when no pull-mode pipeline runs on one."
   value       = module.gpu_service.worker_pool_name
 }
+
+output "artifact_registry" {
+  description = "Image name prefix in Artifact Registry (REGION-docker.pkg.dev/PROJECT/REPO), or null when artifact_registry_config.create is false."
+  value       = one(module.artifact_registry[*].url)
+}
+
+output "enabled_pipelines" {
+  description = "Pipelines the deployment serves (those with a model, or needing none); jobs for the others are rejected."
+  value       = local.servable_pipelines
+}
+
+output "pubsub_inventory" {
+  description = "Every topic and subscription with its settings, as plain data (see modules/topology)."
+  value       = module.topology.pubsub_inventory
+}

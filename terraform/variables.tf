@@ -1,9 +1,28 @@
+variable "artifact_registry_config" {
+  description = <<-EOT
+    The Docker repository the images are pushed to (REGION-docker.pkg.dev/PROJECT/NAME). Cleanup
+    keeps the newest keep_count versions of each image and deletes other versions older than
+    delete_after_days (GPU images are several GB). create = false when it is managed elsewhere.
+    Cloud Build applies it alone before the first push (see README).
+  EOT
+  type = object({
+    create            = optional(bool, true)
+    delete_after_days = optional(number, 30)
+    keep_count        = optional(number, 10)
+    name              = optional(string, "gpu-jobs")
+  })
+  nullable = false
+  default  = {}
+}
+
 variable "bucket_config" {
   description = <<-EOT
     Settings for the topology's buckets. Bucket names are global, so each topology key K becomes
     "PROJECT_ID-K" unless `names` maps K to another name (e.g. an existing Firebase bucket).
     `roles` are the bucket roles of the functions (which only inspect uploads) and of the GPU
-    service (which reads inputs and writes results). With firebase_link (the project must be a
+    service (which reads inputs and writes results). `ttl_days` deletes the objects under each
+    top-level folder that many days after they were written (uploads are inputs, results the
+    jobs' outputs; 0 keeps them forever). With firebase_link (the project must be a
     Firebase project) the buckets are linked to Firebase and, unless firebase_rules is false,
     infra/storage.rules is released on them.
   EOT
@@ -18,6 +37,7 @@ variable "bucket_config" {
       functions   = optional(list(string), ["roles/storage.objectViewer"])
       gpu_service = optional(list(string), ["roles/storage.objectAdmin"])
     }), {})
+    ttl_days   = optional(map(number), { uploads = 7, results = 30 })
     versioning = optional(bool, false)
   })
   nullable = false
@@ -83,13 +103,33 @@ variable "functions_image" {
   }
 }
 
+variable "gpu_quota" {
+  description = <<-EOT
+    Cloud Run GPUs (of gpu_service_config.accelerator) this project may use in the region, i.e. the
+    quota granted. The GPU service's max_instances plus the worker pool's instances must fit in
+    it; by default max_instances leaves one GPU free, because a redeploy starts the new revision
+    while the old one may still hold its GPU. With a quota of 1, set 1: redeploys then succeed
+    only once the old instance has stopped (scale to zero, up to 15 minutes after the last job).
+  EOT
+  type        = number
+  nullable    = false
+  default     = 2
+  validation {
+    condition     = var.gpu_quota >= 1 && floor(var.gpu_quota) == var.gpu_quota
+    error_message = "gpu_quota must be a whole number of GPUs, at least 1 (ask for Cloud Run GPU quota first; see README)."
+  }
+}
+
 variable "gpu_service_config" {
   description = <<-EOT
     The GPU Cloud Run service. concurrency is max_instance_request_concurrency and also the
     service's MAX_CONCURRENT_JOBS (1 = one job per GPU). timeout_seconds = null uses the largest
     push ack deadline in topology.yaml (the push ack deadline doubles as the request timeout).
-    env is added to the derived settings (see README) and overrides them; put per-pipeline
-    settings there, e.g. PIPELINES__TRANSCRIBE__MODEL_DIR = "/models/whisper".
+    max_instances = null takes gpu_quota - 1 (less the worker pool's instances), leaving one GPU
+    for the new revision during a redeploy. models_bucket mounts a Cloud Storage bucket read-only
+    at /models (Cloud Storage FUSE) for models too large to bake into the image. env is added to
+    the derived settings (see README) and overrides them; per-pipeline settings belong in
+    pipeline_config.
   EOT
   type = object({
     accelerator                   = optional(string, "nvidia-l4")
@@ -97,9 +137,10 @@ variable "gpu_service_config" {
     cpu                           = optional(string, "8")
     env                           = optional(map(string), {})
     gpu_zonal_redundancy_disabled = optional(bool, true)
-    max_instances                 = optional(number, 1)
+    max_instances                 = optional(number)
     memory                        = optional(string, "32Gi")
     min_instances                 = optional(number, 0)
+    models_bucket                 = optional(string)
     name                          = optional(string, "gpu-service")
     startup_probe = optional(object({
       failure_threshold     = optional(number, 30)
@@ -143,6 +184,36 @@ variable "labels" {
   validation {
     condition     = alltrue([for k, v in var.labels : can(regex("^[a-z][a-z0-9_-]{0,62}$", k)) && can(regex("^[a-z0-9_-]{0,63}$", v))])
     error_message = "Label keys must start with a lowercase letter; keys and values use lowercase letters, digits, - and _ (at most 63 characters)."
+  }
+}
+
+variable "pipeline_config" {
+  description = <<-EOT
+    Per pipeline (a key of pipelines in topology.yaml): its models and settings. A pipeline is
+    enabled (in ENABLED_PIPELINES of the functions and the GPU service) only if enabled is true and
+    it has a model, i.e. models is not empty, or needs_model is false (e.g. inpaint with the OpenCV
+    backend). models and settings both become PIPELINES__<PIPELINE>__<KEY> variables; models are
+    paths inside the container, e.g. transcribe = { models = { MODEL_DIR = "/models/whisper" } },
+    video = { models = { TRANSCRIBE__MODEL_DIR = "/models/whisper" }, settings = { OCR_BACKEND = "vision" } }
+    (OCR_BACKEND = "vision" also enables the Cloud Vision API).
+  EOT
+  type = map(object({
+    enabled     = optional(bool, true)
+    models      = optional(map(string), {})
+    needs_model = optional(bool, true)
+    settings    = optional(map(string), {})
+  }))
+  nullable = false
+  default  = {}
+  validation {
+    condition     = alltrue([for name in keys(var.pipeline_config) : contains(keys(local.topology.pipelines), name)])
+    error_message = "pipeline_config keys must be pipelines declared in infra/topology.yaml (${join(", ", sort(keys(local.topology.pipelines)))})."
+  }
+  validation {
+    condition = alltrue(flatten([
+      for c in values(var.pipeline_config) : [for key in concat(keys(c.models), keys(c.settings)) : can(regex("^[A-Za-z][A-Za-z0-9_]*$", key))]
+    ]))
+    error_message = "pipeline_config models and settings keys are setting names such as MODEL_DIR or TRANSCRIBE__MODEL_DIR (letters, digits, _)."
   }
 }
 

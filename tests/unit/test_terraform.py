@@ -44,9 +44,22 @@ PART_ROUTE = "{}-{}"
 PART_PUSH_PATH = "/push/{}/{}"
 
 TERRAFORM = shutil.which("terraform")
-needs_terraform = pytest.mark.skipif(
-    TERRAFORM is None, reason="terraform is not on PATH (the Cloud Build terraform-validate step covers it)"
-)
+NO_TERRAFORM = "terraform is not on PATH"
+# Cloud Build sets this: there a missing tool is a broken build, not a reason to skip.
+REQUIRE_TOOLS = os.environ.get("GPU_JOBS_REQUIRE_TOOLS") == "1"
+needs_terraform = pytest.mark.skipif(TERRAFORM is None and not REQUIRE_TOOLS, reason=NO_TERRAFORM)
+
+
+def skip_without_terraform() -> None:
+    if TERRAFORM is None:
+        if REQUIRE_TOOLS:
+            pytest.fail(f"{NO_TERRAFORM}, and GPU_JOBS_REQUIRE_TOOLS=1 says it must be")
+        pytest.skip(NO_TERRAFORM)
+
+
+def test_terraform_is_installed_where_required() -> None:
+    if REQUIRE_TOOLS:
+        assert TERRAFORM, f"{NO_TERRAFORM}, and GPU_JOBS_REQUIRE_TOOLS=1 says it must be"
 
 
 def load_topology() -> dict[str, Any]:
@@ -63,7 +76,7 @@ def load_topology() -> dict[str, Any]:
 ACK_DEADLINE_S = (10, 600)
 MAX_DELIVERY_ATTEMPTS = (5, 100)
 BACKOFF_S = (0, 600)
-RETENTION_S = (600, 31 * 24 * 3600)
+RETENTION_S = (600, 7 * 24 * 3600)  # a subscription's (a topic's may reach 31 days)
 MODES = ("push", "pull")
 
 
@@ -636,8 +649,7 @@ def _terraform(workdir: Path, command: str, *args: str) -> subprocess.CompletedP
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if TERRAFORM is None:
-        pytest.skip("terraform is not on PATH (the Cloud Build terraform-validate step covers it)")
+    skip_without_terraform()
     workdir = tmp_path_factory.mktemp("tf-topology")
     (workdir / "main.tf").write_text(HARNESS % TOPOLOGY_MODULE.as_posix())
     result = _terraform(workdir, "init", "-backend=false")
@@ -728,8 +740,39 @@ def test_terraform_derives_every_bucket_notification(derived: dict[str, Any]) ->
     for key, n in expected.items():
         got = derived["notifications"][key]
         assert got["topic"] == n["topic"] and got["topic"] in derived["topics"]
-        assert got["event_types"] == n.get("event_types", ["OBJECT_FINALIZE"])
+        assert got["event_types"] == n["event_types"]
         assert got["object_prefix"] == n.get("object_prefix")
+
+
+def test_terraform_lists_every_topic_and_subscription_as_plain_data(derived: dict[str, Any]) -> None:
+    """`pubsub_inventory`: what the local stack must create on the emulators, in one JSON value."""
+    topology = load_topology()
+    inventory = derived["pubsub_inventory"]
+    assert set(inventory) == {"topics", "subscriptions"}
+    assert set(inventory["topics"]) == set(topology.get("topics") or {}) | {
+        r["topic"] for r in routes(topology).values()
+    }
+    for name, topic in inventory["topics"].items():
+        assert topic == {
+            "name": name,
+            "message_retention_seconds": (topology["topics"].get(name) or {}).get(
+                "message_retention_seconds"
+            ),
+        }
+    expected = {r["subscription"]: r for r in routes(topology).values()}
+    assert set(inventory["subscriptions"]) == set(expected)
+    for name, sub in inventory["subscriptions"].items():
+        route, settings = expected[name], expected[name]["settings"]
+        assert sub == {
+            "name": name,
+            "topic": route["topic"],
+            "push_path": route["push_path"] if settings["mode"] == "push" else None,
+            "ack_deadline_seconds": settings["ack_deadline_seconds"],
+            "retry_policy": settings["retry_policy"],
+            "dead_letter": settings["dead_letter"],
+            "message_retention_seconds": settings["message_retention_seconds"],
+        }, name
+    json.dumps(inventory)  # plain data
 
 
 def _broken(mutate: Any) -> dict[str, Any]:
@@ -803,6 +846,29 @@ BROKEN = {
         ].update(pubsub_topic="no-such-topic"),
         "pubsub_topic must be declared",
     ),
+    # The rules infra/topology.py applies too (Python and Terraform must refuse the same files).
+    "subscription_retention_over_7_days": (
+        lambda t: _first_pipeline(t).update(message_retention_seconds=604801),
+        "between 600 (10 minutes) and 604800 (7 days)",
+    ),
+    "topic_retention_over_31_days": (
+        lambda t: t["topics"][next(iter(t["topics"]))].update(message_retention_seconds=2678401),
+        "2678400 (31 days)",
+    ),
+    "no_retry_policy": (
+        lambda t: t["pipeline_defaults"].pop("retry_policy"),
+        "needs a retry_policy",
+    ),
+    "no_dead_letter": (
+        lambda t: t["pipeline_defaults"].pop("dead_letter"),
+        "needs a dead_letter",
+    ),
+    "notification_without_event_types": (
+        lambda t: next(b for b in t["buckets"].values() if b.get("notification"))["notification"].pop(
+            "event_types"
+        ),
+        'attribute "event_types" is required',
+    ),
     "two_triggers": (
         lambda t: next(iter(t["functions"].values()))["trigger"].update(
             pubsub_topic=next(iter(t["topics"])), firestore={"event_type": "x", "document": "y/{z}"}
@@ -823,62 +889,349 @@ def test_terraform_rejects_broken_topology(harness: Path, tmp_path: Path, case: 
 
 
 # --------------------------------------------------------------------------------------------
-# The root module planned offline: each provider-backed module is replaced by a stub made of its
-# real variables.tf (so every input, type conversion and validation runs on the real values) and
-# outputs of the right shape; each stub also echoes its inputs so the wiring can be asserted.
+# The root module planned offline. Each provider-backed module is replaced by a mirror of itself
+# generated from its own HCL: its real variables.tf (inputs, type conversions and validations run
+# on the real values), its locals and outputs, and every resource and data source turned into a
+# `terraform_data` (built into Terraform, no provider) with the same for_each or count and every
+# argument and nested block evaluated. Attributes that the real provider computes (ids, URIs,
+# service agent e-mails...) are read from `terraform_data.output`, which is unknown until apply,
+# exactly like the real ones: a for_each or count that depends on one fails the plan with
+# "Invalid for_each argument", as `terraform plan` would on the real project. After apply they
+# take the plausible values of COMPUTED, so the wiring can be asserted.
 # --------------------------------------------------------------------------------------------
 
 STUB_URI = "https://gpu-service-stub.a.run.app"
-STUB_OUTPUTS = {
-    "project": """
-output "number" { value = "123456789012" }
-output "project_id" { value = var.project_id }
-output "service_agents" { value = { pubsub = "service-123456789012@gcp-sa-pubsub.iam.gserviceaccount.com" } }
-""",
-    "service-accounts": """
-output "emails" { value = { for id in keys(var.service_accounts) : id => "${id}@${var.project_id}.iam.gserviceaccount.com" } }
-output "members" { value = { for id in keys(var.service_accounts) : id => "serviceAccount:${id}@${var.project_id}.iam.gserviceaccount.com" } }
-""",
-    "storage": """
-output "names" { value = { for k, b in var.buckets : k => b.name } }
-output "urls" { value = { for k, b in var.buckets : k => "gs://${b.name}" } }
-""",
-    "firestore": """
-output "database" { value = var.database.id }
-output "location_id" { value = var.database.location_id }
-""",
-    "pubsub": """
-output "subscription_ids" { value = { for k in keys(var.subscriptions) : k => "projects/${var.project_id}/subscriptions/${k}" } }
-output "topic_ids" { value = { for k in keys(var.topics) : k => "projects/${var.project_id}/topics/${k}" } }
-""",
-    "gpu-service": f"""
-output "name" {{ value = var.config.name }}
-output "uri" {{ value = "{STUB_URI}" }}
-output "worker_pool_name" {{ value = null }}
-""",
-    "functions": """
-output "service_names" { value = { for k in keys(var.functions) : k => k } }
-output "trigger_ids" { value = { for k in keys(var.functions) : k => k } }
-output "urls" { value = { for k in keys(var.functions) : k => "https://${k}-stub.a.run.app" } }
-""",
-    "scheduler": """
-output "ids" { value = { for k in keys(var.schedules) : k => k } }
-""",
+STUB_PROJECT_NUMBER = "123456789012"
+
+# Per resource type (data sources as "data.TYPE"): the attributes the provider computes that this
+# configuration reads, as HCL expressions over the resource's own arguments (`self.ARG`). Every
+# resource also gets a computed `id`. Reading an attribute that is neither an argument nor listed
+# here fails the plan with "Unsupported attribute": add it here, computed as in the provider.
+_AGENT_DOMAINS = (
+    '{ "eventarc.googleapis.com" = "gcp-sa-eventarc", "pubsub.googleapis.com" = "gcp-sa-pubsub" }'
+)
+COMPUTED: dict[str, dict[str, str]] = {
+    "google_artifact_registry_repository": {
+        "id": '"projects/${self.project}/locations/${self.location}/repositories/${self.repository_id}"',
+        "name": "self.repository_id",
+    },
+    "google_cloud_run_v2_service": {"uri": '"https://${self.name}-stub.a.run.app"'},
+    "google_cloud_run_v2_service_iam_member": {},
+    "google_cloud_run_v2_worker_pool": {},
+    "google_cloud_scheduler_job": {
+        "id": '"projects/${self.project}/locations/${self.region}/jobs/${self.name}"'
+    },
+    "google_eventarc_trigger": {
+        "id": '"projects/${self.project}/locations/${self.location}/triggers/${self.name}"'
+    },
+    "google_firebase_storage_bucket": {},
+    "google_firebaserules_release": {},
+    "google_firebaserules_ruleset": {"name": '"stub-ruleset"'},
+    "google_firestore_database": {},
+    "google_project_iam_member": {},
+    "google_project_service": {},
+    "google_project_service_identity": {
+        "email": f'"service-{STUB_PROJECT_NUMBER}@${{lookup({_AGENT_DOMAINS}, self.service, "gcp-sa-x")}}.iam.gserviceaccount.com"',
+    },
+    "google_pubsub_subscription": {"id": '"projects/${self.project}/subscriptions/${self.name}"'},
+    "google_pubsub_subscription_iam_member": {},
+    "google_pubsub_topic": {"id": '"projects/${self.project}/topics/${self.name}"'},
+    "google_pubsub_topic_iam_member": {},
+    "google_service_account": {
+        "email": '"${self.account_id}@${self.project}.iam.gserviceaccount.com"',
+        "name": '"projects/${self.project}/serviceAccounts/${self.account_id}@${self.project}.iam.gserviceaccount.com"',
+    },
+    "google_service_account_iam_member": {},
+    "google_storage_bucket": {"url": '"gs://${self.name}"'},
+    "google_storage_bucket_iam_member": {},
+    "google_storage_notification": {},
+    "data.google_project": {"number": f'"{STUB_PROJECT_NUMBER}"'},
+    "data.google_storage_project_service_account": {
+        "email_address": f'"service-{STUB_PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"',
+        "member": f'"serviceAccount:service-{STUB_PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"',
+    },
 }
-TFVARS_EXAMPLE = TF / "envs" / "dev.tfvars.example"
+
+_META_ARGUMENTS = {"for_each", "count", "provider", "depends_on"}
+_META_BLOCKS = {"lifecycle", "provisioner", "connection"}
+_REFERENCE = re.compile(r"(?<![\w.])(data\.)?(google_[a-z0-9_]+)\.([a-z_][a-z0-9_]*)")
 
 
-def test_every_module_has_a_stub() -> None:
-    assert {d.name for d in MODULE_DIRS} - {"topology"} == set(STUB_OUTPUTS)
-    for name, stub in STUB_OUTPUTS.items():
-        stubbed = set(re.findall(r'^output "([^"]+)"', stub, re.M))
-        assert stubbed == declared_outputs(TF / "modules" / name), f"stub outputs of {name} are out of date"
+def _string_end(text: str, i: int) -> int:
+    """Index after the string literal that starts at text[i] == '"' (templates may nest strings)."""
+    i += 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+        elif text[i] == '"':
+            return i + 1
+        elif text.startswith(("${", "%{"), i):
+            i = _brace_end(text, i + 2)
+        else:
+            i += 1
+    raise ValueError("unterminated string")
 
 
-def plan_root(base: Path, topology: dict[str, Any] | None = None, *extra_vars: str) -> dict[str, Any]:
-    """Apply the root module (resource modules stubbed) in `base`; return its outputs."""
-    if TERRAFORM is None:
-        pytest.skip("terraform is not on PATH (the Cloud Build terraform-validate step covers it)")
+def _brace_end(text: str, i: int) -> int:
+    """Index after the `}` that closes a `{` (or `${`) opened just before text[i]."""
+    depth = 1
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            i = _string_end(text, i)
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    raise ValueError("unbalanced braces")
+
+
+def _expression_end(text: str, i: int) -> int:
+    """Index of the newline (or end of text) that ends the expression starting at text[i]."""
+    depth = 0
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            i = _string_end(text, i)
+            continue
+        heredoc = re.compile(r"<<-?([A-Za-z_]\w*)\n").match(text, i)
+        if heredoc:
+            end = re.compile(rf"\n[ \t]*{heredoc.group(1)}[ \t]*(?=\n|$)").search(text, heredoc.end() - 1)
+            assert end, f"unterminated heredoc {heredoc.group(1)}"
+            i = end.end()
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == "\n" and depth == 0:
+            return i
+        i += 1
+    return i
+
+
+def hcl_items(body: str) -> list[tuple[str, str, list[str], str]]:
+    """The attributes and blocks of an HCL body (comments already stripped), in order:
+    ("attr", name, [], expression) or ("block", type, labels, body)."""
+    items: list[tuple[str, str, list[str], str]] = []
+    i = 0
+    head = re.compile(r"\s*([A-Za-z_][\w-]*)[ \t]*")
+    while i < len(body):
+        m = head.match(body, i)
+        if not m:
+            assert not body[i:].strip(), f"cannot parse HCL near {body[i : i + 60]!r}"
+            break
+        name, j = m.group(1), m.end()
+        if body[j] == "=" and body[j + 1] != "=":
+            end = _expression_end(body, j + 1)
+            items.append(("attr", name, [], body[j + 1 : end].strip()))
+            i = end
+            continue
+        labels = re.compile(r'((?:\s*"[^"]*")*)\s*\{').match(body, j)
+        assert labels, f"cannot parse HCL block {name!r} near {body[j : j + 60]!r}"
+        close = _brace_end(body, labels.end())
+        items.append(
+            ("block", name, re.findall(r'"([^"]*)"', labels.group(1)), body[labels.end() : close - 1])
+        )
+        i = close
+    return items
+
+
+def _stub_name(data: str | None, rtype: str, name: str) -> str:
+    return f"stub_{'data_' if data else ''}{rtype}__{name}"
+
+
+def _rewrite(expression: str, address: bool = False) -> str:
+    """Point references to provider resources at their mirrors: the local (values) or, in
+    depends_on, the terraform_data resource (address)."""
+
+    def repl(m: re.Match[str]) -> str:
+        stub = _stub_name(m.group(1), m.group(2), m.group(3))
+        return f"terraform_data.{stub}" if address else f"local.{stub}"
+
+    return _REFERENCE.sub(repl, expression)
+
+
+def _object(items: list[tuple[str, str, list[str], str]]) -> tuple[str, dict[str, str]]:
+    """An HCL object expression with a block body's arguments and nested blocks (as lists), and
+    the body's top-level arguments by name."""
+    arguments = {name: _rewrite(expr) for kind, name, _, expr in items if kind == "attr"}
+    fields = [f"{name} = {expr}" for name, expr in arguments.items() if name not in _META_ARGUMENTS]
+    nested: dict[str, list[str]] = {}
+    for kind, name, labels, body in items:
+        if kind != "block" or name in _META_BLOCKS:
+            continue
+        sub = hcl_items(body)
+        if name == "dynamic":
+            settings = {n: e for k, n, _, e in sub if k == "attr"}
+            iterator = settings.get("iterator", labels[0])
+            content = next(b for k, n, _, b in sub if k == "block" and n == "content")
+            inner, _ = _object(hcl_items(content))
+            pairs = f"[for k, v in {_rewrite(settings['for_each'])} : {{ key = k, value = v }}]"
+            nested.setdefault(labels[0], []).append(f"[for {iterator} in {pairs} : {inner}]")
+        else:
+            nested.setdefault(name, []).append(f"[{_object(sub)[0]}]")
+    fields += [f"{name} = concat({', '.join(parts)})" for name, parts in nested.items()]
+    return "{\n" + "\n".join(fields) + "\n}", arguments
+
+
+def _mirror_resource(data: str | None, rtype: str, name: str, body: str) -> str:
+    """A resource or data block as a terraform_data plus a local shaped like the real resource."""
+    key = f"{'data.' if data else ''}{rtype}"
+    assert key in COMPUTED, f"{key}: list the attributes the provider computes in COMPUTED"
+    items = hcl_items(body)
+    config, arguments = _object(items)
+    computed = {"id": '"stub-id"', **COMPUTED[key]}
+
+    def own(expression: str) -> str:
+        def argument(m: re.Match[str]) -> str:
+            assert m.group(1) in arguments, f"{key}: COMPUTED uses self.{m.group(1)}, which is not set"
+            return f"({arguments[m.group(1)]})"
+
+        return re.sub(r"\bself\.(\w+)", argument, expression)
+
+    stub = _stub_name(data, rtype, name)
+    computed_hcl = "{\n" + "\n".join(f"{a} = {own(e)}" for a, e in computed.items()) + "\n}"
+    meta = "\n".join(f"{a} = {arguments[a]}" for a in ("for_each", "count") if a in arguments)
+    depends = (
+        f"depends_on = {_rewrite(arguments['depends_on'], address=True)}" if "depends_on" in arguments else ""
+    )
+    # A data source is read at plan time (its values are known) unless depends_on defers it.
+    deferred = not data or "depends_on" in arguments
+    source = "output" if deferred else "input"
+    fields = [a for a in arguments if a not in _META_ARGUMENTS]
+    fields += [n for k, n, _, _ in items if k == "block" and n not in _META_BLOCKS and n != "dynamic"]
+    fields += [labels[0] for k, n, labels, _ in items if k == "block" and n == "dynamic"]
+    shape = ", ".join(
+        [f"{f} = r.input.config.{f}" for f in dict.fromkeys(fields) if f not in computed]
+        + [f"{a} = r.{source}.computed.{a}" for a in computed]
+    )
+    if "for_each" in arguments:
+        value = f"{{ for k, r in terraform_data.{stub} : k => {{ {shape} }} }}"
+    elif "count" in arguments:
+        value = f"[for r in terraform_data.{stub} : {{ {shape} }}]"
+    else:
+        value = f"{{ for r in [terraform_data.{stub}] : 0 => {{ {shape} }} }}[0]"
+    return (
+        f'resource "terraform_data" "{stub}" {{\n{meta}\n{depends}\n'
+        f"input = {{\nconfig = {config}\ncomputed = {computed_hcl}\n}}\n}}\n"
+        f"locals {{\n{stub} = {value}\n}}\n"
+    )
+
+
+def mirror_module(module_dir: Path) -> str:
+    """The provider-free mirror of a module (everything but variables.tf and versions.tf), plus an
+    `inputs` output echoing every variable so that the tests can assert the wiring."""
+    out: list[str] = []
+    for f in sorted(module_dir.glob("*.tf")):
+        if f.name in ("variables.tf", "versions.tf"):
+            continue
+        for kind, name, labels, body in hcl_items(strip_comments(f.read_text())):
+            assert kind == "block", f"{f}: top-level attribute {name}"
+            if name in ("resource", "data"):
+                out.append(_mirror_resource("data" if name == "data" else None, labels[0], labels[1], body))
+            elif name == "locals":
+                out.append("locals {\n" + _rewrite(body) + "\n}\n")
+            elif name == "output":
+                fields = [
+                    f"{a} = {_rewrite(e, address=a == 'depends_on')}"
+                    for k, a, _, e in hcl_items(body)
+                    if k == "attr"
+                ]
+                out.append(f'output "{labels[0]}" {{\n' + "\n".join(fields) + "\n}\n")
+            else:
+                raise AssertionError(f"{f}: no mirror for a top-level {name} block")
+    inputs = ", ".join(f"{v} = var.{v}" for v in declared_variables(module_dir))
+    out.append(f'output "inputs" {{ value = {{ {inputs} }} }}\n')
+    return "\n".join(out)
+
+
+def resource_types(directory: Path = TF) -> set[str]:
+    found = set()
+    for f in tf_files(directory):
+        for kind in ("resource", "data"):
+            for labels, _ in blocks(f.read_text(), kind):
+                found.add(labels[0] if kind == "resource" else f"data.{labels[0]}")
+    return found - {"terraform_data"}
+
+
+def test_every_provider_resource_type_lists_its_computed_attributes() -> None:
+    assert resource_types() <= set(COMPUTED), sorted(resource_types() - set(COMPUTED))
+
+
+def test_hcl_items_reads_attributes_blocks_and_nesting() -> None:
+    body = (
+        'a = "x${lookup(m, "k", "}")}y"\nb = {\n  c = [1,\n 2]\n}\nd = <<-EOT\n  }\n  EOT\n'
+        'blk "l1" {\n  e = 1\n}\ndynamic "env" {\n  for_each = var.x\n  content {\n    n = env.key\n  }\n}\n'
+    )
+    items = hcl_items(body)
+    assert [(k, n, labels) for k, n, labels, _ in items] == [
+        ("attr", "a", []),
+        ("attr", "b", []),
+        ("attr", "d", []),
+        ("block", "blk", ["l1"]),
+        ("block", "dynamic", ["env"]),
+    ]
+    assert items[0][3] == '"x${lookup(m, "k", "}")}y"'
+
+
+def _mirror_plan(tmp_path: Path, main_tf: str) -> subprocess.CompletedProcess[str]:
+    module = tmp_path / "module"
+    module.mkdir()
+    (module / "main.tf").write_text(main_tf)
+    (module / "variables.tf").write_text('variable "names" {\n  type = set(string)\n}\n')
+    root = tmp_path / "root"
+    (root / "m").mkdir(parents=True)
+    (root / "m" / "main.tf").write_text(mirror_module(module))
+    shutil.copy(module / "variables.tf", root / "m" / "variables.tf")
+    (root / "main.tf").write_text('module "m" {\n  source = "./m"\n  names  = ["a", "b"]\n}\n')
+    result = _terraform(root, "init", "-backend=false")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return _terraform(root, "plan")
+
+
+TOPICS_TF = """
+resource "google_pubsub_topic" "t" {
+  for_each = var.names
+  project  = "p"
+  name     = each.key
+}
+
+resource "google_pubsub_topic_iam_member" "publisher" {
+  for_each = { for t in google_pubsub_topic.t : t.%s => t.id }
+  topic    = each.value
+  role     = "roles/pubsub.publisher"
+  member   = "serviceAccount:x@p.iam.gserviceaccount.com"
+}
+"""
+
+
+@needs_terraform
+def test_mirror_rejects_for_each_keyed_by_a_computed_attribute(tmp_path: Path) -> None:
+    """The class of bug that broke the first plan: keys that are only known after apply."""
+    result = _mirror_plan(tmp_path, TOPICS_TF % "id")
+    assert result.returncode != 0
+    assert "Invalid for_each argument" in result.stdout + result.stderr
+
+
+@needs_terraform
+def test_mirror_accepts_for_each_keyed_by_a_configured_attribute(tmp_path: Path) -> None:
+    result = _mirror_plan(tmp_path, TOPICS_TF % "name")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+STUBBED_MODULES = [d for d in MODULE_DIRS if d.name != "topology"]
+TFVARS = sorted((TF / "envs").glob("*.tfvars"))
+DEV_TFVARS = TF / "envs" / "dev.tfvars"
+
+
+def prepare_root(base: Path, topology: dict[str, Any] | None = None) -> Path:
+    """The root module with every provider-backed module mirrored, in `base`; returns its dir."""
+    skip_without_terraform()
     (base / "infra").mkdir()
     for name in set(re.findall(r"/\.\./infra/([\w.-]+)", (TF / "main.tf").read_text())):
         shutil.copy(ROOT / "infra" / name, base / "infra" / name)  # topology.yaml and the rules files
@@ -886,22 +1239,38 @@ def plan_root(base: Path, topology: dict[str, Any] | None = None, *extra_vars: s
         (base / "infra" / "topology.yaml").write_text(yaml.safe_dump(topology))
     root = base / "terraform"
     shutil.copytree(TOPOLOGY_MODULE, root / "modules" / "topology")
-    echo = []
-    for name, outputs in STUB_OUTPUTS.items():
-        stub = root / "modules" / name
+    for module_dir in STUBBED_MODULES:
+        stub = root / "modules" / module_dir.name
         stub.mkdir(parents=True)
-        shutil.copy(TF / "modules" / name / "variables.tf", stub / "variables.tf")
-        inputs = ", ".join(f"{v} = var.{v}" for v in declared_variables(TF / "modules" / name))
-        (stub / "outputs.tf").write_text(outputs + f'output "inputs" {{ value = {{ {inputs} }} }}\n')
+        shutil.copy(module_dir / "variables.tf", stub / "variables.tf")
+        (stub / "main.tf").write_text(mirror_module(module_dir))
     for f in ("main.tf", "variables.tf", "outputs.tf"):  # not versions.tf: no provider, no backend
         shutil.copy(TF / f, root / f)
+    echo = []
     for module in module_calls():
         if module != "topology":
-            echo.append(f'output "inputs_{module}" {{ value = module.{module}.inputs }}')
+            value = (
+                f"one(module.{module}[*].inputs)"
+                if "count" in module_calls()[module][1]
+                else f"module.{module}.inputs"
+            )
+            echo.append(f'output "inputs_{module}" {{ value = {value} }}')
     (root / "inputs.tf").write_text("\n".join(echo) + "\n")
     result = _terraform(root, "init", "-backend=false")
     assert result.returncode == 0, result.stdout + result.stderr
-    result = _terraform(root, "apply", "-auto-approve", f"-var-file={TFVARS_EXAMPLE}", *extra_vars)
+    return root
+
+
+def plan_root(
+    base: Path, topology: dict[str, Any] | None = None, *extra_vars: str, var_file: Path = DEV_TFVARS
+) -> dict[str, Any]:
+    """Plan, then apply, the root module (resource modules mirrored) in `base`; return its outputs.
+    The plan sees every computed attribute as unknown, as on a real first apply."""
+    root = prepare_root(base, topology)
+    args = [f"-var-file={var_file}", *extra_vars]
+    result = _terraform(root, "plan", "-out=tfplan", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = _terraform(root, "apply", "tfplan")
     assert result.returncode == 0, result.stdout + result.stderr
     out = _terraform(root, "output", "-json")
     assert out.returncode == 0, out.stderr
@@ -913,12 +1282,18 @@ def root_plan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return plan_root(tmp_path_factory.mktemp("tf-root"))
 
 
+def serve_all(topology: dict[str, Any]) -> str:
+    """-var making every pipeline servable without a model (the worker pool tests are about routing)."""
+    entries = ", ".join(f"{name} = {{ needs_model = false }}" for name in topology["pipelines"])
+    return f"-var=pipeline_config={{ {entries} }}"
+
+
 def test_root_puts_pull_pipelines_on_the_worker_pool(tmp_path: Path) -> None:
     topology = load_topology()
     pull = next(iter(topology["pipelines"]))
     topology["pipelines"][pull] = {**(topology["pipelines"][pull] or {}), "mode": "pull"}
     topology["pipelines"]["other"] = {}
-    plan = plan_root(tmp_path, topology, "-var=worker_pool_config={enabled = true}")
+    plan = plan_root(tmp_path, topology, "-var=worker_pool_config={enabled = true}", serve_all(topology))
     subscription = PIPELINE_SUBSCRIPTION.format(pull)
     assert plan["inputs_pubsub"]["subscriptions"][subscription]["push"] is None
     assert subscription not in plan["push_endpoints"]
@@ -940,7 +1315,7 @@ def test_root_puts_a_pull_pipelines_parts_on_the_worker_pool(tmp_path: Path) -> 
     topology = load_topology()
     video = multipart_pipeline(topology)
     topology["pipelines"][video] = {**topology["pipelines"][video], "mode": "pull"}
-    plan = plan_root(tmp_path, topology, "-var=worker_pool_config={enabled = true}")
+    plan = plan_root(tmp_path, topology, "-var=worker_pool_config={enabled = true}", serve_all(topology))
     pubsub, gpu = plan["inputs_pubsub"], plan["inputs_gpu_service"]
     member = f"serviceAccount:{plan['service_accounts']['gpu_service']}"
     part_routes = [r for r in routes(topology).values() if r["pipeline"] == video and r["part"]]
@@ -1001,7 +1376,7 @@ def test_root_wires_push_subscriptions_to_the_gpu_service(root_plan: dict[str, A
         else:
             assert gpu_publish is None
     assert set(pubsub["subscriptions"]) == {r["subscription"] for r in all_routes.values()}
-    assert pubsub["pubsub_service_agent"].startswith("service-")
+    assert pubsub["pubsub_service_agent"].startswith("serviceAccount:service-")
     gpu = root_plan["inputs_gpu_service"]
     assert gpu["invokers"] == {"push-invoker": f"serviceAccount:{push_sa}"}
 
@@ -1023,16 +1398,22 @@ def test_root_configures_the_gpu_service(root_plan: dict[str, Any]) -> None:
     assert env["DEAD_LETTER_TOPIC"] == topology["pipeline_defaults"]["dead_letter"]["topic"]
     for key in topology["buckets"]:
         assert env[f"{key.upper().replace('-', '_')}_BUCKET"] == f"{project}-{key}"
-    # No worker pool in the example: the service consumes every pipeline (pull ones by streaming pull).
-    assert env["ENABLED_PIPELINES"] == ",".join(sorted(pipelines))
+    # No worker pool in dev.tfvars: the service consumes every pipeline that has its model (edit
+    # has none there), pull ones by streaming pull; the functions accept jobs for those only.
+    assert env["ENABLED_PIPELINES"] == "inpaint,transcribe,video"
     parts = {r["part"] for r in routes(topology).values() if r["part"]}
     part_routes = {name for name, r in routes(topology).items() if r["part"]}
     assert parts and not (parts | part_routes) & set(env["ENABLED_PIPELINES"].split(","))
     functions_env = root_plan["inputs_functions"]["config"]["env"]
-    assert functions_env["ENABLED_PIPELINES"] == ",".join(sorted(pipelines))
+    assert functions_env["ENABLED_PIPELINES"] == env["ENABLED_PIPELINES"]
     assert env["MAX_CONCURRENT_JOBS"] == str(config["concurrency"])
-    assert env["PIPELINES__TRANSCRIBE__MODEL_DIR"] == "/models/whisper"  # from the tfvars example
+    assert env["PIPELINES__TRANSCRIBE__MODEL_DIR"] == "/models/whisper"  # from dev.tfvars
+    assert env["PIPELINES__VIDEO__TRANSCRIBE__MODEL_DIR"] == "/models/whisper"
+    assert env["PIPELINES__INPAINT__BACKEND"] == "opencv"
+    assert not any(k.startswith("PIPELINES__EDIT__") for k in env)
     assert root_plan["inputs_gpu_service"]["worker_pool"]["enabled"] is False
+    # gpu_quota = 2 in dev.tfvars: one GPU serves, one is left for the next revision's rollout.
+    assert config["max_instances"] == 1
 
 
 def test_infra_settings_parse_the_environment_terraform_sets(
@@ -1058,6 +1439,11 @@ def test_infra_settings_parse_the_environment_terraform_sets(
         if module == "gpu_service":
             assert settings.max_concurrent_jobs == root_plan["inputs_gpu_service"]["config"]["concurrency"]
             assert settings.pipelines["transcribe"]["model_dir"] == "/models/whisper"
+        # Every setting pipeline_config sets is one the pipeline's config model accepts.
+        for name in settings.enabled_pipelines:
+            spec = settings.spec(name)
+            assert spec is not None, name
+            settings.pipeline_config(spec)
 
 
 def test_root_configures_functions_and_storage(root_plan: dict[str, Any]) -> None:
@@ -1092,6 +1478,125 @@ def test_root_configures_functions_and_storage(root_plan: dict[str, Any]) -> Non
     )
 
 
+@pytest.mark.parametrize("var_file", TFVARS, ids=lambda p: p.name)
+def test_every_committed_environment_plans(tmp_path: Path, var_file: Path) -> None:
+    outputs = plan_root(tmp_path, None, var_file=var_file)
+    assert outputs["inputs_gpu_service"]["config"]["env"]["ENABLED_PIPELINES"]
+
+
+def test_committed_environments_exist_and_are_not_ignored() -> None:
+    assert {p.name for p in TFVARS} >= {"dev.tfvars", "prod.tfvars"}
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *map(str, TFVARS)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert ignored.stdout == "", f"git ignores {ignored.stdout.split()}: Cloud Build would never see them"
+
+
+def test_only_pipelines_with_a_model_are_enabled(tmp_path: Path) -> None:
+    plan = plan_root(
+        tmp_path,
+        None,
+        '-var=pipeline_config={ transcribe = { models = { MODEL_DIR = "/m/whisper" } }, '
+        "inpaint = { needs_model = false }, video = { enabled = false, models = { TRANSCRIBE__MODEL_DIR = "
+        '"/m/whisper" } }, edit = { settings = { DEVICE = "cuda" } } }',
+    )
+    gpu_env = plan["inputs_gpu_service"]["config"]["env"]
+    assert gpu_env["ENABLED_PIPELINES"] == "inpaint,transcribe"
+    assert plan["inputs_functions"]["config"]["env"]["ENABLED_PIPELINES"] == "inpaint,transcribe"
+    assert gpu_env["PIPELINES__TRANSCRIBE__MODEL_DIR"] == "/m/whisper"
+    # A pipeline that does not serve gets none of its settings.
+    assert not any(k.startswith(("PIPELINES__VIDEO__", "PIPELINES__EDIT__")) for k in gpu_env)
+    # Nothing here uses Cloud Vision, so its API stays off.
+    assert "vision.googleapis.com" not in plan["inputs_project"]["services"]
+
+
+def _plan_error(tmp_path: Path, *extra_vars: str, topology: dict[str, Any] | None = None) -> str:
+    root = prepare_root(tmp_path, topology)
+    result = _terraform(root, "plan", f"-var-file={DEV_TFVARS}", *extra_vars)
+    assert result.returncode != 0, "the plan should have failed"
+    return " ".join((result.stdout + result.stderr).split())
+
+
+def test_plan_fails_when_no_pipeline_has_a_model(tmp_path: Path) -> None:
+    assert "No pipeline can serve" in _plan_error(tmp_path, "-var=pipeline_config={}")
+
+
+def test_plan_fails_for_an_unknown_pipeline_in_pipeline_config(tmp_path: Path) -> None:
+    error = _plan_error(tmp_path, "-var=pipeline_config={ transcrib = { needs_model = false } }")
+    assert "pipeline_config keys must be pipelines declared in infra/topology.yaml" in error
+
+
+def test_plan_fails_when_nothing_pulls_a_pull_pipeline(tmp_path: Path) -> None:
+    topology = load_topology()
+    topology["pipelines"]["transcribe"] = {**(topology["pipelines"]["transcribe"] or {}), "mode": "pull"}
+    assert "nothing pulls them" in _plan_error(tmp_path, topology=topology)
+
+
+def test_plan_fails_when_instances_exceed_the_gpu_quota(tmp_path: Path) -> None:
+    error = _plan_error(tmp_path, "-var=gpu_quota=1", "-var=gpu_service_config={ max_instances = 2 }")
+    assert "exceed gpu_quota" in error
+
+
+def test_max_instances_leaves_a_gpu_for_the_redeploy(tmp_path: Path) -> None:
+    plan = plan_root(tmp_path, None, "-var=gpu_quota=4")
+    assert plan["inputs_gpu_service"]["config"]["max_instances"] == 3
+
+
+def test_large_models_can_come_from_a_mounted_bucket(tmp_path: Path) -> None:
+    plan = plan_root(tmp_path, None, '-var=gpu_service_config={ models_bucket = "my-models" }')
+    assert plan["inputs_gpu_service"]["config"]["models_bucket"] == "my-models"
+    text = strip_comments((TF / "modules" / "gpu-service" / "main.tf").read_text())
+    assert re.search(r"gcs\s*\{\s*bucket\s*=\s*volumes\.value\s*read_only\s*=\s*true", text)
+    assert '"EXECUTION_ENVIRONMENT_GEN2"' in text and '"roles/storage.objectViewer"' in text
+
+
+def test_service_agents_are_created_before_they_are_granted_roles(root_plan: dict[str, Any]) -> None:
+    project = root_plan["inputs_project"]
+    assert set(project["service_identities"]) == {"eventarc.googleapis.com", "pubsub.googleapis.com"}
+    assert set(project["service_identities"]) <= set(project["services"])
+    # Grants name the agents through module.project (google_project_service_identity and the
+    # Storage agent data source), never through a formatted e-mail.
+    text = strip_comments((TF / "main.tf").read_text())
+    assert "gcp-sa-" not in text and "gs-project-accounts" not in text
+    assert "module.project.service_agents.storage" in text
+    assert root_plan["inputs_storage"]["storage_service_agent"].startswith("serviceAccount:service-")
+    creators = root_plan["inputs_service_accounts"]["token_creators"]
+    assert {c["member"] for c in creators.values()} == {root_plan["inputs_pubsub"]["pubsub_service_agent"]}
+    outputs = strip_comments((TF / "modules" / "project" / "outputs.tf").read_text())
+    assert "google_project_service_identity.default" in outputs.split('output "project_id"')[1]
+
+
+def test_apis_follow_the_configuration(root_plan: dict[str, Any]) -> None:
+    services = root_plan["inputs_project"]["services"]
+    assert "vision.googleapis.com" in services  # dev.tfvars: video OCR with Cloud Vision
+    assert "artifactregistry.googleapis.com" in services
+    assert "cloudscheduler.googleapis.com" in services  # topology.yaml has schedules
+
+
+def test_buckets_expire_uploads_and_results(root_plan: dict[str, Any]) -> None:
+    assert root_plan["inputs_storage"]["config"]["ttl_days"] == {"uploads": 2, "results": 7}
+    text = strip_comments((TF / "modules" / "storage" / "main.tf").read_text())
+    assert 'dynamic "lifecycle_rule"' in text and 'type = "Delete"' in text
+
+
+def test_artifact_registry_has_a_cleanup_policy(root_plan: dict[str, Any]) -> None:
+    registry = root_plan["inputs_artifact_registry"]
+    assert registry["config"]["name"] == "gpu-jobs"
+    assert registry["config"]["keep_count"] >= 2
+    text = strip_comments((TF / "modules" / "artifact-registry" / "main.tf").read_text())
+    assert 'action = "KEEP"' in text and 'action = "DELETE"' in text
+    assert "cleanup_policy_dry_run = false" in text
+    # Cloud Build pushes to the repository Terraform manages.
+    subs = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())["substitutions"]
+    assert subs["_REPO"] == registry["config"]["name"]
+
+
+def test_plan_fails_on_a_topology_error_python_also_rejects(tmp_path: Path) -> None:
+    topology = load_topology()
+    topology["pipeline_defaults"]["message_retention_seconds"] = 604801
+    assert "604800 (7 days)" in _plan_error(tmp_path, topology=topology)
+
+
 # --------------------------------------------------------------------------------------------
 # Images and Cloud Build
 # --------------------------------------------------------------------------------------------
@@ -1112,10 +1617,14 @@ def test_gpu_dockerfile_installs_cuda_torch_first_and_runs_as_non_root() -> None
         for i, line in enumerate(lines)
         if "pip install" in line and "torch==" in line and "--index-url" in line
     )
-    service = next(i for i, line in enumerate(lines) if 'pip install ".[service]"' in line)
+    service = next(
+        i
+        for i, line in enumerate(lines)
+        if re.search(r'pip install (-c constraints.txt )?".\[service\]"', line)
+    )
     assert torch < service
     assert any("ffmpeg" in line and "tesseract-ocr" in line for line in lines)
-    assert any(re.match(r"COPY \S*MODELS_DIR\S* /models/?$", line) for line in lines)
+    assert any(re.match(r"COPY (--link )?\S*MODELS_DIR\S* /models/?$", line) for line in lines)
     users = [line for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in ("USER root", "USER 0")
     assert lines[-1] == 'CMD ["python", "-m", "gpu_service"]'
@@ -1179,11 +1688,12 @@ def test_cloudbuild_deploys_the_pushed_tags(cloudbuild: dict[str, Any]) -> None:
         assert subs[image].startswith("${_REGION}-docker.pkg.dev/${PROJECT_ID}/${_REPO}/")
         assert subs[image].endswith(":${SHORT_SHA}")
     steps = _steps(cloudbuild)
-    pushes = [sid for sid, s in steps.items() if s.get("args", [None])[0] == "push"]
+    pushes = [sid for sid, s in steps.items() if "docker push" in _args(s)]
     assert len(pushes) == 2
     deploy = steps["deploy"]
     assert set(pushes) <= set(deploy["waitFor"])
     script = _args(deploy)
+    assert "bucket=${_TF_STATE_BUCKET}" in steps["registry"]["args"][-1]
     assert "bucket=${_TF_STATE_BUCKET}" in script
     assert (
         "functions_image=${_FUNCTIONS_IMAGE}" in script
@@ -1196,3 +1706,79 @@ def test_cloudbuild_deploys_the_pushed_tags(cloudbuild: dict[str, Any]) -> None:
         unknown = set(re.findall(r"(?<!\$)\$\{?([A-Za-z_][A-Za-z0-9_]*)", script)) - known
         assert not unknown, f"{step['id']}: escape shell variables {sorted(unknown)} as $$NAME"
         assert not re.search(r"(?<!\$)\$\(", script), f"{step['id']}: escape $( as $$("
+
+
+def test_cloudbuild_fails_without_the_vars_file_and_applies_the_saved_plan(
+    cloudbuild: dict[str, Any],
+) -> None:
+    steps = _steps(cloudbuild)
+    vars_file = cloudbuild["substitutions"]["_TF_VARS_FILE"]
+    assert (TF / vars_file).is_file(), f"terraform/{vars_file} must be committed"
+    for step_id in ("registry", "deploy"):
+        script = _args(steps[step_id])
+        assert 'test -f "${_TF_VARS_FILE}" ||' in script, step_id
+        assert '-var-file="${_TF_VARS_FILE}"' in script, step_id
+    deploy = _args(steps["deploy"])
+    assert "terraform plan -input=false -out=tfplan" in deploy
+    assert "terraform apply -input=false tfplan" in deploy
+    assert "-auto-approve" not in deploy
+    assert deploy.index("plan -input=false") < deploy.index("apply -input=false tfplan")
+
+
+def test_cloudbuild_runs_the_terraform_tests(cloudbuild: dict[str, Any]) -> None:
+    steps = _steps(cloudbuild)
+    test = steps["test"]
+    assert "terraform-bin" in test["waitFor"]
+    assert "GPU_JOBS_REQUIRE_TOOLS=1" in test["env"]
+    assert 'export PATH="/workspace/.ci-bin:$$PATH"' in _args(test)
+    assert steps["terraform-bin"]["name"] == steps["deploy"]["name"], "tests and deploy: one Terraform"
+    assert ".ci-bin/terraform" in _args(steps["terraform-bin"])
+
+
+def test_cloudbuild_locks_the_providers(cloudbuild: dict[str, Any]) -> None:
+    steps = _steps(cloudbuild)
+    validate = _args(steps["terraform-validate"])
+    assert "terraform providers lock" in validate and "-platform=linux_amd64" in validate
+    for step in cloudbuild["steps"]:
+        for init in re.findall(r"terraform init[^\n]*", _args(step)):
+            assert "-lockfile=readonly" in init, f"{step['id']}: {init}"
+
+
+def test_cloudbuild_creates_the_registry_before_pushing_and_reuses_layers(cloudbuild: dict[str, Any]) -> None:
+    steps = _steps(cloudbuild)
+    assert "-target=module.artifact_registry" in _args(steps["registry"])
+    for step_id in ("push-functions", "push-gpu-service"):
+        assert "registry" in steps[step_id]["waitFor"]
+    for step_id, cache in (
+        ("build-functions", "_FUNCTIONS_CACHE"),
+        ("build-gpu-service", "_GPU_SERVICE_CACHE"),
+    ):
+        args = steps[step_id]["args"]
+        assert args[args.index("--cache-from") + 1] == "${" + cache + "}"
+        assert "BUILDKIT_INLINE_CACHE=1" in args
+
+
+def test_gcloudignore_uploads_what_the_build_needs() -> None:
+    """Without .gcloudignore, gcloud applies .gitignore, and terraform/envs/*.tfvars never reached
+    Cloud Build: the defaults were applied instead of the documented settings."""
+    ignore = ROOT / ".gcloudignore"
+    assert ignore.is_file()
+    excluded = subprocess.run(
+        ["git", "ls-files", "--cached", "--ignored", f"--exclude-from={ignore}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    needed = [
+        "cloudbuild.yaml",
+        "constraints.txt",
+        "pyproject.toml",
+        "functions/Dockerfile",
+        "gpu_service/Dockerfile",
+        "infra/topology.yaml",
+        *(str(p.relative_to(ROOT)) for p in TFVARS),
+    ]
+    assert not set(needed) & set(excluded), sorted(set(needed) & set(excluded))
+    patterns = ignore.read_text().split()
+    assert "/models/" in patterns and ".venv/" in patterns and ".git/" in patterns

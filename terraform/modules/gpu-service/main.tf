@@ -21,9 +21,22 @@ resource "google_cloud_run_v2_service" "default" {
     # Pub/Sub push waits at most ack_deadline_seconds (<= 600) for the reply, then redelivers.
     timeout                       = "${var.config.timeout_seconds}s"
     gpu_zonal_redundancy_disabled = var.config.gpu_zonal_redundancy_disabled
+    # Cloud Storage volumes need the second-generation execution environment.
+    execution_environment = var.config.models_bucket == null ? null : "EXECUTION_ENVIRONMENT_GEN2"
 
     node_selector {
       accelerator = var.config.accelerator
+    }
+
+    dynamic "volumes" {
+      for_each = var.config.models_bucket == null ? [] : [var.config.models_bucket]
+      content {
+        name = "models"
+        gcs {
+          bucket    = volumes.value
+          read_only = true
+        }
+      }
     }
 
     scaling {
@@ -36,6 +49,14 @@ resource "google_cloud_run_v2_service" "default" {
 
       ports {
         container_port = var.config.port
+      }
+
+      dynamic "volume_mounts" {
+        for_each = var.config.models_bucket == null ? [] : [var.config.models_mount_path]
+        content {
+          name       = "models"
+          mount_path = volume_mounts.value
+        }
       }
 
       dynamic "env" {
@@ -121,4 +142,12 @@ resource "google_cloud_run_v2_worker_pool" "default" {
       }
     }
   }
+}
+
+# The service reads the mounted models bucket (when models are not baked into the image).
+resource "google_storage_bucket_iam_member" "models" {
+  count  = var.config.models_bucket == null ? 0 : 1
+  bucket = var.config.models_bucket
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${var.service_account}"
 }

@@ -11,8 +11,12 @@ variable "config" {
     max_instances                 = optional(number, 1)
     memory                        = optional(string, "32Gi")
     min_instances                 = optional(number, 0)
-    name                          = optional(string, "gpu-service")
-    port                          = optional(number, 8080)
+    # Models too large to bake into the image: a Cloud Storage bucket mounted read-only (Cloud
+    # Storage FUSE) at models_mount_path, in place of the image's own /models.
+    models_bucket     = optional(string)
+    models_mount_path = optional(string, "/models")
+    name              = optional(string, "gpu-service")
+    port              = optional(number, 8080)
     startup_probe = optional(object({
       failure_threshold     = optional(number, 30)
       initial_delay_seconds = optional(number, 0)

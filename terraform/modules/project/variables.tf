@@ -18,6 +18,17 @@ variable "project_id" {
   nullable    = false
 }
 
+variable "service_identities" {
+  description = "APIs whose service agent is created explicitly (google_project_service_identity), so that grants to it never race its creation. Each must also be in services."
+  type        = list(string)
+  nullable    = false
+  default     = []
+  validation {
+    condition     = alltrue([for s in var.service_identities : contains(var.services, s)])
+    error_message = "Every service_identities entry must also be listed in services (the API must be enabled first)."
+  }
+}
+
 variable "services" {
   description = "APIs to enable. They are never disabled on destroy (other workloads may use them)."
   type        = list(string)

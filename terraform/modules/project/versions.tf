@@ -5,5 +5,9 @@ terraform {
       source  = "hashicorp/google"
       version = ">= 6.28.0, < 8.0.0"
     }
+    google-beta = {
+      source  = "hashicorp/google-beta"
+      version = ">= 6.37.0, < 8.0.0" # google_project_service_identity is beta-only
+    }
   }
 }

@@ -12,7 +12,7 @@ variable "project_id" {
 }
 
 variable "pubsub_service_agent" {
-  description = "Email of the Pub/Sub service agent (service-NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com); it forwards dead letters."
+  description = "IAM member of the Pub/Sub service agent (serviceAccount:service-NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com); it forwards dead letters. May be unknown until apply."
   type        = string
   nullable    = false
 }
@@ -80,8 +80,8 @@ variable "subscriptions" {
     error_message = "retry_policy backoffs must satisfy 0 <= minimum <= maximum <= 600 seconds."
   }
   validation {
-    condition     = alltrue([for s in values(var.subscriptions) : s.message_retention_seconds >= 600 && s.message_retention_seconds <= 2678400])
-    error_message = "message_retention_seconds must be between 600 (10 minutes) and 2678400 (31 days)."
+    condition     = alltrue([for s in values(var.subscriptions) : s.message_retention_seconds >= 600 && s.message_retention_seconds <= 604800])
+    error_message = "A subscription's message_retention_seconds must be between 600 (10 minutes) and 604800 (7 days)."
   }
   validation {
     condition     = alltrue([for s in values(var.subscriptions) : s.push == null ? true : startswith(s.push.endpoint, "https://")])

@@ -1,4 +1,5 @@
 resource "google_storage_bucket" "default" {
+  #checkov:skip=CKV_GCP_62:Access is already recorded by Cloud Audit Logs (enable Data Access logs for storage.googleapis.com); usage logs would need a second bucket.
   for_each                    = var.buckets
   project                     = var.project_id
   name                        = each.value.name
@@ -11,6 +12,35 @@ resource "google_storage_bucket" "default" {
 
   versioning {
     enabled = var.config.versioning
+  }
+
+  # Uploads and results are working files, not an archive: each top-level folder with a TTL is
+  # deleted that many days after the object was written.
+  dynamic "lifecycle_rule" {
+    for_each = { for folder, days in var.config.ttl_days : folder => days if days != null && days > 0 }
+    content {
+      condition {
+        age            = lifecycle_rule.value
+        matches_prefix = ["${lifecycle_rule.key}/"]
+      }
+      action {
+        type = "Delete"
+      }
+    }
+  }
+
+  # With versioning, a deleted or overwritten object lingers as a noncurrent version: drop those too.
+  dynamic "lifecycle_rule" {
+    for_each = var.config.versioning ? [var.config.noncurrent_ttl_days] : []
+    content {
+      condition {
+        days_since_noncurrent_time = lifecycle_rule.value
+        with_state                 = "ARCHIVED"
+      }
+      action {
+        type = "Delete"
+      }
+    }
   }
 
   # Browsers upload with the Firebase Storage SDK (resumable uploads) and read results back.
@@ -33,16 +63,12 @@ resource "google_storage_bucket_iam_member" "default" {
 }
 
 # The Cloud Storage service agent publishes the notifications: it needs publisher on each topic.
-# Reading it through this data source also makes sure the agent exists.
-data "google_storage_project_service_account" "default" {
-  project = var.project_id
-}
-
+# Keyed by topic name: topic ids are only known once the topics exist.
 resource "google_pubsub_topic_iam_member" "notification_publisher" {
-  for_each = { for topic_id in distinct([for n in values(var.notifications) : n.topic_id]) : topic_id => topic_id }
-  topic    = each.value
+  for_each = { for n in values(var.notifications) : n.topic => n.topic_id... }
+  topic    = each.value[0]
   role     = "roles/pubsub.publisher"
-  member   = data.google_storage_project_service_account.default.member
+  member   = var.storage_service_agent
 }
 
 resource "google_storage_notification" "default" {
@@ -52,7 +78,6 @@ resource "google_storage_notification" "default" {
   topic              = each.value.topic_id
   event_types        = each.value.event_types
   object_name_prefix = each.value.object_prefix
-  custom_attributes  = each.value.custom_attributes
   depends_on         = [google_pubsub_topic_iam_member.notification_publisher]
 }
 

@@ -13,16 +13,22 @@ variable "buckets" {
 variable "config" {
   description = "Settings shared by every bucket."
   type = object({
-    cors_origins  = optional(list(string), [])
-    force_destroy = optional(bool, false)
-    location      = string
-    storage_class = optional(string, "STANDARD")
-    versioning    = optional(bool, false)
+    cors_origins        = optional(list(string), [])
+    force_destroy       = optional(bool, false)
+    location            = string
+    noncurrent_ttl_days = optional(number, 7)
+    storage_class       = optional(string, "STANDARD")
+    ttl_days            = optional(map(number), {})
+    versioning          = optional(bool, false)
   })
   nullable = false
   validation {
     condition     = alltrue([for o in var.config.cors_origins : o == "*" || can(regex("^https?://", o))])
     error_message = "cors_origins are web origins such as \"https://my-app.web.app\" (or \"*\")."
+  }
+  validation {
+    condition     = alltrue([for folder, days in var.config.ttl_days : can(regex("^[a-z0-9][a-z0-9_.-]*$", folder)) && (days == null || days >= 0)])
+    error_message = "ttl_days maps a top-level folder name (no slash), e.g. uploads, to a number of days >= 0 (0 or null keeps objects forever)."
   }
 }
 
@@ -62,12 +68,12 @@ variable "labels" {
 }
 
 variable "notifications" {
-  description = "Pub/Sub notifications by bucket key (JSON_API_V1 payload). topic_id is the full topic id."
+  description = "Pub/Sub notifications by bucket key (JSON_API_V1 payload). topic is the topic name (known at plan time), topic_id its full id (may be unknown until apply)."
   type = map(object({
-    custom_attributes = optional(map(string), {})
-    event_types       = list(string)
-    object_prefix     = optional(string)
-    topic_id          = string
+    event_types   = list(string)
+    object_prefix = optional(string)
+    topic         = string
+    topic_id      = string
   }))
   nullable = false
   default  = {}
@@ -79,6 +85,12 @@ variable "notifications" {
 
 variable "project_id" {
   description = "Project that owns the buckets."
+  type        = string
+  nullable    = false
+}
+
+variable "storage_service_agent" {
+  description = "IAM member of the Cloud Storage service agent, which publishes the notifications (may be unknown until apply)."
   type        = string
   nullable    = false
 }

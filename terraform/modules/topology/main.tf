@@ -102,11 +102,10 @@ locals {
 
   notifications = {
     for bucket, b in local.t.buckets : bucket => {
-      bucket            = bucket
-      custom_attributes = b.notification.custom_attributes
-      event_types       = b.notification.event_types
-      object_prefix     = b.notification.object_prefix
-      topic             = b.notification.topic
+      bucket        = bucket
+      event_types   = b.notification.event_types
+      object_prefix = b.notification.object_prefix
+      topic         = b.notification.topic
     } if b.notification != null
   }
 }

@@ -47,3 +47,28 @@ output "topics" {
   description = "Every topic to create: the declared ones plus one per pipeline and one per pipeline part."
   value       = local.topics
 }
+
+output "pubsub_inventory" {
+  description = <<-EOT
+    Every topic and subscription this topology creates, with the settings the local stack must
+    reproduce on the emulators, as plain data keyed by resource name:
+    topics.NAME = {name, message_retention_seconds (null = Pub/Sub default)};
+    subscriptions.NAME = {name, topic, push_path (null for a pull subscription),
+    ack_deadline_seconds, retry_policy {minimum_backoff_seconds, maximum_backoff_seconds},
+    dead_letter {topic, max_delivery_attempts}, message_retention_seconds}.
+  EOT
+  value = {
+    topics = { for name, t in local.topics : name => { name = name, message_retention_seconds = t.message_retention_seconds } }
+    subscriptions = {
+      for name, s in local.subscriptions : name => {
+        name                      = name
+        topic                     = s.topic
+        push_path                 = s.mode == "push" ? s.push_path : null
+        ack_deadline_seconds      = s.ack_deadline_seconds
+        retry_policy              = s.retry_policy
+        dead_letter               = s.dead_letter
+        message_retention_seconds = s.message_retention_seconds
+      }
+    }
+  }
+}

@@ -27,11 +27,11 @@ variable "topology" {
   description = "The decoded infra/topology.yaml. Keys are the real resource names; see that file for their meaning."
   type = object({
     buckets = optional(map(object({
+      # Only the fields infra/topology.py accepts (it rejects any other, custom_attributes included).
       notification = optional(object({
-        custom_attributes = optional(map(string), {})
-        event_types       = optional(list(string), ["OBJECT_FINALIZE"])
-        object_prefix     = optional(string)
-        topic             = string
+        event_types   = list(string)
+        object_prefix = optional(string)
+        topic         = string
       }))
     })), {})
     firestore = object({
@@ -235,9 +235,33 @@ variable "topology" {
   }
   validation {
     condition = alltrue([
-      for p in concat([var.topology.pipeline_defaults], values(var.topology.pipelines), values(var.topology.topics)) :
-      p.message_retention_seconds == null ? true : (p.message_retention_seconds >= 600 && p.message_retention_seconds <= 2678400)
+      for p in concat([var.topology.pipeline_defaults], values(var.topology.pipelines)) :
+      p.message_retention_seconds == null ? true : (p.message_retention_seconds >= 600 && p.message_retention_seconds <= 604800)
     ])
-    error_message = "message_retention_seconds must be between 600 (10 minutes) and 2678400 (31 days)."
+    error_message = "A pipeline's message_retention_seconds (its subscriptions' retention) must be between 600 (10 minutes) and 604800 (7 days)."
+  }
+  validation {
+    condition = alltrue([
+      for t in values(var.topology.topics) :
+      t.message_retention_seconds == null ? true : (t.message_retention_seconds >= 600 && t.message_retention_seconds <= 2678400)
+    ])
+    error_message = "A topic's message_retention_seconds must be between 600 (10 minutes) and 2678400 (31 days)."
+  }
+
+  # --- required after the merge, as in infra/topology.py: every subscription has a retry policy
+  # --- (backoff instead of immediate redelivery) and a dead-letter topic (so nothing loops forever).
+  validation {
+    condition = alltrue([
+      for p in values(var.topology.pipelines) :
+      p.retry_policy != null || var.topology.pipeline_defaults.retry_policy != null
+    ])
+    error_message = "Every pipeline needs a retry_policy (in pipeline_defaults or its own)."
+  }
+  validation {
+    condition = alltrue([
+      for p in values(var.topology.pipelines) :
+      p.dead_letter != null || var.topology.pipeline_defaults.dead_letter != null
+    ])
+    error_message = "Every pipeline needs a dead_letter (in pipeline_defaults or its own)."
   }
 }

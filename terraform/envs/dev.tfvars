@@ -1,6 +1,9 @@
-# Copy to envs/dev.tfvars (not committed) and adjust. Topics, subscriptions, functions, triggers
-# and buckets are NOT configured here: they come from infra/topology.yaml.
-# Cloud Build passes project_id, region, functions_image and gpu_service_image itself.
+# The dev environment: committed, so that Cloud Build applies exactly these settings. Nothing
+# secret belongs here. Topics, subscriptions, functions, triggers and buckets are NOT configured
+# here: they come from infra/topology.yaml.
+#
+# Cloud Build overrides project_id, region, functions_image and gpu_service_image with -var;
+# the values below are for a manual `terraform plan -var-file=envs/dev.tfvars`.
 
 project_id = "my-gpu-jobs-dev"
 region     = "europe-west1" # needs Cloud Run L4 GPU quota (see README)
@@ -20,6 +23,8 @@ bucket_config = {
   cors_origins  = ["http://localhost:5173", "https://my-gpu-jobs-dev.web.app"]
   firebase_link = true # the project is a Firebase project
   force_destroy = true
+  # Days before objects are deleted, per top-level folder (0 = keep).
+  ttl_days = { uploads = 2, results = 7 }
   # names = { media = "my-existing-bucket" } # default: "<project_id>-<key>"
 }
 
@@ -33,13 +38,26 @@ functions_config = {
   max_instances = 5
 }
 
+# Only pipelines with a model (or needing none) are enabled; the others' jobs are rejected.
+# Model paths are inside the image (models/ of the build context is baked in as /models).
+pipeline_config = {
+  transcribe = { models = { MODEL_DIR = "/models/whisper" } }
+  inpaint    = { needs_model = false, settings = { BACKEND = "opencv" } }
+  video = {
+    models   = { TRANSCRIBE__MODEL_DIR = "/models/whisper" }
+    settings = { OCR_BACKEND = "vision" }
+  }
+  # edit = { models = { MODEL_DIR = "/models/qwen-image-edit" } }  # ~58 GB: use models_bucket
+}
+
+# L4 GPUs granted in the region; max_instances defaults to gpu_quota - 1 (room for a redeploy).
+gpu_quota = 2
+
 gpu_service_config = {
   min_instances = 0 # a warm L4 is billed around the clock
-  max_instances = 1 # bounded by the L4 quota
   concurrency   = 1 # one job per GPU
   env = {
-    PIPELINES__TRANSCRIBE__MODEL_DIR = "/models/whisper"
-    LOG_LEVEL                        = "INFO"
+    LOG_LEVEL = "INFO"
   }
 }
 
