@@ -269,6 +269,8 @@ class Catalog:
 
     specs: Mapping[str, PipelineSpec]
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: every installed pipeline, enabled or not (to tell "not enabled here" from "no such pipeline")
+    installed: frozenset[str] = frozenset()
 
     def get(self, name: str) -> PipelineSpec | None:
         return self.specs.get(name)

@@ -182,7 +182,9 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
         end(deps, job_id, JobStatus.REJECTED, ErrorInfo.from_exception(exc))
         return JobStatus.REJECTED
 
-    patch = Patch().server_time("queued_at").set("pipeline", checked.spec.name)
+    patch = Patch().server_time("queued_at").set("pipeline", checked.spec.name).set("attempt", 0)
+    for backend_field in ("lease", "last_error", "error", "outputs", "parts", "prepared", "progress"):
+        patch.delete(backend_field)  # the backend's to write: whatever a document came with is dropped
     if checked.files:
         patch.set("input_files", checked.files)
     if deps.jobs.transition(job_id, JobStatus.QUEUED, allowed_from=[JobStatus.PENDING], patch=patch) is None:
@@ -241,6 +243,12 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
     """
     settings = deps.settings
     spec = deps.catalog.get(job.pipeline)
+    if spec is None and job.pipeline in deps.catalog.installed:
+        raise InvalidInput(
+            f"pipeline {job.pipeline} is not enabled in this deployment (no model is configured for it); "
+            f"available: {', '.join(deps.catalog.names)}",
+            code="pipeline_unavailable",
+        )
     if spec is None:
         known = ", ".join(deps.catalog.names)
         raise InvalidInput(

@@ -64,6 +64,7 @@ def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
         body = {
             "status": models.health.value,
             "loaded": models.load_seconds(),
+            "pipelines": models.states(),
             "error": models.error,
             "capacity": capacity.stats(),
             "redriven": redriver.started_units,

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from core.errors import PermanentError
 from core.spec import Catalog, Pipeline, PipelineSpec, RunContext, RunResult
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class ModelPool:
         self._guard = threading.Lock()
         self.health = Health.STARTING
         self.error: str | None = None
+        #: pipelines whose model could not be loaded, and why: their jobs fail with a clear error
+        self.failed: dict[str, str] = {}
 
     def _ensure(self, spec: PipelineSpec) -> tuple[Loaded, bool]:
         with self._guard:
@@ -53,24 +56,48 @@ class ModelPool:
             return loaded, True
 
     def get(self, spec: PipelineSpec) -> tuple[Pipeline, float]:
-        """The loaded pipeline, and the load seconds this job paid (0 when it was warm)."""
+        """The loaded pipeline, and the load seconds this job paid (0 when it was warm).
+
+        Raises:
+            PermanentError: the pipeline's model could not be loaded on this service.
+        """
+        if spec.name in self.failed:
+            raise PermanentError(
+                f"pipeline {spec.name} cannot run here: its model could not be loaded ({self.failed[spec.name]})",
+                code="pipeline_unavailable",
+            )
         loaded, fresh = self._ensure(spec)
         return loaded.pipeline, loaded.load_seconds if fresh else 0.0
 
     def preload(self, names: list[str]) -> None:
-        """Load the named pipelines; the service is ready only when all are loaded."""
-        try:
-            for name in names:
-                spec = self._catalog.get(name)
-                if spec is None:
-                    raise RuntimeError(f"ENABLED_PIPELINES names {name!r}, which is not installed")
+        """Load the named pipelines. The service is ready when at least one can serve; one that
+        cannot is reported (``failed``, ``/healthz``) and its jobs fail with ``pipeline_unavailable``
+        rather than keeping every other pipeline from starting."""
+        for name in names:
+            spec = self._catalog.get(name)
+            if spec is None:
+                self.failed[name] = "not installed"
+                log.error("ENABLED_PIPELINES names %r, which is not installed", name)
+                continue
+            try:
                 self._ensure(spec)
-        except Exception as exc:
+            except Exception as exc:
+                self.failed[name] = f"{type(exc).__name__}: {exc}"[:300]
+                log.exception("pipeline %s could not be loaded; its jobs will fail", name)
+        if self._loaded or not names:
+            self.health = Health.READY
+        else:
             self.health = Health.FAILED
-            self.error = f"{type(exc).__name__}: {exc}"
-            log.exception("pipeline preload failed")
-            return
-        self.health = Health.READY
+        if self.failed:
+            self.error = "; ".join(f"{name}: {why}" for name, why in sorted(self.failed.items()))
+
+    def states(self) -> dict[str, str]:
+        """Each enabled pipeline: ``ready``, ``loading`` or why it failed."""
+        out = dict.fromkeys(self._loaded, "ready")
+        out.update({name: f"failed: {why}" for name, why in self.failed.items()})
+        for name in self._catalog.names:
+            out.setdefault(name, "loading" if self.health is Health.STARTING else "not loaded")
+        return out
 
     def infer(
         self, spec: PipelineSpec, pipeline: Pipeline, inputs: BaseModel, ctx: RunContext

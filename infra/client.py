@@ -16,7 +16,7 @@ from typing import Any
 
 from google.cloud import firestore, storage  # type: ignore[attr-defined]
 
-from core.contract import FINAL_STATES, JobDoc, JobStatus
+from core.contract import FINAL_STATES, JobDoc, JobStatus, read_job
 from infra.settings import Settings
 
 
@@ -84,14 +84,14 @@ class Client:
 
     def get(self, job_id: str) -> JobDoc | None:
         snap = self.jobs().document(job_id).get()
-        return JobDoc.model_validate(snap.to_dict()) if snap.exists else None
+        return read_job(snap.to_dict() or {}) if snap.exists else None
 
     def cancel(self, job_id: str) -> None:
         self.jobs().document(job_id).update({"cancelRequested": True})
 
     def list(self, uid: str, limit: int = 20) -> list[tuple[str, JobDoc]]:
         query = self.jobs().where(filter=firestore.FieldFilter("uid", "==", uid))
-        docs = [(s.id, JobDoc.model_validate(s.to_dict())) for s in query.stream()]
+        docs = [(s.id, read_job(s.to_dict() or {})) for s in query.stream()]
         docs.sort(key=lambda d: d[1].created_at.timestamp() if d[1].created_at else 0, reverse=True)
         return docs[:limit]
 
@@ -115,7 +115,7 @@ class Client:
             for snap in snaps:
                 if not snap.exists:
                     continue
-                job = JobDoc.model_validate(snap.to_dict())
+                job = read_job(snap.to_dict() or {})
                 latest.append(job)
                 if on_update:
                     on_update(job)

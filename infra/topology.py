@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.routes import check_name, route
 
 TOPOLOGY_FILE = Path(__file__).with_name("topology.yaml")
 
@@ -15,9 +17,14 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+EVENT_TYPES = ("OBJECT_FINALIZE", "OBJECT_DELETE", "OBJECT_ARCHIVE", "OBJECT_METADATA_UPDATE")
+
+
 class Notification(_Model):
     topic: str
-    event_types: list[str]
+    event_types: list[
+        Literal["OBJECT_FINALIZE", "OBJECT_DELETE", "OBJECT_ARCHIVE", "OBJECT_METADATA_UPDATE"]
+    ] = Field(min_length=1)
     object_prefix: str = ""
 
 
@@ -33,6 +40,12 @@ class FirestoreTrigger(_Model):
 class Trigger(_Model):
     pubsub_topic: str | None = None
     firestore: FirestoreTrigger | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Trigger:
+        if (self.pubsub_topic is None) == (self.firestore is None):
+            raise ValueError("a trigger has exactly one of pubsub_topic or firestore")
+        return self
 
 
 class Function(_Model):
@@ -64,6 +77,19 @@ class Subscription(_Model):
     message_retention_seconds: int = Field(86400, ge=600, le=604800)
     parts: list[str] = Field(default_factory=list)
 
+    @field_validator("parts")
+    @classmethod
+    def _part_names(cls, value: list[str]) -> list[str]:
+        for part in value:
+            check_name("part", part)
+        if len(set(value)) != len(value):
+            raise ValueError("part names must be unique")
+        return value
+
+
+class Topic(_Model):
+    message_retention_seconds: int | None = Field(None, ge=600, le=2678400)
+
 
 class Schedule(_Model):
     topic: str
@@ -74,10 +100,31 @@ class Topology(_Model):
     buckets: dict[str, Bucket]
     schedules: dict[str, Schedule] = Field(default_factory=dict)
     firestore: dict[str, str]
-    topics: dict[str, dict[str, Any]]
+    topics: dict[str, Topic]
     functions: dict[str, Function]
     pipeline_defaults: dict[str, Any]
     pipelines: dict[str, dict[str, Any]]
+
+    @model_validator(mode="after")
+    def _references(self) -> Topology:
+        """Every name the file refers to is declared, as Terraform's module.topology checks."""
+        for name in self.pipelines:
+            check_name("pipeline", name)
+        declared = set(self.topics) | {route(n, lane).topic for n, lane in self.routes()}
+        wanted = {f"bucket {k}": b.notification.topic for k, b in self.buckets.items() if b.notification}
+        wanted |= {
+            f"function {k}": f.trigger.pubsub_topic
+            for k, f in self.functions.items()
+            if f.trigger.pubsub_topic
+        }
+        wanted |= {f"schedule {k}": s.topic for k, s in self.schedules.items()}
+        wanted |= {
+            f"pipeline {n} dead letter": self.subscription(n).dead_letter.topic for n in self.pipelines
+        }
+        missing = {who: topic for who, topic in wanted.items() if topic not in declared}
+        if missing:
+            raise ValueError(f"topics used but not declared under topics: {missing}")
+        return self
 
     def subscription(self, pipeline: str) -> Subscription:
         """The GPU subscription settings of ``pipeline``: defaults merged with its overrides."""

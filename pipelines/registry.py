@@ -73,4 +73,4 @@ def catalog(
     """
     known = all_specs(tuple(plugins))
     specs = {name: known[name] for name in enabled if name in known}
-    return Catalog(specs=specs, settings=dict(settings or {}))
+    return Catalog(specs=specs, settings=dict(settings or {}), installed=frozenset(known))

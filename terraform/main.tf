@@ -3,6 +3,10 @@
 # bucket: they all come from module.topology.
 
 locals {
+  # A fixed audience for push OIDC tokens: the service's own URL cannot be in its own environment
+  # (a dependency cycle), so the service accepts this one as a custom audience.
+  push_audience = "${var.gpu_service_config.name}-push.${var.project_id}"
+
   topology = yamldecode(file("${path.module}/../infra/topology.yaml"))
 }
 
@@ -72,14 +76,14 @@ locals {
   sa_member = { for role, id in local.sa : role => module.service_accounts.members[id] }
 
   # infra/settings.py fields both deployables read (ENABLED_PIPELINES is comma-separated;
-  # nested keys such as PIPELINES__TRANSCRIBE__MODEL_DIR use __).
+  # nested keys such as PIPELINES__TRANSCRIBE__MODEL_DIR use __). Topic, subscription and push
+  # names are not settings: both sides build them by construction (core/routes.py, and
+  # module.topology, which the Terraform tests compare).
   common_env = merge(
     {
       GOOGLE_CLOUD_PROJECT = var.project_id
       JOBS_COLLECTION      = module.topology.firestore.jobs_collection
-      TOPIC_PREFIX         = module.topology.pipeline_topic_prefix
     },
-    length(module.topology.dead_letter_topics) == 1 ? { DEAD_LETTER_TOPIC = module.topology.dead_letter_topics[0] } : {},
     { for key, name in local.bucket_names : "${upper(replace(key, "-", "_"))}_BUCKET" => name },
   )
 
@@ -194,6 +198,13 @@ module "firestore" {
     location_id       = coalesce(var.firestore_config.location_id, var.region)
   }
   rules = var.firestore_config.rules ? file("${path.module}/../infra/firestore.rules") : null
+  indexes = {
+    # The GPU service's redriver: the oldest queued jobs (gpu_service/redrive.py).
+    queued-by-age = {
+      collection = module.topology.firestore.jobs_collection
+      fields     = [{ field_path = "status" }, { field_path = "queuedAt" }]
+    }
+  }
   iam_datastore_users = {
     functions   = local.sa_member.functions
     gpu-service = local.sa_member.gpu_service
@@ -215,7 +226,7 @@ module "pubsub" {
       topic                     = s.topic
       push = s.mode != "push" ? null : {
         endpoint              = "${module.gpu_service.uri}${s.push_path}"
-        audience              = module.gpu_service.uri
+        audience              = local.push_audience
         service_account_email = local.sa_email.push_invoker
       }
     }
@@ -262,6 +273,7 @@ module "gpu_service" {
     accelerator                   = var.gpu_service_config.accelerator
     concurrency                   = var.gpu_service_config.concurrency
     cpu                           = var.gpu_service_config.cpu
+    custom_audiences              = [local.push_audience]
     gpu_zonal_redundancy_disabled = var.gpu_service_config.gpu_zonal_redundancy_disabled
     image                         = var.gpu_service_image
     ingress                       = var.ingress
@@ -278,6 +290,10 @@ module "gpu_service" {
       {
         ENABLED_PIPELINES   = join(",", local.service_pipelines)
         MAX_CONCURRENT_JOBS = tostring(var.gpu_service_config.concurrency)
+        # The service verifies each push's OIDC token (gpu_service/auth.py): signed for this
+        # audience, by this account. Also read by the worker pool, which merges this env.
+        PUSH_AUDIENCE        = local.push_audience
+        PUSH_SERVICE_ACCOUNT = local.sa_email.push_invoker
       },
       var.gpu_service_config.env,
     )

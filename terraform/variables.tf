@@ -77,7 +77,7 @@ variable "functions_config" {
     Settings shared by the function services. source_file is the functions-framework --source
     (a path inside the image, relative to /app); null uses the framework's default (main.py).
     env is added to the derived settings (see README: GOOGLE_CLOUD_PROJECT, <KEY>_BUCKET,
-    JOBS_COLLECTION, TOPIC_PREFIX, DEAD_LETTER_TOPIC, ENABLED_PIPELINES) and overrides them.
+    JOBS_COLLECTION, ENABLED_PIPELINES) and overrides them.
   EOT
   type = object({
     concurrency     = optional(number, 80)

@@ -440,7 +440,8 @@ class LocalStack:
     def _gpu_ready(self) -> bool:
         resp = httpx.get(f"http://127.0.0.1:{self.ports['gpu']}/healthz", timeout=2)
         body = resp.json()
-        if body.get("status") == "failed":
+        if body.get("status") == "failed" or (resp.status_code == 200 and body.get("error")):
+            # Locally every enabled pipeline must load: fail now, not on the first job.
             raise StackError(f"the GPU service could not load its pipelines: {body.get('error')}")
         return resp.status_code == 200
 

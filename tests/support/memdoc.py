@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from core.contract import JobDoc
+from core.contract import JobDoc, read_job
 from core.lifecycle import Decision
 from core.patch import DELETE, SERVER_TIME, Patch
 
@@ -54,7 +54,7 @@ class MemDoc:
 
     @property
     def job(self) -> JobDoc | None:
-        return JobDoc.model_validate(self.data) if self.data is not None else None
+        return read_job(self.data) if self.data is not None else None
 
     def tick(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)

@@ -360,8 +360,9 @@ class StubWorker:
     """What create_app reads from a Worker; handle() records the messages that reached it."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.pool = ModelPool(Catalog(specs={}))
+        self.settings = settings.model_copy(update={"redrive": False})
+        self.catalog = Catalog(specs={})
+        self.pool = ModelPool(self.catalog)
         self.draining = threading.Event()
         self.handled: list[JobMessage] = []
 

@@ -29,19 +29,16 @@ from typing import Any
 import pytest
 import yaml
 
+from core.routes import DEAD_LETTER_TOPIC, TOPIC_PREFIX, route
+
 ROOT = Path(__file__).resolve().parents[2]
 TF = ROOT / "terraform"
 TOPOLOGY_PATH = ROOT / "infra" / "topology.yaml"
 TOPOLOGY_MODULE = TF / "modules" / "topology"
 YAMLDECODE = 'yamldecode(file("${path.module}/../infra/topology.yaml"))'
 
-# Naming conventions shared with the Python side (see the comment above `pipeline_defaults`).
-PIPELINE_TOPIC = "jobs-{}"
-PIPELINE_SUBSCRIPTION = "jobs-{}-gpu"
-PUSH_PATH = "/push/{}"
-# A part of a multi-part pipeline is a route of its own: jobs-{pipeline}-{part} -> ...-gpu.
-PART_ROUTE = "{}-{}"
-PART_PUSH_PATH = "/push/{}/{}"
+# Route names come from the one function the Python side uses (core/routes.py); Terraform's
+# module.topology must derive the same ones.
 
 TERRAFORM = shutil.which("terraform")
 NO_TERRAFORM = "terraform is not on PATH"
@@ -138,19 +135,19 @@ def routes(topology: dict[str, Any]) -> dict[str, dict[str, Any]]:
         found[name] = {
             "pipeline": name,
             "part": None,
-            "topic": PIPELINE_TOPIC.format(name),
-            "subscription": PIPELINE_SUBSCRIPTION.format(name),
-            "push_path": PUSH_PATH.format(name),
+            "topic": route(name).topic,
+            "subscription": route(name).subscription,
+            "push_path": route(name).push_path,
             "settings": settings,
         }
         for part in settings["parts"]:
-            route = PART_ROUTE.format(name, part)
-            found[route] = {
+            names = route(name, part)
+            found[names.key] = {
                 "pipeline": name,
                 "part": part,
-                "topic": PIPELINE_TOPIC.format(route),
-                "subscription": PIPELINE_SUBSCRIPTION.format(route),
-                "push_path": PART_PUSH_PATH.format(name, part),
+                "topic": names.topic,
+                "subscription": names.subscription,
+                "push_path": names.push_path,
                 "settings": settings,
             }
     return found
@@ -165,10 +162,9 @@ def multipart_pipeline(topology: dict[str, Any]) -> str:
 
 def test_routes_match_infra_topology() -> None:
     from infra.topology import load_topology as load_model
-    from infra.topology import route_name
 
     model = load_model(TOPOLOGY_PATH)
-    assert set(routes(load_topology())) == {route_name(p, part) for p, part in model.routes()}
+    assert set(routes(load_topology())) == {route(p, part).key for p, part in model.routes()}
     assert {(r["pipeline"], r["part"]) for r in routes(load_topology()).values()} == set(model.routes())
 
 
@@ -674,23 +670,31 @@ def test_terraform_derives_every_topic(derived: dict[str, Any]) -> None:
     assert set(derived["topics"]) == expected
     video = multipart_pipeline(topology)
     for part in effective_pipelines(topology)[video]["parts"]:
-        assert PIPELINE_TOPIC.format(PART_ROUTE.format(video, part)) in derived["topics"]
+        assert route(video, part).topic in derived["topics"]
+
+
+def test_terraform_names_routes_exactly_as_core_routes_does(derived: dict[str, Any]) -> None:
+    assert derived["pipeline_topic_prefix"] == TOPIC_PREFIX
+    assert derived["dead_letter_topics"] == [DEAD_LETTER_TOPIC]
+    for name, sub in derived["subscriptions"].items():
+        names = route(sub["pipeline"], sub["part"])
+        assert (name, sub["topic"], sub["push_path"]) == (names.subscription, names.topic, names.push_path)
 
 
 def test_terraform_derives_every_subscription_with_merged_settings(derived: dict[str, Any]) -> None:
     expected = {r["subscription"]: r for r in routes(load_topology()).values()}
     assert set(derived["subscriptions"]) == set(expected)
     for name, sub in derived["subscriptions"].items():
-        route = expected[name]
-        want = route["settings"]
+        expected_route = expected[name]
+        want = expected_route["settings"]
         assert sub["ack_deadline_seconds"] == want["ack_deadline_seconds"], name
         assert sub["mode"] == want["mode"], name
         assert sub["message_retention_seconds"] == want["message_retention_seconds"], name
         assert sub["retry_policy"] == want.get("retry_policy"), name
         assert sub["dead_letter"] == want.get("dead_letter"), name
-        assert sub["pipeline"] == route["pipeline"] and sub["part"] == route["part"], name
-        assert sub["topic"] == route["topic"], name
-        assert sub["push_path"] == route["push_path"], name
+        assert sub["pipeline"] == expected_route["pipeline"] and sub["part"] == expected_route["part"], name
+        assert sub["topic"] == expected_route["topic"], name
+        assert sub["push_path"] == expected_route["push_path"], name
         assert subscription_limit_errors(sub) == [], name
 
 
@@ -700,16 +704,16 @@ def test_terraform_derives_part_routes_with_the_pipeline_settings(derived: dict[
     parts = effective_pipelines(topology)[video]["parts"]
     assert derived["pipelines"][video]["parts"] == parts
     assert set(derived["pipelines"]) == set(topology["pipelines"])  # parts are not pipelines
-    own = derived["subscriptions"][PIPELINE_SUBSCRIPTION.format(video)]
+    own = derived["subscriptions"][route(video).subscription]
     policies = ("ack_deadline_seconds", "mode", "message_retention_seconds", "retry_policy", "dead_letter")
     paths = set()
     for part in parts:
-        sub = derived["subscriptions"][PIPELINE_SUBSCRIPTION.format(PART_ROUTE.format(video, part))]
-        assert sub["topic"] == PIPELINE_TOPIC.format(PART_ROUTE.format(video, part))
+        sub = derived["subscriptions"][route(video, part).subscription]
+        assert sub["topic"] == route(video, part).topic
         assert {k: sub[k] for k in policies} == {k: own[k] for k in policies}
         assert sub["dead_letter"] is not None  # the Pub/Sub agent's DLQ grants follow dead_letter
         paths.add(sub["push_path"])
-    assert paths == {PART_PUSH_PATH.format(video, part) for part in parts}
+    assert paths == {route(video, part).push_path for part in parts}
     if video == "video":  # the real topology.yaml, spelled out
         assert paths == {"/push/video/speech", "/push/video/screen"}
 
@@ -762,11 +766,11 @@ def test_terraform_lists_every_topic_and_subscription_as_plain_data(derived: dic
     expected = {r["subscription"]: r for r in routes(topology).values()}
     assert set(inventory["subscriptions"]) == set(expected)
     for name, sub in inventory["subscriptions"].items():
-        route, settings = expected[name], expected[name]["settings"]
+        want_route, settings = expected[name], expected[name]["settings"]
         assert sub == {
             "name": name,
-            "topic": route["topic"],
-            "push_path": route["push_path"] if settings["mode"] == "push" else None,
+            "topic": want_route["topic"],
+            "push_path": want_route["push_path"] if settings["mode"] == "push" else None,
             "ack_deadline_seconds": settings["ack_deadline_seconds"],
             "retry_policy": settings["retry_policy"],
             "dead_letter": settings["dead_letter"],
@@ -795,9 +799,9 @@ def _multipart(t: dict[str, Any]) -> dict[str, Any]:
 
 BROKEN = {
     "part_name_uppercase": (lambda t: _multipart(t).update(parts=["Speech"]), "part names must be"),
-    "part_name_underscore": (lambda t: _multipart(t).update(parts=["on_screen"]), "part names must be"),
     "part_name_leading_digit": (lambda t: _multipart(t).update(parts=["1st"]), "part names must be"),
-    "part_name_too_long": (lambda t: _multipart(t).update(parts=["p" * 32]), "part names must be"),
+    "part_name_too_long": (lambda t: _multipart(t).update(parts=["p" * 41]), "part names must be"),
+    "part_name_with_a_hyphen": (lambda t: _multipart(t).update(parts=["speech-2"]), "part names must be"),
     "part_name_slash": (lambda t: _first_pipeline(t).update(parts=["a/b"]), "part names must be"),
     "part_name_in_defaults": (lambda t: t["pipeline_defaults"].update(parts=["X"]), "part names must be"),
     "duplicate_parts": (
@@ -928,6 +932,9 @@ COMPUTED: dict[str, dict[str, str]] = {
     "google_firebaserules_release": {},
     "google_firebaserules_ruleset": {"name": '"stub-ruleset"'},
     "google_firestore_database": {},
+    "google_firestore_index": {
+        "name": '"projects/${self.project}/databases/${self.database}/collectionGroups/${self.collection}/indexes/stub"'
+    },
     "google_project_iam_member": {},
     "google_project_service": {},
     "google_project_service_identity": {
@@ -1294,10 +1301,10 @@ def test_root_puts_pull_pipelines_on_the_worker_pool(tmp_path: Path) -> None:
     topology["pipelines"][pull] = {**(topology["pipelines"][pull] or {}), "mode": "pull"}
     topology["pipelines"]["other"] = {}
     plan = plan_root(tmp_path, topology, "-var=worker_pool_config={enabled = true}", serve_all(topology))
-    subscription = PIPELINE_SUBSCRIPTION.format(pull)
+    subscription = route(pull).subscription
     assert plan["inputs_pubsub"]["subscriptions"][subscription]["push"] is None
     assert subscription not in plan["push_endpoints"]
-    assert PIPELINE_SUBSCRIPTION.format("other") in plan["push_endpoints"]
+    assert route("other").subscription in plan["push_endpoints"]
     binding = plan["inputs_pubsub"]["subscription_iam_bindings_additive"][f"gpu-service-subscribe-{pull}"]
     assert binding == {
         "subscription": subscription,
@@ -1320,13 +1327,13 @@ def test_root_puts_a_pull_pipelines_parts_on_the_worker_pool(tmp_path: Path) -> 
     member = f"serviceAccount:{plan['service_accounts']['gpu_service']}"
     part_routes = [r for r in routes(topology).values() if r["pipeline"] == video and r["part"]]
     assert part_routes
-    for route in part_routes:
-        name = route["subscription"]
+    for part_route in part_routes:
+        name = part_route["subscription"]
         assert pubsub["subscriptions"][name]["push"] is None, name
         assert name not in plan["push_endpoints"]
         assert plan["subscriptions"][name] in gpu["worker_pool"]["subscriptions"]
         binding = pubsub["subscription_iam_bindings_additive"][
-            f"gpu-service-subscribe-{PART_ROUTE.format(video, route['part'])}"
+            f"gpu-service-subscribe-{route(video, part_route['part']).key}"
         ]
         assert binding == {"subscription": name, "role": "roles/pubsub.subscriber", "member": member}
     assert len(gpu["worker_pool"]["subscriptions"]) == 1 + len(part_routes)
@@ -1341,7 +1348,7 @@ def test_root_plans_with_the_example_tfvars(root_plan: dict[str, Any]) -> None:
     assert root_plan["push_endpoints"] == {r["subscription"]: STUB_URI + r["push_path"] for r in push}
     video = multipart_pipeline(topology)
     for part in effective_pipelines(topology)[video]["parts"]:
-        endpoint = root_plan["push_endpoints"][PIPELINE_SUBSCRIPTION.format(PART_ROUTE.format(video, part))]
+        endpoint = root_plan["push_endpoints"][route(video, part).subscription]
         assert endpoint == f"{STUB_URI}/push/{video}/{part}"
     assert set(root_plan["topics"]) == set(root_plan["inputs_pubsub"]["topics"])
 
@@ -1356,11 +1363,14 @@ def test_root_wires_push_subscriptions_to_the_gpu_service(root_plan: dict[str, A
         assert sub["topic"] == r["topic"]
         assert sub["dead_letter"] == r["settings"].get("dead_letter"), name  # drives the DLQ grants
         if r["settings"]["mode"] == "push":
+            gpu_config = root_plan["inputs_gpu_service"]["config"]
             assert sub["push"] == {
                 "endpoint": STUB_URI + r["push_path"],
-                "audience": STUB_URI,
+                # A fixed audience the service accepts (custom_audiences) and checks (PUSH_AUDIENCE).
+                "audience": gpu_config["custom_audiences"][0],
                 "service_account_email": push_sa,
             }
+            assert gpu_config["env"]["PUSH_AUDIENCE"] == gpu_config["custom_audiences"][0]
         else:
             assert sub["push"] is None
         binding = pubsub["topic_iam_bindings_additive"][f"functions-publish-{name}"]
@@ -1394,8 +1404,7 @@ def test_root_configures_the_gpu_service(root_plan: dict[str, Any]) -> None:
     project = root_plan["inputs_project"]["project_id"]
     assert env["GOOGLE_CLOUD_PROJECT"] == project
     assert env["JOBS_COLLECTION"] == topology["firestore"]["jobs_collection"]
-    assert env["TOPIC_PREFIX"] == PIPELINE_TOPIC.format("")
-    assert env["DEAD_LETTER_TOPIC"] == topology["pipeline_defaults"]["dead_letter"]["topic"]
+    assert "TOPIC_PREFIX" not in env and "DEAD_LETTER_TOPIC" not in env  # names, not settings
     for key in topology["buckets"]:
         assert env[f"{key.upper().replace('-', '_')}_BUCKET"] == f"{project}-{key}"
     # No worker pool in dev.tfvars: the service consumes every pipeline that has its model (edit
@@ -1434,16 +1443,23 @@ def test_infra_settings_parse_the_environment_terraform_sets(
         assert settings.enabled_pipelines == env["ENABLED_PIPELINES"].split(","), module
         assert settings.media_bucket == env["MEDIA_BUCKET"]
         assert settings.jobs_collection == env["JOBS_COLLECTION"]
-        assert settings.topic_for("x") == PIPELINE_TOPIC.format("x")
-        assert settings.dead_letter_topic == env["DEAD_LETTER_TOPIC"]
         if module == "gpu_service":
             assert settings.max_concurrent_jobs == root_plan["inputs_gpu_service"]["config"]["concurrency"]
             assert settings.pipelines["transcribe"]["model_dir"] == "/models/whisper"
         # Every setting pipeline_config sets is one the pipeline's config model accepts.
+        from pipelines.registry import catalog
+
+        pipelines = catalog(settings.enabled_pipelines, settings.plugins, settings.pipelines)
+        assert pipelines.names == sorted(settings.enabled_pipelines), module
         for name in settings.enabled_pipelines:
-            spec = settings.spec(name)
+            spec = pipelines.get(name)
             assert spec is not None, name
-            settings.pipeline_config(spec)
+            pipelines.config(spec)
+        if module == "gpu_service":
+            # The service verifies push tokens for the audience and account the subscriptions use.
+            assert settings.push_auth_enabled
+            assert settings.push_audience == root_plan["inputs_gpu_service"]["config"]["custom_audiences"][0]
+            assert settings.push_service_account == root_plan["service_accounts"]["push_invoker"]
 
 
 def test_root_configures_functions_and_storage(root_plan: dict[str, Any]) -> None:
@@ -1782,3 +1798,15 @@ def test_gcloudignore_uploads_what_the_build_needs() -> None:
     assert not set(needed) & set(excluded), sorted(set(needed) & set(excluded))
     patterns = ignore.read_text().split()
     assert "/models/" in patterns and ".venv/" in patterns and ".git/" in patterns
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_python_rejects_every_topology_terraform_rejects(case: str) -> None:
+    # One set of rules: the local stack and the services refuse what `terraform plan` refuses.
+    from pydantic import ValidationError
+
+    from infra.topology import Topology
+
+    mutate, _ = BROKEN[case]
+    with pytest.raises((ValidationError, ValueError)):
+        Topology.model_validate(_broken(mutate))

@@ -42,3 +42,19 @@ resource "google_firebaserules_release" "firestore" {
     replace_triggered_by = [google_firebaserules_ruleset.firestore[count.index]]
   }
 }
+
+# Composite indexes the backend's queries need (single-field ones Firestore keeps by itself).
+resource "google_firestore_index" "default" {
+  for_each   = var.indexes
+  project    = var.project_id
+  database   = var.database.id
+  collection = each.value.collection
+  dynamic "fields" {
+    for_each = each.value.fields
+    content {
+      field_path = fields.value.field_path
+      order      = fields.value.order
+    }
+  }
+  depends_on = [google_firestore_database.default]
+}

@@ -20,6 +20,19 @@ variable "iam_datastore_users" {
   default     = {}
 }
 
+variable "indexes" {
+  description = "Composite indexes by name: a collection and its fields in order (ASCENDING or DESCENDING)."
+  type = map(object({
+    collection = string
+    fields = list(object({
+      field_path = string
+      order      = optional(string, "ASCENDING")
+    }))
+  }))
+  default  = {}
+  nullable = false
+}
+
 variable "project_id" {
   description = "Project that holds the database."
   type        = string

@@ -13,6 +13,7 @@ resource "google_cloud_run_v2_service" "default" {
   ingress             = var.config.ingress
   deletion_protection = var.deletion_protection
   labels              = var.labels
+  custom_audiences    = var.config.custom_audiences
 
   template {
     service_account = var.service_account

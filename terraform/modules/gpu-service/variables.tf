@@ -1,9 +1,12 @@
 variable "config" {
   description = "The GPU Cloud Run service. concurrency = jobs per instance (1: one job per GPU); timeout_seconds should cover the push ack deadline."
   type = object({
-    accelerator                   = optional(string, "nvidia-l4")
-    concurrency                   = optional(number, 1)
-    cpu                           = optional(string, "8")
+    accelerator = optional(string, "nvidia-l4")
+    concurrency = optional(number, 1)
+    cpu         = optional(string, "8")
+    # Audiences Cloud Run accepts in ID tokens besides its own URL: the push subscriptions sign
+    # theirs with this one, and the service checks it too (PUSH_AUDIENCE).
+    custom_audiences              = optional(list(string), [])
     env                           = optional(map(string), {})
     gpu_zonal_redundancy_disabled = optional(bool, true)
     image                         = string

@@ -110,16 +110,16 @@ variable "topology" {
     error_message = "Topic and subscription names must be 3-255 characters, start with a letter, use only letters, digits and -._~%+, and not start with \"goog\"."
   }
   validation {
-    condition     = alltrue([for name in keys(var.topology.pipelines) : can(regex("^[a-z][a-z0-9_]{0,30}$", name))])
-    error_message = "Pipeline names must be lowercase letters, digits or underscores, starting with a letter (they become topic names, URL paths and PIPELINES__<NAME>__ settings)."
+    condition     = alltrue([for name in keys(var.topology.pipelines) : can(regex("^[a-z][a-z0-9_]{0,39}$", name))])
+    error_message = "Pipeline names must be 1-40 lowercase letters, digits or underscores, starting with a letter (they become topic names, URL paths and PIPELINES__<NAME>__ settings; core/routes.py checks the same)."
   }
   validation {
     condition = alltrue(flatten([
       for p in concat([var.topology.pipeline_defaults], values(var.topology.pipelines)) : [
-        for part in coalesce(p.parts, []) : can(regex("^[a-z][a-z0-9-]{0,30}$", part))
+        for part in coalesce(p.parts, []) : can(regex("^[a-z][a-z0-9_]{0,39}$", part))
       ]
     ]))
-    error_message = "Pipeline part names must be 1-31 lowercase letters, digits or hyphens, starting with a letter (they become topic and subscription names and URL paths)."
+    error_message = "Pipeline part names must be 1-40 lowercase letters, digits or underscores, starting with a letter (they become topic and subscription names and URL paths; '-' separates a shard's index; core/routes.py checks the same)."
   }
   validation {
     condition = alltrue([

@@ -1,0 +1,155 @@
+"""Admission: a busy instance queues pushes fairly instead of turning them away, and the redriver
+picks waiting work fairly; both pure enough to test without an emulator."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from core.contract import JobDoc, JobMessage, JobStatus, PartState
+from gpu_service.capacity import Capacity
+from gpu_service.redrive import Candidate, candidates, fair_order
+
+
+def _waiting(
+    cap: Capacity, pipeline: str, uid: str, got: list[str], timeout: float = 5.0
+) -> threading.Thread:
+    def run() -> None:
+        slot = cap.acquire(pipeline, uid, timeout)
+        if slot is not None:
+            got.append(uid)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _settle(cap: Capacity, waiting: int) -> None:
+    deadline = time.monotonic() + 5
+    while cap.waiting() != waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cap.waiting() == waiting
+
+
+def test_a_free_slot_is_taken_at_once_and_a_full_instance_makes_pushes_wait() -> None:
+    cap = Capacity(1)
+    slot = cap.acquire("p", "u1", timeout=0)
+    assert slot is not None and cap.free() == 0
+    assert cap.acquire("p", "u2", timeout=0) is None  # no wait asked: refused now
+    started = time.monotonic()
+    assert cap.acquire("p", "u2", timeout=0.2) is None  # waited, then gave up
+    assert time.monotonic() - started >= 0.2
+    got: list[str] = []
+    t = _waiting(cap, "p", "u2", got)
+    _settle(cap, 1)
+    cap.release(slot)
+    t.join()
+    assert got == ["u2"]
+
+
+def test_the_next_slot_goes_to_the_user_with_fewest_running_units_not_the_first_in_line() -> None:
+    cap = Capacity(2)
+    busy = cap.acquire("p", "heavy", 0)
+    other = cap.acquire("p", "light-done", 0)
+    assert busy and other
+    got: list[str] = []
+    threads = [_waiting(cap, "p", "heavy", got)]
+    _settle(cap, 1)
+    threads.append(_waiting(cap, "p", "light", got))  # arrives later, but runs nothing yet
+    _settle(cap, 2)
+    cap.release(other)
+    _settle(cap, 1)
+    threads[1].join(timeout=5)
+    assert got == ["light"]
+    cap.release(busy)
+    for t in threads:
+        t.join()
+    assert got == ["light", "heavy"]
+
+
+def test_a_per_pipeline_cap_keeps_one_slow_pipeline_from_holding_every_slot() -> None:
+    cap = Capacity(3, {"slow": 1})
+    assert cap.try_acquire("slow", "u") is not None
+    assert cap.try_acquire("slow", "u") is None
+    assert cap.try_acquire("fast", "u") is not None
+    assert cap.try_acquire("fast", "u") is not None
+    assert cap.free() == 0
+
+
+def test_the_redriver_never_takes_a_slot_a_push_is_waiting_for() -> None:
+    cap = Capacity(1)
+    slot = cap.acquire("p", "a", 0)
+    assert slot is not None
+    got: list[str] = []
+    t = _waiting(cap, "p", "b", got)
+    _settle(cap, 1)
+    assert cap.try_acquire("p", "c") is None
+    cap.release(slot)
+    t.join()
+    assert got == ["b"]
+
+
+def test_busy_fraction_counts_slot_seconds() -> None:
+    cap = Capacity(2)
+    slot = cap.acquire("p", "u", 0)
+    assert slot is not None
+    time.sleep(0.2)
+    cap.release(slot)
+    time.sleep(0.2)
+    stats = cap.stats()
+    # one of two slots busy for about half the time
+    assert 0.15 <= stats["busy_fraction"] <= 0.35
+    assert stats["running"] == 0 and stats["slots"] == 2
+
+
+def test_at_least_one_slot() -> None:
+    with pytest.raises(ValueError):
+        Capacity(0)
+
+
+# -- the redriver's choice ---------------------------------------------------------------------------
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _job(
+    pipeline: str, uid: str, age: float, status: JobStatus = JobStatus.QUEUED, **extra: object
+) -> JobDoc:
+    t = NOW - timedelta(seconds=age)
+    return JobDoc(uid=uid, pipeline=pipeline, status=status, queued_at=t, updated_at=t, **extra)  # type: ignore[arg-type]
+
+
+def test_only_work_that_waited_long_enough_on_served_pipelines_is_a_candidate() -> None:
+    jobs = [
+        ("old", _job("p", "u", 30)),
+        ("fresh", _job("p", "u", 0.5)),  # the push path's
+        ("other", _job("q", "u", 30)),  # not served here
+        ("cancel", _job("p", "u", 30, cancel_requested=True)),
+        (
+            "fanned",
+            _job(
+                "p",
+                "u",
+                30,
+                status=JobStatus.RUNNING,
+                parts={"a": PartState(status=JobStatus.QUEUED), "b": PartState(status=JobStatus.RUNNING)},
+            ),
+        ),
+    ]
+    found = candidates(jobs, {"p"}, NOW, after=5)
+    assert [(c.message.job_id, c.message.part) for c in found] == [("old", None), ("fanned", "a")]
+
+
+def test_fair_order_alternates_pipelines_and_users_oldest_first() -> None:
+    def c(job: str, pipeline: str, uid: str, age: float) -> Candidate:
+        return Candidate(JobMessage(job_id=job, pipeline=pipeline), uid, NOW - timedelta(seconds=age))
+
+    flood = [c(f"f{i}", "fast", "flooder", 100 - i) for i in range(5)]
+    ordered = fair_order([*flood, c("lone", "fast", "someone", 1), c("slow1", "slow", "flooder", 50)])
+    ids = [x.message.job_id for x in ordered]
+    # the lone user's job is second, not behind the flooder's five; the slow pipeline is not last
+    assert ids[:3] == ["f0", "slow1", "lone"]
+    assert sorted(ids) == sorted(["lone", "slow1", *(f"f{i}" for i in range(5))])
