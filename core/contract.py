@@ -19,12 +19,13 @@ States and the only allowed transitions::
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from core.errors import Cancelled, InvalidInput, JobError, Preempted, RetryableError, bounded, shown
@@ -218,6 +219,12 @@ class JobDoc(_Doc):
         return self._malformed
 
 
+@functools.cache
+def _field_adapter(name: str) -> TypeAdapter[Any]:
+    annotation: Any = JobDoc.model_fields[name].annotation
+    return TypeAdapter(annotation)
+
+
 def read_job(data: dict[str, Any]) -> JobDoc:
     """A stored job document, as the backend reads it: never raises.
 
@@ -234,21 +241,17 @@ def read_job(data: dict[str, Any]) -> JobDoc:
             f"{'.'.join(str(p) for p in e['loc']) or 'document'}: {e['msg']}"
             for e in exc.errors(include_url=False)
         )
-    status = data.get("status")
-    lease: Lease | None = None
-    with contextlib.suppress(ValidationError):
-        lease = Lease.model_validate(data.get("lease")) if isinstance(data.get("lease"), dict) else None
-    attempt = data.get("attempt")
-    job = JobDoc.model_construct(
-        uid=data["uid"] if isinstance(data.get("uid"), str) else "",
-        pipeline=data["pipeline"] if isinstance(data.get("pipeline"), str) else "",
-        inputs={},
-        status=JobStatus(status) if status in set(JobStatus) else None,
-        attempt=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 0,
-        lease=lease,
-        cancel_requested=data.get("cancelRequested") is True,
-        updated_at=data["updatedAt"] if isinstance(data.get("updatedAt"), datetime) else None,
-    )
+    # Keep every field that is valid on its own; drop the others (they are what is wrong).
+    fields: dict[str, Any] = {"uid": "", "pipeline": "", "inputs": {}}
+    for name, info in JobDoc.model_fields.items():
+        key = info.alias or name
+        if key not in data:
+            continue
+        with contextlib.suppress(ValidationError):
+            fields[name] = _field_adapter(name).validate_python(data[key])
+    if isinstance(data.get("uid"), str):
+        fields["uid"] = data["uid"]  # even outside the pattern: it is whose document this is
+    job = JobDoc.model_construct(**fields)
     job._malformed = bounded(f"the job document does not fit the contract: {why}", 400)
     return job
 

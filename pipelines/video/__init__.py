@@ -58,7 +58,7 @@ class VideoInputs(PipelineModel):
         try:
             return check_url_syntax(value)
         except InvalidInput as exc:
-            raise ValueError(f"url: {exc}") from None
+            raise ValueError(str(exc)) from None
 
     @field_validator("language", mode="before")
     @classmethod
