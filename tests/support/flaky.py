@@ -84,6 +84,17 @@ SPEC = PipelineSpec(
     description="test stand-in: timed steps, injectable transient and permanent failures",
 )
 
+# The same stand-in under a second name: a second pipeline (with its own topic and subscription)
+# for bursts that mix pipelines of different speeds.
+SLOW_SPEC = PipelineSpec(
+    name="flakyslow",
+    inputs=FlakyInputs,
+    outputs=FlakyOutputs,
+    config=FlakyConfig,
+    loader="tests.support.flaky:load",
+    description="test stand-in: the flaky pipeline under a second name, run with longer steps",
+)
+
 
 # -- a multi-part stand-in: prepare, parts "a" and "b" in parallel, join ----------------------------
 
@@ -172,5 +183,6 @@ def topology_with_flaky() -> Any:
     topology = load_topology()
     quick = {"retry_policy": {"minimum_backoff_seconds": 1, "maximum_backoff_seconds": 2}}
     topology.pipelines["flaky"] = dict(quick)
+    topology.pipelines["flakyslow"] = dict(quick)
     topology.pipelines["flakyparts"] = {**quick, "parts": ["a", "b"]}
     return topology
