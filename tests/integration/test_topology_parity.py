@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from core.routes import DEAD_LETTER_TOPIC, TOPIC_PREFIX, route
+from core.routes import DEAD_LETTER_TOPIC, route
 from infra.localstack.stack import LocalStack
 from tests.unit.test_terraform import HARNESS, TERRAFORM, TOPOLOGY_MODULE, _terraform
 
