@@ -43,6 +43,7 @@ def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
         worker.catalog.names,
         after_seconds=settings.redrive_after_seconds,
         poll_seconds=settings.redrive_poll_seconds,
+        reserve_seconds=settings.push_wait_seconds,
     )
 
     @asynccontextmanager

@@ -88,6 +88,11 @@ class Capacity:
         with self._lock:
             return self.total - sum(self._running.values())
 
+    def running_uids(self) -> list[str]:
+        """Users with units running here, most first."""
+        with self._lock:
+            return [uid for uid, _ in self._by_uid.most_common()]
+
     def waiting(self) -> int:
         with self._lock:
             return len(self._waiters)

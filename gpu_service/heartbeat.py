@@ -35,6 +35,13 @@ class Heartbeat:
         self._label = label
         self._beat = beat
         self._period = max(lease_seconds / 3, 0.2)
+        self._lease_seconds = lease_seconds
+        # When our own lease runs out, by our own clock: renewed at each successful beat. Past it,
+        # another worker may have taken the unit, so this one stops at its next checkpoint even
+        # when no write could tell it so (Firestore slow or unreachable): it fences itself.
+        # (The claim's expiry was computed a moment before this object existed: keep a margin.)
+        self._margin = min(1.0, 0.1 * lease_seconds)
+        self._lease_deadline = time.monotonic() + lease_seconds - self._margin
         self._min_interval = min_interval
         self._draining = draining
         self._lock = threading.Lock()
@@ -56,6 +63,9 @@ class Heartbeat:
     def check(self) -> None:
         if self._lost is not None:
             raise self._lost
+        if time.monotonic() > self._lease_deadline:
+            self._lost = LeaseLost(f"the lease of {self._label} ran out before it could be renewed")
+            raise self._lost
         if self._cancelled:
             raise Cancelled("cancelled at the client's request")
         if self._draining.is_set():
@@ -73,8 +83,11 @@ class Heartbeat:
         with self._lock:
             if self._lost is not None:
                 return
+            started = time.monotonic()
             try:
                 self._cancelled = self._beat(progress)
+                # The new expiry was computed at about the start of the write: count from there.
+                self._lease_deadline = started + self._lease_seconds - self._margin
             except LeaseLost as exc:
                 self._lost = exc
             except Exception:

@@ -8,12 +8,18 @@ pipelines served here, and the queued parts of fanned-out jobs — that has wait
 ``redrive_after_seconds`` (younger work is the push path's), picks fairly (round robin over
 pipelines, then over users, oldest first), and runs it through the same claim as a delivery. The
 claim is still the only way to run, so a job found here and pushed at the same moment runs once.
+
+When every slot is busy, it looks instead for queued work of users who have nothing running here
+(Firestore's ``not-in`` on the users who do) and queues it for the next free slot. The capacity
+hands a freed slot to the waiter whose user runs the fewest units, so one user's thousand queued
+jobs do not make another user's one wait behind them, whatever order Pub/Sub delivers in.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -90,15 +96,20 @@ class Redriver:
         *,
         after_seconds: float,
         poll_seconds: float,
+        reserve_seconds: float = 30.0,
     ) -> None:
         self.worker = worker
         self.capacity = capacity
         self.served = set(served)
         self.after_seconds = after_seconds
         self.poll_seconds = poll_seconds
+        self.reserve_seconds = reserve_seconds
+        self._reserved: set[str] = set()  # job ids queued for a slot by the fairness pass
+        self._last_fairness_pass = 0.0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="redrive", daemon=True)
-        self._pool = ThreadPoolExecutor(capacity.total, thread_name_prefix="redriven")
+        self._pool = ThreadPoolExecutor(2 * capacity.total, thread_name_prefix="redriven")
         self.started_units = 0
 
     def start(self) -> None:
@@ -121,10 +132,11 @@ class Redriver:
                 log.warning("redrive pass failed", exc_info=True)
 
     def once(self) -> int:
-        """One pass: start as many waiting units as there are free slots. Returns how many."""
+        """One pass: start as many waiting units as there are free slots, or (all busy) queue the
+        work of users with nothing running for the next free slot. Returns how many."""
         free = self.capacity.free()
         if free <= 0 or self.capacity.waiting():
-            return 0
+            return self._reserve_for_other_users()
         limit = max(10, 4 * free)
         now = utcnow()
         found = self.worker.jobs.find_runnable(limit)
@@ -139,6 +151,39 @@ class Redriver:
             self._pool.submit(self._run, candidate, slot)
         self.started_units += started
         return started
+
+    def _reserve_for_other_users(self) -> int:
+        now = time.monotonic()
+        with self._lock:
+            room = self.capacity.total - len(self._reserved)
+            # Slots free up often under load: look at most once per poll period.
+            if room <= 0 or now - self._last_fairness_pass < self.poll_seconds:
+                return 0
+            self._last_fairness_pass = now
+        busy_uids = self.capacity.running_uids()
+        if not busy_uids:
+            return 0
+        found = self.worker.jobs.find_queued_of_others(busy_uids, limit=4 * self.capacity.total)
+        chosen: list[Candidate] = []
+        with self._lock:
+            for c in fair_order(candidates(found, self.served, utcnow(), self.after_seconds)):
+                if c.uid in busy_uids or c.message.job_id in self._reserved or len(chosen) >= room:
+                    continue
+                self._reserved.add(c.message.job_id)
+                chosen.append(c)
+        for c in chosen:
+            self._pool.submit(self._wait_and_run, c)
+        return len(chosen)
+
+    def _wait_and_run(self, candidate: Candidate) -> None:
+        try:
+            slot = self.capacity.acquire(candidate.message.pipeline, candidate.uid, self.reserve_seconds)
+            if slot is not None:
+                self.started_units += 1
+                self._run(candidate, slot)
+        finally:
+            with self._lock:
+                self._reserved.discard(candidate.message.job_id)
 
     def _run(self, candidate: Candidate, slot: object) -> None:
         try:

@@ -151,6 +151,25 @@ class JobStore:
             found.append((snap.id, job))
         return found
 
+    def find_queued_of_others(self, exclude_uids: list[str], limit: int) -> list[tuple[str, JobDoc]]:
+        """Queued jobs of users other than ``exclude_uids`` (at most 10: Firestore's ``not-in``
+        limit), for the redriver's fairness: work of users with nothing running. (Production
+        needs a composite index on ``status`` + ``uid``; Terraform creates it.)"""
+        query = self._db.collection(self._collection).where(
+            filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value)
+        )
+        if exclude_uids:
+            query = query.where(filter=firestore.FieldFilter("uid", "not-in", exclude_uids[:10])).order_by(
+                "uid"
+            )
+        found = []
+        for snap in query.limit(limit).stream():
+            job = read_job(snap.to_dict() or {})
+            if job.updated_at is None:
+                job.updated_at = snap.update_time
+            found.append((snap.id, job))
+        return found
+
     # -- creation -------------------------------------------------------------------------------
 
     def create(self, job_id: str, job: JobDoc) -> bool:

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import statistics
 import tempfile
 import threading
@@ -144,6 +145,9 @@ def main() -> int:
     parser.add_argument("--slow", type=int, default=100, help="flakyslow jobs (about 0.5 s each)")
     parser.add_argument("--parts", type=int, default=20, help="multi-part flakyparts jobs")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--no-poison", action="store_true", help="leave out the poison (to compare with older code)"
+    )
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -208,21 +212,28 @@ def run(stack: LocalStack, client: Client, state: Path, args: argparse.Namespace
     malformed_codes = [
         httpx.post(service + route("flaky").push_path, content=m, timeout=60).status_code for m in malformed
     ]
-    poison_docs = [
-        {"uid": flooder, "pipeline": "flaky", "inputs": {}, "status": "pending", "createdAt": "garbage"},
-        {"uid": flooder, "pipeline": "flaky", "inputs": "not a map", "status": "pending"},
-        {"uid": flooder, "pipeline": "x" * 100_000, "inputs": {}, "status": "pending"},
-        {"uid": "not a uid;", "pipeline": "flaky", "inputs": {}, "status": "pending"},
-        {"uid": flooder, "pipeline": "flaky", "inputs": {"steps": "many"}, "status": "pending"},
-    ]
+    poison_docs: list[dict[str, Any]] = (
+        []
+        if args.no_poison
+        else [
+            {"uid": flooder, "pipeline": "flaky", "inputs": {}, "status": "pending", "createdAt": "garbage"},
+            {"uid": flooder, "pipeline": "flaky", "inputs": "not a map", "status": "pending"},
+            {"uid": flooder, "pipeline": "x" * 100_000, "inputs": {}, "status": "pending"},
+            {"uid": "not a uid;", "pipeline": "flaky", "inputs": {}, "status": "pending"},
+            {"uid": flooder, "pipeline": "flaky", "inputs": {"steps": "many"}, "status": "pending"},
+        ]
+    )
     for n, doc in enumerate(poison_docs):
         job_id = f"poison-{stamp}-{n}"
         client.jobs().document(job_id).set(doc)
         planned[job_id] = Planned("poison-doc", "flaky", {}, flooder)
     bucket = client.gcs.bucket(client.settings.media_bucket)
-    for n, metadata in enumerate(
-        [{"inputs": '{"a":' * 200 + "1" + "}" * 200}, {"inputs": "not json"}, {"jobId": "bad id!"}]
-    ):
+    bad_uploads: list[dict[str, str]] = (
+        []
+        if args.no_poison
+        else [{"inputs": '{"a":' * 200 + "1" + "}" * 200}, {"inputs": "not json"}, {"jobId": "bad id!"}]
+    )
+    for n, metadata in enumerate(bad_uploads):
         blob = bucket.blob(f"uploads/{flooder}/flaky/poison-{n}.bin")
         blob.metadata = metadata
         blob.upload_from_string(b"poison", content_type="application/octet-stream")
@@ -271,6 +282,7 @@ def run(stack: LocalStack, client: Client, state: Path, args: argparse.Namespace
 
     # SIGKILL twice mid-burst: after about a third and two thirds of the jobs ended.
     kills: list[dict[str, Any]] = []
+    killed_pids: set[str] = set()
     pending_recovery: list[tuple[float, dict[tuple[str, str | None], int], dict[str, Any]]] = []
     deadline = time.monotonic() + args.timeout
     for fraction in (1 / 3, 2 / 3):
@@ -282,6 +294,7 @@ def run(stack: LocalStack, client: Client, state: Path, args: argparse.Namespace
                 break
             time.sleep(0.2)
         t_kill = time.monotonic()
+        killed_pids.add(str(stack.pid("gpu_service")))
         stack.restart_gpu_service()  # SIGKILL, then start again
         kill: dict[str, Any] = {
             "after_ended": ended,
@@ -319,12 +332,24 @@ def run(stack: LocalStack, client: Client, state: Path, args: argparse.Namespace
         for d in docs.values()
         if d.effective_status in (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING)
     )
-    double = sum(
-        1
+
+    # A pipeline that completed in a process SIGKILLed before it could commit is run again: that
+    # is at-least-once execution with an exactly-once effect (only a commit is visible), so it is
+    # counted apart. "double" is a unit that completed twice in processes that lived on.
+    def completions(path: Path) -> list[str]:
+        return path.read_text().split() if path.exists() else []
+
+    files = {
+        j: [state / f"{j}.completions", *(state / f"{j}.{part}.completions" for part in ("a", "b"))]
         for j in ids
-        if count(state / f"{j}.completions") > 1
-        or any(count(state / f"{j}.{part}.completions") > 1 for part in ("a", "b"))
-    )
+    }
+    double_ids = [
+        j for j in ids if any(len([p for p in completions(f) if p not in killed_pids]) > 1 for f in files[j])
+    ]
+    rerun_after_crash = [
+        j for j in ids if j not in double_ids and any(len(completions(f)) > 1 for f in files[j])
+    ]
+    double = len(double_ids)
     wrong = {
         j: (p.kind, docs[j].status.value if j in docs and docs[j].status else None)
         for j, p in planned.items()
@@ -352,6 +377,15 @@ def run(stack: LocalStack, client: Client, state: Path, args: argparse.Namespace
         "seconds_from_last_kill_to_last_job_ended": round(drained_at - last_kill, 1) if drained_at else None,
         "burst": burst,
         "jobs_with_unexpected_outcome": wrong,
+        "rerun_after_a_crash_before_commit": rerun_after_crash,
+        "ran_twice": {
+            j: {
+                "kind": planned[j].kind,
+                "attempt": docs[j].attempt if j in docs else None,
+                "completions_by_pid": [completions(f) for f in files[j]],
+            }
+            for j in double_ids
+        },
         "total_pipeline_starts": sum(count(state / f"{j}.starts") for j in ids),
         "elapsed_seconds": round(elapsed, 1),
         "lost": lost,
@@ -383,11 +417,20 @@ def run(stack: LocalStack, client: Client, state: Path, args: argparse.Namespace
         f"time in queued:            p50 {burst['queued_p50']} s, p99 {burst['queued_p99']} s, max "
         f"{burst['queued_max']} s (lone users' jobs: max {burst['lone_users_queued_max']} s)"
     )
-    print(f"slots busy:                {burst['busy_fraction']:.0%} of the time while work was queued")
+    print(
+        f"slots busy:                {burst['busy_fraction']:.0%} of the time while work was queued "
+        f"(from job timings: {burst['busy_fraction_from_job_timings']})"
+    )
     print(f"longest wait while a slot was free: {burst['longest_wait_with_free_slot']} s")
     print(f"throughput:                {burst['jobs_per_second']} jobs/s over the burst")
+    print(f"re-run after a SIGKILL before their commit (one commit each): {len(rerun_after_crash)}")
     print(f"unexpected outcomes:       {wrong or 'none'}")
     print(f"elapsed:                   {report['elapsed_seconds']} s; written to {RESULTS / 'faults.json'}")
+    if lost or double or stuck or wrong:
+        keep = REPO / ".local" / "faults-logs"
+        shutil.rmtree(keep, ignore_errors=True)
+        shutil.copytree(stack.config.log_dir, keep)
+        print(f"logs kept in {keep}")
     print(f"lost={lost} double={double} stuck={stuck}")
     return 0 if lost == double == stuck == 0 and not wrong else 1
 
@@ -433,12 +476,21 @@ def burst_figures(
     finished = [d.finished_at for j, d in docs.items() if d.finished_at and planned[j].kind not in REJECTED]
     first = min((a for a, _ in waits.values()), default=None)
     span = (max(finished) - first).total_seconds() if finished and first else None
+    # The same from the job documents alone (comparable with services that expose no samples):
+    # the work time of each final attempt over the slots available during the burst.
+    work = sum(
+        (t.download or 0) + (t.load or 0) + (t.inference or 0) + (t.write or 0)
+        for d in docs.values()
+        if (t := d.timings)
+    )
+    slots = max((s.slots for s in samples if s.up), default=2)
     return {
         "queued_p50": _pct(queued, 0.5),
         "queued_p99": _pct(queued, 0.99),
         "queued_max": _pct(queued, 1.0),
         "lone_users_queued_max": _pct(lone, 1.0),
         "busy_fraction": round(statistics.fmean(busy), 3) if busy else 0.0,
+        "busy_fraction_from_job_timings": round(work / (slots * span), 3) if span else None,
         "longest_wait_with_free_slot": round(longest, 2),
         "jobs_per_second": round(len(finished) / span, 2) if span else None,
         "samples": len(samples),

@@ -204,6 +204,11 @@ module "firestore" {
       collection = module.topology.firestore.jobs_collection
       fields     = [{ field_path = "status" }, { field_path = "queuedAt" }]
     }
+    # ... and the queued jobs of users with nothing running (its fairness pass, uid not-in).
+    queued-by-user = {
+      collection = module.topology.firestore.jobs_collection
+      fields     = [{ field_path = "status" }, { field_path = "uid" }]
+    }
   }
   iam_datastore_users = {
     functions   = local.sa_member.functions

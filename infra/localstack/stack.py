@@ -304,6 +304,10 @@ class LocalStack:
                 proc.popen.wait(timeout=15)
             self._procs.remove(proc)
 
+    def pid(self, name: str) -> int | None:
+        """The process id of a running component (for fault injection and its accounting)."""
+        return next((p.popen.pid for p in self._procs if p.name == name and p.popen.poll() is None), None)
+
     def log_path(self, name: str) -> Path:
         return self.config.log_dir / f"{name}.log"
 

@@ -153,3 +153,19 @@ def test_fair_order_alternates_pipelines_and_users_oldest_first() -> None:
     # the lone user's job is second, not behind the flooder's five; the slow pipeline is not last
     assert ids[:3] == ["f0", "slow1", "lone"]
     assert sorted(ids) == sorted(["lone", "slow1", *(f"f{i}" for i in range(5))])
+
+
+def test_a_worker_whose_lease_ran_out_unrenewed_stops_at_its_next_checkpoint() -> None:
+    # Firestore too slow to answer: no write ever says "lease lost", yet the worker must stop,
+    # because by its own clock another worker may already have taken the job over.
+    from core.lifecycle import LeaseLost
+    from gpu_service.heartbeat import Heartbeat
+
+    def stuck_beat(progress: object) -> bool:
+        raise TimeoutError("Firestore did not answer")
+
+    beat = Heartbeat("job j", stuck_beat, lease_seconds=0.5, min_interval=0.0, draining=threading.Event())
+    beat.report(0.1, "working")  # within the lease: fine, although the write failed
+    time.sleep(0.5)
+    with pytest.raises(LeaseLost, match="ran out"):
+        beat.report(0.2, "working")
