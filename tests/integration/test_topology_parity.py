@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from core.routes import DEAD_LETTER_TOPIC, route
+from core.routes import DEAD_LETTER_TOPIC, TOPIC_PREFIX, route
 from infra.localstack.stack import LocalStack
 from tests.unit.test_terraform import HARNESS, TERRAFORM, TOPOLOGY_MODULE, _terraform
 
@@ -65,9 +65,9 @@ def test_the_stack_creates_every_gpu_subscription_with_terraforms_settings(
     stack: LocalStack, inventory: dict[str, Any]
 ) -> None:
     subs = _emulator(stack, "subscriptions")
-    gpu_subs = {
-        name for name in subs if name.endswith(route("x").subscription.removeprefix(route("x").topic))
-    }
+    suffix = route("x").subscription.removeprefix(route("x").topic)
+    # The GPU route subscriptions (other tests add subscriptions of their own to this emulator).
+    gpu_subs = {name for name in subs if name.startswith(TOPIC_PREFIX) and name.endswith(suffix)}
     assert gpu_subs == set(inventory["subscriptions"])
     for name, want in inventory["subscriptions"].items():
         got = subs[name]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,12 +74,17 @@ def server(media: Path) -> Iterator[VideoServer]:
 
 @pytest.fixture(autouse=True)
 def only_loopback_connections(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Record every outgoing connect; fail on any address that is not loopback."""
+    """Record every outgoing connect this test's thread makes; fail on any address that is not
+    loopback. (Other threads of the test process, such as an emulator client's, are not the
+    download's.)"""
     attempts: list[Any] = []
     real_connect = socket.socket.connect
     real_connect_ex = socket.socket.connect_ex
+    test_thread = threading.current_thread()
 
     def check(address: Any) -> None:
+        if threading.current_thread() is not test_thread:
+            return
         attempts.append(address)
         host = address[0] if isinstance(address, tuple) else address
         if host not in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
