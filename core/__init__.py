@@ -4,7 +4,8 @@
 * :mod:`core.errors`: the named errors a job can end with;
 * :mod:`core.spec`: what a pipeline is (``PipelineSpec``, ``RunContext``, ``RunResult``);
 * :mod:`core.work`: one kind of leased work (a job, or one part of it), addressed by one value;
-* :mod:`core.lifecycle`: every lease decision as a pure function of the typed document, and
+* :mod:`core.lifecycle`: every decision of a running attempt as a pure function of the typed
+  document; :mod:`core.recovery`, the moves made from outside one (recovery, transitions); and
   :mod:`core.decisions`, what those decisions take and give;
 * :mod:`core.patch`: typed writes to the job document (unknown fields refused);
 * :mod:`core.routes`: topic, subscription and push-path names, built in one place.

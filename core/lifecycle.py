@@ -60,7 +60,7 @@ class _Unit:
     parts: dict[str, PartState] = field(default_factory=dict)
 
 
-def _unit(job: JobDoc, ref: WorkRef) -> _Unit | None:
+def unit_view(job: JobDoc, ref: WorkRef) -> _Unit | None:
     if ref.part is None:
         return _Unit(job.effective_status, job.attempt, job.lease, job.last_error, job.parts or {})
     state = (job.parts or {}).get(ref.part)
@@ -69,11 +69,11 @@ def _unit(job: JobDoc, ref: WorkRef) -> _Unit | None:
     return _Unit(state.status, state.attempt, state.lease, state.error)
 
 
-def _live(lease: Lease | None, now: datetime) -> bool:
+def lease_is_live(lease: Lease | None, now: datetime) -> bool:
     return lease is not None and lease.expires_at > now
 
 
-def _final(patch: Patch, status: JobStatus) -> Patch:
+def final_patch(patch: Patch, status: JobStatus) -> Patch:
     patch.set("status", status).server_time("finished_at").server_time("updated_at").delete("lease")
     return patch
 
@@ -111,11 +111,11 @@ def decide_claim(
     if job.malformed:
         # Never run what the contract cannot describe; end it, saying why.
         to = JobStatus.REJECTED if job.effective_status is JobStatus.PENDING else JobStatus.FAILED
-        patch = _final(Patch(), to).set("error", ErrorInfo(code="invalid_job", message=job.malformed))
+        patch = final_patch(Patch(), to).set("error", ErrorInfo(code="invalid_job", message=job.malformed))
         return Decision(Claim(ClaimOutcome.INVALID, job, job.attempt, to), patch)
     if pipeline is not None and job.pipeline != pipeline:
         return Decision(Claim(ClaimOutcome.MISROUTED, job, job.attempt))
-    unit = _unit(job, ref)
+    unit = unit_view(job, ref)
     if unit is None:
         return Decision(Claim(ClaimOutcome.NOT_FOUND, job))
     if unit.status.is_final:
@@ -124,7 +124,7 @@ def decide_claim(
         return _claim_job(
             job, unit, owner=owner, now=now, lease_seconds=lease_seconds, max_attempts=max_attempts
         )
-    if unit.status is JobStatus.RUNNING and _live(unit.lease, now):
+    if unit.status is JobStatus.RUNNING and lease_is_live(unit.lease, now):
         return Decision(Claim(ClaimOutcome.RUNNING_ELSEWHERE, job, unit.attempt))
     if job.cancel_requested or unit.attempt >= max_attempts:
         if join is None:
@@ -154,17 +154,17 @@ def _claim_job(
     if job.cancel_requested:
         return Decision(
             Claim(ClaimOutcome.CANCELLED, job, unit.attempt, JobStatus.CANCELLED),
-            _final(Patch(), JobStatus.CANCELLED),
+            final_patch(Patch(), JobStatus.CANCELLED),
         )
     if unit.parts:
         return Decision(Claim(ClaimOutcome.FANNED_OUT, job, unit.attempt))
     if unit.status is JobStatus.PENDING:
         return Decision(Claim(ClaimOutcome.NOT_QUEUED, job, unit.attempt))
-    if unit.status is JobStatus.RUNNING and _live(unit.lease, now):
+    if unit.status is JobStatus.RUNNING and lease_is_live(unit.lease, now):
         return Decision(Claim(ClaimOutcome.RUNNING_ELSEWHERE, job, unit.attempt))
     if unit.attempt >= max_attempts:
         error = ErrorInfo.attempts_exhausted(unit.attempt, unit.last_error)
-        patch = _final(Patch(), JobStatus.FAILED).set("error", error)
+        patch = final_patch(Patch(), JobStatus.FAILED).set("error", error)
         return Decision(Claim(ClaimOutcome.ATTEMPTS_EXHAUSTED, job, unit.attempt, JobStatus.FAILED), patch)
     attempt = unit.attempt + 1
     patch = (
@@ -193,7 +193,7 @@ def owned(job: JobDoc | None, ref: WorkRef, owner: str, attempt: int) -> JobDoc:
         raise LeaseLost("the job document is gone")
     if ref.part is not None and job.effective_status.is_final:
         raise LeaseLost(f"job is {job.effective_status}")
-    unit = _unit(job, ref)
+    unit = unit_view(job, ref)
     if unit is None:
         raise LeaseLost(f"{ref.label} does not exist")
     if unit.status is not JobStatus.RUNNING or unit.attempt != attempt or unit.lease is None:
@@ -300,7 +300,7 @@ def decide_finish(
     elif job is None or job.effective_status.is_final:
         return Decision(None)
     else:
-        unit = _unit(job, ref)
+        unit = unit_view(job, ref)
         if unit is None or unit.status.is_final:
             return Decision(None)
     return _end_part(job, ref, attempt, ending, join)
@@ -315,7 +315,7 @@ def _job_ending(ending: Ending, attempt: int) -> Patch:
         if ending.refund:
             patch.set("attempt", max(attempt - 1, 0))
         return patch
-    _final(patch, ending.status)
+    final_patch(patch, ending.status)
     if ending.outputs is not None:
         patch.set("outputs", ending.outputs)
     elif ending.clear_outputs:
@@ -355,87 +355,6 @@ def _end_part(
     return Decision(job_ending.status, patch.merge(_job_ending(job_ending, job.attempt)))
 
 
-# -- recovery --------------------------------------------------------------------------------------
-
-
-def worker_lost(attempt: int, lease: Lease | None, part: str | None = None) -> ErrorInfo:
-    owner = lease.owner if lease else "unknown"
-    return ErrorInfo(
-        code="worker_lost",
-        message=f"the worker running attempt {attempt} ({owner}) stopped renewing its lease",
-        retryable=True,
-        part=part,
-    )
-
-
-def decide_recover(
-    job: JobDoc | None, ref: WorkRef, *, now: datetime, max_attempts: int
-) -> Decision[JobStatus | None]:
-    """For the sweeper: a ``running`` unit whose lease expired goes back to ``queued`` (a job also
-    ends ``failed`` when its attempts are spent, or ``cancelled`` when asked; a part's next claim
-    does that). The result is the unit's new state, or ``None`` when it was not stuck."""
-    if job is None or job.effective_status.is_final:
-        return Decision(None)
-    unit = _unit(job, ref)
-    if unit is None or unit.status is not JobStatus.RUNNING or _live(unit.lease, now):
-        return Decision(None)
-    if ref.part is None and unit.parts:
-        return Decision(None)  # a fanned-out job: its parts are recovered one by one
-    lost = worker_lost(unit.attempt, unit.lease, ref.part)
-    if ref.part is not None:
-        patch = (
-            Patch()
-            .set(f"parts.{ref.part}.status", JobStatus.QUEUED)
-            .delete(f"parts.{ref.part}.lease")
-            .set(f"parts.{ref.part}.error", lost)
-            .server_time("updated_at")
-        )
-        return Decision(JobStatus.QUEUED, patch)
-    if job.cancel_requested:
-        return Decision(JobStatus.CANCELLED, _final(Patch(), JobStatus.CANCELLED))
-    if unit.attempt >= max_attempts:
-        error = lost.model_copy(
-            update={"retryable": False, "message": f"{lost.message}; gave up after {unit.attempt} attempts"}
-        )
-        return Decision(JobStatus.FAILED, _final(Patch(), JobStatus.FAILED).set("error", error))
-    patch = (
-        Patch()
-        .set("status", JobStatus.QUEUED)
-        .delete("lease")
-        .set("last_error", lost)
-        .server_time("updated_at")
-    )
-    return Decision(JobStatus.QUEUED, patch)
-
-
-# -- moves that are not an attempt's (validation, dead letters, the sweeper) ------------------------
-
-
-def decide_transition(
-    job: JobDoc | None,
-    to: JobStatus,
-    *,
-    allowed_from: Iterable[JobStatus] | None = None,
-    patch: Patch | None = None,
-) -> Decision[JobDoc | None]:
-    """Move a job to ``to`` if its state allows it. The result is the job as it was, or ``None``
-    (nothing written) when it does not exist or its state does not allow the move."""
-    if job is None:
-        return Decision(None)
-    current = job.effective_status
-    allowed = set(allowed_from) if allowed_from is not None else None
-    if (allowed is not None and current not in allowed) or not can_transition(current, to):
-        return Decision(None)
-    out = Patch()
-    if to.is_final:
-        _final(out, to)
-    else:
-        out.set("status", to).server_time("updated_at")
-    if patch is not None:
-        out.merge(patch)
-    return Decision(job, out)
-
-
 def overall_progress(parts: dict[str, PartState], prepare_weight: float = PREPARE_WEIGHT) -> Progress:
     """A multi-part job's progress: the prepare step's share, then the mean of its parts."""
     fractions = [
@@ -461,8 +380,9 @@ __all__ = [
     "decide_fan_out",
     "decide_finish",
     "decide_heartbeat",
-    "decide_recover",
-    "decide_transition",
+    "final_patch",
+    "lease_is_live",
     "overall_progress",
     "owned",
+    "unit_view",
 ]

@@ -24,8 +24,8 @@ from functions.handlers import (
     handle_dead_letter,
     handle_job_created,
     handle_object_finalized,
-    sweep,
 )
+from functions.sweeper import sweep
 from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
 from infra.jobs import JobStore, firestore_client

@@ -29,10 +29,9 @@ from core.lifecycle import (
     decide_fan_out,
     decide_finish,
     decide_heartbeat,
-    decide_recover,
-    decide_transition,
 )
 from core.patch import DELETE, SERVER_TIME, Patch, Sentinel
+from core.recovery import decide_recover, decide_transition
 from core.work import WorkRef
 from infra.settings import Settings
 

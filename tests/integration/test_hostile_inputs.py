@@ -25,7 +25,8 @@ from PIL import Image
 
 from core.contract import JobDoc, JobStatus, read_job
 from core.errors import MAX_MESSAGE_CHARS
-from functions.handlers import Deps, derived_job_id, sweep
+from functions.handlers import Deps, derived_job_id
+from functions.sweeper import sweep
 from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
 from infra.client import Client

@@ -19,7 +19,8 @@ from google.cloud import firestore, pubsub_v1
 from core.contract import JobDoc, JobMessage, JobStatus
 from core.lifecycle import ClaimOutcome, Ending, LeaseLost
 from core.work import WorkRef
-from functions.handlers import Deps, sweep
+from functions.handlers import Deps
+from functions.sweeper import sweep
 from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
 from infra.client import Client

@@ -22,9 +22,8 @@ from core.lifecycle import (
     decide_fan_out,
     decide_finish,
     decide_heartbeat,
-    decide_recover,
-    decide_transition,
 )
+from core.recovery import decide_recover, decide_transition
 from core.spec import PipelineModel, PipelineSpec
 from core.work import WorkRef
 from tests.support.memdoc import MemDoc
