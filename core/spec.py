@@ -15,7 +15,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Generic, Protocol, TypeVar
@@ -159,6 +159,43 @@ class Pipeline(Protocol):
     """A loaded pipeline. Load once per process; ``run`` is called once per job."""
 
     def run(self, inputs: Any, ctx: RunContext) -> RunResult[Any]: ...
+
+
+class BatchingPipeline(Pipeline, Protocol):
+    """A pipeline that can run several jobs in one model call (dynamic batching across jobs).
+
+    * ``batch_key(inputs)`` says which jobs may share a call (same model settings: steps, guidance,
+      adapters...); only jobs with equal keys are batched together.
+    * ``run_batch(items)`` runs ``[(inputs, ctx), ...]`` and returns, per item and in order, its
+      ``RunResult`` or the exception that item ends with: one job's bad input or cancel must never
+      fail its batch-mates. Report progress through :class:`BatchProgress`. Each job's result must
+      be what ``run`` gives it alone (a generator per job, not one for the batch).
+    """
+
+    def batch_key(self, inputs: Any) -> Hashable: ...
+
+    def run_batch(self, items: Sequence[tuple[Any, RunContext]]) -> list[RunResult[Any] | Exception]: ...
+
+
+class BatchProgress:
+    """Progress for the jobs of one batch: reports to each job, and remembers per job the
+    exception its checkpoint raised (a cancel, a lost lease) instead of stopping the batch."""
+
+    def __init__(self, contexts: Sequence[RunContext]) -> None:
+        self._contexts = list(contexts)
+        self.errors: dict[int, Exception] = {}
+
+    def report(self, fraction: float, stage: str) -> None:
+        for index, ctx in enumerate(self._contexts):
+            if index in self.errors:
+                continue
+            try:
+                ctx.progress(fraction, stage)
+            except Exception as exc:  # that job stops here; the others go on
+                self.errors[index] = exc
+
+    def live(self) -> list[int]:
+        return [i for i in range(len(self._contexts)) if i not in self.errors]
 
 
 class MultiPartPipeline(Pipeline, Protocol):

@@ -26,6 +26,7 @@ from functions.handlers import (
     handle_object_finalized,
 )
 from functions.sweeper import sweep
+from infra import roundtrips
 from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
 from infra.jobs import JobStore, firestore_client
@@ -57,7 +58,10 @@ def on_object_finalized(event: CloudEvent) -> None:
     except InvalidInput as exc:
         log.error("ignoring malformed storage event %s: %s", event["id"], exc)
         return
-    handle_object_finalized(deps(), storage_event)
+    with roundtrips.counting() as counter:
+        job_id = handle_object_finalized(deps(), storage_event)
+    if job_id:
+        log.info("job %s round trips: %s (upload)", job_id, roundtrips.summary(counter))
 
 
 @functions_framework.cloud_event
@@ -68,7 +72,9 @@ def on_job_created(event: CloudEvent) -> None:
     except InvalidInput as exc:
         log.error("ignoring malformed Firestore event %s: %s", event["id"], exc)
         return
-    handle_job_created(deps(), doc)
+    with roundtrips.counting() as counter:
+        status = handle_job_created(deps(), doc)
+    log.info("job %s round trips: %s (created: %s)", doc.doc_id, roundtrips.summary(counter), status)
 
 
 @functions_framework.cloud_event

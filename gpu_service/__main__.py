@@ -54,7 +54,7 @@ def main() -> None:
         pipelines,
         JobStore(firestore_client(settings), settings.jobs_collection),
         BlobStore(storage_client(settings)),
-        ModelPool(pipelines),
+        ModelPool(pipelines, settings.batching),
         Bus(settings),
     )
     topology = load_topology(settings.topology_file) if settings.topology_file else load_topology()

@@ -69,6 +69,7 @@ def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
             "error": models.error,
             "capacity": capacity.stats(),
             "redriven": redriver.started_units,
+            "batching": models.batch_stats(),
         }
         return JSONResponse(body, status_code=200 if models.health is Health.READY else 503)
 

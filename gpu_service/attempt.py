@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -50,6 +51,8 @@ class Attempt:
     claimed_at: datetime = field(default_factory=utcnow)
     timings: dict[str, float] = field(default_factory=dict)
     uploaded: list[str] = field(default_factory=list)
+    #: Firestore, Storage and Pub/Sub calls made for this attempt (infra.roundtrips)
+    roundtrips: Counter[str] = field(default_factory=Counter)
 
     @property
     def label(self) -> str:

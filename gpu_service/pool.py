@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel
 
 from core.errors import PermanentError
-from core.spec import Catalog, Pipeline, PipelineSpec, RunContext, RunResult
+from core.spec import BatchingPipeline, Catalog, Pipeline, PipelineSpec, RunContext, RunResult
+from gpu_service.batching import Batcher
+from infra.settings import Batching
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +35,10 @@ class Loaded:
 class ModelPool:
     """Loads the catalog's pipelines lazily or at start-up, at most once each, thread-safely."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, batching: Mapping[str, Batching] | None = None) -> None:
         self._catalog = catalog
+        self._batching = dict(batching or {})
+        self._batchers: dict[str, Batcher] = {}
         self._loaded: dict[str, Loaded] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -102,9 +107,28 @@ class ModelPool:
     def infer(
         self, spec: PipelineSpec, pipeline: Pipeline, inputs: BaseModel, ctx: RunContext
     ) -> RunResult[Any]:
-        """Run one job on a loaded pipeline: the one place every job passes through on its way to
-        the model, where batching concurrent jobs of one pipeline will go."""
-        return pipeline.run(inputs, ctx)
+        """Run one job on a loaded pipeline: the one place every job passes on its way to the model.
+        A pipeline with batching configured (and a ``run_batch``) runs with its concurrent jobs."""
+        batcher = self._batcher(spec.name, pipeline)
+        if batcher is None:
+            return pipeline.run(inputs, ctx)
+        return batcher.submit(inputs, ctx)
+
+    def _batcher(self, name: str, pipeline: Pipeline) -> Batcher | None:
+        settings = self._batching.get(name)
+        if settings is None or settings.max_batch < 2 or not hasattr(pipeline, "run_batch"):
+            return None
+        with self._guard:
+            if name not in self._batchers:
+                batching = cast(BatchingPipeline, pipeline)
+                self._batchers[name] = Batcher(name, batching, settings.max_batch, settings.max_wait_ms)
+            return self._batchers[name]
+
+    def batch_stats(self) -> dict[str, dict[str, float]]:
+        return {
+            name: {"batches": b.stats.batches, "jobs": b.stats.jobs, "mean_size": round(b.stats.mean_size, 2)}
+            for name, b in self._batchers.items()
+        }
 
     def load_seconds(self) -> dict[str, float]:
         return {name: round(v.load_seconds, 3) for name, v in self._loaded.items()}

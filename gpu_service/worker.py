@@ -27,6 +27,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from gpu_service.attempt import Ack, Attempt, Outcome, final_error, fit_in_docum
 from gpu_service.heartbeat import Heartbeat
 from gpu_service.multipart import Joiner
 from gpu_service.pool import ModelPool
+from infra import roundtrips
 from infra.blobs import BlobStore
 from infra.bus import Bus
 from infra.jobs import JobStore
@@ -83,6 +85,13 @@ class Worker:
     # -- one delivery ---------------------------------------------------------------------------
 
     def handle(self, message: JobMessage) -> Outcome:
+        """One delivery (or redriven unit): claim, execute, commit. Logs its round trips."""
+        with roundtrips.counting() as counter:
+            outcome = self._handle(message, counter)
+        log.info("%s round trips: %s (%s)", message.ref.label, roundtrips.summary(counter), outcome.detail)
+        return outcome
+
+    def _handle(self, message: JobMessage, counter: Counter[str]) -> Outcome:
         spec = self.catalog.get(message.pipeline)
         if spec is None:
             # Not ours to run (misrouted, or the pipeline is disabled here): leave the job alone;
@@ -107,15 +116,16 @@ class Worker:
         if claim.outcome is not ClaimOutcome.CLAIMED or claim.job is None:
             log.info("%s not run: %s", ref.label, claim.outcome)
             return Outcome(Ack.DONE, claim.outcome.value, claim.ended)
-        attempt = Attempt(ref, claim.job, claim.attempt, spec)
+        attempt = Attempt(ref, claim.job, claim.attempt, spec, roundtrips=counter)
         log.info("%s claimed by %s", attempt.label, self.owner)
         return self._execute(attempt)
 
     def _execute(self, attempt: Attempt) -> Outcome:
         def beat(progress: Progress | None) -> bool:
-            return self.jobs.heartbeat(
-                attempt.ref, self.owner, attempt.number, self.settings.lease_seconds, progress
-            )
+            with roundtrips.counting(attempt.roundtrips):  # also from the heartbeat's own thread
+                return self.jobs.heartbeat(
+                    attempt.ref, self.owner, attempt.number, self.settings.lease_seconds, progress
+                )
 
         heartbeat = Heartbeat(
             attempt.label,

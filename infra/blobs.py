@@ -12,6 +12,7 @@ from google.cloud import storage  # type: ignore[attr-defined]
 
 from core.errors import RetryableError
 from core.spec import parse_gs_uri
+from infra import roundtrips
 from infra.errors import TRANSIENT_GOOGLE_ERRORS
 from infra.settings import Settings
 
@@ -47,6 +48,7 @@ class BlobStore:
     def stat(self, uri: str) -> ObjectInfo | None:
         """Metadata of the object at ``uri``, or ``None`` if it does not exist."""
         bucket, name = parse_gs_uri(uri)
+        roundtrips.note("storage")
         try:
             blob = self._client.bucket(bucket).get_blob(name)
         except gexc.NotFound:
@@ -73,6 +75,7 @@ class BlobStore:
         """
         bucket, name = parse_gs_uri(uri)
         blob = self._client.bucket(bucket).blob(name, generation=int(generation) if generation else None)
+        roundtrips.note("storage")
         try:
             data: bytes = blob.download_as_bytes(start=0, end=nbytes - 1)
         except gexc.NotFound as exc:
@@ -92,6 +95,7 @@ class BlobStore:
         """
         bucket, name = parse_gs_uri(uri)
         blob = self._client.bucket(bucket).blob(name, generation=int(generation) if generation else None)
+        roundtrips.note("storage")
         try:
             blob.download_to_filename(str(dest))
         except gexc.NotFound as exc:
@@ -102,6 +106,7 @@ class BlobStore:
         return dest
 
     def upload(self, src: Path, bucket: str, name: str, content_type: str | None = None) -> str:
+        roundtrips.note("storage")
         try:
             self._client.bucket(bucket).blob(name).upload_from_filename(str(src), content_type=content_type)
         except _TRANSIENT as exc:
@@ -111,8 +116,10 @@ class BlobStore:
     def delete_prefix(self, bucket: str, prefix: str) -> int:
         """Delete every object under ``prefix``; returns how many were deleted."""
         count = 0
+        roundtrips.note("storage")
         for blob in self._client.list_blobs(bucket, prefix=prefix):
             try:
+                roundtrips.note("storage")
                 blob.delete()
                 count += 1
             except gexc.NotFound:

@@ -8,6 +8,7 @@ from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from core.contract import JobMessage
 from core.errors import RetryableError
 from core.routes import route
+from infra import roundtrips
 from infra.settings import Settings
 
 
@@ -21,6 +22,7 @@ class Bus:
 
     def publish(self, topic: str, data: bytes, **attributes: str) -> str:
         """Publish and wait for the server's ack; returns the message id."""
+        roundtrips.note("pubsub")
         try:
             future = self._publisher.publish(self.topic_path(topic), data, **attributes)
             return str(future.result(timeout=30))

@@ -33,6 +33,7 @@ from core.lifecycle import (
 from core.patch import DELETE, SERVER_TIME, Patch, Sentinel
 from core.recovery import decide_recover, decide_transition
 from core.work import WorkRef
+from infra import roundtrips
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,14 @@ class JobStore:
         """
         ref = self.ref(job_id)
         for attempt in range(CAS_ATTEMPTS):
+            roundtrips.note("firestore")
             snap = ref.get()
             job = read_job(snap.to_dict() or {}) if snap.exists else None
             decision = decide(job)
             if not decision.patch:
                 return decision.result
             try:
+                roundtrips.note("firestore")
                 ref.update(
                     to_firestore(decision.patch),
                     option=self._db.write_option(last_update_time=snap.update_time),
@@ -114,6 +117,7 @@ class JobStore:
     # -- reads ----------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> JobDoc | None:
+        roundtrips.note("firestore")
         snap = self.ref(job_id).get()
         return read_job(snap.to_dict() or {}) if snap.exists else None
 
@@ -177,6 +181,7 @@ class JobStore:
         data.setdefault("createdAt", firestore.SERVER_TIMESTAMP)
         data["updatedAt"] = firestore.SERVER_TIMESTAMP
         try:
+            roundtrips.note("firestore")
             self.ref(job_id).create(data)
         except gexc.AlreadyExists:
             return False
@@ -198,6 +203,7 @@ class JobStore:
         return self._cas(job_id, lambda job: decide_transition(job, to, allowed_from=allowed, patch=patch))
 
     def touch(self, job_id: str) -> None:
+        roundtrips.note("firestore")
         self.ref(job_id).update(to_firestore(Patch().server_time("updated_at")))
 
     # -- leased work: a job, or one part of it ------------------------------------------------------

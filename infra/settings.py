@@ -17,8 +17,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Batching(BaseModel):
+    """Dynamic batching of one pipeline's jobs (the pipeline must support it: ``run_batch``)."""
+
+    max_batch: int = Field(4, ge=1, le=64, description="jobs in one model call at most")
+    max_wait_ms: float = Field(
+        30.0, ge=0, le=5000, description="how long the first job waits for batch-mates"
+    )
 
 
 class Settings(BaseSettings):
@@ -59,6 +68,10 @@ class Settings(BaseSettings):
     )
     push_wait_seconds: float = Field(
         30.0, ge=0, description="how long a push waits for a free slot before answering 429"
+    )
+    batching: dict[str, Batching] = Field(
+        default_factory=dict,
+        description='per pipeline, e.g. BATCHING=\'{"edit": {"max_batch": 4, "max_wait_ms": 30}}\'',
     )
     redrive: bool = Field(True, description="run queued work straight from Firestore when a slot is idle")
     redrive_after_seconds: float = Field(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,9 @@ import torch
 from PIL import Image
 
 from core.errors import PermanentError
-from core.spec import RunContext, RunResult
+from core.spec import BatchProgress, RunContext, RunResult
 from pipelines.edit.spec import EditConfig, EditInputs, EditOutputs
-from pipelines.imaging.checks import load_image
+from pipelines.imaging.checks import CheckedImage, load_image
 from pipelines.imaging.diffusion import (
     PeakGpuMemory,
     apply_memory_strategy,
@@ -166,8 +166,48 @@ class EditPipeline(ImagePipeline[EditInputs, EditOutputs]):
         return type(self.pipe).__name__
 
     def _run(self, inputs: EditInputs, ctx: RunContext) -> RunResult[EditOutputs]:
+        prepared = self._prepare(inputs, ctx)
+        [result] = self._call([prepared], ctx.progress)
+        return self._finish(prepared, result, ctx)
+
+    # -- batching across jobs (gpu_service/batching.py) -------------------------------------------
+
+    def batch_key(self, inputs: EditInputs) -> tuple[Any, ...]:
+        """Jobs that can share one call: same steps, guidance and adapters (sizes are grouped later)."""
+        loras = tuple((lora.path, lora.weight) for lora in inputs.loras)
+        return (inputs.steps, inputs.guidance, inputs.image_guidance, loras)
+
+    def run_batch(self, items: Sequence[tuple[Any, RunContext]]) -> list[RunResult[Any] | Exception]:
+        """Several jobs, one model call per work size; each job keeps its own seed, progress,
+        cancellation and errors (see :class:`~core.spec.BatchProgress`)."""
+        results: list[RunResult[Any] | Exception] = [PermanentError("not run")] * len(items)
+        prepared: dict[int, _Prepared] = {}
+        with self._lock:
+            for index, (inputs, ctx) in enumerate(items):
+                try:
+                    prepared[index] = self._prepare(EditInputs.model_validate(inputs), ctx)
+                except Exception as exc:  # this job's input, not its batch-mates'
+                    results[index] = exc
+            groups: dict[tuple[int, int], list[int]] = {}
+            for index, p in prepared.items():
+                groups.setdefault(p.work, []).append(index)
+            for indices in groups.values():
+                progress = BatchProgress([items[i][1] for i in indices])
+                images = self._call([prepared[i] for i in indices], progress.report)
+                for n, index in enumerate(indices):
+                    if n in progress.errors:
+                        results[index] = progress.errors[n]
+                        continue
+                    try:
+                        results[index] = self._finish(prepared[index], images[n], items[index][1])
+                    except Exception as exc:
+                        results[index] = exc
+        return results
+
+    # -- the steps of one job ------------------------------------------------------------------------
+
+    def _prepare(self, inputs: EditInputs, ctx: RunContext) -> _Prepared:
         t0 = time.perf_counter()
-        timings: dict[str, float] = {}
         ctx.progress(0.0, "checking inputs")
         checked = load_image(input_path(ctx, "image"), self.config, what="image")
         loras = self.adapters.resolve(inputs.loras)
@@ -195,24 +235,45 @@ class EditPipeline(ImagePipeline[EditInputs, EditOutputs]):
             image_guidance=image_guidance,
             image=work_image,
         )
-        timings["checks"] = time.perf_counter() - t0
         log.info(
             "edit job %s: %dx%d (work %dx%d), %s, seed %d",
             ctx.job_id, width, height, *work, self.backend, seed,
         )  # fmt: skip
+        return _Prepared(inputs, checked, loras, seed, work, job, t0, {"checks": time.perf_counter() - t0})
 
+    def _call(self, batch: Sequence[_Prepared], progress: Callable[[float, str], None]) -> list[Image.Image]:
+        """One model call for jobs of one work size and batch key, a generator per job."""
+        first = batch[0]
         t1 = time.perf_counter()
-        with gpu_errors(), PeakGpuMemory(self.device) as peak, self.adapters.applied(self.pipe, loras):
+        calls = [self.family.kwargs(p.job) for p in batch]
+        kwargs: dict[str, Any] = {}
+        for key in calls[0]:
+            values = [c[key] for c in calls]
+            if key in PER_JOB_ARGUMENTS:
+                kwargs[key] = values if len(batch) > 1 else values[0]
+                if key == "negative_prompt" and len(batch) > 1:
+                    kwargs[key] = None if all(v is None for v in values) else [v or "" for v in values]
+            else:
+                kwargs[key] = values[0]  # equal for the whole batch: same key, same work size
+        generators = [make_generator(p.seed) for p in batch]
+        with gpu_errors(), PeakGpuMemory(self.device) as peak, self.adapters.applied(self.pipe, first.loras):
             out = self.pipe(
-                **self.family.kwargs(job),
-                num_inference_steps=job.steps,
-                generator=make_generator(seed),
-                callback_on_step_end=step_progress(ctx.progress, job.steps),
+                **kwargs,
+                num_inference_steps=first.job.steps,
+                generator=generators if len(batch) > 1 else generators[0],
+                callback_on_step_end=step_progress(progress, first.job.steps),
                 output_type="pil",
             )
-        result: Image.Image = out.images[0]
-        timings["inference"] = time.perf_counter() - t1
+        images: list[Image.Image] = list(out.images)
+        seconds = time.perf_counter() - t1
+        for p in batch:
+            p.timings["inference"] = seconds
+            p.timings["batch_size"] = len(batch)
+            p.peak = peak.peak_bytes
+        return images
 
+    def _finish(self, p: _Prepared, result: Image.Image, ctx: RunContext) -> RunResult[EditOutputs]:
+        inputs, checked = p.inputs, p.checked
         t2 = time.perf_counter()
         ctx.progress(1.0, "writing result")
         if result.size != checked.size:
@@ -221,25 +282,26 @@ class EditPipeline(ImagePipeline[EditInputs, EditOutputs]):
         key, path = save_result(
             result.convert("RGB"), Path(ctx.workdir), fmt, self.config, icc_profile=checked.icc_profile
         )
-        timings["write"] = time.perf_counter() - t2
-        timings["total"] = time.perf_counter() - t0
+        p.timings["write"] = time.perf_counter() - t2
+        p.timings["total"] = time.perf_counter() - p.started
+        width, height = checked.size
         outputs = EditOutputs(
             result_file=key,
             width=width,
             height=height,
             format=fmt,
-            seed=seed,
+            seed=p.seed,
             backend=self.backend,
-            work_width=work[0],
-            work_height=work[1],
+            work_width=p.work[0],
+            work_height=p.work[1],
             steps=inputs.steps,
-            guidance=guidance,
-            image_guidance=image_guidance,
-            loras=[lora.ref for lora in loras],
+            guidance=p.job.guidance,
+            image_guidance=p.job.image_guidance,
+            loras=[lora.ref for lora in p.loras],
             memory_strategy=self.strategy.name,
-            peak_gpu_memory_bytes=peak.peak_bytes,
+            peak_gpu_memory_bytes=p.peak,
             notes=checked.notes,
-            timings={k: round(v, 4) for k, v in timings.items()},
+            timings={k: round(v, 4) for k, v in p.timings.items()},
         )
         return RunResult(
             outputs=outputs,
@@ -247,6 +309,25 @@ class EditPipeline(ImagePipeline[EditInputs, EditOutputs]):
             metadata={"backend": self.backend, "memory_strategy": self.strategy.name},
             uri_fields={"image": key},
         )
+
+
+#: Call arguments that differ per job in a batched call (lists); the others are the batch's own.
+PER_JOB_ARGUMENTS = frozenset({"image", "prompt", "negative_prompt"})
+
+
+@dataclass
+class _Prepared:
+    """One job of the edit pipeline, checked and ready for the model call."""
+
+    inputs: EditInputs
+    checked: CheckedImage
+    loras: list[Any]
+    seed: int
+    work: tuple[int, int]
+    job: EditJob
+    started: float
+    timings: dict[str, float]
+    peak: int | None = None
 
 
 def load(config: EditConfig) -> EditPipeline:

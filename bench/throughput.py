@@ -1,0 +1,391 @@
+"""Throughput side by side, on the local stack: what the system adds to the model's own time.
+
+    make bench          # or: python -m bench.throughput
+
+1. **Direct vs through the system** (transcription): the same short speech clips through
+   ``pipeline.run`` in this process, then as jobs through the stack one at a time, then all at
+   once. The ratio is direct time / system time for the same clips.
+2. **A burst of small jobs** (OpenCV inpainting of 32x32 images): rate, created -> succeeded
+   percentiles, time in each state, the slots' busy fraction, the Firestore/Storage/Pub/Sub round
+   trips one job costs (from the components' logs), and in the same run the emulator's raw
+   publish -> push rate to an endpoint that does nothing, and the unavoidable hops a job pays
+   (trigger delivery, one publish -> push, a commit write reaching a listener).
+
+Ratios are measured within one run, so they hold on a busy machine too. Writes
+``bench/results/throughput.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import platform
+import re
+import statistics
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+from google.cloud import firestore
+
+from core.contract import JobDoc, JobStatus, read_job
+from core.spec import RunContext
+from infra.client import Client
+from infra.localstack.stack import LocalStack, StackConfig
+from infra.settings import Settings
+from pipelines.registry import catalog
+
+RESULTS = Path(__file__).with_name("results")
+SENTENCES = [
+    "The quarterly report is due on Friday and the team is on track.",
+    "Please send the updated slides before the meeting starts tomorrow morning.",
+    "We moved the database to the new cluster last night without any downtime.",
+    "The customer asked for a demo of the transcription feature next week.",
+    "Remember to rotate the keys and to update the deployment notes afterwards.",
+    "Lunch is at noon in the large conference room on the third floor.",
+]
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+
+def _ts(d: datetime | None) -> float:
+    assert d is not None
+    return d.astimezone(UTC).timestamp()
+
+
+# -- 1. direct vs through the system -------------------------------------------------------------
+
+
+def speech_clips(tmp: Path) -> list[Path]:
+    from tests.support.speech import synthesize
+
+    return [synthesize(text, tmp / f"clip{n}.wav") for n, text in enumerate(SENTENCES)]
+
+
+def direct(clips: list[Path], tmp: Path) -> float:
+    """The transcribe pipeline called in this process, clip after clip (model loaded first)."""
+    pipelines = catalog(["transcribe"])
+    spec = pipelines.get("transcribe")
+    assert spec is not None
+    pipeline = spec.load(pipelines.config(spec))
+    started = time.perf_counter()
+    for n, clip in enumerate(clips):
+        work = tmp / f"direct{n}"
+        work.mkdir()
+        inputs = spec.inputs.model_validate({"media": "gs://b/uploads/u/x.wav"})
+        pipeline.run(inputs, RunContext(job_id=f"d{n}", workdir=work, files={"media": clip}))
+    return time.perf_counter() - started
+
+
+def through_system(client: Client, clips: list[Path], uid: str, *, at_once: bool) -> float:
+    uris = [client.upload(clip, uid) for clip in clips]
+    started = time.perf_counter()
+    if at_once:
+        ids = [client.create_job(uid, "transcribe", {"media": uri}) for uri in uris]
+        jobs = [client.follow(job_id, timeout=300) for job_id in ids]
+    else:
+        jobs = [
+            client.follow(client.create_job(uid, "transcribe", {"media": uri}), timeout=300) for uri in uris
+        ]
+    elapsed = time.perf_counter() - started
+    assert all(j.status is JobStatus.SUCCEEDED for j in jobs), [j.error for j in jobs]
+    return elapsed
+
+
+# -- 2. a burst of small jobs ----------------------------------------------------------------------
+
+
+class _Sink(BaseHTTPRequestHandler):
+    times: list[float] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        _Sink.times.append(time.perf_counter())
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def sink() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+
+
+def raw_push_rate(stack: LocalStack, n: int) -> dict[str, float]:
+    """The emulator alone: publish ``n`` messages, pushed to an endpoint that only answers 200."""
+    base = f"http://127.0.0.1:{stack.ports['pubsub']}/v1/projects/{stack.config.project}"
+    with sink() as port:
+        httpx.put(f"{base}/topics/raw-push").raise_for_status()
+        httpx.put(
+            f"{base}/subscriptions/raw-push-sink",
+            json={
+                "topic": f"projects/{stack.config.project}/topics/raw-push",
+                "pushConfig": {"pushEndpoint": f"http://127.0.0.1:{port}/push"},
+                "ackDeadlineSeconds": 60,
+            },
+        ).raise_for_status()
+        _Sink.times = []
+        data = base64.b64encode(b'{"jobId": "x", "pipeline": "none"}').decode()
+        started = time.perf_counter()
+        for i in range(0, n, 100):
+            batch = [{"data": data} for _ in range(min(100, n - i))]
+            httpx.post(f"{base}/topics/raw-push:publish", json={"messages": batch}).raise_for_status()
+        deadline = time.monotonic() + 120
+        while len(_Sink.times) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        elapsed = (_Sink.times[-1] if _Sink.times else time.perf_counter()) - started
+    return {
+        "messages": len(_Sink.times),
+        "seconds": round(elapsed, 3),
+        "per_second": round(len(_Sink.times) / elapsed, 1),
+    }
+
+
+def unavoidable_hops(client: Client, stack: LocalStack, uid: str) -> dict[str, float]:
+    """Medians of the hops every job pays, on this stack: publish -> push, a write reaching a
+    listener, and a Firestore create reaching the created-trigger."""
+    base = f"http://127.0.0.1:{stack.ports['pubsub']}/v1/projects/{stack.config.project}"
+    push: list[float] = []
+    with sink() as port:
+        httpx.put(f"{base}/topics/hop-push").raise_for_status()
+        httpx.put(
+            f"{base}/subscriptions/hop-push-sink",
+            json={
+                "topic": f"projects/{stack.config.project}/topics/hop-push",
+                "pushConfig": {"pushEndpoint": f"http://127.0.0.1:{port}/push"},
+            },
+        ).raise_for_status()
+        data = base64.b64encode(b"{}").decode()
+        for _ in range(10):
+            _Sink.times = []
+            t0 = time.perf_counter()
+            httpx.post(
+                f"{base}/topics/hop-push:publish", json={"messages": [{"data": data}]}
+            ).raise_for_status()
+            while not _Sink.times:
+                time.sleep(0.002)
+            push.append(_Sink.times[0] - t0)
+    listen: list[float] = []
+    for n in range(10):
+        ref = client.db.collection("hops").document(f"{uid}-{n}")
+        ref.set({"v": 0})
+        seen = threading.Event()
+
+        def on_change(snaps: list[Any], *_: Any, seen: threading.Event = seen) -> None:
+            if snaps and (snaps[0].to_dict() or {}).get("v") == 1:
+                seen.set()
+
+        watch = ref.on_snapshot(on_change)
+        time.sleep(0.3)
+        t0 = time.perf_counter()
+        ref.update({"v": 1})
+        seen.wait(10)
+        listen.append(time.perf_counter() - t0)
+        watch.unsubscribe()
+    trigger: list[float] = []
+    log = stack.log_path("on-job-created")
+    for n in range(10):
+        job_id = f"hop-{uid}-{n}"
+        t0 = time.time()
+        # Already final: the trigger function is invoked, finds nothing to do, and logs it.
+        client.jobs().document(job_id).set({"uid": uid, "pipeline": "none", "status": "succeeded"})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            stamp = _log_time(log, job_id)
+            if stamp is not None:
+                trigger.append(stamp - t0)
+                break
+            time.sleep(0.01)
+    return {
+        "publish_to_push": round(statistics.median(push), 3),
+        "write_to_listener": round(statistics.median(listen), 3),
+        "create_to_trigger": round(statistics.median(trigger), 3) if trigger else float("nan"),
+    }
+
+
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*job (\S+) round trips: (.*) \(")
+
+
+def _log_time(path: Path, job_id: str) -> float | None:
+    for line in path.read_text(errors="replace").splitlines():
+        m = _LOG_LINE.match(line)
+        if m and m[2] == job_id:
+            local = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f")
+            return local.astimezone().timestamp()
+    return None
+
+
+def round_trips(stack: LocalStack, ids: set[str]) -> dict[str, float]:
+    """Mean round trips per job, summed over the functions and the GPU service, from their logs."""
+    per_job: dict[str, Counter[str]] = {job_id: Counter() for job_id in ids}
+    for name in ("on-object-finalized", "on-job-created", "gpu_service"):
+        for line in stack.log_path(name).read_text(errors="replace").splitlines():
+            m = _LOG_LINE.match(line)
+            if m and m[2] in per_job:
+                for pair in m[3].split():
+                    service, _, value = pair.partition("=")
+                    per_job[m[2]][service] += int(value)
+    totals = Counter[str]()
+    for counter in per_job.values():
+        totals.update(counter)
+    return {k: round(totals[k] / max(len(ids), 1), 2) for k in ("firestore", "storage", "pubsub")}
+
+
+def burst(client: Client, stack: LocalStack, n: int, uid: str, tmp: Path) -> dict[str, Any]:
+    from PIL import Image, ImageDraw
+
+    image, mask = tmp / "tiny.png", tmp / "tiny-mask.png"
+    Image.new("RGB", (32, 32), (90, 140, 200)).save(image)
+    m = Image.new("L", (32, 32), 0)
+    ImageDraw.Draw(m).rectangle((10, 10, 20, 20), fill=255)
+    m.save(mask)
+    image_uri, mask_uri = client.upload(image, uid), client.upload(mask, uid)
+    samples: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        with httpx.Client(timeout=2) as http:
+            while not stop.wait(0.2):
+                try:
+                    cap = http.get(stack.env["GPU_SERVICE_URL"] + "/healthz").json()["capacity"]
+                except httpx.HTTPError:
+                    continue  # a sample missed: the service is busy answering pushes
+                samples.append((int(cap["running"]), int(cap["slots"])))
+
+    threading.Thread(target=sample, daemon=True).start()
+    started = time.time()
+    ids = [client.create_job(uid, "inpaint", {"image": image_uri, "mask": mask_uri}) for _ in range(n)]
+    deadline = time.monotonic() + 600
+    done: dict[str, JobDoc] = {}
+    while len(done) < n and time.monotonic() < deadline:
+        for snap in client.jobs().where(filter=firestore.FieldFilter("uid", "==", uid)).stream():
+            job = read_job(snap.to_dict() or {})
+            if job.status is not None and job.status.is_final and snap.id in ids:
+                done[snap.id] = job
+        time.sleep(0.5)
+    stop.set()
+    jobs = [done[j] for j in ids if j in done]
+    ok = [j for j in jobs if j.status is JobStatus.SUCCEEDED]
+    end = max(_ts(j.finished_at) for j in ok)
+    latency = [_ts(j.finished_at) - _ts(j.created_at) for j in ok]
+    busy = [r / s for r, s in samples if s] or [0.0]
+    return {
+        "jobs": n,
+        "succeeded": len(ok),
+        "seconds": round(end - started, 2),
+        "jobs_per_second": round(len(ok) / (end - started), 2),
+        "latency_p50": _pct(latency, 0.5),
+        "latency_p99": _pct(latency, 0.99),
+        "in_pending_median": round(statistics.median(_ts(j.queued_at) - _ts(j.created_at) for j in ok), 3),
+        "in_queued_median": round(statistics.median((j.timings.queue or 0) for j in ok if j.timings), 3),
+        "in_queued_p99": _pct([(j.timings.queue or 0) for j in ok if j.timings], 0.99),
+        "running_median": round(
+            statistics.median(_ts(j.finished_at) - _ts(j.started_at) for j in ok if j.started_at), 3
+        ),
+        "model_seconds_median": round(
+            statistics.median((j.timings.inference or 0) for j in ok if j.timings), 4
+        ),
+        "busy_fraction": round(statistics.fmean(busy), 3),
+        "round_trips_per_job": round_trips(stack, set(ids)),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--burst", type=int, default=200)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    stamp = int(time.time())
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        clips = speech_clips(tmp)
+        direct_seconds = direct(clips, tmp)
+        config = StackConfig(
+            state_dir=tmp / "stack",
+            enabled_pipelines=["transcribe", "inpaint"],
+            env={"LOG_LEVEL": "INFO", "MAX_CONCURRENT_JOBS": "2"},
+        )
+        with LocalStack(config) as stack:
+            os.environ.update(stack.env)
+            client = Client.from_settings(Settings())
+            through_system(client, clips[:1], f"warm-{stamp}", at_once=False)  # warm caches
+            one_by_one = through_system(client, clips, f"seq-{stamp}", at_once=False)
+            at_once = through_system(client, clips, f"par-{stamp}", at_once=True)
+            hops = unavoidable_hops(client, stack, f"hops-{stamp}")
+            raw = raw_push_rate(stack, args.burst * 2)
+            small = burst(client, stack, args.burst, f"burst-{stamp}", tmp)
+
+    n = len(clips)
+    added_per_job = (one_by_one - direct_seconds) / n
+    unavoidable = hops["publish_to_push"] + hops["write_to_listener"] + hops["create_to_trigger"]
+    report = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
+        "transcription": {
+            "clips": n,
+            "direct_seconds": round(direct_seconds, 3),
+            "system_one_at_a_time_seconds": round(one_by_one, 3),
+            "system_all_at_once_seconds": round(at_once, 3),
+            "throughput_ratio_one_at_a_time": round(direct_seconds / one_by_one, 3),
+            "throughput_ratio_all_at_once": round(direct_seconds / at_once, 3),
+            "added_seconds_per_job": round(added_per_job, 3),
+        },
+        "unavoidable_hops": hops,
+        "added_over_unavoidable": round(added_per_job / unavoidable, 2) if unavoidable else None,
+        "raw_push": raw,
+        "burst": small,
+        "burst_rate_over_raw_push": round(small["jobs_per_second"] / raw["per_second"], 3),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "throughput.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    t = report["transcription"]
+    print(
+        f"transcription, {n} clips: direct {t['direct_seconds']} s; through the system one at a time "
+        f"{t['system_one_at_a_time_seconds']} s ({t['throughput_ratio_one_at_a_time']}x), all at once "
+        f"{t['system_all_at_once_seconds']} s ({t['throughput_ratio_all_at_once']}x)"
+    )
+    print(
+        f"added per job: {t['added_seconds_per_job']} s; unavoidable hops {hops} "
+        f"(sum {unavoidable:.3f} s): {report['added_over_unavoidable']}x"
+    )
+    print(
+        f"raw publish->push: {raw['per_second']} msg/s; burst of {small['jobs']} tiny inpaint jobs: "
+        f"{small['jobs_per_second']} jobs/s = {report['burst_rate_over_raw_push']}x of raw push"
+    )
+    print(
+        f"  latency p50 {small['latency_p50']} s, p99 {small['latency_p99']} s; median pending "
+        f"{small['in_pending_median']} s, queued {small['in_queued_median']} s (p99 {small['in_queued_p99']}), "
+        f"running {small['running_median']} s (model {small['model_seconds_median']} s); "
+        f"slots busy {small['busy_fraction']:.0%}"
+    )
+    print(f"  round trips per job: {small['round_trips_per_job']}")
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
