@@ -30,9 +30,10 @@ lint:
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-bench: install ## upload -> succeeded latency for a 10 s clip, split by stage
+bench: install ## latency by stage, throughput side by side (direct vs system, burst vs raw push, batching)
 	$(PY) -m bench.e2e_latency --runs 5
 	$(PY) -m bench.video_latency --runs 3
+	$(PY) -m bench.throughput
 
 clean:
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache

@@ -106,6 +106,62 @@ def through_system(client: Client, clips: list[Path], uid: str, *, at_once: bool
     return elapsed
 
 
+# -- 3. batching on vs off --------------------------------------------------------------------------
+
+
+def batching_on_off(tmp: Path, jobs: int, max_batch: int) -> dict[str, Any]:
+    """The same offered load (``jobs`` submitted at once) on a tiny random-weight InstructPix2Pix,
+    through the batcher the service uses, with batches of one and of ``max_batch``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from gpu_service.batching import Batcher
+    from pipelines.edit import SPEC, EditConfig
+    from pipelines.edit.pipeline import EditPipeline
+    from scripts.sample_images import make_sample
+    from tests.support.tiny_diffusers import build_tiny_instruct_pix2pix
+
+    torch.set_num_threads(1)  # the tiny models gain nothing from a second thread
+    model_dir = build_tiny_instruct_pix2pix(tmp / "tiny-ip2p")
+    pipeline = SPEC.load(EditConfig.model_validate({"model_dir": str(model_dir), "device": "cpu"}))
+    assert isinstance(pipeline, EditPipeline)
+    _clean, marked, _mask = make_sample(64, 64)
+    photo = tmp / "photo.png"
+    marked.save(photo)
+
+    def run(size: int, label: str) -> float:
+        batcher = Batcher(f"edit-{label}", pipeline, max_batch=size, max_wait_ms=20)
+
+        def one(n: int) -> None:
+            work = tmp / f"{label}-{n}"
+            work.mkdir()
+            inputs = {
+                "image": "gs://bucket/uploads/u/p.png",
+                "instruction": "make it blue",
+                "steps": 4,
+                "seed": n,
+            }
+            batcher.submit(inputs, RunContext(job_id=f"{label}{n}", workdir=work, files={"image": photo}))
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(jobs) as pool:
+            list(pool.map(one, range(jobs)))
+        return time.perf_counter() - started
+
+    run(max_batch, "warm")
+    off = run(1, "off")
+    on = run(max_batch, "on")
+    return {
+        "model": "tiny random-weight InstructPix2Pix (built by the benchmark), 64x64, 4 steps, CPU, 1 thread",
+        "jobs": jobs,
+        "max_batch": max_batch,
+        "unbatched_seconds": round(off, 3),
+        "batched_seconds": round(on, 3),
+        "speedup": round(off / on, 2),
+    }
+
+
 # -- 2. a burst of small jobs ----------------------------------------------------------------------
 
 
@@ -314,6 +370,7 @@ def burst(client: Client, stack: LocalStack, n: int, uid: str, tmp: Path) -> dic
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--batch-jobs", type=int, default=16)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -321,6 +378,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        batching = batching_on_off(tmp, args.batch_jobs, max_batch=4)
         clips = speech_clips(tmp)
         direct_seconds = direct(clips, tmp)
         config = StackConfig(
@@ -358,6 +416,7 @@ def main() -> int:
         "raw_push": raw,
         "burst": small,
         "burst_rate_over_raw_push": round(small["jobs_per_second"] / raw["per_second"], 3),
+        "batching": batching,
     }
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "throughput.json"
@@ -383,6 +442,10 @@ def main() -> int:
         f"slots busy {small['busy_fraction']:.0%}"
     )
     print(f"  round trips per job: {small['round_trips_per_job']}")
+    print(
+        f"batching, {batching['jobs']} tiny edit jobs at once: unbatched {batching['unbatched_seconds']} s, "
+        f"batches of {batching['max_batch']} {batching['batched_seconds']} s: {batching['speedup']}x"
+    )
     print(f"written to {out}")
     return 0
 

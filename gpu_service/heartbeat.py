@@ -47,8 +47,8 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"lease-{label}", daemon=True)
-        self._last_write = 0.0
-        self._last_stage = ""
+        # The claim itself wrote the lease and the first progress: the next write can wait.
+        self._last_write = time.monotonic()
         self._cancelled = False
         self._lost: LeaseLost | None = None
 
@@ -72,10 +72,11 @@ class Heartbeat:
             raise Preempted("the worker is shutting down; the job goes back to the queue")
 
     def report(self, fraction: float, stage: str) -> None:
-        """Throttled progress write, then the checkpoint."""
+        """Throttled progress write (at most one per ``min_interval``, stage changes included: a
+        job shorter than that costs no progress write at all), then the checkpoint."""
         self.check()
         now = time.monotonic()
-        if stage != self._last_stage or now - self._last_write >= self._min_interval:
+        if now - self._last_write >= self._min_interval:
             self._write(Progress(fraction=min(max(fraction, 0.0), 1.0), stage=stage[:64]))
         self.check()
 
@@ -94,8 +95,6 @@ class Heartbeat:
                 log.warning("heartbeat for %s failed", self._label, exc_info=True)
                 return
             self._last_write = time.monotonic()
-            if progress is not None:
-                self._last_stage = progress.stage
 
     def _loop(self) -> None:
         while not self._stop.wait(self._period):
