@@ -86,7 +86,7 @@ def direct(clips: list[Path], tmp: Path) -> float:
     for n, clip in enumerate(clips):
         work = tmp / f"direct{n}"
         work.mkdir()
-        inputs = spec.inputs.model_validate({"media": "gs://b/uploads/u/x.wav"})
+        inputs = spec.inputs.model_validate({"media": "gs://bucket/uploads/u/x.wav"})
         pipeline.run(inputs, RunContext(job_id=f"d{n}", workdir=work, files={"media": clip}))
     return time.perf_counter() - started
 

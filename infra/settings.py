@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -118,6 +118,18 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.lstrip().startswith("["):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _batches_fit_the_slots(self) -> Settings:
+        # Admission lets MAX_CONCURRENT_JOBS units in at once (the pull consumers' flow control
+        # too): a batch larger than that could never form.
+        for name, batching in self.batching.items():
+            if batching.max_batch > self.max_concurrent_jobs:
+                raise ValueError(
+                    f"BATCHING for {name}: max_batch {batching.max_batch} is larger than "
+                    f"MAX_CONCURRENT_JOBS {self.max_concurrent_jobs}; raise MAX_CONCURRENT_JOBS"
+                )
+        return self
 
     @property
     def using_emulators(self) -> bool:

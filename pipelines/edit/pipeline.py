@@ -172,8 +172,10 @@ class EditPipeline(ImagePipeline[EditInputs, EditOutputs]):
 
     # -- batching across jobs (gpu_service/batching.py) -------------------------------------------
 
-    def batch_key(self, inputs: EditInputs) -> tuple[Any, ...]:
+    def batch_key(self, inputs: EditInputs | dict[str, Any]) -> tuple[Any, ...]:
         """Jobs that can share one call: same steps, guidance and adapters (sizes are grouped later)."""
+        if not isinstance(inputs, EditInputs):
+            inputs = EditInputs.model_validate(inputs)
         loras = tuple((lora.path, lora.weight) for lora in inputs.loras)
         return (inputs.steps, inputs.guidance, inputs.image_guidance, loras)
 

@@ -192,3 +192,32 @@ def test_a_lone_job_runs_after_the_wait_without_batch_mates() -> None:
     started = time.monotonic()
     assert _submit_all(batcher, [{"n": 7}]) == [14]
     assert time.monotonic() - started < 5 and stand.calls == [[7]]
+
+
+def test_the_model_pool_batches_only_pipelines_configured_and_able_to() -> None:
+    from types import SimpleNamespace
+
+    from core.spec import Catalog
+    from gpu_service.pool import ModelPool
+    from infra.settings import Batching
+
+    stand = _Stand()
+    spec = SimpleNamespace(name="stand")
+    pool = ModelPool(Catalog(specs={}), {"stand": Batching(max_batch=2, max_wait_ms=100)})
+    with ThreadPoolExecutor(2) as executor:
+        futures = [executor.submit(pool.infer, spec, stand, {"n": n}, None) for n in (1, 2)]  # type: ignore[arg-type]
+        assert sorted(f.result(timeout=10).outputs for f in futures) == [2, 4]
+    assert stand.calls == [[1, 2]] or sorted(stand.calls) == [[1], [2]]
+    assert pool.batch_stats()["stand"]["jobs"] == 2
+    # Not configured: the pipeline's own run, one job at a time.
+    with pytest.raises(AssertionError, match="through run_batch"):
+        ModelPool(Catalog(specs={})).infer(spec, stand, {"n": 1}, None)  # type: ignore[arg-type]
+
+
+def test_a_batch_larger_than_the_slots_is_refused_at_start() -> None:
+    from pydantic import ValidationError
+
+    from infra.settings import Settings
+
+    with pytest.raises(ValidationError, match="raise MAX_CONCURRENT_JOBS"):
+        Settings(batching={"edit": {"max_batch": 4}}, max_concurrent_jobs=2)
