@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +68,21 @@ class BlobStore:
             metadata=dict(blob.metadata or {}),
         )
 
+    @contextmanager
+    def _reading(self, uri: str, generation: str | None) -> Iterator[storage.Blob]:
+        """The blob of ``uri`` (exactly ``generation`` when given), with Storage's errors mapped:
+        ``FileNotFoundError`` when that object (generation) does not exist, ``RetryableError``
+        when Storage is unavailable."""
+        bucket, name = parse_gs_uri(uri)
+        blob = self._client.bucket(bucket).blob(name, generation=int(generation) if generation else None)
+        roundtrips.note("storage")
+        try:
+            yield blob
+        except gexc.NotFound as exc:
+            raise FileNotFoundError(uri) from exc
+        except _TRANSIENT as exc:
+            raise RetryableError(f"Cloud Storage unavailable reading {uri}: {exc}") from exc
+
     def read_head(self, uri: str, nbytes: int, generation: str | None = None) -> bytes:
         """The first ``nbytes`` of the object (a range read), of ``generation`` when given.
 
@@ -73,17 +90,11 @@ class BlobStore:
             FileNotFoundError: the object (that generation) does not exist.
             RetryableError: Storage is unavailable.
         """
-        bucket, name = parse_gs_uri(uri)
-        blob = self._client.bucket(bucket).blob(name, generation=int(generation) if generation else None)
-        roundtrips.note("storage")
-        try:
-            data: bytes = blob.download_as_bytes(start=0, end=nbytes - 1)
-        except gexc.NotFound as exc:
-            raise FileNotFoundError(uri) from exc
-        except gexc.RequestRangeNotSatisfiable:
-            return b""  # an empty object
-        except _TRANSIENT as exc:
-            raise RetryableError(f"Cloud Storage unavailable reading {uri}: {exc}") from exc
+        with self._reading(uri, generation) as blob:
+            try:
+                data: bytes = blob.download_as_bytes(start=0, end=nbytes - 1)
+            except gexc.RequestRangeNotSatisfiable:
+                return b""  # an empty object
         return data
 
     def download(self, uri: str, dest: Path, generation: str | None = None) -> Path:
@@ -93,16 +104,12 @@ class BlobStore:
             FileNotFoundError: the object (that generation) does not exist.
             RetryableError: Storage is unavailable.
         """
-        bucket, name = parse_gs_uri(uri)
-        blob = self._client.bucket(bucket).blob(name, generation=int(generation) if generation else None)
-        roundtrips.note("storage")
         try:
-            blob.download_to_filename(str(dest))
-        except gexc.NotFound as exc:
+            with self._reading(uri, generation) as blob:
+                blob.download_to_filename(str(dest))
+        except FileNotFoundError:
             dest.unlink(missing_ok=True)
-            raise FileNotFoundError(uri) from exc
-        except _TRANSIENT as exc:
-            raise RetryableError(f"Cloud Storage unavailable downloading {uri}: {exc}") from exc
+            raise
         return dest
 
     def upload(self, src: Path, bucket: str, name: str, content_type: str | None = None) -> str:

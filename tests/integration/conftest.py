@@ -9,9 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from functions.handlers import Deps
+from infra.blobs import BlobStore, storage_client
+from infra.bus import Bus
 from infra.client import Client
+from infra.jobs import JobStore, firestore_client
 from infra.localstack.stack import LocalStack, StackConfig
 from infra.settings import Settings
+from pipelines.registry import catalog
 from tests.support.flaky import topology_with_flaky
 
 # Small enough to test "too large" with a real upload; lease short enough to test take-overs.
@@ -99,3 +104,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def untriggered_deps(collection: str) -> Deps:
+    """The functions' dependencies on a jobs collection no trigger watches: what the sweeper sees
+    when a created-event was lost, or a document slipped past the functions."""
+    settings = Settings(jobs_collection=collection)
+    return Deps(
+        settings,
+        catalog(["flaky"], ["tests.support.flaky:SPEC"]),
+        JobStore(firestore_client(settings), collection),
+        BlobStore(storage_client(settings)),
+        Bus(settings),
+    )

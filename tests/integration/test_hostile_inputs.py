@@ -25,16 +25,13 @@ from PIL import Image
 
 from core.contract import JobDoc, JobStatus, read_job
 from core.errors import MAX_MESSAGE_CHARS
-from functions.handlers import Deps, derived_job_id
+from functions.handlers import derived_job_id
 from functions.sweeper import sweep
-from infra.blobs import BlobStore, storage_client
-from infra.bus import Bus
 from infra.client import Client
-from infra.jobs import JobStore, firestore_client
+from infra.jobs import firestore_client
 from infra.localstack.stack import LocalStack
-from infra.settings import Settings
-from pipelines.registry import catalog
 from scripts.sample_images import make_sample
+from tests.integration.conftest import untriggered_deps
 from tests.support.speech import synthesize
 
 FINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.REJECTED, JobStatus.CANCELLED}
@@ -474,15 +471,8 @@ def test_an_input_replaced_after_validation_fails_the_job(
 def test_poison_documents_never_stop_the_sweeper_recovering_another_users_job(
     stack: LocalStack, uid: str
 ) -> None:
-    settings = Settings(jobs_collection="jobs-poison")  # no trigger: only the sweeper sees these
-    db = firestore_client(settings)
-    deps = Deps(
-        settings,
-        catalog(["flaky"], ["tests.support.flaky:SPEC"]),
-        JobStore(db, settings.jobs_collection),
-        BlobStore(storage_client(settings)),
-        Bus(settings),
-    )
+    deps = untriggered_deps("jobs-poison")
+    db = firestore_client(deps.settings)
     coll = db.collection("jobs-poison")
     coll.document(f"p1-{uid}").set(
         {"uid": uid, "pipeline": "flaky", "status": "pending", "createdAt": "garbage"}

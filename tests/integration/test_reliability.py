@@ -19,15 +19,15 @@ from google.cloud import firestore, pubsub_v1
 from core.contract import JobDoc, JobMessage, JobStatus
 from core.lifecycle import ClaimOutcome, Ending, LeaseLost
 from core.work import WorkRef
-from functions.handlers import Deps
 from functions.sweeper import sweep
-from infra.blobs import BlobStore, storage_client
+from infra.blobs import BlobStore
 from infra.bus import Bus
 from infra.client import Client
 from infra.jobs import JobStore, firestore_client
 from infra.localstack.stack import LocalStack
 from infra.settings import Settings
 from pipelines.registry import catalog
+from tests.integration.conftest import untriggered_deps
 from tests.support.flaky import count
 
 
@@ -192,15 +192,8 @@ def test_a_worker_that_lost_its_lease_cannot_commit(stack: LocalStack, client: C
 
 def test_sweeper_validates_a_pending_job_whose_trigger_never_ran(stack: LocalStack, uid: str) -> None:
     # A collection with no trigger stands in for a lost Firestore event.
-    settings = Settings(jobs_collection="jobs-no-trigger")
-    db = firestore_client(settings)
-    deps = Deps(
-        settings,
-        catalog(["flaky"], ["tests.support.flaky:SPEC"]),
-        JobStore(db, settings.jobs_collection),
-        BlobStore(storage_client(settings)),
-        Bus(settings),
-    )
+    deps = untriggered_deps("jobs-no-trigger")
+    db = firestore_client(deps.settings)
     db.collection("jobs-no-trigger").document(f"p-{uid}").set(
         {"uid": uid, "pipeline": "flaky", "inputs": {}, "status": "pending"}
     )
