@@ -33,6 +33,7 @@ from core.lifecycle import (
     decide_transition,
 )
 from core.patch import DELETE, SERVER_TIME, Patch, Sentinel
+from core.quota import Admission, Ledger, QuotaPolicy, decide_admission, needs_pruning
 from core.work import WorkRef
 from infra.settings import Settings
 
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 CAS_ATTEMPTS = 50
+#: A user creating many jobs at once contends on one ledger document: retry the transaction.
+ADMIT_ATTEMPTS = 60
 
 
 def firestore_client(settings: Settings) -> firestore.Client:
@@ -71,9 +74,12 @@ def to_firestore(patch: Patch) -> dict[str, Any]:
 
 
 class JobStore:
-    def __init__(self, client: firestore.Client, collection: str = "jobs") -> None:
+    def __init__(
+        self, client: firestore.Client, collection: str = "jobs", quotas_collection: str = "quotas"
+    ) -> None:
         self._db = client
         self._collection = collection
+        self._quotas = quotas_collection
 
     def ref(self, job_id: str) -> firestore.DocumentReference:
         return self._db.collection(self._collection).document(job_id)
@@ -182,6 +188,77 @@ class JobStore:
         except gexc.AlreadyExists:
             return False
         return True
+
+    # -- admission: the quota check and the move to queued, in one transaction ---------------------
+
+    def ledger(self, uid: str) -> Ledger:
+        snap = self._db.collection(self._quotas).document(uid).get()
+        return Ledger.model_validate(snap.to_dict() or {})
+
+    def _finished(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of ``job_ids`` are final (or gone). Read outside any transaction on purpose: a final
+        job stays final, so a stale read can only keep a job listed a little longer (never admit
+        too much), and the running jobs' documents, which workers write often, are never locked."""
+        refs = [self.ref(j) for j in job_ids]
+        done = {ref.id for ref in refs}
+        for snap in self._db.get_all(refs):
+            if snap.exists and not read_job(snap.to_dict() or {}).effective_status.is_final:
+                done.discard(snap.id)
+        return done
+
+    def admit(
+        self, job_id: str, uid: str, pipeline: str, policy: QuotaPolicy, queue: Patch
+    ) -> tuple[JobStatus | None, Admission | None]:
+        """Admit a pending job against its owner's quota and queue it (with ``queue``), or reject
+        it with ``quota_exceeded``: the ledger and the job change in one transaction, so counts
+        stay exact however many jobs a user creates at once.
+
+        Returns the state the job moved to (``None``: it was not pending any more, a duplicate
+        event), and the admission decided (``None`` when quotas are off).
+        """
+        if not policy.enabled:
+            moved = self.transition(job_id, JobStatus.QUEUED, allowed_from=[JobStatus.PENDING], patch=queue)
+            return (JobStatus.QUEUED if moved else None), None
+        job_ref = self.ref(job_id)
+        ledger_ref = self._db.collection(self._quotas).document(uid)
+        finished: set[str] = set()
+        outcome: dict[str, Any] = {}
+
+        @firestore.transactional
+        def attempt(tx: firestore.Transaction) -> None:
+            outcome.clear()
+            job_snap = job_ref.get(transaction=tx)
+            if not job_snap.exists:
+                return
+            job = read_job(job_snap.to_dict() or {})
+            ledger_snap = ledger_ref.get(transaction=tx)
+            ledger = Ledger.model_validate(ledger_snap.to_dict() or {})
+            if needs_pruning(ledger, policy, pipeline) and not set(ledger.active) <= finished | {job_id}:
+                finished.update(self._finished(j for j in ledger.active if j not in finished))
+            admission = decide_admission(
+                ledger, policy, job_id=job_id, pipeline=pipeline, now=utcnow(), finished=finished
+            )
+            if admission.admitted:
+                decision = decide_transition(
+                    job, JobStatus.QUEUED, allowed_from=[JobStatus.PENDING], patch=queue
+                )
+            else:
+                refusal = Patch().set("error", admission.error)
+                decision = decide_transition(
+                    job, JobStatus.REJECTED, allowed_from=[JobStatus.PENDING], patch=refusal
+                )
+            if decision.patch is None:
+                return  # not pending any more: a duplicate event, or the owner cancelled it
+            tx.set(ledger_ref, admission.ledger.model_dump())
+            tx.update(job_ref, to_firestore(decision.patch))
+            outcome["status"] = JobStatus.QUEUED if admission.admitted else JobStatus.REJECTED
+            outcome["admission"] = admission
+
+        try:
+            attempt(self._db.transaction(max_attempts=ADMIT_ATTEMPTS))
+        except ValueError as exc:  # the client library's "failed to commit after N attempts"
+            raise RetryableError(f"job {job_id}: the quota ledger of {uid} is too busy; try again") from exc
+        return outcome.get("status"), outcome.get("admission")
 
     # -- moves that are not an attempt's ----------------------------------------------------------
 
