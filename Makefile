@@ -16,7 +16,7 @@ test: install ## the whole suite: unit tests and the end-to-end tests on the rea
 test-fast: install ## unit tests only (no emulators)
 	$(PY) -m pytest tests/unit
 
-up: install ## start the local stack in the background; settings in .local/stack.env
+up: install ## start the local stack in the background; settings in .local/stack.env; prints the web client's URL
 	@mkdir -p .local/logs
 	@if [ -f .local/stack.pid ] && kill -0 $$(cat .local/stack.pid) 2>/dev/null; then echo "already running"; \
 	else nohup $(PY) -m infra.localstack up > .local/logs/stack.log 2>&1 & fi
@@ -30,9 +30,10 @@ lint:
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-bench: install ## upload -> succeeded latency for a 10 s clip, split by stage
+bench: install ## upload -> succeeded latency for a 10 s clip, split by stage; the app edge's latencies
 	$(PY) -m bench.e2e_latency --runs 5
 	$(PY) -m bench.video_latency --runs 3
+	$(PY) -m bench.app_edge --runs 20 --browser-runs 5
 
 clean:
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache
