@@ -33,7 +33,11 @@ TEST_STACK_ENV = {
     "PLUGINS": "tests.support.flaky:SPEC,tests.support.flaky:SLOW_SPEC,tests.support.flaky:PARTS_SPEC",
     # Generous per user, so that no other test meets a quota; flakyslow is the quota tests' own.
     "QUOTAS": json.dumps(
-        {"max_unfinished": 50, "max_daily": None, "pipelines": {QUOTA_PIPELINE: {"max_unfinished": QUOTA_CAP}}}
+        {
+            "max_unfinished": 50,
+            "max_daily": None,
+            "pipelines": {QUOTA_PIPELINE: {"max_unfinished": QUOTA_CAP}},
+        }
     ),
     "LOG_LEVEL": "INFO",
 }

@@ -167,7 +167,7 @@ class WebApp:
     @property
     def statuses_seen(self) -> list[str]:
         seen: list[str] = self.page.evaluate("() => window.__statuses || []")
-        return seen
+        return [s for s in seen if s not in ("…", "-")]
 
     @property
     def progress(self) -> float:
