@@ -73,6 +73,11 @@ def install(app: FastAPI) -> None:
             parts.append(f"{where}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}")
         return ApiError("invalid_request", "; ".join(parts)).response()
 
+    @app.exception_handler(Exception)
+    async def _crash(_request: Request, exc: Exception) -> JSONResponse:
+        # The server still logs the traceback (Starlette re-raises after answering).
+        return ApiError("internal", "internal error; try again", status=500).response()
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")

@@ -16,7 +16,7 @@ from api.auth import TokenVerifier, User
 from api.errors import ApiError
 from api.models import Job, JobCreate, JobPage, ResultFile, Results, Upload, UploadCreate
 from api.signing import UrlSigner
-from core.contract import JobDoc, JobStatus, read_job
+from core.contract import JOB_ID_PATTERN, JobDoc, JobStatus, read_job
 from core.errors import InvalidInput
 from core.patch import Patch
 from functions.events import DocumentEvent
@@ -73,8 +73,8 @@ def create_upload(api: Api, user: User, body: UploadCreate) -> Upload:
 
 def owned(api: Api, user: User, job_id: str) -> JobDoc:
     """The caller's job ``job_id``; another user's job is answered exactly like a missing one."""
-    if len(job_id) > 128:
-        raise ApiError("not_found", "no such job")
+    if not JOB_ID_PATTERN.match(job_id):
+        raise ApiError("not_found", "no such job: job ids are 1-128 letters, digits, '_' or '-'")
     snap = api.jobs().document(job_id).get()
     job = read_job(snap.to_dict() or {}) if snap.exists else None
     if job is None or job.uid != user.uid:
@@ -151,7 +151,7 @@ def list_jobs(api: Api, user: User, page_size: int, page_token: str | None) -> J
         .order_by("__name__", direction=firestore.Query.DESCENDING)
     )
     if page_token:
-        snap = api.jobs().document(page_token).get() if len(page_token) <= 128 else None
+        snap = api.jobs().document(page_token).get() if JOB_ID_PATTERN.match(page_token) else None
         if snap is None or not snap.exists or (snap.to_dict() or {}).get("uid") != user.uid:
             raise ApiError("invalid_request", "pageToken is not one this API gave you")
         query = query.start_after(snap)

@@ -260,6 +260,8 @@ def test_malformed_requests_are_json_errors(api: httpx.Client, alice: AuthUser) 
     )
     problem(api.post("/v1/jobs", headers=alice.headers, json={"inputs": {}}), 400, "invalid_request")
     problem(api.get("/v1/nothing-here", headers=alice.headers), 404, "not_found")
+    problem(api.get("/v1/jobs/not.a.job.id", headers=alice.headers), 404, "not_found")
+    problem(api.get("/v1/jobs", params={"pageSize": 0}, headers=alice.headers), 400, "invalid_request")
 
 
 def test_a_retried_create_makes_one_job(api: httpx.Client, alice: AuthUser, client: Client) -> None:

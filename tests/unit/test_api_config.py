@@ -18,15 +18,19 @@ from infra.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 
 
+# Explicit environment= throughout: the integration stack's ENVIRONMENT=local stays set for the
+# rest of a whole-suite session.
+
+
 def test_production_refuses_the_auth_emulator() -> None:
     with pytest.raises(UnsafeConfiguration, match="FIREBASE_AUTH_EMULATOR_HOST"):
-        check_environment(Settings(firebase_auth_emulator_host="127.0.0.1:9099"))
+        check_environment(Settings(firebase_auth_emulator_host="127.0.0.1:9099", environment="production"))
     check_environment(Settings(firebase_auth_emulator_host="127.0.0.1:9099", environment="local"))
 
 
 def test_production_refuses_a_signing_key_file(tmp_path: Path) -> None:
     with pytest.raises(UnsafeConfiguration, match="SIGNING_KEY_FILE"):
-        check_environment(Settings(signing_key_file=tmp_path / "key.json"))
+        check_environment(Settings(signing_key_file=tmp_path / "key.json", environment="production"))
 
 
 def test_the_service_will_not_start_in_production_with_emulator_tokens() -> None:
