@@ -30,7 +30,13 @@ def test_production_refuses_the_auth_emulator() -> None:
 
 def test_production_refuses_a_signing_key_file(tmp_path: Path) -> None:
     with pytest.raises(UnsafeConfiguration, match="SIGNING_KEY_FILE"):
-        check_environment(Settings(signing_key_file=tmp_path / "key.json", environment="production"))
+        check_environment(
+            Settings(
+                signing_key_file=tmp_path / "key.json",
+                environment="production",
+                firebase_auth_emulator_host=None,
+            )
+        )
 
 
 def test_the_service_will_not_start_in_production_with_emulator_tokens() -> None:
