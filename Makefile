@@ -16,7 +16,7 @@ test: install ## the whole suite: unit tests and the end-to-end tests on the rea
 test-fast: install ## unit tests only (no emulators)
 	$(PY) -m pytest tests/unit
 
-up: install ## start the local stack in the background; settings in .local/stack.env
+up: install ## start the local stack in the background; settings in .local/stack.env; prints the web client's URL
 	@mkdir -p .local/logs
 	@if [ -f .local/stack.pid ] && kill -0 $$(cat .local/stack.pid) 2>/dev/null; then echo "already running"; \
 	else nohup $(PY) -m infra.localstack up > .local/logs/stack.log 2>&1 & fi
@@ -30,10 +30,11 @@ lint:
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-bench: install ## latency by stage, throughput side by side (direct vs system, burst vs raw push, batching)
+bench: install ## latency by stage; throughput side by side (direct vs system, burst vs raw push, batching); the app edge
 	$(PY) -m bench.e2e_latency --runs 5
 	$(PY) -m bench.video_latency --runs 3
 	$(PY) -m bench.throughput
+	$(PY) -m bench.app_edge --runs 20 --browser-runs 5
 
 clean:
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache

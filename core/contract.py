@@ -86,6 +86,9 @@ class ErrorInfo(_Doc):
     message: str
     retryable: bool = False
     part: str | None = Field(None, description="for multi-part jobs: the part that failed")
+    retry_after_seconds: int | None = Field(
+        None, ge=0, description="quota_exceeded: when a new job may be admitted, in seconds"
+    )
 
     @field_validator("message")
     @classmethod

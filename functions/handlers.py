@@ -163,7 +163,13 @@ def handle_object_finalized(deps: Deps, event: StorageEvent) -> str | None:
 
 
 def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
-    """Validate a new job; queue it and publish it, or reject it. Returns the state it ended in."""
+    """Validate a new job, admit it against its owner's quota; queue it and publish it, or reject
+    it. Returns the state it moved to (``None``: nothing to do, e.g. a duplicate event).
+
+    Every way of creating a job passes here (a client's document, a drop upload, the HTTP API,
+    which calls this in-process right after it writes the document), so this is the one place
+    that decides whether a job runs.
+    """
     job_id = event.doc_id
     status = event.fields.get("status")
     if status not in (None, JobStatus.PENDING.value):
@@ -185,8 +191,16 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
         patch.delete(backend_field)  # the backend's to write: whatever a document came with is dropped
     if checked.files:
         patch.set("input_files", checked.files)
-    if deps.jobs.transition(job_id, JobStatus.QUEUED, allowed_from=[JobStatus.PENDING], patch=patch) is None:
+    # The owner's quota admits the job (a conditional write on the ledger) before it is queued:
+    # over it, the job ends rejected (quota_exceeded) before any GPU time is spent.
+    moved, admission = deps.jobs.admit(job_id, job.uid, checked.spec.name, deps.settings.quotas, patch)
+    if moved is None:
         return None  # a duplicate event: the first one queued it (or the client cancelled)
+    if moved is JobStatus.REJECTED:
+        log.info(
+            "job %s rejected: %s", job_id, admission.error.code if admission and admission.error else "?"
+        )
+        return JobStatus.REJECTED
     try:
         deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=checked.spec.name, uid=job.uid))
     except RetryableError:

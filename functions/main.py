@@ -44,7 +44,7 @@ def deps() -> Deps:
     return Deps(
         settings=settings,
         catalog=catalog(settings.enabled_pipelines, settings.plugins, settings.pipelines),
-        jobs=JobStore(firestore_client(settings), settings.jobs_collection),
+        jobs=JobStore(firestore_client(settings), settings.jobs_collection, settings.quotas_collection),
         blobs=BlobStore(storage_client(settings)),
         bus=Bus(settings),
     )

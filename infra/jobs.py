@@ -31,6 +31,7 @@ from core.lifecycle import (
     decide_heartbeat,
 )
 from core.patch import DELETE, SERVER_TIME, Patch, Sentinel
+from core.quota import Admission, Ledger, QuotaPolicy, decide_admission, needs_pruning
 from core.recovery import decide_recover, decide_transition
 from core.work import WorkRef
 from infra import roundtrips
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 CAS_ATTEMPTS = 50
+#: A user creating many jobs at once contends on one ledger document: read and decide again.
+ADMIT_ATTEMPTS = 100
+CREATE_ATTEMPTS = 5
 
 
 def firestore_client(settings: Settings) -> firestore.Client:
@@ -71,9 +75,12 @@ def to_firestore(patch: Patch) -> dict[str, Any]:
 
 
 class JobStore:
-    def __init__(self, client: firestore.Client, collection: str = "jobs") -> None:
+    def __init__(
+        self, client: firestore.Client, collection: str = "jobs", quotas_collection: str = "quotas"
+    ) -> None:
         self._db = client
         self._collection = collection
+        self._quotas = quotas_collection
 
     def ref(self, job_id: str) -> firestore.DocumentReference:
         return self._db.collection(self._collection).document(job_id)
@@ -180,12 +187,97 @@ class JobStore:
         data = job.to_firestore()
         data.setdefault("createdAt", firestore.SERVER_TIMESTAMP)
         data["updatedAt"] = firestore.SERVER_TIMESTAMP
-        try:
-            roundtrips.note("firestore")
-            self.ref(job_id).create(data)
-        except gexc.AlreadyExists:
-            return False
-        return True
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                roundtrips.note("firestore")
+                self.ref(job_id).create(data)
+            except gexc.AlreadyExists:
+                return False
+            except gexc.Aborted:
+                # The same id is being admitted right now (a retried request racing the first):
+                # its transaction holds the document; ask again once it is done.
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise
+                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+            else:
+                return True
+        return False
+
+    # -- admission: the quota check and the move to queued, in one transaction ---------------------
+
+    def ledger(self, uid: str) -> Ledger:
+        snap = self._db.collection(self._quotas).document(uid).get()
+        return Ledger.model_validate(snap.to_dict() or {})
+
+    def _finished(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of ``job_ids`` are final (or gone). Read outside any transaction on purpose: a final
+        job stays final, so a stale read can only keep a job listed a little longer (never admit
+        too much), and the running jobs' documents, which workers write often, are never locked."""
+        refs = [self.ref(j) for j in job_ids]
+        done = {ref.id for ref in refs}
+        for snap in self._db.get_all(refs):
+            if snap.exists and not read_job(snap.to_dict() or {}).effective_status.is_final:
+                done.discard(snap.id)
+        return done
+
+    def admit(
+        self, job_id: str, uid: str, pipeline: str, policy: QuotaPolicy, queue: Patch
+    ) -> tuple[JobStatus | None, Admission | None]:
+        """Admit a pending job against its owner's quota, then queue it (with ``queue``) or reject
+        it with ``quota_exceeded``.
+
+        The ledger is written with an update-time precondition, like every job write here: two
+        admissions that read the same ledger cannot both succeed, so counts stay exact however
+        many jobs a user creates at once, and nobody holds a lock while others wait (the
+        emulator's lock-based transactions stalled for seconds on one hot ledger). The ledger is
+        written first: if the job cannot then be moved (cancelled meanwhile), it is pruned as
+        final later; if this process dies in between, the sweeper validates the still-pending job
+        again and finds it admitted already, without counting it twice.
+
+        Returns the state the job moved to (``None``: it was not pending any more, a duplicate
+        event), and the admission decided (``None`` when quotas are off).
+
+        Raises:
+            RetryableError: the ledger kept changing under us.
+        """
+        if not policy.enabled:
+            moved = self.transition(job_id, JobStatus.QUEUED, allowed_from=[JobStatus.PENDING], patch=queue)
+            return (JobStatus.QUEUED if moved else None), None
+        ledger_ref = self._db.collection(self._quotas).document(uid)
+        finished: set[str] = set()
+        for attempt in range(ADMIT_ATTEMPTS):
+            job = self.get(job_id)
+            if job is None or job.effective_status is not JobStatus.PENDING:
+                return None, None
+            snap = ledger_ref.get()
+            ledger = Ledger.model_validate(snap.to_dict() or {})
+            if needs_pruning(ledger, policy, pipeline) and not set(ledger.active) <= finished | {job_id}:
+                finished.update(self._finished(j for j in ledger.active if j not in finished))
+            admission = decide_admission(
+                ledger, policy, job_id=job_id, pipeline=pipeline, now=utcnow(), finished=finished
+            )
+            data = admission.ledger.model_dump()
+            try:
+                if snap.exists:
+                    ledger_ref.update(data, option=self._db.write_option(last_update_time=snap.update_time))
+                else:
+                    ledger_ref.create(data)
+            except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.NotFound):
+                time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
+                continue
+            if admission.admitted:
+                moved = self.transition(
+                    job_id, JobStatus.QUEUED, allowed_from=[JobStatus.PENDING], patch=queue
+                )
+                return (JobStatus.QUEUED if moved else None), admission
+            refusal = Patch().set("error", admission.error)
+            moved = self.transition(
+                job_id, JobStatus.REJECTED, allowed_from=[JobStatus.PENDING], patch=refusal
+            )
+            return (JobStatus.REJECTED if moved else None), admission
+        raise RetryableError(
+            f"job {job_id}: the quota ledger of {uid} is too busy; try again", code="contention"
+        )
 
     # -- moves that are not an attempt's ----------------------------------------------------------
 

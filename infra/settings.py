@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.quota import QuotaPolicy
+
 
 class Batching(BaseModel):
     """Dynamic batching of one pipeline's jobs (the pipeline must support it: ``run_batch``)."""
@@ -44,6 +46,12 @@ class Settings(BaseSettings):
     pubsub_emulator_host: str | None = None
     firestore_emulator_host: str | None = None
     storage_emulator_host: str | None = None
+    firebase_auth_emulator_host: str | None = Field(
+        None, description="the Auth emulator (its tokens are unsigned: never set in production)"
+    )
+    environment: Literal["production", "local"] = Field(
+        "production", description="'local' only on the local stack; production refuses emulator auth"
+    )
 
     # Which pipelines this deployment serves (the functions reject the others).
     plugins: Annotated[list[str], NoDecode] = Field(
@@ -106,13 +114,45 @@ class Settings(BaseSettings):
         10, ge=0, le=300, description="leeway on the token's iat and exp, for clock drift"
     )
 
+    # Per-user quotas, enforced where every job is created (functions/handlers.handle_job_created).
+    quotas: QuotaPolicy = Field(default_factory=QuotaPolicy)
+    quotas_collection: str = "quotas"
+
+    # The HTTP API (api/).
+    api_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="web app origins allowed to call the API from a browser"
+    )
+    api_check_revoked: bool = Field(
+        False,
+        description="also ask Firebase Auth whether the token was revoked or its user disabled (a call per request)",
+    )
+    api_max_wait_seconds: float = Field(
+        60.0, ge=0, le=600, description="the longest 'wait' a create may ask for (the request stays open)"
+    )
+    upload_url_seconds: int = Field(900, ge=1, le=7 * 24 * 3600, description="lifetime of signed upload URLs")
+    download_url_seconds: int = Field(
+        900, ge=1, le=7 * 24 * 3600, description="lifetime of signed result URLs"
+    )
+    signing_service_account: str | None = Field(
+        None, description="production: the account whose key signs URLs through IAM (no key file)"
+    )
+    signing_key_file: Path | None = Field(
+        None, description="local only: a throwaway service account key the local stack generates"
+    )
+    storage_public_url: str | None = Field(
+        None, description="where signed URLs point; default https://storage.googleapis.com"
+    )
+    sse_keepalive_seconds: float = Field(
+        15.0, gt=0, description="comment lines that keep an idle stream open"
+    )
+
     # The sweeper: what counts as stuck.
     stale_pending_seconds: float = Field(60.0, gt=0, description="pending this long: re-validate")
     stale_queued_seconds: float = Field(300.0, gt=0, description="queued this long unclaimed: re-publish")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("enabled_pipelines", "plugins", mode="before")
+    @field_validator("enabled_pipelines", "plugins", "api_cors_origins", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.lstrip().startswith("["):

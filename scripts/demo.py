@@ -2,7 +2,9 @@
 
 Starts the emulator stack, makes sample media locally (real speech synthesized offline with Piper),
 submits jobs the ways a client app does (a drop upload, a job document, a bad request), follows
-them with progress bars and prints the results and the timings. Stops everything at the end.
+them with progress bars and prints the results and the timings; then drives the web client
+headless in chromium (screenshot in ``.local/demo/web.png``) and calls the HTTP API with a user's
+token. Stops everything at the end.
 """
 
 from __future__ import annotations
@@ -73,6 +75,48 @@ def show(job_id: str, job: JobDoc, reference: str | None = None) -> None:
         )
 
 
+def web_demo(stack: LocalStack, image: Path, mask: Path, screenshot: Path) -> Path | None:
+    """Drive the web client once, as a user would, and save a screenshot of the finished page."""
+    from tests.support.firebase_auth import new_email
+    from tests.support.webapp import WebApp, browser
+
+    print(f"   web client: {stack.env['WEB_URL']}")
+    with browser() as chromium:
+        app = WebApp(chromium.new_page(viewport={"width": 1000, "height": 1100}), stack.env["WEB_URL"]).open()
+        started = time.perf_counter()
+        uid = app.sign_up(new_email())
+        job_id = app.run("inpaint", image, mask=mask)
+        status = app.wait_final(timeout=120)
+        if status == "succeeded":
+            app.wait_result_image()
+        seconds = time.perf_counter() - started
+        print(f"   user {uid}, job {job_id}: {status} ({' -> '.join(app.statuses_seen)}) in {seconds:.2f} s")
+        app.page.screenshot(path=str(screenshot), full_page=True)
+    return screenshot if status == "succeeded" else None
+
+
+def api_demo(stack: LocalStack, wav: Path) -> None:
+    """What a script without the Firebase SDK does: a token, an upload, a create, the events."""
+    import httpx
+
+    from tests.support.firebase_auth import sign_up
+
+    user = sign_up(stack.env["FIREBASE_AUTH_EMULATOR_HOST"])
+    with httpx.Client(base_url=stack.env["API_URL"], headers=user.headers, timeout=120) as api:
+        slot = api.post(
+            "/v1/uploads", json={"name": wav.name, "contentType": "audio/wav", "size": wav.stat().st_size}
+        ).json()
+        httpx.put(slot["url"], headers=slot["headers"], content=wav.read_bytes()).raise_for_status()
+        job = api.post(
+            "/v1/jobs?wait=60", json={"pipeline": "transcribe", "inputs": {"media": slot["uri"]}}
+        ).json()
+        print(f"   POST /v1/jobs?wait=60 -> {job['status']}: {job.get('outputs', {}).get('text', '')}")
+        files = api.get(f"/v1/jobs/{job['id']}/results").json()["files"]
+        print(f"   GET /v1/jobs/{{id}}/results -> {', '.join(f['name'] for f in files)} (signed URLs)")
+        bad = api.post("/v1/jobs", json={"pipeline": "inpaint", "inputs": {}})
+        print(f"   a bad request -> {bad.status_code} {bad.json()['code']}: {bad.json()['message']}")
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -86,7 +130,10 @@ def main() -> int:
     from tests.support.tiny_diffusers import build_tiny_instruct_pix2pix
 
     edit_model = build_tiny_instruct_pix2pix(REPO / ".local" / "models" / "tiny-ip2p")
-    banner("starting the local stack (Pub/Sub, Firestore, Storage emulators, functions, GPU service)")
+    banner(
+        "starting the local stack (Pub/Sub, Firestore, Storage and Auth emulators, functions, GPU service, "
+        "API, web client)"
+    )
     stack = LocalStack(
         StackConfig(
             state_dir=REPO / ".local",
@@ -199,10 +246,21 @@ def main() -> int:
             job_id = client.create_job(uid, "transcribe", {"media": other})
             show(job_id, client.follow(job_id, timeout=60))
 
+            banner(
+                "8. the web app, headless in chromium: sign up, upload, create with the SDK, watch, result"
+            )
+            screenshot = web_demo(stack, image_path, mask_path, out_dir / "web.png")
+
+            banner("9. a server with the user's ID token, over HTTP: create and wait, then the event stream")
+            api_demo(stack, files["reminder.wav"])
+
         banner(f"{uid}'s jobs")
         for job_id, job in client.list(uid):
             print(f"   {job_id:<34} {job.pipeline:<11} {job.status}")
         ok = all(j.status in (JobStatus.SUCCEEDED, JobStatus.REJECTED) for _, j in client.list(uid))
+        ok = ok and screenshot is not None
+        if screenshot:
+            print(f"\n   web client screenshot: {screenshot}")
     finally:
         banner("stopping the local stack")
         stack.stop()

@@ -67,6 +67,7 @@ locals {
 
   # One service account per role; ids are not topology names.
   sa = {
+    api              = "api-runtime"
     eventarc_invoker = "eventarc-invoker"
     functions        = "fn-runtime"
     gpu_service      = "gpu-runtime"
@@ -86,6 +87,9 @@ locals {
     },
     { for key, name in local.bucket_names : "${upper(replace(key, "-", "_"))}_BUCKET" => name },
   )
+
+  # Per-user quotas, for the two deployables that admit jobs: the functions and the API.
+  admission_env = var.quotas == null ? {} : { QUOTAS = jsonencode(var.quotas) }
 
   # The push request timeout must cover the longest push ack deadline.
   gpu_timeout_seconds = coalesce(
@@ -132,6 +136,7 @@ module "service_accounts" {
   source     = "./modules/service-accounts"
   project_id = module.project.project_id
   service_accounts = {
+    (local.sa.api)              = { description = "HTTP API: creates and validates jobs for signed-in users, signs upload and result URLs." }
     (local.sa.eventarc_invoker) = { description = "Eventarc triggers: invokes the function services." }
     (local.sa.functions)        = { description = "Function services: validate events, create jobs, publish to pipeline topics." }
     (local.sa.gpu_service)      = { description = "GPU service and worker pool: read inputs, run pipelines, write results and job status." }
@@ -185,6 +190,10 @@ module "storage" {
       for pair in setproduct(keys(local.bucket_names), var.bucket_config.roles.gpu_service) :
       "gpu-service-${pair[0]}-${pair[1]}" => { bucket = pair[0], role = pair[1], member = local.sa_member.gpu_service }
     },
+    {
+      for pair in setproduct(keys(local.bucket_names), var.bucket_config.roles.api) :
+      "api-${pair[0]}-${pair[1]}" => { bucket = pair[0], role = pair[1], member = local.sa_member.api }
+    },
   )
 }
 
@@ -209,8 +218,14 @@ module "firestore" {
       collection = module.topology.firestore.jobs_collection
       fields     = [{ field_path = "status" }, { field_path = "uid" }]
     }
+    # A user's jobs, newest first: the API's list and the web client's (api/service.py, web/).
+    jobs-by-user = {
+      collection = module.topology.firestore.jobs_collection
+      fields     = [{ field_path = "uid" }, { field_path = "createdAt", order = "DESCENDING" }]
+    }
   }
   iam_datastore_users = {
+    api         = local.sa_member.api
     functions   = local.sa_member.functions
     gpu-service = local.sa_member.gpu_service
   }
@@ -245,6 +260,14 @@ module "pubsub" {
         role   = "roles/pubsub.publisher"
         member = local.sa_member.functions
       }
+    },
+    # The API queues the jobs it creates itself (the same handler as the functions').
+    {
+      for s in values(module.topology.subscriptions) : "api-publish-${s.route}" => {
+        topic  = s.topic
+        role   = "roles/pubsub.publisher"
+        member = local.sa_member.api
+      } if s.part == null
     },
     # The first step of a multi-part job runs in the GPU service (or worker pool) and publishes
     # the job's parts to their topics.
@@ -342,10 +365,43 @@ module "functions" {
     timeout_seconds = var.functions_config.timeout_seconds
     env = merge(
       local.common_env,
+      local.admission_env,
       # Only the pipelines some deployable serves: a job for another one is rejected at once
       # instead of waiting in a queue nobody consumes.
       { ENABLED_PIPELINES = join(",", local.servable_pipelines) },
       var.functions_config.env,
+    )
+  }
+  depends_on = [module.firestore]
+}
+
+module "api" {
+  source              = "./modules/api"
+  project_id          = module.project.project_id
+  region              = var.region
+  deletion_protection = var.deletion_protection
+  labels              = var.labels
+  service_account     = local.sa_email.api
+  config = {
+    concurrency     = var.api_config.concurrency
+    cpu             = var.api_config.cpu
+    image           = var.functions_image
+    ingress         = var.api_config.ingress
+    max_instances   = var.api_config.max_instances
+    memory          = var.api_config.memory
+    min_instances   = var.api_config.min_instances
+    name            = var.api_config.name
+    timeout_seconds = var.api_config.timeout_seconds
+    env = merge(
+      local.common_env,
+      local.admission_env,
+      {
+        # The same pipelines as the functions: the API validates with their handler.
+        ENABLED_PIPELINES       = join(",", local.servable_pipelines)
+        SIGNING_SERVICE_ACCOUNT = local.sa_email.api
+        API_CORS_ORIGINS        = join(",", var.api_config.cors_origins)
+      },
+      var.api_config.env,
     )
   }
   depends_on = [module.firestore]

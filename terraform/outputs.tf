@@ -1,3 +1,8 @@
+output "api_url" {
+  description = "The HTTP API apps call with a Firebase ID token (OpenAPI at /openapi.json)."
+  value       = module.api.uri
+}
+
 output "bucket_names" {
   description = "Real bucket names by topology key."
   value       = module.storage.names

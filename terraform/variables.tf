@@ -1,3 +1,25 @@
+variable "api_config" {
+  description = <<-EOT
+    The HTTP API apps call with a Firebase ID token (api/), run from the functions image.
+    cors_origins are the web app origins allowed to call it from a browser; env adds settings
+    (infra/settings.py), e.g. API_MAX_WAIT_SECONDS.
+  EOT
+  type = object({
+    concurrency     = optional(number, 80)
+    cors_origins    = optional(list(string), [])
+    cpu             = optional(string, "1")
+    env             = optional(map(string), {})
+    ingress         = optional(string, "INGRESS_TRAFFIC_ALL")
+    max_instances   = optional(number, 10)
+    memory          = optional(string, "512Mi")
+    min_instances   = optional(number, 0)
+    name            = optional(string, "api")
+    timeout_seconds = optional(number, 300)
+  })
+  nullable = false
+  default  = {}
+}
+
 variable "artifact_registry_config" {
   description = <<-EOT
     The Docker repository the images are pushed to (REGION-docker.pkg.dev/PROJECT/NAME). Cleanup
@@ -19,8 +41,9 @@ variable "bucket_config" {
   description = <<-EOT
     Settings for the topology's buckets. Bucket names are global, so each topology key K becomes
     "PROJECT_ID-K" unless `names` maps K to another name (e.g. an existing Firebase bucket).
-    `roles` are the bucket roles of the functions (which only inspect uploads) and of the GPU
-    service (which reads inputs and writes results). `ttl_days` deletes the objects under each
+    `roles` are the bucket roles of the API (which inspects uploads and signs URLs to upload
+    inputs and read results: the signer's own permissions apply), of the functions (which only
+    inspect uploads) and of the GPU service (which reads inputs and writes results). `ttl_days` deletes the objects under each
     top-level folder that many days after they were written (uploads are inputs, results the
     jobs' outputs; 0 keeps them forever). With firebase_link (the project must be a
     Firebase project) the buckets are linked to Firebase and, unless firebase_rules is false,
@@ -34,6 +57,7 @@ variable "bucket_config" {
     location       = optional(string)
     names          = optional(map(string), {})
     roles = optional(object({
+      api         = optional(list(string), ["roles/storage.objectViewer", "roles/storage.objectCreator"])
       functions   = optional(list(string), ["roles/storage.objectViewer"])
       gpu_service = optional(list(string), ["roles/storage.objectAdmin"])
     }), {})
@@ -43,7 +67,7 @@ variable "bucket_config" {
   nullable = false
   default  = {}
   validation {
-    condition     = alltrue([for r in concat(var.bucket_config.roles.functions, var.bucket_config.roles.gpu_service) : startswith(r, "roles/storage.")])
+    condition     = alltrue([for r in concat(var.bucket_config.roles.api, var.bucket_config.roles.functions, var.bucket_config.roles.gpu_service) : startswith(r, "roles/storage.")])
     error_message = "bucket_config.roles must be Cloud Storage roles such as \"roles/storage.objectViewer\"."
   }
 }
@@ -225,6 +249,12 @@ variable "project_id" {
     condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
     error_message = "project_id must be a project id (6-30 lowercase letters, digits, hyphens), not a project name or number."
   }
+}
+
+variable "quotas" {
+  description = "The QUOTAS setting (infra/settings.py, core/quota.py) for the functions and the API, e.g. { max_unfinished = 20, max_daily = 1000, pipelines = { video = { max_unfinished = 2 } } }; null keeps the defaults."
+  type        = any
+  default     = null
 }
 
 variable "region" {

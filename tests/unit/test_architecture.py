@@ -4,7 +4,8 @@ The packages and the only arrows between them::
 
     core  <──  pipelines  <──┐
       ^                       ├── functions, gpu_service, cli   (the entry points)
-      └──────  infra      <──┘
+      └──────  infra      <──┘         ^
+                                       └── api   (creates jobs through the functions' own handler)
 
 ``core`` imports nothing of ours; ``pipelines`` (pure inference) and ``infra`` (the Google edge)
 stand on it and not on each other; the entry points resolve the enabled pipelines once and pass
@@ -24,7 +25,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-PACKAGES = ("core", "pipelines", "infra", "functions", "gpu_service", "cli")
+PACKAGES = ("core", "pipelines", "infra", "functions", "gpu_service", "cli", "api")
 ALLOWED = {
     ("pipelines", "core"),
     ("infra", "core"),
@@ -37,6 +38,10 @@ ALLOWED = {
     ("cli", "core"),
     ("cli", "infra"),
     ("cli", "pipelines"),
+    ("api", "core"),
+    ("api", "infra"),
+    ("api", "functions"),
+    ("api", "pipelines"),
 }
 FORBIDDEN = sorted(
     (src, dst) for src, dst in itertools.permutations(PACKAGES, 2) if (src, dst) not in ALLOWED
@@ -88,6 +93,17 @@ def test_pipelines_never_touch_the_job_plumbing() -> None:
     # Pipelines may call inference services (Cloud Vision), never Firestore, Pub/Sub or Storage.
     plumbing = {"google.cloud.firestore", "google.cloud.pubsub_v1", "google.cloud.storage"}
     assert _offenders("pipelines", plumbing) == []
+
+
+def test_the_api_imports_no_model_code() -> None:
+    # It runs from the functions image, which has no torch.
+    code = (
+        "import sys, api.app, api.__main__; "
+        "heavy = {'torch', 'faster_whisper', 'ctranslate2', 'diffusers', 'transformers', 'cv2', 'yt_dlp'}; "
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
 
 
 def test_functions_import_no_model_code() -> None:

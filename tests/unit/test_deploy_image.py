@@ -88,3 +88,58 @@ def test_every_image_dependency_is_pinned_and_torch_agrees_everywhere() -> None:
         assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name])
     torch = re.search(r"ARG TORCH_VERSION=(\S+)", GPU_DOCKERFILE.read_text())
     assert torch and pins["torch"] == torch.group(1)
+
+
+# The deployables each image runs, and so the first-party packages it must contain: the entry
+# packages plus everything they may import (the arrows the architecture test allows).
+IMAGE_ENTRY_PACKAGES = {
+    ROOT / "gpu_service" / "Dockerfile": {"gpu_service"},
+    ROOT / "functions" / "Dockerfile": {"functions", "api"},
+}
+
+
+def _ignore_file(dockerfile: Path) -> Path:
+    own = dockerfile.with_name(dockerfile.name + ".dockerignore")
+    return own if own.exists() else ROOT / ".dockerignore"
+
+
+def _allowed(ignore: Path) -> set[str]:
+    lines = [
+        line.strip() for line in ignore.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "**", f"{ignore} is an allow-list: it must start with '**'"
+    return {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+
+
+def _copied(dockerfile: Path) -> list[str]:
+    sources = []
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if not words or words[0] != "COPY" or any(w.startswith("--from") for w in words):
+            continue
+        args = [w for w in words[1:] if not w.startswith("--")]
+        sources.extend(a.rstrip("/") for a in args[:-1] if not a.startswith("$"))
+    return sources
+
+
+@pytest.mark.parametrize("dockerfile", sorted(IMAGE_ENTRY_PACKAGES), ids=lambda p: p.parent.name)
+def test_everything_an_image_copies_is_in_its_build_context(dockerfile: Path) -> None:
+    allowed = _allowed(_ignore_file(dockerfile))
+    missing = [s for s in _copied(dockerfile) if not any(s == a or s.startswith(a + "/") for a in allowed)]
+    assert missing == [], (
+        f"{dockerfile.relative_to(ROOT)} copies {missing}, which its dockerignore leaves out"
+    )
+
+
+@pytest.mark.parametrize("dockerfile", sorted(IMAGE_ENTRY_PACKAGES), ids=lambda p: p.parent.name)
+def test_every_package_an_image_runs_is_copied_into_it(dockerfile: Path) -> None:
+    from tests.unit.test_architecture import ALLOWED
+
+    needed = set(IMAGE_ENTRY_PACKAGES[dockerfile])
+    while True:
+        more = {dst for src, dst in ALLOWED if src in needed} - needed
+        if not more:
+            break
+        needed |= more
+    copied = set(_copied(dockerfile))
+    assert needed <= copied, f"{dockerfile.relative_to(ROOT)} lacks {sorted(needed - copied)}"

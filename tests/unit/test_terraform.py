@@ -1430,7 +1430,7 @@ def test_infra_settings_parse_the_environment_terraform_sets(
 ) -> None:
     from infra.settings import Settings
 
-    for module in ("gpu_service", "functions"):
+    for module in ("gpu_service", "functions", "api"):
         env = root_plan[f"inputs_{module}"]["config"]["env"]
         for key in list(os.environ):
             if key.upper() in {k.upper() for k in Settings.model_fields} or key.upper().startswith(
@@ -1460,6 +1460,12 @@ def test_infra_settings_parse_the_environment_terraform_sets(
             assert settings.push_auth_enabled
             assert settings.push_audience == root_plan["inputs_gpu_service"]["config"]["custom_audiences"][0]
             assert settings.push_service_account == root_plan["service_accounts"]["push_invoker"]
+        if module == "api":
+            from api.auth import check_environment
+
+            check_environment(settings)  # production: no emulator tokens, no key file
+            assert settings.environment == "production"
+            assert settings.signing_service_account == root_plan["service_accounts"]["api"]
 
 
 def test_root_configures_functions_and_storage(root_plan: dict[str, Any]) -> None:
@@ -1492,6 +1498,66 @@ def test_root_configures_functions_and_storage(root_plan: dict[str, Any]) -> Non
     assert source is None or (ROOT / source).is_file(), (
         f"functions-framework --source={source} is not in the repo"
     )
+
+
+def test_root_configures_the_api(root_plan: dict[str, Any]) -> None:
+    api = root_plan["inputs_api"]
+    config = api["config"]
+    assert config["image"] == root_plan["inputs_functions"]["config"]["image"]  # the functions image
+    assert (
+        config["env"]["ENABLED_PIPELINES"]
+        == root_plan["inputs_functions"]["config"]["env"]["ENABLED_PIPELINES"]
+    )
+    assert api["service_account"] == root_plan["service_accounts"]["api"]
+    member = f"serviceAccount:{root_plan['service_accounts']['api']}"
+    assert root_plan["inputs_firestore"]["iam_datastore_users"]["api"] == member
+    # The API publishes the jobs it queues, to the pipelines' own topics (never their parts').
+    published = {
+        b["topic"]
+        for b in root_plan["inputs_pubsub"]["topic_iam_bindings_additive"].values()
+        if b["member"] == member
+    }
+    assert published == {r["topic"] for r in routes(load_topology()).values() if r["part"] is None}
+    # It signs upload and result URLs as itself: it must be able to create and read objects.
+    roles = {
+        (b["bucket"], b["role"])
+        for b in root_plan["inputs_storage"]["iam_bindings_additive"].values()
+        if b["member"] == member
+    }
+    assert roles == {
+        (k, r)
+        for k in load_topology()["buckets"]
+        for r in ("roles/storage.objectViewer", "roles/storage.objectCreator")
+    }
+    index = root_plan["inputs_firestore"]["indexes"]["jobs-by-user"]
+    assert [f["field_path"] for f in index["fields"]] == ["uid", "createdAt"]
+    assert index["fields"][1]["order"] == "DESCENDING"
+    text = strip_comments((TF / "modules" / "api" / "main.tf").read_text())
+    assert (
+        'args    = ["-m", "api"]' in text
+        and '"allUsers"' in text
+        and "iam.serviceAccountTokenCreator" in text
+    )
+
+
+def test_quotas_reach_every_service_that_admits_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra.settings import Settings
+
+    plan = plan_root(
+        tmp_path, None, "-var=quotas={ max_unfinished = 5, pipelines = { video = { max_unfinished = 1 } } }"
+    )
+    for module in ("functions", "api"):
+        monkeypatch.setenv("QUOTAS", plan[f"inputs_{module}"]["config"]["env"]["QUOTAS"])
+        quotas = Settings().quotas
+        assert quotas.max_unfinished == 5 and quotas.pipelines["video"].max_unfinished == 1, module
+    assert "QUOTAS" not in plan["inputs_gpu_service"]["config"]["env"]
+
+
+def test_plan_fails_when_the_api_is_given_emulator_auth(tmp_path: Path) -> None:
+    error = _plan_error(
+        tmp_path, '-var=api_config={ env = { FIREBASE_AUTH_EMULATOR_HOST = "127.0.0.1:9099" } }'
+    )
+    assert "for the local stack only" in error
 
 
 @pytest.mark.parametrize("var_file", TFVARS, ids=lambda p: p.name)

@@ -1,0 +1,142 @@
+"""Per-user quotas: how many jobs a user may have unfinished, and start in a day.
+
+Every way of creating a job (the HTTP API, a client's job document, a drop upload) passes the
+job-created handler, which admits the job against the user's ledger (``quotas/{uid}``) in the
+same Firestore transaction that queues it. The ledger holds the UTC day, the day's counts and the
+ids of the user's admitted jobs not known to be final; a job that ends is pruned from it the next
+time the user is near a cap (its document is read in the transaction), so no end path has to
+decrement anything and the counts stay exact under concurrent creation.
+
+This module is the pure part: the policy, the ledger, and the decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.contract import ErrorInfo
+
+#: The key of the all-pipelines count in :attr:`Ledger.daily`.
+ALL = "*"
+
+
+class QuotaLimits(BaseModel):
+    """Caps for one scope (a user overall, or a user on one pipeline); ``None`` = no cap."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_unfinished: int | None = Field(None, ge=0, le=1000, description="jobs admitted and not yet final")
+    max_daily: int | None = Field(None, ge=0, description="jobs admitted per UTC day")
+
+
+class QuotaPolicy(BaseModel):
+    """The ``QUOTAS`` setting: per-user caps, with optional per-pipeline caps on top."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_unfinished: int = Field(20, ge=1, le=1000, description="jobs admitted and not yet final, per user")
+    max_daily: int | None = Field(1000, ge=1, description="jobs admitted per UTC day, per user")
+    pipelines: dict[str, QuotaLimits] = Field(default_factory=dict, description="tighter caps per pipeline")
+    retry_after_seconds: int = Field(
+        30, ge=1, le=3600, description="what to tell a user at the unfinished cap to wait before trying again"
+    )
+
+
+class Ledger(BaseModel):
+    """``quotas/{uid}``: written by the backend only (the security rules close it to clients)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    day: str = ""
+    daily: dict[str, int] = Field(default_factory=dict)
+    #: admitted jobs not known to be final: job id -> pipeline
+    active: dict[str, str] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Admission:
+    admitted: bool
+    ledger: Ledger
+    error: ErrorInfo | None = None
+
+
+def day_of(now: datetime) -> str:
+    return now.astimezone(UTC).date().isoformat()
+
+
+def seconds_to_midnight(now: datetime) -> int:
+    now = now.astimezone(UTC)
+    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
+    return max(1, int((midnight - now).total_seconds()) + 1)
+
+
+def needs_pruning(ledger: Ledger, policy: QuotaPolicy, pipeline: str) -> bool:
+    """Whether the listed jobs must be read (to drop the final ones) before deciding: only when
+    the user is at an unfinished cap, so the common case reads nothing but the ledger."""
+    if len(ledger.active) >= policy.max_unfinished:
+        return True
+    cap = policy.pipelines.get(pipeline, QuotaLimits()).max_unfinished
+    return cap is not None and sum(1 for p in ledger.active.values() if p == pipeline) >= cap
+
+
+def decide_admission(
+    ledger: Ledger,
+    policy: QuotaPolicy,
+    *,
+    job_id: str,
+    pipeline: str,
+    now: datetime,
+    finished: set[str] | frozenset[str] = frozenset(),
+) -> Admission:
+    """Admit ``job_id`` or refuse it with ``quota_exceeded``; returns the ledger to store.
+
+    ``finished`` are listed job ids whose documents are final (or gone): they are pruned first.
+    A job already listed is admitted again without counting twice (a redelivered event).
+    """
+    today = day_of(now)
+    daily = dict(ledger.daily) if ledger.day == today else {}
+    active = {j: p for j, p in ledger.active.items() if j not in finished}
+    pruned = Ledger(day=today, daily=daily, active=active)
+    if job_id in active:
+        return Admission(True, pruned)
+
+    def refuse(what: str, limit: int, retry_after: int, when: str) -> Admission:
+        message = f"quota exceeded: {what} (the limit is {limit}); {when}"
+        error = ErrorInfo(code="quota_exceeded", message=message, retry_after_seconds=retry_after)
+        return Admission(False, pruned, error)
+
+    wait = policy.retry_after_seconds
+    midnight = seconds_to_midnight(now)
+    until_midnight = f"try again after midnight UTC, in {midnight} s"
+    if len(active) >= policy.max_unfinished:
+        return refuse(
+            f"{len(active)} of your jobs are not finished yet",
+            policy.max_unfinished,
+            wait,
+            f"try again when one of them ends (in about {wait} s)",
+        )
+    started = daily.get(ALL, 0)
+    if policy.max_daily is not None and started >= policy.max_daily:
+        return refuse(f"you started {started} jobs today", policy.max_daily, midnight, until_midnight)
+    limits = policy.pipelines.get(pipeline, QuotaLimits())
+    running_here = sum(1 for p in active.values() if p == pipeline)
+    if limits.max_unfinished is not None and running_here >= limits.max_unfinished:
+        return refuse(
+            f"{running_here} of your {pipeline} jobs are not finished yet",
+            limits.max_unfinished,
+            wait,
+            f"try again when one of them ends (in about {wait} s)",
+        )
+    started_here = daily.get(pipeline, 0)
+    if limits.max_daily is not None and started_here >= limits.max_daily:
+        return refuse(
+            f"you started {started_here} {pipeline} jobs today", limits.max_daily, midnight, until_midnight
+        )
+    daily[ALL] = started + 1
+    daily[pipeline] = started_here + 1
+    active[job_id] = pipeline
+    return Admission(True, Ledger(day=today, daily=daily, active=active))
