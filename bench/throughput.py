@@ -82,6 +82,10 @@ def direct(clips: list[Path], tmp: Path) -> float:
     spec = pipelines.get("transcribe")
     assert spec is not None
     pipeline = spec.load(pipelines.config(spec))
+    warm = tmp / "direct-warm"
+    warm.mkdir()
+    inputs = spec.inputs.model_validate({"media": "gs://bucket/uploads/u/x.wav"})
+    pipeline.run(inputs, RunContext(job_id="warm", workdir=warm, files={"media": clips[0]}))  # as the system
     started = time.perf_counter()
     for n, clip in enumerate(clips):
         work = tmp / f"direct{n}"
@@ -378,9 +382,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        batching = batching_on_off(tmp, args.batch_jobs, max_batch=4)
         clips = speech_clips(tmp)
         direct_seconds = direct(clips, tmp)
+        # After the direct call: the batching part pins this process to one thread.
+        batching = batching_on_off(tmp, args.batch_jobs, max_batch=4)
         config = StackConfig(
             state_dir=tmp / "stack",
             enabled_pipelines=["transcribe", "inpaint"],
