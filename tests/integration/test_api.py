@@ -189,14 +189,16 @@ def test_upload_requests_are_checked(api: httpx.Client, alice: AuthUser, setting
 
 
 def test_signed_urls_expire(settings: Settings, client: Client, alice: AuthUser) -> None:
-    short = settings.model_copy(update={"upload_url_seconds": 1, "download_url_seconds": 1})
+    # Lifetimes long enough to be used at once on a busy machine, short enough to wait out.
+    short = settings.model_copy(update={"upload_url_seconds": 4, "download_url_seconds": 4})
     signer = UrlSigner(short, storage_client(settings))
     uri = f"gs://{settings.media_bucket}/uploads/{alice.uid}/expiring.txt"
     url, headers, _ = signer.upload(uri, "text/plain", 10)
     get_url, _ = signer.download(uri)
+    signed_at = time.monotonic()
     assert httpx.put(url, headers=headers, content=b"hello").status_code == 200
     assert httpx.get(get_url).content == b"hello"
-    time.sleep(2.2)
+    time.sleep(max(0.0, signed_at + 5.2 - time.monotonic()))
     expired = httpx.put(url, headers=headers, content=b"hello")
     assert expired.status_code == 400 and b"ExpiredToken" in expired.content
     assert httpx.get(get_url).status_code == 400
