@@ -132,13 +132,7 @@ class JobStore:
         query = self._db.collection(self._collection).where(
             filter=firestore.FieldFilter("status", "in", [s.value for s in statuses])
         )
-        found = []
-        for snap in query.stream():
-            job = read_job(snap.to_dict() or {})
-            if job.updated_at is None:  # a client-created job: the document's own update time
-                job.updated_at = snap.update_time
-            found.append((snap.id, job))
-        return found
+        return _jobs(query.stream())
 
     def find_runnable(self, limit: int) -> list[tuple[str, JobDoc]]:
         """The oldest ``queued`` jobs, and ``running`` ones (whose parts may be queued), for the
@@ -153,13 +147,7 @@ class JobStore:
         running = coll.where(filter=firestore.FieldFilter("status", "==", JobStatus.RUNNING.value)).limit(
             limit
         )
-        found = []
-        for snap in [*queued.stream(), *running.stream()]:
-            job = read_job(snap.to_dict() or {})
-            if job.updated_at is None:
-                job.updated_at = snap.update_time
-            found.append((snap.id, job))
-        return found
+        return _jobs([*queued.stream(), *running.stream()])
 
     def find_queued_of_others(self, exclude_uids: list[str], limit: int) -> list[tuple[str, JobDoc]]:
         """Queued jobs of users other than ``exclude_uids`` (at most 10: Firestore's ``not-in``
@@ -172,13 +160,7 @@ class JobStore:
             query = query.where(filter=firestore.FieldFilter("uid", "not-in", exclude_uids[:10])).order_by(
                 "uid"
             )
-        found = []
-        for snap in query.limit(limit).stream():
-            job = read_job(snap.to_dict() or {})
-            if job.updated_at is None:
-                job.updated_at = snap.update_time
-            found.append((snap.id, job))
-        return found
+        return _jobs(query.limit(limit).stream())
 
     # -- creation -------------------------------------------------------------------------------
 
@@ -380,3 +362,15 @@ class JobStore:
         return self._cas(
             ref.job_id, lambda job: decide_recover(job, ref, now=utcnow(), max_attempts=max_attempts)
         )
+
+
+def _jobs(snaps: Iterable[Any]) -> list[tuple[str, JobDoc]]:
+    """Query results as ``(id, job)``; a job the backend never wrote (a client's, still pending)
+    has no ``updatedAt`` of its own: the document's update time stands in."""
+    found = []
+    for snap in snaps:
+        job = read_job(snap.to_dict() or {})
+        if job.updated_at is None:
+            job.updated_at = snap.update_time
+        found.append((snap.id, job))
+    return found
