@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 
 from core.contract import JobDoc, JobMessage, JobStatus
 from gpu_service.attempt import utcnow
-from gpu_service.capacity import Capacity
+from gpu_service.capacity import Capacity, Slot
 from gpu_service.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -185,11 +185,11 @@ class Redriver:
             with self._lock:
                 self._reserved.discard(candidate.message.job_id)
 
-    def _run(self, candidate: Candidate, slot: object) -> None:
+    def _run(self, candidate: Candidate, slot: Slot) -> None:
         try:
             outcome = self.worker.handle(candidate.message)
             log.info("redriven %s: %s", candidate.message.ref.label, outcome.detail)
         except Exception:
             log.exception("redriven %s crashed", candidate.message.ref.label)
         finally:
-            self.capacity.release(slot)  # type: ignore[arg-type]
+            self.capacity.release(slot)
