@@ -16,7 +16,7 @@ from typing import Any
 from core.contract import JobDoc, JobStatus
 from core.spec import PipelineSpec
 from infra.settings import Settings
-from pipelines.registry import all_specs
+from pipelines.registry import BUILTIN_ORIGIN, Registry, plugin_topology, registry
 
 DEFAULT_ENV_FILE = Path(".local/stack.env")
 
@@ -112,7 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("cancel", help="ask a job to stop")
     c.add_argument("job_id")
 
-    sub.add_parser("pipelines", help="the pipelines this deployment knows")
+    p = sub.add_parser("pipelines", help="the pipelines this deployment knows, and broken plugins")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--topology",
+        action="store_true",
+        help="print the enabled plugins' topology entries as JSON (what the local stack adds)",
+    )
+    shown.add_argument(
+        "--tfvars",
+        action="store_true",
+        help="print Terraform's plugin_pipelines for every installed plugin (a *.auto.tfvars.json)",
+    )
 
     args = parser.parse_args(argv)
     env_file = args.env_file or (DEFAULT_ENV_FILE if DEFAULT_ENV_FILE.exists() else None)
@@ -120,12 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         load_env_file(env_file)
     settings = Settings()
 
-    known = all_specs(tuple(settings.plugins))
+    found = registry(tuple(settings.plugins))
+    known = found.specs
     if args.command == "pipelines":
-        for name, spec in sorted(known.items()):
-            enabled = "enabled" if name in settings.enabled_pipelines else "disabled"
-            print(f"{name:<12} {enabled:<9} {spec.description}")
-        return 0
+        if args.topology:
+            print(json.dumps(plugin_topology(settings.enabled_pipelines, settings.plugins), indent=2))
+        elif args.tfvars:
+            print(json.dumps({"plugin_pipelines": tfvars(found)}, indent=2))
+        else:
+            print_pipelines(found, settings.enabled_pipelines)
+        return 1 if found.broken and not (args.topology or args.tfvars) else 0
 
     from google.auth.exceptions import DefaultCredentialsError
 
@@ -156,6 +171,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cancel requested for {args.job_id}")
         return 0
     return 2
+
+
+def print_pipelines(found: Registry, enabled: list[str]) -> None:
+    for name, spec in sorted(found.specs.items()):
+        state = "enabled" if name in enabled else "disabled"
+        origin = "" if found.origins[name] == BUILTIN_ORIGIN else f" [plugin: {found.origins[name]}]"
+        print(f"{name:<12} {state:<9} {spec.description}{origin}")
+    for broken in found.broken:
+        print(f"BROKEN plugin {broken.describe()}")
+
+
+def tfvars(found: Registry) -> dict[str, dict[str, Any]]:
+    """Each installed plugin's topology entry, plus whether it needs a model path to be enabled."""
+    return {
+        name: {**spec.topology_entry(), "needs_model": spec.delivery.needs_model}
+        for name, spec in sorted(found.plugins().items())
+    }
 
 
 def _submit(client: Any, args: argparse.Namespace, spec: PipelineSpec | None) -> int:

@@ -18,9 +18,9 @@ import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Generic, Protocol, TypeVar
+from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from core.routes import check_name
 from core.work import part_key
@@ -225,6 +225,38 @@ def _import(path: str) -> Any:
     return getattr(importlib.import_module(module_name), attr)
 
 
+class Backoff(BaseModel):
+    """A subscription's retry policy: redelivery waits between these bounds (seconds)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    minimum_backoff_seconds: int = Field(ge=0, le=600)
+    maximum_backoff_seconds: int = Field(ge=0, le=600)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Backoff:
+        if self.minimum_backoff_seconds > self.maximum_backoff_seconds:
+            raise ValueError("minimum_backoff_seconds must not exceed maximum_backoff_seconds")
+        return self
+
+
+class Delivery(BaseModel):
+    """What a pipeline needs from its Pub/Sub route, beside the deployment's ``pipeline_defaults``.
+
+    A field left ``None`` keeps the default. The same bounds as ``infra/topology.yaml`` (Pub/Sub
+    limits), so a plugin with an impossible setting fails when it is imported, not at deploy time.
+    ``needs_model = False`` lets a deployment enable the pipeline without a model path.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["push", "pull"] | None = None
+    ack_deadline_seconds: int | None = Field(None, ge=10, le=600)
+    retry_policy: Backoff | None = None
+    message_retention_seconds: int | None = Field(None, ge=600, le=604800)
+    needs_model: bool = True
+
+
 @dataclass(frozen=True)
 class PipelineSpec:
     """Everything the functions and the service need to know about a pipeline, without loading it.
@@ -245,6 +277,8 @@ class PipelineSpec:
         precheck: optional ``"module:function"``; ``function(inputs, config)`` runs in the
             functions before a job is queued, for checks beyond the schema (e.g. a URL's host).
             It must be cheap and import no model code; it raises ``InvalidInput``.
+        delivery: what the pipeline needs from its route (a plugin's topology entry, see
+            :meth:`topology_entry`); built-ins declare theirs in ``infra/topology.yaml``.
     """
 
     name: str
@@ -257,6 +291,7 @@ class PipelineSpec:
     precheck: str | None = None
     parts: tuple[str, ...] = ()
     join: str | None = None
+    delivery: Delivery = field(default_factory=Delivery)
 
     def __post_init__(self) -> None:
         check_name("pipeline", self.name)
@@ -264,6 +299,13 @@ class PipelineSpec:
             check_name("part", lane)
         if bool(self.parts) != bool(self.join):
             raise ValueError(f"pipeline {self.name}: a multi-part pipeline has both parts and a join")
+
+    def topology_entry(self) -> dict[str, Any]:
+        """This pipeline's entry under ``pipelines:`` of the topology (Terraform's ``plugin_pipelines``)."""
+        entry = self.delivery.model_dump(exclude_none=True, exclude={"needs_model"})
+        if self.parts:
+            entry["parts"] = list(self.parts)
+        return entry
 
     def load(self, config: BaseModel) -> Pipeline:
         pipeline: Pipeline = _import(self.loader)(config)
@@ -297,6 +339,24 @@ class PipelineSpec:
 
 
 @dataclass(frozen=True)
+class BrokenPlugin:
+    """A plugin that was not loaded, and why (shown by ``gpujobs pipelines`` and ``/healthz``).
+
+    Attributes:
+        entry: the entry point (``name = module:attr``) or ``PLUGINS`` path that declared it.
+        distribution: the installed distribution it came from (``PLUGINS`` for the setting).
+        error: what went wrong: the import error, or the name clash with its other claimants.
+    """
+
+    entry: str
+    distribution: str
+    error: str
+
+    def describe(self) -> str:
+        return f"{self.distribution} ({self.entry}): {self.error}"
+
+
+@dataclass(frozen=True)
 class Catalog:
     """The pipelines one deployment serves, resolved once in its entry point and passed down.
 
@@ -308,6 +368,8 @@ class Catalog:
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: every installed pipeline, enabled or not (to tell "not enabled here" from "no such pipeline")
     installed: frozenset[str] = frozenset()
+    #: plugins that could not be loaded (the others, and the built-ins, are unaffected)
+    broken: tuple[BrokenPlugin, ...] = ()
 
     def get(self, name: str) -> PipelineSpec | None:
         return self.specs.get(name)

@@ -70,6 +70,11 @@ def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
             "capacity": capacity.stats(),
             "redriven": redriver.started_units,
             "batching": models.batch_stats(),
+            # Plugins that were left out (import error, name clash): the others serve on.
+            "broken_plugins": [
+                {"entry": b.entry, "distribution": b.distribution, "error": b.error}
+                for b in worker.catalog.broken
+            ],
         }
         return JSONResponse(body, status_code=200 if models.health is Health.READY else 503)
 

@@ -1,12 +1,19 @@
 """Which pipelines exist: the built-in ones plus third-party plugins.
 
 A plugin is any installed distribution that declares an entry point in the group
-``gpu_jobs.pipelines`` pointing at a :class:`~core.spec.PipelineSpec`::
+``gpu_jobs.pipelines``. The entry point names a :class:`~core.spec.PipelineSpec`, a list of them,
+or a function without arguments that returns either (a hook that registers several)::
 
     [project.entry-points."gpu_jobs.pipelines"]
     upscale = "acme_upscale:SPEC"
 
-or a ``"module:SPEC"`` path named in the ``PLUGINS`` setting (passed here as ``extra``).
+A ``"module:SPEC"`` path named in the ``PLUGINS`` setting (passed here as ``extra``) is loaded the
+same way.
+
+A plugin can never take the others down: one that fails to import, or returns something else, is
+left out and reported as a :class:`~core.spec.BrokenPlugin` with its distribution's name. A
+pipeline name claimed by two plugins is loaded from neither (both are reported), and a plugin
+cannot shadow a built-in.
 
 Built-ins are listed here by import path so that importing the registry stays cheap. Each entry
 point (the functions, the GPU service, the CLI) calls :func:`catalog` once and passes the result
@@ -16,14 +23,21 @@ down.
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from core.spec import Catalog, PipelineSpec
+from core.spec import BrokenPlugin, Catalog, PipelineSpec
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "gpu_jobs.pipelines"
+#: the ``distribution`` of a plugin named in the ``PLUGINS`` setting
+SETTING = "PLUGINS"
+BUILTIN_ORIGIN = "built-in"
 
 BUILTIN: dict[str, str] = {
     "transcribe": "pipelines.transcribe:SPEC",
@@ -41,24 +55,110 @@ def _import_spec(path: str) -> PipelineSpec:
     return spec
 
 
-@cache
-def all_specs(extra: tuple[str, ...] = ()) -> dict[str, PipelineSpec]:
-    """Every known pipeline by name; a plugin cannot shadow a built-in."""
-    specs = {name: _import_spec(path) for name, path in BUILTIN.items()}
-    for path in extra:
-        spec = _import_spec(path)
-        specs.setdefault(spec.name, spec)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in specs:
+def _as_specs(value: Any, where: str) -> list[PipelineSpec]:
+    """What an entry point gave: a spec, a list of specs, or a hook returning either."""
+    if callable(value) and not isinstance(value, PipelineSpec):
+        value = value()
+    found = [value] if isinstance(value, PipelineSpec) else value
+    if not isinstance(found, list | tuple) or not found:
+        raise TypeError(f"{where} gave a {type(value).__name__}, not a PipelineSpec or a list of them")
+    for item in found:
+        if not isinstance(item, PipelineSpec):
+            raise TypeError(f"{where} gave a {type(item).__name__} among its specs, not a PipelineSpec")
+    return list(found)
+
+
+@dataclass(frozen=True)
+class _Claim:
+    spec: PipelineSpec
+    entry: str
+    distribution: str
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Every installed pipeline by name, where each came from, and the plugins left out."""
+
+    specs: Mapping[str, PipelineSpec]
+    #: pipeline name -> ``built-in``, the plugin's distribution, or ``PLUGINS``
+    origins: Mapping[str, str]
+    broken: tuple[BrokenPlugin, ...]
+
+    def plugins(self) -> dict[str, PipelineSpec]:
+        return {name: spec for name, spec in self.specs.items() if self.origins[name] != BUILTIN_ORIGIN}
+
+
+def _entry_label(ep: EntryPoint) -> str:
+    return f"{ep.name} = {ep.value}"
+
+
+def _distribution(ep: EntryPoint) -> str:
+    dist = ep.dist
+    return dist.name if dist is not None else "unknown distribution"
+
+
+def _claims(extra: tuple[str, ...]) -> tuple[list[_Claim], list[BrokenPlugin]]:
+    """Load every plugin, catching what any one of them raises."""
+    claims: list[_Claim] = []
+    broken: list[BrokenPlugin] = []
+    sources: list[tuple[str, str, Any]] = [(path, SETTING, path) for path in extra]
+    sources += [(_entry_label(ep), _distribution(ep), ep) for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    for entry, distribution, source in sources:
+        try:
+            loaded = _import_spec(source) if isinstance(source, str) else _as_specs(source.load(), entry)
+            specs = [loaded] if isinstance(loaded, PipelineSpec) else loaded
+        except Exception as exc:  # third-party code: anything it raises leaves only it out
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            log.error("plugin %s from %s was not loaded: %s", entry, distribution, error)
+            broken.append(BrokenPlugin(entry, distribution, error))
             continue
-        spec = ep.load()
-        if isinstance(spec, PipelineSpec):
-            specs[spec.name] = spec
-    return specs
+        claims.extend(_Claim(spec, entry, distribution) for spec in specs)
+    return claims, broken
+
+
+def _clash(name: str, claims: list[_Claim], builtin: bool) -> list[BrokenPlugin]:
+    dists = " and ".join(sorted({c.distribution for c in claims}))
+    if builtin:
+        why = f"pipeline {name!r} is a built-in; a plugin cannot replace it (declared by {dists})"
+    else:
+        why = f"pipeline {name!r} is declared by both {dists}; neither is loaded"
+    log.error("plugin clash: %s", why)
+    return [BrokenPlugin(c.entry, c.distribution, why) for c in claims]
+
+
+@cache
+def registry(extra: tuple[str, ...] = ()) -> Registry:
+    """The built-ins, then every plugin that loads and has a name of its own."""
+    specs = {name: _import_spec(path) for name, path in BUILTIN.items()}
+    origins = dict.fromkeys(specs, BUILTIN_ORIGIN)
+    claims, broken = _claims(extra)
+    by_name: dict[str, list[_Claim]] = {}
+    for claim in claims:
+        same = by_name.setdefault(claim.spec.name, [])
+        if not any(c.spec is claim.spec for c in same):  # one spec reached twice is one claim
+            same.append(claim)
+    for name, found in by_name.items():
+        if name in specs or len(found) > 1:
+            broken.extend(_clash(name, found, builtin=name in specs))
+            continue
+        specs[name], origins[name] = found[0].spec, found[0].distribution
+    return Registry(specs=specs, origins=origins, broken=tuple(broken))
+
+
+def all_specs(extra: tuple[str, ...] = ()) -> dict[str, PipelineSpec]:
+    """Every known pipeline by name (plugins that could not be loaded are left out)."""
+    return dict(registry(tuple(extra)).specs)
 
 
 def get_spec(name: str, extra: tuple[str, ...] = ()) -> PipelineSpec | None:
-    return all_specs(tuple(extra)).get(name)
+    return registry(tuple(extra)).specs.get(name)
+
+
+def plugin_topology(enabled: Iterable[str], extra: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """The topology entries (``pipelines:`` of ``infra/topology.yaml``) of the enabled plugins,
+    from their specs: what the local stack adds, and Terraform's ``plugin_pipelines``."""
+    plugins = registry(tuple(extra)).plugins()
+    return {name: plugins[name].topology_entry() for name in sorted(set(enabled) & set(plugins))}
 
 
 def catalog(
@@ -71,6 +171,11 @@ def catalog(
     An enabled name that is not installed is left out (its jobs are rejected as
     ``unknown_pipeline``); callers that must refuse to start without it check ``names``.
     """
-    known = all_specs(tuple(plugins))
-    specs = {name: known[name] for name in enabled if name in known}
-    return Catalog(specs=specs, settings=dict(settings or {}), installed=frozenset(known))
+    found = registry(tuple(plugins))
+    specs = {name: found.specs[name] for name in enabled if name in found.specs}
+    return Catalog(
+        specs=specs,
+        settings=dict(settings or {}),
+        installed=frozenset(found.specs),
+        broken=found.broken,
+    )
