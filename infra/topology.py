@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,6 +131,13 @@ class Topology(_Model):
         """The GPU subscription settings of ``pipeline``: defaults merged with its overrides."""
         merged = {**self.pipeline_defaults, **(self.pipelines.get(pipeline) or {})}
         return Subscription.model_validate(merged)
+
+    def with_plugins(self, entries: Mapping[str, Mapping[str, Any]]) -> Topology:
+        """This topology plus plugin pipelines' entries (from their specs: ``gpujobs pipelines
+        --topology``), checked like the file's own. A pipeline the file declares keeps the file's
+        entry, as Terraform's ``plugin_pipelines`` does."""
+        added = {name: dict(entry) for name, entry in entries.items() if name not in self.pipelines}
+        return Topology.model_validate({**self.model_dump(), "pipelines": {**self.pipelines, **added}})
 
     def routes(self) -> list[tuple[str, str | None]]:
         """Every (pipeline, part) that has its own topic and subscription; part None = the job."""

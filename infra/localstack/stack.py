@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -220,6 +221,19 @@ class LocalStack:
             "STORAGE_PUBLIC_URL": f"http://127.0.0.1:{p['gate']}",
         }
 
+    def plugin_pipelines(self) -> dict[str, dict[str, Any]]:
+        """The topology entries of the enabled plugin pipelines, from their installed specs.
+
+        Asked of ``gpujobs`` in a child process with the components' own environment (this
+        package must not import the pipelines), so the stack sees the plugins they will load.
+        """
+        argv = [sys.executable, "-m", "cli", "--env-file", os.devnull, "pipelines", "--topology"]
+        done = subprocess.run(argv, env=self._component_env({}), capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise StackError(f"could not list the plugin pipelines: {done.stderr.strip()[-1000:]}")
+        entries: dict[str, dict[str, Any]] = json.loads(done.stdout)
+        return entries
+
     def write_topology(self) -> Path:
         path = self.config.state_dir / "topology.yaml"
         path.write_text(yaml.safe_dump(self.topology.model_dump(), sort_keys=False))
@@ -244,6 +258,7 @@ class LocalStack:
         if self.config.start_edge:
             check_edge_prerequisites()
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        self.topology = self.topology.with_plugins(self.plugin_pipelines())
         self.write_topology()
         t0 = time.perf_counter()
         try:
