@@ -7,7 +7,16 @@ locals {
   # (a dependency cycle), so the service accepts this one as a custom audience.
   push_audience = "${var.gpu_service_config.name}-push.${var.project_id}"
 
-  topology = yamldecode(file("${path.module}/../infra/topology.yaml"))
+  topology_file = yamldecode(file("${path.module}/../infra/topology.yaml"))
+  # Plugin pipelines declare their routes in their specs; var.plugin_pipelines carries them
+  # (`gpujobs pipelines --tfvars`). They join the file's pipelines, so every validation of
+  # module.topology applies to them too; a pipeline the file declares keeps the file's entry.
+  plugin_topology = {
+    for name, p in var.plugin_pipelines : name => { for k, v in p : k => v if k != "needs_model" && v != null }
+  }
+  topology = merge(local.topology_file, {
+    pipelines = merge(local.plugin_topology, try(local.topology_file.pipelines, {}))
+  })
 }
 
 module "topology" {
@@ -27,11 +36,11 @@ locals {
   # Which pipelines can serve. The service loads every enabled pipeline at start-up and reports
   # unhealthy while one cannot load, so a pipeline is only enabled when it has its model
   # (pipeline_config.P.models, paths inside the container) or needs none (needs_model = false,
-  # e.g. inpaint's OpenCV backend). The others stay declared in the topology (topics and
+  # e.g. inpaint's OpenCV backend; a plugin says so in plugin_pipelines). The others stay declared in the topology (topics and
   # subscriptions exist) but no deployable serves them: the functions reject their jobs.
   pipeline_config = {
     for name in keys(local.pipelines) : name => lookup(var.pipeline_config, name, {
-      enabled = true, models = {}, needs_model = true, settings = {}
+      enabled = true, models = {}, needs_model = try(var.plugin_pipelines[name].needs_model, true), settings = {}
     })
   }
   servable_pipelines = sort([

@@ -231,7 +231,7 @@ variable "pipeline_config" {
   default  = {}
   validation {
     condition     = alltrue([for name in keys(var.pipeline_config) : contains(keys(local.topology.pipelines), name)])
-    error_message = "pipeline_config keys must be pipelines declared in infra/topology.yaml (${join(", ", sort(keys(local.topology.pipelines)))})."
+    error_message = "pipeline_config keys must be pipelines declared in infra/topology.yaml or plugin_pipelines (${join(", ", sort(keys(local.topology.pipelines)))})."
   }
   validation {
     condition = alltrue(flatten([
@@ -239,6 +239,30 @@ variable "pipeline_config" {
     ]))
     error_message = "pipeline_config models and settings keys are setting names such as MODEL_DIR or TRANSCRIBE__MODEL_DIR (letters, digits, _)."
   }
+}
+
+variable "plugin_pipelines" {
+  description = <<-EOT
+    Pipelines of the plugins installed in the images, with what each needs from its route, as
+    `gpujobs pipelines --tfvars` prints them from the installed specs (save its output as
+    terraform/plugins.auto.tfvars.json). Keys are pipeline names; values are entries of
+    pipelines in infra/topology.yaml (same fields, same checks) plus needs_model. Each gets its
+    topic and subscription and is enabled like a built-in: when it has a model in
+    pipeline_config, or needs_model is false. A name the file declares keeps the file's entry.
+  EOT
+  type = map(object({
+    ack_deadline_seconds      = optional(number)
+    message_retention_seconds = optional(number)
+    mode                      = optional(string)
+    needs_model               = optional(bool, true)
+    parts                     = optional(list(string))
+    retry_policy = optional(object({
+      maximum_backoff_seconds = number
+      minimum_backoff_seconds = number
+    }))
+  }))
+  nullable = false
+  default  = {}
 }
 
 variable "project_id" {

@@ -1592,6 +1592,75 @@ def test_only_pipelines_with_a_model_are_enabled(tmp_path: Path) -> None:
     assert "vision.googleapis.com" not in plan["inputs_project"]["services"]
 
 
+def plugin_tfvars(tmp_path: Path, entries: dict[str, Any] | None = None) -> str:
+    """-var-file of plugin_pipelines: by default what `gpujobs pipelines --tfvars` prints for the
+    plugins installed here (the example plugin, through its entry point)."""
+    from cli import tfvars
+    from pipelines.registry import registry
+
+    path = tmp_path / "plugins.auto.tfvars.json"
+    path.write_text(json.dumps({"plugin_pipelines": tfvars(registry()) if entries is None else entries}))
+    return f"-var-file={path}"
+
+
+def test_a_plugin_gets_its_route_from_plugin_pipelines_and_serves_without_a_topology_edit(
+    tmp_path: Path,
+) -> None:
+    from pipelines.registry import registry
+
+    spec = registry().specs["automaton"]
+    (tmp_path / "vars").mkdir()
+    plan = plan_root(tmp_path, None, plugin_tfvars(tmp_path / "vars"))
+    sub = plan["inputs_pubsub"]["subscriptions"][route("automaton").subscription]
+    entry = spec.topology_entry()
+    assert sub["topic"] == route("automaton").topic
+    assert sub["ack_deadline_seconds"] == entry["ack_deadline_seconds"] == 300
+    assert sub["retry_policy"] == entry["retry_policy"]
+    # What the plugin does not say comes from pipeline_defaults, as for a built-in.
+    defaults = load_topology()["pipeline_defaults"]
+    assert sub["dead_letter"] == defaults["dead_letter"]
+    assert plan["push_endpoints"][route("automaton").subscription] == STUB_URI + route("automaton").push_path
+    # It needs no model (its spec says so), so it is enabled with nothing in pipeline_config.
+    gpu_env = plan["inputs_gpu_service"]["config"]["env"]
+    assert gpu_env["ENABLED_PIPELINES"] == "automaton,inpaint,transcribe,video"
+    assert plan["inputs_functions"]["config"]["env"]["ENABLED_PIPELINES"] == gpu_env["ENABLED_PIPELINES"]
+
+
+def test_a_plugin_that_needs_a_model_serves_once_pipeline_config_gives_it_one(tmp_path: Path) -> None:
+    (tmp_path / "vars").mkdir()
+    entries = {"upscale": {"ack_deadline_seconds": 120, "parts": ["tiles"]}}
+    config = '-var=pipeline_config={ transcribe = { models = { MODEL_DIR = "/m/w" } } }'
+    plan = plan_root(tmp_path / "vars", None, plugin_tfvars(tmp_path / "vars", entries), config)
+    assert plan["inputs_gpu_service"]["config"]["env"]["ENABLED_PIPELINES"] == "transcribe"
+    assert route("upscale", "tiles").subscription in plan["inputs_pubsub"]["subscriptions"]
+    served = '-var=pipeline_config={ upscale = { models = { MODEL_DIR = "/m/up" } } }'
+    (tmp_path / "again").mkdir()
+    plan = plan_root(tmp_path / "again", None, plugin_tfvars(tmp_path / "vars", entries), served)
+    env = plan["inputs_gpu_service"]["config"]["env"]
+    assert env["ENABLED_PIPELINES"] == "upscale" and env["PIPELINES__UPSCALE__MODEL_DIR"] == "/m/up"
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        ({"automaton": {"ack_deadline_seconds": 5}}, "ack_deadline_seconds must be between 10 and 600"),
+        ({"automaton": {"mode": "stream"}}, 'pipeline mode must be "push"'),
+        ({"Bad-Name": {}}, "Pipeline names must be 1-40 lowercase letters"),
+        ({"automaton": {"parts": ["a", "a"]}}, "A pipeline's parts must be unique"),
+        (
+            {"automaton": {"retry_policy": {"minimum_backoff_seconds": 9, "maximum_backoff_seconds": 1}}},
+            "minimum_backoff_seconds must not exceed maximum_backoff_seconds",
+        ),
+    ],
+    ids=["ack-deadline", "mode", "name", "parts", "backoff"],
+)
+def test_plugin_pipelines_pass_the_topology_checks(
+    tmp_path: Path, entries: dict[str, Any], expected: str
+) -> None:
+    (tmp_path / "vars").mkdir()
+    assert expected in _plan_error(tmp_path, plugin_tfvars(tmp_path / "vars", entries))
+
+
 def _plan_error(tmp_path: Path, *extra_vars: str, topology: dict[str, Any] | None = None) -> str:
     root = prepare_root(tmp_path, topology)
     result = _terraform(root, "plan", f"-var-file={DEV_TFVARS}", *extra_vars)
