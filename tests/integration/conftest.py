@@ -78,7 +78,18 @@ def stack(
     config = StackConfig(
         state_dir=state,
         env=env,
-        enabled_pipelines=["transcribe", "inpaint", "edit", "video", "flaky", "flakyslow", "flakyparts"],
+        # automaton: the example plugin, found through its installed distribution's entry point
+        # (not PLUGINS); the stack gives it the route its spec declares.
+        enabled_pipelines=[
+            "transcribe",
+            "inpaint",
+            "edit",
+            "video",
+            "flaky",
+            "flakyslow",
+            "flakyparts",
+            "automaton",
+        ],
         schedule_interval_seconds=1.0,
     )
     with LocalStack(config, topology_with_flaky()) as running, pytest.MonkeyPatch.context() as mp:

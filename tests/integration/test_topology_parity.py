@@ -88,3 +88,13 @@ def test_the_stack_creates_every_gpu_subscription_with_terraforms_settings(
             "message_retention_seconds": _seconds(got.get("messageRetentionDuration")),
         }
         assert seen == {key: want[key] for key in seen}, name
+
+
+def test_a_plugin_route_declared_by_its_spec_is_the_same_on_both_sides(
+    stack: LocalStack, inventory: dict[str, Any]
+) -> None:
+    # automaton is enabled by name only: its entry comes from the installed spec, not topology.yaml.
+    name = route("automaton").subscription
+    emulated = _emulator(stack, "subscriptions")[name]
+    assert inventory["subscriptions"][name]["ack_deadline_seconds"] == emulated["ackDeadlineSeconds"] == 300
+    assert inventory["subscriptions"][name]["retry_policy"]["maximum_backoff_seconds"] == 60
