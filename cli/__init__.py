@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.topology:
             print(json.dumps(plugin_topology(settings.enabled_pipelines, settings.plugins), indent=2))
         elif args.tfvars:
-            print(json.dumps({"plugin_pipelines": tfvars(found)}, indent=2))
+            print(json.dumps({"plugin_pipelines": found.tfvars()}, indent=2))
         else:
             print_pipelines(found, settings.enabled_pipelines)
         return 1 if found.broken and not (args.topology or args.tfvars) else 0
@@ -180,14 +180,6 @@ def print_pipelines(found: Registry, enabled: list[str]) -> None:
         print(f"{name:<12} {state:<9} {spec.description}{origin}")
     for broken in found.broken:
         print(f"BROKEN plugin {broken.describe()}")
-
-
-def tfvars(found: Registry) -> dict[str, dict[str, Any]]:
-    """Each installed plugin's topology entry, plus whether it needs a model path to be enabled."""
-    return {
-        name: {**spec.topology_entry(), "needs_model": spec.delivery.needs_model}
-        for name, spec in sorted(found.plugins().items())
-    }
 
 
 def _submit(client: Any, args: argparse.Namespace, spec: PipelineSpec | None) -> int:

@@ -23,7 +23,9 @@ down.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -86,6 +88,14 @@ class Registry:
 
     def plugins(self) -> dict[str, PipelineSpec]:
         return {name: spec for name, spec in self.specs.items() if self.origins[name] != BUILTIN_ORIGIN}
+
+    def tfvars(self) -> dict[str, dict[str, Any]]:
+        """Terraform's ``plugin_pipelines``: each plugin's topology entry, and whether it needs a
+        model path to be enabled."""
+        return {
+            name: {**spec.topology_entry(), "needs_model": spec.delivery.needs_model}
+            for name, spec in sorted(self.plugins().items())
+        }
 
 
 def _entry_label(ep: EntryPoint) -> str:
@@ -179,3 +189,17 @@ def catalog(
         installed=frozenset(found.specs),
         broken=found.broken,
     )
+
+
+def main() -> int:
+    """``python -m pipelines.registry``: Terraform's ``plugin_pipelines`` for what is installed here
+    (Cloud Build runs it in the built image); fails, naming them, when a plugin is broken."""
+    found = registry()
+    for broken in found.broken:
+        sys.stderr.write(f"broken plugin {broken.describe()}\n")
+    sys.stdout.write(json.dumps({"plugin_pipelines": found.tfvars()}, indent=2) + "\n")
+    return 1 if found.broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -143,3 +143,31 @@ def test_every_package_an_image_runs_is_copied_into_it(dockerfile: Path) -> None
         needed |= more
     copied = set(_copied(dockerfile))
     assert needed <= copied, f"{dockerfile.relative_to(ROOT)} lacks {sorted(needed - copied)}"
+
+
+PLUGIN_DIRS = sorted(p.parent for p in (ROOT / "plugins").glob("*/pyproject.toml"))
+
+
+@pytest.mark.parametrize("dockerfile", [GPU_DOCKERFILE, FUNCTIONS_DOCKERFILE], ids=lambda p: p.parent.name)
+def test_every_plugin_is_installed_into_the_image_as_a_distribution(dockerfile: Path) -> None:
+    assert PLUGIN_DIRS, "plugins/ holds at least the example plugin"
+    lines = instructions(dockerfile)
+    copy = index(lines, r"^COPY plugins \./plugins$")
+    install = index(lines, r"pip install (--no-cache-dir )?--no-deps \./plugins/\*/ ")
+    assert index(lines, r"pip install -c constraints\.txt ") < copy < install  # their dependencies are pinned
+    # The build fails if any plugin cannot be loaded, naming its distribution.
+    assert "python -m pipelines.registry > /dev/null" in lines[install]
+    assert "plugins" in _allowed(_ignore_file(dockerfile))
+
+
+@pytest.mark.parametrize("plugin", PLUGIN_DIRS, ids=lambda p: p.name)
+def test_a_plugins_own_dependencies_are_pinned_for_the_images(plugin: Path) -> None:
+    pins = constraints()
+    project = tomllib.loads((plugin / "pyproject.toml").read_text())["project"]
+    assert "gpu_jobs.pipelines" in project["entry-points"]
+    for spec in project["dependencies"]:
+        requirement = Requirement(spec)
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        if name == "gpu-jobs":
+            continue  # the host itself
+        assert name in pins and requirement.specifier.contains(pins[name]), (plugin.name, name)

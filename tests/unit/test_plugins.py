@@ -8,6 +8,7 @@ Each test installs real distributions: a ``*.dist-info`` folder with ``METADATA`
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,7 +231,7 @@ def test_a_spec_with_an_impossible_route_fails_when_it_is_imported(
 
 
 def test_tfvars_carry_every_installed_plugin_with_whether_it_needs_a_model(site: Site) -> None:
-    assert cli.tfvars(registry()) == {
+    assert registry().tfvars() == {
         "automaton": {
             "mode": "push",
             "ack_deadline_seconds": 300,
@@ -256,3 +257,16 @@ def test_a_multipart_plugin_declares_its_parts() -> None:
         "retry_policy": {"minimum_backoff_seconds": 1, "maximum_backoff_seconds": 2},
         "parts": ["one", "two"],
     }
+
+
+def test_the_image_check_prints_plugin_pipelines_and_fails_on_a_broken_plugin(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert reg.main() == 0  # what Cloud Build runs in the built image
+    assert json.loads(capsys.readouterr().out) == {"plugin_pipelines": registry().tfvars()}
+    site.install("acme-broken", "acme_broken", {"broken": "acme_broken:SPEC"}, "import acme_missing_dep\n")
+    registry.cache_clear()
+    assert reg.main() == 1
+    captured = capsys.readouterr()
+    assert "broken plugin acme-broken (broken = acme_broken:SPEC): ModuleNotFoundError" in captured.err
+    assert "automaton" in json.loads(captured.out)["plugin_pipelines"]

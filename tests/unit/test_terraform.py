@@ -1595,11 +1595,10 @@ def test_only_pipelines_with_a_model_are_enabled(tmp_path: Path) -> None:
 def plugin_tfvars(tmp_path: Path, entries: dict[str, Any] | None = None) -> str:
     """-var-file of plugin_pipelines: by default what `gpujobs pipelines --tfvars` prints for the
     plugins installed here (the example plugin, through its entry point)."""
-    from cli import tfvars
     from pipelines.registry import registry
 
     path = tmp_path / "plugins.auto.tfvars.json"
-    path.write_text(json.dumps({"plugin_pipelines": tfvars(registry()) if entries is None else entries}))
+    path.write_text(json.dumps({"plugin_pipelines": registry().tfvars() if entries is None else entries}))
     return f"-var-file={path}"
 
 
@@ -1945,3 +1944,14 @@ def test_python_rejects_every_topology_terraform_rejects(case: str) -> None:
     mutate, _ = BROKEN[case]
     with pytest.raises((ValidationError, ValueError)):
         Topology.model_validate(_broken(mutate))
+
+
+def test_cloudbuild_gives_terraform_the_plugins_of_the_built_image(cloudbuild: dict[str, Any]) -> None:
+    steps = _steps(cloudbuild)
+    step = steps["plugin-vars"]
+    script = _args(step)
+    # Run in the GPU image that is deployed, so the variable lists exactly what it has installed;
+    # terraform/ loads *.auto.tfvars.json without a -var-file.
+    assert "docker run --rm --entrypoint python ${_GPU_SERVICE_IMAGE} -m pipelines.registry" in script
+    assert script.endswith("> terraform/plugins.auto.tfvars.json") and "pipefail" in script
+    assert step["waitFor"] == ["build-gpu-service"] and "plugin-vars" in steps["deploy"]["waitFor"]
