@@ -54,6 +54,17 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp || constraints.txt -nt $stamp ]];
   touch "$stamp"
 fi
 
+# The plugins in plugins/, each installed as the separate distribution it is, so the registry finds
+# it by its entry point as in the images (their dependencies come with the service extra above).
+for plugin in plugins/*/; do
+  plugin_stamp=".venv/.installed-plugin-$(basename "$plugin")"
+  if [[ ! -f $plugin_stamp || ${plugin}pyproject.toml -nt $plugin_stamp ]]; then
+    say "installing the plugin in $plugin"
+    .venv/bin/python -m pip install -q --no-deps -e "$plugin"
+    touch "$plugin_stamp"
+  fi
+done
+
 # 4. npm packages, pinned by their committed package-lock.json, in project-local folders: the
 #    Firebase CLI (its Auth emulator; the first install compiles a native module, ~3 minutes)
 #    and the web client's SDK and bundler. Then the web client is built into web/dist.

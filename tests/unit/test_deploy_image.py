@@ -171,3 +171,9 @@ def test_a_plugins_own_dependencies_are_pinned_for_the_images(plugin: Path) -> N
         if name == "gpu-jobs":
             continue  # the host itself
         assert name in pins and requirement.specifier.contains(pins[name]), (plugin.name, name)
+
+
+def test_the_development_setup_installs_every_plugin_as_a_distribution() -> None:
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert "for plugin in plugins/*/; do" in setup
+    assert '.venv/bin/python -m pip install -q --no-deps -e "$plugin"' in setup

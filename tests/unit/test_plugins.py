@@ -270,3 +270,21 @@ def test_the_image_check_prints_plugin_pipelines_and_fails_on_a_broken_plugin(
     captured = capsys.readouterr()
     assert "broken plugin acme-broken (broken = acme_broken:SPEC): ModuleNotFoundError" in captured.err
     assert "automaton" in json.loads(captured.out)["plugin_pipelines"]
+
+
+def test_the_readme_example_plugin_installs_and_declares_its_route(site: Site) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Writing a plugin", 1)[1]
+    toml = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    source = section.split("```python\n", 1)[1].split("```", 1)[0]
+    entry = toml.split('[project.entry-points."gpu_jobs.pipelines"]\n', 1)[1].split("#")[0].strip()
+    name, _, target = (part.strip() for part in entry.partition("="))
+    (site.root / "acme_upscale").mkdir()
+    site.install("acme-upscale", "acme_upscale/__init__", {name: target.strip('"')}, source)
+    found = registry()
+    assert not found.broken and found.origins["upscale"] == "acme-upscale"
+    assert found.tfvars()["upscale"] == {
+        "ack_deadline_seconds": 300,
+        "retry_policy": {"minimum_backoff_seconds": 5, "maximum_backoff_seconds": 60},
+        "needs_model": True,
+    }
