@@ -117,6 +117,19 @@ def api_demo(stack: LocalStack, wav: Path) -> None:
         print(f"   a bad request -> {bad.status_code} {bad.json()['code']}: {bad.json()['message']}")
 
 
+def automaton_demo(client: Client, uid: str, dest: Path) -> None:
+    inputs = {"dimensions": 2, "rule": "B3/S23", "seed": 2026, "width": 320, "height": 240, "frames": 240}
+    job_id = client.create_job(uid, "automaton", inputs)
+    job = client.follow(job_id, ProgressBar(), timeout=300)
+    show(job_id, job)
+    if job.status is JobStatus.SUCCEEDED and job.outputs:
+        client.download(job.outputs["video"], dest)
+        print(
+            f"   {job.outputs['frames']} frames of Life at {job.outputs['fps']} fps: {job.outputs['video']}"
+        )
+        print(f"   video: {dest}")
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -137,7 +150,8 @@ def main() -> int:
     stack = LocalStack(
         StackConfig(
             state_dir=REPO / ".local",
-            enabled_pipelines=["transcribe", "inpaint", "edit", "video"],
+            # automaton: the example plugin (plugins/cellular-automata), enabled by name alone.
+            enabled_pipelines=["transcribe", "inpaint", "edit", "video", "automaton"],
             env={
                 "PIPELINES__EDIT__MODEL_DIR": str(edit_model),
                 "PIPELINES__EDIT__DTYPE": "float32",
@@ -253,6 +267,9 @@ def main() -> int:
 
             banner("9. a server with the user's ID token, over HTTP: create and wait, then the event stream")
             api_demo(stack, files["reminder.wav"])
+
+            banner("10. a plugin: the cellular-automaton pipeline of plugins/cellular-automata, as an MP4")
+            automaton_demo(client, uid, out_dir / "automaton.mp4")
 
         banner(f"{uid}'s jobs")
         for job_id, job in client.list(uid):
