@@ -1,7 +1,7 @@
 """Entry point: ``python -m gpu_service`` (the container's command).
 
 Serves the push endpoints and ``/healthz``; also runs a streaming-pull consumer for each enabled
-pipeline whose subscription is in ``mode: pull`` in the topology. On SIGTERM (Cloud Run gives
+pipeline whose subscription is in ``mode: pull`` in the topology (or in a plugin's spec). On SIGTERM (Cloud Run gives
 about 10 s) it stops taking work first: new pushes get 503, running jobs go back to the queue at
 their next checkpoint instead of waiting for a lease to expire, and pull consumers stop.
 """
@@ -23,7 +23,7 @@ from infra.bus import Bus
 from infra.jobs import JobStore, firestore_client
 from infra.settings import Settings
 from infra.topology import load_topology
-from pipelines.registry import catalog
+from pipelines.registry import catalog, plugin_topology
 
 log = logging.getLogger("gpu_service")
 
@@ -45,6 +45,18 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def pull_routes(settings: Settings) -> list[tuple[str, str | None]]:
+    """The enabled routes this process consumes by streaming pull: the topology's, and those the
+    enabled plugins declare in their specs (production has no topology file naming them)."""
+    topology = load_topology(settings.topology_file) if settings.topology_file else load_topology()
+    topology = topology.with_plugins(plugin_topology(settings.enabled_pipelines, settings.plugins))
+    return [
+        (name, lane)
+        for name, lane in topology.routes()
+        if name in settings.enabled_pipelines and topology.subscription(name).mode == "pull"
+    ]
+
+
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -57,15 +69,13 @@ def main() -> None:
         ModelPool(pipelines, settings.batching),
         Bus(settings),
     )
-    topology = load_topology(settings.topology_file) if settings.topology_file else load_topology()
     consumers = [
         PullConsumer(
             worker,
             subscription_path(settings.google_cloud_project, name, lane),
             max_messages=settings.max_concurrent_jobs,
         )
-        for name, lane in topology.routes()
-        if name in settings.enabled_pipelines and topology.subscription(name).mode == "pull"
+        for name, lane in pull_routes(settings)
     ]
     for consumer in consumers:
         consumer.start()

@@ -288,3 +288,37 @@ def test_the_readme_example_plugin_installs_and_declares_its_route(site: Site) -
         "retry_policy": {"minimum_backoff_seconds": 5, "maximum_backoff_seconds": 60},
         "needs_model": True,
     }
+
+
+PULL_PLUGIN = """
+from pydantic import BaseModel
+from core.spec import Delivery, PipelineModel, PipelineSpec
+
+class Inputs(PipelineModel):
+    n: int = 1
+
+def specs():
+    return PipelineSpec(name="longrun", inputs=Inputs, outputs=BaseModel, config=BaseModel, loader="x:y",
+                        parts=("a", "b"), join="x:z", delivery=Delivery(mode="pull"))
+
+def impossible():
+    return PipelineSpec(name="nope", inputs=Inputs, outputs=BaseModel, config=BaseModel, loader="x:y",
+                        delivery=Delivery(ack_deadline_seconds=5))
+"""
+
+
+def test_the_gpu_service_pulls_what_an_enabled_plugin_declares_as_pull(site: Site) -> None:
+    from gpu_service.__main__ import pull_routes
+
+    site.install("acme-long", "acme_long", {"longrun": "acme_long:specs"}, PULL_PLUGIN)
+    enabled = Settings(enabled_pipelines=["transcribe", "longrun"], topology_file=None)
+    assert pull_routes(enabled) == [("longrun", None), ("longrun", "a"), ("longrun", "b")]
+    assert pull_routes(Settings(enabled_pipelines=["transcribe"], topology_file=None)) == []
+
+
+def test_a_plugin_whose_spec_breaks_a_pubsub_limit_is_reported(site: Site) -> None:
+    site.install("acme-nope", "acme_nope", {"nope": "acme_nope:impossible"}, PULL_PLUGIN)
+    found = registry()
+    assert "nope" not in found.specs and found.broken[0].distribution == "acme-nope"
+    assert "ValidationError" in found.broken[0].error and "ack_deadline_seconds" in found.broken[0].error
+    builtins_still_work()
