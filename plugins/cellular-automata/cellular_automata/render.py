@@ -66,9 +66,11 @@ class Automaton:
         if inputs.dimensions == 1:
             first = rng.integers(0, 2, inputs.width, dtype=np.uint8)
             frames = elementary(int(inputs.rule), first, inputs.frames, inputs.height)
+            newest = slice(-1, None)  # the bottom row is the current generation
         else:
             first = rng.integers(0, 2, (inputs.height, inputs.width), dtype=np.uint8)
             frames = life_like(inputs.rule, first, inputs.frames)
+            newest = slice(None)  # the whole grid is
         out = ctx.workdir / "automaton.mp4"
         encoder = self._encoder(inputs, out)
         assert encoder.stdin is not None and encoder.stderr is not None
@@ -77,7 +79,7 @@ class Automaton:
             for index, cells in enumerate(frames):
                 # The cancellation checkpoint: a cancel stops the job between two frames.
                 ctx.progress(index / inputs.frames, f"frame {index + 1} of {inputs.frames}")
-                alive = float(cells.mean()) if cells.dtype == bool else float(cells[-1].mean())
+                alive = float(cells[newest].mean())
                 encoder.stdin.write(np.where(cells, ALIVE, DEAD).astype(np.uint8).tobytes())
             encoder.stdin.close()
             error = encoder.stderr.read().decode(errors="replace")
