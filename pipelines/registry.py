@@ -128,6 +128,8 @@ def _claims(extra: tuple[str, ...]) -> tuple[list[_Claim], list[BrokenPlugin]]:
 
 def _clash(name: str, claims: list[_Claim], builtin: bool) -> list[BrokenPlugin]:
     dists = " and ".join(sorted({c.distribution for c in claims}))
+    if len({c.distribution for c in claims}) < len(claims):  # one distribution, several entries
+        dists = " and ".join(sorted(f"{c.distribution} ({c.entry})" for c in claims))
     if builtin:
         why = f"pipeline {name!r} is a built-in; a plugin cannot replace it (declared by {dists})"
     else:

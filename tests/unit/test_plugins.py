@@ -322,3 +322,14 @@ def test_a_plugin_whose_spec_breaks_a_pubsub_limit_is_reported(site: Site) -> No
     assert "nope" not in found.specs and found.broken[0].distribution == "acme-nope"
     assert "ValidationError" in found.broken[0].error and "ack_deadline_seconds" in found.broken[0].error
     builtins_still_work()
+
+
+def test_one_distribution_declaring_a_name_twice_is_told_which_entries_clash(site: Site) -> None:
+    source = spec_module("twin") + "OTHER = spec('twin')\n"
+    site.install("acme-twice", "acme_twice", {"one": "acme_twice:SPEC", "two": "acme_twice:OTHER"}, source)
+    found = registry()
+    assert "twin" not in found.specs and len(found.broken) == 2
+    assert (
+        "'twin' is declared by both acme-twice (one = acme_twice:SPEC) and acme-twice "
+        "(two = acme_twice:OTHER); neither is loaded"
+    ) in found.broken[0].error
