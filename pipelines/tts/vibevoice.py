@@ -12,8 +12,9 @@ Memory plan (7B checkpoint, bf16; the numbers are from the model's shape, not me
 ======================  =========  ============================================================
 part                    size       notes
 ======================  =========  ============================================================
-weights                 ~18.7 GB   Qwen2.5-7B LM (~15.2 GB) + acoustic/semantic tokenizers
-                                   (~1.4 GB) + diffusion head and connectors; all on the GPU
+weights                 ~18.6 GB   Qwen2.5-7B LM (~7.6 B parameters, ~15.2 GB) + acoustic
+                                   encoder/decoder and semantic encoder (~1.0 B, ~2.0 GB) +
+                                   diffusion head and connectors (~0.65 B, ~1.3 GB); all on GPU
 KV cache                ~56 KiB    per token and sequence (28 layers x 4 KV heads x 128 x 2 x
                                    bf16); a chunk of 1500 characters with 4 references of 30 s
                                    is ~3,200 tokens, ~0.2 GB, plus the shorter CFG branch
@@ -78,7 +79,7 @@ AUDIO_DEMUXERS = "wav,w64,flac,mp3,ogg,aac,aiff,caf,mov,mp4,m4a,3gp,matroska,web
 FFMPEG_INPUT_GUARD = ("-protocol_whitelist", "file,pipe", "-format_whitelist", AUDIO_DEMUXERS)
 _MARKER = re.compile(r"<\|[^|<>]{1,40}\|>")
 
-REQUIRED_FILES = ("config.json", "generation_config.json")
+REQUIRED_FILES = ("config.json",)  # generation_config.json is optional: transformers has defaults
 
 # transformers' own annotations do not type-check under strict mypy; handled as untyped here.
 _VibeVoice: Any = transformers.VibeVoiceForConditionalGeneration

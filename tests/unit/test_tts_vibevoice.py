@@ -237,7 +237,10 @@ def test_missing_model_dir_is_a_permanent_error(tmp_path: Path) -> None:
 
 def test_incomplete_model_dir_names_what_is_missing(tmp_path: Path, model_dir: Path) -> None:
     shutil.copy(model_dir / "config.json", tmp_path / "config.json")
-    with pytest.raises(PermanentError, match=r"incomplete: missing generation_config.json, \*.safetensors"):
+    with pytest.raises(
+        PermanentError,
+        match=r"incomplete: missing \*.safetensors \(the weights\), processor_config.json, tokenizer.json",
+    ):
         load_vibevoice(str(tmp_path))
 
 
