@@ -16,8 +16,9 @@ What is real and what is not:
   tokens VibeVoice allows while speaking; the audio token is given the lowest id, so the random model
   always keeps speaking until its token budget runs out. A random head would pick "stop" or "speak"
   by chance and the tests would depend on that draw.
-* Everything else (LM, connectors, diffusion head, tokenizers) is random: the audio is noise, and
-  tests built on it check plumbing (shapes, rates, seeds, batching, errors), never speech quality.
+* Everything else (LM, connectors, diffusion head, tokenizers) is random: the audio is noise at
+  about the loudness of speech (see ``initializer_range`` below), and tests built on it check
+  plumbing (shapes, rates, seeds, batching, errors), never speech quality.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ def _tokenizer_config(hidden_size: int, **extra: Any) -> dict[str, Any]:
         "downsampling_ratios": DOWNSAMPLING,
         "depths": [1] * (len(DOWNSAMPLING) + 1),
         "ffn_expansion": 2,
+        # Ten times the default spread: the decoded noise is then about as loud as speech
+        # (-27 dBFS RMS) instead of ~-110 dBFS, which loudness normalization would take for silence.
+        "initializer_range": 0.1,
         **extra,
     }
 

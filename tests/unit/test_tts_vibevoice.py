@@ -100,6 +100,7 @@ def test_tiny_random_vibevoice_speaks_each_chunk_as_24khz_float_audio(
     for chunk, a in zip(SCRIPT, audio, strict=True):
         assert a.dtype == np.float32 and a.ndim == 1
         assert np.all(np.isfinite(a)) and np.max(np.abs(a)) <= 1.0
+        assert float(np.sqrt(np.mean(a**2))) > 1e-3  # audible, not silence
         # One 3200-sample frame per audio token; the random model speaks until its budget ends.
         assert a.size > 0 and a.size % HOP == 0
         assert a.size / SAMPLE_RATE <= 2.0 + chunk.chars / 5.0 + HOP / SAMPLE_RATE
