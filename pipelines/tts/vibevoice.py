@@ -72,11 +72,12 @@ SLOWEST_CHARS_PER_SECOND = 5.0
 """Token budget of a chunk: speech this slow (English is ~14) plus :data:`BUDGET_PAD_SECONDS`."""
 BUDGET_PAD_SECONDS = 2.0
 SILENT_PEAK = 1e-4
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
 DECODE_TIMEOUT_SECONDS = 60.0
 
 # Demuxers ffmpeg may open a reference with (no playlists: they name other files or URLs).
 AUDIO_DEMUXERS = "wav,w64,flac,mp3,ogg,aac,aiff,caf,mov,mp4,m4a,3gp,matroska,webm"
-FFMPEG_INPUT_GUARD = ("-protocol_whitelist", "file,pipe", "-format_whitelist", AUDIO_DEMUXERS)
+FFMPEG_INPUT_GUARD = ("-protocol_whitelist", "file", "-format_whitelist", AUDIO_DEMUXERS)
 _MARKER = re.compile(r"<\|[^|<>]{1,40}\|>")
 
 REQUIRED_FILES = ("config.json",)  # generation_config.json is optional: transformers has defaults
@@ -466,6 +467,8 @@ class VibeVoiceBackend:
         seed: int,
         on_chunk: ChunkDone,
     ) -> list[Audio]:
+        if not MIN_SPEED <= speed <= MAX_SPEED:
+            raise InvalidInput(f"speed must be between {MIN_SPEED} and {MAX_SPEED}, not {shown(speed)}")
         references = self._references(voices)
         prompts = [self._prompt(chunk, references) for chunk in chunks]
         out: list[Audio] = []
