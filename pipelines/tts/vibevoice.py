@@ -29,7 +29,9 @@ The ladder's lower rungs do not carry over to an autoregressive model: the LM (~
 weights) runs once per 0.13 s of audio, so model offload would copy 15 GB over PCIe per frame and
 sequential offload would be slower still. A GPU whose free memory cannot hold all the weights
 plus headroom is refused at load with the figures (use the 1.5B checkpoint there, ~5.4 GB in
-bf16). An out-of-memory error during a job is :class:`~core.errors.OutOfGpuMemory` (retryable).
+bf16). A batch that runs out of memory anyway (long references, a busy GPU) is retried in halves,
+which gives the same audio (see Determinism); one chunk that does not fit is
+:class:`~core.errors.OutOfGpuMemory` (retryable: another instance may have room).
 
 Determinism: each chunk draws its diffusion noise from its own generator, seeded from the job's
 seed and the chunk's index, and the reference recordings are encoded without the sigma-VAE noise
@@ -53,7 +55,7 @@ import numpy as np
 import torch
 import transformers
 
-from core.errors import InvalidInput, PermanentError, shown
+from core.errors import InvalidInput, OutOfGpuMemory, PermanentError, shown
 from pipelines.imaging.diffusion import free_bytes, gpu_errors, module_bytes
 from pipelines.imaging.memory import DEFAULT_HEADROOM, choose_memory_strategy
 from pipelines.tts.backend import Audio, Chunk, ChunkDone, SpeechBackend, Voice
@@ -475,10 +477,26 @@ class VibeVoiceBackend:
         for start in range(0, len(prompts), self.max_batch_chunks):
             batch = prompts[start : start + self.max_batch_chunks]
             seeds = [chunk_seed(seed, start + i) for i in range(len(batch))]
-            for audio in self._generate(batch, seeds):
+            for audio in self._generate_fitting(batch, seeds):
                 out.append(change_tempo(audio, speed, self.sample_rate))
             on_chunk(len(out))
         return out
+
+    def _generate_fitting(self, batch: list[_Prompt], seeds: list[int]) -> list[Audio]:
+        """Generate ``batch``; if the GPU runs out of memory, in halves (down to one chunk).
+
+        Chunks are seeded one by one, so the halves give exactly the audio the whole batch would.
+        """
+        try:
+            return self._generate(batch, seeds)
+        except OutOfGpuMemory:
+            if len(batch) == 1:
+                raise
+            half = len(batch) // 2
+            log.warning("out of GPU memory with %d chunks in a batch; retrying in halves", len(batch))
+            return self._generate_fitting(batch[:half], seeds[:half]) + self._generate_fitting(
+                batch[half:], seeds[half:]
+            )
 
     def _generate(self, batch: list[_Prompt], seeds: list[int]) -> list[Audio]:
         inputs = self.processor(

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.errors import InvalidInput, PermanentError
+from core.errors import InvalidInput, OutOfGpuMemory, PermanentError
 from pipelines.tts.backend import Chunk, SpeechBackend, Turn, Voice
 from pipelines.tts.vibevoice import check_fits, choose_attention, load_vibevoice
 from tests.support.tiny_vibevoice import HOP, SAMPLE_RATE, build_tiny_vibevoice
@@ -135,6 +135,48 @@ def test_tiny_random_vibevoice_batch_of_chunks_equals_each_chunk_alone(
         assert batched.shape == single.shape
         scale = float(np.max(np.abs(single)))
         np.testing.assert_allclose(batched, single, rtol=0, atol=1e-4 * scale)
+
+
+def test_batch_that_runs_out_of_gpu_memory_is_split_with_the_same_audio(
+    model_dir: Path, two_voices: list[Voice], spoken: tuple[list[np.ndarray], list[int]]
+) -> None:
+    """A GPU too small for two chunks at once (simulated: torch's OOM error above one row)."""
+    import torch
+
+    backend = load_vibevoice(str(model_dir), device="cpu", max_batch_chunks=3)
+    model = backend.model  # type: ignore[attr-defined]
+    real_generate = model.generate
+    rows: list[int] = []
+
+    def small_gpu(**inputs: object) -> object:
+        rows.append(inputs["input_ids"].shape[0])  # type: ignore[attr-defined]
+        if rows[-1] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_generate(**inputs)
+
+    model.generate = small_gpu
+    done: list[int] = []
+    audio = backend.synthesize(SCRIPT, two_voices, speed=1.0, seed=7, on_chunk=done.append)
+    assert rows == [3, 1, 2, 1, 1]
+    assert done == [3]
+    for split, batched in zip(audio, spoken[0], strict=True):
+        np.testing.assert_allclose(split, batched, rtol=0, atol=1e-4 * float(np.max(np.abs(batched))))
+
+
+def test_one_chunk_that_does_not_fit_the_gpu_is_a_retryable_error(
+    model_dir: Path, two_voices: list[Voice]
+) -> None:
+    import torch
+
+    backend = load_vibevoice(str(model_dir), device="cpu", max_batch_chunks=2)
+    model = backend.model  # type: ignore[attr-defined]
+
+    def no_room(**inputs: object) -> object:
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    model.generate = no_room
+    with pytest.raises(OutOfGpuMemory):
+        backend.synthesize(SCRIPT, two_voices, speed=1.0, seed=7, on_chunk=lambda n: None)
 
 
 def test_tiny_random_vibevoice_speed_shortens_the_audio(
