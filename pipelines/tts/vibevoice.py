@@ -41,35 +41,34 @@ the model adds by default, so a chunk's audio does not depend on which chunks sh
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import math
-import re
 import subprocess
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import transformers
 
 from core.errors import InvalidInput, OutOfGpuMemory, PermanentError, shown
-from pipelines.imaging.diffusion import free_bytes, gpu_errors, module_bytes
+from pipelines.imaging.diffusion import free_bytes, gpu_errors
 from pipelines.imaging.memory import DEFAULT_HEADROOM, choose_memory_strategy
 from pipelines.tts.backend import Audio, Chunk, ChunkDone, SpeechBackend, Voice
 
 log = logging.getLogger(__name__)
 
-Attention = Literal["auto", "flash_attention_2", "sdpa", "eager"]
 ATTENTIONS: tuple[str, ...] = ("auto", "flash_attention_2", "sdpa", "eager")
 
 MAX_SPEAKERS = 4
 """VibeVoice was trained on up to four speakers per script."""
 MIN_REFERENCE_SECONDS = 1.0
 MAX_REFERENCE_SECONDS = 60.0
-"""A reference is prompt: 60 s is 450 tokens per speaker. Longer ones are refused, not cut."""
+"""A reference is part of the prompt: 60 s is 450 tokens per speaker. Longer ones are refused, not cut."""
 SLOWEST_CHARS_PER_SECOND = 5.0
 """Token budget of a chunk: speech this slow (English is ~14) plus :data:`BUDGET_PAD_SECONDS`."""
 BUDGET_PAD_SECONDS = 2.0
@@ -80,7 +79,6 @@ DECODE_TIMEOUT_SECONDS = 60.0
 # Demuxers ffmpeg may open a reference with (no playlists: they name other files or URLs).
 AUDIO_DEMUXERS = "wav,w64,flac,mp3,ogg,aac,aiff,caf,mov,mp4,m4a,3gp,matroska,webm"
 FFMPEG_INPUT_GUARD = ("-protocol_whitelist", "file", "-format_whitelist", AUDIO_DEMUXERS)
-_MARKER = re.compile(r"<\|[^|<>]{1,40}\|>")
 
 REQUIRED_FILES = ("config.json",)  # generation_config.json is optional: transformers has defaults
 
@@ -140,6 +138,33 @@ def check_model_dir(model_dir: str) -> Path:
             f"the VibeVoice model directory {model_dir!r} is incomplete: missing {', '.join(missing)}"
         )
     return path
+
+
+def checkpoint_bytes(path: Path, bytes_per_value: int) -> tuple[int, int]:
+    """Bytes of all weights and of the LM's alone once loaded at ``bytes_per_value``, from the
+    safetensors headers (no tensor is read).
+
+    Raises:
+        PermanentError: a weights file whose header is not safetensors.
+    """
+    total = lm = 0
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with file.open("rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                if not 2 <= size <= 100 * 2**20:
+                    raise ValueError(f"header length {size}")
+                header = json.loads(f.read(size))
+        except (OSError, ValueError) as e:
+            raise PermanentError(f"{file} is not a readable safetensors file ({e})") from e
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            n = math.prod(entry["shape"]) * bytes_per_value
+            total += n
+            if "language_model" in name or name.startswith("lm_head"):
+                lm += n
+    return total, lm
 
 
 def check_fits(device: str, free: int | None, weight_bytes: int, lm_bytes: int) -> None:
@@ -237,23 +262,24 @@ def load_vibevoice(
         raise PermanentError(f"device {dev!r} asked for, but CUDA is not available")
     kernel = choose_attention(attention, dev, flash_available=flash_attn_available())
     dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32
+    weights, lm = checkpoint_bytes(path, dtype.itemsize)
+    # Before loading: a GPU that is too small fails in a second, not after minutes of copying.
+    check_fits(dev, free_bytes(dev), weights, lm)
     try:
         processor = _AutoProcessor.from_pretrained(path, local_files_only=True)
-        model = _ChunkSeededVibeVoice.from_pretrained(
-            path,
-            local_files_only=True,
-            dtype=dtype,
-            # Only the LM has attention; the audio tokenizers refuse an attention setting.
-            attn_implementation={"text_config": kernel},
-        )
+        with gpu_errors():
+            model = _ChunkSeededVibeVoice.from_pretrained(
+                path,
+                local_files_only=True,
+                dtype=dtype,
+                device_map=dev,  # straight onto the device: no 18 GB copy in host memory first
+                # Only the LM has attention; the audio tokenizers refuse an attention setting.
+                attn_implementation={"text_config": kernel},
+            ).eval()
     except (OSError, ValueError, KeyError) as e:
         raise PermanentError(f"cannot load VibeVoice from {model_dir!r}: {e}") from e
     if not getattr(processor, "chat_template", None):
         raise PermanentError(f"the VibeVoice processor in {model_dir!r} has no chat template")
-    weights = module_bytes(model)
-    check_fits(dev, free_bytes(dev), weights, module_bytes(model.model.language_model))
-    with gpu_errors():
-        model = model.to(dev).eval()
     log.info("VibeVoice loaded on %s (%s, %s attention, %.2f GB)", dev, dtype, kernel, weights / 1e9)
     return VibeVoiceBackend(
         model,
@@ -362,7 +388,7 @@ class VibeVoiceBackend:
         self.sample_rate = int(processor.feature_extractor.sampling_rate)
         self.hop = int(model.config.audio_config.hop_length)
         self.processor.tokenizer.padding_side = "left"  # generation continues every row at the end
-        self._markers = {str(t) for t in processor.tokenizer.get_added_vocab()}
+        self._markers = sorted(str(t) for t in processor.tokenizer.get_added_vocab())
         self._lock = threading.Lock()
 
     # -- voices
@@ -449,8 +475,9 @@ class VibeVoiceBackend:
                 raise InvalidInput(
                     f"A turn names speaker {turn.speaker + 1}, but only {len(references)} voices were given"
                 )
-            for marker in _MARKER.findall(turn.text):
-                if marker in self._markers:
+            # The tokenizer would read these as control tokens (an audio placeholder, end of text).
+            for marker in self._markers:
+                if marker in turn.text:
                     raise InvalidInput(f"The text contains the reserved marker {shown(marker)}")
             content: list[dict[str, Any]] = [{"type": "text", "text": " ".join(turn.text.split())}]
             if turn.speaker not in order:

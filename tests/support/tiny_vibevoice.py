@@ -3,8 +3,8 @@
 The directory it writes has the layout of a real checkpoint (``config.json``, safetensors weights,
 ``generation_config.json``, the processor's feature extractor, tokenizer and chat template), so
 tests load it through :func:`pipelines.tts.vibevoice.load_vibevoice` exactly as production loads
-the 7B model. About 0.1 M parameters; one chunk of a short sentence takes well under a second on
-one CPU thread.
+the 7B model. About 0.16 M parameters; a short sentence (about 30 audio tokens) took 1.5-3 s on
+one thread of a busy 2-core machine, most of it in the audio tokenizers' convolutions.
 
 What is real and what is not:
 

@@ -18,7 +18,7 @@ import pytest
 
 from core.errors import InvalidInput, OutOfGpuMemory, PermanentError
 from pipelines.tts.backend import Chunk, SpeechBackend, Turn, Voice
-from pipelines.tts.vibevoice import check_fits, choose_attention, load_vibevoice
+from pipelines.tts.vibevoice import check_fits, checkpoint_bytes, choose_attention, load_vibevoice
 from tests.support.tiny_vibevoice import HOP, SAMPLE_RATE, build_tiny_vibevoice
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -342,6 +342,20 @@ def test_flash_attention_where_it_cannot_run_is_refused_at_load() -> None:
         choose_attention("flash_attention_2", "cpu", flash_available=True)
     with pytest.raises(PermanentError, match="attention must be one of"):
         choose_attention("fast", "cuda", flash_available=True)
+
+
+def test_weights_are_sized_from_the_checkpoint_headers_before_loading(
+    model_dir: Path, backend: SpeechBackend
+) -> None:
+    model = backend.model  # type: ignore[attr-defined]
+    total, lm = checkpoint_bytes(model_dir, 2)  # as bf16
+    assert total == 2 * sum(p.numel() for p in model.parameters())
+    lm_params = sum(p.numel() for p in model.model.language_model.parameters()) + model.lm_head.weight.numel()
+    assert lm == 2 * lm_params
+    (model_dir.parent / "junk").mkdir(exist_ok=True)
+    (model_dir.parent / "junk" / "model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(PermanentError, match="not a readable safetensors file"):
+        checkpoint_bytes(model_dir.parent / "junk", 2)
 
 
 def test_7b_in_bf16_fits_an_l4_and_a_16gb_gpu_is_refused_with_the_figures() -> None:
