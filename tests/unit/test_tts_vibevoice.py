@@ -18,7 +18,13 @@ import pytest
 
 from core.errors import InvalidInput, OutOfGpuMemory, PermanentError
 from pipelines.tts.backend import Chunk, SpeechBackend, Turn, Voice
-from pipelines.tts.vibevoice import check_fits, checkpoint_bytes, choose_attention, load_vibevoice
+from pipelines.tts.vibevoice import (
+    change_tempo,
+    check_fits,
+    checkpoint_bytes,
+    choose_attention,
+    load_vibevoice,
+)
 from tests.support.tiny_vibevoice import HOP, SAMPLE_RATE, build_tiny_vibevoice
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -202,6 +208,14 @@ def test_tiny_random_vibevoice_conditions_a_chunk_on_its_own_speakers_voices(
     # The random LM barely listens to its prompt (differences of ~1e-5), but the same inputs give
     # bit-identical audio, so any difference shows that speaker 1's reference reached the model.
     assert not np.array_equal(as_bob, say("bob", "alice"))
+
+
+@pytest.mark.parametrize("speed", [0.25, 0.7, 3.0, 4.0])
+def test_speed_stretches_audio_by_its_factor_across_atempo_stages(speed: float) -> None:
+    second = tone(1.0, SAMPLE_RATE, 200).astype(np.float32)
+    stretched = change_tempo(second, speed, SAMPLE_RATE)
+    assert stretched.dtype == np.float32
+    assert stretched.size == pytest.approx(SAMPLE_RATE / speed, rel=0.03)
 
 
 def test_tiny_random_vibevoice_speaks_configured_voices_by_name(backend: SpeechBackend) -> None:
