@@ -85,6 +85,8 @@ REQUIRED_FILES = ("config.json",)  # generation_config.json is optional: transfo
 # transformers' own annotations do not type-check under strict mypy; handled as untyped here.
 _VibeVoice: Any = transformers.VibeVoiceForConditionalGeneration
 _AutoProcessor: Any = transformers.AutoProcessor
+_LogitsProcessorList: Any = transformers.LogitsProcessorList
+_LmGuidance: Any = transformers.UnbatchedClassifierFreeGuidanceLogitsProcessor
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -184,16 +186,24 @@ def check_fits(device: str, free: int | None, weight_bytes: int, lm_bytes: int) 
 
 
 class _ChunkSeededVibeVoice(_VibeVoice):  # type: ignore[misc]
-    """VibeVoice whose diffusion noise comes from one generator per batch row.
+    """VibeVoice as the original runs it, with diffusion noise from one generator per batch row.
 
-    The stock model draws the noise of all rows from the global generator at once, so a chunk's
-    audio would depend on its neighbours in the batch. ``row_generators`` (set for one
-    ``generate`` call) gives each row its own stream; the rows speaking at a step are those of the
-    mask that :meth:`_step_negative_branch` receives just before :meth:`_sample_audio_latent`.
+    * The stock model draws the noise of all rows from the global generator at once, so a chunk's
+      audio would depend on its neighbours in the batch. ``row_generators`` (set for one
+      ``generate`` call) gives each row its own stream; the rows speaking at a step are those of
+      the mask that :meth:`_step_negative_branch` receives just before :meth:`_sample_audio_latent`.
+    * ``guidance_scale`` is the diffusion head's classifier-free guidance. transformers' generic
+      generation also reads it and adds a CFG pass over the LM's logits (one more LM forward per
+      frame, and the speak/stop choice mixed with a branch that never saw the speech); the
+      original VibeVoice guides the diffusion only, so that processor is left out.
     """
 
     row_generators: list[torch.Generator] | None = None
     _speaking_rows: list[int] | None = None
+
+    def _get_logits_processor(self, *args: Any, **kwargs: Any) -> Any:
+        processors = super()._get_logits_processor(*args, **kwargs)
+        return _LogitsProcessorList(p for p in processors if not isinstance(p, _LmGuidance))
 
     def _step_negative_branch(self, diffusion_mask: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         self._speaking_rows = diffusion_mask.nonzero().view(-1).tolist()

@@ -185,6 +185,21 @@ def test_one_chunk_that_does_not_fit_the_gpu_is_a_retryable_error(
         backend.synthesize(SCRIPT, two_voices, speed=1.0, seed=7, on_chunk=lambda n: None)
 
 
+def test_guidance_costs_one_extra_lm_pass_per_frame_not_two(
+    backend: SpeechBackend, two_voices: list[Voice]
+) -> None:
+    """cfg_scale guides the diffusion head (a negative LM branch); the LM's own choice is unguided."""
+    model = backend.model  # type: ignore[attr-defined]
+    passes: list[int] = []
+    hook = model.model.language_model.register_forward_hook(lambda *args: passes.append(1))
+    try:
+        (audio,) = backend.synthesize(SCRIPT[2:], two_voices, speed=1.0, seed=0, on_chunk=lambda n: None)
+    finally:
+        hook.remove()
+    assert audio.size // HOP == 23  # the budget of "Same.": (2 s + 5 chars / 5 a s) x 7.5 frames/s
+    assert len(passes) == 2 * (audio.size // HOP)
+
+
 def test_tiny_random_vibevoice_speed_shortens_the_audio(
     backend: SpeechBackend, two_voices: list[Voice], spoken: tuple[list[np.ndarray], list[int]]
 ) -> None:
