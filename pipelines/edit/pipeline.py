@@ -339,10 +339,8 @@ def load(config: EditConfig) -> EditPipeline:
     device = resolve_device(config.device)
     dtype = torch_dtype(config.dtype, device)
     pipe, family = load_edit_pipeline(config, dtype)
-    adapters = LoraAdapters(config.lora_dir, config.lora_cache_size)
-    if config.fixed_lora is not None:
-        quantized = any(getattr(c, "is_quantized", False) for c in pipe.components.values())
-        adapters.fix(pipe, config.fixed_lora, fuse=not quantized)
+    quantized = any(getattr(c, "is_quantized", False) for c in pipe.components.values())
+    adapters = LoraAdapters.prepare(pipe, config, quantized=quantized)
     strategy = plan_memory(config.memory_strategy, device, component_bytes(pipe), what="edit")
     apply_memory_strategy(pipe, strategy, device)
     return EditPipeline(config, pipe, family, device, strategy, adapters)

@@ -54,5 +54,6 @@ SPEC = PipelineSpec(
     config=EditConfig,
     loader="pipelines.edit.pipeline:load",
     drop_field=None,
+    precheck="pipelines.imaging.fields:precheck_loras",
     description="Edit an image from a written instruction (Qwen-Image-Edit class models)",
 )

@@ -13,7 +13,13 @@ import torch
 from core.errors import OutOfGpuMemory
 from core.spec import ProgressFn
 from pipelines.imaging.fields import DtypeName
-from pipelines.imaging.memory import MemoryStrategy, StrategyChoice, choose_memory_strategy, forced_strategy
+from pipelines.imaging.memory import (
+    DEFAULT_HEADROOM,
+    MemoryStrategy,
+    StrategyChoice,
+    choose_memory_strategy,
+    forced_strategy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +63,14 @@ def free_bytes(device: str) -> int | None:
     return int(free)
 
 
-def plan_memory(choice: StrategyChoice, device: str, sizes: dict[str, int], *, what: str) -> MemoryStrategy:
+def plan_memory(
+    choice: StrategyChoice,
+    device: str,
+    sizes: dict[str, int],
+    *,
+    what: str,
+    headroom_bytes: int = DEFAULT_HEADROOM,
+) -> MemoryStrategy:
     """Forced strategy from config, or the automatic choice for these component sizes; logged."""
     strategy = forced_strategy(choice, device)
     if strategy is None:
@@ -66,6 +79,7 @@ def plan_memory(choice: StrategyChoice, device: str, sizes: dict[str, int], *, w
             free_bytes(device),
             sum(sizes.values()),
             largest_component_bytes=max(sizes.values(), default=0),
+            headroom_bytes=headroom_bytes,
         )
     log.info("%s: memory strategy %s (%s)", what, strategy.name, strategy.reason)
     return strategy

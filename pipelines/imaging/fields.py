@@ -1,6 +1,6 @@
-"""Input/output field types shared by the image pipelines, and the base classes of their
-``Inputs``, ``Outputs`` and ``Config`` (the fields both pipelines declare alike). Pydantic only:
-cheap to import.
+"""Input/output field types shared by the diffusion pipelines (inpaint, edit, t2v), and the base
+classes of their ``Inputs``, ``Outputs`` and ``Config`` (the fields they declare alike). Pydantic
+only: cheap to import.
 
 LoRA adapters: a job names adapters by a path *relative to the service's adapter directory*
 (``config.lora_dir``), e.g. ``{"path": "styles/ink.safetensors", "weight": 0.8}``. Absolute paths,
@@ -8,17 +8,31 @@ LoRA adapters: a job names adapters by a path *relative to the service's adapter
 files (in production a bucket mounted at ``lora_dir`` with Cloud Storage FUSE, or baked into the
 image), not arbitrary user uploads, so a job cannot make the service read any other file and the
 service does not need to download anything per job.
+
+Two LoRA modes, one per pipeline config (``lora_mode``):
+
+``runtime`` (the default)
+    each job names its adapters; they are loaded for the job and removed after it
+    (:mod:`pipelines.imaging.lora`). Flexible; costs a load per new adapter and a small slowdown
+    per step while they are active.
+``fused``
+    a fixed set (``fused_loras``) is merged into the weights once at load: no per-job cost, but
+    only that set. A job may repeat an adapter of the set at its configured weight (a no-op); any
+    other adapter is rejected (:func:`check_job_loras`, also run in the functions as the
+    pipelines' precheck, so such a job is ``rejected`` before it is queued).
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.errors import InvalidInput, shown
 from core.spec import FileInput, GsUri, PipelineModel
 from pipelines.imaging.memory import StrategyChoice
 
@@ -36,6 +50,7 @@ its header before the job is queued."""
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 DtypeName = Literal["bfloat16", "float16", "float32"]
+LoraMode = Literal["runtime", "fused"]
 
 SEED_MAX = 2**32 - 1
 MAX_LORAS_PER_JOB = 4
@@ -134,16 +149,93 @@ class ImageJobOutputs(PipelineModel):
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
 
 
-class DiffusionConfig(ImageLimitsConfig):
+class AdapterConfig(BaseModel):
+    """Operator settings for LoRA adapters, shared by every diffusion pipeline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lora_dir: str | None = Field(
+        default=None,
+        description="directory adapters are named relative to (in production a bucket mounted read-only)",
+    )
+    lora_cache_size: int = Field(default=8, ge=0, description="runtime mode: adapter files kept in memory")
+    lora_mode: LoraMode = Field(
+        default="runtime", description="'runtime': per-job adapters; 'fused': fused_loras merged at load"
+    )
+    fused_loras: list[FixedLora] = Field(
+        default_factory=list, description="fused mode: the adapters merged into the weights at load"
+    )
+    fixed_lora: FixedLora | None = Field(
+        default=None, description="runtime mode: one adapter under every job's (fused when possible)"
+    )
+
+    @field_validator("fused_loras", mode="before")
+    @classmethod
+    def _json_list(cls, value: Any) -> Any:
+        # From the environment (PIPELINES__T2V__FUSED_LORAS) the list arrives as JSON text.
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"fused_loras is not a JSON list of {{path, weight}}: {e}") from e
+        return value
+
+    @model_validator(mode="after")
+    def _mode_fits_the_adapters(self) -> AdapterConfig:
+        if self.lora_mode == "runtime" and self.fused_loras:
+            raise ValueError("fused_loras is only used with lora_mode 'fused'")
+        if self.lora_mode == "fused" and self.fixed_lora is not None:
+            raise ValueError("with lora_mode 'fused', list the fixed adapter in fused_loras")
+        paths = [lora.path for lora in self.fused_loras]
+        if len(set(paths)) != len(paths):
+            raise ValueError("fused_loras names an adapter twice")
+        return self
+
+
+class DiffusionConfig(ImageLimitsConfig, AdapterConfig):
     """Operator settings for a local diffusers model: device, precision, memory, work size, adapters."""
 
     device: str = Field(default="auto", description="'auto', 'cuda', 'cuda:N' or 'cpu'")
     dtype: DtypeName = "bfloat16"
     memory_strategy: StrategyChoice = "auto"
     max_work_pixels: int = Field(default=1024 * 1024, gt=0, description="larger inputs run downscaled")
-    lora_dir: str | None = Field(default=None, description="directory job adapters are named relative to")
-    lora_cache_size: int = Field(default=8, ge=0)
-    fixed_lora: FixedLora | None = None
+
+
+def check_job_loras(loras: list[LoraRef], config: AdapterConfig) -> None:
+    """Refuse adapters the configured mode cannot honour (pure: runs in the functions too).
+
+    In fused mode a job may only name adapters of the fused set at their fused weight (they are
+    already in the weights); runtime mode takes any adapter, resolved later against ``lora_dir``.
+
+    Raises:
+        InvalidInput: ``lora_unavailable``.
+    """
+    if config.lora_mode != "fused":
+        return
+    fused = {lora.path: lora.weight for lora in config.fused_loras}
+    for ref in loras:
+        if ref.path not in fused:
+            offered = ", ".join(f"{p} at {w:g}" for p, w in fused.items()) or "none"
+            raise InvalidInput(
+                f"adapter {shown(ref.path, 120)} cannot be applied: this service runs with a fixed set of "
+                f"adapters merged into the model ({offered}); remove it from 'loras'",
+                code="lora_unavailable",
+            )
+        if ref.weight != fused[ref.path]:
+            raise InvalidInput(
+                f"adapter {shown(ref.path, 120)} is merged into the model at weight {fused[ref.path]:g}; "
+                f"this service cannot run it at {ref.weight:g}: use that weight or leave it out",
+                code="lora_unavailable",
+            )
+
+
+class HasLoras(Protocol):
+    loras: list[LoraRef]
+
+
+def precheck_loras(inputs: HasLoras, config: AdapterConfig) -> None:
+    """``PipelineSpec.precheck`` of the image pipelines: the adapter mode check, before queueing."""
+    check_job_loras(inputs.loras, config)
 
 
 def pick_seed(seed: int | None) -> int:

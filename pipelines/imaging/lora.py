@@ -7,7 +7,12 @@ cancellation). The adapter *weights* read from disk are kept in a small LRU cach
 (and the file's mtime and size, so a replaced file is re-read); re-attaching cached weights to the
 model costs milliseconds.
 
-A fixed adapter (``config.fixed_lora``) is loaded once at start-up. It is fused into the base
+That is ``lora_mode: runtime``. With ``lora_mode: fused`` the configured set (``fused_loras``) is
+loaded once at start-up, activated at its weights, merged into the base weights (``fuse_lora``)
+and unloaded: the model then runs at the speed of one without adapters, and a job can only
+repeat what is already merged (:func:`pipelines.imaging.fields.check_job_loras`).
+
+In runtime mode, a fixed adapter (``config.fixed_lora``) is loaded once at start-up. It is fused into the base
 weights (``fuse_lora`` then ``unload_lora_weights``) when the weights are plain tensors; GGUF
 weights cannot absorb it, so there it stays loaded as the active adapter ``fixed``, combined with
 each job's adapters and restored after them.
@@ -26,12 +31,13 @@ from typing import Any
 import torch
 
 from core.errors import InvalidInput, PermanentError
-from pipelines.imaging.fields import FixedLora, LoraRef, ResolvedLora
+from pipelines.imaging.fields import AdapterConfig, FixedLora, LoraRef, ResolvedLora, check_job_loras
 
 log = logging.getLogger(__name__)
 
 JOB_ADAPTER_PREFIX = "job_"
 FIXED_ADAPTER = "fixed"
+FUSED_ADAPTER_PREFIX = "fused_"
 
 
 def _loaded_adapters(pipe: Any) -> set[str]:
@@ -41,20 +47,49 @@ def _loaded_adapters(pipe: Any) -> set[str]:
 class LoraAdapters:
     """Resolves, caches and applies LoRA adapters for one pipeline."""
 
-    def __init__(self, lora_dir: str | None, cache_size: int = 8) -> None:
+    def __init__(
+        self, lora_dir: str | None, cache_size: int = 8, config: AdapterConfig | None = None
+    ) -> None:
         self.lora_dir = Path(lora_dir).resolve() if lora_dir else None
         self.cache_size = max(0, cache_size)
+        self.config = config or AdapterConfig(lora_dir=lora_dir, lora_cache_size=cache_size)
         self._cache: OrderedDict[tuple[str, int, int], dict[str, torch.Tensor]] = OrderedDict()
         self.base: list[tuple[str, float]] = []  # an unfused fixed adapter, always active
+        self.fused: list[FixedLora] = []  # merged into the weights at load (fused mode)
+
+    @classmethod
+    def prepare(cls, pipe: Any, config: AdapterConfig, *, quantized: bool) -> LoraAdapters:
+        """The adapters of a freshly loaded pipeline, as ``config`` says: the fused set merged
+        (fused mode), or the fixed adapter applied (runtime mode). Call before placing the weights.
+
+        Raises:
+            PermanentError: a configured adapter is missing or does not fit, or fused mode on
+                quantized weights (they cannot absorb an adapter).
+        """
+        adapters = cls(config.lora_dir, config.lora_cache_size, config)
+        if config.lora_mode == "fused":
+            if quantized and config.fused_loras:
+                raise PermanentError(
+                    "lora_mode 'fused' needs plain weights; these are quantized (GGUF): use lora_mode 'runtime'"
+                )
+            adapters.fuse(pipe, config.fused_loras)
+        elif config.fixed_lora is not None:
+            adapters.fix(pipe, config.fixed_lora, fuse=not quantized)
+        return adapters
 
     # -- resolving (before any model work) -------------------------------------------------------
     def resolve(self, refs: list[LoraRef]) -> list[ResolvedLora]:
         """Map each job adapter to a file inside ``lora_dir``.
 
+        In fused mode the job's adapters are already merged (or the job is refused): nothing is
+        resolved or applied per job.
+
         Raises:
-            InvalidInput: no adapter directory configured, or the file is not in it.
+            InvalidInput: no adapter directory configured, the file is not in it (a symlink that
+                points outside it counts as outside), or fused mode cannot honour an adapter.
         """
-        if not refs:
+        check_job_loras(refs, self.config)
+        if not refs or self.config.lora_mode == "fused":
             return []
         if self.lora_dir is None:
             raise InvalidInput(
@@ -141,19 +176,41 @@ class LoraAdapters:
         if self.base:
             pipe.set_adapters([n for n, _ in self.base], [w for _, w in self.base])
 
+    def _operator_path(self, lora: FixedLora, setting: str) -> Path:
+        path = Path(lora.path)
+        if not path.is_absolute():
+            if self.lora_dir is None:
+                raise PermanentError(f"{setting} {lora.path!r} is relative but no lora_dir is configured")
+            path = self.lora_dir / path
+        if not path.is_file():
+            raise PermanentError(f"{setting} {str(path)!r} does not exist")
+        return path
+
+    def fuse(self, pipe: Any, loras: list[FixedLora]) -> None:
+        """Merge ``loras`` at their weights into the base weights, once, and drop the adapters."""
+        if not loras:
+            return
+        names = []
+        for i, lora in enumerate(loras):
+            name = f"{FUSED_ADAPTER_PREFIX}{i}"
+            try:
+                self._load(pipe, self._operator_path(lora, "fused_loras"), name, lora.path)
+            except InvalidInput as e:
+                raise PermanentError(f"fused_loras: {e.message}") from e
+            names.append(name)
+        pipe.set_adapters(names, [lora.weight for lora in loras])
+        pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+        pipe.unload_lora_weights()
+        self.fused = list(loras)
+        log.info("fused adapters %s", [(lora.path, lora.weight) for lora in loras])
+
     def fix(self, pipe: Any, fixed: FixedLora, *, fuse: bool) -> str:
         """Apply the operator's fixed adapter for good; returns ``"fused"`` or ``"active"``.
 
         Raises:
             PermanentError: the file is missing or does not fit the model (a deployment error).
         """
-        path = Path(fixed.path)
-        if not path.is_absolute():
-            if self.lora_dir is None:
-                raise PermanentError(f"fixed_lora {fixed.path!r} is relative but no lora_dir is configured")
-            path = self.lora_dir / path
-        if not path.is_file():
-            raise PermanentError(f"fixed_lora {str(path)!r} does not exist")
+        path = self._operator_path(fixed, "fixed_lora")
         try:
             self._load(pipe, path, FIXED_ADAPTER, str(path))
         except InvalidInput as e:

@@ -130,9 +130,7 @@ class FluxFillInpainter:
         device = resolve_device(config.device)
         dtype = torch_dtype(config.dtype, device)
         pipe = load_flux_fill(config, device, dtype)
-        adapters = LoraAdapters(config.lora_dir, config.lora_cache_size)
-        if config.fixed_lora is not None:
-            adapters.fix(pipe, config.fixed_lora, fuse=not config.transformer_gguf)
+        adapters = LoraAdapters.prepare(pipe, config, quantized=bool(config.transformer_gguf))
         if config.text_encoder_device == "cpu":
             # Same modules, no text encoders: only this pipeline is placed on the GPU.
             denoiser = type(pipe)(**{**pipe.components, **dict.fromkeys(TEXT_ENCODERS)})

@@ -66,5 +66,6 @@ SPEC = PipelineSpec(
     config=InpaintConfig,
     loader="pipelines.inpaint.pipeline:load",
     drop_field=None,
+    precheck="pipelines.imaging.fields:precheck_loras",
     description="Replace the masked area of an image (FLUX.1 Fill, or OpenCV without a GPU)",
 )
