@@ -46,6 +46,7 @@ BUILTIN: dict[str, str] = {
     "inpaint": "pipelines.inpaint:SPEC",
     "edit": "pipelines.edit:SPEC",
     "video": "pipelines.video:SPEC",
+    "t2v": "pipelines.t2v:SPEC",
 }
 
 

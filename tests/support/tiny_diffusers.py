@@ -1,6 +1,7 @@
 """Tiny random-weight diffusers pipelines, built and saved locally (nothing is downloaded).
 
-Configurations come from /work/shared/MODELS.md section 4. The weights are random, so outputs
+Configurations come from /work/shared/MODELS.md section 4 (Wan: the smallest sizes its modules
+accept, with a UMT5 encoder and a T5 Unigram tokenizer built in memory). The weights are random, so outputs
 are noise: tests built on these check plumbing (shapes, formats, seeds, adapters, progress),
 never image quality.
 
@@ -229,6 +230,66 @@ def build_tiny_instruct_pix2pix(out_dir: Path) -> Path:
     return out_dir
 
 
+def build_tiny_wan(out_dir: Path) -> Path:
+    """Build and save a ~40 k-parameter random WanPipeline (Wan 2.1 layout; sizes in 16s, 4k+1 frames).
+
+    The text encoder is a 2-layer UMT5 (Wan's encoder class) over :func:`t5_tokenizer`; the VAE has
+    Wan's 8x spatial and 4x temporal compression, so frame counts and sizes behave as the real model's.
+    """
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tok = t5_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tok),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            decoder_start_token_id=0,
+        )
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    pipe = WanPipeline(
+        tokenizer=tok,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        transformer=transformer,
+    )
+    pipe.save_pretrained(out_dir)
+    return out_dir
+
+
 def write_flux_transformer_gguf_q8(pipeline_dir: Path, out_path: Path) -> Path:
     """Write the saved tiny Flux transformer as a GGUF file, Q8_0 where the shape allows.
 
@@ -258,7 +319,7 @@ def write_tiny_lora(
 ) -> Path:
     """Create a random LoRA for the tiny pipeline's denoiser with peft; save it as the pipeline does.
 
-    ``kind`` is ``"flux"`` (transformer attention projections) or ``"sd"`` (UNet attention).
+    ``kind`` is ``"flux"`` or ``"wan"`` (transformer attention projections) or ``"sd"`` (UNet attention).
     ``text_encoder=True`` (flux only) adds layers for the CLIP text encoder too.
     ``init_lora_weights=False`` makes both LoRA matrices random, so the adapter visibly changes
     the output. Returns the ``.safetensors`` file.
@@ -295,6 +356,14 @@ def write_tiny_lora(
         unet.add_adapter(config)
         layers = get_peft_model_state_dict(unet)
         StableDiffusionInstructPix2PixPipeline.save_lora_weights(out_dir, unet_lora_layers=layers)
+    elif kind == "wan":
+        from diffusers import WanPipeline, WanTransformer3DModel
+
+        wan = WanTransformer3DModel.from_pretrained(
+            pipeline_dir, subfolder="transformer", local_files_only=True
+        )
+        wan.add_adapter(config)
+        WanPipeline.save_lora_weights(out_dir, transformer_lora_layers=get_peft_model_state_dict(wan))
     else:
         raise ValueError(f"unknown kind {kind!r}")
     return out_dir / "pytorch_lora_weights.safetensors"
