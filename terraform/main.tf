@@ -54,6 +54,16 @@ locals {
       "PIPELINES__${upper(name)}__${upper(key)}" => value
     }
   ]...)
+  # The adapter bucket's mount path is the LORA_DIR of each servable pipeline that takes adapters
+  # (a LORA_DIR in pipeline_config.settings wins).
+  adapters = var.gpu_service_config.adapters
+  adapter_env = local.adapters == null ? {} : {
+    for name in setintersection(local.adapters.pipelines, local.servable_pipelines) :
+    "PIPELINES__${upper(name)}__LORA_DIR" => local.adapters.mount_path
+  }
+  # The functions and the API check a job's adapters against the LoRA mode before queueing it
+  # (a fused-mode service cannot apply other adapters), so they read those two settings too.
+  lora_mode_env = { for key, value in local.pipeline_env : key => value if can(regex("__(LORA_MODE|FUSED_LORAS)$", key)) }
   uses_vision_api = anytrue([
     for name in local.servable_pipelines : lower(lookup(local.pipeline_config[name].settings, "OCR_BACKEND", "")) == "vision"
   ])
@@ -308,6 +318,8 @@ module "gpu_service" {
   service_account     = local.sa_email.gpu_service
   config = {
     accelerator                   = var.gpu_service_config.accelerator
+    adapters_bucket               = try(local.adapters.bucket, null)
+    adapters_mount_path           = try(local.adapters.mount_path, null)
     concurrency                   = var.gpu_service_config.concurrency
     cpu                           = var.gpu_service_config.cpu
     custom_audiences              = [local.push_audience]
@@ -323,6 +335,7 @@ module "gpu_service" {
     timeout_seconds               = local.gpu_timeout_seconds
     env = merge(
       local.common_env,
+      local.adapter_env,
       local.pipeline_env,
       {
         ENABLED_PIPELINES   = join(",", local.service_pipelines)
@@ -375,6 +388,7 @@ module "functions" {
     env = merge(
       local.common_env,
       local.admission_env,
+      local.lora_mode_env,
       # Only the pipelines some deployable serves: a job for another one is rejected at once
       # instead of waiting in a queue nobody consumes.
       { ENABLED_PIPELINES = join(",", local.servable_pipelines) },
@@ -404,6 +418,7 @@ module "api" {
     env = merge(
       local.common_env,
       local.admission_env,
+      local.lora_mode_env,
       {
         # The same pipelines as the functions: the API validates with their handler.
         ENABLED_PIPELINES       = join(",", local.servable_pipelines)

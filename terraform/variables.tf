@@ -151,12 +151,20 @@ variable "gpu_service_config" {
     push ack deadline in topology.yaml (the push ack deadline doubles as the request timeout).
     max_instances = null takes gpu_quota - 1 (less the worker pool's instances), leaving one GPU
     for the new revision during a redeploy. models_bucket mounts a Cloud Storage bucket read-only
-    at /models (Cloud Storage FUSE) for models too large to bake into the image. env is added to
+    at /models (Cloud Storage FUSE) for models too large to bake into the image. adapters mounts a
+    bucket of LoRA adapters read-only at adapters.mount_path and sets that path as LORA_DIR of the
+    servable pipelines in adapters.pipelines (those taking adapters: edit, inpaint, t2v), so a new
+    adapter is a copy into the bucket, not a new image (jobs name adapters relative to it). env is added to
     the derived settings (see README) and overrides them; per-pipeline settings belong in
     pipeline_config.
   EOT
   type = object({
-    accelerator                   = optional(string, "nvidia-l4")
+    accelerator = optional(string, "nvidia-l4")
+    adapters = optional(object({
+      bucket     = string
+      mount_path = optional(string, "/adapters")
+      pipelines  = list(string)
+    }))
     concurrency                   = optional(number, 1)
     cpu                           = optional(string, "8")
     env                           = optional(map(string), {})
@@ -177,6 +185,14 @@ variable "gpu_service_config" {
   })
   nullable = false
   default  = {}
+  validation {
+    condition     = var.gpu_service_config.adapters == null || can(regex("^/[A-Za-z0-9_./-]+$", var.gpu_service_config.adapters.mount_path)) && !contains(["/", "/models"], try(var.gpu_service_config.adapters.mount_path, ""))
+    error_message = "gpu_service_config.adapters.mount_path must be an absolute directory other than / and /models, e.g. /adapters."
+  }
+  validation {
+    condition     = var.gpu_service_config.adapters == null || alltrue([for p in try(var.gpu_service_config.adapters.pipelines, []) : contains(keys(local.topology.pipelines), p)])
+    error_message = "gpu_service_config.adapters.pipelines must be pipelines declared in infra/topology.yaml (${join(", ", sort(keys(local.topology.pipelines)))})."
+  }
 }
 
 variable "gpu_service_image" {

@@ -1700,6 +1700,70 @@ def test_large_models_can_come_from_a_mounted_bucket(tmp_path: Path) -> None:
     assert '"EXECUTION_ENVIRONMENT_GEN2"' in text and '"roles/storage.objectViewer"' in text
 
 
+ADAPTER_PIPELINES = (
+    '-var=pipeline_config={ transcribe = { models = { MODEL_DIR = "/models/whisper" } }, '
+    "inpaint = { needs_model = false }, "
+    't2v = { models = { MODEL_DIR = "/models/wan" }, settings = { LORA_MODE = "fused", '
+    'FUSED_LORAS = "[{\\"path\\": \\"ink.safetensors\\", \\"weight\\": 0.8}]" } } }'
+)
+
+
+def test_adapters_come_from_a_mounted_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = plan_root(
+        tmp_path,
+        None,
+        '-var=gpu_service_config={ adapters = { bucket = "my-adapters", pipelines = ["edit", "inpaint", "t2v"] } }',
+        ADAPTER_PIPELINES,
+    )
+    config = plan["inputs_gpu_service"]["config"]
+    assert (config["adapters_bucket"], config["adapters_mount_path"]) == ("my-adapters", "/adapters")
+    env = config["env"]
+    # The mount is the adapter directory of the servable pipelines that take adapters; edit is not
+    # servable here (no model) and transcribe takes none.
+    lora_dirs = {k: v for k, v in env.items() if k.endswith("__LORA_DIR")}
+    assert lora_dirs == {"PIPELINES__INPAINT__LORA_DIR": "/adapters", "PIPELINES__T2V__LORA_DIR": "/adapters"}
+    # The functions and the API see the LoRA mode (to reject what fused mode cannot run), not the models.
+    for deployable in ("functions", "api"):
+        seen = plan[f"inputs_{deployable}"]["config"]["env"]
+        assert seen["PIPELINES__T2V__LORA_MODE"] == "fused", deployable
+        assert "PIPELINES__T2V__MODEL_DIR" not in seen and "PIPELINES__T2V__LORA_DIR" not in seen
+    from infra.settings import Settings
+    from pipelines.t2v import T2VConfig
+
+    for key, value in plan["inputs_functions"]["config"]["env"].items():
+        monkeypatch.setenv(key, value)
+    t2v = T2VConfig.model_validate(Settings().pipelines["t2v"])
+    assert t2v.lora_mode == "fused" and [(a.path, a.weight) for a in t2v.fused_loras] == [
+        ("ink.safetensors", 0.8)
+    ]
+
+    text = strip_comments((TF / "modules" / "gpu-service" / "main.tf").read_text())
+    volume = re.search(
+        r'name\s*=\s*"adapters"\s*gcs\s*\{\s*bucket\s*=\s*volumes\.value\s*read_only\s*=\s*true', text
+    )
+    assert volume, "the adapter bucket is mounted read-only"
+    assert re.search(r'name\s*=\s*"adapters"\s*mount_path\s*=\s*volume_mounts\.value', text)
+    assert re.search(
+        r'resource "google_storage_bucket_iam_member" "adapters"[^}]*adapters_bucket[^}]*"roles/storage\.objectViewer"',
+        text,
+    )
+    assert 'var.config.adapters_bucket == null ? null : "EXECUTION_ENVIRONMENT_GEN2"' in text
+
+
+def test_without_an_adapter_bucket_nothing_is_mounted(root_plan: dict[str, Any]) -> None:
+    config = root_plan["inputs_gpu_service"]["config"]
+    assert config["adapters_bucket"] is None
+    assert not any(k.endswith("__LORA_DIR") for k in config["env"])
+
+
+def test_plan_fails_for_an_adapter_mount_over_the_models(tmp_path: Path) -> None:
+    error = _plan_error(
+        tmp_path,
+        '-var=gpu_service_config={ adapters = { bucket = "b", mount_path = "/models", pipelines = [] } }',
+    )
+    assert "adapters.mount_path must be an absolute directory other than / and /models" in error
+
+
 def test_service_agents_are_created_before_they_are_granted_roles(root_plan: dict[str, Any]) -> None:
     project = root_plan["inputs_project"]
     assert set(project["service_identities"]) == {"eventarc.googleapis.com", "pubsub.googleapis.com"}

@@ -23,7 +23,7 @@ resource "google_cloud_run_v2_service" "default" {
     timeout                       = "${var.config.timeout_seconds}s"
     gpu_zonal_redundancy_disabled = var.config.gpu_zonal_redundancy_disabled
     # Cloud Storage volumes need the second-generation execution environment.
-    execution_environment = var.config.models_bucket == null ? null : "EXECUTION_ENVIRONMENT_GEN2"
+    execution_environment = var.config.models_bucket == null && var.config.adapters_bucket == null ? null : "EXECUTION_ENVIRONMENT_GEN2"
 
     node_selector {
       accelerator = var.config.accelerator
@@ -33,6 +33,17 @@ resource "google_cloud_run_v2_service" "default" {
       for_each = var.config.models_bucket == null ? [] : [var.config.models_bucket]
       content {
         name = "models"
+        gcs {
+          bucket    = volumes.value
+          read_only = true
+        }
+      }
+    }
+
+    dynamic "volumes" {
+      for_each = var.config.adapters_bucket == null ? [] : [var.config.adapters_bucket]
+      content {
+        name = "adapters"
         gcs {
           bucket    = volumes.value
           read_only = true
@@ -56,6 +67,14 @@ resource "google_cloud_run_v2_service" "default" {
         for_each = var.config.models_bucket == null ? [] : [var.config.models_mount_path]
         content {
           name       = "models"
+          mount_path = volume_mounts.value
+        }
+      }
+
+      dynamic "volume_mounts" {
+        for_each = var.config.adapters_bucket == null ? [] : [var.config.adapters_mount_path]
+        content {
+          name       = "adapters"
           mount_path = volume_mounts.value
         }
       }
@@ -149,6 +168,14 @@ resource "google_cloud_run_v2_worker_pool" "default" {
 resource "google_storage_bucket_iam_member" "models" {
   count  = var.config.models_bucket == null ? 0 : 1
   bucket = var.config.models_bucket
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${var.service_account}"
+}
+
+# ... and the mounted adapter bucket.
+resource "google_storage_bucket_iam_member" "adapters" {
+  count  = var.config.adapters_bucket == null ? 0 : 1
+  bucket = var.config.adapters_bucket
   role   = "roles/storage.objectViewer"
   member = "serviceAccount:${var.service_account}"
 }

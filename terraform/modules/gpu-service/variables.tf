@@ -2,8 +2,12 @@ variable "config" {
   description = "The GPU Cloud Run service. concurrency = jobs per instance (1: one job per GPU); timeout_seconds should cover the push ack deadline."
   type = object({
     accelerator = optional(string, "nvidia-l4")
-    concurrency = optional(number, 1)
-    cpu         = optional(string, "8")
+    # LoRA adapters: a Cloud Storage bucket mounted read-only at adapters_mount_path (the
+    # pipelines' LORA_DIR), so adding an adapter needs no new image.
+    adapters_bucket     = optional(string)
+    adapters_mount_path = optional(string, "/adapters")
+    concurrency         = optional(number, 1)
+    cpu                 = optional(string, "8")
     # Audiences Cloud Run accepts in ID tokens besides its own URL: the push subscriptions sign
     # theirs with this one, and the service checks it too (PUSH_AUDIENCE).
     custom_audiences              = optional(list(string), [])
