@@ -61,9 +61,28 @@ def tiny_edit_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_instruct_pix2pix(tmp_path_factory.mktemp("models") / "tiny-ip2p")
 
 
+#: The adapter the local stack's t2v merges into its tiny Wan (fused mode), relative to its LORA_DIR.
+T2V_FUSED_LORA = {"path": "wan/a/pytorch_lora_weights.safetensors", "weight": 0.7}
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny random-weight Wan text-to-video model and an adapter directory, saved locally."""
+    from tests.support.tiny_diffusers import build_tiny_wan, write_tiny_lora
+
+    root = tmp_path_factory.mktemp("models")
+    model = build_tiny_wan(root / "tiny-wan")
+    write_tiny_lora(model, root / "loras" / "wan" / "a", kind="wan", seed=1)
+    write_tiny_lora(model, root / "loras" / "wan" / "b", kind="wan", seed=2)
+    return model, root / "loras"
+
+
 @pytest.fixture(scope="session")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, flaky_state: Path, tiny_edit_model: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    flaky_state: Path,
+    tiny_edit_model: Path,
+    tiny_wan_model: tuple[Path, Path],
 ) -> Iterator[LocalStack]:
     state = tmp_path_factory.mktemp("stack")
     env = {
@@ -72,6 +91,12 @@ def stack(
         "PIPELINES__EDIT__MODEL_DIR": str(tiny_edit_model),
         "PIPELINES__EDIT__DTYPE": "float32",
         "PIPELINES__EDIT__DEVICE": "cpu",
+        "PIPELINES__T2V__MODEL_DIR": str(tiny_wan_model[0]),
+        "PIPELINES__T2V__DTYPE": "float32",
+        "PIPELINES__T2V__DEVICE": "cpu",
+        "PIPELINES__T2V__LORA_DIR": str(tiny_wan_model[1]),
+        "PIPELINES__T2V__LORA_MODE": "fused",
+        "PIPELINES__T2V__FUSED_LORAS": json.dumps([T2V_FUSED_LORA]),
         "PIPELINES__FLAKYPARTS__STATE_DIR": str(flaky_state),
         "PIPELINES__FLAKYSLOW__STATE_DIR": str(flaky_state),
     }
@@ -85,6 +110,7 @@ def stack(
             "inpaint",
             "edit",
             "video",
+            "t2v",
             "flaky",
             "flakyslow",
             "flakyparts",
