@@ -20,7 +20,9 @@ each job's adapters and restored after them.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -40,6 +42,44 @@ FIXED_ADAPTER = "fixed"
 FUSED_ADAPTER_PREFIX = "fused_"
 
 
+#: Where diffusers keeps a PEFT adapter's configuration in a .safetensors header.
+ADAPTER_METADATA_KEY = "lora_adapter_metadata"
+
+
+def bake_adapter_scale(
+    weights: dict[str, torch.Tensor], header: dict[str, str]
+) -> dict[str, torch.Tensor] | None:
+    """Weights that load from memory with the scale the file's header asks for.
+
+    diffusers reads a PEFT adapter's ``lora_alpha`` and rank from the file's header, which a state
+    dict in memory does not carry: loaded from memory, every adapter would run at ``alpha = rank``
+    (the wrong strength for most trained adapters). So the scale ``alpha / r`` (``alpha / sqrt(r)``
+    with rsLoRA) is multiplied into each ``lora_B`` matrix once, here. Files without such a header
+    (kohya-style files keep their alphas as tensors) are returned as they are; configurations that
+    are not one scale per component (per-layer alpha or rank patterns, DoRA) give ``None``: load
+    those by path.
+    """
+    raw = header.get(ADAPTER_METADATA_KEY)
+    if not raw:
+        return weights
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    scaled = dict(weights)
+    for prefix in {key.split(".", 1)[0] for key in meta}:
+        conf = {key.split(".", 1)[1]: value for key, value in meta.items() if key.startswith(f"{prefix}.")}
+        if conf.get("alpha_pattern") or conf.get("rank_pattern") or conf.get("use_dora") or "r" not in conf:
+            return None
+        rank = float(conf["r"])
+        alpha = float(conf.get("lora_alpha", rank))
+        scale = alpha / (math.sqrt(rank) if conf.get("use_rslora") else rank)
+        for key, tensor in weights.items():
+            if key.startswith(f"{prefix}.") and ".lora_B." in key:
+                scaled[key] = (tensor.float() * scale).to(tensor.dtype)
+    return scaled
+
+
 def _loaded_adapters(pipe: Any) -> set[str]:
     return {name for names in pipe.get_list_adapters().values() for name in names}
 
@@ -53,7 +93,7 @@ class LoraAdapters:
         self.lora_dir = Path(lora_dir).resolve() if lora_dir else None
         self.cache_size = max(0, cache_size)
         self.config = config or AdapterConfig(lora_dir=lora_dir, lora_cache_size=cache_size)
-        self._cache: OrderedDict[tuple[str, int, int], dict[str, torch.Tensor]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int, int], dict[str, torch.Tensor] | None] = OrderedDict()
         self.base: list[tuple[str, float]] = []  # an unfused fixed adapter, always active
         self.fused: list[FixedLora] = []  # merged into the weights at load (fused mode)
 
@@ -106,25 +146,31 @@ class LoraAdapters:
         return resolved
 
     # -- weights cache ---------------------------------------------------------------------------
-    def state_dict(self, path: Path) -> dict[str, torch.Tensor]:
-        """Adapter weights from ``path``, via an LRU cache keyed by path, mtime and size."""
+    def state_dict(self, path: Path) -> dict[str, torch.Tensor] | None:
+        """Adapter weights from ``path``, via an LRU cache keyed by path, mtime and size.
+
+        ``None`` means the file must be loaded by path (see :func:`bake_adapter_scale`).
+        """
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         stat = path.stat()
         key = (str(path), stat.st_mtime_ns, stat.st_size)
-        cached = self._cache.get(key)
-        if cached is not None:
+        if key in self._cache:
             self._cache.move_to_end(key)
-            return cached
+            return self._cache[key]
         try:
             weights = load_file(str(path), device="cpu")
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
         except Exception as e:  # safetensors raises its own error types for damaged files
             raise InvalidInput(f"adapter {path.name!r} is not a readable .safetensors file ({e})") from e
+        baked = bake_adapter_scale(weights, header)
         if self.cache_size:
-            self._cache[key] = weights
+            self._cache[key] = baked
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        return weights
+        return baked
 
     @property
     def cached_paths(self) -> list[str]:
@@ -136,7 +182,13 @@ class LoraAdapters:
             with warnings.catch_warnings():
                 # peft warns whenever a second adapter joins a model: here that is the design.
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-                pipe.load_lora_weights(self.state_dict(path), adapter_name=name)
+                weights = self.state_dict(path)
+                if weights is None:
+                    pipe.load_lora_weights(
+                        str(path.parent), weight_name=path.name, adapter_name=name, local_files_only=True
+                    )
+                else:
+                    pipe.load_lora_weights(weights, adapter_name=name)
         except torch.OutOfMemoryError:
             raise
         except (ValueError, KeyError, RuntimeError, TypeError) as e:

@@ -315,14 +315,22 @@ def write_flux_transformer_gguf_q8(pipeline_dir: Path, out_path: Path) -> Path:
 
 
 def write_tiny_lora(
-    pipeline_dir: Path, out_dir: Path, *, kind: str, seed: int = 1, text_encoder: bool = False
+    pipeline_dir: Path,
+    out_dir: Path,
+    *,
+    kind: str,
+    seed: int = 1,
+    text_encoder: bool = False,
+    alpha: int | None = None,
 ) -> Path:
     """Create a random LoRA for the tiny pipeline's denoiser with peft; save it as the pipeline does.
 
     ``kind`` is ``"flux"`` or ``"wan"`` (transformer attention projections) or ``"sd"`` (UNet attention).
     ``text_encoder=True`` (flux only) adds layers for the CLIP text encoder too.
     ``init_lora_weights=False`` makes both LoRA matrices random, so the adapter visibly changes
-    the output. Returns the ``.safetensors`` file.
+    the output. ``alpha`` (wan only) writes the adapter's configuration, rank 4 and this
+    ``lora_alpha``, into the file's header as diffusers' training scripts do; without it there is
+    no header and loaders assume ``alpha = rank``. Returns the ``.safetensors`` file.
     """
     from peft import inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
@@ -363,7 +371,14 @@ def write_tiny_lora(
             pipeline_dir, subfolder="transformer", local_files_only=True
         )
         wan.add_adapter(config)
-        WanPipeline.save_lora_weights(out_dir, transformer_lora_layers=get_peft_model_state_dict(wan))
+        metadata = None
+        if alpha is not None:
+            metadata = {"r": 4, "lora_alpha": alpha, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
+        WanPipeline.save_lora_weights(
+            out_dir,
+            transformer_lora_layers=get_peft_model_state_dict(wan),
+            transformer_lora_adapter_metadata=metadata,
+        )
     else:
         raise ValueError(f"unknown kind {kind!r}")
     return out_dir / "pytorch_lora_weights.safetensors"

@@ -30,6 +30,7 @@ from tests.support import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before d
 
 LORA_A = "wan/a/pytorch_lora_weights.safetensors"
 LORA_B = "wan/b/pytorch_lora_weights.safetensors"
+LORA_A_ALPHA_8 = "wan/a8/pytorch_lora_weights.safetensors"  # A's matrices; header: rank 4, alpha 8
 JOB: dict[str, Any] = {
     "prompt": "a red cat",
     "num_frames": 9,
@@ -61,6 +62,7 @@ def wan(tmp_path_factory: pytest.TempPathFactory) -> TinyWan:
     model_dir = tiny.build_tiny_wan(root / "tiny-wan")
     tiny.write_tiny_lora(model_dir, root / "loras" / "wan" / "a", kind="wan", seed=1)
     tiny.write_tiny_lora(model_dir, root / "loras" / "wan" / "b", kind="wan", seed=2)
+    tiny.write_tiny_lora(model_dir, root / "loras" / "wan" / "a8", kind="wan", seed=1, alpha=8)
     return TinyWan(model_dir, root / "loras")
 
 
@@ -256,6 +258,17 @@ def test_t2v_tiny_random_wan_runtime_several_adapters_with_weights(t2v: T2VPipel
     assert not np.array_equal(both, only_a)  # the second adapter counts
     assert not np.array_equal(both, both_half)  # and so does its weight
     assert np.array_equal(video(run(t2v, tmp_path / "after")), baseline)
+
+
+def test_t2v_tiny_random_wan_adapter_strength_follows_the_alpha_in_its_header(
+    t2v: T2VPipeline, tmp_path: Path
+) -> None:
+    # alpha 8 at rank 4 is a scale of 2: the same matrices without a header (scale 1) at weight 2.
+    with_header = video(run(t2v, tmp_path / "a8", loras=[{"path": LORA_A_ALPHA_8, "weight": 1.0}]))
+    doubled = video(run(t2v, tmp_path / "a2", loras=[{"path": LORA_A, "weight": 2.0}]))
+    plain = video(run(t2v, tmp_path / "a1", loras=[{"path": LORA_A, "weight": 1.0}]))
+    assert np.abs(with_header - doubled).max() <= 2
+    assert np.abs(with_header - plain).max() > 10
 
 
 def test_t2v_tiny_random_wan_adapter_paths_cannot_leave_the_adapter_directory(
