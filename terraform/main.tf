@@ -61,9 +61,10 @@ locals {
     for name in setintersection(local.adapters.pipelines, local.servable_pipelines) :
     "PIPELINES__${upper(name)}__LORA_DIR" => local.adapters.mount_path
   }
-  # The functions and the API check a job's adapters against the LoRA mode before queueing it
-  # (a fused-mode service cannot apply other adapters), so they read those two settings too.
-  lora_mode_env = { for key, value in local.pipeline_env : key => value if can(regex("__(LORA_MODE|FUSED_LORAS)$", key)) }
+  # The functions and the API run the pipelines' prechecks before queueing a job: a job's adapters
+  # against the LoRA mode (a fused-mode service cannot apply other adapters) and a clip's length
+  # and size against the service's limits, so they read those settings too (never the models).
+  precheck_env = { for key, value in local.pipeline_env : key => value if can(regex("__(LORA_MODE|FUSED_LORAS|MAX_FRAMES|MAX_PIXELS)$", key)) }
   uses_vision_api = anytrue([
     for name in local.servable_pipelines : lower(lookup(local.pipeline_config[name].settings, "OCR_BACKEND", "")) == "vision"
   ])
@@ -388,7 +389,7 @@ module "functions" {
     env = merge(
       local.common_env,
       local.admission_env,
-      local.lora_mode_env,
+      local.precheck_env,
       # Only the pipelines some deployable serves: a job for another one is rejected at once
       # instead of waiting in a queue nobody consumes.
       { ENABLED_PIPELINES = join(",", local.servable_pipelines) },
@@ -418,7 +419,7 @@ module "api" {
     env = merge(
       local.common_env,
       local.admission_env,
-      local.lora_mode_env,
+      local.precheck_env,
       {
         # The same pipelines as the functions: the API validates with their handler.
         ENABLED_PIPELINES       = join(",", local.servable_pipelines)

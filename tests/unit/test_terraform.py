@@ -1704,7 +1704,7 @@ ADAPTER_PIPELINES = (
     '-var=pipeline_config={ transcribe = { models = { MODEL_DIR = "/models/whisper" } }, '
     "inpaint = { needs_model = false }, "
     't2v = { models = { MODEL_DIR = "/models/wan" }, settings = { LORA_MODE = "fused", '
-    'FUSED_LORAS = "[{\\"path\\": \\"ink.safetensors\\", \\"weight\\": 0.8}]" } } }'
+    'FUSED_LORAS = "[{\\"path\\": \\"ink.safetensors\\", \\"weight\\": 0.8}]", MAX_FRAMES = "121" } } }'
 )
 
 
@@ -1722,10 +1722,12 @@ def test_adapters_come_from_a_mounted_bucket(tmp_path: Path, monkeypatch: pytest
     # servable here (no model) and transcribe takes none.
     lora_dirs = {k: v for k, v in env.items() if k.endswith("__LORA_DIR")}
     assert lora_dirs == {"PIPELINES__INPAINT__LORA_DIR": "/adapters", "PIPELINES__T2V__LORA_DIR": "/adapters"}
-    # The functions and the API see the LoRA mode (to reject what fused mode cannot run), not the models.
+    # The functions and the API see what the prechecks read (the LoRA mode, to reject what fused mode
+    # cannot run; the clip limits, the same as the service's), not the models.
     for deployable in ("functions", "api"):
         seen = plan[f"inputs_{deployable}"]["config"]["env"]
         assert seen["PIPELINES__T2V__LORA_MODE"] == "fused", deployable
+        assert seen["PIPELINES__T2V__MAX_FRAMES"] == "121", deployable
         assert "PIPELINES__T2V__MODEL_DIR" not in seen and "PIPELINES__T2V__LORA_DIR" not in seen
     from infra.settings import Settings
     from pipelines.t2v import T2VConfig
@@ -1736,6 +1738,7 @@ def test_adapters_come_from_a_mounted_bucket(tmp_path: Path, monkeypatch: pytest
     assert t2v.lora_mode == "fused" and [(a.path, a.weight) for a in t2v.fused_loras] == [
         ("ink.safetensors", 0.8)
     ]
+    assert t2v.max_frames == 121
 
     text = strip_comments((TF / "modules" / "gpu-service" / "main.tf").read_text())
     volume = re.search(
