@@ -135,6 +135,27 @@ def test_edit_tiny_random_instruct_pix2pix_fixed_lora_is_fused(
     assert np.abs(fused - per_job).mean() < 0.1
 
 
+def test_edit_tiny_random_instruct_pix2pix_fused_mode_merges_a_set_and_refuses_others(
+    ip2p: TinyIP2P, editor: EditPipeline, files: dict[str, Path], tmp_path: Path
+) -> None:
+    config = {"lora_mode": "fused", "fused_loras": [{"path": LORA, "weight": 0.8}]}
+    fused = ip2p.load(**config)
+    assert fused.pipe.get_list_adapters() == {}  # merged into the weights, adapters unloaded
+    _, merged = run(fused, files, tmp_path / "a")
+    _, per_job = run(editor, files, tmp_path / "b", loras=[{"path": LORA, "weight": 0.8}])
+    _, baseline = run(editor, files, tmp_path / "c")
+    assert np.abs(merged - per_job).mean() < 0.1
+    assert np.abs(merged - baseline).mean() > 0.5
+    inputs = EditInputs.model_validate(
+        {"image": URI, "instruction": "make it snow", "loras": [{"path": FLUX_LORA}]}
+    )
+    with pytest.raises(InvalidInput, match="cannot be applied: this service runs with a fixed set") as caught:
+        SPEC.run_precheck(inputs, EditConfig.model_validate(config))  # in the functions
+    assert caught.value.code == "lora_unavailable"
+    with pytest.raises(InvalidInput, match="cannot be applied"):  # and in the service
+        fused.run(inputs, RunContext(job_id="job", workdir=tmp_path / "d", files=files))
+
+
 def test_edit_tiny_random_instruct_pix2pix_rejects_another_models_adapter(
     editor: EditPipeline, files: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -219,6 +219,11 @@ def test_inpaint_tiny_random_fluxfill_fixed_lora_is_fused(
     assert inside_diff(fused, baseline, files) > 0.5
 
 
+def test_inpaint_tiny_random_fluxfill_fused_mode_needs_plain_weights(flux: TinyFlux) -> None:
+    with pytest.raises(PermanentError, match="lora_mode 'fused' needs plain weights"):
+        flux.load(transformer_gguf=str(flux.gguf), lora_mode="fused", fused_loras=[{"path": LORA}])
+
+
 def test_inpaint_tiny_random_fluxfill_gguf_fixed_lora_stays_active_across_jobs(
     flux: TinyFlux, gguf: InpaintPipeline, files: dict[str, Path], tmp_path: Path
 ) -> None:
