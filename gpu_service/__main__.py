@@ -16,7 +16,7 @@ import uvicorn
 
 from gpu_service.app import create_app
 from gpu_service.pool import ModelPool
-from gpu_service.pull import PullConsumer
+from gpu_service.pull import PullConsumer, flow_control_messages
 from gpu_service.worker import Worker, subscription_path
 from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
@@ -62,7 +62,7 @@ def main() -> None:
         PullConsumer(
             worker,
             subscription_path(settings.google_cloud_project, name, lane),
-            max_messages=settings.max_concurrent_jobs,
+            max_messages=flow_control_messages(settings, name),
         )
         for name, lane in topology.routes()
         if name in settings.enabled_pipelines and topology.subscription(name).mode == "pull"
