@@ -99,6 +99,11 @@ def make_handler(relay: Relay) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # a deep accept backlog: never refuse the emulator a connection
+    daemon_threads = True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
@@ -111,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     relay = Relay(args.target, args.concurrency, args.attempts, args.backoff_seconds)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(relay))
+    server = _Server(("127.0.0.1", args.port), make_handler(relay))
     log.info("relaying to %s, %d at once", args.target, args.concurrency)
     server.serve_forever()
 
