@@ -4,12 +4,18 @@
 
 1. **Direct vs through the system** (transcription): the same short speech clips through
    ``pipeline.run`` in this process, then as jobs through the stack one at a time, then all at
-   once. The ratio is direct time / system time for the same clips.
-2. **A burst of small jobs** (OpenCV inpainting of 32x32 images): rate, created -> succeeded
+   once. The ratio is direct time / system time for the same clips. The time the system adds per
+   job is each job's created -> finished minus its model call (its own timings), plus the hop to
+   the client's listener, against the unavoidable hops measured in the same run.
+2. **A burst of small jobs** (OpenCV inpainting of 32x32 images, 10 per user): rate, lost and run
+   twice, created -> succeeded
    percentiles, time in each state, the slots' busy fraction, the Firestore/Storage/Pub/Sub round
    trips one job costs (from the components' logs), and in the same run the emulator's raw
    publish -> push rate to an endpoint that does nothing, and the unavoidable hops a job pays
-   (trigger delivery, one publish -> push, a commit write reaching a listener).
+   (trigger delivery, one publish -> push, a commit write reaching a listener). Where a goal is
+   not met, the profile of a burst job, stage by stage, says where the time went.
+3. **Batching on vs off** at the same offered load (``bench/batching.py``): tiny random-weight
+   InstructPix2Pix and Flux Fill, and the bundled tiny.en over the speech clips.
 
 Ratios are measured within one run, so they hold on a busy machine too. Writes
 ``bench/results/throughput.json``.
@@ -47,6 +53,9 @@ from infra.settings import Settings
 from pipelines.registry import catalog
 
 RESULTS = Path(__file__).with_name("results")
+#: The goals, as ratios within one run.
+BURST_GOAL = 0.069
+ADDED_GOAL = 1.3
 SENTENCES = [
     "The quarterly report is due on Friday and the team is on track.",
     "Please send the updated slides before the meeting starts tomorrow morning.",
@@ -96,6 +105,12 @@ def direct(clips: list[Path], tmp: Path) -> float:
 
 
 def through_system(client: Client, clips: list[Path], uid: str, *, at_once: bool) -> float:
+    return run_through_system(client, clips, uid, at_once=at_once)[0]
+
+
+def run_through_system(
+    client: Client, clips: list[Path], uid: str, *, at_once: bool
+) -> tuple[float, list[JobDoc]]:
     uris = [client.upload(clip, uid) for clip in clips]
     started = time.perf_counter()
     if at_once:
@@ -107,63 +122,45 @@ def through_system(client: Client, clips: list[Path], uid: str, *, at_once: bool
         ]
     elapsed = time.perf_counter() - started
     assert all(j.status is JobStatus.SUCCEEDED for j in jobs), [j.error for j in jobs]
-    return elapsed
+    return elapsed, jobs
+
+
+def system_share(jobs: list[JobDoc]) -> float:
+    """Median of what each job spent outside its model call, created -> finished (delivery,
+    validation, admission, queueing, claim, download, upload, commit), from the job's own timings.
+
+    The wall-clock difference against a direct run also holds the model's own speed in another
+    process, which on a shared 2-core machine varies 2-5x from minute to minute; this does not."""
+    return statistics.median((j.timings.total or 0) - (j.timings.inference or 0) for j in jobs if j.timings)
 
 
 # -- 3. batching on vs off --------------------------------------------------------------------------
 
 
-def batching_on_off(tmp: Path, jobs: int, max_batch: int) -> dict[str, Any]:
-    """The same offered load (``jobs`` submitted at once) on a tiny random-weight InstructPix2Pix,
-    through the batcher the service uses, with batches of one and of ``max_batch``."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def batching_on_off(tmp: Path, clips: list[Path], jobs: int, max_batch: int) -> dict[str, Any]:
+    """The same offered load (``jobs`` submitted at once) through the batcher the service uses,
+    with batches of one and of ``max_batch``: tiny random-weight InstructPix2Pix and Flux Fill
+    (built here), and the bundled tiny.en on the speech clips."""
     import torch
 
-    from gpu_service.batching import Batcher
-    from pipelines.edit import SPEC, EditConfig
-    from pipelines.edit.pipeline import EditPipeline
-    from scripts.sample_images import make_sample
-    from tests.support.tiny_diffusers import build_tiny_instruct_pix2pix
+    from bench.batching import edit_on_off, inpaint_on_off, transcribe_on_off
+    from tests.support.tiny_diffusers import build_tiny_fluxfill, build_tiny_instruct_pix2pix
 
+    speech = transcribe_on_off(clips, tmp / "transcribe", jobs=2 * len(clips), max_batch=max_batch)
     torch.set_num_threads(1)  # the tiny models gain nothing from a second thread
-    model_dir = build_tiny_instruct_pix2pix(tmp / "tiny-ip2p")
-    pipeline = SPEC.load(EditConfig.model_validate({"model_dir": str(model_dir), "device": "cpu"}))
-    assert isinstance(pipeline, EditPipeline)
-    _clean, marked, _mask = make_sample(64, 64)
-    photo = tmp / "photo.png"
-    marked.save(photo)
-
-    def run(size: int, label: str) -> float:
-        batcher = Batcher(f"edit-{label}", pipeline, max_batch=size, max_wait_ms=20)
-
-        def one(n: int) -> None:
-            work = tmp / f"{label}-{n}"
-            work.mkdir()
-            inputs = {
-                "image": "gs://bucket/uploads/u/p.png",
-                "instruction": "make it blue",
-                "steps": 4,
-                "seed": n,
-            }
-            batcher.submit(inputs, RunContext(job_id=f"{label}{n}", workdir=work, files={"image": photo}))
-
-        started = time.perf_counter()
-        with ThreadPoolExecutor(jobs) as pool:
-            list(pool.map(one, range(jobs)))
-        return time.perf_counter() - started
-
-    run(max_batch, "warm")
-    off = run(1, "off")
-    on = run(max_batch, "on")
-    return {
-        "model": "tiny random-weight InstructPix2Pix (built by the benchmark), 64x64, 4 steps, CPU, 1 thread",
-        "jobs": jobs,
-        "max_batch": max_batch,
-        "unbatched_seconds": round(off, 3),
-        "batched_seconds": round(on, 3),
-        "speedup": round(off / on, 2),
+    edit = edit_on_off(
+        build_tiny_instruct_pix2pix(tmp / "tiny-ip2p"), tmp / "edit",
+        jobs=jobs, max_batch=max_batch, steps=4, size=64, device="cpu",
+    )  # fmt: skip
+    flux = {
+        "model_dir": str(build_tiny_fluxfill(tmp / "tiny-flux")),
+        "device": "cpu",
+        "max_sequence_length": 32,
     }
+    inpaint = inpaint_on_off(flux, tmp / "inpaint", jobs=jobs, max_batch=max_batch, steps=4, size=64)
+    edit["model"] = "tiny random-weight InstructPix2Pix (built by the benchmark), " + edit["model"]
+    inpaint["model"] = "tiny random-weight Flux Fill (built by the benchmark), " + inpaint["model"]
+    return {"edit": edit, "inpaint": inpaint, "transcribe": speech}
 
 
 # -- 2. a burst of small jobs ----------------------------------------------------------------------
@@ -312,7 +309,69 @@ def round_trips(stack: LocalStack, ids: set[str]) -> dict[str, float]:
     return {k: round(totals[k] / max(len(ids), 1), 2) for k in ("firestore", "storage", "pubsub")}
 
 
+_STAGES_LINE = re.compile(r"job (\S+) stages: (.*)$")
+
+
+def _function_stages(stack: LocalStack, ids: set[str]) -> dict[str, dict[str, float]]:
+    """Per job, the created-trigger handler's stages (``start`` in epoch seconds, the rest in s)."""
+    out: dict[str, dict[str, float]] = {}
+    for line in stack.log_path("on-job-created").read_text(errors="replace").splitlines():
+        m = _STAGES_LINE.search(line)
+        if m and m[1] in ids:
+            out[m[1]] = {k: float(v) for k, _, v in (pair.partition("=") for pair in m[2].split())}
+    return out
+
+
+def _max_overlap(spans: list[tuple[float, float]]) -> int:
+    """The most spans open at one moment: how many trigger deliveries were handled concurrently."""
+    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    best = current = 0
+    for _, step in edges:
+        current += step
+        best = max(best, current)
+    return best
+
+
+def profile(jobs: dict[str, JobDoc], stack: LocalStack) -> dict[str, Any]:
+    """Where a job's time goes from created to succeeded, stage by stage (medians, seconds).
+
+    ``trigger`` is created -> the handler starts (the emulator's delivery, and waiting for a free
+    handler thread); ``validate``, ``admit`` (the quota ledger and the move to queued) and
+    ``publish`` are the handler's steps; ``push_and_claim`` is queued -> started (the push, the
+    service's admission and the claim); ``run`` is started -> finished (download, model, upload
+    and the final commit).
+    """
+    stages = _function_stages(stack, set(jobs))
+    rows: dict[str, list[float]] = {}
+    for job_id, job in jobs.items():
+        s = stages.get(job_id)
+        if s is None or job.created_at is None:
+            continue
+        rows.setdefault("trigger", []).append(s["start"] - _ts(job.created_at))
+        for name in ("validate", "admit", "publish", "handler"):
+            rows.setdefault(name, []).append(s.get(name, 0.0))
+        if job.queued_at and job.started_at and job.finished_at:
+            rows.setdefault("push_and_claim", []).append(_ts(job.started_at) - _ts(job.queued_at))
+            rows.setdefault("run", []).append(_ts(job.finished_at) - _ts(job.started_at))
+    spans = [(s["start"], s["start"] + s.get("handler", 0.0)) for s in stages.values()]
+    return {
+        "median_seconds": {k: round(statistics.median(v), 4) for k, v in rows.items()},
+        "p90_seconds": {k: _pct(v, 0.9) for k, v in rows.items()},
+        "handlers_at_once_max": _max_overlap(spans),
+        "handler_busy_seconds": round(sum(b - a for a, b in spans), 2),
+        "handler_span_seconds": round(max(b for _, b in spans) - min(a for a, _ in spans), 2)
+        if spans
+        else 0.0,
+    }
+
+
+#: Jobs per user in the burst: well under the default cap of unfinished jobs per user, so the
+#: burst measures the system, not the quota (which still admits every job).
+JOBS_PER_USER = 10
+
+
 def burst(client: Client, stack: LocalStack, n: int, uid: str, tmp: Path) -> dict[str, Any]:
+    """``n`` tiny inpaint jobs created as fast as one client can, by ``n / JOBS_PER_USER`` users."""
     from PIL import Image, ImageDraw
 
     image, mask = tmp / "tiny.png", tmp / "tiny-mask.png"
@@ -320,7 +379,8 @@ def burst(client: Client, stack: LocalStack, n: int, uid: str, tmp: Path) -> dic
     m = Image.new("L", (32, 32), 0)
     ImageDraw.Draw(m).rectangle((10, 10, 20, 20), fill=255)
     m.save(mask)
-    image_uri, mask_uri = client.upload(image, uid), client.upload(mask, uid)
+    users = [f"{uid}-{k}" for k in range(min(30, max(1, n // JOBS_PER_USER)))]  # 30: Firestore's "in"
+    inputs = {u: {"image": client.upload(image, u), "mask": client.upload(mask, u)} for u in users}
     samples: list[tuple[int, int]] = []
     stop = threading.Event()
 
@@ -335,11 +395,13 @@ def burst(client: Client, stack: LocalStack, n: int, uid: str, tmp: Path) -> dic
 
     threading.Thread(target=sample, daemon=True).start()
     started = time.time()
-    ids = [client.create_job(uid, "inpaint", {"image": image_uri, "mask": mask_uri}) for _ in range(n)]
+    ids = [
+        client.create_job(users[k % len(users)], "inpaint", inputs[users[k % len(users)]]) for k in range(n)
+    ]
     deadline = time.monotonic() + 600
     done: dict[str, JobDoc] = {}
     while len(done) < n and time.monotonic() < deadline:
-        for snap in client.jobs().where(filter=firestore.FieldFilter("uid", "==", uid)).stream():
+        for snap in client.jobs().where(filter=firestore.FieldFilter("uid", "in", users)).stream():
             job = read_job(snap.to_dict() or {})
             if job.status is not None and job.status.is_final and snap.id in ids:
                 done[snap.id] = job
@@ -352,7 +414,11 @@ def burst(client: Client, stack: LocalStack, n: int, uid: str, tmp: Path) -> dic
     busy = [r / s for r, s in samples if s] or [0.0]
     return {
         "jobs": n,
+        "users": len(users),
         "succeeded": len(ok),
+        "lost": n - len(jobs),
+        "not_succeeded": dict(Counter(str(j.status) for j in jobs if j.status is not JobStatus.SUCCEEDED)),
+        "run_twice": sum(1 for j in ok if (j.attempt or 0) > 1),
         "seconds": round(end - started, 2),
         "jobs_per_second": round(len(ok) / (end - started), 2),
         "latency_p50": _pct(latency, 0.5),
@@ -368,6 +434,7 @@ def burst(client: Client, stack: LocalStack, n: int, uid: str, tmp: Path) -> dic
         ),
         "busy_fraction": round(statistics.fmean(busy), 3),
         "round_trips_per_job": round_trips(stack, set(ids)),
+        "profile": profile({j: done[j] for j in ids if j in done}, stack),
     }
 
 
@@ -385,7 +452,7 @@ def main() -> int:
         clips = speech_clips(tmp)
         direct_seconds = direct(clips, tmp)
         # After the direct call: the batching part pins this process to one thread.
-        batching = batching_on_off(tmp, args.batch_jobs, max_batch=4)
+        batching = batching_on_off(tmp, clips, args.batch_jobs, max_batch=4)
         config = StackConfig(
             state_dir=tmp / "stack",
             enabled_pipelines=["transcribe", "inpaint"],
@@ -395,14 +462,16 @@ def main() -> int:
             os.environ.update(stack.env)
             client = Client.from_settings(Settings())
             through_system(client, clips[:1], f"warm-{stamp}", at_once=False)  # warm caches
-            one_by_one = through_system(client, clips, f"seq-{stamp}", at_once=False)
+            one_by_one, sequential_jobs = run_through_system(client, clips, f"seq-{stamp}", at_once=False)
             at_once = through_system(client, clips, f"par-{stamp}", at_once=True)
             hops = unavoidable_hops(client, stack, f"hops-{stamp}")
             raw = raw_push_rate(stack, args.burst * 2)
             small = burst(client, stack, args.burst, f"burst-{stamp}", tmp)
 
     n = len(clips)
-    added_per_job = (one_by_one - direct_seconds) / n
+    wall_added_per_job = (one_by_one - direct_seconds) / n
+    # What the client waits for beyond the model: the job's own system share, then its listener.
+    added_per_job = system_share(sequential_jobs) + hops["write_to_listener"]
     unavoidable = hops["publish_to_push"] + hops["write_to_listener"] + hops["create_to_trigger"]
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -415,6 +484,7 @@ def main() -> int:
             "throughput_ratio_one_at_a_time": round(direct_seconds / one_by_one, 3),
             "throughput_ratio_all_at_once": round(direct_seconds / at_once, 3),
             "added_seconds_per_job": round(added_per_job, 3),
+            "added_seconds_per_job_wall_clock": round(wall_added_per_job, 3),
         },
         "unavoidable_hops": hops,
         "added_over_unavoidable": round(added_per_job / unavoidable, 2) if unavoidable else None,
@@ -433,8 +503,10 @@ def main() -> int:
         f"{t['system_all_at_once_seconds']} s ({t['throughput_ratio_all_at_once']}x)"
     )
     print(
-        f"added per job: {t['added_seconds_per_job']} s; unavoidable hops {hops} "
-        f"(sum {unavoidable:.3f} s): {report['added_over_unavoidable']}x"
+        f"added per job (created -> finished minus the model, plus the listener): "
+        f"{t['added_seconds_per_job']} s; unavoidable hops {hops} "
+        f"(sum {unavoidable:.3f} s): {report['added_over_unavoidable']}x "
+        f"(wall clock against the direct run: {t['added_seconds_per_job_wall_clock']} s per job)"
     )
     print(
         f"raw publish->push: {raw['per_second']} msg/s; burst of {small['jobs']} tiny inpaint jobs: "
@@ -447,10 +519,31 @@ def main() -> int:
         f"slots busy {small['busy_fraction']:.0%}"
     )
     print(f"  round trips per job: {small['round_trips_per_job']}")
-    print(
-        f"batching, {batching['jobs']} tiny edit jobs at once: unbatched {batching['unbatched_seconds']} s, "
-        f"batches of {batching['max_batch']} {batching['batched_seconds']} s: {batching['speedup']}x"
-    )
+    print(f"  lost {small['lost']}, run twice {small['run_twice']}, not succeeded {small['not_succeeded']}")
+    goals = {
+        f"burst rate >= {BURST_GOAL}x of raw push": report["burst_rate_over_raw_push"] >= BURST_GOAL
+        and small["lost"] == 0
+        and small["run_twice"] == 0,
+        f"added time per job <= {ADDED_GOAL}x the unavoidable hops": (report["added_over_unavoidable"] or 0)
+        <= ADDED_GOAL,
+    }
+    for goal, met in goals.items():
+        print(f"goal: {goal}: {'met' if met else 'NOT met'}")
+    if not all(goals.values()):
+        # Where the time goes, so the next cut can be chosen from figures.
+        prof = small["profile"]
+        print(f"  profile of a burst job, median s: {prof['median_seconds']}")
+        print(f"  p90 s: {prof['p90_seconds']}")
+        print(
+            f"  created-trigger handlers at once (max) {prof['handlers_at_once_max']}; "
+            f"handler busy {prof['handler_busy_seconds']} s over {prof['handler_span_seconds']} s"
+        )
+    for name, b in batching.items():
+        print(
+            f"batching {name}, {b['jobs']} jobs at once ({b['model']}): unbatched {b['unbatched_seconds']} s, "
+            f"batches of up to {b['max_batch']} (mean {b['mean_batch']}) {b['batched_seconds']} s: "
+            f"{b['speedup']}x; same results: {b['same_results']}"
+        )
     print(f"written to {out}")
     return 0
 

@@ -25,6 +25,7 @@ from core.patch import Patch
 from core.routes import route
 from core.spec import Catalog, PipelineModel, PipelineSpec, check_input_location
 from functions.events import DocumentEvent, StorageEvent
+from infra import roundtrips
 from infra.blobs import BlobStore
 from infra.bus import Bus
 from infra.errors import TRANSIENT_GOOGLE_ERRORS
@@ -180,7 +181,8 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
             job = JobDoc.model_validate(event.fields)
         except ValidationError as exc:
             raise InvalidInput(f"job document is invalid: {describe(exc)}", code="invalid_job") from exc
-        checked = validate(deps, job)
+        with roundtrips.stage("validate"):
+            checked = validate(deps, job)
     except InvalidInput as exc:
         log.info("job %s rejected: %s", job_id, exc.code)
         end(deps, job_id, JobStatus.REJECTED, ErrorInfo.from_exception(exc))
@@ -193,7 +195,8 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
         patch.set("input_files", checked.files)
     # The owner's quota admits the job (a conditional write on the ledger) before it is queued:
     # over it, the job ends rejected (quota_exceeded) before any GPU time is spent.
-    moved, admission = deps.jobs.admit(job_id, job.uid, checked.spec.name, deps.settings.quotas, patch)
+    with roundtrips.stage("admit"):
+        moved, admission = deps.jobs.admit(job_id, job.uid, checked.spec.name, deps.settings.quotas, patch)
     if moved is None:
         return None  # a duplicate event: the first one queued it (or the client cancelled)
     if moved is JobStatus.REJECTED:
@@ -202,7 +205,8 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
         )
         return JobStatus.REJECTED
     try:
-        deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=checked.spec.name, uid=job.uid))
+        with roundtrips.stage("publish"):
+            deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=checked.spec.name, uid=job.uid))
     except RetryableError:
         # Queued but not announced: the service's redriver (or the sweeper) finds it anyway.
         log.warning("job %s queued but its message could not be published", job_id)

@@ -12,6 +12,7 @@ transient errors are raised). Importing this module is cheap: no torch, no model
 from __future__ import annotations
 
 import logging
+import time
 from functools import cache
 
 import functions_framework
@@ -72,9 +73,12 @@ def on_job_created(event: CloudEvent) -> None:
     except InvalidInput as exc:
         log.error("ignoring malformed Firestore event %s: %s", event["id"], exc)
         return
-    with roundtrips.counting() as counter:
+    started = time.time()
+    with roundtrips.counting() as counter, roundtrips.timing() as stages:
         status = handle_job_created(deps(), doc)
+    stages["handler"] = time.time() - started
     log.info("job %s round trips: %s (created: %s)", doc.doc_id, roundtrips.summary(counter), status)
+    log.info("job %s stages: %s", doc.doc_id, roundtrips.stages_summary(stages, started))
 
 
 @functions_framework.cloud_event

@@ -16,7 +16,7 @@ import uvicorn
 
 from gpu_service.app import create_app
 from gpu_service.pool import ModelPool
-from gpu_service.pull import PullConsumer
+from gpu_service.pull import PullConsumer, flow_control_messages
 from gpu_service.worker import Worker, subscription_path
 from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
@@ -73,7 +73,7 @@ def main() -> None:
         PullConsumer(
             worker,
             subscription_path(settings.google_cloud_project, name, lane),
-            max_messages=settings.max_concurrent_jobs,
+            max_messages=flow_control_messages(settings, name),
         )
         for name, lane in pull_routes(settings)
     ]

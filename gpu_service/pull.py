@@ -21,8 +21,17 @@ from core.contract import JobMessage
 from gpu_service.attempt import Ack
 from gpu_service.push import BadEnvelope
 from gpu_service.worker import Worker
+from infra.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def flow_control_messages(settings: Settings, pipeline: str) -> int:
+    """How many messages a pipeline's pull consumer holds at once: one per job slot, and never
+    fewer than the pipeline's ``max_batch``. Jobs only batch when they are in the process together,
+    so a consumer that lets fewer in would cap every batch at that number."""
+    batching = settings.batching.get(pipeline)
+    return max(settings.max_concurrent_jobs, batching.max_batch if batching else 1)
 
 
 class PullConsumer:

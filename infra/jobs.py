@@ -208,55 +208,65 @@ class JobStore:
         """Admit a pending job against its owner's quota, then queue it (with ``queue``) or reject
         it with ``quota_exceeded``.
 
-        The ledger is written with an update-time precondition, like every job write here: two
+        One read of both documents (the job and the ledger ``quotas/{uid}``) and one atomic commit
+        of both writes, each with an update-time precondition, like every job write here: two
         admissions that read the same ledger cannot both succeed, so counts stay exact however
         many jobs a user creates at once, and nobody holds a lock while others wait (the
-        emulator's lock-based transactions stalled for seconds on one hot ledger). The ledger is
-        written first: if the job cannot then be moved (cancelled meanwhile), it is pruned as
-        final later; if this process dies in between, the sweeper validates the still-pending job
-        again and finds it admitted already, without counting it twice.
+        emulator's lock-based transactions stalled for seconds on one hot ledger). A job that is
+        not pending any more (cancelled meanwhile, or a duplicate event) is not counted.
 
         Returns the state the job moved to (``None``: it was not pending any more, a duplicate
         event), and the admission decided (``None`` when quotas are off).
 
         Raises:
-            RetryableError: the ledger kept changing under us.
+            RetryableError: the ledger or the job kept changing under us.
         """
         if not policy.enabled:
             moved = self.transition(job_id, JobStatus.QUEUED, allowed_from=[JobStatus.PENDING], patch=queue)
             return (JobStatus.QUEUED if moved else None), None
-        ledger_ref = self._db.collection(self._quotas).document(uid)
+        job_ref, ledger_ref = self.ref(job_id), self._db.collection(self._quotas).document(uid)
         finished: set[str] = set()
         for attempt in range(ADMIT_ATTEMPTS):
-            job = self.get(job_id)
+            roundtrips.note("firestore")
+            snaps = {snap.reference.path: snap for snap in self._db.get_all([job_ref, ledger_ref])}
+            job_snap, ledger_snap = snaps[job_ref.path], snaps[ledger_ref.path]
+            job = read_job(job_snap.to_dict() or {}) if job_snap.exists else None
             if job is None or job.effective_status is not JobStatus.PENDING:
                 return None, None
-            snap = ledger_ref.get()
-            ledger = Ledger.model_validate(snap.to_dict() or {})
+            ledger = Ledger.model_validate(ledger_snap.to_dict() or {})
             if needs_pruning(ledger, policy, pipeline) and not set(ledger.active) <= finished | {job_id}:
                 finished.update(self._finished(j for j in ledger.active if j not in finished))
             admission = decide_admission(
                 ledger, policy, job_id=job_id, pipeline=pipeline, now=utcnow(), finished=finished
             )
-            data = admission.ledger.model_dump()
+            to = JobStatus.QUEUED if admission.admitted else JobStatus.REJECTED
+            move = queue if admission.admitted else Patch().set("error", admission.error)
+            decision = decide_transition(job, to, allowed_from=[JobStatus.PENDING], patch=move)
+            if decision.patch is None:
+                return None, None
+            batch = self._db.batch()
+            if ledger_snap.exists:
+                last = self._db.write_option(last_update_time=ledger_snap.update_time)
+                batch.update(ledger_ref, admission.ledger.model_dump(), option=last)
+            else:
+                batch.create(ledger_ref, admission.ledger.model_dump())
+            batch.update(
+                job_ref,
+                to_firestore(decision.patch),
+                option=self._db.write_option(last_update_time=job_snap.update_time),
+            )
             try:
-                if snap.exists:
-                    ledger_ref.update(data, option=self._db.write_option(last_update_time=snap.update_time))
-                else:
-                    ledger_ref.create(data)
+                roundtrips.note("firestore")
+                batch.commit()
             except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.NotFound):
                 time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
                 continue
-            if admission.admitted:
-                moved = self.transition(
-                    job_id, JobStatus.QUEUED, allowed_from=[JobStatus.PENDING], patch=queue
-                )
-                return (JobStatus.QUEUED if moved else None), admission
-            refusal = Patch().set("error", admission.error)
-            moved = self.transition(
-                job_id, JobStatus.REJECTED, allowed_from=[JobStatus.PENDING], patch=refusal
-            )
-            return (JobStatus.REJECTED if moved else None), admission
+            except gexc.InvalidArgument as exc:
+                raise PermanentError(
+                    f"the job document cannot take this write: {bounded(str(exc.message), 200)}",
+                    code="write_refused",
+                ) from exc
+            return to, admission
         raise RetryableError(
             f"job {job_id}: the quota ledger of {uid} is too busy; try again", code="contention"
         )

@@ -9,12 +9,14 @@ that works for an attempt (the lease heartbeat) attaches the attempt's counter e
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
 _current: ContextVar[Counter[str] | None] = ContextVar("roundtrips", default=None)
+_stages: ContextVar[dict[str, float] | None] = ContextVar("stages", default=None)
 
 
 def note(service: str, n: int = 1) -> None:
@@ -37,3 +39,32 @@ def counting(counter: Counter[str] | None = None) -> Iterator[Counter[str]]:
 def summary(counter: Counter[str]) -> str:
     """``firestore=5 storage=2 pubsub=1``, for a log line a benchmark can read."""
     return " ".join(f"{k}={counter[k]}" for k in ("firestore", "storage", "pubsub"))
+
+
+@contextmanager
+def timing() -> Iterator[dict[str, float]]:
+    """Collect the seconds spent in each :func:`stage` of this context (a profile of one job)."""
+    stages: dict[str, float] = {}
+    token = _stages.set(stages)
+    try:
+        yield stages
+    finally:
+        _stages.reset(token)
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Time a step of the current unit of work (a no-op outside :func:`timing`)."""
+    stages = _stages.get()
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        if stages is not None:
+            stages[name] = stages.get(name, 0.0) + time.perf_counter() - started
+
+
+def stages_summary(stages: dict[str, float], started: float) -> str:
+    """``start=1733079600.123 validate=0.012 admit=0.020``: when the unit began (epoch seconds)
+    and each stage's seconds, for a log line a benchmark can read."""
+    return " ".join([f"start={started:.3f}", *(f"{k}={v:.4f}" for k, v in stages.items())])

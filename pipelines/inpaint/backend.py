@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -32,7 +33,8 @@ class BackendResult:
 
 
 class Inpainter(Protocol):
-    """A backend. ``inpaint`` gets the work-size RGB image and binary mask, returns the work-size result."""
+    """A backend. ``inpaint`` gets the work-size RGB image and binary mask, returns the work-size
+    result; ``inpaint_batch`` does the same for several jobs at once."""
 
     name: Literal["flux", "opencv"]
     size_multiple: int
@@ -44,3 +46,13 @@ class Inpainter(Protocol):
     def inpaint(
         self, image: Image.Image, mask: Image.Image, job: InpaintJob, progress: ProgressFn
     ) -> BackendResult: ...
+
+    def inpaint_batch(
+        self,
+        images: Sequence[Image.Image],
+        masks: Sequence[Image.Image],
+        jobs: Sequence[InpaintJob],
+        progress: ProgressFn,
+    ) -> list[BackendResult]:
+        """Same-size jobs with one batch key; results in order. ``progress`` reports to all of them."""
+        ...

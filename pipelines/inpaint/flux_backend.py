@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -184,41 +185,64 @@ class FluxFillInpainter:
                 self._prompts.popitem(last=False)
         return embeds, pooled, False
 
-    # -- a job ------------------------------------------------------------------------------------
+    # -- jobs -------------------------------------------------------------------------------------
     def inpaint(
         self, image: Image.Image, mask: Image.Image, job: InpaintJob, progress: ProgressFn
     ) -> BackendResult:
+        [result] = self.inpaint_batch([image], [mask], [job], progress)
+        return result
+
+    def inpaint_batch(
+        self,
+        images: Sequence[Image.Image],
+        masks: Sequence[Image.Image],
+        jobs: Sequence[InpaintJob],
+        progress: ProgressFn,
+    ) -> list[BackendResult]:
+        """Jobs of one size and one batch key (steps, guidance, strength, adapters) in one call.
+
+        Prompts and seeds stay per job: the embeddings are stacked, and each job has its own
+        generator, so a job's noise (and so its image) is what it gets alone.
+        """
+        first = jobs[0]
         timings: dict[str, float] = {}
         with (
             gpu_errors(),
             PeakGpuMemory(self.device) as peak,
-            self.adapters.applied(self.denoiser, job.loras),
+            self.adapters.applied(self.denoiser, first.loras),
         ):
             progress(0.0, "encoding prompt")
             t0 = time.perf_counter()
-            embeds, pooled, hit = self.prompt_embeddings(
-                job.prompt, use_cache=not self._text_encoders_have_job_adapters()
-            )
+            use_cache = not self._text_encoders_have_job_adapters()
+            encoded = [self.prompt_embeddings(job.prompt, use_cache=use_cache) for job in jobs]
             timings["encode_prompt"] = time.perf_counter() - t0
             execution_device = self.denoiser._execution_device
+            embeds = torch.cat([e for e, _, _ in encoded]).to(execution_device, self.dtype)
+            pooled = torch.cat([p for _, p, _ in encoded]).to(execution_device, self.dtype)
+            generators = [make_generator(job.seed) for job in jobs]
             t1 = time.perf_counter()
             out = self.denoiser(
-                prompt_embeds=embeds.to(execution_device, self.dtype),
-                pooled_prompt_embeds=pooled.to(execution_device, self.dtype),
-                image=image,
-                mask_image=mask,
-                width=image.width,
-                height=image.height,
-                strength=job.strength,
-                num_inference_steps=job.steps,
-                guidance_scale=job.guidance,
-                generator=make_generator(job.seed),
+                prompt_embeds=embeds,
+                pooled_prompt_embeds=pooled,
+                image=list(images) if len(jobs) > 1 else images[0],
+                mask_image=list(masks) if len(jobs) > 1 else masks[0],
+                width=images[0].width,
+                height=images[0].height,
+                strength=first.strength,
+                num_inference_steps=first.steps,
+                guidance_scale=first.guidance,
+                generator=generators if len(jobs) > 1 else generators[0],
                 max_sequence_length=self.config.max_sequence_length,
-                callback_on_step_end=step_progress(progress, job.steps),
+                callback_on_step_end=step_progress(progress, first.steps),
                 output_type="pil",
             )
             timings["denoise"] = time.perf_counter() - t1
-        result: Image.Image = out.images[0]
-        return BackendResult(
-            image=result, peak_gpu_memory_bytes=peak.peak_bytes, prompt_cache_hit=hit, timings=timings
-        )
+        return [
+            BackendResult(
+                image=image,
+                peak_gpu_memory_bytes=peak.peak_bytes,
+                prompt_cache_hit=hit,
+                timings=dict(timings),
+            )
+            for image, (_, _, hit) in zip(out.images, encoded, strict=True)
+        ]

@@ -7,6 +7,7 @@ default backend so a local stack produces a real, visible result without a GPU.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import cv2
@@ -48,3 +49,13 @@ class OpenCVInpainter:
         filled = cv2.inpaint(bgr, hole, float(self.radius), self.flag)
         progress(0.9, "compositing")
         return BackendResult(image=Image.fromarray(cv2.cvtColor(filled, cv2.COLOR_BGR2RGB)))
+
+    def inpaint_batch(
+        self,
+        images: Sequence[Image.Image],
+        masks: Sequence[Image.Image],
+        jobs: Sequence[InpaintJob],
+        progress: ProgressFn,
+    ) -> list[BackendResult]:
+        """One after the other: OpenCV has no batched call (and needs none, it takes milliseconds)."""
+        return [self.inpaint(i, m, j, progress) for i, m, j in zip(images, masks, jobs, strict=True)]

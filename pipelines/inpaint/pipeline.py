@@ -16,24 +16,28 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from core.spec import RunContext, RunResult
-from pipelines.imaging.checks import load_image, load_mask
+from core.errors import PermanentError
+from core.spec import BatchProgress, RunContext, RunResult
+from pipelines.imaging.checks import CheckedImage, load_image, load_mask
 from pipelines.imaging.fields import pick_seed
 from pipelines.imaging.output import composite, fit_work_size, save_result
 from pipelines.imaging.pipeline import ImagePipeline, input_path
-from pipelines.inpaint.backend import Inpainter, InpaintJob
+from pipelines.inpaint.backend import BackendResult, Inpainter, InpaintJob
 from pipelines.inpaint.spec import InpaintConfig, InpaintInputs, InpaintOutputs
 
 log = logging.getLogger(__name__)
 
 
 class InpaintPipeline(ImagePipeline[InpaintInputs, InpaintOutputs]):
-    """Loaded once per process; :meth:`run` per job (one at a time)."""
+    """Loaded once per process; :meth:`run` per job (one at a time), or :meth:`run_batch` for
+    jobs that share a batch key (the flux backend denoises same-size jobs in one call)."""
 
     inputs_model = InpaintInputs
     what = "inpaint"
@@ -44,8 +48,64 @@ class InpaintPipeline(ImagePipeline[InpaintInputs, InpaintOutputs]):
         self.backend = backend
 
     def _run(self, inputs: InpaintInputs, ctx: RunContext) -> RunResult[InpaintOutputs]:
+        prepared = self._prepare(inputs, ctx)
+        t1 = time.perf_counter()
+        result = self.backend.inpaint(prepared.work_image, prepared.work_mask, prepared.job, ctx.progress)
+        prepared.timings.update(result.timings)
+        prepared.timings["inference"] = time.perf_counter() - t1
+        return self._finish(prepared, result, ctx)
+
+    # -- batching across jobs (gpu_service/batching.py) -------------------------------------------
+
+    def batch_key(self, inputs: InpaintInputs | dict[str, Any]) -> tuple[Any, ...]:
+        """Jobs that can share one call: same steps, guidance, strength and adapters (sizes are
+        grouped later); prompts and seeds stay per job."""
+        inputs = self.validate(inputs)
+        loras = tuple((lora.path, lora.weight) for lora in inputs.loras)
+        return (inputs.steps, inputs.guidance, inputs.strength, loras)
+
+    def run_batch(self, items: Sequence[tuple[Any, RunContext]]) -> list[RunResult[Any] | Exception]:
+        """Several jobs, one backend call per work size; each job keeps its own seed, progress,
+        cancellation and errors (see :class:`~core.spec.BatchProgress`)."""
+        results: list[RunResult[Any] | Exception] = [PermanentError("not run")] * len(items)
+        prepared: dict[int, _Prepared] = {}
+        with self._lock:
+            for index, (inputs, ctx) in enumerate(items):
+                try:
+                    prepared[index] = self._prepare(self.validate(inputs), ctx)
+                except Exception as exc:  # this job's input, not its batch-mates'
+                    results[index] = exc
+            groups: dict[tuple[int, int], list[int]] = {}
+            for index, p in prepared.items():
+                groups.setdefault(p.work, []).append(index)
+            for indices in groups.values():
+                progress = BatchProgress([items[i][1] for i in indices])
+                group = [prepared[i] for i in indices]
+                t1 = time.perf_counter()
+                outs = self.backend.inpaint_batch(
+                    [p.work_image for p in group], [p.work_mask for p in group], [p.job for p in group],
+                    progress.report,
+                )  # fmt: skip
+                seconds = time.perf_counter() - t1
+                for n, index in enumerate(indices):
+                    if n in progress.errors:
+                        results[index] = progress.errors[n]
+                        continue
+                    p = prepared[index]
+                    p.timings.update(outs[n].timings)
+                    p.timings["inference"] = seconds
+                    p.timings["batch_size"] = len(indices)
+                    try:
+                        results[index] = self._finish(p, outs[n], items[index][1])
+                    except Exception as exc:
+                        results[index] = exc
+        return results
+
+    # -- the steps of one job ------------------------------------------------------------------------
+
+    def _prepare(self, inputs: InpaintInputs, ctx: RunContext) -> _Prepared:
+        """Checks (every :class:`~core.errors.InvalidInput` is raised here), seed and work size."""
         t0 = time.perf_counter()
-        timings: dict[str, float] = {}
         ctx.progress(0.0, "checking inputs")
         checked = load_image(input_path(ctx, "image"), self.config, what="image")
         mask = load_mask(input_path(ctx, "mask"), checked.size, self.config, notes=checked.notes)
@@ -61,8 +121,6 @@ class InpaintPipeline(ImagePipeline[InpaintInputs, InpaintOutputs]):
             work_mask = mask.resize(work, Image.Resampling.BILINEAR).point(lambda v: 255 if v > 0 else 0)
         else:
             work_image, work_mask = checked.image, mask
-        timings["checks"] = time.perf_counter() - t0
-
         job = InpaintJob(
             prompt=inputs.prompt,
             steps=inputs.steps,
@@ -75,44 +133,60 @@ class InpaintPipeline(ImagePipeline[InpaintInputs, InpaintOutputs]):
             "inpaint job %s: %dx%d (work %dx%d), backend %s, seed %d",
             ctx.job_id, width, height, *work, self.backend.name, seed,
         )  # fmt: skip
-        t1 = time.perf_counter()
-        result = self.backend.inpaint(work_image, work_mask, job, ctx.progress)
-        timings.update(result.timings)
-        timings["inference"] = time.perf_counter() - t1
+        timings = {"checks": time.perf_counter() - t0}
+        return _Prepared(inputs, checked, mask, work, work_image, work_mask, job, t0, timings)
 
+    def _finish(self, p: _Prepared, result: BackendResult, ctx: RunContext) -> RunResult[InpaintOutputs]:
+        inputs, checked = p.inputs, p.checked
         t2 = time.perf_counter()
         ctx.progress(1.0, "writing result")
-        final = composite(checked.image, result.image, mask)
+        final = composite(checked.image, result.image, p.mask)
         fmt = inputs.output_format or checked.format
         key, path = save_result(final, Path(ctx.workdir), fmt, self.config, icc_profile=checked.icc_profile)
-        timings["write"] = time.perf_counter() - t2
-        timings["total"] = time.perf_counter() - t0
+        p.timings["write"] = time.perf_counter() - t2
+        p.timings["total"] = time.perf_counter() - p.started
 
+        width, height = checked.size
         is_flux = self.backend.name == "flux"
         outputs = InpaintOutputs(
             result_file=key,
             width=width,
             height=height,
             format=fmt,
-            seed=seed,
+            seed=p.job.seed,
             backend=self.backend.name,
-            work_width=work[0],
-            work_height=work[1],
+            work_width=p.work[0],
+            work_height=p.work[1],
             steps=inputs.steps if is_flux else None,
             guidance=inputs.guidance if is_flux else None,
             strength=inputs.strength if is_flux else None,
-            loras=[lora.ref for lora in loras],
+            loras=[lora.ref for lora in p.job.loras],
             memory_strategy=self.backend.memory_strategy,
             peak_gpu_memory_bytes=result.peak_gpu_memory_bytes,
             prompt_cache_hit=result.prompt_cache_hit,
             notes=checked.notes,
-            timings={k: round(v, 4) for k, v in timings.items()},
+            timings={k: round(v, 4) for k, v in p.timings.items()},
         )
         metadata: dict[str, Any] = {
             "backend": self.backend.name,
             "memory_strategy": self.backend.memory_strategy,
         }
         return RunResult(outputs=outputs, files={key: path}, metadata=metadata, uri_fields={"image": key})
+
+
+@dataclass
+class _Prepared:
+    """One inpaint job, checked and ready for the backend call."""
+
+    inputs: InpaintInputs
+    checked: CheckedImage
+    mask: Image.Image
+    work: tuple[int, int]
+    work_image: Image.Image
+    work_mask: Image.Image
+    job: InpaintJob
+    started: float
+    timings: dict[str, float]
 
 
 def load(config: InpaintConfig) -> InpaintPipeline:

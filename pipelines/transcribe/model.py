@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from core.errors import InvalidInput, OutOfGpuMemory, PermanentError
 from core.spec import RunContext, RunResult
 from pipelines.transcribe import Segment, TranscribeConfig, TranscribeInputs, TranscribeOutputs, Word
 from pipelines.transcribe.formats import to_srt, to_vtt
+
+if TYPE_CHECKING:
+    from pipelines.transcribe.crossfile import FilePlan
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +207,15 @@ class Transcriber:
         return bool(self.model.model.is_multilingual)
 
     def _segments(self, audio: Any, duration: float, inputs: TranscribeInputs) -> tuple[Iterable[Any], Any]:
+        options = self._options(inputs, duration)
+        if self.batched is None:
+            return self.model.transcribe(audio, **options)  # type: ignore[no-any-return]
+        # Batched decoding drops timestamps by default: one segment per 30 s window, useless as subtitles.
+        return self.batched.transcribe(  # type: ignore[no-any-return]
+            audio, batch_size=self.config.batch_size, without_timestamps=False, **options
+        )
+
+    def _options(self, inputs: TranscribeInputs, duration: float) -> dict[str, Any]:
         options: dict[str, Any] = {
             "language": inputs.language,
             "beam_size": inputs.beam_size,
@@ -207,16 +223,113 @@ class Transcriber:
             "word_timestamps": inputs.word_timestamps,
             "initial_prompt": inputs.initial_prompt,
         }
-        if self.batched is None:
-            return self.model.transcribe(audio, **options)  # type: ignore[no-any-return]
-        if not inputs.vad and duration >= _BATCH_WINDOW_S:
+        if self.batched is not None and not inputs.vad and duration >= _BATCH_WINDOW_S:
             options["clip_timestamps"] = _windows(duration, _BATCH_WINDOW_S)
-        # Batched decoding drops timestamps by default: one segment per 30 s window, useless as subtitles.
-        return self.batched.transcribe(  # type: ignore[no-any-return]
-            audio, batch_size=self.config.batch_size, without_timestamps=False, **options
-        )
+        return options
 
     def run(self, inputs: TranscribeInputs, ctx: RunContext) -> RunResult[TranscribeOutputs]:
+        audio = self._audio(inputs, ctx)
+        ctx.progress(0.0, "transcribing")
+        started = time.perf_counter()
+        segments: list[Segment] = []
+        done = 0.0
+        with _gpu_memory_errors(audio.duration):
+            raw_segments, info = self._segments(audio.samples, audio.duration, inputs)
+            for raw in raw_segments:
+                segments.append(_segment(raw))
+                done = max(done, min(1.0, max(0.0, float(raw.end) / audio.duration)))
+                ctx.progress(done, "transcribing")
+        return self._result(audio, segments, info, time.perf_counter() - started, ctx)
+
+    # -- batching across jobs (gpu_service/batching.py) -------------------------------------------
+
+    def batch_key(self, inputs: TranscribeInputs | dict[str, Any]) -> tuple[Any, ...]:
+        """Jobs whose chunks can share model calls: same decoding options (the detected language
+        is grouped on later). Word timestamps keep a job to itself."""
+        if not isinstance(inputs, TranscribeInputs):
+            inputs = _validated(inputs)
+        alone = inputs.word_timestamps or self.batched is None
+        return (inputs.language, inputs.beam_size, inputs.initial_prompt, alone)
+
+    def run_batch(self, items: Sequence[tuple[Any, RunContext]]) -> list[RunResult[Any] | Exception]:
+        """Several files, their speech chunks decoded together ``batch_size`` at a time.
+
+        Each job's transcript is what :meth:`run` gives it (same chunks, same features, same prompt
+        per chunk); a file that cannot be read, or a cancel, ends only its own job. Without the
+        batched pipeline (``batch_size`` 0) or with word timestamps, jobs run one after the other.
+        """
+        from pipelines.transcribe.crossfile import ChunkPlanner
+
+        results: list[RunResult[Any] | Exception] = [PermanentError("not run")] * len(items)
+        planned: dict[int, tuple[_Audio, Iterable[Any], Any, FilePlan]] = {}
+        for index, (raw_inputs, ctx) in enumerate(items):
+            try:
+                inputs = _validated(raw_inputs)
+                if inputs.word_timestamps or self.batched is None:
+                    results[index] = self.run(inputs, ctx)
+                    continue
+                audio = self._audio(inputs, ctx)
+                ctx.progress(0.0, "transcribing")
+                planner = ChunkPlanner(self.model)
+                options = self._options(inputs, audio.duration)
+                segments, info = planner.transcribe(
+                    audio.samples, batch_size=self.config.batch_size, without_timestamps=False, **options
+                )
+                assert planner.plan is not None
+                planned[index] = (audio, segments, info, planner.plan)
+            except Exception as exc:  # this job's file or input, not its batch-mates'
+                results[index] = exc
+
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for index, (*_, plan) in planned.items():
+            groups.setdefault(plan.key, []).append(index)
+        for indices in groups.values():
+            started = time.perf_counter()
+            cancelled = self._decode_together(
+                [planned[i][3] for i in indices],
+                [items[i][1] for i in indices],
+                max(planned[i][0].duration for i in indices),
+            )
+            seconds = time.perf_counter() - started
+            for n, index in enumerate(indices):
+                if n in cancelled:
+                    results[index] = cancelled[n]
+                    continue
+                audio, segments, info, _plan = planned[index]
+                try:
+                    results[index] = self._result(
+                        audio, [_segment(raw) for raw in segments], info, seconds, items[index][1],
+                        batch_jobs=len(indices),
+                    )  # fmt: skip
+                except Exception as exc:
+                    results[index] = exc
+        return results
+
+    def _decode_together(
+        self, plans: Sequence[FilePlan], contexts: Sequence[RunContext], longest: float
+    ) -> dict[int, Exception]:
+        """Decode the plans' chunks across files; returns the jobs (by position) that were cancelled."""
+        from pipelines.transcribe.crossfile import ChunkPlanner, decode_plans
+
+        cancelled: dict[int, Exception] = {}
+
+        def after_batch(touched: set[int]) -> set[int]:
+            for n in touched:
+                done = sum(o is not None for o in plans[n].outputs) / len(plans[n].outputs)
+                try:
+                    contexts[n].progress(done, "transcribing")
+                except Exception as exc:  # a cancel or a lost lease stops this job only
+                    cancelled[n] = exc
+            return set(cancelled)
+
+        with _gpu_memory_errors(longest):
+            decode_plans(ChunkPlanner(self.model), plans, self.config.batch_size, after_batch)
+        return cancelled
+
+    # -- the steps of one job ------------------------------------------------------------------------
+
+    def _audio(self, inputs: TranscribeInputs, ctx: RunContext) -> _Audio:
+        """Check the language and decode the media: every :class:`InvalidInput` is raised here."""
         if inputs.language not in (None, "en") and not self.multilingual:
             raise InvalidInput(
                 f"This service's speech model ({self.model_dir.name}) only transcribes English; "
@@ -228,28 +341,20 @@ class Transcriber:
         media = ctx.files.get("media")
         if media is None:
             raise PermanentError("transcribe: the service passed no local file for 'media'")
-        audio = _decode(media)
-        decode_seconds = time.perf_counter() - started
-        duration = float(audio.shape[0]) / SAMPLING_RATE
-        ctx.progress(0.0, "transcribing")
+        samples = _decode(media)
+        return _Audio(samples, float(samples.shape[0]) / SAMPLING_RATE, time.perf_counter() - started)
 
-        started = time.perf_counter()
-        segments: list[Segment] = []
-        done = 0.0
-        try:
-            raw_segments, info = self._segments(audio, duration, inputs)
-            for raw in raw_segments:
-                segments.append(_segment(raw))
-                done = max(done, min(1.0, max(0.0, float(raw.end) / duration)))
-                ctx.progress(done, "transcribing")
-        except RuntimeError as exc:
-            if _is_cuda_oom(exc):
-                raise OutOfGpuMemory(
-                    f"The GPU ran out of memory while transcribing {duration:.0f} s of audio: {exc}"
-                ) from exc
-            raise
-        inference_seconds = time.perf_counter() - started
-
+    def _result(
+        self,
+        audio: _Audio,
+        segments: list[Segment],
+        info: Any,
+        inference_seconds: float,
+        ctx: RunContext,
+        *,
+        batch_jobs: int = 1,
+    ) -> RunResult[TranscribeOutputs]:
+        duration = audio.duration
         outputs = TranscribeOutputs(
             # Whisper starts each segment with a space where the language uses them, so join as is.
             text="".join(seg.text for seg in segments).strip(),
@@ -265,22 +370,51 @@ class Transcriber:
             "device": self.device,
             "compute_type": self.compute_type,
             "batch_size": self.config.batch_size,
+            "batch_jobs": batch_jobs,
             "load_seconds": round(self.load_seconds, 3),
-            "decode_seconds": round(decode_seconds, 3),
+            "decode_seconds": round(audio.decode_seconds, 3),
             "inference_seconds": round(inference_seconds, 3),
             "audio_seconds": round(duration, 3),
             "speech_seconds": round(float(info.duration_after_vad), 3),
             "realtime_factor": round(duration / inference_seconds, 2) if inference_seconds > 0 else None,
         }
         log.info(
-            "transcribe %s: %.1f s of audio, decode %.2f s, inference %.2f s, %d segments",
+            "transcribe %s: %.1f s of audio, decode %.2f s, inference %.2f s, %d segments, %d jobs",
             ctx.job_id,
             duration,
-            decode_seconds,
+            audio.decode_seconds,
             inference_seconds,
             len(segments),
+            batch_jobs,
         )
         return RunResult(outputs=outputs, files=files, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class _Audio:
+    samples: Any  # float32 mono at SAMPLING_RATE
+    duration: float
+    decode_seconds: float
+
+
+def _validated(inputs: Any) -> TranscribeInputs:
+    try:
+        return TranscribeInputs.model_validate(inputs)
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid transcribe inputs: {exc}") from exc
+
+
+@contextmanager
+def _gpu_memory_errors(duration: float) -> Iterator[None]:
+    """CUDA out of memory from CTranslate2 (a ``RuntimeError``) as a retryable :class:`OutOfGpuMemory`."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if _is_cuda_oom(exc):
+            raise OutOfGpuMemory(
+                f"The GPU ran out of memory while transcribing {duration:.0f} s of audio: {exc}"
+            ) from exc
+        raise
 
 
 def _windows(duration: float, size: float) -> list[dict[str, float]]:
