@@ -285,3 +285,32 @@ def test_a_long_job_reports_each_chunk_and_stops_between_chunks_when_cancelled(
     total = int(spoken[0].split("/")[1].split()[0])
     assert total >= 7 and f"spoken {total}/{total} chunks" not in stages
     assert job.outputs is None and job.error is None
+
+
+def test_the_web_client_plays_the_speech_of_a_finished_job(
+    stack: LocalStack, client: Client, tmp_path: Path
+) -> None:
+    from tests.support.webapp import WebApp, browser, chromium_path
+
+    if chromium_path() is None:
+        pytest.skip("chromium is not installed (scripts/setup.sh installs it: apt-get install chromium)")
+    with browser() as chromium:
+        context = chromium.new_context()
+        app = WebApp(context.new_page(), stack.env["WEB_URL"]).open()
+        user = app.sign_in_anonymously()
+        job_id = client.create_job(
+            user, "tts", {"text": "The web page plays this sentence.", "format": "opus"}
+        )
+        job = client.follow(job_id, timeout=120)
+        assert job.status is JobStatus.SUCCEEDED, job.error
+        app.open_job(job_id)
+        assert app.wait_final(timeout=60) == "succeeded", app.error
+        app.page.wait_for_selector("#player:not([hidden])")
+        src = app.page.eval_on_selector("#player", "p => p.src")
+        assert "/speech.opus?" in src
+        # The browser really loads and decodes it (through ranged requests): its length is the job's.
+        app.page.wait_for_function("() => document.querySelector('#player').readyState >= 1", timeout=20_000)
+        duration = app.page.eval_on_selector("#player", "p => p.duration")
+        assert duration == pytest.approx((job.outputs or {})["duration_seconds"], abs=0.1)
+        assert app.errors == [], app.errors
+        context.close()
