@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from core.spec import GsUri, PipelineModel, PipelineSpec
+from core.spec import FileInput, GsUri, PipelineModel, PipelineSpec
 
 AudioFormat = Literal["wav", "mp3", "opus", "aac", "flac", "pcm"]
 SampleRate = Literal[8000, 16000, 22050, 24000, 44100, 48000]
@@ -36,6 +36,9 @@ def _check_label(label: str) -> str:
 
 SpeakerLabel = Annotated[str, AfterValidator(_check_label)]
 VoiceName = Annotated[str, Field(min_length=1, max_length=100)]
+#: a speaker's reference recording: the service checks (owner, size, type) and downloads each one
+#: and passes it as ``ctx.files["references.Speaker N"]``
+ReferenceFile = Annotated[GsUri, FileInput(("audio/*",), 50 * 2**20)]
 
 
 class TtsInputs(PipelineModel):
@@ -52,7 +55,7 @@ class TtsInputs(PipelineModel):
     voices: dict[SpeakerLabel, VoiceName] = Field(
         default_factory=dict, max_length=32, description="Speaker label -> configured voice, for scripts."
     )
-    references: dict[SpeakerLabel, GsUri] = Field(
+    references: dict[SpeakerLabel, ReferenceFile] = Field(
         default_factory=dict,
         max_length=32,
         description="Speaker label -> reference recording under uploads/{uid}/ (voice-cloning backends only).",

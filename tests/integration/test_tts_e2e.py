@@ -250,8 +250,6 @@ BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
     ({"text": "Hello.", "format": "ogg"}, "format"),
     ({"text": "Hello.", "sample_rate": 11025}, "sample_rate"),
     ({"text": "Hello.", "speed": 9}, "speed"),
-    ({"text": "Speaker 1: Hi.", "references": {"Speaker 1": "gs://demo-gpu-jobs-media/uploads/u/me.wav"}},
-     "not supported by the piper backend"),
 ]  # fmt: skip
 
 
@@ -314,3 +312,28 @@ def test_the_web_client_plays_the_speech_of_a_finished_job(
         assert duration == pytest.approx((job.outputs or {})["duration_seconds"], abs=0.1)
         assert app.errors == [], app.errors
         context.close()
+
+
+def test_reference_recordings_are_checked_like_every_input_file_and_refused_by_piper(
+    stack: LocalStack, client: Client, uid: str, tmp_path: Path
+) -> None:
+    """References are Storage inputs (owner, existence, type checked before queueing); Piper
+    cannot clone a voice, so even a valid one ends the job with a clear error."""
+    wav = tmp_path / "me.wav"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "sine=f=220:d=1", str(wav)],
+        check=True,
+    )
+    bucket = client.settings.media_bucket
+    cases = [
+        (client.upload(wav, uid), "not supported by the piper backend"),
+        (client.upload(wav, f"{uid}-other"), f"does not belong to user {uid}"),
+        (f"gs://{bucket}/uploads/{uid}/missing.wav", "does not exist"),
+        (client.upload(wav, uid, name="notes.txt", content_type="text/plain"), "is not accepted"),
+    ]
+    for uri, message in cases:
+        inputs = {"text": "Speaker 1: Hello.", "references": {"Speaker 1": uri}}
+        job = client.follow(client.create_job(uid, "tts", inputs), timeout=60)
+        assert job.status is JobStatus.REJECTED, (uri, job.status)
+        assert job.error is not None and message in job.error.message, (uri, job.error)
+        assert "references.Speaker 1" in job.error.message or "piper" in job.error.message

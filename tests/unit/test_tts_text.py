@@ -239,3 +239,23 @@ def test_a_5000_character_text_chunks_under_the_limit_in_order() -> None:
     assert len(chunks) >= 5000 // 400
     assert all(sum(len(t) for _, t in chunk) <= 400 for chunk in chunks)
     assert re.sub(r"\s+", " ", " ".join(t for chunk in chunks for _, t in chunk)) == " ".join(text.split())
+
+
+def test_each_reference_is_a_storage_input_of_its_own() -> None:
+    from core.spec import file_uris
+
+    inputs = TtsInputs(
+        text="Speaker 1: A.\nSpeaker 2: B.",
+        references={
+            "Speaker 2": "gs://bucket-name/uploads/u/b.wav",
+            "Speaker 1": "gs://bucket-name/uploads/u/a.wav",
+        },
+    )
+    found = [(key, uri) for key, uri, _ in file_uris(inputs)]
+    assert found == [
+        ("references.Speaker 1", "gs://bucket-name/uploads/u/a.wav"),
+        ("references.Speaker 2", "gs://bucket-name/uploads/u/b.wav"),
+    ]
+    rule = file_uris(inputs)[0][2]
+    assert rule.accepts("audio/wav") and not rule.accepts("text/plain")
+    assert file_uris(TtsInputs(text="No files.")) == []
