@@ -8,6 +8,8 @@ functions can validate jobs without torch), and it is loaded once per process th
 Input files appear in a pipeline's ``Inputs`` model as ``gs://bucket/path`` strings annotated with
 :class:`FileInput`; the functions check them (existence, owner, size, content type) and the GPU
 service downloads them before ``run`` is called, passing local paths in ``RunContext.files``.
+A ``dict[str, Annotated[GsUri, FileInput(...)]]`` field names several such files (one per entry,
+keyed ``{field}.{entry}`` in ``RunContext.files``; see :func:`file_uris`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import re
+import typing
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +110,38 @@ def file_fields(model: type[BaseModel]) -> dict[str, FileInput]:
         for meta in info.metadata:
             if isinstance(meta, FileInput):
                 found[name] = meta
+    return found
+
+
+def _dict_file_fields(model: type[BaseModel]) -> dict[str, FileInput]:
+    """The ``dict[str, Annotated[GsUri, FileInput(...)]]`` fields of ``model``: several objects
+    under one field (e.g. one reference recording per speaker), each with the same limits."""
+    found: dict[str, FileInput] = {}
+    for name, info in model.model_fields.items():
+        if typing.get_origin(info.annotation) is not dict:
+            continue
+        value_type = typing.get_args(info.annotation)[1]
+        for meta in getattr(value_type, "__metadata__", ()):
+            if isinstance(meta, FileInput):
+                found[name] = meta
+    return found
+
+
+def file_uris(inputs: BaseModel) -> list[tuple[str, str, FileInput]]:
+    """Every Storage object a job's inputs name, as ``(key, uri, rule)``.
+
+    A plain file field's key is its name; each entry of a dict of files is ``{field}.{entry}``
+    (``references.Speaker 1``). The service downloads each object and passes its local copy in
+    ``RunContext.files`` under the same key.
+    """
+    found: list[tuple[str, str, FileInput]] = []
+    for name, rule in file_fields(type(inputs)).items():
+        uri = getattr(inputs, name, None)
+        if uri is not None:
+            found.append((name, uri, rule))
+    for name, rule in _dict_file_fields(type(inputs)).items():
+        for entry, uri in sorted((getattr(inputs, name, None) or {}).items()):
+            found.append((f"{name}.{entry}", uri, rule))
     return found
 
 

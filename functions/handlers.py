@@ -23,7 +23,7 @@ from core.contract import (
 from core.errors import InvalidInput, RetryableError, bounded, shown
 from core.patch import Patch
 from core.routes import route
-from core.spec import Catalog, PipelineModel, PipelineSpec, check_input_location
+from core.spec import Catalog, PipelineModel, PipelineSpec, check_input_location, file_uris
 from functions.events import DocumentEvent, StorageEvent
 from infra import roundtrips
 from infra.blobs import BlobStore
@@ -278,10 +278,7 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
 
     config = deps.catalog.config(spec)
     files: dict[str, InputFile] = {}
-    for name, rule in spec.file_fields().items():
-        uri = getattr(inputs, name)
-        if uri is None:
-            continue
+    for name, uri, rule in file_uris(inputs):
         check_input_location(name, uri, job.uid, settings.media_bucket)
         info = deps.blobs.stat(uri)
         if info is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import mimetypes
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -38,7 +39,15 @@ from core.contract import JobMessage, JobStatus, Progress, state_for_error
 from core.errors import Cancelled, InvalidInput, Preempted
 from core.lifecycle import ClaimOutcome, Ending, LeaseLost
 from core.routes import route
-from core.spec import Catalog, Pipeline, PipelineModel, RunContext, RunResult, check_input_location
+from core.spec import (
+    Catalog,
+    Pipeline,
+    PipelineModel,
+    RunContext,
+    RunResult,
+    check_input_location,
+    file_uris,
+)
 from gpu_service import multipart
 from gpu_service.attempt import Ack, Attempt, Outcome, final_error, fit_in_document, jsonable, log_error
 from gpu_service.heartbeat import Heartbeat
@@ -251,17 +260,15 @@ class Worker:
         t0 = time.perf_counter()
         files: dict[str, Path] = {}
         pins = attempt.job.input_files or {}
-        for name, rule in attempt.spec.file_fields().items():
-            uri = getattr(inputs, name, None)
-            if uri is None:
-                continue
+        for name, uri, rule in file_uris(inputs):
             check_input_location(name, uri, attempt.job.uid, self.settings.media_bucket)
             pin = pins.get(name)
             if pin is None or pin.uri != uri:
                 raise InvalidInput(
                     f"inputs.{name} was not validated before the job was queued", code="not_validated"
                 )
-            dest = workdir / f"input-{name}{Path(uri).suffix[:16]}"
+            # Keys of dict entries are client-chosen: only safe characters reach the file name.
+            dest = workdir / f"input-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}{Path(uri).suffix[:16]}"
             try:
                 files[name] = self.blobs.download(uri, dest, generation=pin.generation)
             except FileNotFoundError as exc:

@@ -47,6 +47,7 @@ BUILTIN: dict[str, str] = {
     "edit": "pipelines.edit:SPEC",
     "video": "pipelines.video:SPEC",
     "t2v": "pipelines.t2v:SPEC",
+    "tts": "pipelines.tts:SPEC",
 }
 
 

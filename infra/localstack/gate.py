@@ -195,7 +195,10 @@ def make_handler(upstream: str, public_key: rsa.RSAPublicKey, account: str) -> t
             else:
                 object_path = f"/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}"
                 resp = client.request(self.command, object_path, params={"alt": "media"}, headers=forward)
-            keep = {k: v for k, v in resp.headers.items() if k.lower() in ("etag", "x-goog-generation")}
+            # A partial reply must say which bytes it holds: browsers' media players refuse a 206
+            # without Content-Range (an <audio> element would never play a result).
+            passed = ("etag", "x-goog-generation", "content-range", "accept-ranges")
+            keep = {k: v for k, v in resp.headers.items() if k.lower() in passed}
             self._send(
                 resp.status_code,
                 resp.content,

@@ -77,7 +77,7 @@ def _schema_missing_field(c: Client, uid: str, wav: Path) -> tuple[str, dict[str
         (
             _unknown_pipeline,
             "unknown_pipeline",
-            "unknown pipeline 'paint-my-house'; available: automaton, edit, flaky, flakyparts, flakyslow, inpaint, t2v, transcribe, video",
+            "unknown pipeline 'paint-my-house'; available: automaton, edit, flaky, flakyparts, flakyslow, inpaint, t2v, transcribe, tts, video",
         ),
         (_missing_object, "object_not_found", "does not exist"),
         (_other_users_object, "forbidden_object", "does not belong to user"),
