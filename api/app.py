@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import StreamingResponse
 
 from api import errors
-from api.auth import User
+from api.auth import Caller
 from api.events import job_events
 from api.models import Health, Job, JobCreate, JobPage, Problem, Results, Upload, UploadCreate
+from api.openai_speech import speech_router
 from api.service import (
     MAX_PAGE_SIZE,
     Api,
@@ -31,16 +32,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "no token, or not a valid one"},
     404: {"model": Problem, "description": "no such job of yours"},
 }
-
-
-async def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> User:
-    """The verified caller of a request (``api.auth``); 401 without a valid token."""
-    verifier = request.app.state.api.verifier
-    user: User = await run_in_threadpool(verifier.verify, authorization)
-    return user
-
-
-Caller = Annotated[User, Depends(caller)]
 
 
 def create_app(api: Api) -> FastAPI:
@@ -139,5 +130,7 @@ def create_app(api: Api) -> FastAPI:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+    app.include_router(speech_router())
 
     return app
