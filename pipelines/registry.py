@@ -30,6 +30,7 @@ BUILTIN: dict[str, str] = {
     "inpaint": "pipelines.inpaint:SPEC",
     "edit": "pipelines.edit:SPEC",
     "video": "pipelines.video:SPEC",
+    "tts": "pipelines.tts:SPEC",
 }
 
 

@@ -1,0 +1,210 @@
+"""Audio after the model: joining pieces, resampling, loudness, peak limiting, encoding.
+
+Loudness is ITU-R BS.1770 integrated loudness (``pyloudnorm``). Encoding runs the ffmpeg CLI:
+
+=========  =====================  ===========================================================
+format     file                   codec
+=========  =====================  ===========================================================
+``wav``    ``speech.wav``         PCM s16le in RIFF/WAVE
+``mp3``    ``speech.mp3``         MP3 (libmp3lame), 128 kb/s
+``opus``   ``speech.opus``        Opus (libopus) in Ogg, 64 kb/s; plays at 48 kHz (see below)
+``aac``    ``speech.m4a``         AAC-LC in an MPEG-4 (M4A) container, 128 kb/s, fast start
+``flac``   ``speech.flac``        FLAC, 16-bit
+``pcm``    ``speech.pcm``         raw signed 16-bit little-endian mono, no header
+=========  =====================  ===========================================================
+
+AAC goes in M4A rather than ADTS because M4A carries the exact duration (and gapless padding
+info) that browsers and ffprobe show; raw ADTS streams only give an estimate. Opus encodes only
+at 8, 12, 16, 24 and 48 kHz and every Opus file decodes at 48 kHz (ffprobe and players show
+48000), so an Opus output reports ``sample_rate`` 48000; the requested rate still sets the
+encoder's bandwidth when Opus supports it, and other rates are resampled to 48 kHz first.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pyloudnorm
+from scipy.signal import resample_poly
+
+from core.errors import PermanentError
+
+Audio = npt.NDArray[np.float32]
+
+#: file name (key in the job's files) and ffmpeg output options of each format
+ENCODINGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "wav": ("speech.wav", ("-c:a", "pcm_s16le", "-f", "wav")),
+    "mp3": ("speech.mp3", ("-c:a", "libmp3lame", "-b:a", "128k", "-f", "mp3")),
+    "opus": ("speech.opus", ("-c:a", "libopus", "-b:a", "64k", "-f", "ogg")),
+    "aac": ("speech.m4a", ("-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart", "-f", "ipod")),
+    "flac": ("speech.flac", ("-c:a", "flac", "-sample_fmt", "s16", "-f", "flac")),
+    "pcm": ("speech.pcm", ("-c:a", "pcm_s16le", "-f", "s16le")),
+}
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+#: BS.1770 measures in 400 ms blocks: shorter audio is measured padded with silence
+_MIN_MEASURE_SECONDS = 0.4
+SILENCE_LUFS = -70.0
+
+
+def silence(seconds: float, rate: int) -> Audio:
+    return np.zeros(round(seconds * rate), dtype=np.float32)
+
+
+def crossfade(a: Audio, b: Audio, samples: int) -> Audio:
+    """``a`` then ``b``, overlapping by ``samples`` with an equal-power (sine/cosine) fade, so the
+    seam has neither a step nor a dip in level."""
+    n = min(samples, len(a), len(b))
+    if n == 0:
+        return np.concatenate([a, b]).astype(np.float32)
+    theta = np.linspace(0.0, np.pi / 2, n, dtype=np.float64)
+    seam = a[-n:] * np.cos(theta) + b[:n] * np.sin(theta)
+    return np.concatenate([a[:-n], seam.astype(np.float32), b[n:]]).astype(np.float32)
+
+
+def join(pieces: list[Audio], rate: int, *, gap_seconds: float, fade_seconds: float) -> Audio:
+    """The pieces in order, each seam a short silence entered and left with equal-power fades;
+    the whole fades in and out at its ends, so no sample jumps anywhere."""
+    fade = max(1, round(fade_seconds * rate))
+    gap = silence(gap_seconds, rate)
+    out = np.zeros(0, dtype=np.float32)
+    for i, piece in enumerate(pieces):
+        piece = np.asarray(piece, dtype=np.float32)
+        if i == 0:
+            out = piece
+            continue
+        # The silence is padded by one fade at each side so the fades run fully into it.
+        bridge = np.concatenate([np.zeros(fade, np.float32), gap, np.zeros(fade, np.float32)])
+        out = crossfade(crossfade(out, bridge, fade), piece, fade)
+    if len(out):
+        n = min(fade, len(out) // 2)
+        ramp = np.sin(np.linspace(0.0, np.pi / 2, n, dtype=np.float64)).astype(np.float32)
+        out = out.copy()
+        out[:n] *= ramp
+        out[len(out) - n :] *= ramp[::-1]
+    return out
+
+
+def resample(audio: Audio, rate: int, target: int) -> Audio:
+    """Band-limited polyphase resampling from ``rate`` to ``target`` Hz."""
+    if rate == target or not len(audio):
+        return audio.astype(np.float32)
+    g = math.gcd(rate, target)
+    resampled = resample_poly(audio.astype(np.float64), target // g, rate // g)
+    return np.asarray(resampled, dtype=np.float32)
+
+
+def loudness(audio: Audio, rate: int) -> float:
+    """Integrated loudness in LUFS (ITU-R BS.1770-4); ``SILENCE_LUFS`` for silence."""
+    minimum = math.ceil(_MIN_MEASURE_SECONDS * rate) + 1
+    if len(audio) < minimum:
+        audio = np.concatenate([audio, np.zeros(minimum - len(audio), np.float32)])
+    value = float(pyloudnorm.Meter(rate).integrated_loudness(audio.astype(np.float64)))
+    return value if math.isfinite(value) and value > SILENCE_LUFS else SILENCE_LUFS
+
+
+def peak_dbfs(audio: Audio) -> float:
+    peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
+    return 20 * math.log10(peak) if peak > 0 else -120.0
+
+
+def _moving_average(x: npt.NDArray[np.float64], width: int) -> npt.NDArray[np.float64]:
+    kernel = np.ones(width) / width
+    padded = np.pad(x, (width // 2, width - 1 - width // 2), mode="edge")
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def limit_peaks(audio: Audio, rate: int, ceiling_dbfs: float, *, window_seconds: float = 0.005) -> Audio:
+    """Smooth gain reduction so that no sample exceeds ``ceiling_dbfs``: the gain a sample needs is
+    spread (a running minimum over two windows, then averaged over one), so each peak is reached
+    gradually instead of clipped, and the gain at every peak is still low enough."""
+    from scipy.ndimage import minimum_filter1d
+
+    ceiling = 10 ** (ceiling_dbfs / 20)
+    magnitude = np.abs(audio.astype(np.float64))
+    if not len(audio) or magnitude.max() <= ceiling:
+        return audio
+    width = max(1, round(window_seconds * rate))
+    needed = np.minimum(1.0, ceiling / np.maximum(magnitude, 1e-12))
+    gain = _moving_average(minimum_filter1d(needed, size=2 * width + 1, mode="nearest"), width)
+    limited = audio * gain
+    return np.clip(limited, -ceiling, ceiling).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Leveled:
+    audio: Audio
+    loudness_lufs: float
+    peak_dbfs: float
+
+
+def normalize_loudness(audio: Audio, rate: int, target_lufs: float, ceiling_dbfs: float) -> Leveled:
+    """Gain to ``target_lufs`` integrated loudness with peaks limited below ``ceiling_dbfs``.
+
+    Limiting lowers loudness a little, so gain and limiting repeat (a few rounds) until the
+    measured loudness is within 0.1 LU of the target or no more gain helps.
+    """
+    current = loudness(audio, rate)
+    if current <= SILENCE_LUFS:
+        return Leveled(audio, current, peak_dbfs(audio))
+    out = audio
+    for _ in range(8):
+        gained = (out * 10 ** ((target_lufs - current) / 20)).astype(np.float32)
+        out = limit_peaks(gained, rate, ceiling_dbfs)
+        current = loudness(out, rate)
+        if abs(current - target_lufs) < 0.1:
+            break
+    return Leveled(out, current, peak_dbfs(out))
+
+
+def _ffmpeg() -> str:
+    path = shutil.which("ffmpeg")
+    if path is None:
+        raise PermanentError("the ffmpeg command is not installed on this worker", code="ffmpeg_missing")
+    return path
+
+
+def output_rate(fmt: str, rate: int) -> int:
+    """The rate a player gets from a file of ``fmt`` encoded from ``rate`` (Opus: always 48 kHz)."""
+    return 48000 if fmt == "opus" else rate
+
+
+def encoded_rate(fmt: str, rate: int) -> int:
+    """The rate the encoder runs at: ``rate``, except Opus at a rate it cannot encode (48 kHz)."""
+    return rate if fmt != "opus" or rate in OPUS_RATES else 48000
+
+
+def encode(audio: Audio, rate: int, fmt: str, workdir: Path) -> Path:
+    """Write ``audio`` (mono float at ``rate``) in ``fmt``; returns the file (named per ENCODINGS)."""
+    name, options = ENCODINGS[fmt]
+    dest = workdir / name
+    pcm = np.clip(audio, -1.0, 1.0).astype("<f4").tobytes()
+    command = [
+        _ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "f32le", "-ar", str(rate), "-ac", "1", "-i", "pipe:0",
+        *options, "-ar", str(encoded_rate(fmt, rate)), str(dest),
+    ]  # fmt: skip
+    result = subprocess.run(command, input=pcm, capture_output=True, check=False, timeout=600)
+    if result.returncode != 0:
+        detail = result.stderr.decode(errors="replace")[-500:]
+        raise PermanentError(f"encoding {fmt} failed: {detail}", code="encode_failed")
+    return dest
+
+
+def decode(path: Path, fmt: str, rate: int) -> Audio:
+    """The samples of an encoded file, mono float at ``rate`` (for measuring what was written)."""
+    source = ["-f", "s16le", "-ar", str(rate), "-ac", "1"] if fmt == "pcm" else []
+    command = [
+        _ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error",
+        *source, "-i", str(path), "-f", "f32le", "-ac", "1", "-ar", str(rate), "pipe:1",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, check=False, timeout=600)
+    if result.returncode != 0:
+        detail = result.stderr.decode(errors="replace")[-500:]
+        raise PermanentError(f"decoding the {fmt} output failed: {detail}", code="encode_failed")
+    return np.frombuffer(result.stdout, dtype="<f4").astype(np.float32)
