@@ -220,7 +220,7 @@ class OpenAIError(Exception):
                 503, f"text to speech is not available on this deployment: {exc.message}", code=exc.code
             )
         status = 400 if exc.status == 422 else exc.status
-        return cls(status, exc.message, code=exc.code, param=_param_of(exc.message))
+        return cls(status, exc.message, code=exc.code, param=_param_of(exc.message, exc.code))
 
     @classmethod
     def of_validation(cls, exc: RequestValidationError) -> OpenAIError:
@@ -243,15 +243,35 @@ class OpenAIError(Exception):
         return cls(400, "; ".join(parts), code=code, param=params[0] if params else None)
 
 
-def _param_of(message: str) -> str | None:
-    """The OpenAI parameter a job error's message names (``inputs.voice: ...``), if any."""
+def _param_of(message: str, code: str | None = None) -> str | None:
+    """The OpenAI parameter a job error is about: by its code, or the input its message names
+    (``inputs.voice: ...``); ``None`` when neither says."""
+    if code in _TTS_INPUT_CODES:
+        return _TTS_INPUT_CODES[code]
     found = re.match(r"^inputs\.([a-z_]+)", message)
     return _PARAM_OF_INPUT.get(found[1]) if found else None
 
 
+#: the codes of the tts pipeline's ``InvalidInput`` errors (``pipelines/tts/text.py``, ``checks.py``)
+#: -> the OpenAI parameter at fault
+_TTS_INPUT_CODES = {
+    "text_too_long": "input",
+    "empty_text": "input",
+    "unlabelled_speaker": "input",
+    "bad_speaker_label": "input",
+    "empty_turn": "input",
+    "too_many_speakers": "input",
+    "not_a_script": "input",
+    "unknown_speaker": "input",
+    "speaker_without_voice": "voice",
+    "unknown_voice": "voice",
+    "references_not_supported": "voice",
+}
+
+
 def _client_fault(code: str) -> bool:
     """Whether a job that failed while running failed on its inputs (``InvalidInput``)."""
-    return code.startswith(("invalid", "unsupported")) or code in ("too_large", "text_too_long")
+    return code.startswith(("invalid", "unsupported")) or code in _TTS_INPUT_CODES or code == "too_large"
 
 
 def error_of_job(job_id: str, job: JobDoc) -> OpenAIError:
@@ -268,7 +288,7 @@ def error_of_job(job_id: str, job: JobDoc) -> OpenAIError:
     if code in ("unknown_pipeline", "pipeline_unavailable"):
         return OpenAIError(503, f"text to speech is not available on this deployment: {message}", code=code)
     if status is JobStatus.REJECTED or _client_fault(code):
-        return OpenAIError(400, message, code=code, param=_param_of(message), retry=False)
+        return OpenAIError(400, message, code=code, param=_param_of(message, code), retry=False)
     return OpenAIError(500, f"the speech job {job_id} failed: {message}", code=code, retry=False)
 
 

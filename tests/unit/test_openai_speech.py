@@ -135,6 +135,7 @@ def job(status: JobStatus, code: str | None = None, message: str = "", **error: 
             "input",
         ),
         (job(JobStatus.FAILED, "invalid_input", "the reference does not decode"), 400, "invalid_input", None),
+        (job(JobStatus.FAILED, "unknown_voice", "inputs.voice: no voice 'x'"), 400, "unknown_voice", "voice"),
         (
             job(JobStatus.FAILED, "attempts_exhausted", "gave up after 5 attempts"),
             500,
