@@ -45,6 +45,8 @@ TEST_STACK_ENV = {
         }
     ),
     "LOG_LEVEL": "INFO",
+    # OpenAI's voice names on the speech route (api/openai_speech.py) -> the tts pipeline's voices.
+    "OPENAI_VOICES": json.dumps({"alloy": "joe", "nova": "joe-calm"}),
 }
 
 
@@ -78,7 +80,16 @@ def stack(
     config = StackConfig(
         state_dir=state,
         env=env,
-        enabled_pipelines=["transcribe", "inpaint", "edit", "video", "flaky", "flakyslow", "flakyparts"],
+        enabled_pipelines=[
+            "transcribe",
+            "inpaint",
+            "edit",
+            "video",
+            "tts",
+            "flaky",
+            "flakyslow",
+            "flakyparts",
+        ],
         schedule_interval_seconds=1.0,
     )
     with LocalStack(config, topology_with_flaky()) as running, pytest.MonkeyPatch.context() as mp:
