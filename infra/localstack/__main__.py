@@ -100,7 +100,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.localstack")
     sub = parser.add_subparsers(dest="command", required=True)
     u = sub.add_parser("up")
-    u.add_argument("--pipelines", default=os.environ.get("ENABLED_PIPELINES", "transcribe,inpaint,video"))
+    u.add_argument("--pipelines", default=os.environ.get("ENABLED_PIPELINES", "transcribe,inpaint,video,tts"))
     sub.add_parser("down")
     w = sub.add_parser("wait")
     w.add_argument("--timeout", type=float, default=240)

@@ -146,19 +146,35 @@ class Leveled:
 def normalize_loudness(audio: Audio, rate: int, target_lufs: float, ceiling_dbfs: float) -> Leveled:
     """Gain to ``target_lufs`` integrated loudness with peaks limited below ``ceiling_dbfs``.
 
-    Limiting lowers loudness a little, so gain and limiting repeat (a few rounds) until the
-    measured loudness is within 0.1 LU of the target or no more gain helps.
+    Limiting takes back some of the gain, the more the louder the target, so the gain is found
+    by a secant search on the limited result's loudness (a few measurements) until it is within
+    0.1 LU of the target, or as close as the ceiling allows.
     """
-    current = loudness(audio, rate)
-    if current <= SILENCE_LUFS:
-        return Leveled(audio, current, peak_dbfs(audio))
-    out = audio
+    start = loudness(audio, rate)
+    if start <= SILENCE_LUFS:
+        return Leveled(audio, start, peak_dbfs(audio))
+
+    def level(gain_db: float) -> tuple[Audio, float]:
+        out = limit_peaks((audio * 10 ** (gain_db / 20)).astype(np.float32), rate, ceiling_dbfs)
+        return out, loudness(out, rate)
+
+    gain = target_lufs - start
+    out, current = level(gain)
+    best = (abs(current - target_lufs), out, current)
+    previous: tuple[float, float] | None = None
     for _ in range(8):
-        gained = (out * 10 ** ((target_lufs - current) / 20)).astype(np.float32)
-        out = limit_peaks(gained, rate, ceiling_dbfs)
-        current = loudness(out, rate)
-        if abs(current - target_lufs) < 0.1:
+        if best[0] < 0.1:
             break
+        error = target_lufs - current
+        slope = 1.0
+        if previous is not None and gain != previous[0]:
+            slope = min(1.0, max(0.05, (current - previous[1]) / (gain - previous[0])))
+        previous = (gain, current)
+        gain = min(gain + error / slope, target_lufs - start + 40.0)
+        out, current = level(gain)
+        if abs(current - target_lufs) < best[0]:
+            best = (abs(current - target_lufs), out, current)
+    _, out, current = best
     return Leveled(out, current, peak_dbfs(out))
 
 

@@ -43,6 +43,8 @@ functions_config = {
 pipeline_config = {
   transcribe = { models = { MODEL_DIR = "/models/whisper" } }
   inpaint    = { needs_model = false, settings = { BACKEND = "opencv" } }
+  # Piper and its voice are Python packages in the image: no model files to bake in.
+  tts = { needs_model = false, settings = { BACKEND = "piper" } }
   video = {
     models   = { TRANSCRIBE__MODEL_DIR = "/models/whisper" }
     settings = { OCR_BACKEND = "vision" }

@@ -21,6 +21,16 @@ from pipelines.registry import catalog
 from tests.support.flaky import topology_with_flaky
 
 QUOTA_PIPELINE = "flakyslow"
+
+# The tts pipeline's voices on the test stack: the bundled Piper model without sampling noise (the
+# same text always gives the same audio, so transcripts cannot flake), and that voice recorded
+# very quiet and at full level, to show that loudness normalisation levels both.
+TTS_TEST_VOICES = {
+    "joe": {"noise_scale": 0.0, "noise_w_scale": 0.0},
+    "joe-calm": {"length_scale": 1.12, "noise_scale": 0.0, "noise_w_scale": 0.0},
+    "quiet": {"noise_scale": 0.0, "noise_w_scale": 0.0, "volume": 0.03},
+    "loud": {"noise_scale": 0.0, "noise_w_scale": 0.0, "volume": 1.0},
+}
 QUOTA_CAP = 3
 
 # Small enough to test "too large" with a real upload; lease short enough to test take-overs.
@@ -76,6 +86,7 @@ def stack(
         "PIPELINES__EDIT__DEVICE": "cpu",
         "PIPELINES__FLAKYPARTS__STATE_DIR": str(flaky_state),
         "PIPELINES__FLAKYSLOW__STATE_DIR": str(flaky_state),
+        "PIPELINES__TTS__VOICES": json.dumps(TTS_TEST_VOICES),
     }
     config = StackConfig(
         state_dir=state,

