@@ -10,11 +10,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import StreamingResponse
 
-from api import errors
+from api import errors, openai_speech
 from api.auth import Caller
 from api.events import job_events
 from api.models import Health, Job, JobCreate, JobPage, Problem, Results, Upload, UploadCreate
-from api.openai_speech import speech_router
 from api.service import (
     MAX_PAGE_SIZE,
     Api,
@@ -49,7 +48,7 @@ def create_app(api: Api) -> FastAPI:
             allow_origins=api.settings.api_cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
-            expose_headers=["Retry-After"],
+            expose_headers=["Retry-After", "X-Job-Id"],
             max_age=600,
         )
 
@@ -131,6 +130,7 @@ def create_app(api: Api) -> FastAPI:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    app.include_router(speech_router())
+    app.include_router(openai_speech.speech_router())
+    openai_speech.install(app)
 
     return app

@@ -17,15 +17,16 @@ import re
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import Caller, User
-from api.errors import ApiError
+from api.errors import ApiError, http_error
 from api.models import JobCreate
 from api.service import Api, create_job
 from core.contract import JobDoc, JobStatus, read_job
@@ -35,6 +36,8 @@ from infra.settings import OPENAI_VOICE_NAMES, VOICE_NAME, Settings
 log = logging.getLogger(__name__)
 
 SPEECH_PIPELINE = "tts"
+#: the OpenAI-compatible routes: every answer under it is OpenAI's shape
+OPENAI_PREFIX = "/v1/audio/"
 #: OpenAI's speech models; all of them are this deployment's one tts pipeline
 MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 MAX_INPUT_CHARS = 4096
@@ -316,6 +319,23 @@ class OpenAIRoute(APIRoute):
                 return OpenAIError(500, "internal error; try again", code="internal").response()
 
         return handle
+
+
+def install(app: FastAPI) -> None:
+    """Answer unknown routes and methods under ``/v1/audio/`` in OpenAI's shape too (after
+    ``api.errors.install``, whose handler still answers every other path)."""
+
+    async def _http(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, StarletteHTTPException) or not request.url.path.startswith(OPENAI_PREFIX):
+            return await http_error(request, exc)
+        where = f"{request.method} {request.url.path[:120]}"
+        if exc.status_code == 404:
+            return OpenAIError(
+                404, f"Invalid URL ({where}): this API speaks POST /v1/audio/speech only"
+            ).response()
+        return OpenAIError(exc.status_code, f"{where}: {exc.detail}").response()
+
+    app.add_exception_handler(StarletteHTTPException, _http)
 
 
 # -- waiting and answering -------------------------------------------------------------------------
