@@ -120,6 +120,21 @@ def test_raw_pcm_is_24_khz_16_bit_mono(oa: openai.OpenAI) -> None:
     assert len(audio) % 2 == 0 and 1.5 < seconds < 10.0
 
 
+def test_a_retry_with_the_same_idempotency_key_answers_from_the_same_job(
+    stack: LocalStack, oa: openai.OpenAI, alice: AuthUser
+) -> None:
+    key = {"Idempotency-Key": "greeting-1"}
+    first = oa.audio.speech.with_raw_response.create(
+        model="tts-1", voice="alloy", input=SENTENCE, extra_headers=key
+    )
+    again = oa.audio.speech.with_raw_response.create(
+        model="tts-1", voice="alloy", input=SENTENCE, extra_headers=key
+    )
+    assert again.headers["x-job-id"] == first.headers["x-job-id"]
+    assert again.parse().content == first.parse().content
+    assert len(my_jobs(stack.env["API_URL"], alice)) == 1
+
+
 # -- errors ------------------------------------------------------------------------------------------
 
 
@@ -156,6 +171,18 @@ def test_bad_requests_are_openai_bad_request_errors(
     assert says in error["message"], error
     # Refused before any job could run: nothing of the caller's is running or queued.
     assert all(j["status"] == "rejected" for j in my_jobs(stack.env["API_URL"], alice))
+
+
+def test_other_routes_and_methods_under_v1_audio_answer_in_openais_shape(
+    stack: LocalStack, alice: AuthUser
+) -> None:
+    api = stack.env["API_URL"]
+    wrong_method = httpx.get(f"{api}/v1/audio/speech", headers=alice.headers, timeout=30)
+    no_route = httpx.post(f"{api}/v1/audio/transcriptions", headers=alice.headers, json={}, timeout=30)
+    for resp, status in [(wrong_method, 405), (no_route, 404)]:
+        assert resp.status_code == status
+        assert set(resp.json()) == {"error"} and resp.json()["error"]["type"] == "invalid_request_error"
+    assert "POST /v1/audio/transcriptions" in no_route.json()["error"]["message"]
 
 
 def test_an_unknown_model_is_not_found(oa: openai.OpenAI) -> None:
