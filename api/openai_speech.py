@@ -223,7 +223,8 @@ class OpenAIError(Exception):
                 503, f"text to speech is not available on this deployment: {exc.message}", code=exc.code
             )
         status = 400 if exc.status == 422 else exc.status
-        return cls(status, exc.message, code=exc.code, param=_param_of(exc.message, exc.code))
+        message = _explained(exc.code, exc.message)
+        return cls(status, message, code=exc.code, param=_param_of(exc.message, exc.code))
 
     @classmethod
     def of_validation(cls, exc: RequestValidationError) -> OpenAIError:
@@ -272,6 +273,16 @@ _TTS_INPUT_CODES = {
 }
 
 
+def _explained(code: str, message: str) -> str:
+    """A job's refusal, with what it means for a caller who cannot send the job's other inputs."""
+    if code in ("speaker_without_voice", "not_a_script", "unknown_speaker"):
+        return (
+            f"{message} (the input reads as a 'Speaker N:' script; this endpoint speaks one voice: "
+            "send a script for several voices to POST /v1/jobs with 'voices')"
+        )
+    return message
+
+
 def _client_fault(code: str) -> bool:
     """Whether a job that failed while running failed on its inputs (``InvalidInput``)."""
     return code.startswith(("invalid", "unsupported")) or code in _TTS_INPUT_CODES or code == "too_large"
@@ -291,7 +302,8 @@ def error_of_job(job_id: str, job: JobDoc) -> OpenAIError:
     if code in ("unknown_pipeline", "pipeline_unavailable"):
         return OpenAIError(503, f"text to speech is not available on this deployment: {message}", code=code)
     if status is JobStatus.REJECTED or _client_fault(code):
-        return OpenAIError(400, message, code=code, param=_param_of(message, code), retry=False)
+        explained = _explained(code, message)
+        return OpenAIError(400, explained, code=code, param=_param_of(message, code), retry=False)
     return OpenAIError(500, f"the speech job {job_id} failed: {message}", code=code, retry=False)
 
 

@@ -148,6 +148,7 @@ def test_a_retry_with_the_same_idempotency_key_answers_from_the_same_job(
         ({"response_format": "ogg"}, "response_format", "'mp3', 'opus', 'aac', 'flac', 'wav' or 'pcm'"),
         ({"speed": 5.0}, "speed", "less than or equal to 4"),
         ({"speed": 0.2}, "speed", "greater than or equal to 0.25"),
+        ({"input": "Speaker 1: Hello.\nSpeaker 2: Hi there."}, "voice", "POST /v1/jobs"),
     ],
     ids=[
         "unknown-voice",
@@ -157,6 +158,7 @@ def test_a_retry_with_the_same_idempotency_key_answers_from_the_same_job(
         "bad-format",
         "too-fast",
         "too-slow",
+        "two-speaker-script",
     ],
 )
 def test_bad_requests_are_openai_bad_request_errors(

@@ -158,6 +158,13 @@ def test_a_job_that_ended_without_audio_is_an_openai_error(
         assert answer.response().headers["x-should-retry"] == "false"
 
 
+def test_a_script_for_several_voices_is_refused_saying_where_to_send_it() -> None:
+    refused = ApiError("speaker_without_voice", "Speaker 2 has no voice: add it to voices")
+    answer = OpenAIError.of_api_error(refused)
+    assert (answer.status, answer.param, answer.code) == (400, "voice", "speaker_without_voice")
+    assert answer.message.startswith("Speaker 2 has no voice") and "POST /v1/jobs" in answer.message
+
+
 def test_quota_refusals_are_429_with_retry_after() -> None:
     answer = OpenAIError.of_api_error(ApiError("quota_exceeded", "the limit is 3", retry_after=30)).response()
     assert answer.status_code == 429 and answer.headers["Retry-After"] == "30"
