@@ -106,7 +106,7 @@ class SpeechRequest(BaseModel):
         description="accepted and ignored: the voices here take no style prompt",
     )
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
-    speed: float = Field(1.0, ge=0.25, le=4.0)
+    speed: float = Field(1.0, ge=0.25, le=4.0, strict=True)
     stream_format: str | None = Field(None, description="only 'audio': the answer is the whole file")
 
     @field_validator("input")

@@ -95,6 +95,7 @@ def test_a_voice_that_cannot_be_a_name_is_refused_before_any_job() -> None:
         ({"speed": 4.5}, "speed", "decimal_above_max_value", "4"),
         ({"speed": 0.1}, "speed", "decimal_below_min_value", "0.25"),
         ({"speed": "fast"}, "speed", "invalid_type", "number"),
+        ({"speed": True}, "speed", "invalid_type", "number"),
         ({"voice": 7}, "voice", "invalid_value", "voice name"),
         ({"stream_format": "sse"}, "stream_format", "invalid_value", "not supported"),
         ({"instructions": "x" * 4097}, "instructions", "string_above_max_length", "4096"),
