@@ -75,6 +75,34 @@ def show(job_id: str, job: JobDoc, reference: str | None = None) -> None:
         )
 
 
+DIALOGUE = (
+    "Speaker 1: Good morning! Did the 3 reports reach the finance team before 9:30?\n"
+    "Speaker 2: They did. The last one arrived at 9:15, and Dr. Patel has already read it.\n"
+    "Speaker 1: Wonderful. Then we can close the quarter on Friday."
+)
+
+
+def tts_job(client: Client, uid: str, out_dir: Path) -> None:
+    """Speak a script with two voices, then print where the audio is: in Storage and locally."""
+    print("   " + DIALOGUE.replace("\n", "\n   "))
+    job_id = client.create_job(
+        uid,
+        "tts",
+        {"text": DIALOGUE, "voices": {"Speaker 1": "joe", "Speaker 2": "joe-calm"}, "format": "mp3"},
+    )
+    job = client.follow(job_id, ProgressBar(), timeout=300)
+    show(job_id, job)
+    if job.status is JobStatus.SUCCEEDED and job.outputs:
+        out = job.outputs
+        local = client.download(out["audio"], out_dir / "dialogue.mp3")
+        print(
+            f"   {out['duration_seconds']:.1f} s of {out['format']} at {out['sample_rate']} Hz in {out['chunks']} "
+            f"chunks, voices {', '.join(out['voices'])}; loudness {out['loudness_lufs']} LUFS, "
+            f"peak {out['peak_dbfs']} dBFS"
+        )
+        print(f"   audio: {out['audio']}\n   local copy: {local}")
+
+
 def web_demo(stack: LocalStack, image: Path, mask: Path, screenshot: Path) -> Path | None:
     """Drive the web client once, as a user would, and save a screenshot of the finished page."""
     from tests.support.firebase_auth import new_email
@@ -137,7 +165,7 @@ def main() -> int:
     stack = LocalStack(
         StackConfig(
             state_dir=REPO / ".local",
-            enabled_pipelines=["transcribe", "inpaint", "edit", "video"],
+            enabled_pipelines=["transcribe", "inpaint", "edit", "video", "tts"],
             env={
                 "PIPELINES__EDIT__MODEL_DIR": str(edit_model),
                 "PIPELINES__EDIT__DTYPE": "float32",
@@ -241,17 +269,20 @@ def main() -> int:
                 for name, part in sorted((job.parts or {}).items()):
                     print(f"   part {name}: {part.status}, {part.seconds} s")
 
-            banner("7. a bad request: another user's file -> rejected, with a reason")
+            banner("7. text to speech (Piper): a two-speaker script, loudness-normalised, as mp3")
+            tts_job(client, uid, out_dir)
+
+            banner("8. a bad request: another user's file -> rejected, with a reason")
             other = client.upload(files["reminder.wav"], "someone-else")
             job_id = client.create_job(uid, "transcribe", {"media": other})
             show(job_id, client.follow(job_id, timeout=60))
 
             banner(
-                "8. the web app, headless in chromium: sign up, upload, create with the SDK, watch, result"
+                "9. the web app, headless in chromium: sign up, upload, create with the SDK, watch, result"
             )
             screenshot = web_demo(stack, image_path, mask_path, out_dir / "web.png")
 
-            banner("9. a server with the user's ID token, over HTTP: create and wait, then the event stream")
+            banner("10. a server with the user's ID token, over HTTP: create and wait, then the event stream")
             api_demo(stack, files["reminder.wav"])
 
         banner(f"{uid}'s jobs")

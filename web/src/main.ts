@@ -141,7 +141,7 @@ async function main(): Promise<void> {
       await img.decode();
       show(img, true);
     }
-    const audio = files.find((f) => /\.(wav|mp3|m4a|ogg|flac)$/i.test(f.name));
+    const audio = files.find((f) => /\.(wav|mp3|m4a|ogg|opus|flac)$/i.test(f.name));
     const player = $<HTMLAudioElement>("player");
     if (audio) player.src = audio.url;
     else if (sourceUrl && job.pipeline === "transcribe") player.src = sourceUrl;
