@@ -76,7 +76,19 @@ def my_jobs(api_url: str, user: AuthUser) -> list[dict[str, Any]]:
 # -- audio -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("response_format", "codec"), [("mp3", "mp3"), ("wav", "pcm_s16le")])
+CONTENT_TYPES = {
+    "mp3": "audio/mpeg",
+    "wav": "audio/wav",
+    "opus": "audio/opus",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+}
+
+
+@pytest.mark.parametrize(
+    ("response_format", "codec"),
+    [("mp3", "mp3"), ("wav", "pcm_s16le"), ("opus", "opus"), ("aac", "aac"), ("flac", "flac")],
+)
 def test_the_openai_client_gets_playable_audio(
     stack: LocalStack,
     oa: openai.OpenAI,
@@ -90,7 +102,7 @@ def test_the_openai_client_gets_playable_audio(
         model="tts-1", voice="alloy", input=SENTENCE, response_format=response_format
     )
     assert raw.status_code == 200
-    assert raw.headers["content-type"] == {"mp3": "audio/mpeg", "wav": "audio/wav"}[response_format]
+    assert raw.headers["content-type"] == CONTENT_TYPES[response_format]
     path = tmp_path / f"speech.{response_format}"
     raw.parse().write_to_file(path)
     found = probe(path)
@@ -112,7 +124,12 @@ def test_the_openai_client_gets_playable_audio(
 
 def test_raw_pcm_is_24_khz_16_bit_mono(oa: openai.OpenAI) -> None:
     raw = oa.audio.speech.with_raw_response.create(
-        model="gpt-4o-mini-tts", voice="nova", input=SENTENCE, response_format="pcm", speed=1.25
+        model="gpt-4o-mini-tts",
+        voice="nova",
+        input=SENTENCE,
+        response_format="pcm",
+        speed=1.25,
+        instructions="Speak calmly.",  # accepted, and ignored
     )
     assert raw.headers["content-type"] == "audio/pcm"
     audio = raw.parse().content
