@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import StreamingResponse
 
-from api import errors
-from api.auth import User
+from api import errors, openai_speech
+from api.auth import Caller
 from api.events import job_events
 from api.models import Health, Job, JobCreate, JobPage, Problem, Results, Upload, UploadCreate
 from api.service import (
@@ -33,16 +33,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> User:
-    """The verified caller of a request (``api.auth``); 401 without a valid token."""
-    verifier = request.app.state.api.verifier
-    user: User = await run_in_threadpool(verifier.verify, authorization)
-    return user
-
-
-Caller = Annotated[User, Depends(caller)]
-
-
 def create_app(api: Api) -> FastAPI:
     app = FastAPI(
         title="gpu-jobs API",
@@ -58,7 +48,7 @@ def create_app(api: Api) -> FastAPI:
             allow_origins=api.settings.api_cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
-            expose_headers=["Retry-After"],
+            expose_headers=["Retry-After", "X-Job-Id"],
             max_age=600,
         )
 
@@ -139,5 +129,8 @@ def create_app(api: Api) -> FastAPI:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+    app.include_router(openai_speech.speech_router())
+    openai_speech.install(app)
 
     return app

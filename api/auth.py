@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import firebase_admin
+from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from firebase_admin import auth as firebase_auth
 from firebase_admin import credentials
 
@@ -108,6 +110,16 @@ class TokenVerifier:
 
     def close(self) -> None:
         firebase_admin.delete_app(self._app)
+
+
+async def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> User:
+    """The verified caller of a request; 401 without a valid token."""
+    verifier: TokenVerifier = request.app.state.api.verifier
+    return await run_in_threadpool(verifier.verify, authorization)
+
+
+#: a route's verified caller, as a parameter: ``user: Caller``
+Caller = Annotated[User, Depends(caller)]
 
 
 def _check_times(claims: dict[str, Any]) -> None:

@@ -78,7 +78,12 @@ def install(app: FastAPI) -> None:
         # The server still logs the traceback (Starlette re-raises after answering).
         return ApiError("internal", "internal error; try again", status=500).response()
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return ApiError(code, str(exc.detail), status=exc.status_code).response()
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own refusals (no such route, method not allowed) in the API's shape."""
+    status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
+    detail = exc.detail if isinstance(exc, StarletteHTTPException) else "internal error"
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+    return ApiError(code, str(detail), status=status).response()

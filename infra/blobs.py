@@ -97,6 +97,28 @@ class BlobStore:
                 return b""  # an empty object
         return data
 
+    def stream(self, uri: str, chunk_bytes: int = 4 * 2**20) -> tuple[ObjectInfo, Iterator[bytes]]:
+        """The object's metadata and its bytes as range reads of ``chunk_bytes``, all of the
+        generation seen first: a large file can be answered without holding it in memory.
+
+        Raises:
+            FileNotFoundError: the object does not exist (later: that generation was replaced).
+            RetryableError: Storage is unavailable.
+        """
+        info = self.stat(uri)
+        if info is None:
+            raise FileNotFoundError(uri)
+
+        def chunks() -> Iterator[bytes]:
+            for start in range(0, info.size, chunk_bytes):
+                with self._reading(uri, info.generation) as blob:
+                    data: bytes = blob.download_as_bytes(
+                        start=start, end=min(start + chunk_bytes, info.size) - 1
+                    )
+                yield data
+
+        return info, chunks()
+
     def download(self, uri: str, dest: Path, generation: str | None = None) -> Path:
         """Download ``uri`` (exactly ``generation`` when given) to ``dest``.
 

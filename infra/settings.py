@@ -14,6 +14,7 @@ enabled is resolved once per entry point by ``pipelines.registry.catalog(setting
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,26 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.quota import QuotaPolicy
+
+#: the voices OpenAI's speech API names; OPENAI_VOICES maps them to configured tts voices
+OPENAI_VOICE_NAMES = frozenset(
+    {
+        "alloy",
+        "ash",
+        "ballad",
+        "cedar",
+        "coral",
+        "echo",
+        "fable",
+        "marin",
+        "nova",
+        "onyx",
+        "sage",
+        "shimmer",
+        "verse",
+    }
+)
+VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class Batching(BaseModel):
@@ -145,6 +166,19 @@ class Settings(BaseSettings):
     sse_keepalive_seconds: float = Field(
         15.0, gt=0, description="comment lines that keep an idle stream open"
     )
+    # The OpenAI-compatible speech route (api/openai_speech.py).
+    openai_voices: dict[str, str] = Field(
+        default_factory=dict,
+        description='OpenAI voice name -> tts voice, e.g. OPENAI_VOICES=\'{"alloy": "joe"}\'; '
+        "an OpenAI voice not named here speaks with the tts pipeline's default voice",
+    )
+    openai_speech_timeout_seconds: float = Field(
+        240.0,
+        gt=0,
+        le=3600,
+        description="how long POST /v1/audio/speech waits for its job before answering 504 "
+        "(keep it below the API service's request timeout)",
+    )
 
     # The sweeper: what counts as stuck.
     stale_pending_seconds: float = Field(60.0, gt=0, description="pending this long: re-validate")
@@ -157,6 +191,21 @@ class Settings(BaseSettings):
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.lstrip().startswith("["):
             return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("openai_voices")
+    @classmethod
+    def _openai_voices(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, voice in value.items():
+            if name not in OPENAI_VOICE_NAMES:
+                raise ValueError(
+                    f"OPENAI_VOICES: {name[:40]!r} is not an OpenAI voice; use {', '.join(sorted(OPENAI_VOICE_NAMES))}"
+                )
+            if not VOICE_NAME.match(voice):
+                raise ValueError(
+                    f"OPENAI_VOICES: {name} -> {voice[:40]!r} is not a voice name "
+                    "(1-100 letters, digits, '.', '_' or '-')"
+                )
         return value
 
     @model_validator(mode="after")

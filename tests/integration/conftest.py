@@ -55,6 +55,8 @@ TEST_STACK_ENV = {
         }
     ),
     "LOG_LEVEL": "INFO",
+    # OpenAI's voice names on the speech route (api/openai_speech.py) -> the tts pipeline's voices.
+    "OPENAI_VOICES": json.dumps({"alloy": "joe", "nova": "joe-calm"}),
 }
 
 
