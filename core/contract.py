@@ -125,6 +125,9 @@ class Timings(_Doc):
     queue: float | None = Field(None, description="queued -> started")
     download: float | None = Field(None, description="fetching input files")
     load: float | None = Field(None, description="model load paid by this job")
+    model_wait: float | None = Field(
+        None, description="waiting for a model turn while other units ran on it (MODEL_CONCURRENCY)"
+    )
     inference: float | None = None
     write: float | None = Field(None, description="uploading results and committing")
     total: float | None = Field(None, description="created -> finished")

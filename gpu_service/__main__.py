@@ -66,7 +66,7 @@ def main() -> None:
         pipelines,
         JobStore(firestore_client(settings), settings.jobs_collection),
         BlobStore(storage_client(settings)),
-        ModelPool(pipelines, settings.batching),
+        ModelPool(pipelines, settings.batching, settings.model_concurrency),
         Bus(settings),
     )
     consumers = [

@@ -70,6 +70,7 @@ def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
             "capacity": capacity.stats(),
             "redriven": redriver.started_units,
             "batching": models.batch_stats(),
+            "model": models.gate.stats() if models.gate else None,
             # Plugins that were left out (import error, name clash): the others serve on.
             "broken_plugins": [
                 {"entry": b.entry, "distribution": b.distribution, "error": b.error}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, cast
@@ -13,7 +14,7 @@ from typing import Any, cast
 from pydantic import BaseModel
 
 from core.errors import PermanentError
-from core.spec import BatchingPipeline, Catalog, Pipeline, PipelineSpec, RunContext, RunResult
+from core.spec import BatchingPipeline, Catalog, Pipeline, PipelineSpec, ProgressFn, RunContext, RunResult
 from gpu_service.batching import Batcher
 from infra.settings import Batching
 
@@ -32,11 +33,64 @@ class Loaded:
     load_seconds: float
 
 
+class ModelGate:
+    """At most ``slots`` units on the model at once.
+
+    A unit holds one of the service's slots from its claim to its commit, but the model only
+    for its run: with fewer model turns than slots, the claims, downloads, uploads and commits
+    of some units overlap the model work of others, and the GPU does not wait on Firestore.
+    """
+
+    POLL_SECONDS = 0.5
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self._free = threading.Semaphore(slots)
+        self._lock = threading.Lock()
+        self.running = 0
+        self.busy_seconds = 0.0  # model time summed over units, for the busy fraction
+        self.started = time.monotonic()
+
+    @contextmanager
+    def turn(self, report: ProgressFn) -> Iterator[float]:
+        """Hold a model turn; yields the seconds waited for it. While waiting, ``report`` is
+        called every half second: the lease stays alive and a cancel ends the wait."""
+        start = time.perf_counter()
+        while not self._free.acquire(timeout=self.POLL_SECONDS):
+            report(0.0, "waiting for the model")
+        waited = time.perf_counter() - start
+        with self._lock:
+            self.running += 1
+        began = time.perf_counter()
+        try:
+            yield waited
+        finally:
+            with self._lock:
+                self.running -= 1
+                self.busy_seconds += time.perf_counter() - began
+            self._free.release()
+
+    def stats(self) -> dict[str, float]:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return {
+            "slots": self.slots,
+            "running": self.running,
+            "busy_fraction": round(self.busy_seconds / (elapsed * self.slots), 3),
+        }
+
+
 class ModelPool:
     """Loads the catalog's pipelines lazily or at start-up, at most once each, thread-safely."""
 
-    def __init__(self, catalog: Catalog, batching: Mapping[str, Batching] | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        batching: Mapping[str, Batching] | None = None,
+        model_concurrency: int | None = None,
+    ) -> None:
         self._catalog = catalog
+        #: set when fewer units may be on the model than run at once (MODEL_CONCURRENCY)
+        self.gate = ModelGate(model_concurrency) if model_concurrency else None
         self._batching = dict(batching or {})
         self._batchers: dict[str, Batcher] = {}
         self._loaded: dict[str, Loaded] = {}
@@ -113,6 +167,20 @@ class ModelPool:
         if batcher is None:
             return pipeline.run(inputs, ctx)
         return batcher.submit(inputs, ctx)
+
+    @contextmanager
+    def model_turn(self, spec: PipelineSpec, report: ProgressFn) -> Iterator[float | None]:
+        """Around one unit's model work: waits for a model turn when the gate is set; yields the
+        seconds waited (None: no gate). A batching pipeline's jobs pass freely: they must all be
+        running to meet in one batch, and the batch is one model call."""
+        if self.gate is None or spec.name in self._batching_names():
+            yield None
+            return
+        with self.gate.turn(report) as waited:
+            yield waited
+
+    def _batching_names(self) -> set[str]:
+        return {name for name, b in self._batching.items() if b.max_batch >= 2}
 
     def _batcher(self, name: str, pipeline: Pipeline) -> Batcher | None:
         settings = self._batching.get(name)

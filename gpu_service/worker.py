@@ -210,9 +210,12 @@ class Worker:
         out_dir = workdir / "out"
         out_dir.mkdir()
         ctx = RunContext(job_id=attempt.ref.job_id, workdir=out_dir, files=files, progress=beat.report)
-        t1 = time.perf_counter()
-        result = call(ctx)
-        attempt.timings["inference"] = time.perf_counter() - t1
+        with self.pool.model_turn(attempt.spec, beat.report) as waited:
+            t1 = time.perf_counter()
+            result = call(ctx)
+            attempt.timings["inference"] = time.perf_counter() - t1
+        if waited is not None:
+            attempt.timings["model_wait"] = waited
         beat.check()  # a cancel or lease loss during the last stretch still counts
         return result
 

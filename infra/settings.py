@@ -92,6 +92,15 @@ class Settings(BaseSettings):
     port: int = 8080
     worker_id: str = Field("", description="lease owner name; defaults to host:pid")
     max_concurrent_jobs: int = Field(1, ge=1, description="units of work run at once per instance")
+    model_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "units on the model at once (default: MAX_CONCURRENT_JOBS); set it below "
+            "MAX_CONCURRENT_JOBS so that claims, downloads, uploads and commits of some units "
+            "overlap the model work of others"
+        ),
+    )
     pipeline_slots: dict[str, int] = Field(
         default_factory=dict, description="optional per-pipeline caps within max_concurrent_jobs"
     )
@@ -207,6 +216,15 @@ class Settings(BaseSettings):
                     "(1-100 letters, digits, '.', '_' or '-')"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _model_fits_the_slots(self) -> Settings:
+        if self.model_concurrency is not None and self.model_concurrency > self.max_concurrent_jobs:
+            raise ValueError(
+                f"MODEL_CONCURRENCY {self.model_concurrency} is larger than MAX_CONCURRENT_JOBS "
+                f"{self.max_concurrent_jobs}: at most MAX_CONCURRENT_JOBS units are ever running"
+            )
+        return self
 
     @model_validator(mode="after")
     def _batches_fit_the_slots(self) -> Settings:

@@ -169,3 +169,104 @@ def test_a_worker_whose_lease_ran_out_unrenewed_stops_at_its_next_checkpoint() -
     time.sleep(0.5)
     with pytest.raises(LeaseLost, match="ran out"):
         beat.report(0.2, "working")
+
+
+# -- model turns: fewer units on the model than in flight -------------------------------------
+
+
+def _stand_spec(name: str) -> object:
+    from core.spec import PipelineModel, PipelineSpec
+
+    return PipelineSpec(
+        name=name, inputs=PipelineModel, outputs=PipelineModel, config=PipelineModel, loader="x:load"
+    )
+
+
+def test_with_fewer_model_turns_than_slots_units_take_turns_on_the_model_and_say_how_long_they_waited() -> (
+    None
+):
+    from core.spec import Catalog
+    from gpu_service.pool import ModelPool
+
+    pool = ModelPool(Catalog(specs={}), model_concurrency=1)
+    spec = _stand_spec("p")
+    on_model: list[int] = []
+    waits: list[float] = []
+    stages: list[str] = []
+    lock = threading.Lock()
+    inside = 0
+
+    def unit() -> None:
+        nonlocal inside
+        with pool.model_turn(spec, lambda fraction, stage: stages.append(stage)) as waited:  # type: ignore[arg-type]
+            with lock:
+                inside += 1
+                on_model.append(inside)
+            time.sleep(0.6)
+            with lock:
+                inside -= 1
+        assert waited is not None
+        waits.append(waited)
+
+    threads = [threading.Thread(target=unit) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert max(on_model) == 1  # never two on the model
+    assert sorted(waits)[0] < 0.3 and sorted(waits)[-1] >= 1.0  # the last waited for two runs
+    assert "waiting for the model" in stages  # the job document says why it is not moving
+    assert pool.gate is not None and pool.gate.running == 0
+    assert 0.0 < pool.gate.stats()["busy_fraction"] <= 1.0
+
+
+def test_a_unit_cancelled_while_waiting_for_the_model_leaves_without_taking_a_turn() -> None:
+    from core.errors import Cancelled
+    from core.spec import Catalog
+    from gpu_service.pool import ModelPool
+
+    pool = ModelPool(Catalog(specs={}), model_concurrency=1)
+    spec = _stand_spec("p")
+    holder_in, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with pool.model_turn(spec, lambda f, s: None):  # type: ignore[arg-type]
+            holder_in.set()
+            release.wait(5)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    holder_in.wait(5)
+
+    def cancelled(fraction: float, stage: str) -> None:
+        raise Cancelled("the client cancelled the job")
+
+    with pytest.raises(Cancelled), pool.model_turn(spec, cancelled):  # type: ignore[arg-type]
+        pytest.fail("a cancelled unit must not reach the model")
+    release.set()
+    t.join()
+    # No turn leaked: the next unit gets the model at once.
+    with pool.model_turn(spec, lambda f, s: None) as waited:  # type: ignore[arg-type]
+        assert waited is not None and waited < 0.3
+
+
+def test_batching_pipelines_pass_the_model_gate_so_their_batches_can_form() -> None:
+    from core.spec import Catalog
+    from gpu_service.pool import ModelPool
+    from infra.settings import Batching
+
+    pool = ModelPool(Catalog(specs={}), {"b": Batching(max_batch=4, max_wait_ms=10)}, model_concurrency=1)
+    with pool.model_turn(_stand_spec("b"), lambda f, s: None) as waited:  # type: ignore[arg-type]
+        assert waited is None
+        with pool.model_turn(_stand_spec("b"), lambda f, s: None) as again:  # type: ignore[arg-type]
+            assert again is None
+
+
+def test_more_model_turns_than_slots_is_refused_with_the_reason() -> None:
+    from pydantic import ValidationError
+
+    from infra.settings import Settings
+
+    with pytest.raises(ValidationError, match="MODEL_CONCURRENCY 3 is larger than MAX_CONCURRENT_JOBS 2"):
+        Settings(max_concurrent_jobs=2, model_concurrency=3)
+    assert Settings(max_concurrent_jobs=6, model_concurrency=2).model_concurrency == 2
