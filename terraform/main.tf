@@ -346,6 +346,9 @@ module "gpu_service" {
         PUSH_AUDIENCE        = local.push_audience
         PUSH_SERVICE_ACCOUNT = local.sa_email.push_invoker
       },
+      var.gpu_service_config.model_concurrency == null ? {} : {
+        MODEL_CONCURRENCY = tostring(var.gpu_service_config.model_concurrency)
+      },
       var.gpu_service_config.env,
     )
   }

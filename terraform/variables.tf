@@ -147,7 +147,9 @@ variable "gpu_quota" {
 variable "gpu_service_config" {
   description = <<-EOT
     The GPU Cloud Run service. concurrency is max_instance_request_concurrency and also the
-    service's MAX_CONCURRENT_JOBS (1 = one job per GPU). timeout_seconds = null uses the largest
+    service's MAX_CONCURRENT_JOBS (1 = one job per GPU). model_concurrency (MODEL_CONCURRENCY, at most
+    concurrency) caps the units on the model at once, so that with concurrency above it one unit's
+    claim, downloads, upload and commit overlap another's model work. timeout_seconds = null uses the largest
     push ack deadline in topology.yaml (the push ack deadline doubles as the request timeout).
     max_instances = null takes gpu_quota - 1 (less the worker pool's instances), leaving one GPU
     for the new revision during a redeploy. models_bucket mounts a Cloud Storage bucket read-only
@@ -172,6 +174,7 @@ variable "gpu_service_config" {
     max_instances                 = optional(number)
     memory                        = optional(string, "32Gi")
     min_instances                 = optional(number, 0)
+    model_concurrency             = optional(number)
     models_bucket                 = optional(string)
     name                          = optional(string, "gpu-service")
     startup_probe = optional(object({
@@ -185,6 +188,10 @@ variable "gpu_service_config" {
   })
   nullable = false
   default  = {}
+  validation {
+    condition     = var.gpu_service_config.model_concurrency == null || try(var.gpu_service_config.model_concurrency >= 1 && var.gpu_service_config.model_concurrency <= var.gpu_service_config.concurrency && floor(var.gpu_service_config.model_concurrency) == var.gpu_service_config.model_concurrency, false)
+    error_message = "gpu_service_config.model_concurrency must be a whole number from 1 to gpu_service_config.concurrency (units on the model at once, among those in flight)."
+  }
   validation {
     condition     = var.gpu_service_config.adapters == null || can(regex("^/[A-Za-z0-9_./-]+$", var.gpu_service_config.adapters.mount_path)) && !contains(["/", "/models"], try(var.gpu_service_config.adapters.mount_path, ""))
     error_message = "gpu_service_config.adapters.mount_path must be an absolute directory other than / and /models, e.g. /adapters."
