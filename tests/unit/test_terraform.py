@@ -1757,10 +1757,14 @@ def test_adapters_come_from_a_mounted_bucket(tmp_path: Path, monkeypatch: pytest
 def test_model_concurrency_reaches_the_service_within_its_slots(tmp_path: Path) -> None:
     (tmp_path / "ok").mkdir()
     (tmp_path / "bad").mkdir()
-    plan = plan_root(tmp_path / "ok", None, "-var=gpu_service_config={ concurrency = 6, model_concurrency = 2 }")
+    plan = plan_root(
+        tmp_path / "ok", None, "-var=gpu_service_config={ concurrency = 6, model_concurrency = 2 }"
+    )
     env = plan["inputs_gpu_service"]["config"]["env"]
     assert (env["MAX_CONCURRENT_JOBS"], env["MODEL_CONCURRENCY"]) == ("6", "2")
-    error = _plan_error(tmp_path / "bad", "-var=gpu_service_config={ concurrency = 2, model_concurrency = 3 }")
+    error = _plan_error(
+        tmp_path / "bad", "-var=gpu_service_config={ concurrency = 2, model_concurrency = 3 }"
+    )
     assert "model_concurrency must be a whole number from 1 to gpu_service_config.concurrency" in error
 
 
