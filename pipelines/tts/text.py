@@ -298,11 +298,25 @@ def assign_voices(
         for label, name in zip(script.labels, names, strict=True):
             if label in cloned:
                 continue
-            if name not in known:
+            if name in known:
+                continue
+            speaker = label or "Speaker 1"
+            if not known:
                 raise InvalidInput(
-                    f"unknown voice {shown(name, 60)}; the configured voices are: {', '.join(sorted(known))}",
-                    code="unknown_voice",
+                    f"{speaker} has no voice: this deployment has no configured voices, so give a "
+                    f"reference recording for it in references",
+                    code="speaker_without_voice",
                 )
+            if name == default_voice and voices.get(speaker) != name and voice != name:
+                raise InvalidInput(
+                    f"{speaker} has no voice and the default voice {shown(name, 60)} is not configured; "
+                    f"name one of {', '.join(sorted(known))} in voice/voices, or give a reference",
+                    code="speaker_without_voice",
+                )
+            raise InvalidInput(
+                f"unknown voice {shown(name, 60)}; the configured voices are: {', '.join(sorted(known))}",
+                code="unknown_voice",
+            )
     return names
 
 

@@ -19,7 +19,7 @@ from core.errors import Cancelled, InvalidInput
 from core.spec import RunContext, RunResult
 from pipelines.tts import PiperVoiceConfig, TtsConfig, TtsInputs
 from pipelines.tts.audio import crossfade, decode, join, loudness, normalize_loudness, peak_dbfs
-from pipelines.tts.backend import Audio, Chunk, ChunkDone, Voice
+from pipelines.tts.backend import Audio, ChunkRequest
 from pipelines.tts.pipeline import TtsPipeline, load
 from pipelines.tts.piper_backend import PiperBackend
 from tests.support.speech import probe
@@ -43,17 +43,9 @@ class CountingPiper(PiperBackend):
 
     spoken = 0
 
-    def synthesize(
-        self,
-        chunks: Sequence[Chunk],
-        voices: Sequence[Voice],
-        *,
-        speed: float,
-        seed: int,
-        on_chunk: ChunkDone,
-    ) -> list[Audio]:
-        self.spoken += len(chunks)
-        return super().synthesize(chunks, voices, speed=speed, seed=seed, on_chunk=on_chunk)
+    def speak_chunks(self, requests: Sequence[ChunkRequest]) -> list[Audio]:
+        self.spoken += len(requests)
+        return super().speak_chunks(requests)
 
 
 @functools.cache
