@@ -230,3 +230,21 @@ def test_duration_and_chunks_are_reported(tmp_path: Path) -> None:
     out = result.outputs
     assert out.chunks == 4 and out.backend == "piper" and out.voices == ["joe"]
     assert 4.0 < out.duration_seconds < 20.0 and math.isfinite(out.loudness_lufs)
+
+
+def test_piper_batch_speaks_each_job_as_alone_and_a_bad_job_fails_alone(tmp_path: Path) -> None:
+    tts = pipeline(45)
+    assert tts.backend.max_batch_chunks == 1  # Piper speaks one chunk per call: batching groups jobs
+
+    def item(name: str, **inputs: Any) -> tuple[TtsInputs, RunContext]:
+        (tmp_path / name).mkdir(exist_ok=True)
+        ctx = RunContext(job_id=name, workdir=tmp_path / name, progress=lambda f, s: None)
+        return TtsInputs(format="wav", **inputs), ctx
+
+    good = {"text": SENTENCES, "speed": 1.2, "loudness": -20.0}
+    ok, bad = tts.run_batch([item("ok", **good), item("bad", text="Hi.", voice="nobody")])
+    assert isinstance(bad, InvalidInput) and "nobody" in str(bad)
+    assert isinstance(ok, RunResult) and ok.outputs.chunks == 4
+    alone = tts.run(*item("alone", **good))
+    together = decode(Path(ok.files["speech.wav"]), "wav", 22050)
+    np.testing.assert_array_equal(together, decode(Path(alone.files["speech.wav"]), "wav", 22050))
