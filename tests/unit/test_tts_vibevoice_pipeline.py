@@ -287,3 +287,27 @@ def test_batch_key_lets_every_job_of_the_backend_share_calls(tts: TtsPipeline) -
     one = TtsInputs(text="Hi.", seed=1, speed=2.0)
     other = TtsInputs(text="Speaker 1: Bye.", voices={"Speaker 1": "x"}, format="opus")
     assert tts.batch_key(one) == tts.batch_key(other) == "vibevoice"
+
+
+def test_jobs_submitted_together_to_the_service_batcher_share_one_batch(
+    tts: TtsPipeline, refs: dict[str, Path], tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpu_service.batching import Batcher
+
+    batcher = Batcher("tts", tts, max_batch=3, max_wait_ms=2000)
+    items = [
+        job(tmp_path, "one", refs, text="Hello there.", references={"Speaker 1": "alice"}, seed=1),
+        job(tmp_path, "two", refs, text="Speaker 1: Hi.\nSpeaker 2: Bye.",
+            references={"Speaker 1": "bob", "Speaker 2": "alice"}, seed=2),
+        job(tmp_path, "three", refs, text="Hello.", references={"Speaker 1": "bad"}),
+    ]  # fmt: skip
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(batcher.submit, inputs, ctx) for inputs, ctx in items]
+        one, two = (f.result(timeout=120) for f in futures[:2])
+        with pytest.raises(InvalidInput, match="Speaker 1 could not be read"):
+            futures[2].result(timeout=120)
+    assert batcher.stats.batches == 1 and batcher.stats.jobs == 3
+    assert one.outputs.voices == ["Speaker 1"] and two.outputs.voices == ["Speaker 1", "Speaker 2"]
+    assert one.metadata["batch_jobs"] == two.metadata["batch_jobs"] == 2
