@@ -55,6 +55,28 @@ class Voice:
 
     name: str
     reference: Path | None = None
+    label: str | None = None
+    """The speaker's label in the job's text (``Speaker 3``), for messages; None: numbered from 1."""
+
+
+@dataclass(frozen=True)
+class ChunkRequest:
+    """One chunk of one job with that job's settings, so chunks of several jobs can share a call.
+
+    ``voices`` are the job's voices (``chunk``'s turns index them), already checked with
+    :meth:`SpeechBackend.check_voices`; ``seed`` is the chunk's own (:func:`chunk_seed`), so its
+    audio does not depend on the chunks it is batched with.
+    """
+
+    chunk: Chunk
+    voices: tuple[Voice, ...]
+    speed: float
+    seed: int
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    """A chunk's own seed: the same job seed and chunk index always give the same stream."""
+    return int(np.random.SeedSequence([seed % 2**64, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 ChunkDone = Callable[[int], None]
@@ -92,4 +114,10 @@ class SpeechBackend(Protocol):
         on_chunk: ChunkDone,
     ) -> list[Audio]:
         """One array per chunk, in order. Calls ``on_chunk`` as chunks finish (between batches)."""
+        ...
+
+    def speak_chunks(self, requests: Sequence[ChunkRequest]) -> list[Audio]:
+        """One array per request, in order: at most ``max_batch_chunks`` requests, possibly of
+        several jobs, in one model call (a backend without batching speaks them one by one).
+        Each array is what the same request gives alone."""
         ...

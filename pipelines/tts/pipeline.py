@@ -4,7 +4,8 @@
    :class:`~core.errors.InvalidInput` about the text, speakers and voices happens here, and the
    backend checks the voices, before any model work;
 2. split the turns into chunks of at most the backend's ``max_chunk_chars``;
-3. speak them in batches of ``max_batch_chunks``, reporting progress after every chunk (the
+3. speak them in batches of ``max_batch_chunks`` (chunks of several jobs share a batch under
+   :meth:`TtsPipeline.run_batch`), reporting progress before and after every model call (the
    progress call is also where a cancel stops the job, between chunks);
 4. join the chunks with short silences and equal-power fades, resample to the requested rate,
    normalise loudness (BS.1770) with peaks limited, encode with ffmpeg;
@@ -16,10 +17,13 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import deque
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, PermanentError
 from core.spec import RunContext, RunResult
 from pipelines.tts import TtsConfig, TtsInputs, TtsOutputs
 from pipelines.tts.audio import (
@@ -33,7 +37,7 @@ from pipelines.tts.audio import (
     resample,
 )
 from pipelines.tts.audio import peak_dbfs as measure_peak
-from pipelines.tts.backend import Audio, Chunk, SpeechBackend, Turn, Voice
+from pipelines.tts.backend import Audio, Chunk, ChunkRequest, SpeechBackend, Turn, Voice, chunk_seed
 from pipelines.tts.checks import prepare
 from pipelines.tts.text import chunk_turns
 
@@ -43,43 +47,185 @@ log = logging.getLogger(__name__)
 _SPEAK_FROM, _SPEAK_TO = 0.05, 0.9
 
 
+@dataclass
+class _Job:
+    """One job on its way through :meth:`TtsPipeline._speak`: checked, chunked, then spoken."""
+
+    inputs: TtsInputs
+    ctx: RunContext
+    voices: tuple[Voice, ...]
+    voice_names: list[str]
+    chunks: list[Chunk]
+    seed: int
+    started: float
+    timings: dict[str, float]
+    pieces: list[Audio | None] = field(default_factory=list)
+    error: Exception | None = None
+
+    @property
+    def spoken(self) -> int:
+        return sum(piece is not None for piece in self.pieces)
+
+
+def _distinct(jobs: Iterable[_Job]) -> list[_Job]:
+    return list({id(job): job for job in jobs}.values())
+
+
 class TtsPipeline:
-    """Loaded once per process (the backend's model with it); :meth:`run` per job."""
+    """Loaded once per process (the backend's model with it); :meth:`run` per job, or
+    :meth:`run_batch` for jobs that arrived together (their chunks share model calls)."""
 
     def __init__(self, config: TtsConfig, backend: SpeechBackend) -> None:
         self.config = config
         self.backend = backend
 
     def run(self, inputs: TtsInputs, ctx: RunContext) -> RunResult[TtsOutputs]:
+        job = self._plan(inputs, ctx)
+        self._speak([job])
+        if job.error is not None:
+            raise job.error
+        return self._finish(job, batch_jobs=1)
+
+    # -- batching across jobs (gpu_service/batching.py) -------------------------------------------
+
+    def batch_key(self, inputs: Any) -> Hashable:
+        """Every job of this process may share calls: the backend is the same, and each chunk
+        carries its own job's voices, speed and seed."""
+        return self.backend.name
+
+    def run_batch(self, items: Sequence[tuple[Any, RunContext]]) -> list[RunResult[Any] | Exception]:
+        """Several jobs, their chunks spoken together ``max_batch_chunks`` at a time (Piper: one by
+        one). Each job gets the audio :meth:`run` gives it alone; a bad input, a failing chunk or a
+        cancel ends only its own job."""
+        results: list[RunResult[Any] | Exception] = [PermanentError("not run")] * len(items)
+        planned: list[tuple[int, _Job]] = []
+        for index, (inputs, ctx) in enumerate(items):
+            try:
+                planned.append((index, self._plan(inputs, ctx)))
+            except Exception as exc:  # this job's text or voices, not its batch-mates'
+                results[index] = exc
+        self._speak([job for _, job in planned])
+        for index, job in planned:
+            try:
+                if job.error is not None:
+                    raise job.error
+                results[index] = self._finish(job, batch_jobs=len(planned))
+            except Exception as exc:
+                results[index] = exc
+        return results
+
+    # -- the steps of a job ------------------------------------------------------------------------
+
+    def _plan(self, inputs: TtsInputs | dict[str, Any], ctx: RunContext) -> _Job:
+        """Check the text and voices and cut the chunks: every user error before any model work."""
         if not isinstance(inputs, TtsInputs):
             inputs = TtsInputs.model_validate(inputs)
         t0 = time.perf_counter()
-        timings: dict[str, float] = {}
         ctx.progress(0.0, "checking text")
         prepared = prepare(inputs, self.config, self.backend.voice_names())
-        voices = [
-            Voice(name=name, reference=self._reference(ctx, prepared.references.get(i)))
-            for i, name in enumerate(prepared.voice_names)
-        ]
+        voices = tuple(
+            Voice(name=name, reference=self._reference(ctx, prepared.references.get(i)), label=label)
+            for i, (name, label) in enumerate(zip(prepared.voice_names, prepared.script.labels, strict=True))
+        )
         self.backend.check_voices(voices)
-        rate = self.backend.sample_rate
-        target_rate = inputs.sample_rate or rate
         chunks = [
             Chunk(turns=tuple(Turn(speaker, text) for speaker, text in chunk))
             for chunk in chunk_turns(
                 prepared.script.turns, self.backend.max_chunk_chars, multi_speaker=self.backend.multi_speaker
             )
         ]
-        timings["checks"] = time.perf_counter() - t0
         log.info(
             "tts job %s: %d chars, %d speakers, %d chunks, backend %s",
             ctx.job_id, len(inputs.text), len(voices), len(chunks), self.backend.name,
         )  # fmt: skip
+        return _Job(
+            inputs=inputs,
+            ctx=ctx,
+            voices=voices,
+            voice_names=list(prepared.voice_names),
+            chunks=chunks,
+            seed=inputs.seed if inputs.seed is not None else secrets.randbelow(2**32),
+            started=t0,
+            timings={"checks": time.perf_counter() - t0, "inference": 0.0},
+            pieces=[None] * len(chunks),
+        )
 
-        t1 = time.perf_counter()
-        pieces = self._speak(chunks, voices, inputs, ctx)
-        timings["inference"] = time.perf_counter() - t1
+    def _speak(self, jobs: list[_Job]) -> None:
+        """Speak every job's chunks, up to ``max_batch_chunks`` (of any jobs) per call.
 
+        Progress goes to each job before and after every call that holds its chunks; a job whose
+        progress call raises (a cancel) drops out there, between chunks. Failures land on
+        ``job.error``.
+        """
+        queue = deque((job, i) for job in jobs for i in range(len(job.chunks)))
+        size = max(1, self.backend.max_batch_chunks)
+        while queue:
+            part: list[tuple[_Job, int]] = []
+            while queue and len(part) < size:
+                job, i = queue.popleft()
+                if job.error is None:
+                    part.append((job, i))
+            for job in _distinct(j for j, _ in part):
+                self._report(job)  # a cancel stops the job here, before the next model call
+            part = [(job, i) for job, i in part if job.error is None]
+            if not part:
+                continue
+            t1 = time.perf_counter()
+            spoken = self._speak_part(part)
+            seconds = time.perf_counter() - t1
+            for (job, i), audio in zip(part, spoken, strict=True):
+                if audio is not None:
+                    job.pieces[i] = audio
+            for job in _distinct(j for j, _ in part):
+                job.timings["inference"] += seconds
+                self._report(job)
+
+    def _speak_part(self, part: list[tuple[_Job, int]]) -> list[Audio | None]:
+        """One call's chunks; if it fails and holds several jobs, each job's chunks alone, so the
+        failure ends only the job it belongs to (each chunk's audio is the same either way)."""
+        requests = [
+            ChunkRequest(job.chunks[i], job.voices, job.inputs.speed, chunk_seed(job.seed, i))
+            for job, i in part
+        ]
+        jobs = _distinct(job for job, _ in part)
+        try:
+            return list(self.backend.speak_chunks(requests))
+        except Exception as exc:
+            if len(jobs) == 1:
+                jobs[0].error = exc
+                return [None] * len(part)
+            log.warning(
+                "a tts batch of %d jobs failed (%s); speaking each job alone", len(jobs), type(exc).__name__
+            )
+        out: list[Audio | None] = [None] * len(part)
+        for job in jobs:
+            mine = [n for n, (j, _) in enumerate(part) if j is job]
+            try:
+                audio = self.backend.speak_chunks([requests[n] for n in mine])
+            except Exception as exc:
+                job.error = exc
+                continue
+            for n, samples in zip(mine, audio, strict=True):
+                out[n] = samples
+        return out
+
+    @staticmethod
+    def _report(job: _Job) -> None:
+        done, total = job.spoken, len(job.chunks)
+        try:
+            job.ctx.progress(
+                _SPEAK_FROM + (_SPEAK_TO - _SPEAK_FROM) * done / total, f"spoken {done}/{total} chunks"
+            )
+        except Exception as exc:  # a cancel or a lost lease stops this job only
+            job.error = exc
+
+    def _finish(self, job: _Job, *, batch_jobs: int) -> RunResult[TtsOutputs]:
+        """Join, level, encode and measure one job's spoken chunks."""
+        inputs, ctx, timings = job.inputs, job.ctx, job.timings
+        pieces = [piece for piece in job.pieces if piece is not None]
+        assert len(pieces) == len(job.chunks)
+        rate = self.backend.sample_rate
+        target_rate = inputs.sample_rate or rate
         t2 = time.perf_counter()
         ctx.progress(_SPEAK_TO, "joining and encoding")
         audio = join(
@@ -102,7 +248,7 @@ class TtsPipeline:
                 leveled.audio, target_rate, leveled.loudness_lufs + miss, self.config.peak_limit_dbfs
             )
         timings["encode"] = time.perf_counter() - t2
-        timings["total"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - job.started
 
         key = ENCODINGS[inputs.format][0]
         duration = len(leveled.audio) / target_rate
@@ -112,38 +258,17 @@ class TtsPipeline:
             format=inputs.format,
             loudness_lufs=round(loudness(written, played_rate), 2),
             peak_dbfs=round(measure_peak(written), 2),
-            chunks=len(chunks),
+            chunks=len(job.chunks),
             backend=self.backend.name,
-            voices=list(prepared.voice_names),
+            voices=job.voice_names,
         )
         metadata: dict[str, Any] = {
             "backend": self.backend.name,
+            "batch_jobs": batch_jobs,
             "timings": {k: round(v, 4) for k, v in timings.items()},
             "real_time_factor": round(timings["inference"] / duration, 4) if duration else None,
         }
         return RunResult(outputs=outputs, files={key: path}, metadata=metadata, uri_fields={"audio": key})
-
-    def _speak(
-        self, chunks: list[Chunk], voices: list[Voice], inputs: TtsInputs, ctx: RunContext
-    ) -> list[Audio]:
-        seed = inputs.seed if inputs.seed is not None else secrets.randbelow(2**32)
-        total = len(chunks)
-        batch = max(1, self.backend.max_batch_chunks)
-        pieces: list[Audio] = []
-
-        def report(done: int) -> None:
-            spoken = len(pieces) + done
-            ctx.progress(
-                _SPEAK_FROM + (_SPEAK_TO - _SPEAK_FROM) * spoken / total, f"spoken {spoken}/{total} chunks"
-            )
-
-        for start in range(0, total, batch):
-            report(0)  # a cancel between chunks stops here, before the next model call
-            part = chunks[start : start + batch]
-            pieces.extend(
-                self.backend.synthesize(part, voices, speed=inputs.speed, seed=seed, on_chunk=report)
-            )
-        return pieces
 
     @staticmethod
     def _reference(ctx: RunContext, label: str | None) -> Path | None:

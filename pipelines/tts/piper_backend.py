@@ -23,7 +23,7 @@ import numpy as np
 from core.errors import InvalidInput
 from pipelines.tts import PiperVoiceConfig, TtsConfig
 from pipelines.tts.audio import resample
-from pipelines.tts.backend import Audio, Chunk, ChunkDone, Voice
+from pipelines.tts.backend import Audio, Chunk, ChunkDone, ChunkRequest, Voice
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,17 @@ class PiperBackend:
         """
         out: list[Audio] = []
         for chunk in chunks:
-            pieces = [self.speak(turn.text, voices[turn.speaker].name, speed=speed) for turn in chunk.turns]
-            out.append(np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32))
+            out.extend(self.speak_chunks([ChunkRequest(chunk, tuple(voices), speed, seed)]))
             on_chunk(len(out))
+        return out
+
+    def speak_chunks(self, requests: Sequence[ChunkRequest]) -> list[Audio]:
+        """Piper speaks one chunk per call: the requests one after the other (seeds unused)."""
+        out: list[Audio] = []
+        for request in requests:
+            pieces = [
+                self.speak(turn.text, request.voices[turn.speaker].name, speed=request.speed)
+                for turn in request.chunk.turns
+            ]
+            out.append(np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32))
         return out

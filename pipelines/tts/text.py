@@ -282,27 +282,48 @@ def assign_voices(
         )
     names: list[str] = []
     for label in script.labels:
+        cloned_as = label if label is not None else "Speaker 1"  # a plain text is Speaker 1
         name = voices.get(label) if label is not None else None
         if name is None and (label is None or len(labels) == 1):
-            name = voice or (None if label is not None and label in references else default_voice)
-        if name is None and label is not None and label in references:
-            name = label  # a cloned voice: named after its speaker
+            name = voice or (None if cloned_as in references else default_voice)
+        if name is None and cloned_as in references:
+            name = cloned_as  # a cloned voice: named after its speaker
         if name is None:
+            if known is not None and not known:
+                raise InvalidInput(
+                    f"{label} has no voice: this deployment has no configured voices, so give a "
+                    f"reference recording for it in references",
+                    code="speaker_without_voice",
+                )
+            example = default_voice if known is None or default_voice in known else sorted(known)[0]
             raise InvalidInput(
-                f"{label} has no voice: add it to voices, e.g. {{{label!r}: {default_voice!r}}}",
+                f"{label} has no voice: add it to voices, e.g. {{{label!r}: {example!r}}}",
                 code="speaker_without_voice",
             )
         names.append(name)
     if known is not None:
-        cloned = {label for label in script.labels if label in references}
         for label, name in zip(script.labels, names, strict=True):
-            if label in cloned:
+            if (label if label is not None else "Speaker 1") in references:
                 continue
-            if name not in known:
+            if name in known:
+                continue
+            speaker = label or "Speaker 1"
+            if not known:
                 raise InvalidInput(
-                    f"unknown voice {shown(name, 60)}; the configured voices are: {', '.join(sorted(known))}",
-                    code="unknown_voice",
+                    f"{speaker} has no voice: this deployment has no configured voices, so give a "
+                    f"reference recording for it in references",
+                    code="speaker_without_voice",
                 )
+            if name == default_voice and voices.get(speaker) != name and voice != name:
+                raise InvalidInput(
+                    f"{speaker} has no voice and the default voice {shown(name, 60)} is not configured; "
+                    f"name one of {', '.join(sorted(known))} in voice/voices, or give a reference",
+                    code="speaker_without_voice",
+                )
+            raise InvalidInput(
+                f"unknown voice {shown(name, 60)}; the configured voices are: {', '.join(sorted(known))}",
+                code="unknown_voice",
+            )
     return names
 
 

@@ -58,7 +58,7 @@ import transformers
 from core.errors import InvalidInput, OutOfGpuMemory, PermanentError, shown
 from pipelines.imaging.diffusion import free_bytes, gpu_errors
 from pipelines.imaging.memory import DEFAULT_HEADROOM, choose_memory_strategy
-from pipelines.tts.backend import Audio, Chunk, ChunkDone, SpeechBackend, Voice
+from pipelines.tts.backend import Audio, Chunk, ChunkDone, ChunkRequest, SpeechBackend, Voice, chunk_seed
 
 log = logging.getLogger(__name__)
 
@@ -352,11 +352,6 @@ def change_tempo(audio: Audio, speed: float, sample_rate: int) -> Audio:
     return np.frombuffer(result.stdout, dtype=np.float32).copy()
 
 
-def chunk_seed(seed: int, index: int) -> int:
-    """A chunk's own seed: the same job seed and chunk index always give the same stream."""
-    return int(np.random.SeedSequence([seed % 2**64, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
 def speaker_label(index: int) -> str:
     return f"Speaker {index + 1}"
 
@@ -428,7 +423,7 @@ class VibeVoiceBackend:
         names = self.voice_names()
         out: list[Audio] = []
         for i, voice in enumerate(voices):
-            label = speaker_label(i)
+            label = voice.label or speaker_label(i)
             if voice.reference is not None:
                 out.append(
                     self._reference(voice.reference, f"The reference recording for {label}", InvalidInput)
@@ -475,7 +470,7 @@ class VibeVoiceBackend:
         seconds = BUDGET_PAD_SECONDS + chunk.chars / SLOWEST_CHARS_PER_SECOND
         return math.ceil(seconds * frames_per_second)
 
-    def _prompt(self, chunk: Chunk, references: list[Audio]) -> _Prompt:
+    def _prompt(self, chunk: Chunk, references: list[Audio], voices: Sequence[Voice] = ()) -> _Prompt:
         """The chunk as a chat: speakers renumbered from 0 in order of first turn, each one's
         reference attached to its first turn (the template lists voices in that order)."""
         order: dict[int, int] = {}
@@ -485,6 +480,7 @@ class VibeVoiceBackend:
                 raise InvalidInput(
                     f"A turn names speaker {turn.speaker + 1}, but only {len(references)} voices were given"
                 )
+            label = voices[turn.speaker].label if turn.speaker < len(voices) else None
             # The tokenizer would read these as control tokens (an audio placeholder, end of text).
             for marker in self._markers:
                 if marker in turn.text:
@@ -492,7 +488,7 @@ class VibeVoiceBackend:
             content: list[dict[str, Any]] = [{"type": "text", "text": " ".join(turn.text.split())}]
             if turn.speaker not in order:
                 order[turn.speaker] = len(order)
-                content.append({"type": "audio", "path": speaker_label(turn.speaker)})
+                content.append({"type": "audio", "path": label or speaker_label(turn.speaker)})
             messages.append({"role": str(order[turn.speaker]), "content": content})
         text = self.processor.apply_chat_template(messages, tokenize=False)
         return _Prompt(text, [references[s] for s in order], self.budget_tokens(chunk))
@@ -506,18 +502,44 @@ class VibeVoiceBackend:
         seed: int,
         on_chunk: ChunkDone,
     ) -> list[Audio]:
-        if not MIN_SPEED <= speed <= MAX_SPEED:
-            raise InvalidInput(f"speed must be between {MIN_SPEED} and {MAX_SPEED}, not {shown(speed)}")
-        references = self._references(voices)
-        prompts = [self._prompt(chunk, references) for chunk in chunks]
+        base = list(voices)
+        requests = [
+            ChunkRequest(chunk, tuple(base), speed, chunk_seed(seed, i)) for i, chunk in enumerate(chunks)
+        ]
+        self._check_speed(speed)
+        checked = self._references(base)  # every voice and every chunk's text checked before any model work
+        for chunk in chunks:
+            self._prompt(chunk, checked, base)
         out: list[Audio] = []
-        for start in range(0, len(prompts), self.max_batch_chunks):
-            batch = prompts[start : start + self.max_batch_chunks]
-            seeds = [chunk_seed(seed, start + i) for i in range(len(batch))]
-            for audio in self._generate_fitting(batch, seeds):
-                out.append(change_tempo(audio, speed, self.sample_rate))
+        for start in range(0, len(requests), self.max_batch_chunks):
+            out.extend(self.speak_chunks(requests[start : start + self.max_batch_chunks]))
             on_chunk(len(out))
         return out
+
+    def speak_chunks(self, requests: Sequence[ChunkRequest]) -> list[Audio]:
+        """Chunks of one or several jobs, each with its job's voices, speed and its own seed, in
+        calls of at most ``max_batch_chunks`` rows; each row's audio is what it gives alone."""
+        references: dict[tuple[Voice, ...], list[Audio]] = {}  # each job's voices decoded once
+        prompts: list[_Prompt] = []
+        for request in requests:
+            self._check_speed(request.speed)
+            if request.voices not in references:
+                references[request.voices] = self._references(request.voices)
+            prompts.append(self._prompt(request.chunk, references[request.voices], request.voices))
+        out: list[Audio] = []
+        for start in range(0, len(prompts), self.max_batch_chunks):
+            part = slice(start, start + self.max_batch_chunks)
+            seeds = [r.seed for r in requests[part]]
+            for audio, request in zip(
+                self._generate_fitting(prompts[part], seeds), requests[part], strict=True
+            ):
+                out.append(change_tempo(audio, request.speed, self.sample_rate))
+        return out
+
+    @staticmethod
+    def _check_speed(speed: float) -> None:
+        if not MIN_SPEED <= speed <= MAX_SPEED:
+            raise InvalidInput(f"speed must be between {MIN_SPEED} and {MAX_SPEED}, not {shown(speed)}")
 
     def _generate_fitting(self, batch: list[_Prompt], seeds: list[int]) -> list[Audio]:
         """Generate ``batch``; if the GPU runs out of memory, in halves (down to one chunk).

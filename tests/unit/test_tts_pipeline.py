@@ -19,7 +19,7 @@ from core.errors import Cancelled, InvalidInput
 from core.spec import RunContext, RunResult
 from pipelines.tts import PiperVoiceConfig, TtsConfig, TtsInputs
 from pipelines.tts.audio import crossfade, decode, join, loudness, normalize_loudness, peak_dbfs
-from pipelines.tts.backend import Audio, Chunk, ChunkDone, Voice
+from pipelines.tts.backend import Audio, ChunkRequest
 from pipelines.tts.pipeline import TtsPipeline, load
 from pipelines.tts.piper_backend import PiperBackend
 from tests.support.speech import probe
@@ -43,17 +43,9 @@ class CountingPiper(PiperBackend):
 
     spoken = 0
 
-    def synthesize(
-        self,
-        chunks: Sequence[Chunk],
-        voices: Sequence[Voice],
-        *,
-        speed: float,
-        seed: int,
-        on_chunk: ChunkDone,
-    ) -> list[Audio]:
-        self.spoken += len(chunks)
-        return super().synthesize(chunks, voices, speed=speed, seed=seed, on_chunk=on_chunk)
+    def speak_chunks(self, requests: Sequence[ChunkRequest]) -> list[Audio]:
+        self.spoken += len(requests)
+        return super().speak_chunks(requests)
 
 
 @functools.cache
@@ -238,3 +230,21 @@ def test_duration_and_chunks_are_reported(tmp_path: Path) -> None:
     out = result.outputs
     assert out.chunks == 4 and out.backend == "piper" and out.voices == ["joe"]
     assert 4.0 < out.duration_seconds < 20.0 and math.isfinite(out.loudness_lufs)
+
+
+def test_piper_batch_speaks_each_job_as_alone_and_a_bad_job_fails_alone(tmp_path: Path) -> None:
+    tts = pipeline(45)
+    assert tts.backend.max_batch_chunks == 1  # Piper speaks one chunk per call: batching groups jobs
+
+    def item(name: str, **inputs: Any) -> tuple[TtsInputs, RunContext]:
+        (tmp_path / name).mkdir(exist_ok=True)
+        ctx = RunContext(job_id=name, workdir=tmp_path / name, progress=lambda f, s: None)
+        return TtsInputs(format="wav", **inputs), ctx
+
+    good = {"text": SENTENCES, "speed": 1.2, "loudness": -20.0}
+    ok, bad = tts.run_batch([item("ok", **good), item("bad", text="Hi.", voice="nobody")])
+    assert isinstance(bad, InvalidInput) and "nobody" in str(bad)
+    assert isinstance(ok, RunResult) and ok.outputs.chunks == 4
+    alone = tts.run(*item("alone", **good))
+    together = decode(Path(ok.files["speech.wav"]), "wav", 22050)
+    np.testing.assert_array_equal(together, decode(Path(alone.files["speech.wav"]), "wav", 22050))
