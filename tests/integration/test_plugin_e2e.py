@@ -36,21 +36,23 @@ def test_an_automaton_job_renders_an_mp4_with_progress(client: Client, uid: str,
         "dimensions": 2,
         "rule": "B3/S23",
         "seed": 11,
-        "width": 160,
-        "height": 96,
-        "frames": 150,
+        "width": 320,
+        "height": 240,
+        "frames": 240,
         "fps": 30,
     }
+    # Long enough (about 2 s of rendering) for per-frame progress to reach a listener through the
+    # service's progress throttle, even on an idle machine.
     job_id = client.create_job(uid, PIPELINE, inputs)
     seen: list[JobDoc] = []
     job = client.follow(job_id, seen.append, timeout=120)
     assert job.status is JobStatus.SUCCEEDED, job.error
     stages = [s.progress.stage for s in seen if s.progress and s.status is JobStatus.RUNNING]
-    assert any(stage.startswith("frame ") and stage.endswith(" of 150") for stage in stages), stages
+    assert any(stage.startswith("frame ") and stage.endswith(" of 240") for stage in stages), stages
     out = job.outputs or {}
     assert out["video"] == out["files"]["automaton.mp4"]
     assert out["video"].startswith(f"gs://{client.settings.media_bucket}/results/{uid}/{job_id}/1/")
-    assert (out["frames"], out["width"], out["height"], out["rule"]) == (150, 160, 96, "B3/S23")
+    assert (out["frames"], out["width"], out["height"], out["rule"]) == (240, 320, 240, "B3/S23")
 
     video = client.download(out["video"], tmp_path / "automaton.mp4")
     probe = subprocess.run(
@@ -59,7 +61,7 @@ def test_an_automaton_job_renders_an_mp4_with_progress(client: Client, uid: str,
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     stream = json.loads(probe.stdout)["streams"][0]
-    assert stream == {"codec_name": "h264", "width": 160, "height": 96, "nb_read_frames": "150"}
+    assert stream == {"codec_name": "h264", "width": 320, "height": 240, "nb_read_frames": "240"}
 
 
 @pytest.mark.parametrize(

@@ -1622,7 +1622,7 @@ def test_a_plugin_gets_its_route_from_plugin_pipelines_and_serves_without_a_topo
     assert plan["push_endpoints"][route("automaton").subscription] == STUB_URI + route("automaton").push_path
     # It needs no model (its spec says so), so it is enabled with nothing in pipeline_config.
     gpu_env = plan["inputs_gpu_service"]["config"]["env"]
-    assert gpu_env["ENABLED_PIPELINES"] == "automaton,inpaint,transcribe,video"
+    assert gpu_env["ENABLED_PIPELINES"] == "automaton,inpaint,transcribe,tts,video"
     assert plan["inputs_functions"]["config"]["env"]["ENABLED_PIPELINES"] == gpu_env["ENABLED_PIPELINES"]
 
 
