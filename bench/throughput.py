@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from google.cloud import firestore
 
 from core.contract import JobDoc, JobStatus, read_job
@@ -334,6 +335,20 @@ def _max_overlap(spans: list[tuple[float, float]]) -> int:
     return best
 
 
+def cpu_seconds() -> float:
+    """CPU time used so far by this process and every process it started: the whole local stack
+    (emulators, functions, GPU service) and this client, which shares the same cores."""
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue  # ended meanwhile
+        total += times.user + times.system
+    return total
+
+
 def profile(jobs: dict[str, JobDoc], stack: LocalStack) -> dict[str, Any]:
     """Where a job's time goes from created to succeeded, stage by stage (medians, seconds).
 
@@ -476,7 +491,12 @@ def main() -> int:
             at_once = through_system(client, clips, f"par-{stamp}", at_once=True)
             hops = unavoidable_hops(client, stack, f"hops-{stamp}")
             raw = raw_push_rate(stack, args.burst * 2)
+            cpu_before = cpu_seconds()
             small = burst(client, stack, args.burst, f"burst-{stamp}", tmp)
+            # Everything on this machine shares its cores: CPU per job bounds the rate from above.
+            cores = os.cpu_count() or 1
+            small["cpu_seconds_per_job"] = round((cpu_seconds() - cpu_before) / args.burst, 4)
+            small["cpu_bound_jobs_per_second"] = round(cores / small["cpu_seconds_per_job"], 1)
 
     n = len(clips)
     wall_added_per_job = (one_by_one - direct_seconds) / n
@@ -530,6 +550,12 @@ def main() -> int:
         f"model busy {small['busy_fraction']:.0%} ({MODEL_TURNS} model turns, {UNITS_IN_FLIGHT} units in flight)"
     )
     print(f"  round trips per job: {small['round_trips_per_job']}")
+    print(
+        f"  CPU per job, every process of the stack and this client together: "
+        f"{small['cpu_seconds_per_job'] * 1000:.0f} ms; on {os.cpu_count()} cores that allows at most "
+        f"{small['cpu_bound_jobs_per_second']} jobs/s; the burst ran at "
+        f"{small['jobs_per_second'] / small['cpu_bound_jobs_per_second']:.0%} of that"
+    )
     print(f"  lost {small['lost']}, run twice {small['run_twice']}, not succeeded {small['not_succeeded']}")
     goals = {
         f"burst rate >= {BURST_GOAL}x of raw push": report["burst_rate_over_raw_push"] >= BURST_GOAL
