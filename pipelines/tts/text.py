@@ -77,7 +77,8 @@ def number_to_words(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _ordinal(words: str) -> str:
+def ordinal_words(words: str) -> str:
+    """The ordinal of a cardinal in words: ``"twenty one"`` -> ``"twenty first"``."""
     head, _, last = words.rpartition(" ")
     if last in _ORDINALS:
         last = _ORDINALS[last]
@@ -88,14 +89,15 @@ def _ordinal(words: str) -> str:
     return f"{head} {last}".strip()
 
 
-def _digits(text: str) -> str:
+def digits_to_words(text: str) -> str:
+    """Each digit as a word: ``"07"`` -> ``"zero seven"``."""
     return " ".join(_ONES[int(d)] for d in text)
 
 
 def _cardinal(digits: str) -> str:
     digits = digits.replace(",", "")
     if len(digits) > _MAX_CARDINAL_DIGITS or (len(digits) > 1 and digits.startswith("0")):
-        return _digits(digits)
+        return digits_to_words(digits)
     return number_to_words(int(digits))
 
 
@@ -127,9 +129,9 @@ def _number(m: re.Match[str]) -> str:
     minus, whole, fraction, ordinal, percent = m.groups()
     words = _cardinal(whole)
     if ordinal and not fraction:
-        words = _ordinal(words)
+        words = ordinal_words(words)
     if fraction:
-        words += " point " + _digits(fraction)
+        words += " point " + digits_to_words(fraction)
     if percent:
         words += " percent"
     return ("minus " if minus else "") + words
