@@ -58,6 +58,7 @@ RESULTS = Path(__file__).with_name("results")
 BURST_GOAL = 0.069
 ADDED_GOAL = 1.3
 UNITS_IN_FLIGHT = 6
+IMAGES = 12
 MODEL_TURNS = 2
 SENTENCES = [
     "The quarterly report is due on Friday and the team is on track.",
@@ -126,6 +127,58 @@ def run_through_system(
     elapsed = time.perf_counter() - started
     assert all(j.status is JobStatus.SUCCEEDED for j in jobs), [j.error for j in jobs]
     return elapsed, jobs
+
+
+def picture(tmp: Path, size: int = 512) -> tuple[Path, Path]:
+    """A photo-like picture (gradients and shapes) with a mark to remove, and its mask."""
+    from PIL import Image, ImageDraw
+
+    image = Image.linear_gradient("L").resize((size, size)).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    for k in range(6):
+        draw.ellipse((40 + 60 * k, 80 + 30 * k, 120 + 60 * k, 160 + 30 * k), fill=(40 * k, 200 - 30 * k, 90))
+    mask = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(mask).rectangle((size // 3, size // 3, size // 2, size // 2), fill=255)
+    draw.rectangle((size // 3, size // 3, size // 2, size // 2), fill=(255, 0, 0))  # the mark
+    paths = tmp / "picture.png", tmp / "picture-mask.png"
+    image.save(paths[0])
+    mask.save(paths[1])
+    return paths
+
+
+def images_direct(image: Path, mask: Path, n: int, tmp: Path) -> float:
+    """The inpaint pipeline (OpenCV backend, as the stack runs it) called in this process, n times."""
+    pipelines = catalog(["inpaint"])
+    spec = pipelines.get("inpaint")
+    assert spec is not None
+    pipeline = spec.load(pipelines.config(spec))
+    inputs = spec.inputs.model_validate(
+        {"image": "gs://bucket/uploads/u/p.png", "mask": "gs://bucket/uploads/u/m.png"}
+    )
+    files = {"image": image, "mask": mask}
+    started = 0.0
+    for n_run in range(n + 1):  # the first run warms up, as the system's first job did
+        if n_run == 1:
+            started = time.perf_counter()
+        work = tmp / f"direct-image{n_run}"
+        work.mkdir()
+        pipeline.run(inputs, RunContext(job_id=f"i{n_run}", workdir=work, files=files))
+    return time.perf_counter() - started
+
+
+def images_through_system(
+    client: Client, image: Path, mask: Path, n: int, uid: str, *, at_once: bool
+) -> float:
+    inputs = {"image": client.upload(image, uid), "mask": client.upload(mask, uid)}
+    started = time.perf_counter()
+    if at_once:
+        ids = [client.create_job(uid, "inpaint", inputs) for _ in range(n)]
+        jobs = [client.follow(job_id, timeout=300) for job_id in ids]
+    else:
+        jobs = [client.follow(client.create_job(uid, "inpaint", inputs), timeout=300) for _ in range(n)]
+    elapsed = time.perf_counter() - started
+    assert all(j.status is JobStatus.SUCCEEDED for j in jobs), [j.error for j in jobs]
+    return elapsed
 
 
 def system_share(jobs: list[JobDoc]) -> float:
@@ -470,6 +523,8 @@ def main() -> int:
         tmp = Path(tmp_name)
         clips = speech_clips(tmp)
         direct_seconds = direct(clips, tmp)
+        image, mask = picture(tmp)
+        images_direct_seconds = images_direct(image, mask, IMAGES, tmp)
         # After the direct call: the batching part pins this process to one thread.
         batching = batching_on_off(tmp, clips, args.batch_jobs, max_batch=4)
         config = StackConfig(
@@ -489,6 +544,12 @@ def main() -> int:
             through_system(client, clips[:1], f"warm-{stamp}", at_once=False)  # warm caches
             one_by_one, sequential_jobs = run_through_system(client, clips, f"seq-{stamp}", at_once=False)
             at_once = through_system(client, clips, f"par-{stamp}", at_once=True)
+            image, mask = picture(tmp)
+            images_system_warm = images_through_system(
+                client, image, mask, 1, f"img-warm-{stamp}", at_once=False
+            )
+            images_one = images_through_system(client, image, mask, IMAGES, f"img-seq-{stamp}", at_once=False)
+            images_all = images_through_system(client, image, mask, IMAGES, f"img-par-{stamp}", at_once=True)
             hops = unavoidable_hops(client, stack, f"hops-{stamp}")
             raw = raw_push_rate(stack, args.burst * 2)
             cpu_before = cpu_seconds()
@@ -516,6 +577,16 @@ def main() -> int:
             "added_seconds_per_job": round(added_per_job, 3),
             "added_seconds_per_job_wall_clock": round(wall_added_per_job, 3),
         },
+        "images": {
+            "jobs": IMAGES,
+            "what": "inpaint, OpenCV backend, 512x512 picture",
+            "direct_seconds": round(images_direct_seconds, 3),
+            "system_one_at_a_time_seconds": round(images_one, 3),
+            "system_all_at_once_seconds": round(images_all, 3),
+            "system_first_job_seconds": round(images_system_warm, 3),
+            "throughput_ratio_one_at_a_time": round(images_direct_seconds / images_one, 3),
+            "throughput_ratio_all_at_once": round(images_direct_seconds / images_all, 3),
+        },
         "unavoidable_hops": hops,
         "added_over_unavoidable": round(added_per_job / unavoidable, 2) if unavoidable else None,
         "raw_push": raw,
@@ -532,6 +603,12 @@ def main() -> int:
         f"transcription, {n} clips: direct {t['direct_seconds']} s; through the system one at a time "
         f"{t['system_one_at_a_time_seconds']} s ({t['throughput_ratio_one_at_a_time']}x), all at once "
         f"{t['system_all_at_once_seconds']} s ({t['throughput_ratio_all_at_once']}x)"
+    )
+    im = report["images"]
+    print(
+        f"images, {IMAGES} inpaint jobs ({im['what']}): direct {im['direct_seconds']} s; through the "
+        f"system one at a time {im['system_one_at_a_time_seconds']} s ({im['throughput_ratio_one_at_a_time']}x), "
+        f"all at once {im['system_all_at_once_seconds']} s ({im['throughput_ratio_all_at_once']}x)"
     )
     print(
         f"added per job (created -> finished minus the model, plus the listener): "
