@@ -122,8 +122,9 @@ def verifier(certs_base: str) -> PushVerifier:
     )
 
 
-def claims(**overrides: Any) -> dict[str, Any]:
-    """What Google puts in a push's ID token."""
+def claims(*, iat_in: int = 0, exp_in: int = 3600, **overrides: Any) -> dict[str, Any]:
+    """What Google puts in a push's ID token, issued ``iat_in`` and expiring ``exp_in`` seconds from
+    now (read when the token is made, not when the tests are collected)."""
     now = int(time.time())
     base = {
         "iss": "https://accounts.google.com",
@@ -132,8 +133,8 @@ def claims(**overrides: Any) -> dict[str, Any]:
         "sub": "108234567890123456789",
         "email": PUSH_ACCOUNT,
         "email_verified": True,
-        "iat": now,
-        "exp": now + 3600,
+        "iat": now + iat_in,
+        "exp": now + exp_in,
     }
     base.update(overrides)
     return base
@@ -178,8 +179,8 @@ def test_expiry_allows_the_clock_skew(verifier: PushVerifier, google_key: rsa.RS
         ({"email_verified": False}, "email not verified"),
         ({"email_verified": "true"}, "email not verified"),
         ({"iss": "https://securetoken.google.com/demo"}, "wrong issuer"),
-        ({"iat": int(time.time()) - 7200, "exp": int(time.time()) - 60}, "token expired"),
-        ({"iat": int(time.time()) + 600, "exp": int(time.time()) + 4200}, "token used before it was issued"),
+        ({"iat_in": -7200, "exp_in": -60}, "token expired"),
+        ({"iat_in": 600, "exp_in": 4200}, "token used before it was issued"),
     ],
     ids=[
         "wrong-audience",
