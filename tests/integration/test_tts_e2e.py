@@ -91,10 +91,33 @@ NOUNS = [
 ]
 
 
+# Each sentence differs from its neighbours beyond its noun. A text that repeats itself compresses
+# too well: Whisper takes a high compression ratio (above 2.4) for a decoding loop and falls back to
+# sampling at higher temperatures, which turned one sentence of a chunk into noise on some CPUs.
+VERBS = ["rested", "waited", "slept", "stood", "glowed", "hid", "sang"]
+PLACES = [
+    "by the harbour",
+    "under a stone bridge",
+    "near the railway station",
+    "behind the red barn",
+    "inside the library",
+]
+TIMES = ["all through the morning", "until the sun went down", "for nearly an hour"]
+WEATHER = [
+    "while the rain fell",
+    "as a cold wind blew from the hills",
+    "when the bells rang",
+    "while children played outside",
+]
+
+
 def _long_text() -> str:
     text = ""
     for i, noun in enumerate(NOUNS):
-        text += f"Sentence {i + 1} is about the {noun}, which waited quietly near the old railway station until evening. "
+        text += (
+            f"Sentence {i + 1} is about the {noun}, which {VERBS[i % 7]} {PLACES[i % 5]} "
+            f"{TIMES[i % 3]} {WEATHER[i % 4]}. "
+        )
         if len(text) >= 5000:
             return text.strip()
     raise AssertionError("not enough nouns for 5000 characters")
