@@ -25,6 +25,9 @@ class JobTimeout(TimeoutError):
 
 
 class Client:
+    #: How often :meth:`follow` reads the job itself, besides listening to it.
+    RECHECK_SECONDS = 5.0
+
     def __init__(self, settings: Settings, db: firestore.Client, gcs: storage.Client) -> None:
         self.settings = settings
         self.db = db
@@ -111,22 +114,32 @@ class Client:
         done = threading.Event()
         latest: list[JobDoc] = []
 
+        def seen(job: JobDoc) -> None:
+            latest.append(job)
+            if on_update:
+                on_update(job)
+            if job.status in FINAL_STATES:
+                done.set()
+
         def on_snapshot(snaps: list[Any], _changes: Any, _read_time: Any) -> None:
             for snap in snaps:
-                if not snap.exists:
-                    continue
-                job = read_job(snap.to_dict() or {})
-                latest.append(job)
-                if on_update:
-                    on_update(job)
-                if job.status in FINAL_STATES:
-                    done.set()
+                if snap.exists:
+                    seen(read_job(snap.to_dict() or {}))
 
         watch = self.jobs().document(job_id).on_snapshot(on_snapshot)
+        deadline = time.monotonic() + timeout
         try:
-            if not done.wait(timeout):
-                status = latest[-1].status if latest else "absent"
-                raise JobTimeout(f"job {job_id} is still {status} after {timeout:.0f}s")
+            while not done.wait(max(0.0, min(self.RECHECK_SECONDS, deadline - time.monotonic()))):
+                # A listener's stream can stall without an error (seen on a starved machine: a job
+                # final for a minute, its listener never told). A plain read now and then makes sure
+                # a final state is not missed; the listener stays the fast path.
+                job = self.get(job_id)
+                if job is not None and job.status in FINAL_STATES and not done.is_set():
+                    seen(job)
+                    break
+                if time.monotonic() >= deadline:
+                    status = latest[-1].status if latest else (job.status if job else "absent")
+                    raise JobTimeout(f"job {job_id} is still {status} after {timeout:.0f}s")
         finally:
             watch.unsubscribe()  # type: ignore[no-untyped-call]
         return latest[-1]

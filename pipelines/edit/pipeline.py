@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from core.errors import PermanentError
-from core.spec import BatchProgress, RunContext, RunResult
+from core.spec import ProgressFn, RunContext, RunResult
 from pipelines.edit.spec import EditConfig, EditInputs, EditOutputs
 from pipelines.imaging.checks import CheckedImage, load_image
 from pipelines.imaging.diffusion import (
@@ -39,7 +39,7 @@ from pipelines.imaging.fields import pick_seed
 from pipelines.imaging.lora import LoraAdapters
 from pipelines.imaging.memory import MemoryStrategy
 from pipelines.imaging.output import fit_work_size, save_result
-from pipelines.imaging.pipeline import ImagePipeline, input_path
+from pipelines.imaging.pipeline import BatchedImagePipeline, input_path
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def load_edit_pipeline(config: EditConfig, dtype: torch.dtype) -> tuple[Any, Edi
     return pipe, family
 
 
-class EditPipeline(ImagePipeline[EditInputs, EditOutputs]):
+class EditPipeline(BatchedImagePipeline[EditInputs, EditOutputs, "_Prepared", Image.Image]):
     """Loaded once per process; :meth:`run` per job (one at a time)."""
 
     inputs_model = EditInputs
@@ -165,11 +165,6 @@ class EditPipeline(ImagePipeline[EditInputs, EditOutputs]):
     def backend(self) -> str:
         return type(self.pipe).__name__
 
-    def _run(self, inputs: EditInputs, ctx: RunContext) -> RunResult[EditOutputs]:
-        prepared = self._prepare(inputs, ctx)
-        [result] = self._call([prepared], ctx.progress)
-        return self._finish(prepared, result, ctx)
-
     # -- batching across jobs (gpu_service/batching.py) -------------------------------------------
 
     def batch_key(self, inputs: EditInputs | dict[str, Any]) -> tuple[Any, ...]:
@@ -178,33 +173,6 @@ class EditPipeline(ImagePipeline[EditInputs, EditOutputs]):
             inputs = EditInputs.model_validate(inputs)
         loras = tuple((lora.path, lora.weight) for lora in inputs.loras)
         return (inputs.steps, inputs.guidance, inputs.image_guidance, loras)
-
-    def run_batch(self, items: Sequence[tuple[Any, RunContext]]) -> list[RunResult[Any] | Exception]:
-        """Several jobs, one model call per work size; each job keeps its own seed, progress,
-        cancellation and errors (see :class:`~core.spec.BatchProgress`)."""
-        results: list[RunResult[Any] | Exception] = [PermanentError("not run")] * len(items)
-        prepared: dict[int, _Prepared] = {}
-        with self._lock:
-            for index, (inputs, ctx) in enumerate(items):
-                try:
-                    prepared[index] = self._prepare(EditInputs.model_validate(inputs), ctx)
-                except Exception as exc:  # this job's input, not its batch-mates'
-                    results[index] = exc
-            groups: dict[tuple[int, int], list[int]] = {}
-            for index, p in prepared.items():
-                groups.setdefault(p.work, []).append(index)
-            for indices in groups.values():
-                progress = BatchProgress([items[i][1] for i in indices])
-                images = self._call([prepared[i] for i in indices], progress.report)
-                for n, index in enumerate(indices):
-                    if n in progress.errors:
-                        results[index] = progress.errors[n]
-                        continue
-                    try:
-                        results[index] = self._finish(prepared[index], images[n], items[index][1])
-                    except Exception as exc:
-                        results[index] = exc
-        return results
 
     # -- the steps of one job ------------------------------------------------------------------------
 
@@ -243,7 +211,7 @@ class EditPipeline(ImagePipeline[EditInputs, EditOutputs]):
         )  # fmt: skip
         return _Prepared(inputs, checked, loras, seed, work, job, t0, {"checks": time.perf_counter() - t0})
 
-    def _call(self, batch: Sequence[_Prepared], progress: Callable[[float, str], None]) -> list[Image.Image]:
+    def _call(self, batch: Sequence[_Prepared], progress: ProgressFn) -> list[Image.Image]:
         """One model call for jobs of one work size and batch key, a generator per job."""
         first = batch[0]
         t1 = time.perf_counter()

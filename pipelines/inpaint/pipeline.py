@@ -23,21 +23,21 @@ from typing import Any
 
 from PIL import Image
 
-from core.errors import PermanentError
-from core.spec import BatchProgress, RunContext, RunResult
+from core.spec import ProgressFn, RunContext, RunResult
 from pipelines.imaging.checks import CheckedImage, load_image, load_mask
 from pipelines.imaging.fields import pick_seed
 from pipelines.imaging.output import composite, fit_work_size, save_result
-from pipelines.imaging.pipeline import ImagePipeline, input_path
+from pipelines.imaging.pipeline import BatchedImagePipeline, input_path
 from pipelines.inpaint.backend import BackendResult, Inpainter, InpaintJob
 from pipelines.inpaint.spec import InpaintConfig, InpaintInputs, InpaintOutputs
 
 log = logging.getLogger(__name__)
 
 
-class InpaintPipeline(ImagePipeline[InpaintInputs, InpaintOutputs]):
+class InpaintPipeline(BatchedImagePipeline[InpaintInputs, InpaintOutputs, "_Prepared", BackendResult]):
     """Loaded once per process; :meth:`run` per job (one at a time), or :meth:`run_batch` for
-    jobs that share a batch key (the flux backend denoises same-size jobs in one call)."""
+    jobs that share a batch key (the flux backend denoises same-size jobs in one call, OpenCV
+    takes them one by one)."""
 
     inputs_model = InpaintInputs
     what = "inpaint"
@@ -47,59 +47,12 @@ class InpaintPipeline(ImagePipeline[InpaintInputs, InpaintOutputs]):
         self.config = config
         self.backend = backend
 
-    def _run(self, inputs: InpaintInputs, ctx: RunContext) -> RunResult[InpaintOutputs]:
-        prepared = self._prepare(inputs, ctx)
-        t1 = time.perf_counter()
-        result = self.backend.inpaint(prepared.work_image, prepared.work_mask, prepared.job, ctx.progress)
-        prepared.timings.update(result.timings)
-        prepared.timings["inference"] = time.perf_counter() - t1
-        return self._finish(prepared, result, ctx)
-
-    # -- batching across jobs (gpu_service/batching.py) -------------------------------------------
-
     def batch_key(self, inputs: InpaintInputs | dict[str, Any]) -> tuple[Any, ...]:
         """Jobs that can share one call: same steps, guidance, strength and adapters (sizes are
         grouped later); prompts and seeds stay per job."""
         inputs = self.validate(inputs)
         loras = tuple((lora.path, lora.weight) for lora in inputs.loras)
         return (inputs.steps, inputs.guidance, inputs.strength, loras)
-
-    def run_batch(self, items: Sequence[tuple[Any, RunContext]]) -> list[RunResult[Any] | Exception]:
-        """Several jobs, one backend call per work size; each job keeps its own seed, progress,
-        cancellation and errors (see :class:`~core.spec.BatchProgress`)."""
-        results: list[RunResult[Any] | Exception] = [PermanentError("not run")] * len(items)
-        prepared: dict[int, _Prepared] = {}
-        with self._lock:
-            for index, (inputs, ctx) in enumerate(items):
-                try:
-                    prepared[index] = self._prepare(self.validate(inputs), ctx)
-                except Exception as exc:  # this job's input, not its batch-mates'
-                    results[index] = exc
-            groups: dict[tuple[int, int], list[int]] = {}
-            for index, p in prepared.items():
-                groups.setdefault(p.work, []).append(index)
-            for indices in groups.values():
-                progress = BatchProgress([items[i][1] for i in indices])
-                group = [prepared[i] for i in indices]
-                t1 = time.perf_counter()
-                outs = self.backend.inpaint_batch(
-                    [p.work_image for p in group], [p.work_mask for p in group], [p.job for p in group],
-                    progress.report,
-                )  # fmt: skip
-                seconds = time.perf_counter() - t1
-                for n, index in enumerate(indices):
-                    if n in progress.errors:
-                        results[index] = progress.errors[n]
-                        continue
-                    p = prepared[index]
-                    p.timings.update(outs[n].timings)
-                    p.timings["inference"] = seconds
-                    p.timings["batch_size"] = len(indices)
-                    try:
-                        results[index] = self._finish(p, outs[n], items[index][1])
-                    except Exception as exc:
-                        results[index] = exc
-        return results
 
     # -- the steps of one job ------------------------------------------------------------------------
 
@@ -135,6 +88,22 @@ class InpaintPipeline(ImagePipeline[InpaintInputs, InpaintOutputs]):
         )  # fmt: skip
         timings = {"checks": time.perf_counter() - t0}
         return _Prepared(inputs, checked, mask, work, work_image, work_mask, job, t0, timings)
+
+    def _call(self, batch: Sequence[_Prepared], progress: ProgressFn) -> list[BackendResult]:
+        t1 = time.perf_counter()
+        if len(batch) == 1:
+            [p] = batch
+            outs = [self.backend.inpaint(p.work_image, p.work_mask, p.job, progress)]
+        else:
+            outs = self.backend.inpaint_batch(
+                [p.work_image for p in batch], [p.work_mask for p in batch], [p.job for p in batch], progress
+            )
+        seconds = time.perf_counter() - t1
+        for p, out in zip(batch, outs, strict=True):
+            p.timings.update(out.timings)
+            p.timings["inference"] = seconds
+            p.timings["batch_size"] = len(batch)
+        return outs
 
     def _finish(self, p: _Prepared, result: BackendResult, ctx: RunContext) -> RunResult[InpaintOutputs]:
         inputs, checked = p.inputs, p.checked

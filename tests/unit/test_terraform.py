@@ -1696,9 +1696,35 @@ def test_max_instances_leaves_a_gpu_for_the_redeploy(tmp_path: Path) -> None:
 def test_large_models_can_come_from_a_mounted_bucket(tmp_path: Path) -> None:
     plan = plan_root(tmp_path, None, '-var=gpu_service_config={ models_bucket = "my-models" }')
     assert plan["inputs_gpu_service"]["config"]["models_bucket"] == "my-models"
+    assert_buckets_mounted_on_service_and_worker_pool()
     text = strip_comments((TF / "modules" / "gpu-service" / "main.tf").read_text())
-    assert re.search(r"gcs\s*\{\s*bucket\s*=\s*volumes\.value\s*read_only\s*=\s*true", text)
+    assert re.search(
+        r"models\s*=\s*\{\s*bucket\s*=\s*var\.config\.models_bucket,\s*mount_path\s*=\s*var\.config\.models_mount_path",
+        text,
+    )
     assert '"EXECUTION_ENVIRONMENT_GEN2"' in text and '"roles/storage.objectViewer"' in text
+
+
+def assert_buckets_mounted_on_service_and_worker_pool() -> None:
+    """The service and the worker pool run the same pipelines: each mounts every configured bucket
+    (``local.bucket_volumes``) read-only at its mount path, or a pull pipeline would look for its
+    models or adapters in a directory that is not there."""
+    text = (TF / "modules" / "gpu-service" / "main.tf").read_text()
+    resources = {labels[0]: body for labels, body in blocks(text, "resource")}
+    for kind in ("google_cloud_run_v2_service", "google_cloud_run_v2_worker_pool"):
+        body = resources[kind]
+        assert re.search(
+            r'dynamic "volumes"\s*\{\s*for_each\s*=\s*local\.bucket_volumes\s*content\s*\{\s*'
+            r"name\s*=\s*volumes\.key\s*gcs\s*\{\s*bucket\s*=\s*volumes\.value\.bucket\s*read_only\s*=\s*true",
+            body,
+        ), kind
+        assert re.search(
+            r'dynamic "volume_mounts"\s*\{\s*for_each\s*=\s*local\.bucket_volumes\s*content\s*\{\s*'
+            r"name\s*=\s*volume_mounts\.key\s*mount_path\s*=\s*volume_mounts\.value\.mount_path",
+            body,
+        ), kind
+    locals_body = "".join(body for _, body in blocks(text, "locals"))
+    assert re.search(r"if\s+volume\.bucket\s*!=\s*null", locals_body), "only configured buckets are mounted"
 
 
 ADAPTER_PIPELINES = (
@@ -1741,17 +1767,17 @@ def test_adapters_come_from_a_mounted_bucket(tmp_path: Path, monkeypatch: pytest
     ]
     assert t2v.max_frames == 121
 
+    assert_buckets_mounted_on_service_and_worker_pool()
     text = strip_comments((TF / "modules" / "gpu-service" / "main.tf").read_text())
-    volume = re.search(
-        r'name\s*=\s*"adapters"\s*gcs\s*\{\s*bucket\s*=\s*volumes\.value\s*read_only\s*=\s*true', text
+    assert re.search(
+        r"adapters\s*=\s*\{\s*bucket\s*=\s*var\.config\.adapters_bucket,\s*mount_path\s*=\s*var\.config\.adapters_mount_path",
+        text,
     )
-    assert volume, "the adapter bucket is mounted read-only"
-    assert re.search(r'name\s*=\s*"adapters"\s*mount_path\s*=\s*volume_mounts\.value', text)
     assert re.search(
         r'resource "google_storage_bucket_iam_member" "adapters"[^}]*adapters_bucket[^}]*"roles/storage\.objectViewer"',
         text,
     )
-    assert 'var.config.adapters_bucket == null ? null : "EXECUTION_ENVIRONMENT_GEN2"' in text
+    assert 'length(local.bucket_volumes) == 0 ? null : "EXECUTION_ENVIRONMENT_GEN2"' in text
 
 
 def test_model_concurrency_reaches_the_service_within_its_slots(tmp_path: Path) -> None:

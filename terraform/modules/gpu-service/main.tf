@@ -4,6 +4,14 @@ locals {
     memory           = var.config.memory
     "nvidia.com/gpu" = "1"
   }
+  # Cloud Storage buckets mounted read-only (Cloud Storage FUSE) on the service and on the worker
+  # pool alike: both run the same pipelines, so both read the same models and adapters.
+  bucket_volumes = {
+    for name, volume in {
+      models   = { bucket = var.config.models_bucket, mount_path = var.config.models_mount_path }
+      adapters = { bucket = var.config.adapters_bucket, mount_path = var.config.adapters_mount_path }
+    } : name => volume if volume.bucket != null
+  }
 }
 
 resource "google_cloud_run_v2_service" "default" {
@@ -23,29 +31,18 @@ resource "google_cloud_run_v2_service" "default" {
     timeout                       = "${var.config.timeout_seconds}s"
     gpu_zonal_redundancy_disabled = var.config.gpu_zonal_redundancy_disabled
     # Cloud Storage volumes need the second-generation execution environment.
-    execution_environment = var.config.models_bucket == null && var.config.adapters_bucket == null ? null : "EXECUTION_ENVIRONMENT_GEN2"
+    execution_environment = length(local.bucket_volumes) == 0 ? null : "EXECUTION_ENVIRONMENT_GEN2"
 
     node_selector {
       accelerator = var.config.accelerator
     }
 
     dynamic "volumes" {
-      for_each = var.config.models_bucket == null ? [] : [var.config.models_bucket]
+      for_each = local.bucket_volumes
       content {
-        name = "models"
+        name = volumes.key
         gcs {
-          bucket    = volumes.value
-          read_only = true
-        }
-      }
-    }
-
-    dynamic "volumes" {
-      for_each = var.config.adapters_bucket == null ? [] : [var.config.adapters_bucket]
-      content {
-        name = "adapters"
-        gcs {
-          bucket    = volumes.value
+          bucket    = volumes.value.bucket
           read_only = true
         }
       }
@@ -64,18 +61,10 @@ resource "google_cloud_run_v2_service" "default" {
       }
 
       dynamic "volume_mounts" {
-        for_each = var.config.models_bucket == null ? [] : [var.config.models_mount_path]
+        for_each = local.bucket_volumes
         content {
-          name       = "models"
-          mount_path = volume_mounts.value
-        }
-      }
-
-      dynamic "volume_mounts" {
-        for_each = var.config.adapters_bucket == null ? [] : [var.config.adapters_mount_path]
-        content {
-          name       = "adapters"
-          mount_path = volume_mounts.value
+          name       = volume_mounts.key
+          mount_path = volume_mounts.value.mount_path
         }
       }
 
@@ -144,10 +133,29 @@ resource "google_cloud_run_v2_worker_pool" "default" {
       accelerator = var.config.accelerator
     }
 
+    dynamic "volumes" {
+      for_each = local.bucket_volumes
+      content {
+        name = volumes.key
+        gcs {
+          bucket    = volumes.value.bucket
+          read_only = true
+        }
+      }
+    }
+
     containers {
       image   = var.config.image
       command = var.worker_pool.command
       args    = var.worker_pool.args
+
+      dynamic "volume_mounts" {
+        for_each = local.bucket_volumes
+        content {
+          name       = volume_mounts.key
+          mount_path = volume_mounts.value.mount_path
+        }
+      }
 
       dynamic "env" {
         for_each = merge(var.config.env, var.worker_pool.env)
