@@ -15,36 +15,19 @@ variables; each part is skipped when its variable is unset:
 
 from __future__ import annotations
 
-import gc
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.gpu import local_model
+
 pytestmark = pytest.mark.gpu
 
 JOBS = int(os.environ.get("GPUJOBS_BATCH_JOBS", "16"))
 MAX_BATCH = int(os.environ.get("GPUJOBS_MAX_BATCH", "4"))
-
-
-@pytest.fixture(autouse=True)
-def _free_gpu_memory() -> Iterator[None]:
-    yield
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _model_dir(variable: str) -> Path:
-    value = os.environ.get(variable)
-    if not value:
-        pytest.skip(f"set {variable} to a local model directory")
-    return Path(value)
 
 
 def _report(name: str, figures: dict[str, Any]) -> None:
@@ -70,7 +53,7 @@ def test_transcribe_batched_across_files_on_cuda(tmp_path: Path) -> None:
 def test_inpaint_flux_fill_batched_on_cuda(tmp_path: Path) -> None:
     from bench.batching import inpaint_on_off
 
-    config: dict[str, Any] = {"model_dir": str(_model_dir("GPUJOBS_FLUX_FILL_DIR")), "device": "cuda"}
+    config: dict[str, Any] = {"model_dir": str(local_model("GPUJOBS_FLUX_FILL_DIR")), "device": "cuda"}
     if os.environ.get("GPUJOBS_FLUX_FILL_GGUF"):
         config["transformer_gguf"] = os.environ["GPUJOBS_FLUX_FILL_GGUF"]
     _report("inpaint", inpaint_on_off(config, tmp_path, jobs=JOBS, max_batch=MAX_BATCH, steps=8, size=512))
@@ -79,7 +62,7 @@ def test_inpaint_flux_fill_batched_on_cuda(tmp_path: Path) -> None:
 def test_edit_batched_on_cuda(tmp_path: Path) -> None:
     from bench.batching import edit_on_off
 
-    model_dir = _model_dir("GPUJOBS_EDIT_MODEL_DIR")
+    model_dir = local_model("GPUJOBS_EDIT_MODEL_DIR")
     _report(
         "edit",
         edit_on_off(model_dir, tmp_path, jobs=JOBS, max_batch=MAX_BATCH, steps=8, size=512, device="cuda"),

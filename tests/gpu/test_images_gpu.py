@@ -16,9 +16,6 @@ Run with ``pytest tests/gpu/test_images_gpu.py -m gpu -s`` to see timings and pe
 
 from __future__ import annotations
 
-import gc
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +30,9 @@ from pipelines.inpaint import SPEC as INPAINT
 from pipelines.inpaint import InpaintConfig, InpaintInputs
 from scripts.sample_images import make_sample
 from tests.support import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
+from tests.support.gpu import L4_BUDGET_BYTES, local_model
 
 pytestmark = pytest.mark.gpu
-
-L4_BUDGET_BYTES = 22 * 10**9  # what a 24 GB L4 has free after the CUDA context
-
-
-@pytest.fixture(autouse=True)
-def _free_gpu_memory() -> Iterator[None]:
-    yield
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 @pytest.fixture(scope="module")
@@ -161,20 +147,10 @@ def test_edit_tiny_random_instruct_pix2pix_on_cuda_with_each_memory_strategy(
 # -- real weights -----------------------------------------------------------------------------
 
 
-def _env_path(name: str) -> Path:
-    value = os.environ.get(name)
-    if not value:
-        pytest.skip(f"set {name} to a local model path to run this test")
-    path = Path(value)
-    if not path.exists():
-        pytest.skip(f"{name}={value} does not exist")
-    return path
-
-
 @pytest.mark.slow
 def test_inpaint_flux_fill_gguf_q8_fits_an_l4_budget(tmp_path: Path, record_property: Any) -> None:
     """FLUX.1 Fill, Q8 transformer on the GPU, T5/CLIP on the CPU: peak under an L4's free memory."""
-    model_dir, gguf = _env_path("GPUJOBS_FLUX_FILL_DIR"), _env_path("GPUJOBS_FLUX_FILL_GGUF")
+    model_dir, gguf = local_model("GPUJOBS_FLUX_FILL_DIR"), local_model("GPUJOBS_FLUX_FILL_GGUF")
     pipeline = INPAINT.load(
         InpaintConfig(
             backend="flux",
@@ -203,7 +179,7 @@ def test_inpaint_flux_fill_auto_strategy_under_an_l4_sized_budget(tmp_path: Path
     """With T5 on the GPU path too, ``auto`` picks model offload when only ~22 GB is free."""
     from pipelines.imaging.memory import choose_memory_strategy
 
-    model_dir, gguf = _env_path("GPUJOBS_FLUX_FILL_DIR"), _env_path("GPUJOBS_FLUX_FILL_GGUF")
+    model_dir, gguf = local_model("GPUJOBS_FLUX_FILL_DIR"), local_model("GPUJOBS_FLUX_FILL_GGUF")
     pipeline = INPAINT.load(
         InpaintConfig(backend="flux", model_dir=str(model_dir), transformer_gguf=str(gguf), device="cuda")
     )
@@ -225,7 +201,7 @@ def test_inpaint_flux_fill_auto_strategy_under_an_l4_sized_budget(tmp_path: Path
 
 @pytest.mark.slow
 def test_edit_real_model_runs_and_reports_its_memory_strategy(tmp_path: Path, record_property: Any) -> None:
-    model_dir = _env_path("GPUJOBS_EDIT_MODEL_DIR")
+    model_dir = local_model("GPUJOBS_EDIT_MODEL_DIR")
     pipeline = EDIT.load(EditConfig(model_dir=str(model_dir), device="cuda"))
     files = _sample(tmp_path, 768, 576)
     job = {

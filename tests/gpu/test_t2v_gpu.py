@@ -11,11 +11,8 @@ Run with ``pytest tests/gpu/test_t2v_gpu.py -m gpu -s`` to see timings and peak 
 
 from __future__ import annotations
 
-import gc
 import json
-import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +21,11 @@ import pytest
 from core.spec import RunContext, RunResult
 from pipelines.t2v import SPEC, T2VConfig, T2VInputs, T2VOutputs
 from tests.support import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
+from tests.support.gpu import L4_BUDGET_BYTES, local_model
 
 pytestmark = pytest.mark.gpu
 
-L4_BUDGET_BYTES = 22 * 10**9  # what a 24 GB L4 has free after the CUDA context
 LORA = "wan/pytorch_lora_weights.safetensors"
-
-
-@pytest.fixture(autouse=True)
-def _free_gpu_memory() -> Iterator[None]:
-    yield
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 @pytest.fixture(scope="module")
@@ -96,20 +83,10 @@ def test_t2v_tiny_random_wan_fused_adapters_on_cuda(tiny_wan: tuple[Path, Path],
     assert result.outputs.lora_mode == "fused" and _frame_count(result.files["video.mp4"]) == 9
 
 
-def _env_path(name: str) -> Path:
-    value = os.environ.get(name)
-    if not value:
-        pytest.skip(f"set {name} to a local model path to run this test")
-    path = Path(value)
-    if not path.exists():
-        pytest.skip(f"{name}={value} does not exist")
-    return path
-
-
 @pytest.mark.slow
 def test_t2v_wan_1_3b_fits_an_l4_budget(tmp_path: Path, record_property: Any) -> None:
     """Wan2.1-T2V-1.3B, 33 frames at 832x480: peak under an L4's free memory, a real MP4."""
-    config = T2VConfig(model_dir=str(_env_path("GPUJOBS_WAN_T2V_DIR")), device="cuda", dtype="bfloat16")
+    config = T2VConfig(model_dir=str(local_model("GPUJOBS_WAN_T2V_DIR")), device="cuda", dtype="bfloat16")
     result = _run(
         config, tmp_path, prompt="a cat walks on the grass", num_frames=33, width=832, height=480, steps=30
     )

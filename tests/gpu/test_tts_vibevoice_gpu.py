@@ -11,7 +11,6 @@ Run with ``pytest tests/gpu/test_tts_vibevoice_gpu.py -m gpu -s`` to see timings
 
 from __future__ import annotations
 
-import os
 import time
 import wave
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 
 from pipelines.tts.backend import Chunk, Turn, Voice
 from pipelines.tts.vibevoice import flash_attn_available, load_vibevoice
+from tests.support.gpu import local_model
 from tests.support.speech import synthesize, word_error_rate
 from tests.support.tiny_vibevoice import build_tiny_vibevoice
 
@@ -51,21 +51,11 @@ def test_tiny_random_vibevoice_runs_in_bf16_on_cuda(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, b)
 
 
-def _env_path(name: str) -> Path:
-    value = os.environ.get(name)
-    if not value:
-        pytest.skip(f"set {name} to a local model path to run this test")
-    path = Path(value)
-    if not path.exists():
-        pytest.skip(f"{name}={value} does not exist")
-    return path
-
-
 @pytest.mark.slow
 def test_real_vibevoice_speaks_a_two_speaker_script_at_a_plausible_length(tmp_path: Path) -> None:
     import torch
 
-    model_dir = _env_path("GPUJOBS_VIBEVOICE_DIR")
+    model_dir = local_model("GPUJOBS_VIBEVOICE_DIR")
     refs = [synthesize(line, tmp_path / f"ref{i}.wav") for i, line in enumerate(LINES)]
     t0 = time.perf_counter()
     backend = load_vibevoice(str(model_dir))
