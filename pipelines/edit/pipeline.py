@@ -169,8 +169,7 @@ class EditPipeline(BatchedImagePipeline[EditInputs, EditOutputs, "_Prepared", Im
 
     def batch_key(self, inputs: EditInputs | dict[str, Any]) -> tuple[Any, ...]:
         """Jobs that can share one call: same steps, guidance and adapters (sizes are grouped later)."""
-        if not isinstance(inputs, EditInputs):
-            inputs = EditInputs.model_validate(inputs)
+        inputs = self.validate(inputs)
         loras = tuple((lora.path, lora.weight) for lora in inputs.loras)
         return (inputs.steps, inputs.guidance, inputs.image_guidance, loras)
 
