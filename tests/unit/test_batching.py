@@ -119,11 +119,13 @@ def test_a_bad_input_or_a_cancel_never_fails_its_batch_mates(
             (_inputs(1), _ctx(tmp_path, "ok", photos[0], log_to("ok"))),
             (_inputs(2), _ctx(tmp_path, "bad", not_an_image)),
             (_inputs(3), _ctx(tmp_path, "cancel", photos[0], log_to("cancel"))),
+            (_inputs(4, steps=0), _ctx(tmp_path, "schema", photos[0])),
         ]
     )
     assert isinstance(results[0], RunResult)
     assert isinstance(results[1], InvalidInput) and results[1].code == "invalid_image"
     assert isinstance(results[2], Cancelled)
+    assert isinstance(results[3], InvalidInput) and "steps" in str(results[3])
     assert steps["ok"] == [0.5, 1.0]  # progress per step, per job
     assert steps["cancel"] == [0.5]  # stopped being told at its checkpoint
 
