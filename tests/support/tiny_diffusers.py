@@ -138,6 +138,22 @@ def _random_lora_config(target_modules: list[str]) -> Any:
     return LoraConfig(r=4, lora_alpha=16, target_modules=target_modules, init_lora_weights=False)
 
 
+def _tiny_t5(tok: Any) -> dict[str, Any]:
+    """The config of a tiny T5-family text encoder over ``tok`` (Flux's T5, Wan's UMT5)."""
+    return {
+        "vocab_size": len(tok),
+        "d_model": 32,
+        "d_kv": 8,
+        "d_ff": 37,
+        "num_layers": 2,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 8,
+        "pad_token_id": tok.pad_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "decoder_start_token_id": 0,
+    }
+
+
 def build_tiny_fluxfill(out_dir: Path) -> Path:
     """Build and save a ~0.1 M-parameter random FluxFillPipeline (vae_scale_factor 8, sizes in 16s)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
@@ -147,20 +163,7 @@ def build_tiny_fluxfill(out_dir: Path) -> Path:
     tok2 = t5_tokenizer()
     text_encoder = _clip_text_encoder(tok)
     torch.manual_seed(0)
-    text_encoder_2 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tok2),
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=tok2.pad_token_id,
-            eos_token_id=tok2.eos_token_id,
-            decoder_start_token_id=0,
-        )
-    )
+    text_encoder_2 = T5EncoderModel(T5Config(**_tiny_t5(tok2)))
     c, s = 4, 8  # latent channels, vae scale factor
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(
@@ -246,20 +249,7 @@ def build_tiny_wan(out_dir: Path) -> Path:
 
     tok = t5_tokenizer()
     torch.manual_seed(0)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tok),
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            decoder_start_token_id=0,
-        )
-    )
+    text_encoder = UMT5EncoderModel(UMT5Config(**_tiny_t5(tok)))
     torch.manual_seed(0)
     vae = AutoencoderKLWan(
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
