@@ -228,7 +228,7 @@ def _body(tree: Tree[Any], text: str) -> Body:
         if child.data == "attribute":
             name = _label(child.children[0])
             expression = child.children[-1]
-            body.attributes[name] = text[expression.meta.start_pos : expression.meta.end_pos]
+            body.attributes[name] = text[expression.meta.start_pos : expression.meta.end_pos].strip()
         elif child.data == "block":
             parts = [c for c in child.children if not (isinstance(c, str) and c.strip() == "")]
             inner = next((c for c in parts if isinstance(c, Tree) and c.data == "body"), None)

@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from core.routes import DEAD_LETTER_TOPIC, TOPIC_PREFIX, route
+from tools import tfcheck
 
 ROOT = Path(__file__).resolve().parents[2]
 TF = ROOT / "terraform"
@@ -928,7 +929,15 @@ COMPUTED: dict[str, dict[str, str]] = {
     "google_eventarc_trigger": {
         "id": '"projects/${self.project}/locations/${self.location}/triggers/${self.name}"'
     },
+    "google_firebase_project": {},
     "google_firebase_storage_bucket": {},
+    "google_firebase_web_app": {"app_id": '"1:123456789012:web:stub"'},
+    "data.google_firebase_web_app_config": {
+        "api_key": '"stub-api-key"',
+        "auth_domain": '"${self.project}.firebaseapp.com"',
+        "messaging_sender_id": f'"{STUB_PROJECT_NUMBER}"',
+    },
+    "google_identity_platform_config": {},
     "google_firebaserules_release": {},
     "google_firebaserules_ruleset": {"name": '"stub-ruleset"'},
     "google_firestore_database": {},
@@ -952,7 +961,6 @@ COMPUTED: dict[str, dict[str, str]] = {
     "google_storage_bucket": {"url": '"gs://${self.name}"'},
     "google_storage_bucket_iam_member": {},
     "google_storage_notification": {},
-    "data.google_project": {"number": f'"{STUB_PROJECT_NUMBER}"'},
     "data.google_storage_project_service_account": {
         "email_address": f'"service-{STUB_PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"',
         "member": f'"serviceAccount:service-{STUB_PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"',
@@ -1534,11 +1542,10 @@ def test_root_configures_the_api(root_plan: dict[str, Any]) -> None:
     assert [f["field_path"] for f in index["fields"]] == ["uid", "createdAt"]
     assert index["fields"][1]["order"] == "DESCENDING"
     text = strip_comments((TF / "modules" / "api" / "main.tf").read_text())
-    assert (
-        'args    = ["-m", "api"]' in text
-        and '"allUsers"' in text
-        and "iam.serviceAccountTokenCreator" in text
-    )
+    assert 'args    = ["-m", "api"]' in text and "iam.serviceAccountTokenCreator" in text
+    # Public without an allUsers binding, which Domain Restricted Sharing refuses.
+    assert "allUsers" not in text and "invoker_iam_disabled = var.config.public" in text
+    assert api["config"]["public"] is True
 
 
 def test_quotas_reach_every_service_that_admits_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1853,6 +1860,143 @@ def test_artifact_registry_has_a_cleanup_policy(root_plan: dict[str, Any]) -> No
     assert subs["_REPO"] == registry["config"]["name"]
 
 
+# --------------------------------------------------------------------------------------------
+# The first deploy on an empty project (issue: first `gcloud builds submit` and `terraform apply`)
+# --------------------------------------------------------------------------------------------
+
+
+def resource_body(module: str, rtype: str, name: str = "default") -> tfcheck.Body:
+    """The parsed body of one resource (or `data.TYPE`) block of a module's main.tf."""
+    kind, rtype = ("data", rtype[5:]) if rtype.startswith("data.") else ("resource", rtype)
+    top = tfcheck.parse_hcl((TF / "modules" / module / "main.tf").read_text())
+    found = [body for k, labels, body in top.blocks if k == kind and labels == [rtype, name]]
+    assert found, f"{module}: no {kind} {rtype}.{name}"
+    return found[0]
+
+
+WEB_CONFIG = ROOT / "web" / "src" / "main.ts"
+
+
+def test_first_apply_provisions_firebase_auth_and_the_web_app(root_plan: dict[str, Any]) -> None:
+    firebase = root_plan["inputs_firebase"]
+    project = root_plan["inputs_project"]["services"]
+    assert {"firebase.googleapis.com", "identitytoolkit.googleapis.com", "apikeys.googleapis.com"} <= set(
+        project
+    )
+    # The sign-in providers the web client offers, and the domains it may sign in from.
+    assert firebase["auth"]["anonymous"] is True and firebase["auth"]["email_password"] is True
+    project_id = root_plan["inputs_storage"]["project_id"]
+    assert {"localhost", f"{project_id}.web.app", f"{project_id}.firebaseapp.com"} <= set(
+        firebase["auth"]["authorized_domains"]
+    )
+    # The Storage link and the rules wait for the Firebase project (module.firebase.project_id).
+    main = tfcheck.parse_hcl((TF / "main.tf").read_text())
+    modules = {labels[0]: body for kind, labels, body in main.blocks if kind == "module"}
+    for name in ("storage", "firestore"):
+        assert "module.firebase[*].project_id" in modules[name].attributes["project_id"], name
+    sign_in = resource_body("firebase", "google_identity_platform_config").blocks
+    assert [t for t, _, _ in sign_in] == ["sign_in"]
+
+
+def test_web_client_config_is_an_output_the_web_build_reads(root_plan: dict[str, Any]) -> None:
+    config = root_plan["web_client_config"]
+    # Every field of the client's Config interface that a deployment sets (the emulator ones aside).
+    interface = re.search(r"interface Config \{(.*?)\}", WEB_CONFIG.read_text(), re.S)
+    assert interface
+    fields = {m.group(1) for m in re.finditer(r"^\s*(\w+)\??:", interface.group(1), re.M)}
+    assert fields - {"authEmulatorUrl", "firestoreEmulator"} <= set(config), sorted(fields - set(config))
+    assert config["apiUrl"] == root_plan["api_url"]
+    assert config["apiKey"] and config["authDomain"].endswith(".firebaseapp.com")
+    assert config["bucket"] in root_plan["bucket_names"].values()
+    assert config["pipelines"] == root_plan["enabled_pipelines"]
+    scripts = json.loads((ROOT / "web" / "package.json").read_text())["scripts"]
+    assert "output -json web_client_config" in scripts["build:deploy"]
+
+
+def test_sign_in_providers_are_variables(tmp_path: Path) -> None:
+    plan = plan_root(
+        tmp_path,
+        None,
+        '-var=firebase_config={ sign_in = { anonymous = false }, authorized_domains = ["app.example.com"] }',
+    )
+    auth = plan["inputs_firebase"]["auth"]
+    assert auth["anonymous"] is False and auth["email_password"] is True
+    assert "app.example.com" in auth["authorized_domains"]
+
+
+def test_plan_fails_with_no_sign_in_provider(tmp_path: Path) -> None:
+    error = _plan_error(
+        tmp_path, "-var=firebase_config={ sign_in = { anonymous = false, email_password = false } }"
+    )
+    assert "Enable at least one sign-in provider" in error
+
+
+def test_signed_urls_can_be_signed_in_a_new_project(root_plan: dict[str, Any]) -> None:
+    """The API signs through IAM signBlob: the IAM Credentials API must be on."""
+    assert "iamcredentials.googleapis.com" in root_plan["inputs_project"]["services"]
+
+
+def test_browser_uploads_pass_the_cors_preflight() -> None:
+    """The signed PUT carries x-goog-content-length-range (api/ signs it, web/ sends it)."""
+    bucket = resource_body("storage", "google_storage_bucket")
+    (cors,) = [body for kind, labels, body in bucket.blocks if kind == "dynamic" and labels == ["cors"]]
+    headers = cors.blocks[0][2].attributes["response_header"]
+    signed = {
+        h.lower() for f in (ROOT / "api").glob("*.py") for h in re.findall(r"x-goog-[a-z-]+", f.read_text())
+    }
+    assert "x-goog-content-length-range" in signed
+    for header in signed:
+        assert f'"{header}"' in headers, header
+
+
+def test_the_api_is_public_without_an_allusers_binding() -> None:
+    service = resource_body("api", "google_cloud_run_v2_service")
+    assert service.attributes["invoker_iam_disabled"] == "var.config.public"
+    members = [
+        body.attributes.get("member", "")
+        for f in tf_files()
+        for kind, _, body in tfcheck.parse_hcl(f.read_text()).blocks
+        if kind == "resource"
+    ]
+    assert not [m for m in members if "allUsers" in m or "allAuthenticatedUsers" in m]
+
+
+def test_destroy_then_apply_recreates_an_unprotected_firestore_database() -> None:
+    database = resource_body("firestore", "google_firestore_database")
+    assert database.attributes["deletion_policy"] == 'var.database.delete_protection ? "ABANDON" : "DELETE"'
+    assert "DELETE_PROTECTION_DISABLED" in database.attributes["delete_protection_state"]
+
+
+def test_the_worker_pool_plans_without_a_permanent_diff() -> None:
+    pool = resource_body("gpu-service", "google_cloud_run_v2_worker_pool")
+    assert "launch_stage" not in pool.attributes
+    text = (TF / "modules" / "gpu-service" / "variables.tf").read_text()
+    assert "beta-only" not in text
+
+
+def test_plan_fails_for_a_worker_pool_of_zero_instances(tmp_path: Path) -> None:
+    error = _plan_error(tmp_path, "-var=worker_pool_config={ enabled = true, instance_count = 0 }")
+    assert "instance_count must be 1 or more" in error
+
+
+def test_plan_fails_for_an_rtx_pro_6000_below_its_minimums(tmp_path: Path) -> None:
+    error = _plan_error(tmp_path, '-var=gpu_service_config={ accelerator = "nvidia-rtx-pro-6000" }')
+    assert "20 CPU and 80Gi for nvidia-rtx-pro-6000" in error
+
+
+def test_enabling_an_api_does_not_replace_the_storage_agents_grant() -> None:
+    """No data source waits on the APIs except the Storage agent's (its read creates the agent):
+    a data source deferred by depends_on is read again at every apply that changes an API,
+    and whatever uses it is replaced."""
+    top = tfcheck.parse_hcl((TF / "modules" / "project" / "main.tf").read_text())
+    data = {labels[0]: body for kind, labels, body in top.blocks if kind == "data"}
+    assert list(data) == ["google_storage_project_service_account"]
+    depends = data["google_storage_project_service_account"].attributes["depends_on"]
+    assert depends.replace(" ", "") == "[google_project_service.storage]"
+    services = resource_body("project", "google_project_service")
+    assert '"storage.googleapis.com"' in services.attributes["for_each"]  # left out of the set
+
+
 def test_plan_fails_on_a_topology_error_python_also_rejects(tmp_path: Path) -> None:
     topology = load_topology()
     topology["pipeline_defaults"]["message_retention_seconds"] = 604801
@@ -2001,9 +2145,91 @@ def test_cloudbuild_locks_the_providers(cloudbuild: dict[str, Any]) -> None:
     steps = _steps(cloudbuild)
     validate = _args(steps["terraform-validate"])
     assert "terraform providers lock" in validate and "-platform=linux_amd64" in validate
+    # Only the init that creates the missing lock file may write it; every other one reads it.
+    creating = re.search(r"if \[ ! -f \.terraform\.lock\.hcl \]; then(.*?)\n\s*fi\n", validate, re.S)
+    assert creating and "terraform init" in creating.group(1)
     for step in cloudbuild["steps"]:
-        for init in re.findall(r"terraform init[^\n]*", _args(step)):
+        text = (
+            _args(step).replace(creating.group(1), "") if step["id"] == "terraform-validate" else _args(step)
+        )
+        for init in re.findall(r"terraform init[^\n]*", text):
             assert "-lockfile=readonly" in init, f"{step['id']}: {init}"
+
+
+CLOUDBUILD_TERRAFORM_STEPS = ["terraform-validate", "registry", "deploy"]
+
+
+def cloudbuild_script(cloudbuild: dict[str, Any], step_id: str, values: dict[str, str]) -> str:
+    """A step's shell script after Cloud Build's substitutions ($$ is a literal $)."""
+    subs = {**cloudbuild["substitutions"], **values}
+
+    def expand(text: str) -> str:
+        return re.sub(r"\$\{(\w+)\}", lambda m: subs.get(m.group(1), m.group(0)), text)
+
+    for _ in range(5):  # dynamic substitutions may refer to others
+        subs = {k: expand(v) for k, v in subs.items()}
+    script = _steps(cloudbuild)[step_id]["args"][-1].replace("$$", "\0")
+    script = re.sub(r"\$\{(\w+)\}", lambda m: subs[m.group(1)], script)
+    return script.replace("\0", "$")
+
+
+def fresh_checkout(base: Path) -> Path:
+    """The mirrored root as a fresh checkout sees it: formatted, no .terraform, no lock file,
+    the committed tfvars; and a `terraform` that keeps its state locally (drops -backend-config)."""
+    root = prepare_root(base)
+    shutil.rmtree(root / ".terraform")
+    (root / ".terraform.lock.hcl").unlink(missing_ok=True)
+    shutil.copytree(TF / "envs", root / "envs")
+    subprocess.run([str(TERRAFORM), "fmt", "-recursive", str(root)], capture_output=True, check=True)
+    shim = base / "bin" / "terraform"
+    shim.parent.mkdir()
+    shim.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do shift; case "$a" in -backend-config=*) ;; *) set -- "$@" "$a" ;; esac; done\n'
+        f'exec {TERRAFORM} "$@"\n'
+    )
+    shim.chmod(0o755)
+    return root
+
+
+def run_step(base: Path, script: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PATH": f"{base / 'bin'}:{os.environ['PATH']}",
+        "CHECKPOINT_DISABLE": "1",
+        "TF_IN_AUTOMATION": "1",
+    }
+    return subprocess.run(
+        ["sh", "-euc", script], cwd=base, capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+
+
+@needs_terraform
+def test_cloudbuild_terraform_steps_run_in_order_on_a_fresh_checkout(
+    tmp_path: Path, cloudbuild: dict[str, Any]
+) -> None:
+    """The build's own shell, step by step in its waitFor order, against the mirrored root: an
+    init-order mistake (e.g. `providers lock` before any `init`) fails here as in Cloud Build."""
+    steps = _steps(cloudbuild)
+    assert "terraform-validate" in steps["registry"]["waitFor"]
+    assert "registry" in " ".join(steps["push-functions"]["waitFor"] + steps["push-gpu-service"]["waitFor"])
+    fresh_checkout(tmp_path)
+    values = {"PROJECT_ID": "my-gpu-jobs-dev", "SHORT_SHA": "abc1234", "_TF_STATE_BUCKET": "state"}
+    for step_id in CLOUDBUILD_TERRAFORM_STEPS:
+        result = run_step(tmp_path, cloudbuild_script(cloudbuild, step_id, values))
+        assert result.returncode == 0, f"step {step_id}:\n{result.stdout}{result.stderr}"
+    root = tmp_path / "terraform"
+    assert (root / ".terraform.lock.hcl").is_file()  # the validate step made it
+    assert "module.api" in (root / "tfplan.txt").read_text()
+
+
+@needs_terraform
+def test_locking_the_providers_before_init_fails_on_a_fresh_checkout(tmp_path: Path) -> None:
+    """What the step-order test guards against: the first build's old order."""
+    fresh_checkout(tmp_path)
+    result = run_step(tmp_path, "cd terraform\nterraform providers lock -platform=linux_amd64")
+    assert result.returncode != 0
+    assert "Module not installed" in result.stdout + result.stderr
 
 
 def test_cloudbuild_creates_the_registry_before_pushing_and_reuses_layers(cloudbuild: dict[str, Any]) -> None:
