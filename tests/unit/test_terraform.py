@@ -1997,6 +1997,51 @@ def test_enabling_an_api_does_not_replace_the_storage_agents_grant() -> None:
     assert '"storage.googleapis.com"' in services.attributes["for_each"]  # left out of the set
 
 
+BOOTSTRAP = TF / "bootstrap"
+
+
+@needs_terraform
+def test_bootstrap_gives_cloud_build_its_own_account_with_the_roles_the_deploy_needs(tmp_path: Path) -> None:
+    """terraform/bootstrap (applied once by an owner) plans, mirrored like the modules, and its
+    deployer holds logging.logWriter (CLOUD_LOGGING_ONLY) and an admin role for every kind of
+    resource the deployment creates."""
+    (tmp_path / "main.tf").write_text(mirror_module(BOOTSTRAP))
+    shutil.copy(BOOTSTRAP / "variables.tf", tmp_path / "variables.tf")
+    assert _terraform(tmp_path, "init", "-backend=false").returncode == 0
+    result = _terraform(tmp_path, "apply", "-auto-approve", "-var=project_id=p", "-var=region=europe-west1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    top = tfcheck.parse_hcl((BOOTSTRAP / "main.tf").read_text())
+    members = {
+        body.attributes["member"]
+        for kind, labels, body in top.blocks
+        if kind == "resource" and labels[0] == "google_project_iam_member"
+    }
+    assert members == {'"serviceAccount:${google_service_account.deployer.email}"'}
+    locals_ = next(b for k, _, b in top.blocks if k == "locals")
+    granted = set(re.findall(r'"(roles/[\w.]+)"', locals_.attributes["deployer_roles"]))
+    assert "roles/logging.logWriter" in granted
+    prefixes = {
+        "google_artifact_registry": "artifactregistry",
+        "google_cloud_run": "run",
+        "google_cloud_scheduler": "cloudscheduler",
+        "google_eventarc": "eventarc",
+        "google_firebase": "firebase",
+        "google_firebaserules": "firebase",  # firebase.admin covers the rules
+        "google_firestore": "datastore",
+        "google_identity_platform": "identityplatform",
+        "google_project_iam": "resourcemanager",
+        "google_project_service": "serviceusage",
+        "google_pubsub": "pubsub",
+        "google_service_account": "iam",
+        "google_storage": "storage",
+    }
+    for rtype in {t for t in resource_types() if not t.startswith("data.")}:
+        service = next(
+            v for k, v in sorted(prefixes.items(), key=lambda kv: -len(kv[0])) if rtype.startswith(k)
+        )
+        assert any(r.startswith(f"roles/{service}.") for r in granted), f"{rtype}: no roles/{service}.*"
+
+
 def test_plan_fails_on_a_topology_error_python_also_rejects(tmp_path: Path) -> None:
     topology = load_topology()
     topology["pipeline_defaults"]["message_retention_seconds"] = 604801
