@@ -329,7 +329,7 @@ variable "quotas" {
 }
 
 variable "region" {
-  description = "Region of every regional resource. The GPU service needs Cloud Run GPU (L4) quota there, e.g. us-central1, europe-west1, europe-west4, asia-southeast1."
+  description = "Region of every regional resource. The GPU service needs Cloud Run GPU (L4) quota there, e.g. us-central1, us-east4, europe-west1, europe-west4 (some GPU regions are by invitation only: see docs/deploy.md)."
   type        = string
   nullable    = false
   validation {

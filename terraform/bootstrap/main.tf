@@ -62,6 +62,8 @@ resource "google_service_account" "deployer" {
 }
 
 resource "google_project_iam_member" "deployer" {
+  #checkov:skip=CKV_GCP_41:The deployer creates the runtime accounts and deploys the services that run as them (actAs); it is the build's own account, not a person's.
+  #checkov:skip=CKV_GCP_49:Creating the runtime accounts and granting on them (token creators, signing as itself) is part of the deploy; no person holds these roles.
   for_each = local.deployer_roles
   project  = var.project_id
   role     = each.value
