@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hcl2.parser import Hcl2
-from hcl2.transformer import DictTransformer
-from lark import Tree
+from hcl2.parser import LARK_GRAMMAR, Hcl2
+from lark import Lark, Token, Tree
 
 ROOT = Path(__file__).resolve().parents[1]
 TERRAFORM = ROOT / "terraform"
@@ -212,7 +211,21 @@ class Body:
 
 
 _parser = Hcl2.lark_parser
-_dict = DictTransformer()
+# The same grammar, with the comments handed over as the lexer meets them (they are not in the tree).
+_comments: list[Token] = []
+
+
+def _keep(token: Token) -> Token:
+    _comments.append(token)
+    return token
+
+
+_comment_parser = Lark(
+    grammar=LARK_GRAMMAR,
+    parser="lalr",
+    lexer_callbacks={"_NEW_LINE_OR_COMMENT": _keep, "__IGNORE_1": _keep},
+)
+_LINE_COMMENT = re.compile(r"(#|//)[^\n]*")
 
 
 def _label(token: Any) -> str:
@@ -244,6 +257,39 @@ def parse_hcl(text: str) -> Body:
     tree = _parser.parse(text + "\n")
     start = tree if tree.data == "body" else next(c for c in tree.children if isinstance(c, Tree))
     return _body(start, text + "\n")
+
+
+def strip_comments(text: str) -> str:
+    """`text` without its comments (`#`, `//`, `/* */`; line breaks kept), as python-hcl2's lexer
+    finds them: a `#` inside a string or a heredoc is not one."""
+    _comments.clear()
+    _comment_parser.parse(text + "\n")
+    out: list[str] = []
+    last = 0
+    for token in sorted({t.start_pos: t for t in _comments}.values(), key=lambda t: t.start_pos or 0):
+        start, end = token.start_pos or 0, token.end_pos or 0
+        out.append(text[last:start])
+        value = text[start:end]
+        out.append(_LINE_COMMENT.sub("", value) if token.type != "__IGNORE_1" else "\n" * value.count("\n"))
+        last = end
+    out.append(text[last:])
+    return "".join(out)
+
+
+def string_literals(text: str) -> list[str]:
+    """The quoted strings (block labels included, templates whole) and heredoc bodies of an HCL
+    text, in order; comments are not code, so nothing in them counts."""
+    literals: list[tuple[int, str]] = []
+    for tree in _parser.parse(text + "\n").iter_subtrees():
+        for child in tree.children:
+            if not isinstance(child, Token):
+                continue
+            if child.type == "STRING_LIT":
+                literals.append((child.start_pos or 0, str(child)[1:-1]))
+            elif tree.data in ("heredoc_template", "heredoc_template_trim"):
+                body = str(child).split("\n", 1)[1].rsplit("\n", 1)[0]
+                literals.append((child.start_pos or 0, body))
+    return [literal for _, literal in sorted(literals)]
 
 
 def tf_files(directory: Path = TERRAFORM) -> list[Path]:

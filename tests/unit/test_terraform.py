@@ -318,90 +318,23 @@ def test_unknown_key_detection_works() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# A tiny HCL scanner (comments, strings, heredocs, top-level blocks): enough for the checks below.
+# HCL, read with python-hcl2's grammar (tools/tfcheck.py): bodies keep arguments (with their
+# expressions' source) apart from blocks; comments and string literals come from its lexer.
 # --------------------------------------------------------------------------------------------
 
-_HEREDOC = re.compile(r"<<-?([A-Za-z_]+)\n(.*?)\n\s*\1\b", re.S)
+tf_files = tfcheck.tf_files
+strip_comments = tfcheck.strip_comments
+string_literals = tfcheck.string_literals
 
 
-def tf_files(directory: Path = TF) -> list[Path]:
-    return sorted(p for p in directory.rglob("*.tf") if ".terraform" not in p.parts)
-
-
-def strip_comments(text: str) -> str:
-    out: list[str] = []
-    i, n, in_str = 0, len(text), False
-    while i < n:
-        c = text[i]
-        if in_str:
-            out.append(c)
-            if c == "\\" and i + 1 < n:
-                out.append(text[i + 1])
-                i += 2
-                continue
-            in_str = c != '"'
-            i += 1
-        elif c == '"':
-            in_str = True
-            out.append(c)
-            i += 1
-        elif c == "#" or text.startswith("//", i):
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-        elif text.startswith("/*", i):
-            j = text.find("*/", i)
-            i = n if j < 0 else j + 2
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
-
-
-def string_literals(text: str) -> list[str]:
-    """Quoted strings and heredoc bodies of an HCL file (comments removed)."""
-    text = strip_comments(text)
-    literals = [m.group(2) for m in _HEREDOC.finditer(text)]
-    text = _HEREDOC.sub("", text)
-    literals += [m.group(1) for m in re.finditer(r'"((?:\\.|[^"\\])*)"', text)]
-    return literals
-
-
-def blocks(text: str, kind: str) -> Iterator[tuple[list[str], str]]:
+def blocks(text: str, kind: str) -> Iterator[tuple[list[str], tfcheck.Body]]:
     """(labels, body) of each top-level block of one kind, e.g. ("module", ...)."""
-    text = strip_comments(text)
-    for m in re.finditer(rf'^{kind}((?:\s+"[^"]*")*)\s*\{{', text, re.M):
-        labels = re.findall(r'"([^"]*)"', m.group(1))
-        depth, i, in_str = 0, m.end() - 1, False
-        while True:
-            c = text[i]
-            if in_str:
-                if c == "\\":
-                    i += 2
-                    continue
-                in_str = c != '"'
-            elif c == '"':
-                in_str = True
-            elif c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    break
-            i += 1
-        yield labels, text[m.end() : i]
+    for block_type, labels, body in tfcheck.parse_hcl(text).blocks:
+        if block_type == kind:
+            yield labels, body
 
 
-def top_level_attributes(body: str) -> list[str]:
-    names, depth = [], 0
-    for line in _HEREDOC.sub('""', body).split("\n"):
-        if depth == 0 and (m := re.match(r"\s*([A-Za-z_][A-Za-z0-9_-]*)\s*=(?!=)", line)):
-            names.append(m.group(1))
-        bare = re.sub(r'"(?:\\.|[^"\\])*"', '""', line)
-        depth += sum(bare.count(c) for c in "{[(") - sum(bare.count(c) for c in "}])")
-    return names
-
-
-def declared_variables(module_dir: Path) -> dict[str, str]:
+def declared_variables(module_dir: Path) -> dict[str, tfcheck.Body]:
     """Variable name -> body, for one module directory."""
     return {
         labels[0]: body for f in module_dir.glob("*.tf") for labels, body in blocks(f.read_text(), "variable")
@@ -416,22 +349,24 @@ def module_calls() -> dict[str, tuple[Path, list[str]]]:
     calls = {}
     for f in TF.glob("*.tf"):
         for labels, body in blocks(f.read_text(), "module"):
-            source = re.search(r'source\s*=\s*"([^"]+)"', body)
+            source = re.fullmatch(r'"([^"$]+)"', body.attributes.get("source", ""))
             assert source, f"module {labels[0]} has no literal source"
-            calls[labels[0]] = ((TF / source.group(1)).resolve(), top_level_attributes(body))
+            calls[labels[0]] = ((TF / source.group(1)).resolve(), list(body.attributes))
     return calls
 
 
 MODULE_DIRS = sorted(p for p in (TF / "modules").iterdir() if p.is_dir())
 
 
-def test_scanner_reads_blocks_strings_and_heredocs() -> None:
+def test_hcl_reader_reads_blocks_strings_and_heredocs() -> None:
     text = 'variable "a" {\n  description = <<-EOT\n    x "q" y\n  EOT\n  type = map(object({ b = string }))\n}\n# c "d"\n'
     ((labels, body),) = list(blocks(text, "variable"))
     assert labels == ["a"]
-    assert top_level_attributes(body) == ["description", "type"]
-    assert 'x "q" y' in string_literals(text)[0]
+    assert list(body.attributes) == ["description", "type"]
+    assert body.attributes["type"] == "map(object({ b = string }))"
+    assert 'x "q" y' in string_literals(text)[1]
     assert "d" not in string_literals(text)
+    assert strip_comments('a = "#x" # y\n/* z */ b = 1 // w\n') == 'a = "#x" \n b = 1 \n'
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,8 +472,7 @@ def test_module_has_fabric_layout(module_dir: Path) -> None:
     names = [labels[0] for labels, _ in blocks((module_dir / "variables.tf").read_text(), "variable")]
     assert names == sorted(names), f"{module_dir.name}: variables are not alphabetical"
     for name, body in declared_variables(module_dir).items():
-        attributes = top_level_attributes(body)
-        assert {"description", "type"} <= set(attributes), (
+        assert {"description", "type"} <= set(body.attributes), (
             f"{module_dir.name}: variable {name} needs description and type"
         )
 
@@ -558,7 +492,7 @@ def test_root_variables_are_alphabetical_and_typed() -> None:
     names = [labels[0] for labels, _ in blocks((TF / "variables.tf").read_text(), "variable")]
     assert names == sorted(names)
     for name, body in declared_variables(TF).items():
-        assert {"description", "type"} <= set(top_level_attributes(body)), name
+        assert {"description", "type"} <= set(body.attributes), name
 
 
 def test_module_calls_match_module_interfaces() -> None:
@@ -573,7 +507,7 @@ def test_module_calls_match_module_interfaces() -> None:
         problems += [
             f"module.{name}: required variable {v!r} not passed"
             for v, body in variables.items()
-            if "default" not in top_level_attributes(body) and v not in attributes
+            if "default" not in body.attributes and v not in attributes
         ]
     for f in TF.glob("*.tf"):
         for module, output in re.findall(
@@ -972,90 +906,6 @@ _META_BLOCKS = {"lifecycle", "provisioner", "connection"}
 _REFERENCE = re.compile(r"(?<![\w.])(data\.)?(google_[a-z0-9_]+)\.([a-z_][a-z0-9_]*)")
 
 
-def _string_end(text: str, i: int) -> int:
-    """Index after the string literal that starts at text[i] == '"' (templates may nest strings)."""
-    i += 1
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-        elif text[i] == '"':
-            return i + 1
-        elif text.startswith(("${", "%{"), i):
-            i = _brace_end(text, i + 2)
-        else:
-            i += 1
-    raise ValueError("unterminated string")
-
-
-def _brace_end(text: str, i: int) -> int:
-    """Index after the `}` that closes a `{` (or `${`) opened just before text[i]."""
-    depth = 1
-    while i < len(text):
-        c = text[i]
-        if c == '"':
-            i = _string_end(text, i)
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    raise ValueError("unbalanced braces")
-
-
-def _expression_end(text: str, i: int) -> int:
-    """Index of the newline (or end of text) that ends the expression starting at text[i]."""
-    depth = 0
-    while i < len(text):
-        c = text[i]
-        if c == '"':
-            i = _string_end(text, i)
-            continue
-        heredoc = re.compile(r"<<-?([A-Za-z_]\w*)\n").match(text, i)
-        if heredoc:
-            end = re.compile(rf"\n[ \t]*{heredoc.group(1)}[ \t]*(?=\n|$)").search(text, heredoc.end() - 1)
-            assert end, f"unterminated heredoc {heredoc.group(1)}"
-            i = end.end()
-            continue
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif c == "\n" and depth == 0:
-            return i
-        i += 1
-    return i
-
-
-def hcl_items(body: str) -> list[tuple[str, str, list[str], str]]:
-    """The attributes and blocks of an HCL body (comments already stripped), in order:
-    ("attr", name, [], expression) or ("block", type, labels, body)."""
-    items: list[tuple[str, str, list[str], str]] = []
-    i = 0
-    head = re.compile(r"\s*([A-Za-z_][\w-]*)[ \t]*")
-    while i < len(body):
-        m = head.match(body, i)
-        if not m:
-            assert not body[i:].strip(), f"cannot parse HCL near {body[i : i + 60]!r}"
-            break
-        name, j = m.group(1), m.end()
-        if body[j] == "=" and body[j + 1] != "=":
-            end = _expression_end(body, j + 1)
-            items.append(("attr", name, [], body[j + 1 : end].strip()))
-            i = end
-            continue
-        labels = re.compile(r'((?:\s*"[^"]*")*)\s*\{').match(body, j)
-        assert labels, f"cannot parse HCL block {name!r} near {body[j : j + 60]!r}"
-        close = _brace_end(body, labels.end())
-        items.append(
-            ("block", name, re.findall(r'"([^"]*)"', labels.group(1)), body[labels.end() : close - 1])
-        )
-        i = close
-    return items
-
-
 def _stub_name(data: str | None, rtype: str, name: str) -> str:
     return f"stub_{'data_' if data else ''}{rtype}__{name}"
 
@@ -1071,22 +921,20 @@ def _rewrite(expression: str, address: bool = False) -> str:
     return _REFERENCE.sub(repl, expression)
 
 
-def _object(items: list[tuple[str, str, list[str], str]]) -> tuple[str, dict[str, str]]:
+def _object(body: tfcheck.Body) -> tuple[str, dict[str, str]]:
     """An HCL object expression with a block body's arguments and nested blocks (as lists), and
-    the body's top-level arguments by name."""
-    arguments = {name: _rewrite(expr) for kind, name, _, expr in items if kind == "attr"}
+    the body's arguments by name."""
+    arguments = {name: _rewrite(expr) for name, expr in body.attributes.items()}
     fields = [f"{name} = {expr}" for name, expr in arguments.items() if name not in _META_ARGUMENTS]
     nested: dict[str, list[str]] = {}
-    for kind, name, labels, body in items:
-        if kind != "block" or name in _META_BLOCKS:
+    for name, labels, sub in body.blocks:
+        if name in _META_BLOCKS:
             continue
-        sub = hcl_items(body)
         if name == "dynamic":
-            settings = {n: e for k, n, _, e in sub if k == "attr"}
-            iterator = settings.get("iterator", labels[0])
-            content = next(b for k, n, _, b in sub if k == "block" and n == "content")
-            inner, _ = _object(hcl_items(content))
-            pairs = f"[for k, v in {_rewrite(settings['for_each'])} : {{ key = k, value = v }}]"
+            iterator = sub.attributes.get("iterator", labels[0])
+            content = next(b for n, _, b in sub.blocks if n == "content")
+            inner, _ = _object(content)
+            pairs = f"[for k, v in {_rewrite(sub.attributes['for_each'])} : {{ key = k, value = v }}]"
             nested.setdefault(labels[0], []).append(f"[for {iterator} in {pairs} : {inner}]")
         else:
             nested.setdefault(name, []).append(f"[{_object(sub)[0]}]")
@@ -1094,12 +942,11 @@ def _object(items: list[tuple[str, str, list[str], str]]) -> tuple[str, dict[str
     return "{\n" + "\n".join(fields) + "\n}", arguments
 
 
-def _mirror_resource(data: str | None, rtype: str, name: str, body: str) -> str:
+def _mirror_resource(data: str | None, rtype: str, name: str, body: tfcheck.Body) -> str:
     """A resource or data block as a terraform_data plus a local shaped like the real resource."""
     key = f"{'data.' if data else ''}{rtype}"
     assert key in COMPUTED, f"{key}: list the attributes the provider computes in COMPUTED"
-    items = hcl_items(body)
-    config, arguments = _object(items)
+    config, arguments = _object(body)
     computed = {"id": '"stub-id"', **COMPUTED[key]}
 
     def own(expression: str) -> str:
@@ -1113,14 +960,15 @@ def _mirror_resource(data: str | None, rtype: str, name: str, body: str) -> str:
     computed_hcl = "{\n" + "\n".join(f"{a} = {own(e)}" for a, e in computed.items()) + "\n}"
     meta = "\n".join(f"{a} = {arguments[a]}" for a in ("for_each", "count") if a in arguments)
     depends = (
-        f"depends_on = {_rewrite(arguments['depends_on'], address=True)}" if "depends_on" in arguments else ""
+        f"depends_on = {_rewrite(body.attributes['depends_on'], address=True)}"
+        if "depends_on" in arguments
+        else ""
     )
     # A data source is read at plan time (its values are known) unless depends_on defers it.
     deferred = not data or "depends_on" in arguments
     source = "output" if deferred else "input"
     fields = [a for a in arguments if a not in _META_ARGUMENTS]
-    fields += [n for k, n, _, _ in items if k == "block" and n not in _META_BLOCKS and n != "dynamic"]
-    fields += [labels[0] for k, n, labels, _ in items if k == "block" and n == "dynamic"]
+    fields += [n if n != "dynamic" else labels[0] for n, labels, _ in body.blocks if n not in _META_BLOCKS]
     shape = ", ".join(
         [f"{f} = r.input.config.{f}" for f in dict.fromkeys(fields) if f not in computed]
         + [f"{a} = r.{source}.computed.{a}" for a in computed]
@@ -1145,17 +993,18 @@ def mirror_module(module_dir: Path) -> str:
     for f in sorted(module_dir.glob("*.tf")):
         if f.name in ("variables.tf", "versions.tf"):
             continue
-        for kind, name, labels, body in hcl_items(strip_comments(f.read_text())):
-            assert kind == "block", f"{f}: top-level attribute {name}"
+        # Comments go first: an expression's source may end with one.
+        top = tfcheck.parse_hcl(strip_comments(f.read_text()))
+        assert not top.attributes, f"{f}: top-level attributes {sorted(top.attributes)}"
+        for name, labels, body in top.blocks:
             if name in ("resource", "data"):
                 out.append(_mirror_resource("data" if name == "data" else None, labels[0], labels[1], body))
             elif name == "locals":
-                out.append("locals {\n" + _rewrite(body) + "\n}\n")
+                values = "\n".join(f"{k} = {_rewrite(v)}" for k, v in body.attributes.items())
+                out.append(f"locals {{\n{values}\n}}\n")
             elif name == "output":
                 fields = [
-                    f"{a} = {_rewrite(e, address=a == 'depends_on')}"
-                    for k, a, _, e in hcl_items(body)
-                    if k == "attr"
+                    f"{a} = {_rewrite(e, address=a == 'depends_on')}" for a, e in body.attributes.items()
                 ]
                 out.append(f'output "{labels[0]}" {{\n' + "\n".join(fields) + "\n}\n")
             else:
@@ -1178,20 +1027,17 @@ def test_every_provider_resource_type_lists_its_computed_attributes() -> None:
     assert resource_types() <= set(COMPUTED), sorted(resource_types() - set(COMPUTED))
 
 
-def test_hcl_items_reads_attributes_blocks_and_nesting() -> None:
-    body = (
+def test_hcl_reader_keeps_expressions_whole_and_blocks_nested() -> None:
+    body = tfcheck.parse_hcl(
         'a = "x${lookup(m, "k", "}")}y"\nb = {\n  c = [1,\n 2]\n}\nd = <<-EOT\n  }\n  EOT\n'
         'blk "l1" {\n  e = 1\n}\ndynamic "env" {\n  for_each = var.x\n  content {\n    n = env.key\n  }\n}\n'
     )
-    items = hcl_items(body)
-    assert [(k, n, labels) for k, n, labels, _ in items] == [
-        ("attr", "a", []),
-        ("attr", "b", []),
-        ("attr", "d", []),
-        ("block", "blk", ["l1"]),
-        ("block", "dynamic", ["env"]),
-    ]
-    assert items[0][3] == '"x${lookup(m, "k", "}")}y"'
+    assert list(body.attributes) == ["a", "b", "d"]
+    assert [(n, labels) for n, labels, _ in body.blocks] == [("blk", ["l1"]), ("dynamic", ["env"])]
+    assert body.attributes["a"] == '"x${lookup(m, "k", "}")}y"'
+    assert body.attributes["b"] == "{\n  c = [1,\n 2]\n}"
+    content = body.blocks[1][2].blocks[0]
+    assert content[0] == "content" and content[2].attributes == {"n": "env.key"}
 
 
 def _mirror_plan(tmp_path: Path, main_tf: str) -> subprocess.CompletedProcess[str]:
@@ -1718,20 +1564,31 @@ def assert_buckets_mounted_on_service_and_worker_pool() -> None:
     models or adapters in a directory that is not there."""
     text = (TF / "modules" / "gpu-service" / "main.tf").read_text()
     resources = {labels[0]: body for labels, body in blocks(text, "resource")}
+
+    def dynamic(body: tfcheck.Body, name: str) -> tfcheck.Body:
+        (found,) = [b for n, labels, b in body.blocks if n == "dynamic" and labels == [name]]
+        assert found.attributes["for_each"] == "local.bucket_volumes"
+        return next(b for n, _, b in found.blocks if n == "content")
+
+    def block(body: tfcheck.Body, name: str) -> tfcheck.Body:
+        return next(b for n, _, b in body.blocks if n == name)
+
     for kind in ("google_cloud_run_v2_service", "google_cloud_run_v2_worker_pool"):
-        body = resources[kind]
-        assert re.search(
-            r'dynamic "volumes"\s*\{\s*for_each\s*=\s*local\.bucket_volumes\s*content\s*\{\s*'
-            r"name\s*=\s*volumes\.key\s*gcs\s*\{\s*bucket\s*=\s*volumes\.value\.bucket\s*read_only\s*=\s*true",
-            body,
-        ), kind
-        assert re.search(
-            r'dynamic "volume_mounts"\s*\{\s*for_each\s*=\s*local\.bucket_volumes\s*content\s*\{\s*'
-            r"name\s*=\s*volume_mounts\.key\s*mount_path\s*=\s*volume_mounts\.value\.mount_path",
-            body,
-        ), kind
-    locals_body = "".join(body for _, body in blocks(text, "locals"))
-    assert re.search(r"if\s+volume\.bucket\s*!=\s*null", locals_body), "only configured buckets are mounted"
+        template = block(resources[kind], "template")
+        volumes = dynamic(template, "volumes")
+        assert volumes.attributes == {"name": "volumes.key"}, kind
+        assert block(volumes, "gcs").attributes == {"bucket": "volumes.value.bucket", "read_only": "true"}, (
+            kind
+        )
+        mounts = dynamic(block(template, "containers"), "volume_mounts")
+        assert mounts.attributes == {
+            "name": "volume_mounts.key",
+            "mount_path": "volume_mounts.value.mount_path",
+        }
+    (locals_body,) = [body for _, body in blocks(text, "locals")]
+    assert re.search(r"if\s+volume\.bucket\s*!=\s*null", locals_body.attributes["bucket_volumes"]), (
+        "only configured buckets are mounted"
+    )
 
 
 ADAPTER_PIPELINES = (
@@ -1909,6 +1766,10 @@ def test_web_client_config_is_an_output_the_web_build_reads(root_plan: dict[str,
     assert config["apiKey"] and config["authDomain"].endswith(".firebaseapp.com")
     assert config["bucket"] in root_plan["bucket_names"].values()
     assert config["pipelines"] == root_plan["enabled_pipelines"]
+    # The page's origin may call the API and PUT to the bucket (dev.tfvars: localhost:5173).
+    api_origins = set(root_plan["inputs_api"]["config"]["env"]["API_CORS_ORIGINS"].split(","))
+    bucket_origins = set(root_plan["inputs_storage"]["config"]["cors_origins"])
+    assert "http://localhost:5173" in bucket_origins and bucket_origins <= api_origins
     scripts = json.loads((ROOT / "web" / "package.json").read_text())["scripts"]
     assert "output -json web_client_config" in scripts["build:deploy"]
 
