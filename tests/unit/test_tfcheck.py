@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tools import tfcheck
 
@@ -137,5 +138,8 @@ def test_make_lint_and_cloud_build_run_the_check() -> None:
     makefile = (ROOT / "Makefile").read_text()
     lint = re.search(r"^lint:.*?(?=^\S)", makefile + "\nend:", re.S | re.M)
     assert lint and "tools.tfcheck" in lint.group(0)
-    assert "tools.tfcheck" in (ROOT / "cloudbuild.yaml").read_text()
+    steps = {s["id"]: s for s in yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())["steps"]}
+    assert "python -m tools.tfcheck" in steps["terraform-schema"]["args"][-1]
+    # Nothing is applied (the registry step is the first apply) before the check passes.
+    assert "terraform-schema" in steps["registry"]["waitFor"]
     assert "tools/tfschema" in (ROOT / "scripts" / "setup.sh").read_text()
