@@ -90,7 +90,7 @@ variable "firebase_config" {
   EOT
   type = object({
     authorized_domains         = optional(list(string), [])
-    autodelete_anonymous_users = optional(bool, true)
+    autodelete_anonymous_users = optional(bool, false)
     create                     = optional(bool, true)
     sign_in = optional(object({
       anonymous      = optional(bool, true)
