@@ -29,6 +29,7 @@ lint:
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(PY) -m tools.tfcheck
 
 bench: install ## latency by stage; throughput side by side (direct vs system, burst vs raw push, batching); the app edge
 	$(PY) -m bench.e2e_latency --runs 5

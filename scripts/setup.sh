@@ -68,7 +68,7 @@ done
 # 4. npm packages, pinned by their committed package-lock.json, in project-local folders: the
 #    Firebase CLI (its Auth emulator; the first install compiles a native module, ~3 minutes)
 #    and the web client's SDK and bundler. Then the web client is built into web/dist.
-for dir in tools/firebase web; do
+for dir in tools/firebase tools/tfschema web; do
   if [[ ! -f $dir/node_modules/.package-lock.json || $dir/package-lock.json -nt $dir/node_modules/.package-lock.json ]]; then
     say "installing npm packages in $dir"
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)

@@ -128,12 +128,16 @@ locals {
       "firebaserules.googleapis.com",
       "firestore.googleapis.com",
       "iam.googleapis.com",
+      # The API signs upload and result URLs through IAM signBlob (no key file).
+      "iamcredentials.googleapis.com",
       "pubsub.googleapis.com",
       "run.googleapis.com",
       "storage.googleapis.com",
     ],
     length(module.topology.schedules) > 0 ? ["cloudscheduler.googleapis.com"] : [],
     var.bucket_config.firebase_link ? ["firebase.googleapis.com", "firebasestorage.googleapis.com"] : [],
+    # Firebase Auth (Identity Platform) and the web app's API key.
+    var.firebase_config.create ? ["apikeys.googleapis.com", "firebase.googleapis.com", "identitytoolkit.googleapis.com"] : [],
     local.uses_vision_api ? ["vision.googleapis.com"] : [],
   )
 }
@@ -176,9 +180,29 @@ module "service_accounts" {
   }
 }
 
+module "firebase" {
+  source     = "./modules/firebase"
+  count      = var.firebase_config.create ? 1 : 0
+  project_id = module.project.project_id
+  auth = {
+    anonymous                  = var.firebase_config.sign_in.anonymous
+    autodelete_anonymous_users = var.firebase_config.autodelete_anonymous_users
+    email_password             = var.firebase_config.sign_in.email_password
+    authorized_domains = distinct(concat(
+      ["localhost", "${var.project_id}.firebaseapp.com", "${var.project_id}.web.app"],
+      var.firebase_config.authorized_domains,
+    ))
+  }
+  web_app = {
+    deletion_policy = var.firebase_config.web_app_deletion_policy
+    display_name    = var.firebase_config.web_app_name
+  }
+}
+
 module "storage" {
-  source        = "./modules/storage"
-  project_id    = module.project.project_id
+  source = "./modules/storage"
+  # The Firebase link and the Storage rules need the Firebase project.
+  project_id    = coalesce(one(module.firebase[*].project_id), module.project.project_id)
   buckets       = { for key, name in local.bucket_names : key => { name = name } }
   firebase_link = var.bucket_config.firebase_link
   firebase_rules = (
@@ -218,8 +242,9 @@ module "storage" {
 }
 
 module "firestore" {
-  source     = "./modules/firestore"
-  project_id = module.project.project_id
+  source = "./modules/firestore"
+  # The rules release is a Firebase resource: after the Firebase project.
+  project_id = coalesce(one(module.firebase[*].project_id), module.project.project_id)
   database = {
     create            = var.firestore_config.create_database
     delete_protection = var.firestore_config.delete_protection

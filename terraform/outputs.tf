@@ -45,6 +45,16 @@ output "worker_pool" {
   value       = module.gpu_service.worker_pool_name
 }
 
+output "web_client_config" {
+  description = "The web client's /config.json (web/src/main.ts): its Firebase config, the API's URL, the uploads bucket, the jobs collection and the enabled pipelines. `npm run build:deploy` in web/ writes it to web/dist/config.json. Null without firebase_config.create."
+  value = var.firebase_config.create ? merge(one(module.firebase[*].web_config), {
+    apiUrl         = module.api.uri
+    bucket         = try([for key in keys(module.topology.notifications) : module.storage.names[key]][0], null)
+    jobsCollection = module.topology.firestore.jobs_collection
+    pipelines      = local.servable_pipelines
+  }) : null
+}
+
 output "artifact_registry" {
   description = "Image name prefix in Artifact Registry (REGION-docker.pkg.dev/PROJECT/REPO), or null when artifact_registry_config.create is false."
   value       = one(module.artifact_registry[*].url)

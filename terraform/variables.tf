@@ -79,6 +79,30 @@ variable "deletion_protection" {
   default     = true
 }
 
+variable "firebase_config" {
+  description = <<-EOT
+    The app side: with create (default), the project becomes a Firebase project, Firebase Auth
+    (Identity Platform) is configured with the sign-in providers the web client offers
+    (anonymous, email_password) and authorized_domains (localhost, PROJECT.firebaseapp.com and
+    PROJECT.web.app are always in; add where you host the web client), and a Firebase web app is
+    created whose config is in output web_client_config. Set create = false only when another
+    configuration manages Firebase on this project (or import the resources, see docs/deploy.md).
+  EOT
+  type = object({
+    authorized_domains         = optional(list(string), [])
+    autodelete_anonymous_users = optional(bool, false)
+    create                     = optional(bool, true)
+    sign_in = optional(object({
+      anonymous      = optional(bool, true)
+      email_password = optional(bool, true)
+    }), {})
+    web_app_deletion_policy = optional(string, "DELETE")
+    web_app_name            = optional(string, "gpu-jobs-web")
+  })
+  nullable = false
+  default  = {}
+}
+
 variable "firestore_config" {
   description = <<-EOT
     The Firestore database named in topology.yaml. location_id defaults to the region; use a
@@ -305,7 +329,7 @@ variable "quotas" {
 }
 
 variable "region" {
-  description = "Region of every regional resource. The GPU service needs Cloud Run GPU (L4) quota there, e.g. us-central1, europe-west1, europe-west4, asia-southeast1."
+  description = "Region of every regional resource. The GPU service needs Cloud Run GPU (L4) quota there, e.g. us-central1, us-east4, europe-west1, europe-west4 (some GPU regions are by invitation only: see docs/deploy.md)."
   type        = string
   nullable    = false
   validation {
@@ -319,7 +343,8 @@ variable "worker_pool_config" {
     Cloud Run worker pool for pipelines declared with mode: pull in topology.yaml (jobs longer than
     the 600 s push limit). It runs the GPU image (`python -m gpu_service`, or command/args) with
     ENABLED_PIPELINES = the pull pipelines, whose streaming-pull consumers it starts. Off by
-    default (google_cloud_run_v2_worker_pool is a google-beta resource); then the GPU service
+    default (google_cloud_run_v2_worker_pool: GA since google 6.37.0, declared with google-beta
+    here, whose floor is 6.37.0; instance_count must be at least 1); then the GPU service
     itself consumes the pull pipelines, which needs gpu_service_config.min_instances >= 1.
   EOT
   type = object({

@@ -18,6 +18,13 @@ labels = {
   env = "dev"
 }
 
+# The web client calls the API from these origins (the same as the buckets' CORS origins);
+# their hosts other than localhost and PROJECT.web.app / PROJECT.firebaseapp.com also go in
+# firebase_config.authorized_domains.
+api_config = {
+  cors_origins = ["http://localhost:5173", "https://my-gpu-jobs-dev.web.app"]
+}
+
 bucket_config = {
   # Web app origins allowed to upload/download directly (Firebase Storage web SDK).
   cors_origins  = ["http://localhost:5173", "https://my-gpu-jobs-dev.web.app"]

@@ -14,6 +14,13 @@ labels = {
   env = "prod"
 }
 
+# The web client calls the API from these origins (the same as the buckets' CORS origins);
+# their hosts other than localhost and PROJECT.web.app / PROJECT.firebaseapp.com also go in
+# firebase_config.authorized_domains.
+api_config = {
+  cors_origins = ["https://my-gpu-jobs-prod.web.app"]
+}
+
 bucket_config = {
   cors_origins  = ["https://my-gpu-jobs-prod.web.app"]
   firebase_link = true

@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from core.routes import DEAD_LETTER_TOPIC, TOPIC_PREFIX, route
+from tools import tfcheck
 
 ROOT = Path(__file__).resolve().parents[2]
 TF = ROOT / "terraform"
@@ -317,90 +318,23 @@ def test_unknown_key_detection_works() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# A tiny HCL scanner (comments, strings, heredocs, top-level blocks): enough for the checks below.
+# HCL, read with python-hcl2's grammar (tools/tfcheck.py): bodies keep arguments (with their
+# expressions' source) apart from blocks; comments and string literals come from its lexer.
 # --------------------------------------------------------------------------------------------
 
-_HEREDOC = re.compile(r"<<-?([A-Za-z_]+)\n(.*?)\n\s*\1\b", re.S)
+tf_files = tfcheck.tf_files
+strip_comments = tfcheck.strip_comments
+string_literals = tfcheck.string_literals
 
 
-def tf_files(directory: Path = TF) -> list[Path]:
-    return sorted(p for p in directory.rglob("*.tf") if ".terraform" not in p.parts)
-
-
-def strip_comments(text: str) -> str:
-    out: list[str] = []
-    i, n, in_str = 0, len(text), False
-    while i < n:
-        c = text[i]
-        if in_str:
-            out.append(c)
-            if c == "\\" and i + 1 < n:
-                out.append(text[i + 1])
-                i += 2
-                continue
-            in_str = c != '"'
-            i += 1
-        elif c == '"':
-            in_str = True
-            out.append(c)
-            i += 1
-        elif c == "#" or text.startswith("//", i):
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-        elif text.startswith("/*", i):
-            j = text.find("*/", i)
-            i = n if j < 0 else j + 2
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
-
-
-def string_literals(text: str) -> list[str]:
-    """Quoted strings and heredoc bodies of an HCL file (comments removed)."""
-    text = strip_comments(text)
-    literals = [m.group(2) for m in _HEREDOC.finditer(text)]
-    text = _HEREDOC.sub("", text)
-    literals += [m.group(1) for m in re.finditer(r'"((?:\\.|[^"\\])*)"', text)]
-    return literals
-
-
-def blocks(text: str, kind: str) -> Iterator[tuple[list[str], str]]:
+def blocks(text: str, kind: str) -> Iterator[tuple[list[str], tfcheck.Body]]:
     """(labels, body) of each top-level block of one kind, e.g. ("module", ...)."""
-    text = strip_comments(text)
-    for m in re.finditer(rf'^{kind}((?:\s+"[^"]*")*)\s*\{{', text, re.M):
-        labels = re.findall(r'"([^"]*)"', m.group(1))
-        depth, i, in_str = 0, m.end() - 1, False
-        while True:
-            c = text[i]
-            if in_str:
-                if c == "\\":
-                    i += 2
-                    continue
-                in_str = c != '"'
-            elif c == '"':
-                in_str = True
-            elif c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    break
-            i += 1
-        yield labels, text[m.end() : i]
+    for block_type, labels, body in tfcheck.parse_hcl(text).blocks:
+        if block_type == kind:
+            yield labels, body
 
 
-def top_level_attributes(body: str) -> list[str]:
-    names, depth = [], 0
-    for line in _HEREDOC.sub('""', body).split("\n"):
-        if depth == 0 and (m := re.match(r"\s*([A-Za-z_][A-Za-z0-9_-]*)\s*=(?!=)", line)):
-            names.append(m.group(1))
-        bare = re.sub(r'"(?:\\.|[^"\\])*"', '""', line)
-        depth += sum(bare.count(c) for c in "{[(") - sum(bare.count(c) for c in "}])")
-    return names
-
-
-def declared_variables(module_dir: Path) -> dict[str, str]:
+def declared_variables(module_dir: Path) -> dict[str, tfcheck.Body]:
     """Variable name -> body, for one module directory."""
     return {
         labels[0]: body for f in module_dir.glob("*.tf") for labels, body in blocks(f.read_text(), "variable")
@@ -415,22 +349,24 @@ def module_calls() -> dict[str, tuple[Path, list[str]]]:
     calls = {}
     for f in TF.glob("*.tf"):
         for labels, body in blocks(f.read_text(), "module"):
-            source = re.search(r'source\s*=\s*"([^"]+)"', body)
+            source = re.fullmatch(r'"([^"$]+)"', body.attributes.get("source", ""))
             assert source, f"module {labels[0]} has no literal source"
-            calls[labels[0]] = ((TF / source.group(1)).resolve(), top_level_attributes(body))
+            calls[labels[0]] = ((TF / source.group(1)).resolve(), list(body.attributes))
     return calls
 
 
 MODULE_DIRS = sorted(p for p in (TF / "modules").iterdir() if p.is_dir())
 
 
-def test_scanner_reads_blocks_strings_and_heredocs() -> None:
+def test_hcl_reader_reads_blocks_strings_and_heredocs() -> None:
     text = 'variable "a" {\n  description = <<-EOT\n    x "q" y\n  EOT\n  type = map(object({ b = string }))\n}\n# c "d"\n'
     ((labels, body),) = list(blocks(text, "variable"))
     assert labels == ["a"]
-    assert top_level_attributes(body) == ["description", "type"]
-    assert 'x "q" y' in string_literals(text)[0]
+    assert list(body.attributes) == ["description", "type"]
+    assert body.attributes["type"] == "map(object({ b = string }))"
+    assert 'x "q" y' in string_literals(text)[1]
     assert "d" not in string_literals(text)
+    assert strip_comments('a = "#x" # y\n/* z */ b = 1 // w\n') == 'a = "#x" \n b = 1 \n'
 
 
 # --------------------------------------------------------------------------------------------
@@ -536,8 +472,7 @@ def test_module_has_fabric_layout(module_dir: Path) -> None:
     names = [labels[0] for labels, _ in blocks((module_dir / "variables.tf").read_text(), "variable")]
     assert names == sorted(names), f"{module_dir.name}: variables are not alphabetical"
     for name, body in declared_variables(module_dir).items():
-        attributes = top_level_attributes(body)
-        assert {"description", "type"} <= set(attributes), (
+        assert {"description", "type"} <= set(body.attributes), (
             f"{module_dir.name}: variable {name} needs description and type"
         )
 
@@ -557,7 +492,7 @@ def test_root_variables_are_alphabetical_and_typed() -> None:
     names = [labels[0] for labels, _ in blocks((TF / "variables.tf").read_text(), "variable")]
     assert names == sorted(names)
     for name, body in declared_variables(TF).items():
-        assert {"description", "type"} <= set(top_level_attributes(body)), name
+        assert {"description", "type"} <= set(body.attributes), name
 
 
 def test_module_calls_match_module_interfaces() -> None:
@@ -572,7 +507,7 @@ def test_module_calls_match_module_interfaces() -> None:
         problems += [
             f"module.{name}: required variable {v!r} not passed"
             for v, body in variables.items()
-            if "default" not in top_level_attributes(body) and v not in attributes
+            if "default" not in body.attributes and v not in attributes
         ]
     for f in TF.glob("*.tf"):
         for module, output in re.findall(
@@ -928,7 +863,15 @@ COMPUTED: dict[str, dict[str, str]] = {
     "google_eventarc_trigger": {
         "id": '"projects/${self.project}/locations/${self.location}/triggers/${self.name}"'
     },
+    "google_firebase_project": {},
     "google_firebase_storage_bucket": {},
+    "google_firebase_web_app": {"app_id": '"1:123456789012:web:stub"'},
+    "data.google_firebase_web_app_config": {
+        "api_key": '"stub-api-key"',
+        "auth_domain": '"${self.project}.firebaseapp.com"',
+        "messaging_sender_id": f'"{STUB_PROJECT_NUMBER}"',
+    },
+    "google_identity_platform_config": {},
     "google_firebaserules_release": {},
     "google_firebaserules_ruleset": {"name": '"stub-ruleset"'},
     "google_firestore_database": {},
@@ -952,7 +895,6 @@ COMPUTED: dict[str, dict[str, str]] = {
     "google_storage_bucket": {"url": '"gs://${self.name}"'},
     "google_storage_bucket_iam_member": {},
     "google_storage_notification": {},
-    "data.google_project": {"number": f'"{STUB_PROJECT_NUMBER}"'},
     "data.google_storage_project_service_account": {
         "email_address": f'"service-{STUB_PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"',
         "member": f'"serviceAccount:service-{STUB_PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"',
@@ -962,90 +904,6 @@ COMPUTED: dict[str, dict[str, str]] = {
 _META_ARGUMENTS = {"for_each", "count", "provider", "depends_on"}
 _META_BLOCKS = {"lifecycle", "provisioner", "connection"}
 _REFERENCE = re.compile(r"(?<![\w.])(data\.)?(google_[a-z0-9_]+)\.([a-z_][a-z0-9_]*)")
-
-
-def _string_end(text: str, i: int) -> int:
-    """Index after the string literal that starts at text[i] == '"' (templates may nest strings)."""
-    i += 1
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-        elif text[i] == '"':
-            return i + 1
-        elif text.startswith(("${", "%{"), i):
-            i = _brace_end(text, i + 2)
-        else:
-            i += 1
-    raise ValueError("unterminated string")
-
-
-def _brace_end(text: str, i: int) -> int:
-    """Index after the `}` that closes a `{` (or `${`) opened just before text[i]."""
-    depth = 1
-    while i < len(text):
-        c = text[i]
-        if c == '"':
-            i = _string_end(text, i)
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    raise ValueError("unbalanced braces")
-
-
-def _expression_end(text: str, i: int) -> int:
-    """Index of the newline (or end of text) that ends the expression starting at text[i]."""
-    depth = 0
-    while i < len(text):
-        c = text[i]
-        if c == '"':
-            i = _string_end(text, i)
-            continue
-        heredoc = re.compile(r"<<-?([A-Za-z_]\w*)\n").match(text, i)
-        if heredoc:
-            end = re.compile(rf"\n[ \t]*{heredoc.group(1)}[ \t]*(?=\n|$)").search(text, heredoc.end() - 1)
-            assert end, f"unterminated heredoc {heredoc.group(1)}"
-            i = end.end()
-            continue
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif c == "\n" and depth == 0:
-            return i
-        i += 1
-    return i
-
-
-def hcl_items(body: str) -> list[tuple[str, str, list[str], str]]:
-    """The attributes and blocks of an HCL body (comments already stripped), in order:
-    ("attr", name, [], expression) or ("block", type, labels, body)."""
-    items: list[tuple[str, str, list[str], str]] = []
-    i = 0
-    head = re.compile(r"\s*([A-Za-z_][\w-]*)[ \t]*")
-    while i < len(body):
-        m = head.match(body, i)
-        if not m:
-            assert not body[i:].strip(), f"cannot parse HCL near {body[i : i + 60]!r}"
-            break
-        name, j = m.group(1), m.end()
-        if body[j] == "=" and body[j + 1] != "=":
-            end = _expression_end(body, j + 1)
-            items.append(("attr", name, [], body[j + 1 : end].strip()))
-            i = end
-            continue
-        labels = re.compile(r'((?:\s*"[^"]*")*)\s*\{').match(body, j)
-        assert labels, f"cannot parse HCL block {name!r} near {body[j : j + 60]!r}"
-        close = _brace_end(body, labels.end())
-        items.append(
-            ("block", name, re.findall(r'"([^"]*)"', labels.group(1)), body[labels.end() : close - 1])
-        )
-        i = close
-    return items
 
 
 def _stub_name(data: str | None, rtype: str, name: str) -> str:
@@ -1063,22 +921,20 @@ def _rewrite(expression: str, address: bool = False) -> str:
     return _REFERENCE.sub(repl, expression)
 
 
-def _object(items: list[tuple[str, str, list[str], str]]) -> tuple[str, dict[str, str]]:
+def _object(body: tfcheck.Body) -> tuple[str, dict[str, str]]:
     """An HCL object expression with a block body's arguments and nested blocks (as lists), and
-    the body's top-level arguments by name."""
-    arguments = {name: _rewrite(expr) for kind, name, _, expr in items if kind == "attr"}
+    the body's arguments by name."""
+    arguments = {name: _rewrite(expr) for name, expr in body.attributes.items()}
     fields = [f"{name} = {expr}" for name, expr in arguments.items() if name not in _META_ARGUMENTS]
     nested: dict[str, list[str]] = {}
-    for kind, name, labels, body in items:
-        if kind != "block" or name in _META_BLOCKS:
+    for name, labels, sub in body.blocks:
+        if name in _META_BLOCKS:
             continue
-        sub = hcl_items(body)
         if name == "dynamic":
-            settings = {n: e for k, n, _, e in sub if k == "attr"}
-            iterator = settings.get("iterator", labels[0])
-            content = next(b for k, n, _, b in sub if k == "block" and n == "content")
-            inner, _ = _object(hcl_items(content))
-            pairs = f"[for k, v in {_rewrite(settings['for_each'])} : {{ key = k, value = v }}]"
+            iterator = sub.attributes.get("iterator", labels[0])
+            content = next(b for n, _, b in sub.blocks if n == "content")
+            inner, _ = _object(content)
+            pairs = f"[for k, v in {_rewrite(sub.attributes['for_each'])} : {{ key = k, value = v }}]"
             nested.setdefault(labels[0], []).append(f"[for {iterator} in {pairs} : {inner}]")
         else:
             nested.setdefault(name, []).append(f"[{_object(sub)[0]}]")
@@ -1086,12 +942,11 @@ def _object(items: list[tuple[str, str, list[str], str]]) -> tuple[str, dict[str
     return "{\n" + "\n".join(fields) + "\n}", arguments
 
 
-def _mirror_resource(data: str | None, rtype: str, name: str, body: str) -> str:
+def _mirror_resource(data: str | None, rtype: str, name: str, body: tfcheck.Body) -> str:
     """A resource or data block as a terraform_data plus a local shaped like the real resource."""
     key = f"{'data.' if data else ''}{rtype}"
     assert key in COMPUTED, f"{key}: list the attributes the provider computes in COMPUTED"
-    items = hcl_items(body)
-    config, arguments = _object(items)
+    config, arguments = _object(body)
     computed = {"id": '"stub-id"', **COMPUTED[key]}
 
     def own(expression: str) -> str:
@@ -1105,14 +960,15 @@ def _mirror_resource(data: str | None, rtype: str, name: str, body: str) -> str:
     computed_hcl = "{\n" + "\n".join(f"{a} = {own(e)}" for a, e in computed.items()) + "\n}"
     meta = "\n".join(f"{a} = {arguments[a]}" for a in ("for_each", "count") if a in arguments)
     depends = (
-        f"depends_on = {_rewrite(arguments['depends_on'], address=True)}" if "depends_on" in arguments else ""
+        f"depends_on = {_rewrite(body.attributes['depends_on'], address=True)}"
+        if "depends_on" in arguments
+        else ""
     )
     # A data source is read at plan time (its values are known) unless depends_on defers it.
     deferred = not data or "depends_on" in arguments
     source = "output" if deferred else "input"
     fields = [a for a in arguments if a not in _META_ARGUMENTS]
-    fields += [n for k, n, _, _ in items if k == "block" and n not in _META_BLOCKS and n != "dynamic"]
-    fields += [labels[0] for k, n, labels, _ in items if k == "block" and n == "dynamic"]
+    fields += [n if n != "dynamic" else labels[0] for n, labels, _ in body.blocks if n not in _META_BLOCKS]
     shape = ", ".join(
         [f"{f} = r.input.config.{f}" for f in dict.fromkeys(fields) if f not in computed]
         + [f"{a} = r.{source}.computed.{a}" for a in computed]
@@ -1137,17 +993,18 @@ def mirror_module(module_dir: Path) -> str:
     for f in sorted(module_dir.glob("*.tf")):
         if f.name in ("variables.tf", "versions.tf"):
             continue
-        for kind, name, labels, body in hcl_items(strip_comments(f.read_text())):
-            assert kind == "block", f"{f}: top-level attribute {name}"
+        # Comments go first: an expression's source may end with one.
+        top = tfcheck.parse_hcl(strip_comments(f.read_text()))
+        assert not top.attributes, f"{f}: top-level attributes {sorted(top.attributes)}"
+        for name, labels, body in top.blocks:
             if name in ("resource", "data"):
                 out.append(_mirror_resource("data" if name == "data" else None, labels[0], labels[1], body))
             elif name == "locals":
-                out.append("locals {\n" + _rewrite(body) + "\n}\n")
+                values = "\n".join(f"{k} = {_rewrite(v)}" for k, v in body.attributes.items())
+                out.append(f"locals {{\n{values}\n}}\n")
             elif name == "output":
                 fields = [
-                    f"{a} = {_rewrite(e, address=a == 'depends_on')}"
-                    for k, a, _, e in hcl_items(body)
-                    if k == "attr"
+                    f"{a} = {_rewrite(e, address=a == 'depends_on')}" for a, e in body.attributes.items()
                 ]
                 out.append(f'output "{labels[0]}" {{\n' + "\n".join(fields) + "\n}\n")
             else:
@@ -1170,20 +1027,17 @@ def test_every_provider_resource_type_lists_its_computed_attributes() -> None:
     assert resource_types() <= set(COMPUTED), sorted(resource_types() - set(COMPUTED))
 
 
-def test_hcl_items_reads_attributes_blocks_and_nesting() -> None:
-    body = (
+def test_hcl_reader_keeps_expressions_whole_and_blocks_nested() -> None:
+    body = tfcheck.parse_hcl(
         'a = "x${lookup(m, "k", "}")}y"\nb = {\n  c = [1,\n 2]\n}\nd = <<-EOT\n  }\n  EOT\n'
         'blk "l1" {\n  e = 1\n}\ndynamic "env" {\n  for_each = var.x\n  content {\n    n = env.key\n  }\n}\n'
     )
-    items = hcl_items(body)
-    assert [(k, n, labels) for k, n, labels, _ in items] == [
-        ("attr", "a", []),
-        ("attr", "b", []),
-        ("attr", "d", []),
-        ("block", "blk", ["l1"]),
-        ("block", "dynamic", ["env"]),
-    ]
-    assert items[0][3] == '"x${lookup(m, "k", "}")}y"'
+    assert list(body.attributes) == ["a", "b", "d"]
+    assert [(n, labels) for n, labels, _ in body.blocks] == [("blk", ["l1"]), ("dynamic", ["env"])]
+    assert body.attributes["a"] == '"x${lookup(m, "k", "}")}y"'
+    assert body.attributes["b"] == "{\n  c = [1,\n 2]\n}"
+    content = body.blocks[1][2].blocks[0]
+    assert content[0] == "content" and content[2].attributes == {"n": "env.key"}
 
 
 def _mirror_plan(tmp_path: Path, main_tf: str) -> subprocess.CompletedProcess[str]:
@@ -1534,11 +1388,10 @@ def test_root_configures_the_api(root_plan: dict[str, Any]) -> None:
     assert [f["field_path"] for f in index["fields"]] == ["uid", "createdAt"]
     assert index["fields"][1]["order"] == "DESCENDING"
     text = strip_comments((TF / "modules" / "api" / "main.tf").read_text())
-    assert (
-        'args    = ["-m", "api"]' in text
-        and '"allUsers"' in text
-        and "iam.serviceAccountTokenCreator" in text
-    )
+    assert 'args    = ["-m", "api"]' in text and "iam.serviceAccountTokenCreator" in text
+    # Public without an allUsers binding, which Domain Restricted Sharing refuses.
+    assert "allUsers" not in text and "invoker_iam_disabled = var.config.public" in text
+    assert api["config"]["public"] is True
 
 
 def test_quotas_reach_every_service_that_admits_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1711,20 +1564,31 @@ def assert_buckets_mounted_on_service_and_worker_pool() -> None:
     models or adapters in a directory that is not there."""
     text = (TF / "modules" / "gpu-service" / "main.tf").read_text()
     resources = {labels[0]: body for labels, body in blocks(text, "resource")}
+
+    def dynamic(body: tfcheck.Body, name: str) -> tfcheck.Body:
+        (found,) = [b for n, labels, b in body.blocks if n == "dynamic" and labels == [name]]
+        assert found.attributes["for_each"] == "local.bucket_volumes"
+        return next(b for n, _, b in found.blocks if n == "content")
+
+    def block(body: tfcheck.Body, name: str) -> tfcheck.Body:
+        return next(b for n, _, b in body.blocks if n == name)
+
     for kind in ("google_cloud_run_v2_service", "google_cloud_run_v2_worker_pool"):
-        body = resources[kind]
-        assert re.search(
-            r'dynamic "volumes"\s*\{\s*for_each\s*=\s*local\.bucket_volumes\s*content\s*\{\s*'
-            r"name\s*=\s*volumes\.key\s*gcs\s*\{\s*bucket\s*=\s*volumes\.value\.bucket\s*read_only\s*=\s*true",
-            body,
-        ), kind
-        assert re.search(
-            r'dynamic "volume_mounts"\s*\{\s*for_each\s*=\s*local\.bucket_volumes\s*content\s*\{\s*'
-            r"name\s*=\s*volume_mounts\.key\s*mount_path\s*=\s*volume_mounts\.value\.mount_path",
-            body,
-        ), kind
-    locals_body = "".join(body for _, body in blocks(text, "locals"))
-    assert re.search(r"if\s+volume\.bucket\s*!=\s*null", locals_body), "only configured buckets are mounted"
+        template = block(resources[kind], "template")
+        volumes = dynamic(template, "volumes")
+        assert volumes.attributes == {"name": "volumes.key"}, kind
+        assert block(volumes, "gcs").attributes == {"bucket": "volumes.value.bucket", "read_only": "true"}, (
+            kind
+        )
+        mounts = dynamic(block(template, "containers"), "volume_mounts")
+        assert mounts.attributes == {
+            "name": "volume_mounts.key",
+            "mount_path": "volume_mounts.value.mount_path",
+        }
+    (locals_body,) = [body for _, body in blocks(text, "locals")]
+    assert re.search(r"if\s+volume\.bucket\s*!=\s*null", locals_body.attributes["bucket_volumes"]), (
+        "only configured buckets are mounted"
+    )
 
 
 ADAPTER_PIPELINES = (
@@ -1851,6 +1715,192 @@ def test_artifact_registry_has_a_cleanup_policy(root_plan: dict[str, Any]) -> No
     # Cloud Build pushes to the repository Terraform manages.
     subs = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())["substitutions"]
     assert subs["_REPO"] == registry["config"]["name"]
+
+
+# --------------------------------------------------------------------------------------------
+# The first deploy on an empty project (issue: first `gcloud builds submit` and `terraform apply`)
+# --------------------------------------------------------------------------------------------
+
+
+def resource_body(module: str, rtype: str, name: str = "default") -> tfcheck.Body:
+    """The parsed body of one resource (or `data.TYPE`) block of a module's main.tf."""
+    kind, rtype = ("data", rtype[5:]) if rtype.startswith("data.") else ("resource", rtype)
+    top = tfcheck.parse_hcl((TF / "modules" / module / "main.tf").read_text())
+    found = [body for k, labels, body in top.blocks if k == kind and labels == [rtype, name]]
+    assert found, f"{module}: no {kind} {rtype}.{name}"
+    return found[0]
+
+
+WEB_CONFIG = ROOT / "web" / "src" / "main.ts"
+
+
+def test_first_apply_provisions_firebase_auth_and_the_web_app(root_plan: dict[str, Any]) -> None:
+    firebase = root_plan["inputs_firebase"]
+    project = root_plan["inputs_project"]["services"]
+    assert {"firebase.googleapis.com", "identitytoolkit.googleapis.com", "apikeys.googleapis.com"} <= set(
+        project
+    )
+    # The sign-in providers the web client offers, and the domains it may sign in from.
+    assert firebase["auth"]["anonymous"] is True and firebase["auth"]["email_password"] is True
+    project_id = root_plan["inputs_storage"]["project_id"]
+    assert {"localhost", f"{project_id}.web.app", f"{project_id}.firebaseapp.com"} <= set(
+        firebase["auth"]["authorized_domains"]
+    )
+    # The Storage link and the rules wait for the Firebase project (module.firebase.project_id).
+    main = tfcheck.parse_hcl((TF / "main.tf").read_text())
+    modules = {labels[0]: body for kind, labels, body in main.blocks if kind == "module"}
+    for name in ("storage", "firestore"):
+        assert "module.firebase[*].project_id" in modules[name].attributes["project_id"], name
+    sign_in = resource_body("firebase", "google_identity_platform_config").blocks
+    assert [t for t, _, _ in sign_in] == ["sign_in"]
+
+
+def test_web_client_config_is_an_output_the_web_build_reads(root_plan: dict[str, Any]) -> None:
+    config = root_plan["web_client_config"]
+    # Every field of the client's Config interface that a deployment sets (the emulator ones aside).
+    interface = re.search(r"interface Config \{(.*?)\}", WEB_CONFIG.read_text(), re.S)
+    assert interface
+    fields = {m.group(1) for m in re.finditer(r"^\s*(\w+)\??:", interface.group(1), re.M)}
+    assert fields - {"authEmulatorUrl", "firestoreEmulator"} <= set(config), sorted(fields - set(config))
+    assert config["apiUrl"] == root_plan["api_url"]
+    assert config["apiKey"] and config["authDomain"].endswith(".firebaseapp.com")
+    assert config["bucket"] in root_plan["bucket_names"].values()
+    assert config["pipelines"] == root_plan["enabled_pipelines"]
+    # The page's origin may call the API and PUT to the bucket (dev.tfvars: localhost:5173).
+    api_origins = set(root_plan["inputs_api"]["config"]["env"]["API_CORS_ORIGINS"].split(","))
+    bucket_origins = set(root_plan["inputs_storage"]["config"]["cors_origins"])
+    assert "http://localhost:5173" in bucket_origins and bucket_origins <= api_origins
+    scripts = json.loads((ROOT / "web" / "package.json").read_text())["scripts"]
+    assert "output -json web_client_config" in scripts["build:deploy"]
+
+
+def test_sign_in_providers_are_variables(tmp_path: Path) -> None:
+    plan = plan_root(
+        tmp_path,
+        None,
+        '-var=firebase_config={ sign_in = { anonymous = false }, authorized_domains = ["app.example.com"] }',
+    )
+    auth = plan["inputs_firebase"]["auth"]
+    assert auth["anonymous"] is False and auth["email_password"] is True
+    assert "app.example.com" in auth["authorized_domains"]
+
+
+def test_plan_fails_with_no_sign_in_provider(tmp_path: Path) -> None:
+    error = _plan_error(
+        tmp_path, "-var=firebase_config={ sign_in = { anonymous = false, email_password = false } }"
+    )
+    assert "Enable at least one sign-in provider" in error
+
+
+def test_signed_urls_can_be_signed_in_a_new_project(root_plan: dict[str, Any]) -> None:
+    """The API signs through IAM signBlob: the IAM Credentials API must be on."""
+    assert "iamcredentials.googleapis.com" in root_plan["inputs_project"]["services"]
+
+
+def test_browser_uploads_pass_the_cors_preflight() -> None:
+    """The signed PUT carries x-goog-content-length-range (api/ signs it, web/ sends it)."""
+    bucket = resource_body("storage", "google_storage_bucket")
+    (cors,) = [body for kind, labels, body in bucket.blocks if kind == "dynamic" and labels == ["cors"]]
+    headers = cors.blocks[0][2].attributes["response_header"]
+    signed = {
+        h.lower() for f in (ROOT / "api").glob("*.py") for h in re.findall(r"x-goog-[a-z-]+", f.read_text())
+    }
+    assert "x-goog-content-length-range" in signed
+    for header in signed:
+        assert f'"{header}"' in headers, header
+
+
+def test_the_api_is_public_without_an_allusers_binding() -> None:
+    service = resource_body("api", "google_cloud_run_v2_service")
+    assert service.attributes["invoker_iam_disabled"] == "var.config.public"
+    members = [
+        body.attributes.get("member", "")
+        for f in tf_files()
+        for kind, _, body in tfcheck.parse_hcl(f.read_text()).blocks
+        if kind == "resource"
+    ]
+    assert not [m for m in members if "allUsers" in m or "allAuthenticatedUsers" in m]
+
+
+def test_destroy_then_apply_recreates_an_unprotected_firestore_database() -> None:
+    database = resource_body("firestore", "google_firestore_database")
+    assert database.attributes["deletion_policy"] == 'var.database.delete_protection ? "ABANDON" : "DELETE"'
+    assert "DELETE_PROTECTION_DISABLED" in database.attributes["delete_protection_state"]
+
+
+def test_the_worker_pool_plans_without_a_permanent_diff() -> None:
+    pool = resource_body("gpu-service", "google_cloud_run_v2_worker_pool")
+    assert "launch_stage" not in pool.attributes
+    text = (TF / "modules" / "gpu-service" / "variables.tf").read_text()
+    assert "beta-only" not in text
+
+
+def test_plan_fails_for_a_worker_pool_of_zero_instances(tmp_path: Path) -> None:
+    error = _plan_error(tmp_path, "-var=worker_pool_config={ enabled = true, instance_count = 0 }")
+    assert "instance_count must be 1 or more" in error
+
+
+def test_plan_fails_for_an_rtx_pro_6000_below_its_minimums(tmp_path: Path) -> None:
+    error = _plan_error(tmp_path, '-var=gpu_service_config={ accelerator = "nvidia-rtx-pro-6000" }')
+    assert "20 CPU and 80Gi for nvidia-rtx-pro-6000" in error
+
+
+def test_enabling_an_api_does_not_replace_the_storage_agents_grant() -> None:
+    """No data source waits on the APIs except the Storage agent's (its read creates the agent):
+    a data source deferred by depends_on is read again at every apply that changes an API,
+    and whatever uses it is replaced."""
+    top = tfcheck.parse_hcl((TF / "modules" / "project" / "main.tf").read_text())
+    data = {labels[0]: body for kind, labels, body in top.blocks if kind == "data"}
+    assert list(data) == ["google_storage_project_service_account"]
+    depends = data["google_storage_project_service_account"].attributes["depends_on"]
+    assert depends.replace(" ", "") == "[google_project_service.storage]"
+    services = resource_body("project", "google_project_service")
+    assert '"storage.googleapis.com"' in services.attributes["for_each"]  # left out of the set
+
+
+BOOTSTRAP = TF / "bootstrap"
+
+
+@needs_terraform
+def test_bootstrap_gives_cloud_build_its_own_account_with_the_roles_the_deploy_needs(tmp_path: Path) -> None:
+    """terraform/bootstrap (applied once by an owner) plans, mirrored like the modules, and its
+    deployer holds logging.logWriter (CLOUD_LOGGING_ONLY) and an admin role for every kind of
+    resource the deployment creates."""
+    (tmp_path / "main.tf").write_text(mirror_module(BOOTSTRAP))
+    shutil.copy(BOOTSTRAP / "variables.tf", tmp_path / "variables.tf")
+    assert _terraform(tmp_path, "init", "-backend=false").returncode == 0
+    result = _terraform(tmp_path, "apply", "-auto-approve", "-var=project_id=p", "-var=region=europe-west1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    top = tfcheck.parse_hcl((BOOTSTRAP / "main.tf").read_text())
+    members = {
+        body.attributes["member"]
+        for kind, labels, body in top.blocks
+        if kind == "resource" and labels[0] == "google_project_iam_member"
+    }
+    assert members == {'"serviceAccount:${google_service_account.deployer.email}"'}
+    locals_ = next(b for k, _, b in top.blocks if k == "locals")
+    granted = set(re.findall(r'"(roles/[\w.]+)"', locals_.attributes["deployer_roles"]))
+    assert "roles/logging.logWriter" in granted
+    prefixes = {
+        "google_artifact_registry": "artifactregistry",
+        "google_cloud_run": "run",
+        "google_cloud_scheduler": "cloudscheduler",
+        "google_eventarc": "eventarc",
+        "google_firebase": "firebase",
+        "google_firebaserules": "firebase",  # firebase.admin covers the rules
+        "google_firestore": "datastore",
+        "google_identity_platform": "identityplatform",
+        "google_project_iam": "resourcemanager",
+        "google_project_service": "serviceusage",
+        "google_pubsub": "pubsub",
+        "google_service_account": "iam",
+        "google_storage": "storage",
+    }
+    for rtype in {t for t in resource_types() if not t.startswith("data.")}:
+        service = next(
+            v for k, v in sorted(prefixes.items(), key=lambda kv: -len(kv[0])) if rtype.startswith(k)
+        )
+        assert any(r.startswith(f"roles/{service}.") for r in granted), f"{rtype}: no roles/{service}.*"
 
 
 def test_plan_fails_on_a_topology_error_python_also_rejects(tmp_path: Path) -> None:
@@ -2001,9 +2051,91 @@ def test_cloudbuild_locks_the_providers(cloudbuild: dict[str, Any]) -> None:
     steps = _steps(cloudbuild)
     validate = _args(steps["terraform-validate"])
     assert "terraform providers lock" in validate and "-platform=linux_amd64" in validate
+    # Only the init that creates the missing lock file may write it; every other one reads it.
+    creating = re.search(r"if \[ ! -f \.terraform\.lock\.hcl \]; then(.*?)\n\s*fi\n", validate, re.S)
+    assert creating and "terraform init" in creating.group(1)
     for step in cloudbuild["steps"]:
-        for init in re.findall(r"terraform init[^\n]*", _args(step)):
+        text = (
+            _args(step).replace(creating.group(1), "") if step["id"] == "terraform-validate" else _args(step)
+        )
+        for init in re.findall(r"terraform init[^\n]*", text):
             assert "-lockfile=readonly" in init, f"{step['id']}: {init}"
+
+
+CLOUDBUILD_TERRAFORM_STEPS = ["terraform-validate", "registry", "deploy"]
+
+
+def cloudbuild_script(cloudbuild: dict[str, Any], step_id: str, values: dict[str, str]) -> str:
+    """A step's shell script after Cloud Build's substitutions ($$ is a literal $)."""
+    subs = {**cloudbuild["substitutions"], **values}
+
+    def expand(text: str) -> str:
+        return re.sub(r"\$\{(\w+)\}", lambda m: subs.get(m.group(1), m.group(0)), text)
+
+    for _ in range(5):  # dynamic substitutions may refer to others
+        subs = {k: expand(v) for k, v in subs.items()}
+    script = _steps(cloudbuild)[step_id]["args"][-1].replace("$$", "\0")
+    script = re.sub(r"\$\{(\w+)\}", lambda m: subs[m.group(1)], script)
+    return script.replace("\0", "$")
+
+
+def fresh_checkout(base: Path) -> Path:
+    """The mirrored root as a fresh checkout sees it: formatted, no .terraform, no lock file,
+    the committed tfvars; and a `terraform` that keeps its state locally (drops -backend-config)."""
+    root = prepare_root(base)
+    shutil.rmtree(root / ".terraform")
+    (root / ".terraform.lock.hcl").unlink(missing_ok=True)
+    shutil.copytree(TF / "envs", root / "envs")
+    subprocess.run([str(TERRAFORM), "fmt", "-recursive", str(root)], capture_output=True, check=True)
+    shim = base / "bin" / "terraform"
+    shim.parent.mkdir()
+    shim.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do shift; case "$a" in -backend-config=*) ;; *) set -- "$@" "$a" ;; esac; done\n'
+        f'exec {TERRAFORM} "$@"\n'
+    )
+    shim.chmod(0o755)
+    return root
+
+
+def run_step(base: Path, script: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PATH": f"{base / 'bin'}:{os.environ['PATH']}",
+        "CHECKPOINT_DISABLE": "1",
+        "TF_IN_AUTOMATION": "1",
+    }
+    return subprocess.run(
+        ["sh", "-euc", script], cwd=base, capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+
+
+@needs_terraform
+def test_cloudbuild_terraform_steps_run_in_order_on_a_fresh_checkout(
+    tmp_path: Path, cloudbuild: dict[str, Any]
+) -> None:
+    """The build's own shell, step by step in its waitFor order, against the mirrored root: an
+    init-order mistake (e.g. `providers lock` before any `init`) fails here as in Cloud Build."""
+    steps = _steps(cloudbuild)
+    assert "terraform-validate" in steps["registry"]["waitFor"]
+    assert "registry" in " ".join(steps["push-functions"]["waitFor"] + steps["push-gpu-service"]["waitFor"])
+    fresh_checkout(tmp_path)
+    values = {"PROJECT_ID": "my-gpu-jobs-dev", "SHORT_SHA": "abc1234", "_TF_STATE_BUCKET": "state"}
+    for step_id in CLOUDBUILD_TERRAFORM_STEPS:
+        result = run_step(tmp_path, cloudbuild_script(cloudbuild, step_id, values))
+        assert result.returncode == 0, f"step {step_id}:\n{result.stdout}{result.stderr}"
+    root = tmp_path / "terraform"
+    assert (root / ".terraform.lock.hcl").is_file()  # the validate step made it
+    assert "module.api" in (root / "tfplan.txt").read_text()
+
+
+@needs_terraform
+def test_locking_the_providers_before_init_fails_on_a_fresh_checkout(tmp_path: Path) -> None:
+    """What the step-order test guards against: the first build's old order."""
+    fresh_checkout(tmp_path)
+    result = run_step(tmp_path, "cd terraform\nterraform providers lock -platform=linux_amd64")
+    assert result.returncode != 0
+    assert "Module not installed" in result.stdout + result.stderr
 
 
 def test_cloudbuild_creates_the_registry_before_pushing_and_reuses_layers(cloudbuild: dict[str, Any]) -> None:

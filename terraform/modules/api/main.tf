@@ -1,12 +1,15 @@
 # The HTTP API (api/): a Cloud Run service from the functions image, run as `python -m api`.
 # Cloud Run lets every request through: the API itself checks each caller's Firebase ID token.
+# invoker_iam_disabled turns the invoker check off without an allUsers binding, which Domain
+# Restricted Sharing (enforced by default in organizations created since 2024) refuses.
 resource "google_cloud_run_v2_service" "default" {
-  project             = var.project_id
-  location            = var.region
-  name                = var.config.name
-  ingress             = var.config.ingress
-  deletion_protection = var.deletion_protection
-  labels              = var.labels
+  project              = var.project_id
+  location             = var.region
+  name                 = var.config.name
+  ingress              = var.config.ingress
+  deletion_protection  = var.deletion_protection
+  labels               = var.labels
+  invoker_iam_disabled = var.config.public
 
   template {
     service_account                  = var.service_account
@@ -51,16 +54,6 @@ resource "google_cloud_run_v2_service" "default" {
       }
     }
   }
-}
-
-# End users carry no Google identity: the service is public and verifies Firebase ID tokens.
-resource "google_cloud_run_v2_service_iam_member" "public" {
-  count    = var.config.public ? 1 : 0
-  project  = var.project_id
-  location = var.region
-  name     = google_cloud_run_v2_service.default.name
-  role     = "roles/run.invoker"
-  member   = "allUsers"
 }
 
 # Signed URLs are signed through IAM (signBlob) as the service's own account: no key file.

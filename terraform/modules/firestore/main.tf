@@ -5,6 +5,9 @@ resource "google_firestore_database" "default" {
   location_id             = var.database.location_id
   type                    = "FIRESTORE_NATIVE"
   delete_protection_state = var.database.delete_protection ? "DELETE_PROTECTION_ENABLED" : "DELETE_PROTECTION_DISABLED"
+  # The provider's default (ABANDON) only forgets the database on destroy: the next apply then
+  # fails with 409 "already exists". Without delete protection, destroy deletes it.
+  deletion_policy = var.database.delete_protection ? "ABANDON" : "DELETE"
 }
 
 # Firestore has no resource-level IAM: datastore.user (document read/write, no admin) is granted

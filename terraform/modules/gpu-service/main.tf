@@ -114,7 +114,6 @@ resource "google_cloud_run_v2_worker_pool" "default" {
   project             = var.project_id
   location            = var.region
   name                = var.worker_pool.name
-  launch_stage        = "BETA"
   deletion_protection = var.deletion_protection
   labels              = var.labels
 

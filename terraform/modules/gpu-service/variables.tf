@@ -39,8 +39,11 @@ variable "config" {
     error_message = "accelerator must be a Cloud Run GPU type: nvidia-l4 (or nvidia-rtx-pro-6000 where available)."
   }
   validation {
-    condition     = var.config.accelerator != "nvidia-l4" || (try(tonumber(var.config.cpu), 0) >= 4 && try(tonumber(trimsuffix(var.config.memory, "Gi")), 0) >= 16)
-    error_message = "Cloud Run L4 GPUs need at least 4 CPU and 16Gi memory (8 CPU / 32Gi recommended); give cpu as a whole number and memory in Gi."
+    condition = (
+      try(tonumber(var.config.cpu), 0) >= lookup({ nvidia-l4 = 4, nvidia-rtx-pro-6000 = 20 }, var.config.accelerator, 0) &&
+      try(tonumber(trimsuffix(var.config.memory, "Gi")), 0) >= lookup({ nvidia-l4 = 16, nvidia-rtx-pro-6000 = 80 }, var.config.accelerator, 0)
+    )
+    error_message = "Cloud Run GPUs need at least 4 CPU and 16Gi memory for nvidia-l4 (8 CPU / 32Gi recommended) and 20 CPU and 80Gi for nvidia-rtx-pro-6000; give cpu as a whole number and memory in Gi."
   }
   validation {
     condition     = var.config.min_instances >= 0 && var.config.max_instances >= max(1, var.config.min_instances)
@@ -110,7 +113,7 @@ variable "service_account" {
 
 variable "worker_pool" {
   description = <<-EOT
-    Optional Cloud Run worker pool (google-beta google_cloud_run_v2_worker_pool) running the same
+    Optional Cloud Run worker pool (google_cloud_run_v2_worker_pool, through google-beta) running the same
     image, for pipelines in pull mode whose jobs outlast the 600 s push limit: `python -m
     gpu_service` starts a streaming-pull consumer for every enabled pull-mode pipeline. `env` is
     added to config.env (set ENABLED_PIPELINES to the pull pipelines there); `command`/`args`
@@ -129,7 +132,7 @@ variable "worker_pool" {
   nullable = false
   default  = {}
   validation {
-    condition     = var.worker_pool.instance_count >= 0
-    error_message = "worker_pool.instance_count must be 0 or more (0 parks the pool without deleting it)."
+    condition     = var.worker_pool.instance_count >= 1
+    error_message = "worker_pool.instance_count must be 1 or more: google providers before 6.47.0 cannot apply 0 (a provider bug), and versions.tf allows them. To park the pool, set worker_pool_config.enabled = false."
   }
 }

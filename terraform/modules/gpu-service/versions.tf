@@ -7,7 +7,7 @@ terraform {
     }
     google-beta = {
       source  = "hashicorp/google-beta"
-      version = ">= 6.37.0, < 8.0.0" # 6.37: google_cloud_run_v2_worker_pool
+      version = ">= 6.37.0, < 8.0.0" # 6.37: google_cloud_run_v2_worker_pool (GA in google since 6.37 too)
     }
   }
 }

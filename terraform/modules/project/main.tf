@@ -1,9 +1,5 @@
-data "google_project" "default" {
-  project_id = var.project_id
-}
-
 resource "google_project_service" "default" {
-  for_each                   = toset(var.services)
+  for_each                   = setsubtract(toset(var.services), ["storage.googleapis.com"])
   project                    = var.project_id
   service                    = each.value
   disable_on_destroy         = false
@@ -22,11 +18,22 @@ resource "google_project_service_identity" "default" {
   depends_on = [google_project_service.default]
 }
 
-# Cloud Storage has no service identity API: reading its agent creates it. Read after the APIs
-# are enabled (depends_on defers the read to apply time).
+# Cloud Storage on its own: the Storage agent's data source below waits for this API only. Were
+# it to wait for all of them, enabling one more API later would defer its read to apply time,
+# make the agent's e-mail unknown and replace its publisher grants (notifications would fail
+# while the apply runs).
+resource "google_project_service" "storage" {
+  project                    = var.project_id
+  service                    = "storage.googleapis.com"
+  disable_on_destroy         = false
+  disable_dependent_services = false
+}
+
+# Cloud Storage has no service identity API: reading its agent creates it. Read once its API is
+# enabled (on the first apply depends_on defers the read to apply time; later, it is known).
 data "google_storage_project_service_account" "default" {
   project    = var.project_id
-  depends_on = [google_project_service.default]
+  depends_on = [google_project_service.storage]
 }
 
 resource "google_project_iam_member" "default" {

@@ -1,12 +1,7 @@
-output "number" {
-  description = "Project number."
-  value       = data.google_project.default.number
-}
-
 output "project_id" {
   description = "Project id, available once the APIs are enabled and the service agents exist (depend on this to order resources after them)."
   value       = var.project_id
-  depends_on  = [google_project_service.default, google_project_service_identity.default, data.google_storage_project_service_account.default]
+  depends_on  = [google_project_service.default, google_project_service.storage, google_project_service_identity.default, data.google_storage_project_service_account.default]
 }
 
 output "service_agents" {

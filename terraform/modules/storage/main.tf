@@ -43,13 +43,15 @@ resource "google_storage_bucket" "default" {
     }
   }
 
-  # Browsers upload with the Firebase Storage SDK (resumable uploads) and read results back.
+  # Browsers upload with the Firebase Storage SDK (resumable uploads) or PUT to the API's signed
+  # URL, which carries x-goog-content-length-range (the size the URL was signed for; without it
+  # in the list the browser's preflight fails), and read results back.
   dynamic "cors" {
     for_each = length(var.config.cors_origins) == 0 ? [] : [""]
     content {
       origin          = var.config.cors_origins
       method          = ["GET", "HEAD", "PUT", "POST", "DELETE"]
-      response_header = ["Content-Type", "Content-Length", "Authorization", "User-Agent", "x-goog-resumable"]
+      response_header = ["Content-Type", "Content-Length", "Authorization", "User-Agent", "x-goog-resumable", "x-goog-content-length-range"]
       max_age_seconds = 3600
     }
   }

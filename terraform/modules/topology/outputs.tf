@@ -24,7 +24,7 @@ output "notifications" {
 }
 
 output "pipeline_topic_prefix" {
-  description = "Prefix of the pipeline topics (the services' TOPIC_PREFIX setting)."
+  description = "Prefix of the pipeline topics (core/routes.py's TOPIC_PREFIX constant; not a setting)."
   value       = trimsuffix(var.naming.pipeline_topic, "%s")
 }
 
