@@ -104,7 +104,7 @@ class TokenVerifier:
             ) from exc
         _check_times(claims)
         uid = claims.get("uid")
-        if not isinstance(uid, str) or not UID_PATTERN.match(uid):
+        if not isinstance(uid, str) or not UID_PATTERN.fullmatch(uid):
             raise ApiError("invalid_token", "the token's user id is not one this service accepts")
         return User(uid=uid, claims=claims)
 

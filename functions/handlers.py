@@ -94,7 +94,7 @@ def handle_object_finalized(deps: Deps, event: StorageEvent) -> str | None:
         return None  # uploads/{uid}/{name}: an input for a client-created job
     _, uid, pipeline, _rest = segments
     uri = f"gs://{obj.bucket}/{obj.name}"
-    if not UID_PATTERN.match(uid):
+    if not UID_PATTERN.fullmatch(uid):
         # No job can name this owner (and no client could read it): nothing to create.
         log.warning("upload %s: %s is not a user id; no job created", shown(uri, 200), shown(uid))
         return None

@@ -41,7 +41,7 @@ OPENAI_VOICE_NAMES = frozenset(
         "verse",
     }
 )
-VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+VOICE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 
 
 class Batching(BaseModel):
@@ -210,7 +210,7 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"OPENAI_VOICES: {name[:40]!r} is not an OpenAI voice; use {', '.join(sorted(OPENAI_VOICE_NAMES))}"
                 )
-            if not VOICE_NAME.match(voice):
+            if not VOICE_NAME.fullmatch(voice):
                 raise ValueError(
                     f"OPENAI_VOICES: {name} -> {voice[:40]!r} is not a voice name "
                     "(1-100 letters, digits, '.', '_' or '-')"
