@@ -12,6 +12,8 @@ once per user per :attr:`Settings.quota_tier_cache_seconds`:
 
 A uid that Auth does not know gets the top-level caps: every client path creates jobs as a
 signed-in user (the security rules and the API see to that), so only server-side writes name one.
+In production the functions' service account needs ``roles/firebaseauth.viewer`` (Terraform
+grants it); without it the lookups fail, are logged, and the top-level caps apply.
 """
 
 from __future__ import annotations
@@ -97,10 +99,20 @@ class SignInProviders:
             found: str | None = provider_of(firebase_auth.get_user(uid, app=self._app))
         except (firebase_auth.UserNotFoundError, ValueError):  # unknown, or not a uid Auth could hold
             found = None
-        except (firebase_exceptions.FirebaseError, OSError) as exc:
+        except (
+            firebase_exceptions.UnavailableError,
+            firebase_exceptions.DeadlineExceededError,
+            firebase_exceptions.InternalError,
+            OSError,
+        ) as exc:
             raise RetryableError(
                 f"could not look up the job's owner in Firebase Auth: {type(exc).__name__}"
             ) from exc
+        except firebase_exceptions.FirebaseError as exc:
+            # A configuration fault (no permission to read users, say): jobs keep flowing on the
+            # top-level caps rather than stopping, and the log says why at every lookup.
+            log.error("quota tier of %s not known, top-level caps apply: %s", uid, _first_line(exc))
+            found = None
         with self._lock:
             if len(self._kept) > 100_000:  # bounded: drop everything rather than grow without end
                 self._kept.clear()
@@ -109,6 +121,10 @@ class SignInProviders:
 
     def close(self) -> None:
         firebase_admin.delete_app(self._app)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 class _NoCredential(credentials.Base):  # type: ignore[misc]

@@ -128,6 +128,7 @@ locals {
       "firebaserules.googleapis.com",
       "firestore.googleapis.com",
       "iam.googleapis.com",
+      "identitytoolkit.googleapis.com",
       "pubsub.googleapis.com",
       "run.googleapis.com",
       "storage.googleapis.com",
@@ -148,6 +149,15 @@ module "project" {
     eventarc-invoker-event-receiver = {
       member = local.sa_member.eventarc_invoker
       role   = "roles/eventarc.eventReceiver"
+    }
+    # Firebase Auth user records: the API checks revocation, the functions pick quota tiers.
+    api-firebaseauth-viewer = {
+      member = local.sa_member.api
+      role   = "roles/firebaseauth.viewer"
+    }
+    functions-firebaseauth-viewer = {
+      member = local.sa_member.functions
+      role   = "roles/firebaseauth.viewer"
     }
   }
 }
