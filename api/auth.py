@@ -42,8 +42,6 @@ from infra.settings import Settings
 CLOCK_SKEW_SECONDS = 10
 #: the header that carries the App Check token (the name the Firebase SDKs use)
 APP_CHECK_HEADER = "X-Firebase-AppCheck"
-#: how long App Check's public keys are kept (firebase-admin's own choice: they rotate slowly)
-APP_CHECK_KEYS_SECONDS = 6 * 3600
 
 
 class UnsafeConfiguration(RuntimeError):
@@ -128,11 +126,8 @@ class _LocalKeysAppCheck(firebase_app_check._AppCheckService):  # type: ignore[m
     """firebase-admin's App Check verifier, with the URL of the public keys as a setting."""
 
     def __init__(self, app: firebase_admin.App, jwks_url: str) -> None:
-        self._JWKS_URL = jwks_url  # read by the constructor below
+        self._JWKS_URL = jwks_url  # the constructor builds its key client from it
         super().__init__(app)
-        self._jwks_client = jwt.PyJWKClient(
-            jwks_url, lifespan=APP_CHECK_KEYS_SECONDS, headers=self._APP_CHECK_HEADERS
-        )
 
 
 class TokenVerifier:
