@@ -23,6 +23,7 @@ from core.contract import (
 from core.errors import InvalidInput
 from core.patch import Patch, UnknownField
 from core.routes import check_name
+from core.spec import parse_gs_uri
 from core.work import PART_KEY_PATTERN, WorkRef
 
 ASCII_ALNUM = frozenset(string.ascii_letters + string.digits)
@@ -175,3 +176,15 @@ def test_a_write_never_names_a_field_the_contract_does_not_have(first: str, seco
     (field_path,) = built.to_dict()
     top = field_path.split(".")[0]
     assert top in {info.alias or name for name, info in JobDoc.model_fields.items()}
+
+
+@given(st.sampled_from(["media-bucket", "b1.example"]), text)
+@example("media-bucket", "uploads/u/a.wav\n")
+def test_a_gs_uri_names_exactly_the_object_it_spells(bucket: str, name: str) -> None:
+    uri = f"gs://{bucket}/{name}"
+    fits = bool(name) and not name.endswith("/") and "\n" not in name and "\r" not in name
+    if fits:
+        assert parse_gs_uri(uri) == (bucket, name)
+    else:
+        with pytest.raises(ValueError):
+            parse_gs_uri(uri)
