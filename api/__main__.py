@@ -14,6 +14,7 @@ from api.signing import UrlSigner
 from functions.handlers import Deps
 from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
+from infra.identity import SignInProviders
 from infra.jobs import JobStore, firestore_client
 from infra.settings import Settings
 from pipelines.registry import catalog
@@ -32,6 +33,7 @@ def build(settings: Settings) -> Api:
         jobs=JobStore(db, settings.jobs_collection, settings.quotas_collection),
         blobs=BlobStore(gcs),
         bus=Bus(settings),
+        identities=SignInProviders.from_settings(settings),
     )
     return Api(deps=deps, verifier=TokenVerifier(settings), signer=UrlSigner(settings, gcs), db=db)
 

@@ -47,7 +47,7 @@ def create_app(api: Api) -> FastAPI:
             CORSMiddleware,
             allow_origins=api.settings.api_cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Firebase-AppCheck"],
             expose_headers=["Retry-After", "X-Job-Id"],
             max_age=600,
         )

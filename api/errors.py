@@ -20,6 +20,8 @@ STATUS_FOR_CODE = {
     "unauthenticated": 401,
     "invalid_token": 401,
     "token_expired": 401,
+    "app_check_required": 401,
+    "invalid_app_check": 401,
     "not_found": 404,
     "idempotency_key_reused": 409,
     "not_finished": 409,

@@ -12,8 +12,8 @@ from pydantic.alias_generators import to_camel
 from core.contract import ErrorInfo, JobDoc, JobStatus, Progress, Timings
 
 #: file names a signed upload may carry (the object is ``uploads/{uid}/{random}-{name}``)
-FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-CONTENT_TYPE = re.compile(r"^[a-z]+/[a-z0-9][a-z0-9.+-]{0,99}$")
+FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+CONTENT_TYPE = re.compile(r"^[a-z]+/[a-z0-9][a-z0-9.+-]{0,99}\Z")
 
 
 class _Body(BaseModel):
@@ -36,7 +36,7 @@ class UploadCreate(_Body):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not FILE_NAME.match(value):
+        if not FILE_NAME.fullmatch(value):
             raise ValueError("use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return value
 
@@ -44,7 +44,7 @@ class UploadCreate(_Body):
     @classmethod
     def _content_type(cls, value: str) -> str:
         value = value.strip().lower()
-        if not CONTENT_TYPE.match(value):
+        if not CONTENT_TYPE.fullmatch(value):
             raise ValueError("must be a MIME type such as audio/wav or image/png")
         return value
 

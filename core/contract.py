@@ -31,8 +31,8 @@ from pydantic.alias_generators import to_camel
 from core.errors import Cancelled, InvalidInput, JobError, Preempted, RetryableError, bounded, shown
 from core.work import PART_KEY_PATTERN, WorkRef
 
-JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-UID_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+JOB_ID_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
+UID_PATTERN = re.compile(r"\A[A-Za-z0-9_.@-]{1,128}\Z")
 
 
 class JobStatus(StrEnum):
@@ -208,7 +208,7 @@ class JobDoc(_Doc):
     @field_validator("uid")
     @classmethod
     def _uid_shape(cls, value: str) -> str:
-        if not UID_PATTERN.match(value):
+        if not UID_PATTERN.fullmatch(value):
             raise ValueError("uid must be 1-128 letters, digits or _.@-")
         return value
 
@@ -281,14 +281,14 @@ class JobMessage(BaseModel):
     @field_validator("part")
     @classmethod
     def _part_shape(cls, value: str | None) -> str | None:
-        if value is not None and not PART_KEY_PATTERN.match(value):
+        if value is not None and not PART_KEY_PATTERN.fullmatch(value):
             raise ValueError("part must be a part key (a-z, 0-9, '_', optionally '-N')")
         return value
 
     @field_validator("job_id")
     @classmethod
     def _job_id_shape(cls, value: str) -> str:
-        if not JOB_ID_PATTERN.match(value):
+        if not JOB_ID_PATTERN.fullmatch(value):
             raise ValueError("jobId must be 1-128 letters, digits, _ or -")
         return value
 
@@ -310,7 +310,7 @@ def state_for_error(exc: BaseException, *, attempts_left: bool) -> JobStatus | N
 
 
 def validate_job_id(job_id: str) -> str:
-    if not JOB_ID_PATTERN.match(job_id):
+    if not JOB_ID_PATTERN.fullmatch(job_id):
         raise InvalidInput(
             f"job id {shown(job_id)} is not valid: use 1-128 letters, digits, '_' or '-'",
             code="invalid_job_id",

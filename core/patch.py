@@ -34,7 +34,7 @@ DELETE = _Sentinel("DELETE")
 Sentinel = _Sentinel
 
 # Map keys become Firestore field path segments: keep them to plain identifiers.
-_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_KEY = re.compile(r"\A[A-Za-z0-9_-]{1,128}\Z")
 
 
 class UnknownField(ValueError):
@@ -75,7 +75,7 @@ def _resolve(model: type[BaseModel], path: str) -> tuple[str, Any]:
             out.append(info.alias or seg)
             annotation = _unwrap_optional(info.annotation)
         elif typing.get_origin(annotation) is dict:
-            if not _KEY.match(seg):
+            if not _KEY.fullmatch(seg):
                 raise UnknownField(f"map key {seg!r} in {path!r} is not a plain identifier")
             out.append(seg)
             annotation = _unwrap_optional(typing.get_args(annotation)[1])

@@ -7,6 +7,12 @@ ids of the user's admitted jobs not known to be final; a job that ends is pruned
 time the user is near a cap (its document is read in the transaction), so no end path has to
 decrement anything and the counts stay exact under concurrent creation.
 
+Caps depend on how the user signed in: ``tiers`` maps a Firebase sign-in provider (the ID
+token's ``firebase.sign_in_provider``: ``anonymous``, ``password``, ``google.com``, ``phone``...)
+to its own caps, so that a script that signs in anonymously again and again gets a small quota
+per account (or none) instead of the full one. Users whose provider has no tier get the top-level
+caps. Which provider a user has is looked up by the functions (``infra/identity.py``).
+
 This module is the pure part: the policy, the ledger, and the decision.
 """
 
@@ -15,12 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from core.contract import ErrorInfo
 
 #: The key of the all-pipelines count in :attr:`Ledger.daily`.
 ALL = "*"
+#: The sign-in provider of an anonymous account (Firebase's own name for it).
+ANONYMOUS = "anonymous"
 
 
 class QuotaLimits(BaseModel):
@@ -32,8 +40,25 @@ class QuotaLimits(BaseModel):
     max_daily: int | None = Field(None, ge=0, description="jobs admitted per UTC day")
 
 
+class QuotaTier(BaseModel):
+    """The caps of the users of one sign-in provider, in place of the top-level ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed: bool = Field(True, description="false: users of this provider may not start jobs at all")
+    max_unfinished: int = Field(2, ge=1, le=1000, description="jobs admitted and not yet final, per user")
+    max_daily: int | None = Field(20, ge=1, description="jobs admitted per UTC day, per user")
+    pipelines: dict[str, QuotaLimits] = Field(default_factory=dict, description="tighter caps per pipeline")
+
+
+def _default_tiers() -> dict[str, QuotaTier]:
+    # An anonymous account costs a script one call to make: it gets a tenth of the daily quota.
+    return {ANONYMOUS: QuotaTier(max_unfinished=2, max_daily=100)}
+
+
 class QuotaPolicy(BaseModel):
-    """The ``QUOTAS`` setting: per-user caps, with optional per-pipeline caps on top."""
+    """The ``QUOTAS`` setting: per-user caps, with optional per-pipeline caps on top, and their
+    own caps for the users of some sign-in providers (``tiers``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -44,6 +69,31 @@ class QuotaPolicy(BaseModel):
     retry_after_seconds: int = Field(
         30, ge=1, le=3600, description="what to tell a user at the unfinished cap to wait before trying again"
     )
+    tiers: dict[str, QuotaTier] = Field(
+        default_factory=_default_tiers,
+        description="caps per sign-in provider (anonymous, password, google.com, ...), replacing the above",
+    )
+    _closed_to: str | None = PrivateAttr(None)
+
+    @property
+    def closed_to(self) -> str | None:
+        """The provider whose tier is not allowed, on a policy :meth:`for_provider` returned."""
+        return self._closed_to
+
+    def for_provider(self, provider: str | None) -> QuotaPolicy:
+        """The caps that apply to a user who signed in with ``provider`` (``None``: not known)."""
+        tier = self.tiers.get(provider) if provider is not None else None
+        if tier is None:
+            return self
+        applied = self.model_copy(
+            update={
+                "max_unfinished": tier.max_unfinished,
+                "max_daily": tier.max_daily,
+                "pipelines": tier.pipelines,
+            }
+        )
+        applied._closed_to = None if tier.allowed else provider
+        return applied
 
 
 class Ledger(BaseModel):
@@ -109,6 +159,13 @@ def decide_admission(
         error = ErrorInfo(code="quota_exceeded", message=message, retry_after_seconds=retry_after)
         return Admission(False, pruned, error)
 
+    if policy.closed_to is not None:
+        how = "an anonymous account" if policy.closed_to == ANONYMOUS else f"a {policy.closed_to} account"
+        message = (
+            f"jobs cannot be started from {how} in this deployment: sign in with another method "
+            "(or link one to this account) and try again"
+        )
+        return Admission(False, pruned, ErrorInfo(code="sign_in_required", message=message))
     wait = policy.retry_after_seconds
     midnight = seconds_to_midnight(now)
     until_midnight = f"try again after midnight UTC, in {midnight} s"

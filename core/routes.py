@@ -25,12 +25,12 @@ DEAD_LETTER_TOPIC = "jobs-dead-letter"
 
 # Pipeline and part names become resource names (topics allow [A-Za-z0-9-_.~+%], 3-255 chars)
 # and URL path segments, so both are kept to a safe, lower-case subset.
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+NAME_PATTERN = re.compile(r"\A[a-z][a-z0-9_]{0,39}\Z")
 
 
 def check_name(kind: str, name: str) -> str:
     """``name`` if it may be a pipeline or part name, else ``ValueError`` saying why."""
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise ValueError(f"{kind} name {name!r} must be 1-40 of a-z, 0-9, '_', starting with a letter")
     return name
 

@@ -28,7 +28,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from core.routes import check_name
 from core.work import part_key
 
-_GS_URI = re.compile(r"^gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(?P<name>[^\r\n]+)$")
+_GS_URI = re.compile(r"^gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(?P<name>[^\r\n]+)\Z")
 
 
 def parse_gs_uri(uri: str) -> tuple[str, str]:
@@ -37,7 +37,7 @@ def parse_gs_uri(uri: str) -> tuple[str, str]:
     Raises:
         ValueError: if ``uri`` is not a well-formed ``gs://`` URI naming an object.
     """
-    m = _GS_URI.match(uri)
+    m = _GS_URI.fullmatch(uri)
     if not m or m["name"].endswith("/"):
         raise ValueError(f"expected a file as gs://BUCKET/PATH, got {uri!r}")
     return m["bucket"], m["name"]

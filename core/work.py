@@ -13,19 +13,19 @@ import re
 from dataclasses import dataclass
 
 # A lane is a spec-declared part name; a shard appends "-{index}".
-PART_KEY_PATTERN = re.compile(r"^(?P<lane>[a-z][a-z0-9_]{0,39})(?:-(?P<index>0|[1-9][0-9]{0,5}))?$")
+PART_KEY_PATTERN = re.compile(r"\A(?P<lane>[a-z][a-z0-9_]{0,39})(?:-(?P<index>0|[1-9][0-9]{0,5}))?\Z")
 
 
 def part_key(lane: str, index: int | None = None) -> str:
     key = lane if index is None else f"{lane}-{index}"
-    if not PART_KEY_PATTERN.match(key):
+    if not PART_KEY_PATTERN.fullmatch(key):
         raise ValueError(f"invalid part key {key!r}")
     return key
 
 
 def lane_of(key: str) -> str:
     """The lane (and so the route) of a part key: ``chunk`` for ``chunk-3``, ``speech`` for ``speech``."""
-    m = PART_KEY_PATTERN.match(key)
+    m = PART_KEY_PATTERN.fullmatch(key)
     if not m:
         raise ValueError(f"invalid part key {key!r}")
     return m["lane"]
@@ -39,7 +39,7 @@ class WorkRef:
     part: str | None = None
 
     def __post_init__(self) -> None:
-        if self.part is not None and not PART_KEY_PATTERN.match(self.part):
+        if self.part is not None and not PART_KEY_PATTERN.fullmatch(self.part):
             raise ValueError(f"invalid part key {self.part!r}")
 
     @property

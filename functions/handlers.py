@@ -29,6 +29,7 @@ from infra import roundtrips
 from infra.blobs import BlobStore
 from infra.bus import Bus
 from infra.errors import TRANSIENT_GOOGLE_ERRORS
+from infra.identity import SignInProviders
 from infra.jobs import JobStore
 from infra.settings import Settings
 
@@ -47,6 +48,8 @@ class Deps:
     jobs: JobStore
     blobs: BlobStore
     bus: Bus
+    #: the owners' sign-in providers, for quota tiers (None: every owner gets the top-level caps)
+    identities: SignInProviders | None = None
 
 
 # -- Storage: a drop upload creates a job ---------------------------------------------------------
@@ -94,7 +97,7 @@ def handle_object_finalized(deps: Deps, event: StorageEvent) -> str | None:
         return None  # uploads/{uid}/{name}: an input for a client-created job
     _, uid, pipeline, _rest = segments
     uri = f"gs://{obj.bucket}/{obj.name}"
-    if not UID_PATTERN.match(uid):
+    if not UID_PATTERN.fullmatch(uid):
         # No job can name this owner (and no client could read it): nothing to create.
         log.warning("upload %s: %s is not a user id; no job created", shown(uri, 200), shown(uid))
         return None
@@ -196,7 +199,10 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
     # The owner's quota admits the job (a conditional write on the ledger) before it is queued:
     # over it, the job ends rejected (quota_exceeded) before any GPU time is spent.
     with roundtrips.stage("admit"):
-        moved, admission = deps.jobs.admit(job_id, job.uid, checked.spec.name, deps.settings.quotas, patch)
+        policy = deps.settings.quotas
+        if deps.identities is not None:  # the caps of the owner's sign-in provider (its tier)
+            policy = policy.for_provider(deps.identities.provider(job.uid))
+        moved, admission = deps.jobs.admit(job_id, job.uid, checked.spec.name, policy, patch)
     if moved is None:
         return None  # a duplicate event: the first one queued it (or the client cancelled)
     if moved is JobStatus.REJECTED:

@@ -30,6 +30,7 @@ from functions.sweeper import sweep
 from infra import roundtrips
 from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
+from infra.identity import SignInProviders
 from infra.jobs import JobStore, firestore_client
 from infra.settings import Settings
 from pipelines.registry import catalog
@@ -48,6 +49,7 @@ def deps() -> Deps:
         jobs=JobStore(firestore_client(settings), settings.jobs_collection, settings.quotas_collection),
         blobs=BlobStore(storage_client(settings)),
         bus=Bus(settings),
+        identities=SignInProviders.from_settings(settings),
     )
 
 

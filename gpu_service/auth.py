@@ -9,12 +9,20 @@ only what Pub/Sub pushed.
 The signature, ``exp``/``iat`` (with a little clock skew) and ``aud`` are checked by google-auth
 against the certificates at ``PUSH_CERTS_URL``; the issuer, the service account and
 ``email_verified`` here. A refusal carries a short reason and never the token.
+
+The certificates are fetched once and kept for as long as their response's ``Cache-Control:
+max-age`` says (Google's say hours), not fetched again on every push; a token naming a key the
+kept copy lacks (Google rotated its keys) fetches them again, at most once per
+:data:`MIN_REFETCH_SECONDS`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from google.auth import exceptions as auth_exceptions
@@ -28,6 +36,13 @@ log = logging.getLogger(__name__)
 
 GOOGLE_ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
 CERTS_TIMEOUT_SECONDS = 10.0
+#: how long certificates are kept when their response names no lifetime
+DEFAULT_CERTS_SECONDS = 60.0
+#: the longest they are kept, whatever the response says
+MAX_CERTS_SECONDS = 24 * 3600.0
+#: a token signed by a key the kept certificates lack fetches them again, at most this often
+MIN_REFETCH_SECONDS = 30.0
+_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*(\d+)\s*(?:,|$)", re.IGNORECASE)
 
 # google-auth reports every failure as a ValueError whose message may quote the token; only the
 # kind of failure is kept, read from the message's start. Anything else is "token not verified".
@@ -92,6 +107,56 @@ class _CertsRequest(auth_requests.Request):
         return response
 
 
+def cache_lifetime(headers: Mapping[str, str]) -> float:
+    """Seconds a response may be kept, from its ``Cache-Control`` (and ``Age``) headers."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    control = lower.get("cache-control", "")
+    if re.search(r"no-store|no-cache", control, re.IGNORECASE):
+        return 0.0
+    found = _MAX_AGE.search(control)
+    if not found:
+        return DEFAULT_CERTS_SECONDS
+    age = lower.get("age", "0").strip()
+    lifetime = int(found.group(1)) - (int(age) if age.isdigit() else 0)
+    return float(min(max(lifetime, 0), MAX_CERTS_SECONDS))
+
+
+class _CachedCerts:
+    """A transport for google-auth that answers a GET of the certificates from a kept copy while
+    its HTTP cache lifetime lasts; anything else (and every failed fetch) goes to the network."""
+
+    def __init__(self, request: _CertsRequest, clock: Callable[[], float]) -> None:
+        self._request = request
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._kept: dict[str, tuple[transport.Response, float, float]] = {}  # url -> (response, until, at)
+        self.fetches = 0
+
+    def __call__(self, url: str, method: str = "GET", **kwargs: Any) -> transport.Response:
+        if method != "GET":
+            return self._request(url, method=method, **kwargs)
+        with self._lock:  # one fetch at a time: a burst of pushes after expiry fetches once
+            now = self._clock()
+            kept = self._kept.get(url)
+            if kept is not None and now < kept[1]:
+                return kept[0]
+            response = self._request(url, method=method, **kwargs)
+            self.fetches += 1
+            if response.status == 200:
+                lifetime = cache_lifetime(dict(response.headers))
+                self._kept[url] = (response, now + lifetime, now)
+            return response
+
+    def forget_if_older_than(self, url: str, seconds: float) -> bool:
+        """Drop the kept copy of ``url`` if it was fetched at least ``seconds`` ago."""
+        with self._lock:
+            kept = self._kept.get(url)
+            if kept is None or self._clock() - kept[2] < seconds:
+                return False
+            del self._kept[url]
+            return True
+
+
 class PushVerifier:
     """Verifies the ``Authorization`` header of one push at a time; built once per process."""
 
@@ -102,13 +167,19 @@ class PushVerifier:
         service_account: str,
         certs_url: str = "https://www.googleapis.com/oauth2/v1/certs",
         clock_skew_seconds: int = 10,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.audience = audience
         self.service_account = service_account
         self.certs_url = certs_url
         self.clock_skew_seconds = clock_skew_seconds
-        # One session: the certificates are fetched per push, over a kept-alive connection.
-        self._request = _CertsRequest()
+        # One session, and the certificates kept for their HTTP cache lifetime.
+        self._certs = _CachedCerts(_CertsRequest(), clock)
+
+    @property
+    def certificate_fetches(self) -> int:
+        """How many times the certificates were fetched (for the tests and the logs)."""
+        return self._certs.fetches
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PushVerifier | None:
@@ -157,9 +228,27 @@ class PushVerifier:
         """
         token = _bearer(authorization)
         try:
-            claims = id_token.verify_token(
+            claims = self._verify(token)
+        except BadToken as refused:
+            # Google may have rotated its keys since the kept copy was fetched: fetch once more.
+            if refused.reason != "signed by an unknown key" or not self._certs.forget_if_older_than(
+                self.certs_url, MIN_REFETCH_SECONDS
+            ):
+                raise
+            claims = self._verify(token)
+        if claims.get("iss") not in GOOGLE_ISSUERS:
+            raise BadToken("wrong issuer")
+        if claims.get("email") != self.service_account:
+            raise BadToken("wrong service account")
+        if claims.get("email_verified") is not True:
+            raise BadToken("email not verified")
+        return claims
+
+    def _verify(self, token: str) -> Mapping[str, Any]:
+        try:
+            claims: Mapping[str, Any] = id_token.verify_token(
                 token,
-                self._request,
+                self._certs,  # type: ignore[arg-type]
                 audience=self.audience,
                 certs_url=self.certs_url,
                 clock_skew_in_seconds=self.clock_skew_seconds,
@@ -169,12 +258,6 @@ class PushVerifier:
         except ValueError as exc:
             # from None: google-auth's exception may quote the token.
             raise BadToken(_reason(exc)) from None
-        if claims.get("iss") not in GOOGLE_ISSUERS:
-            raise BadToken("wrong issuer")
-        if claims.get("email") != self.service_account:
-            raise BadToken("wrong service account")
-        if claims.get("email_verified") is not True:
-            raise BadToken("email not verified")
         return claims
 
 

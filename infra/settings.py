@@ -41,7 +41,7 @@ OPENAI_VOICE_NAMES = frozenset(
         "verse",
     }
 )
-VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+VOICE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 
 
 class Batching(BaseModel):
@@ -147,14 +147,32 @@ class Settings(BaseSettings):
     # Per-user quotas, enforced where every job is created (functions/handlers.handle_job_created).
     quotas: QuotaPolicy = Field(default_factory=QuotaPolicy)
     quotas_collection: str = "quotas"
+    quota_tier_cache_seconds: float = Field(
+        60.0, ge=0, le=3600, description="how long a user's sign-in provider (their quota tier) is kept"
+    )
 
     # The HTTP API (api/).
     api_cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="web app origins allowed to call the API from a browser"
     )
-    api_check_revoked: bool = Field(
-        False,
-        description="also ask Firebase Auth whether the token was revoked or its user disabled (a call per request)",
+    api_check_revoked: bool | None = Field(
+        None,
+        description="also ask Firebase Auth whether the token was revoked or its user disabled; "
+        "default: on in production, off elsewhere",
+    )
+    api_revocation_cache_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=300,
+        description="how long the answer about a user's revocation is kept (the longest a revoked "
+        "token still passes); 0 asks Firebase Auth on every request",
+    )
+    api_app_check: bool = Field(
+        False, description="require a Firebase App Check token (X-Firebase-AppCheck) on every API call"
+    )
+    app_check_jwks_url: str = Field(
+        "https://firebaseappcheck.googleapis.com/v1/jwks",
+        description="App Check's public keys (a JWK set); another URL only for tests",
     )
     api_max_wait_seconds: float = Field(
         60.0, ge=0, le=600, description="the longest 'wait' a create may ask for (the request stays open)"
@@ -210,7 +228,7 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"OPENAI_VOICES: {name[:40]!r} is not an OpenAI voice; use {', '.join(sorted(OPENAI_VOICE_NAMES))}"
                 )
-            if not VOICE_NAME.match(voice):
+            if not VOICE_NAME.fullmatch(voice):
                 raise ValueError(
                     f"OPENAI_VOICES: {name} -> {voice[:40]!r} is not a voice name "
                     "(1-100 letters, digits, '.', '_' or '-')"
@@ -241,6 +259,13 @@ class Settings(BaseSettings):
     @property
     def using_emulators(self) -> bool:
         return bool(self.firestore_emulator_host or self.pubsub_emulator_host)
+
+    @property
+    def api_revocation_checked(self) -> bool:
+        """Whether the API checks tokens for revocation: API_CHECK_REVOKED, else on in production."""
+        if self.api_check_revoked is None:
+            return self.environment == "production"
+        return self.api_check_revoked
 
     @property
     def push_auth_enabled(self) -> bool:

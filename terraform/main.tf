@@ -130,14 +130,15 @@ locals {
       "iam.googleapis.com",
       # The API signs upload and result URLs through IAM signBlob (no key file).
       "iamcredentials.googleapis.com",
+      "identitytoolkit.googleapis.com",
       "pubsub.googleapis.com",
       "run.googleapis.com",
       "storage.googleapis.com",
     ],
     length(module.topology.schedules) > 0 ? ["cloudscheduler.googleapis.com"] : [],
     var.bucket_config.firebase_link ? ["firebase.googleapis.com", "firebasestorage.googleapis.com"] : [],
-    # Firebase Auth (Identity Platform) and the web app's API key.
-    var.firebase_config.create ? ["apikeys.googleapis.com", "firebase.googleapis.com", "identitytoolkit.googleapis.com"] : [],
+    # Firebase (Identity Toolkit is above: the API reads user records for revocation) and the web app's API key.
+    var.firebase_config.create ? ["apikeys.googleapis.com", "firebase.googleapis.com"] : [],
     local.uses_vision_api ? ["vision.googleapis.com"] : [],
   )
 }
@@ -152,6 +153,15 @@ module "project" {
     eventarc-invoker-event-receiver = {
       member = local.sa_member.eventarc_invoker
       role   = "roles/eventarc.eventReceiver"
+    }
+    # Firebase Auth user records: the API checks revocation, the functions pick quota tiers.
+    api-firebaseauth-viewer = {
+      member = local.sa_member.api
+      role   = "roles/firebaseauth.viewer"
+    }
+    functions-firebaseauth-viewer = {
+      member = local.sa_member.functions
+      role   = "roles/firebaseauth.viewer"
     }
   }
 }

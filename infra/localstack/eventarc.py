@@ -9,6 +9,11 @@ and forwards each event, unchanged (path, CloudEvent headers, body), to the func
 ``--concurrency`` deliveries in flight. Like Eventarc with retries on, a delivery that fails (a
 5xx, which is how a function asks for a retry, or no connection) is retried with backoff; the
 emulator itself never retries, so this is no weaker than delivering directly.
+
+Header values are forwarded as the bytes that arrived: the emulator sends the document path
+(``ce-subject``, ``ce-document``) as raw UTF-8, so a job id such as ``jöb-1`` is not ASCII, and
+re-encoding it as ASCII failed the delivery before it left (the job then waited for the sweeper).
+An event that cannot be delivered at all is logged and counted (``GET /`` shows the count).
 """
 
 from __future__ import annotations
@@ -40,38 +45,47 @@ class Relay:
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )
         self.in_flight = 0
+        self.dropped = 0
         self._lock = threading.Lock()
 
-    def accept(self, path: str, headers: dict[str, str], body: bytes) -> None:
+    def accept(self, path: str, headers: dict[bytes, bytes], body: bytes) -> None:
         with self._lock:
             self.in_flight += 1
         self._pool.submit(self._deliver, path, headers, body)
 
-    def _deliver(self, path: str, headers: dict[str, str], body: bytes) -> None:
-        event = headers.get("ce-id", "?")
+    def _deliver(self, path: str, headers: dict[bytes, bytes], body: bytes) -> None:
+        event = headers.get(b"ce-id", b"?").decode("latin-1")
         try:
-            for attempt in range(1, self.attempts + 1):
-                try:
-                    resp = self._http.post(self.target + path, headers=headers, content=body)
-                    if resp.status_code < 500:
-                        if resp.status_code >= 300:
-                            log.warning(
-                                "event %s: the function answered %s; not retried", event, resp.status_code
-                            )
-                        return
-                    why = f"HTTP {resp.status_code}"
-                except httpx.TransportError as exc:
-                    why = type(exc).__name__
-                if attempt < self.attempts:
-                    delay = self.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
-                    log.warning(
-                        "event %s: delivery %d failed (%s); again in %.1f s", event, attempt, why, delay
-                    )
-                    time.sleep(delay)
-            log.error("event %s: dropped after %d deliveries", event, self.attempts)
+            self._attempts(event, path, headers, body)
+        except Exception:
+            # Not the function's doing (no retry would change it): say so instead of losing it quietly.
+            log.exception("event %s: could not be delivered; dropped", event)
+            with self._lock:
+                self.dropped += 1
         finally:
             with self._lock:
                 self.in_flight -= 1
+
+    def _attempts(self, event: str, path: str, headers: dict[bytes, bytes], body: bytes) -> None:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                resp = self._http.post(self.target + path, headers=headers, content=body)
+                if resp.status_code < 500:
+                    if resp.status_code >= 300:
+                        log.warning(
+                            "event %s: the function answered %s; not retried", event, resp.status_code
+                        )
+                    return
+                why = f"HTTP {resp.status_code}"
+            except httpx.TransportError as exc:
+                why = type(exc).__name__
+            if attempt < self.attempts:
+                delay = self.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+                log.warning("event %s: delivery %d failed (%s); again in %.1f s", event, attempt, why, delay)
+                time.sleep(delay)
+        log.error("event %s: dropped after %d deliveries", event, self.attempts)
+        with self._lock:
+            self.dropped += 1
 
 
 def make_handler(relay: Relay) -> type[BaseHTTPRequestHandler]:
@@ -80,14 +94,19 @@ def make_handler(relay: Relay) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
+            # http.server decodes header bytes as latin-1: encoding back gives the bytes sent.
+            headers = {
+                k.encode("latin-1"): v.encode("latin-1")
+                for k, v in self.headers.items()
+                if k.lower() not in HOP_HEADERS
+            }
             relay.accept(self.path, headers, body)
             self.send_response(200)
             self.send_header("content-length", "0")
             self.end_headers()
 
         def do_GET(self) -> None:  # readiness: the stack waits for an answer here
-            text = f"in flight: {relay.in_flight}\n".encode()
+            text = f"in flight: {relay.in_flight}\ndropped: {relay.dropped}\n".encode()
             self.send_response(200)
             self.send_header("content-length", str(len(text)))
             self.end_headers()

@@ -5,7 +5,11 @@ expiry. This small proxy in front of it checks what Cloud Storage checks before 
 V4 signature (against the public half of the stack's throwaway signing key), the signing
 account, the expiry, the signed headers (the content type and size range of an upload), and it
 answers browsers' CORS preflights the way a bucket with a CORS policy does. Errors are Cloud
-Storage's XML errors.
+Storage's XML errors, with any request text in them escaped.
+
+The signature, expiry and declared size are checked before a byte of the body is read: a request
+that is refused is answered at once and its connection closed, so an unsigned or oversized upload
+costs the gate nothing. Log lines escape control characters, as the standard handler's do.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import urllib.parse
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import httpx
 from cryptography.exceptions import InvalidSignature
@@ -28,6 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 log = logging.getLogger("gate")
 ALGORITHM = "GOOG4-RSA-SHA256"
 MAX_EXPIRES = 7 * 24 * 3600
+#: what http.server's own log lines escape: C0 and C1 control characters, and the backslash
+_CONTROL_CHARS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]} | {ord("\\"): "\\\\"}
 
 
 class Refused(Exception):
@@ -115,6 +122,15 @@ def check_length(signed: dict[str, str], length: int) -> None:
                       f"the body is {length} bytes; this URL accepts {low} to {high}")  # fmt: skip
 
 
+def _content_length(header: str | None) -> int:
+    """The declared body size; refused when it is not a plain non-negative number."""
+    if header is None or not header.strip():
+        return 0
+    if not header.strip().isdigit() or not header.strip().isascii():
+        raise Refused(400, "InvalidArgument", "Content-Length must be a non-negative number")
+    return int(header.strip())
+
+
 def make_handler(upstream: str, public_key: rsa.RSAPublicKey, account: str) -> type[BaseHTTPRequestHandler]:
     client = httpx.Client(base_url=upstream, timeout=60)
 
@@ -122,7 +138,8 @@ def make_handler(upstream: str, public_key: rsa.RSAPublicKey, account: str) -> t
         protocol_version = "HTTP/1.1"
 
         def log_message(self, format: str, *args: object) -> None:
-            log.info("%s %s", self.address_string(), format % args)
+            # The request line and headers are the client's: no raw control characters in the log.
+            log.info("%s %s", self.address_string(), (format % args).translate(_CONTROL_CHARS))
 
         def _cors(self) -> None:
             origin = self.headers.get("Origin")
@@ -144,8 +161,13 @@ def make_handler(upstream: str, public_key: rsa.RSAPublicKey, account: str) -> t
                 self.wfile.write(body)
 
         def _refuse(self, exc: Refused) -> None:
-            xml = f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{exc.code}</Code><Message>{exc.message}</Message></Error>"
-            self._send(exc.status, xml.encode(), "application/xml; charset=UTF-8")
+            xml = (
+                "<?xml version='1.0' encoding='UTF-8'?>"
+                f"<Error><Code>{escape(exc.code)}</Code><Message>{escape(exc.message)}</Message></Error>"
+            )
+            # The body (if any) was not read: this connection cannot carry another request.
+            self.close_connection = True
+            self._send(exc.status, xml.encode(), "application/xml; charset=UTF-8", {"Connection": "close"})
 
         def do_OPTIONS(self) -> None:
             self.send_response(200)
@@ -159,9 +181,8 @@ def make_handler(upstream: str, public_key: rsa.RSAPublicKey, account: str) -> t
             self.end_headers()
 
         def _proxy(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
             try:
+                length = _content_length(self.headers.get("Content-Length"))
                 signed = check_signature(
                     self.command,
                     self.path,
@@ -175,6 +196,7 @@ def make_handler(upstream: str, public_key: rsa.RSAPublicKey, account: str) -> t
             except Refused as exc:
                 self._refuse(exc)
                 return
+            body = self.rfile.read(length) if length else b""
             bucket, _, name = urllib.parse.unquote(self.path.partition("?")[0]).lstrip("/").partition("/")
             forward = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "range")}
             # fake-gcs-server's JSON API stands in for Cloud Storage's XML API behind the check.

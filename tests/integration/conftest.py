@@ -32,6 +32,9 @@ TTS_TEST_VOICES = {
     "loud": {"noise_scale": 0.0, "noise_w_scale": 0.0, "volume": 1.0},
 }
 QUOTA_CAP = 3
+#: the pipeline whose daily cap anonymous accounts have lower than everyone else on the test stack
+TIER_PIPELINE = "automaton"
+TIER_ANONYMOUS_DAILY = 1
 
 # Small enough to test "too large" with a real upload; lease short enough to test take-overs.
 TEST_STACK_ENV = {
@@ -47,11 +50,23 @@ TEST_STACK_ENV = {
     "STALE_PENDING_SECONDS": "4",
     "PLUGINS": "tests.support.flaky:SPEC,tests.support.flaky:SLOW_SPEC,tests.support.flaky:PARTS_SPEC",
     # Generous per user, so that no other test meets a quota; flakyslow is the quota tests' own.
+    # Anonymous accounts (most API tests sign in anonymously) get the same caps, but may start only
+    # TIER_ANONYMOUS_DAILY automaton jobs a day: the tier tests' own cap.
     "QUOTAS": json.dumps(
         {
             "max_unfinished": 50,
             "max_daily": None,
             "pipelines": {QUOTA_PIPELINE: {"max_unfinished": QUOTA_CAP}},
+            "tiers": {
+                "anonymous": {
+                    "max_unfinished": 50,
+                    "max_daily": None,
+                    "pipelines": {
+                        QUOTA_PIPELINE: {"max_unfinished": QUOTA_CAP},
+                        TIER_PIPELINE: {"max_daily": TIER_ANONYMOUS_DAILY},
+                    },
+                }
+            },
         }
     ),
     "LOG_LEVEL": "INFO",

@@ -3,6 +3,7 @@ time, and retries a failed delivery (against a real HTTP endpoint on 127.0.0.1).
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -108,3 +109,32 @@ def test_relay_retries_a_delivery_the_function_failed(function: tuple[_Function,
     finally:
         server.shutdown()
     assert [body for *_, body in fn.received] == [b"once"] * 3  # 500, 500, then 200
+
+
+def test_relay_delivers_a_non_ascii_document_path_byte_for_byte(function: tuple[_Function, str]) -> None:
+    # The Firestore emulator sends the document path in ce-subject/ce-document as raw UTF-8: a job
+    # created as jobs/jöb-1 must still reach the function (which rejects it with invalid_job_id),
+    # not be dropped by the relay and left pending for the sweeper.
+    fn, url = function
+    fn.hold = 0.0
+    server, relay_url = _relay(url, concurrency=1)
+    port = server.server_address[1]
+    subject = "documents/jobs/jöb-1".encode()
+    request = (
+        b"POST /functions/projects/demo/triggers/on-job-created HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"ce-id: e-utf8\r\nce-subject: " + subject + b"\r\nContent-Length: 4\r\n\r\nbody"
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(request)
+            assert conn.recv(1024).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 10
+        while not fn.received and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status = httpx.get(relay_url + "/").text
+    finally:
+        server.shutdown()
+    assert [body for *_, body in fn.received] == [b"body"]
+    _, headers, _ = fn.received[0]
+    assert headers["ce-subject"].encode("latin-1") == subject  # the same bytes, re-read as sent
+    assert "dropped: 0" in status

@@ -79,18 +79,23 @@ def other_key() -> rsa.RSAPrivateKey:
 
 class _CertsServer(ThreadingHTTPServer):
     documents: dict[str, bytes]
+    cache_control: dict[str, str]
+    hits: dict[str, int]
 
 
 class _CertsHandler(BaseHTTPRequestHandler):
     server: _CertsServer
 
     def do_GET(self) -> None:
+        self.server.hits[self.path] = self.server.hits.get(self.path, 0) + 1
         body = self.server.documents.get(self.path)
         if body is None:
             self.send_error(500)
             return
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        if self.path in self.server.cache_control:
+            self.send_header("Cache-Control", self.server.cache_control[self.path])
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -100,16 +105,25 @@ class _CertsHandler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def certs_base(google_key: rsa.RSAPrivateKey) -> Iterator[str]:
-    """http://127.0.0.1:PORT; /certs holds the key's certificate under KID, anything else is a 500."""
+def certs_server(google_key: rsa.RSAPrivateKey) -> Iterator[_CertsServer]:
+    """/certs holds the key's certificate under KID (kept an hour, as Google's say), anything
+    else is a 500; ``hits`` counts the GETs per path."""
     server = _CertsServer(("127.0.0.1", 0), _CertsHandler)
     server.documents = {"/certs": json.dumps({KID: _self_signed_pem(google_key)}).encode()}
+    server.cache_control = {"/certs": "public, max-age=3600, must-revalidate, no-transform"}
+    server.hits = {}
     thread = threading.Thread(target=server.serve_forever, name="certs", daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
     server.shutdown()
     server.server_close()
     thread.join()
+
+
+@pytest.fixture(scope="module")
+def certs_base(certs_server: _CertsServer) -> str:
+    """http://127.0.0.1:PORT of the certificates server."""
+    return f"http://127.0.0.1:{certs_server.server_address[1]}"
 
 
 @pytest.fixture
@@ -270,6 +284,79 @@ def test_unreachable_certificates_are_not_the_pushers_fault(
         verifier.verify(bearer(sign(google_key, claims())))
     assert refused.value.status_code == 503
     assert isinstance(refused.value, PushAuthError)
+
+
+# -- the certificates are kept for their HTTP cache lifetime ----------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _serve(server: _CertsServer, path: str, keys: dict[str, rsa.RSAPrivateKey], cache_control: str) -> str:
+    server.documents[path] = json.dumps({kid: _self_signed_pem(k) for kid, k in keys.items()}).encode()
+    server.cache_control[path] = cache_control
+    server.hits[path] = 0
+    return f"http://127.0.0.1:{server.server_address[1]}{path}"
+
+
+def test_many_pushes_fetch_the_certificates_once_while_their_max_age_lasts(
+    certs_server: _CertsServer, google_key: rsa.RSAPrivateKey
+) -> None:
+    url = _serve(certs_server, "/certs-kept", {KID: google_key}, "public, max-age=600")
+    clock = FakeClock()
+    verifier = PushVerifier(audience=AUDIENCE, service_account=PUSH_ACCOUNT, certs_url=url, clock=clock)
+    for _ in range(20):
+        verifier.verify(bearer(sign(google_key, claims())))
+    assert certs_server.hits["/certs-kept"] == 1
+    clock.now += 601  # expired: fetched again, then kept again
+    for _ in range(5):
+        verifier.verify(bearer(sign(google_key, claims())))
+    assert certs_server.hits["/certs-kept"] == 2
+
+
+def test_certificates_marked_no_store_are_fetched_for_each_push(
+    certs_server: _CertsServer, google_key: rsa.RSAPrivateKey
+) -> None:
+    url = _serve(certs_server, "/certs-no-store", {KID: google_key}, "no-store")
+    verifier = PushVerifier(audience=AUDIENCE, service_account=PUSH_ACCOUNT, certs_url=url)
+    for _ in range(3):
+        verifier.verify(bearer(sign(google_key, claims())))
+    assert certs_server.hits["/certs-no-store"] == 3
+
+
+def test_a_rotated_key_is_found_by_fetching_again_but_an_unknown_one_does_not_refetch_each_push(
+    certs_server: _CertsServer, google_key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateKey
+) -> None:
+    url = _serve(certs_server, "/certs-rotating", {KID: google_key}, "max-age=3600")
+    clock = FakeClock()
+    verifier = PushVerifier(audience=AUDIENCE, service_account=PUSH_ACCOUNT, certs_url=url, clock=clock)
+    verifier.verify(bearer(sign(google_key, claims())))
+    # Google rotates: the new key is published; a token signed with it arrives a while later.
+    _serve(certs_server, "/certs-rotating", {KID: google_key, "key-2": other_key}, "max-age=3600")  # hits = 0
+    clock.now += 60
+    verifier.verify(bearer(sign(other_key, claims(), kid="key-2")))
+    assert certs_server.hits["/certs-rotating"] == 1
+    # A forger naming keys that do not exist cannot make every push fetch the certificates.
+    for _ in range(5):
+        with pytest.raises(BadToken, match="unknown key"):
+            verifier.verify(bearer(sign(other_key, claims(), kid="key-9")))
+    assert certs_server.hits["/certs-rotating"] == 1
+
+
+def test_a_failed_fetch_is_not_kept(certs_server: _CertsServer, google_key: rsa.RSAPrivateKey) -> None:
+    verifier = PushVerifier(
+        audience=AUDIENCE, service_account=PUSH_ACCOUNT, certs_url=_serve(certs_server, "/later", {}, "")
+    )
+    certs_server.documents.pop("/later")
+    with pytest.raises(CertsUnavailable):
+        verifier.verify(bearer(sign(google_key, claims())))
+    _serve(certs_server, "/later", {KID: google_key}, "max-age=60")
+    assert verifier.verify(bearer(sign(google_key, claims())))["email"] == PUSH_ACCOUNT
 
 
 # -- settings ------------------------------------------------------------------------------------

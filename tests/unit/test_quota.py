@@ -105,3 +105,53 @@ def test_the_setting_refuses_nonsense(raw: str, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("QUOTAS", raw)
     with pytest.raises(ValidationError):
         Settings()
+
+
+# -- tiers per sign-in provider ------------------------------------------------------------------
+
+
+def test_anonymous_accounts_get_their_own_smaller_tier_by_default() -> None:
+    policy = QuotaPolicy()
+    anonymous = policy.for_provider("anonymous")
+    assert (anonymous.max_unfinished, anonymous.max_daily) == (2, 100)
+    assert (policy.max_unfinished, policy.max_daily) == (20, 1000)
+    _, outcomes = admit_many(anonymous, 4)
+    assert outcomes == [True, True, False, False]
+    # Signed in any other way, or not known: the top-level caps.
+    for provider in ("password", "google.com", None):
+        assert policy.for_provider(provider) is policy
+
+
+def test_a_tier_replaces_the_caps_including_per_pipeline_ones() -> None:
+    policy = QuotaPolicy.model_validate(
+        {
+            "max_unfinished": 10,
+            "pipelines": {"t2v": {"max_unfinished": 5}},
+            "tiers": {
+                "anonymous": {"max_unfinished": 3, "max_daily": None, "pipelines": {"t2v": {"max_daily": 1}}}
+            },
+        }
+    )
+    anonymous = policy.for_provider("anonymous")
+    _, outcomes = admit_many(anonymous, 3, pipeline="t2v")
+    assert outcomes == [True, False, False]
+    _, outcomes = admit_many(policy.for_provider("password"), 6, pipeline="t2v")
+    assert outcomes == [True] * 5 + [False]
+
+
+def test_a_tier_that_is_not_allowed_refuses_with_sign_in_required() -> None:
+    policy = QuotaPolicy.model_validate({"tiers": {"anonymous": {"allowed": False}}})
+    refused = decide_admission(
+        Ledger(), policy.for_provider("anonymous"), job_id="j", pipeline="transcribe", now=NOON
+    )
+    assert not refused.admitted and refused.error is not None
+    assert refused.error.code == "sign_in_required"
+    assert "anonymous account" in refused.error.message and "sign in" in refused.error.message
+    assert refused.ledger.active == {}
+    assert decide_admission(Ledger(), policy, job_id="j", pipeline="transcribe", now=NOON).admitted
+
+
+def test_tiers_can_be_removed_and_are_read_from_the_setting() -> None:
+    assert QuotaPolicy.model_validate({"tiers": {}}).for_provider("anonymous").max_unfinished == 20
+    with pytest.raises(ValueError):
+        QuotaPolicy.model_validate({"tiers": {"anonymous": {"max_unfinished": 2, "typo": 1}}})
