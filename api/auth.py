@@ -70,8 +70,9 @@ class TokenVerifier:
         self._app = firebase_admin.initialize_app(cred, options, name=f"api-{uuid.uuid4().hex}")
         self._check_revoked = settings.api_check_revoked
 
-    def verify(self, authorization: str | None) -> User:
-        """The caller of a request with this ``Authorization`` header.
+    def verify(self, authorization: str | None, *, check_revoked: bool | None = None) -> User:
+        """The caller of a request with this ``Authorization`` header (``check_revoked``: ask Firebase
+        Auth about revocation whatever ``API_CHECK_REVOKED`` says).
 
         Raises:
             ApiError: ``unauthenticated`` (no token), ``invalid_token``, ``token_expired``.
@@ -87,7 +88,7 @@ class TokenVerifier:
             claims = firebase_auth.verify_id_token(
                 token.strip(),
                 app=self._app,
-                check_revoked=self._check_revoked,
+                check_revoked=self._check_revoked if check_revoked is None else check_revoked,
                 clock_skew_seconds=CLOCK_SKEW_SECONDS,
             )
         except firebase_auth.ExpiredIdTokenError as exc:
