@@ -48,6 +48,21 @@ BUSY: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: what a created job's id leads to (OpenAPI links: clients and fuzzers follow them)
+JOB_LINKS = {
+    name: {
+        "operationRef": f"#/paths/~1v1~1jobs~1{{job_id}}{tail}",
+        "parameters": {"job_id": "$response.body#/id"},
+    }
+    for name, tail in [
+        ("GetJob", "/get"),
+        ("CancelJob", "~1cancel/post"),
+        ("GetResults", "~1results/get"),
+        ("GetEvents", "~1events/get"),
+    ]
+}
+
+
 def render_error(path: str, exc: ApiError) -> Response:
     """An error answered before a route runs, in the shape of the route's family."""
     if path.startswith(openai_speech.OPENAI_PREFIX):
@@ -93,7 +108,12 @@ def create_app(api: Api) -> FastAPI:
         responses={
             **ERRORS,
             **BUSY,
-            200: {"model": Job, "description": "a retry with the same Idempotency-Key: the job it created"},
+            201: {"description": "the job, queued", "links": JOB_LINKS},
+            200: {
+                "model": Job,
+                "description": "a retry with the same Idempotency-Key: the job it created",
+                "links": JOB_LINKS,
+            },
             409: {"model": Problem, "description": "the Idempotency-Key was used for another request"},
             422: {"model": Problem, "description": "the job was rejected: the job's error code and message"},
             429: {

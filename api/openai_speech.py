@@ -329,6 +329,9 @@ class OpenAIRoute(APIRoute):
                 return OpenAIError.of_api_error(exc).response()
             except RequestValidationError as exc:
                 return OpenAIError.of_validation(exc).response()
+            except StarletteHTTPException as exc:
+                # FastAPI's own refusals, e.g. a body that is not UTF-8 ("error parsing the body").
+                return OpenAIError(exc.status_code, str(exc.detail), code="invalid_request").response()
             except RetryableError as exc:
                 log.warning("speech request: %s", exc)
                 return OpenAIError(503, "a service is unavailable; try again", code="unavailable").response()

@@ -130,11 +130,11 @@ def create_job(api: Api, user: User, body: JobCreate, key: str | None) -> tuple[
     except InvalidInput as exc:
         raise ApiError(exc.code, exc.message) from exc
     doc = JobDoc(uid=user.uid, pipeline=body.pipeline, inputs=body.inputs, status=JobStatus.PENDING)
-    created = api.deps.jobs.create(job_id, doc)
+    created = _create(api, job_id, doc)
     for _ in range(REOPEN_ATTEMPTS):
         if created or not _reopen(api, user, job_id, body):
             break
-        created = api.deps.jobs.create(job_id, doc)
+        created = _create(api, job_id, doc)
     if created:
         event = DocumentEvent(path=f"{api.settings.jobs_collection}/{job_id}", fields=doc.to_firestore())
         try:
@@ -155,6 +155,24 @@ def create_job(api: Api, user: User, body: JobCreate, key: str | None) -> tuple[
     if job.effective_status is JobStatus.REJECTED and job.error:
         raise ApiError.of_job_error(job.error)
     return Job.of(job_id, job), created
+
+
+def _create(api: Api, job_id: str, doc: JobDoc) -> bool:
+    """Create the job document; ``False``: it exists already.
+
+    Raises:
+        ApiError: ``invalid_inputs`` when Firestore cannot store the inputs (an empty key, a
+            reserved ``__name__`` key, ...): a client's mistake, not the service's.
+    """
+    try:
+        return api.deps.jobs.create(job_id, doc)
+    except gexc.InvalidArgument as exc:
+        raise ApiError(
+            "invalid_inputs", f"inputs cannot be stored as a job document: {exc.message or exc}"
+        ) from exc
+    except ValueError as exc:
+        # The client library refuses some field names itself before sending anything.
+        raise ApiError("invalid_inputs", f"inputs cannot be stored as a job document: {exc}") from exc
 
 
 def _key_taken(job_id: str) -> ApiError:

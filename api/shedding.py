@@ -20,6 +20,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import TokenVerifier, User
@@ -189,7 +190,19 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def caller(request: Request) -> User:
+#: declares the token in the OpenAPI document (the check itself is :class:`AuthGate`'s)
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="FirebaseIdToken",
+    bearerFormat="JWT",
+    description="the user's Firebase ID token (getIdToken() in the Firebase SDK)",
+)
+
+
+async def caller(
+    request: Request,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
+) -> User:
     """The caller :class:`AuthGate` verified (verified here when the gate is not installed)."""
     user = getattr(request.state, "user", None)
     if isinstance(user, User):
