@@ -304,7 +304,7 @@ def test_a_create_refused_over_quota_is_admitted_on_a_later_retry_with_its_key(
     admitted = post_job(url, alice, key, body=body)
     assert admitted.status_code == 201, admitted.text
     assert admitted.json()["id"] == job_id_for(alice.uid, key)
-    assert admitted.json()["status"] == "queued" and "error" not in admitted.json()
+    assert admitted.json()["status"] == "queued" and admitted.json()["error"] is None
     again = post_job(url, alice, key, body=body)
     assert again.status_code == 200 and again.json()["id"] == admitted.json()["id"]
     httpx.post(f"{url}/v1/jobs/{admitted.json()['id']}/cancel", headers=alice.headers, timeout=30)

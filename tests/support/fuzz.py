@@ -73,7 +73,8 @@ def fuzz(
     ]
     if seed is not None:
         argv += ["--seed", str(seed)]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=_env())
+    # Run where its cache (.schemathesis/) lands in out_dir, not in the repository.
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=_env(), cwd=out_dir)
     (out_dir / "fuzz.log").write_text(done.stdout + done.stderr)
     schema = httpx.get(f"{api_url}/openapi.json", timeout=30).json()
     routes = _routes(schema)
