@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -151,10 +150,13 @@ class MemoryLimit:
     v2 (``memory.max``, ``memory.swap.max``) where the unified hierarchy has the memory controller,
     else cgroup v1 (``memory.limit_in_bytes``, and ``memory.memsw.limit_in_bytes`` where swap is
     accounted), created under the cgroup this process runs in. Both count what the process really
-    uses (resident pages), so the JVM's or torch's large virtual reservations do not matter. Where
-    no cgroup can be created (not root), ``RLIMIT_DATA`` is the fallback: it bounds the heap
-    (brk and private writable mappings), also without counting reserved address space the way
-    ``RLIMIT_AS`` would, but it makes allocation fail (``MemoryError``) instead of killing.
+    uses (resident pages), so the JVM's or torch's large virtual reservations do not matter.
+
+    Where no cgroup can be created (not root) nothing is enforced and the component's log says
+    so: the rlimits are no substitute. ``RLIMIT_AS`` counts reserved address space (torch and
+    glibc's per-thread arenas reserve far more than they use) and ``RLIMIT_DATA`` counts every
+    thread's 8 MiB stack: under a 512 MiB ``RLIMIT_DATA`` the API cannot start its 80th thread
+    (measured), while it uses about 75 MiB.
     """
 
     def __init__(self, name: str, limit: int) -> None:
@@ -188,14 +190,12 @@ class MemoryLimit:
 
     @property
     def mechanism(self) -> str:
-        return f"cgroup v{self.version}" if self.path else "RLIMIT_DATA"
+        return f"cgroup v{self.version}" if self.path else "none: no memory cgroup could be created"
 
     def apply(self, pid: int) -> None:
         """Put the (just started) process under the limit; its children inherit it."""
         if self.path is not None:
             (self.path / "cgroup.procs").write_text(str(pid))
-        else:
-            resource.prlimit(pid, resource.RLIMIT_DATA, (self.limit, self.limit))
 
     def peak(self) -> int | None:
         """The most memory the processes under the limit used at once (bytes), where known."""
@@ -611,6 +611,8 @@ class LocalStack:
         except OSError as exc:
             log.warning("%s: no memory limit (%s)", name, exc)
             return
+        if limit.path is None:
+            log.warning("%s: memory limit of %d MiB not enforced (%s)", name, size // 2**20, limit.mechanism)
         with log_path.open("a") as out:
             out.write(f"=== {name}: memory limit {size // 2**20} MiB ({limit.mechanism})\n")
 

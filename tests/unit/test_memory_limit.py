@@ -19,7 +19,7 @@ def test_the_limits_are_the_cloud_run_sizes_in_terraform() -> None:
 def test_a_process_past_its_limit_is_killed() -> None:
     limit = MemoryLimit("unit-test", 64 * 2**20)
     if limit.path is None:
-        pytest.skip("no memory cgroup can be created here (not root): RLIMIT_DATA is the fallback")
+        pytest.skip("no memory cgroup can be created here (not root): nothing is enforced")
     try:
         child = subprocess.Popen(
             [sys.executable, "-c", "import sys; sys.stdin.read(1); x = bytearray(256 * 2**20)"],
@@ -35,6 +35,8 @@ def test_a_process_past_its_limit_is_killed() -> None:
 
 def test_a_process_within_its_limit_runs() -> None:
     limit = MemoryLimit("unit-test", 256 * 2**20)
+    if limit.path is None:
+        pytest.skip("no memory cgroup can be created here (not root): nothing is enforced")
     try:
         child = subprocess.Popen(
             [sys.executable, "-c", "import sys; sys.stdin.read(1); x = bytearray(32 * 2**20)"],
