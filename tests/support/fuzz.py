@@ -93,7 +93,8 @@ def fuzz(
     }
     return {
         "cases": sum(statuses.values()),
-        "routes": len(per_route),
+        "routes": len([r for r in per_route if not r.endswith("(other)")]),
+        "undeclared_methods_probed": sorted(r.split()[0] for r in per_route if r.endswith("(other)")),
         "status_counts": {str(k): v for k, v in sorted(statuses.items())},
         "per_route": {r: {str(k): v for k, v in sorted(c.items())} for r, c in sorted(per_route.items())},
         "server_errors": sum(v for k, v in statuses.items() if k >= 500),
