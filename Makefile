@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast up down lint bench faults clean
+.PHONY: install demo test test-fast up down lint bench faults fuzz clean
 
 install:
 	@bash scripts/setup.sh
@@ -40,6 +40,9 @@ bench: install ## latency by stage; throughput side by side (direct vs system, b
 
 clean:
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache
+
+fuzz: install ## schemathesis on the local stack's API (all phases, real Auth emulator token); figures in bench/results/fuzz.json
+	$(PY) -m bench.fuzz_api --max-examples 200
 
 faults: install ## fault injection on the local stack; last line: lost=N double=N stuck=N
 	$(PY) -m scripts.faults

@@ -23,12 +23,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 import firebase_admin
 import jwt
-from fastapi import Depends, Header, Request
-from fastapi.concurrency import run_in_threadpool
 from firebase_admin import app_check as firebase_app_check
 from firebase_admin import auth as firebase_auth
 from firebase_admin import credentials
@@ -150,8 +148,11 @@ class TokenVerifier:
             # firebase-admin keeps one App Check service per app: this one, with its keys' URL.
             self._app._get_service("_app_check", lambda app: _LocalKeysAppCheck(app, url))
 
-    def verify(self, authorization: str | None, app_check: str | None = None) -> User:
-        """The caller of a request with this ``Authorization`` (and ``X-Firebase-AppCheck``) header.
+    def verify(
+        self, authorization: str | None, app_check: str | None = None, *, check_revoked: bool | None = None
+    ) -> User:
+        """The caller of a request with this ``Authorization`` (and ``X-Firebase-AppCheck``) header
+        (``check_revoked``: ask about revocation whatever ``API_CHECK_REVOKED`` says).
 
         Raises:
             ApiError: ``unauthenticated`` (no token), ``invalid_token``, ``token_expired``,
@@ -165,7 +166,7 @@ class TokenVerifier:
                 "send the user's Firebase ID token as 'Authorization: Bearer <token>' "
                 "(getIdToken() in the Firebase SDK)",
             )
-        user = self.verify_token(token.strip())
+        user = self.verify_token(token.strip(), check_revoked=check_revoked)
         if self.app_check_required:
             self.verify_app_check(app_check)
         return user
@@ -228,21 +229,6 @@ class TokenVerifier:
 
     def close(self) -> None:
         firebase_admin.delete_app(self._app)
-
-
-async def caller(
-    request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-    app_check: Annotated[str | None, Header(alias=APP_CHECK_HEADER, include_in_schema=False)] = None,
-) -> User:
-    """The verified caller of a request; 401 without a valid token (or App Check token, when
-    required)."""
-    verifier: TokenVerifier = request.app.state.api.verifier
-    return await run_in_threadpool(verifier.verify, authorization, app_check)
-
-
-#: a route's verified caller, as a parameter: ``user: Caller``
-Caller = Annotated[User, Depends(caller)]
 
 
 def _check_times(claims: dict[str, Any]) -> None:

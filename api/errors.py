@@ -28,6 +28,8 @@ STATUS_FOR_CODE = {
     "already_final": 409,
     "invalid_request": 400,
     "unavailable": 503,
+    "too_many_requests": 429,
+    "overloaded": 503,
 }
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+from api.errors import ApiError
 from api.models import Job
 from api.service import Api
-from core.contract import read_job
+from api.watch import Follower
 
 #: fields whose change is worth an event (updatedAt, leases and heartbeats alone are not)
 _SHOWN = ("status", "progress", "error", "outputs", "cancelRequested")
@@ -25,31 +25,45 @@ def _frame(event: str, data: str, event_id: int) -> str:
     return f"id: {event_id}\nevent: {event}\ndata: {data}\n\n"
 
 
-async def job_events(api: Api, job_id: str, disconnected: Any) -> AsyncIterator[str]:
-    """Yield SSE frames until the job is final or the client goes away (``await disconnected()``)."""
+async def job_events(
+    api: Api,
+    job_id: str,
+    follower: Follower,
+    disconnected: Callable[[], Awaitable[bool]],
+    recheck: Callable[[], Awaitable[None]],
+    close: Callable[[], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """Yield SSE frames until the job is final, the client goes away (``await disconnected()``)
+    or the caller's token stops being valid (``await recheck()`` raises :class:`ApiError`, asked
+    every ``API_STREAM_RECHECK_SECONDS``: expired, revoked, user disabled), which ends the stream
+    with an ``error`` event ``{code, message}``. ``close`` leaves the job's listener and frees
+    the stream's place."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Job] = asyncio.Queue()
-
-    def on_snapshot(snaps: list[Any], _changes: Any, _read_time: Any) -> None:
-        for snap in snaps:
-            if snap.exists:
-                job = Job.of(job_id, read_job(snap.to_dict() or {}))
-                loop.call_soon_threadsafe(queue.put_nowait, job)
-
-    watch = api.jobs().document(job_id).on_snapshot(on_snapshot)
     keepalive = api.settings.sse_keepalive_seconds
+    every = api.settings.api_stream_recheck_seconds
+    next_check = loop.time() + every
     last: str | None = None
     sent = 0
     try:
         yield "retry: 2000\n\n"
         while True:
-            try:
-                job = await asyncio.wait_for(queue.get(), timeout=keepalive)
-            except TimeoutError:
+            if loop.time() >= next_check:
+                try:
+                    await recheck()
+                except ApiError as exc:
+                    error = {"code": exc.code, "message": exc.message}
+                    yield _frame("error", json.dumps(error), sent + 1)
+                    return
+                next_check = loop.time() + every
+            wait = min(keepalive, max(next_check - loop.time(), 0.0))
+            doc = await follower.next(wait)
+            if doc is None:
                 if await disconnected():
                     return
-                yield ": keep-alive\n\n"
+                if loop.time() < next_check:
+                    yield ": keep-alive\n\n"
                 continue
+            job = Job.of(job_id, doc)
             body = job.model_dump(mode="json", by_alias=True, exclude_none=True)
             shown = json.dumps({k: body.get(k) for k in _SHOWN}, sort_keys=True)
             if shown == last:
@@ -61,4 +75,4 @@ async def job_events(api: Api, job_id: str, disconnected: Any) -> AsyncIterator[
                 yield _frame("end", json.dumps({"id": job_id, "status": job.status.value}), sent + 1)
                 return
     finally:
-        watch.unsubscribe()  # type: ignore[no-untyped-call]
+        await close()

@@ -7,14 +7,17 @@ the quota, followed and fetched like any other job), the answer waits for the jo
 audio itself. Every error is OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``,
 with OpenAI's status codes; a job still running at ``OPENAI_SPEECH_TIMEOUT_SECONDS`` is a ``504``
 whose message names the job (it goes on, and its result can be fetched later).
+
+The wait holds no worker thread, stops as soon as the caller goes away, and counts against the
+same caps as ``POST /v1/jobs?wait`` (``API_MAX_WAITS_PER_USER``, ``API_MAX_WAITS``): past them the
+answer is ``429`` / ``503`` with ``Retry-After``, before any job is made.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Header, Request, Response
@@ -25,11 +28,13 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.auth import Caller, User
+from api.auth import User
 from api.errors import ApiError, http_error
 from api.models import JobCreate
 from api.service import Api, create_job
-from core.contract import JobDoc, JobStatus, read_job
+from api.shedding import Caller
+from api.watch import wait_for_end
+from core.contract import JobDoc, JobStatus
 from core.errors import RetryableError, bounded, shown
 from infra.settings import OPENAI_VOICE_NAMES, VOICE_NAME, Settings
 
@@ -216,7 +221,7 @@ class OpenAIError(Exception):
         """This API's own refusals (token, quota, a rejected job) in OpenAI's terms."""
         if exc.status == 401:
             return cls(401, exc.message, code="invalid_api_key")
-        if exc.code == "quota_exceeded":
+        if exc.code in ("quota_exceeded", "too_many_requests"):
             return cls(429, exc.message, code="rate_limit_exceeded", retry_after=exc.retry_after)
         if exc.code in ("unknown_pipeline", "pipeline_unavailable"):
             return cls(
@@ -224,7 +229,8 @@ class OpenAIError(Exception):
             )
         status = 400 if exc.status == 422 else exc.status
         message = _explained(exc.code, exc.message)
-        return cls(status, message, code=exc.code, param=_param_of(exc.message, exc.code))
+        param = _param_of(exc.message, exc.code)
+        return cls(status, message, code=exc.code, param=param, retry_after=exc.retry_after)
 
     @classmethod
     def of_validation(cls, exc: RequestValidationError) -> OpenAIError:
@@ -323,6 +329,9 @@ class OpenAIRoute(APIRoute):
                 return OpenAIError.of_api_error(exc).response()
             except RequestValidationError as exc:
                 return OpenAIError.of_validation(exc).response()
+            except StarletteHTTPException as exc:
+                # FastAPI's own refusals, e.g. a body that is not UTF-8 ("error parsing the body").
+                return OpenAIError(exc.status_code, str(exc.detail), code="invalid_request").response()
             except RetryableError as exc:
                 log.warning("speech request: %s", exc)
                 return OpenAIError(503, "a service is unavailable; try again", code="unavailable").response()
@@ -353,35 +362,6 @@ def install(app: FastAPI) -> None:
 # -- waiting and answering -------------------------------------------------------------------------
 
 
-async def wait_until_final(api: Api, job_id: str, seconds: float) -> JobDoc | None:
-    """Listen to the job until it is final or ``seconds`` pass; the job as last seen.
-
-    Waits on the event loop, not in a thread: many requests waiting at once hold no threads.
-    """
-    loop = asyncio.get_running_loop()
-    latest: list[JobDoc] = []
-    ended = asyncio.Event()
-
-    def seen(job: JobDoc) -> None:
-        latest.append(job)
-        if job.effective_status.is_final:
-            ended.set()
-
-    def on_snapshot(snaps: list[Any], _changes: Any, _read_time: Any) -> None:
-        for snap in snaps:
-            if snap.exists:
-                loop.call_soon_threadsafe(seen, read_job(snap.to_dict() or {}))
-
-    watch = api.jobs().document(job_id).on_snapshot(on_snapshot)
-    try:
-        await asyncio.wait_for(ended.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
-    finally:
-        watch.unsubscribe()  # type: ignore[no-untyped-call]
-    return latest[-1] if latest else None
-
-
 def open_audio(api: Api, job_id: str, job: JobDoc) -> tuple[int, Iterator[bytes]]:
     """The size and bytes of a succeeded speech job's audio (``outputs.audio``).
 
@@ -401,12 +381,19 @@ def open_audio(api: Api, job_id: str, job: JobDoc) -> tuple[int, Iterator[bytes]
     return info.size, chunks
 
 
-async def speak(api: Api, user: User, request: SpeechRequest, key: str | None) -> Response:
+async def speak(
+    api: Api,
+    user: User,
+    request: SpeechRequest,
+    key: str | None,
+    disconnected: Callable[[], Awaitable[bool]],
+) -> Response:
     """Create the tts job, wait for it, answer with its audio (or OpenAI's error)."""
     body = JobCreate(pipeline=SPEECH_PIPELINE, inputs=job_inputs(request, api.settings))
-    job, _created = await run_in_threadpool(create_job, api, user, body, key)
     timeout = api.settings.openai_speech_timeout_seconds
-    ended = await wait_until_final(api, job.id, timeout)
+    with api.waits.hold(user.uid):
+        job, _created = await run_in_threadpool(create_job, api, user, body, key)
+        ended = await wait_for_end(api.watches, job.id, timeout, disconnected)
     if ended is None or not ended.effective_status.is_final:
         raise OpenAIError(
             504,
@@ -447,8 +434,10 @@ def speech_router() -> APIRouter:
             400: {**_ERROR_BODY, "description": "a bad parameter, or the job refused its input"},
             401: {**_ERROR_BODY, "description": "the API key is not a valid Firebase ID token"},
             404: {**_ERROR_BODY, "description": "an unknown model"},
-            429: {**_ERROR_BODY, "description": "over quota; see Retry-After"},
+            413: {**_ERROR_BODY, "description": "the body is larger than API_MAX_BODY_BYTES"},
+            429: {**_ERROR_BODY, "description": "over quota, or too many waiting requests; see Retry-After"},
             500: {**_ERROR_BODY, "description": "the job failed"},
+            503: {**_ERROR_BODY, "description": "this instance is at its limit; see Retry-After"},
             504: {**_ERROR_BODY, "description": "the job did not end in time; the message names it"},
         },
     )
@@ -460,6 +449,6 @@ def speech_router() -> APIRouter:
     ) -> Response:
         """OpenAI's text to speech: the audio of ``input`` (the job is one of the caller's jobs).
         The API key is the user's Firebase ID token; errors are OpenAI's shape."""
-        return await speak(request.app.state.api, user, body, idempotency_key)
+        return await speak(request.app.state.api, user, body, idempotency_key, request.is_disconnected)
 
     return router

@@ -5,17 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from api.auth import TokenVerifier, User
 from api.errors import ApiError
 from api.models import Job, JobCreate, JobPage, ResultFile, Results, Upload, UploadCreate
+from api.shedding import Gate
 from api.signing import UrlSigner
+from api.watch import JobWatches
 from core.contract import JOB_ID_PATTERN, JobDoc, JobStatus, read_job
 from core.errors import InvalidInput
 from core.patch import Patch
@@ -26,6 +28,10 @@ log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 100
 IDEMPOTENCY_KEY_CHARS = 255
+#: rejections for a reason that passes: a create retried with the same Idempotency-Key is
+#: admitted again once it fits (the job id is not used up by the refusal)
+PASSING_REJECTIONS = frozenset({"quota_exceeded"})
+REOPEN_ATTEMPTS = 3
 
 
 @dataclass
@@ -34,6 +40,23 @@ class Api:
     verifier: TokenVerifier
     signer: UrlSigner
     db: firestore.Client
+    #: every follower of a job (waits, event streams, speech) shares one listener per job
+    watches: JobWatches = field(init=False)
+    #: requests waiting for a job's end (``?wait``, the speech route), per user and in all
+    waits: Gate = field(init=False)
+    #: open event streams, per user and in all
+    streams: Gate = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        retry = s.api_busy_retry_seconds
+        self.watches = JobWatches(
+            lambda job_id, callback: self.jobs().document(job_id).on_snapshot(callback),
+            s.api_max_listeners,
+            retry,
+        )
+        self.waits = Gate("requests waiting for a job", s.api_max_waits_per_user, s.api_max_waits, retry)
+        self.streams = Gate("event streams", s.api_max_streams_per_user, s.api_max_streams, retry)
 
     @property
     def settings(self) -> Any:
@@ -87,6 +110,16 @@ def create_job(api: Api, user: User, body: JobCreate, key: str | None) -> tuple[
 
     Returns the job and whether this call created it (``False``: a retry with the same key).
 
+    With an ``Idempotency-Key`` the job id is derived from the caller and the key, so:
+
+    * a retry of the same request finds the same job (``200``, the job as it is now);
+    * the key reused for another request is ``409 idempotency_key_reused``;
+    * a job with that id that is not the caller's (ids are client-choosable: anyone may create a
+      document under a predicted id) is never answered: ``409 idempotency_key_reused``;
+    * a job refused for a reason that passes (``quota_exceeded``) does not use the key up: the
+      retry, sent after ``Retry-After``, replaces it with a new job that is admitted if it fits
+      now (``201``), or is refused again with a fresh ``Retry-After``.
+
     Raises:
         ApiError: the job was rejected (the job's own error code and message; 429 with
             ``Retry-After`` over quota), or the key was used before for another request.
@@ -97,7 +130,11 @@ def create_job(api: Api, user: User, body: JobCreate, key: str | None) -> tuple[
     except InvalidInput as exc:
         raise ApiError(exc.code, exc.message) from exc
     doc = JobDoc(uid=user.uid, pipeline=body.pipeline, inputs=body.inputs, status=JobStatus.PENDING)
-    created = api.deps.jobs.create(job_id, doc)
+    created = _create(api, job_id, doc)
+    for _ in range(REOPEN_ATTEMPTS):
+        if created or not _reopen(api, user, job_id, body):
+            break
+        created = _create(api, job_id, doc)
     if created:
         event = DocumentEvent(path=f"{api.settings.jobs_collection}/{job_id}", fields=doc.to_firestore())
         try:
@@ -108,7 +145,9 @@ def create_job(api: Api, user: User, body: JobCreate, key: str | None) -> tuple[
     job = api.deps.jobs.get(job_id)
     if job is None:
         raise ApiError("unavailable", "the job was created but cannot be read yet; get it again", status=503)
-    if not created and (job.pipeline != body.pipeline or not _same_inputs(job.inputs, body.inputs)):
+    if job.uid != user.uid:
+        raise _key_taken(job_id)
+    if not created and not _same_request(job, body):
         raise ApiError(
             "idempotency_key_reused",
             f"this Idempotency-Key was used for another request (job {job_id}); use a new key",
@@ -118,29 +157,62 @@ def create_job(api: Api, user: User, body: JobCreate, key: str | None) -> tuple[
     return Job.of(job_id, job), created
 
 
+def _create(api: Api, job_id: str, doc: JobDoc) -> bool:
+    """Create the job document; ``False``: it exists already.
+
+    Raises:
+        ApiError: ``invalid_inputs`` when Firestore cannot store the inputs (an empty key, a
+            reserved ``__name__`` key, ...): a client's mistake, not the service's.
+    """
+    try:
+        return api.deps.jobs.create(job_id, doc)
+    except gexc.InvalidArgument as exc:
+        raise ApiError(
+            "invalid_inputs", f"inputs cannot be stored as a job document: {exc.message or exc}"
+        ) from exc
+    except ValueError as exc:
+        # The client library refuses some field names itself before sending anything.
+        raise ApiError("invalid_inputs", f"inputs cannot be stored as a job document: {exc}") from exc
+
+
+def _key_taken(job_id: str) -> ApiError:
+    return ApiError(
+        "idempotency_key_reused",
+        f"the job id this Idempotency-Key gives ({job_id}) is taken by a job that is not yours; use a new key",
+    )
+
+
+def _same_request(job: JobDoc, body: JobCreate) -> bool:
+    return job.pipeline == body.pipeline and _same_inputs(job.inputs, body.inputs)
+
+
+def _reopen(api: Api, user: User, job_id: str, body: JobCreate) -> bool:
+    """Remove the caller's job ``job_id`` if this request's retry may replace it: the same request,
+    rejected for a reason that passes. The delete is conditional on the document being exactly the
+    one read (of concurrent retries one wins; the others find its new job).
+
+    Returns whether the id is free again (for a create).
+    """
+    ref = api.jobs().document(job_id)
+    snap = ref.get()
+    if not snap.exists:
+        return True
+    job = read_job(snap.to_dict() or {})
+    if job.uid != user.uid or not _same_request(job, body):
+        return False
+    passing = job.error is not None and job.error.code in PASSING_REJECTIONS
+    if job.effective_status is not JobStatus.REJECTED or not passing:
+        return False
+    try:
+        ref.delete(option=api.db.write_option(last_update_time=snap.update_time))
+    except (gexc.FailedPrecondition, gexc.NotFound, gexc.Aborted):
+        return True  # another retry replaced it first: the create finds its job
+    log.info("job %s: refused for %s, replaced by its retry", job_id, job.error.code if job.error else "?")
+    return True
+
+
 def _same_inputs(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
-
-
-def wait_for_end(api: Api, job_id: str, seconds: float) -> JobDoc | None:
-    """Listen to the job until it is final or ``seconds`` pass; the job as last seen."""
-    done = threading.Event()
-    latest: list[JobDoc] = []
-
-    def on_snapshot(snaps: list[Any], _changes: Any, _read_time: Any) -> None:
-        for snap in snaps:
-            if snap.exists:
-                job = read_job(snap.to_dict() or {})
-                latest.append(job)
-                if job.effective_status.is_final:
-                    done.set()
-
-    watch = api.jobs().document(job_id).on_snapshot(on_snapshot)
-    try:
-        done.wait(seconds)
-    finally:
-        watch.unsubscribe()  # type: ignore[no-untyped-call]
-    return latest[-1] if latest else None
 
 
 def list_jobs(api: Api, user: User, page_size: int, page_token: str | None) -> JobPage:

@@ -193,6 +193,29 @@ class Settings(BaseSettings):
     sse_keepalive_seconds: float = Field(
         15.0, gt=0, description="comment lines that keep an idle stream open"
     )
+    # Load shedding: past these caps the API answers 429 (the caller's own cap) or 503 (the
+    # instance's) with Retry-After, instead of slowing everyone down.
+    api_max_body_bytes: int = Field(
+        1 * 2**20,
+        gt=0,
+        le=32 * 2**20,
+        description="largest request body; refused with 413 before anything reads it (Cloud Run allows 32 MiB)",
+    )
+    api_max_waits_per_user: int = Field(
+        4, ge=1, description="a user's requests waiting for a job at once (?wait, POST /v1/audio/speech)"
+    )
+    api_max_waits: int = Field(200, ge=1, description="requests waiting for a job at once, all users")
+    api_max_streams_per_user: int = Field(4, ge=1, description="a user's open event streams")
+    api_max_streams: int = Field(200, ge=1, description="open event streams, all users")
+    api_max_listeners: int = Field(
+        400,
+        ge=1,
+        description="Firestore listeners open at once (one per followed job, shared by its followers)",
+    )
+    api_busy_retry_seconds: int = Field(5, ge=1, le=3600, description="Retry-After past a cap")
+    api_stream_recheck_seconds: float = Field(
+        60.0, gt=0, description="how often an open event stream checks its token again (expiry, revocation)"
+    )
     # The OpenAI-compatible speech route (api/openai_speech.py).
     openai_voices: dict[str, str] = Field(
         default_factory=dict,

@@ -16,6 +16,11 @@ Components (each its own process group, each with its own log under ``.local/log
   the HTTP API (``python -m api``), the Storage endpoint that checks signed URLs
   (``infra/localstack/gate.py``, in front of fake-gcs-server) and the web client (``web/dist``,
   with the stack's settings as ``/config.json``).
+
+The API and the GPU service run under the memory limit of their Cloud Run service (the
+``memory`` defaults in ``terraform/modules/api`` and ``terraform/modules/gpu-service``), so that a
+request that blows memory up kills the component, as Cloud Run would, and fails a test instead of
+slowing the machine (:class:`MemoryLimit`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -57,6 +63,9 @@ GCLOUD_PLATFORM_DIRS = [
 JVM_FLAGS = "-Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 FIREBASE_CLI = REPO / "tools/firebase/node_modules/.bin/firebase"
 WEB_DIST = REPO / "web/dist"
+#: component -> the Terraform module whose Cloud Run ``memory`` it runs under
+MEMORY_OF = {"api": "api", "gpu_service": "gpu-service"}
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 class StackError(RuntimeError):
@@ -124,6 +133,108 @@ def check_edge_prerequisites() -> None:
         )
 
 
+def cloud_run_memory(module: str) -> int:
+    """The Cloud Run memory (bytes) a Terraform module gives its service by default."""
+    text = (REPO / "terraform/modules" / module / "variables.tf").read_text()
+    found = re.search(r'\bmemory\s*=\s*optional\(\s*string\s*,\s*"(\d+)(Mi|Gi)"\s*\)', text)
+    if found is None:
+        raise StackError(f"no memory default in terraform/modules/{module}/variables.tf")
+    return int(found[1]) * (2**20 if found[2] == "Mi" else 2**30)
+
+
+class MemoryLimit:
+    """A memory limit for one process tree, enforced by the kernel as Cloud Run enforces its own:
+    past it the process is killed (a container's OOM kill), it does not swap or slow down.
+
+    The mechanism is a memory cgroup of its own, as root needs no container engine for it: cgroup
+    v2 (``memory.max``, ``memory.swap.max``) where the unified hierarchy has the memory controller,
+    else cgroup v1 (``memory.limit_in_bytes``, and ``memory.memsw.limit_in_bytes`` where swap is
+    accounted), created under the cgroup this process runs in. Both count what the process really
+    uses (resident pages), so the JVM's or torch's large virtual reservations do not matter.
+
+    Where no cgroup can be created (not root) nothing is enforced and the component's log says
+    so: the rlimits are no substitute. ``RLIMIT_AS`` counts reserved address space (torch and
+    glibc's per-thread arenas reserve far more than they use) and ``RLIMIT_DATA`` counts every
+    thread's 8 MiB stack: under a 512 MiB ``RLIMIT_DATA`` the API cannot start its 80th thread
+    (measured), while it uses about 75 MiB.
+    """
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.path: Path | None = None
+        self.version = 0
+        with contextlib.suppress(OSError):
+            self._create()
+
+    def _create(self) -> None:
+        unique = f"gpujobs-{os.getpid()}-{self.name}-{time.monotonic_ns()}"
+        unified = CGROUP_ROOT / "unified" if (CGROUP_ROOT / "unified").is_dir() else CGROUP_ROOT
+        controllers = unified / "cgroup.controllers"
+        if controllers.exists() and "memory" in controllers.read_text().split():
+            path = _own_cgroup(unified, "") / unique
+            path.mkdir()
+            (path / "memory.max").write_text(str(self.limit))
+            with contextlib.suppress(OSError):
+                (path / "memory.swap.max").write_text("0")
+            self.path, self.version = path, 2
+            return
+        v1 = CGROUP_ROOT / "memory"
+        if (v1 / "memory.limit_in_bytes").exists():
+            path = _own_cgroup(v1, "memory") / unique
+            path.mkdir()
+            (path / "memory.limit_in_bytes").write_text(str(self.limit))
+            with contextlib.suppress(OSError):
+                (path / "memory.memsw.limit_in_bytes").write_text(str(self.limit))
+            self.path, self.version = path, 1
+
+    @property
+    def mechanism(self) -> str:
+        return f"cgroup v{self.version}" if self.path else "none: no memory cgroup could be created"
+
+    def apply(self, pid: int) -> None:
+        """Put the (just started) process under the limit; its children inherit it."""
+        if self.path is not None:
+            (self.path / "cgroup.procs").write_text(str(pid))
+
+    def peak(self) -> int | None:
+        """The most memory the processes under the limit used at once (bytes), where known."""
+        if self.path is None:
+            return None
+        name = "memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.path / name).read_text())
+        return None
+
+    def oom_kills(self) -> int:
+        """Processes the kernel killed for passing the limit."""
+        if self.path is None:
+            return 0
+        name = "memory.events" if self.version == 2 else "memory.oom_control"
+        with contextlib.suppress(OSError):
+            for line in (self.path / name).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        return 0
+
+    def remove(self) -> None:
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
+
+
+def _own_cgroup(mount: Path, controller: str) -> Path:
+    """Where this process's own cgroup is in a hierarchy mounted at ``mount``."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, where = line.split(":", 2)
+        if controllers.split(",") == ([controller] if controller else [""]):
+            own = mount / where.lstrip("/")
+            if own.is_dir():
+                return own
+    return mount
+
+
 @dataclass
 class StackConfig:
     project: str = "demo-gpu-jobs"
@@ -140,6 +251,10 @@ class StackConfig:
     # Firestore trigger deliveries in flight at once (Eventarc delivers concurrently; the emulator
     # alone delivers one at a time).
     trigger_concurrency: int = 8
+    # Run the API and the GPU service under their Cloud Run memory size (MEMORY_OF); a component
+    # named here gets this many bytes instead.
+    memory_limits: bool = True
+    memory_overrides: dict[str, int] = field(default_factory=dict)
 
     @property
     def log_dir(self) -> Path:
@@ -184,6 +299,7 @@ class LocalStack:
             )
         self._firestore_fn = firestore_fns[0]
         self._procs: list[_Proc] = []
+        self.memory: dict[str, MemoryLimit] = {}
         self._ticker_stop = threading.Event()
         self._tickers: list[threading.Thread] = []
         self.timings: dict[str, float] = {}
@@ -380,6 +496,9 @@ class LocalStack:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=5)
         self._procs.clear()
+        for limit in self.memory.values():
+            limit.remove()
+        self.memory.clear()
         with contextlib.suppress(FileNotFoundError):
             (self.config.state_dir / "stack.env").unlink()
 
@@ -478,6 +597,24 @@ class LocalStack:
                 start_new_session=True,
             )
         self._procs.append(_Proc(name, popen, log_path))
+        if self.config.memory_limits and name in MEMORY_OF:
+            self._limit_memory(name, popen.pid, log_path)
+
+    def _limit_memory(self, name: str, pid: int, log_path: Path) -> None:
+        size = self.config.memory_overrides.get(name) or cloud_run_memory(MEMORY_OF[name])
+        old = self.memory.pop(name, None)
+        if old is not None:
+            old.remove()  # a restarted component: its old processes are gone
+        limit = self.memory[name] = MemoryLimit(name, size)
+        try:
+            limit.apply(pid)
+        except OSError as exc:
+            log.warning("%s: no memory limit (%s)", name, exc)
+            return
+        if limit.path is None:
+            log.warning("%s: memory limit of %d MiB not enforced (%s)", name, size // 2**20, limit.mechanism)
+        with log_path.open("a") as out:
+            out.write(f"=== {name}: memory limit {size // 2**20} MiB ({limit.mechanism})\n")
 
     def _wait(self, name: str, ready: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout

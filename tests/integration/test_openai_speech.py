@@ -6,24 +6,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
-from api.__main__ import build
-from api.app import create_app
 from core.quota import QuotaPolicy
 from infra.client import Client
-from infra.localstack.stack import LocalStack, free_port
+from infra.localstack.stack import LocalStack
 from infra.settings import Settings
+from tests.support.apiserver import api_server
 from tests.support.firebase_auth import AuthUser, sign_up, tampered
 
 SENTENCE = "Please send the quarterly report to the finance team before Friday afternoon."
@@ -230,27 +226,6 @@ def test_a_bad_key_is_an_authentication_error(stack: LocalStack, alice: AuthUser
 # -- waiting and quota, on an API with tighter settings ----------------------------------------------
 
 
-@contextmanager
-def api_server(settings: Settings) -> Iterator[str]:
-    """The API app with ``settings``, served on 127.0.0.1 in this process (same emulators)."""
-    api = build(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(api), host="127.0.0.1", port=free_port(), log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        api.verifier.close()
-
-
 @pytest.fixture(scope="module")
 def impatient_api(settings: Settings) -> Iterator[str]:
     """An API that waits for no job and lets a user have one unfinished job, on a jobs collection
@@ -263,7 +238,7 @@ def impatient_api(settings: Settings) -> Iterator[str]:
             "quotas": QuotaPolicy(max_unfinished=1, max_daily=None),
         }
     )
-    with api_server(tight) as url:
+    with api_server(tight) as (url, _api):
         yield url
 
 

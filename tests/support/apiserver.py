@@ -1,0 +1,38 @@
+"""The API app with its own settings, served on 127.0.0.1 in the test process (the stack's
+emulators): for tests that need tighter limits than the stack's API has."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from api.__main__ import build
+from api.app import create_app
+from api.service import Api
+from infra.localstack.stack import free_port
+from infra.settings import Settings
+
+
+@contextmanager
+def api_server(settings: Settings) -> Iterator[tuple[str, Api]]:
+    """The URL of the served API, and its :class:`Api` (to look at its gates and listeners)."""
+    api = build(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(api), host="127.0.0.1", port=free_port(), log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}", api
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        api.verifier.close()
