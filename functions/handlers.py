@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,7 +25,7 @@ from core.contract import (
 from core.errors import InvalidInput, RetryableError, bounded, shown
 from core.patch import Patch
 from core.routes import route
-from core.spec import Catalog, PipelineModel, PipelineSpec, check_input_location, file_uris
+from core.spec import Catalog, FileInput, PipelineModel, PipelineSpec, check_input_location, file_uris
 from functions.events import DocumentEvent, StorageEvent
 from infra import roundtrips
 from infra.blobs import BlobStore
@@ -31,6 +33,7 @@ from infra.bus import Bus
 from infra.errors import TRANSIENT_GOOGLE_ERRORS
 from infra.jobs import JobStore
 from infra.settings import Settings
+from pipelines.media import local_suffix
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +280,7 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
         raise InvalidInput(f"inputs are invalid: {describe(exc)}", code="invalid_inputs") from exc
 
     config = deps.catalog.config(spec)
+    spec.check_input_costs(inputs, config)
     files: dict[str, InputFile] = {}
     for name, uri, rule in file_uris(inputs):
         check_input_location(name, uri, job.uid, settings.media_bucket)
@@ -292,15 +296,32 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
                 f"expected {', '.join(rule.content_types)}",
                 code="unsupported_content_type",
             )
-        if rule.header_check:
+        if rule.header_check or rule.probe:
             head = deps.blobs.read_head(uri, rule.header_bytes, info.generation)
-            rule.run_header_check(head, complete=len(head) >= info.size, what=f"inputs.{name}", config=config)
+            complete = len(head) >= info.size
+            rule.run_header_check(head, complete=complete, what=f"inputs.{name}", config=config)
+            if rule.probe:
+                measured = probe_head(
+                    rule, head, complete=complete, size=info.size, content_type=info.content_type
+                )
+                spec.check_file_costs(name, measured, config)
         files[name] = InputFile(
             uri=uri, generation=info.generation, size=info.size, content_type=info.content_type
         )
     if spec.precheck:
         spec.run_precheck(inputs, config)
     return Validated(spec, inputs, files)
+
+
+def probe_head(
+    rule: FileInput, head: bytes, *, complete: bool, size: int, content_type: str | None
+) -> dict[str, float]:
+    """What ``rule``'s probe measures on an object's first bytes (written to a private temporary
+    file named after the validated content type: a media reader only ever opens a local file)."""
+    with tempfile.TemporaryDirectory(prefix="head-") as tmp:
+        path = Path(tmp) / ("head" + local_suffix(content_type))
+        path.write_bytes(head)
+        return rule.run_probe(path, complete=complete, size=size)
 
 
 def end(deps: Deps, job_id: str, to: JobStatus, error: ErrorInfo) -> bool:
