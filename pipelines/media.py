@@ -241,7 +241,8 @@ def probe(path: Path, policy: MediaPolicy, *, timeout: float = 60.0, size: int |
     ]  # fmt: skip
     result = _run(cmd, timeout, f"read the {policy.name}")
     if result.returncode != 0:
-        raise unreadable(policy, f" ({stderr_tail(result.stderr, 1)[:200]})")
+        detail = stderr_tail(result.stderr.replace(local_url(path) + ": ", ""), 1)[:200]
+        raise unreadable(policy, f" ({detail})")
     try:
         data = json.loads(result.stdout or "{}")
     except ValueError as exc:
