@@ -11,13 +11,19 @@ def _ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True, capture_output=True)
 
 
-def silent_flac(path: Path, seconds: float, *, rate: int = 8000, stated: bool = True) -> Path:
-    """``seconds`` of digital silence as FLAC: hours of audio in a few hundred KB.
+def silent_flac(
+    path: Path, seconds: float, *, rate: int = 8000, stated: bool = True, frame_size: int | None = None
+) -> Path:
+    """``seconds`` of digital silence as FLAC: hours of audio in a few MB (at ffmpeg's default
+    frame size), or in about 100 KB (``frame_size=16384``).
 
     ``stated=False`` writes it through a pipe, so the header states no length (total samples 0):
     only decoding tells how long it is.
     """
-    source = ("-f", "lavfi", "-i", f"anullsrc=r={rate}:cl=mono", "-t", f"{seconds:.3f}", "-c:a", "flac")
+    frames = ("-frame_size", str(frame_size)) if frame_size else ()
+    source = (
+        "-f", "lavfi", "-i", f"anullsrc=r={rate}:cl=mono", "-t", f"{seconds:.3f}", "-c:a", "flac", *frames,
+    )  # fmt: skip
     if stated:
         _ffmpeg(*source, str(path))
         return path
