@@ -34,7 +34,9 @@ MAX_MEDIA_BYTES = 2 * 2**30
 #: defaults of the cost caps (``PIPELINES__TRANSCRIBE__MAX_DURATION_SECONDS``, ...)
 MAX_DURATION_SECONDS = 4 * 3600.0
 MAX_SAMPLE_RATE = 192_000
-CHUNK_SECONDS = 600.0
+#: a window's memory is about 30 MB + 0.56 MB per second of it (measured: bench/limits.py), most of
+#: it the voice activity detector's; 120 s keeps one job near 110 MB at any length
+CHUNK_SECONDS = 120.0
 
 _WHERE = "functions (ffprobe on the object's head); worker (ffprobe on the file, then while decoding)"
 

@@ -313,8 +313,8 @@ class Transcriber:
             samples = offset + audio.size
             total = max(hint or 0.0, samples / SAMPLING_RATE)
             ctx.progress(min(1.0, start / total), "transcribing")
-            options = (
-                inputs if language == inputs.language else inputs.model_copy(update={"language": language})
+            options = inputs.model_copy(
+                update={"language": language, "initial_prompt": _prompt(inputs, segments)}
             )
             started = time.perf_counter()
             with _gpu_memory_errors(length):
@@ -564,6 +564,18 @@ def _windows(duration: float, size: float) -> list[dict[str, float]]:
         windows.append({"start": start, "end": end})
         start = end
     return windows
+
+
+def _prompt(inputs: TranscribeInputs, heard: list[Segment]) -> str | None:
+    """The prompt of the next window: the job's own, or the end of what was heard so far (as
+    Whisper conditions on the previous text within a window, so the words carry over a cut)."""
+    if inputs.initial_prompt or not heard:
+        return inputs.initial_prompt
+    tail = " ".join(segment.text.strip() for segment in heard[-3:])
+    return tail[-_PROMPT_CHARS:] or None
+
+
+_PROMPT_CHARS = 200
 
 
 def _segment(raw: Any, shift: float = 0.0) -> Segment:
