@@ -272,3 +272,22 @@ def test_long_audio_is_transcribed_window_by_window_with_its_own_times(files: Pa
     later = [s for s in result.outputs.segments if "thursday" in s.text.lower()]
     assert later and later[0].start > 45  # a later window's times are shifted by its offset
     assert result.outputs.duration > 48
+
+
+def test_the_example_plugin_declares_its_cells_cap() -> None:
+    # Loaded from this repository's copy (the installed distribution may be an older one).
+    import importlib.util
+    import sys
+
+    root = Path(__file__).resolve().parents[2] / "plugins" / "cellular-automata" / "cellular_automata"
+    spec = importlib.util.spec_from_file_location("automaton_under_test", root / "__init__.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    (automaton,) = module.specs()
+    inputs = automaton.inputs.model_validate({"width": 512, "height": 512, "frames": 100})
+    automaton.check_input_costs(inputs, automaton.config.model_validate({}))
+    with pytest.raises(InvalidInput) as caught:
+        automaton.check_input_costs(inputs, automaton.config.model_validate({"max_cells": 1_000_000}))
+    assert caught.value.code == "invalid_inputs" and "max_cells" in caught.value.message
