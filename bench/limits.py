@@ -8,6 +8,7 @@ image in a few KB).
 
     python -m bench.limits                      # every case, writes bench/results/limits.json
     python -m bench.limits --case transcribe_cap
+    python -m bench.limits --only tts_cap,image_cap   # these cases; the others keep their last figures
 """
 
 from __future__ import annotations
@@ -129,6 +130,28 @@ def _video_frames_cap(tmp: Path) -> Callable[[], Any]:
     return job
 
 
+def _tts(chars: int) -> Callable[[Path], Callable[[], Any]]:
+    def setup(tmp: Path) -> Callable[[], Any]:
+        from core.spec import RunContext
+        from pipelines.tts import TtsConfig, TtsInputs
+        from pipelines.tts.pipeline import load
+
+        sentence = "The quarterly report goes to the finance team before Friday afternoon. "
+        text = (sentence * (chars // len(sentence) + 1))[:chars].rsplit(" ", 1)[0] + "."
+        pipeline = load(TtsConfig())
+        inputs = TtsInputs(text=text, format="mp3")
+
+        def job() -> dict[str, Any]:
+            out = tmp / "out"
+            out.mkdir()
+            result = pipeline.run(inputs, RunContext(job_id="bench", workdir=out))
+            return {"characters": len(text), "audio_seconds": round(result.outputs.duration_seconds)}
+
+        return job
+
+    return setup
+
+
 CASES: dict[str, tuple[str, Callable[[Path], Callable[[], Any]]]] = {
     "transcribe_30min": ("transcribe, 30 min of silence (windows of 120 s)", _transcribe(1800, whole=False)),
     "transcribe_cap": (
@@ -137,6 +160,8 @@ CASES: dict[str, tuple[str, Callable[[Path], Callable[[], Any]]]] = {
     ),
     "transcribe_30min_whole": ("before: decode 30 min whole, then transcribe", _transcribe(1800, whole=True)),
     "transcribe_1h_whole": ("before: decode 1 h whole, then transcribe", _transcribe(3600, whole=True)),
+    "tts_2000_chars": ("tts (piper), 2,000 characters", _tts(2000)),
+    "tts_cap": ("tts (piper), 20,000 characters = the cap", _tts(20000)),
     "image_cap": ("inpaint/edit input checks, 40 Mpx image = the cap", _image_cap),
     "video_frames_cap": ("video screen part: frames of a 1 h 720p video = the cap", _video_frames_cap),
 }
@@ -145,12 +170,19 @@ CASES: dict[str, tuple[str, Callable[[Path], Callable[[], Any]]]] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=sorted(CASES), help="run one case in this process")
+    parser.add_argument("--only", help="comma-separated cases to run again (the rest are kept)")
     args = parser.parse_args()
     if args.case:
         print(json.dumps(_measure(CASES[args.case][1])))
         return
+    only = set(args.only.split(",")) if args.only else set(CASES)
+    previous = json.loads(RESULTS.read_text()).get("cases", {}) if RESULTS.exists() else {}
     results: dict[str, Any] = {}
     for name, (what, _setup) in CASES.items():
+        if name not in only:
+            if name in previous:
+                results[name] = previous[name]
+            continue
         out = subprocess.run(
             [sys.executable, "-m", "bench.limits", "--case", name],
             capture_output=True,

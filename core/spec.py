@@ -118,6 +118,11 @@ class CostLimit:
     unit: str = ""
     checked: str = ""
 
+    @property
+    def label(self) -> str:
+        """The quantity in words: ``duration_seconds`` is "duration" (the unit says seconds)."""
+        return self.quantity.removesuffix("_seconds").replace("_", " ")
+
     def cap(self, config: BaseModel) -> float:
         return float(getattr(config, self.setting))
 
@@ -131,7 +136,7 @@ class CostLimit:
         if value > cap:
             unit = f" {self.unit}" if self.unit else ""
             raise InvalidInput(
-                f"{what}: {self.quantity.replace('_', ' ')} is {_amount(value)}{unit}, over this "
+                f"{what}: {self.label} is {_amount(value)}{unit}, over this "
                 f"service's cap of {_amount(cap)}{unit} ({self.setting})",
                 code=self.code,
             )
