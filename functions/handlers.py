@@ -22,7 +22,7 @@ from core.contract import (
     Source,
     validate_job_id,
 )
-from core.errors import InvalidInput, RetryableError, bounded, shown
+from core.errors import InvalidInput, PermanentError, RetryableError, bounded, shown
 from core.patch import Patch
 from core.routes import route
 from core.spec import Catalog, FileInput, PipelineModel, PipelineSpec, check_input_location, file_uris
@@ -321,7 +321,13 @@ def probe_head(
     with tempfile.TemporaryDirectory(prefix="head-") as tmp:
         path = Path(tmp) / ("head" + local_suffix(content_type))
         path.write_bytes(head)
-        return rule.run_probe(path, complete=complete, size=size)
+        try:
+            return rule.run_probe(path, complete=complete, size=size)
+        except (PermanentError, RetryableError) as exc:
+            # The measuring tool is missing or stalled here: the worker measures the whole file
+            # before anything is decoded, so the job is not let through unchecked.
+            log.warning("could not measure an input's head (%s); left to the worker", exc)
+            return {}
 
 
 def end(deps: Deps, job_id: str, to: JobStatus, error: ErrorInfo) -> bool:

@@ -291,3 +291,17 @@ def test_the_example_plugin_declares_its_cells_cap() -> None:
     with pytest.raises(InvalidInput) as caught:
         automaton.check_input_costs(inputs, automaton.config.model_validate({"max_cells": 1_000_000}))
     assert caught.value.code == "invalid_inputs" and "max_cells" in caught.value.message
+
+
+def test_without_ffprobe_the_functions_leave_the_measuring_to_the_worker(
+    five_hours: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rule = TRANSCRIBE.file_fields()["media"]
+    head = five_hours.read_bytes()[: rule.header_bytes]
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert (
+        probe_head(rule, head, complete=False, size=five_hours.stat().st_size, content_type="audio/flac")
+        == {}
+    )
+    with pytest.raises(PermanentError, match="ffprobe is not installed"):
+        media.measure_audio(five_hours, complete=True, size=five_hours.stat().st_size)
