@@ -324,7 +324,8 @@ class Transcriber:
                     ctx.progress(min(1.0, (start + float(raw.end)) / total), "transcribing")
             inference_seconds += time.perf_counter() - started
             heard = _Heard.of(info) if heard is None else heard.plus(info)
-            language = language or heard.language  # the first window's detection holds for the rest
+            if language is None and heard.duration_after_vad > 0:
+                language = heard.language  # the first window with speech decides for the rest
             del audio, item
         if samples == 0 or heard is None:
             raise InvalidInput(
@@ -530,9 +531,11 @@ class _Heard:
         return cls(str(info.language), float(info.language_probability), float(info.duration_after_vad))
 
     def plus(self, info: Any) -> _Heard:
-        return _Heard(
-            self.language, self.language_probability, self.duration_after_vad + float(info.duration_after_vad)
-        )
+        """Add a window; until one holds speech, the language is the latest window's guess."""
+        speech = self.duration_after_vad + float(info.duration_after_vad)
+        if self.duration_after_vad > 0:
+            return _Heard(self.language, self.language_probability, speech)
+        return _Heard(str(info.language), float(info.language_probability), speech)
 
 
 def _validated(inputs: Any) -> TranscribeInputs:

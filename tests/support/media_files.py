@@ -34,12 +34,20 @@ def silent_flac(
 
 
 def long_video(
-    path: Path, seconds: float, *, size: str = "32x32", fps: int = 1, faststart: bool = True
+    path: Path,
+    seconds: float,
+    *,
+    size: str = "32x32",
+    fps: int = 1,
+    faststart: bool = True,
+    moving: bool = False,
 ) -> Path:
-    """A video of ``seconds`` with tiny still frames (H.264 MP4): long, yet a few hundred KB."""
+    """A video of ``seconds`` with tiny frames (H.264 MP4): long, yet a few hundred KB (still
+    frames; ``moving``: a test pattern, about 1 MB an hour at 32x24)."""
     flags = ("-movflags", "+faststart") if faststart else ()
+    source = f"testsrc=s={size}:r={fps}" if moving else f"color=c=gray:s={size}:r={fps}"
     _ffmpeg(
-        "-f", "lavfi", "-i", f"color=c=gray:s={size}:r={fps}", "-t", f"{seconds:.3f}",
+        "-f", "lavfi", "-i", source, "-t", f"{seconds:.3f}",
         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", *flags, str(path),
     )  # fmt: skip
     return path

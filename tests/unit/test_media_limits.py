@@ -305,3 +305,15 @@ def test_without_ffprobe_the_functions_leave_the_measuring_to_the_worker(
     )
     with pytest.raises(PermanentError, match="ffprobe is not installed"):
         media.measure_audio(five_hours, complete=True, size=five_hours.stat().st_size)
+
+
+def test_the_language_comes_from_the_first_window_that_holds_speech() -> None:
+    from types import SimpleNamespace
+
+    from pipelines.transcribe.model import _Heard
+
+    silent = SimpleNamespace(language="nn", language_probability=0.2, duration_after_vad=0.0)
+    spoken = SimpleNamespace(language="de", language_probability=0.9, duration_after_vad=80.0)
+    later = SimpleNamespace(language="en", language_probability=0.6, duration_after_vad=30.0)
+    heard = _Heard.of(silent).plus(spoken).plus(later)
+    assert (heard.language, heard.language_probability, heard.duration_after_vad) == ("de", 0.9, 110.0)
