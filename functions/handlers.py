@@ -301,8 +301,14 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
             complete = len(head) >= info.size
             rule.run_header_check(head, complete=complete, what=f"inputs.{name}", config=config)
             if rule.probe:
+                # The tail too: where an MP4's index, an Ogg stream's last timestamp and a
+                # transport stream's last clock are, so ffprobe sees the whole object's length.
+                tail = b""
+                if not complete:
+                    start = max(len(head), info.size - rule.header_bytes)
+                    tail = deps.blobs.read_head(uri, info.size - start, info.generation, start=start)
                 measured = probe_head(
-                    rule, head, complete=complete, size=info.size, content_type=info.content_type
+                    rule, head, complete=complete, size=info.size, content_type=info.content_type, tail=tail
                 )
                 spec.check_file_costs(name, measured, config)
         files[name] = InputFile(
@@ -314,13 +320,22 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
 
 
 def probe_head(
-    rule: FileInput, head: bytes, *, complete: bool, size: int, content_type: str | None
+    rule: FileInput, head: bytes, *, complete: bool, size: int, content_type: str | None, tail: bytes = b""
 ) -> dict[str, float]:
-    """What ``rule``'s probe measures on an object's first bytes (written to a private temporary
-    file named after the validated content type: a media reader only ever opens a local file)."""
+    """What ``rule``'s probe measures on an object's first bytes, and its last ``tail`` bytes.
+
+    They are written where they belong in a private temporary file of the object's size (sparse:
+    the bytes between are never read nor stored), named after the validated content type: a
+    media reader only ever opens a local file, and sees the object's real size and both ends.
+    """
     with tempfile.TemporaryDirectory(prefix="head-") as tmp:
         path = Path(tmp) / ("head" + local_suffix(content_type))
-        path.write_bytes(head)
+        with path.open("wb") as out:
+            out.write(head)
+            if tail and size > len(head):
+                out.seek(size - len(tail))
+                out.write(tail)
+                out.truncate(size)
         try:
             return rule.run_probe(path, complete=complete, size=size)
         except (PermanentError, RetryableError) as exc:

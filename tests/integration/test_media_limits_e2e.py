@@ -8,8 +8,8 @@
 * Cost caps are checked from the object's header before anything is queued: hours of silence in a
   small FLAC (``duration_exceeded``), a video over the duration cap (``too_long``), an image over
   the decoded-pixel cap (``image_too_large``), a text over ``max_chars`` (``text_too_long``); and
-  again by the worker before it decodes anything, for a file whose head does not tell (an MP4
-  with its index at the end: ``failed``, ``too_long``, no part started).
+  again by the worker before it decodes anything, for a file whose head and tail do not tell (an
+  MP4 whose index is larger than the tail the functions read: ``failed``, ``too_long``, no part).
 """
 
 from __future__ import annotations
@@ -82,12 +82,25 @@ def test_a_video_over_the_duration_cap_is_rejected_before_queueing(
     assert job.attempt == 0 and job.parts is None
 
 
-def test_a_long_video_the_functions_cannot_measure_is_refused_by_the_worker_before_decoding(
+def test_an_index_at_the_end_is_read_from_the_tail_before_queueing(
     client: Client, uid: str, media_dir: Path
 ) -> None:
-    # Its index is at the end, past the head the functions read: only the worker can measure it.
+    # Past the head the functions read: they read the object's tail as well, as ffprobe would.
     video = long_video(media_dir / "late-index.mp4", 3700, size="32x24", moving=True, faststart=False)
-    assert HEAD_BYTES < video.stat().st_size < 3 * 2**20
+    assert 2 * HEAD_BYTES < video.stat().st_size < 3 * 2**20
+    uri = client.upload(video, uid, content_type="video/mp4")
+    job = client.follow(client.create_job(uid, "video", {"video": uri}), timeout=60)
+    _ended(job, JobStatus.REJECTED, "too_long")
+    assert job.attempt == 0
+
+
+def test_a_video_the_functions_cannot_measure_is_refused_by_the_worker_before_decoding(
+    client: Client, uid: str, media_dir: Path
+) -> None:
+    # An index larger than the tail the functions read: only the worker, with the whole file, can
+    # measure it, and it does before the prepare step decodes anything.
+    video = long_video(media_dir / "big-index.mp4", 3700, size="32x24", fps=25, faststart=False)
+    assert video.stat().st_size < 3 * 2**20
     uri = client.upload(video, uid, content_type="video/mp4")
     job = client.follow(client.create_job(uid, "video", {"video": uri}), timeout=120)
     _ended(job, JobStatus.FAILED, "too_long")

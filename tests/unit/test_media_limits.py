@@ -145,6 +145,44 @@ def test_a_head_that_cannot_be_read_yet_is_left_to_the_worker(files: Path) -> No
         media.measure_video(head, complete=True, size=1024)
 
 
+@pytest.mark.parametrize(
+    ("args", "content_type"),
+    [
+        (("-c:a", "libopus", "-b:a", "24k", "long.ogg"), "audio/ogg"),
+        (("-c:a", "aac", "-b:a", "32k", "long.m4a"), "audio/mp4"),
+    ],
+    ids=["ogg-last-page-at-the-end", "mp4-index-at-the-end"],
+)
+def test_the_functions_read_the_length_from_the_head_and_the_tail(
+    files: Path, args: tuple[str, ...], content_type: str
+) -> None:
+    path = files / args[-1]
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=f=300:d=1200",
+            *args[:-1],
+            str(path),
+        ],
+        check=True,
+    )
+    data, head_bytes = path.read_bytes(), TRANSCRIBE.file_fields()["media"].header_bytes
+    assert len(data) > 2 * head_bytes
+    rule = TRANSCRIBE.file_fields()["media"]
+    head, tail = data[:head_bytes], data[len(data) - head_bytes :]
+    alone = probe_head(rule, head, complete=False, size=len(data), content_type=content_type)
+    assert alone.get("duration_seconds", 0) < 600  # the head alone does not tell (or under-tells)
+    both = probe_head(rule, head, complete=False, size=len(data), content_type=content_type, tail=tail)
+    assert both["duration_seconds"] == pytest.approx(1200, abs=1)
+
+
 def test_video_caps_name_their_setting(files: Path) -> None:
     video = long_video(files / "hour.mp4", 3700)
     measured = media.measure_video(video, complete=True, size=video.stat().st_size)
