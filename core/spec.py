@@ -69,8 +69,9 @@ class FileInput:
     #: optional ``"module:function"``; ``function(path, complete=, size=) -> {quantity: value}``
     #: measures a media file's cost-bearing quantities from its header (``duration_seconds``,
     #: ``sample_rate``, ``frames``, ``frame_pixels``...), which the spec's :class:`CostLimit` caps.
-    #: It runs in the functions on the object's first ``header_bytes`` (``complete``: all of it;
-    #: ``size``: the whole object's) and in the worker on the downloaded file, before any decoding.
+    #: It runs in the functions on the object's first and last ``header_bytes``, laid out in a
+    #: sparse local file of the object's size (``complete``: the head is all of it; ``size``: the
+    #: object's), and in the worker on the downloaded file, before any decoding.
     probe: str | None = None
 
     def accepts(self, content_type: str | None) -> bool:
