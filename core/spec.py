@@ -66,6 +66,13 @@ class FileInput:
     #: raising ``InvalidInput``. ``complete`` says whether ``head`` is the whole object.
     header_check: str | None = None
     header_bytes: int = 256 * 1024
+    #: optional ``"module:function"``; ``function(path, complete=, size=) -> {quantity: value}``
+    #: measures a media file's cost-bearing quantities from its header (``duration_seconds``,
+    #: ``sample_rate``, ``frames``, ``frame_pixels``...), which the spec's :class:`CostLimit` caps.
+    #: It runs in the functions on the object's first and last ``header_bytes``, laid out in a
+    #: sparse local file of the object's size (``complete``: the head is all of it; ``size``: the
+    #: object's), and in the worker on the downloaded file, before any decoding.
+    probe: str | None = None
 
     def accepts(self, content_type: str | None) -> bool:
         ct = (content_type or "").split(";")[0].strip().lower()
@@ -74,6 +81,70 @@ class FileInput:
     def run_header_check(self, head: bytes, *, complete: bool, what: str, config: BaseModel) -> None:
         if self.header_check:
             _import(self.header_check)(head, complete=complete, what=what, config=config)
+
+    def run_probe(self, path: Path, *, complete: bool, size: int) -> dict[str, float]:
+        if not self.probe:
+            return {}
+        measured: dict[str, float] = _import(self.probe)(path, complete=complete, size=size)
+        return measured
+
+
+@dataclass(frozen=True)
+class CostLimit:
+    """A property of a job's input that its cost (time, memory) follows, and the cap on it.
+
+    A pipeline's spec lists these in ``costs``: the functions check each before the job is queued
+    and the worker again before the pipeline decodes anything, so a small file that would take
+    hours or gigabytes (a FLAC of hours of silence, a decompression bomb) ends as a clear error on
+    its own job instead of taking down an instance.
+
+    Attributes:
+        quantity: what is measured: ``duration_seconds``, ``sample_rate``, ``frames``,
+            ``frame_pixels``, ``pixels``, ``characters``, ``cells``...
+        setting: the field of the pipeline's config that holds the cap (so it is configurable as
+            ``PIPELINES__<NAME>__<SETTING>``).
+        code: the error code a job over the cap ends with.
+        field: the input it applies to. For a file input (its ``FileInput.probe`` measures it),
+            the value comes from the file's header; otherwise from ``measure``.
+        measure: ``measure(inputs) -> value`` for a quantity of the inputs themselves (the length
+            of a text, frames x pixels of a requested video); ``None`` when not applicable.
+        checked: where it is checked, for the README's table.
+    """
+
+    quantity: str
+    setting: str
+    code: str
+    field: str | None = None
+    measure: Callable[[Any], float | None] | None = None
+    unit: str = ""
+    checked: str = ""
+
+    @property
+    def label(self) -> str:
+        """The quantity in words: ``duration_seconds`` is "duration" (the unit says seconds)."""
+        return self.quantity.removesuffix("_seconds").replace("_", " ")
+
+    def cap(self, config: BaseModel) -> float:
+        return float(getattr(config, self.setting))
+
+    def check(self, value: float | None, config: BaseModel, what: str) -> None:
+        """Raises ``InvalidInput`` (``code``) naming the cap when ``value`` is over it."""
+        from core.errors import InvalidInput
+
+        if value is None:
+            return
+        cap = self.cap(config)
+        if value > cap:
+            unit = f" {self.unit}" if self.unit else ""
+            raise InvalidInput(
+                f"{what}: {self.label} is {_amount(value)}{unit}, over this "
+                f"service's cap of {_amount(cap)}{unit} ({self.setting})",
+                code=self.code,
+            )
+
+
+def _amount(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 or float(value).is_integer() else f"{value:,.2f}"
 
 
 def check_input_location(name: str, uri: str, uid: str, bucket: str) -> None:
@@ -327,6 +398,7 @@ class PipelineSpec:
     parts: tuple[str, ...] = ()
     join: str | None = None
     delivery: Delivery = field(default_factory=Delivery)
+    costs: tuple[CostLimit, ...] = ()
 
     def __post_init__(self) -> None:
         check_name("pipeline", self.name)
@@ -334,6 +406,35 @@ class PipelineSpec:
             check_name("part", lane)
         if bool(self.parts) != bool(self.join):
             raise ValueError(f"pipeline {self.name}: a multi-part pipeline has both parts and a join")
+        for limit in self.costs:
+            if limit.setting not in self.config.model_fields:
+                raise ValueError(
+                    f"pipeline {self.name}: cost limit {limit.quantity} names {limit.setting!r}, "
+                    f"which is not a field of {self.config.__name__}"
+                )
+
+    def check_input_costs(self, inputs: BaseModel, config: BaseModel) -> None:
+        """The caps on quantities of the inputs themselves (text length, requested frames...).
+
+        Raises:
+            InvalidInput: the limit's code, naming the cap.
+        """
+        for limit in self.costs:
+            if limit.measure is not None:
+                limit.check(
+                    limit.measure(inputs), config, f"inputs.{limit.field}" if limit.field else "inputs"
+                )
+
+    def check_file_costs(self, key: str, measured: Mapping[str, float], config: BaseModel) -> None:
+        """The caps on what a file input's probe measured (``key`` as in :func:`file_uris`).
+
+        Raises:
+            InvalidInput: the limit's code, naming the cap.
+        """
+        name = key.split(".", 1)[0]
+        for limit in self.costs:
+            if limit.field == name and limit.measure is None and limit.quantity in measured:
+                limit.check(measured[limit.quantity], config, f"inputs.{key}")
 
     def topology_entry(self) -> dict[str, Any]:
         """This pipeline's entry under ``pipelines:`` of the topology (Terraform's ``plugin_pipelines``)."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,10 +22,10 @@ from core.contract import (
     Source,
     validate_job_id,
 )
-from core.errors import InvalidInput, RetryableError, bounded, shown
+from core.errors import InvalidInput, PermanentError, RetryableError, bounded, shown
 from core.patch import Patch
 from core.routes import route
-from core.spec import Catalog, PipelineModel, PipelineSpec, check_input_location, file_uris
+from core.spec import Catalog, FileInput, PipelineModel, PipelineSpec, check_input_location, file_uris
 from functions.events import DocumentEvent, StorageEvent
 from infra import roundtrips
 from infra.blobs import BlobStore
@@ -32,6 +34,7 @@ from infra.errors import TRANSIENT_GOOGLE_ERRORS
 from infra.identity import SignInProviders
 from infra.jobs import JobStore
 from infra.settings import Settings
+from pipelines.media import local_suffix
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +286,7 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
         raise InvalidInput(f"inputs are invalid: {describe(exc)}", code="invalid_inputs") from exc
 
     config = deps.catalog.config(spec)
+    spec.check_input_costs(inputs, config)
     files: dict[str, InputFile] = {}
     for name, uri, rule in file_uris(inputs):
         check_input_location(name, uri, job.uid, settings.media_bucket)
@@ -298,15 +302,53 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
                 f"expected {', '.join(rule.content_types)}",
                 code="unsupported_content_type",
             )
-        if rule.header_check:
+        if rule.header_check or rule.probe:
             head = deps.blobs.read_head(uri, rule.header_bytes, info.generation)
-            rule.run_header_check(head, complete=len(head) >= info.size, what=f"inputs.{name}", config=config)
+            complete = len(head) >= info.size
+            rule.run_header_check(head, complete=complete, what=f"inputs.{name}", config=config)
+            if rule.probe:
+                # The tail too: where an MP4's index, an Ogg stream's last timestamp and a
+                # transport stream's last clock are, so ffprobe sees the whole object's length.
+                tail = b""
+                if not complete:
+                    start = max(len(head), info.size - rule.header_bytes)
+                    tail = deps.blobs.read_head(uri, info.size - start, info.generation, start=start)
+                measured = probe_head(
+                    rule, head, complete=complete, size=info.size, content_type=info.content_type, tail=tail
+                )
+                spec.check_file_costs(name, measured, config)
         files[name] = InputFile(
             uri=uri, generation=info.generation, size=info.size, content_type=info.content_type
         )
     if spec.precheck:
         spec.run_precheck(inputs, config)
     return Validated(spec, inputs, files)
+
+
+def probe_head(
+    rule: FileInput, head: bytes, *, complete: bool, size: int, content_type: str | None, tail: bytes = b""
+) -> dict[str, float]:
+    """What ``rule``'s probe measures on an object's first bytes, and its last ``tail`` bytes.
+
+    They are written where they belong in a private temporary file of the object's size (sparse:
+    the bytes between are never read nor stored), named after the validated content type: a
+    media reader only ever opens a local file, and sees the object's real size and both ends.
+    """
+    with tempfile.TemporaryDirectory(prefix="head-") as tmp:
+        path = Path(tmp) / ("head" + local_suffix(content_type))
+        with path.open("wb") as out:
+            out.write(head)
+            if tail and size > len(head):
+                out.seek(size - len(tail))
+                out.write(tail)
+                out.truncate(size)
+        try:
+            return rule.run_probe(path, complete=complete, size=size)
+        except (PermanentError, RetryableError) as exc:
+            # The measuring tool is missing or stalled here: the worker measures the whole file
+            # before anything is decoded, so the job is not let through unchecked.
+            log.warning("could not measure an input's head (%s); left to the worker", exc)
+            return {}
 
 
 def end(deps: Deps, job_id: str, to: JobStatus, error: ErrorInfo) -> bool:

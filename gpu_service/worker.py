@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from core.contract import JobMessage, JobStatus, Progress, state_for_error
 from core.errors import Cancelled, InvalidInput, Preempted
@@ -58,6 +58,7 @@ from infra.blobs import BlobStore
 from infra.bus import Bus
 from infra.jobs import JobStore
 from infra.settings import Settings
+from pipelines.media import local_suffix
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +264,7 @@ class Worker:
         t0 = time.perf_counter()
         files: dict[str, Path] = {}
         pins = attempt.job.input_files or {}
+        config: BaseModel | None = None
         for name, uri, rule in file_uris(inputs):
             check_input_location(name, uri, attempt.job.uid, self.settings.media_bucket)
             pin = pins.get(name)
@@ -270,8 +272,10 @@ class Worker:
                 raise InvalidInput(
                     f"inputs.{name} was not validated before the job was queued", code="not_validated"
                 )
-            # Keys of dict entries are client-chosen: only safe characters reach the file name.
-            dest = workdir / f"input-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}{Path(uri).suffix[:16]}"
+            # Keys of dict entries are client-chosen: only safe characters reach the file name, and
+            # its suffix comes from the validated content type, never from the upload's own name
+            # (``talk.m3u8`` sent as audio/mpeg must not be read as a playlist).
+            dest = workdir / f"input-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}{local_suffix(pin.content_type)}"
             try:
                 files[name] = self.blobs.download(uri, dest, generation=pin.generation)
             except FileNotFoundError as exc:
@@ -287,6 +291,12 @@ class Worker:
                     f"inputs.{name} is {size} bytes, not the {pin.size} that were validated (limit {limit})",
                     code="input_changed",
                 )
+            if rule.probe:
+                # The cost caps again, on the whole file, before the pipeline decodes any of it.
+                if config is None:
+                    config = self.catalog.config(attempt.spec)
+                measured = rule.run_probe(files[name], complete=True, size=size)
+                attempt.spec.check_file_costs(name, measured, config)
         attempt.timings["download"] = time.perf_counter() - t0
         return files
 

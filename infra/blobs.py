@@ -83,8 +83,9 @@ class BlobStore:
         except _TRANSIENT as exc:
             raise RetryableError(f"Cloud Storage unavailable reading {uri}: {exc}") from exc
 
-    def read_head(self, uri: str, nbytes: int, generation: str | None = None) -> bytes:
-        """The first ``nbytes`` of the object (a range read), of ``generation`` when given.
+    def read_head(self, uri: str, nbytes: int, generation: str | None = None, *, start: int = 0) -> bytes:
+        """The first ``nbytes`` of the object from ``start`` (a range read), of ``generation``
+        when given.
 
         Raises:
             FileNotFoundError: the object (that generation) does not exist.
@@ -92,7 +93,7 @@ class BlobStore:
         """
         with self._reading(uri, generation) as blob:
             try:
-                data: bytes = blob.download_as_bytes(start=0, end=nbytes - 1)
+                data: bytes = blob.download_as_bytes(start=start, end=start + nbytes - 1)
             except gexc.RequestRangeNotSatisfiable:
                 return b""  # an empty object
         return data

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from core.spec import PipelineSpec
-from pipelines.imaging.fields import DiffusionConfig, ImageJobInputs, ImageJobOutputs
+from pipelines.imaging.fields import DiffusionConfig, ImageJobInputs, ImageJobOutputs, pixel_limits
 
 
 class EditInputs(ImageJobInputs):
@@ -55,5 +55,6 @@ SPEC = PipelineSpec(
     loader="pipelines.edit.pipeline:load",
     drop_field=None,
     precheck="pipelines.imaging.fields:precheck_loras",
+    costs=pixel_limits("image"),
     description="Edit an image from a written instruction (Qwen-Image-Edit class models)",
 )

@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.errors import InvalidInput, shown
-from core.spec import FileInput, GsUri, PipelineModel
+from core.spec import CostLimit, FileInput, GsUri, PipelineModel
 from pipelines.imaging.memory import StrategyChoice
 
 IMAGE_CONTENT_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp")
@@ -42,7 +42,10 @@ IMAGE_MAX_BYTES = 20 * 2**20
 ImageFile = Annotated[
     GsUri,
     FileInput(
-        IMAGE_CONTENT_TYPES, IMAGE_MAX_BYTES, header_check="pipelines.imaging.headers:check_image_header"
+        IMAGE_CONTENT_TYPES,
+        IMAGE_MAX_BYTES,
+        header_check="pipelines.imaging.headers:check_image_header",
+        probe="pipelines.imaging.headers:measure_image",
     ),
 ]
 """A PNG, JPEG or WebP object in Storage, at most 20 MiB; format and dimensions are checked from
@@ -122,6 +125,22 @@ class ImageLimitsConfig(BaseModel):
     min_side: int = Field(default=16, gt=0, description="shortest accepted side in pixels")
     jpeg_quality: int = Field(default=95, ge=1, le=100)
     webp_lossless: bool = Field(default=True, description="lossless WebP keeps pixels outside the mask exact")
+
+
+def pixel_limits(*fields: str) -> tuple[CostLimit, ...]:
+    """The cost cap of image inputs: decoded pixels (``max_input_pixels``), read from the header
+    in the functions (a range read) and again in the worker, before any pixel is decoded."""
+    return tuple(
+        CostLimit(
+            "pixels",
+            "max_input_pixels",
+            "image_too_large",
+            name,
+            unit="pixels",
+            checked="functions (header, range read); worker (header of the file, before decoding)",
+        )
+        for name in fields
+    )
 
 
 class ImageJobInputs(PipelineModel):

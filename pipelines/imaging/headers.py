@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
@@ -96,3 +97,19 @@ def check_image_header(head: bytes, *, complete: bool, what: str, config: BaseMo
         return
     with img:
         check_facts(img, what, limits)
+
+
+def measure_image(path: Path, *, complete: bool, size: int) -> dict[str, float]:
+    """``FileInput.probe`` of image inputs: the decoded size (``pixels``) from the header only.
+
+    Whatever cannot be read is left to :func:`check_image_header` and the full checks, which
+    name the problem; this only measures.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except Exception:
+        return {}
+    return {"pixels": float(width * height)}

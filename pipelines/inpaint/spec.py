@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from core.spec import PipelineSpec
-from pipelines.imaging.fields import DiffusionConfig, ImageFile, ImageJobInputs, ImageJobOutputs
+from pipelines.imaging.fields import DiffusionConfig, ImageFile, ImageJobInputs, ImageJobOutputs, pixel_limits
 
 
 class InpaintInputs(ImageJobInputs):
@@ -67,5 +67,6 @@ SPEC = PipelineSpec(
     loader="pipelines.inpaint.pipeline:load",
     drop_field=None,
     precheck="pipelines.imaging.fields:precheck_loras",
+    costs=pixel_limits("image", "mask"),
     description="Replace the masked area of an image (FLUX.1 Fill, or OpenCV without a GPU)",
 )

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from core.errors import InvalidInput
-from core.spec import PipelineModel, PipelineSpec
+from core.spec import CostLimit, PipelineModel, PipelineSpec
 from pipelines.imaging.fields import SEED_MAX, AdapterConfig, DtypeName, LoraList, LoraRef, check_job_loras
 from pipelines.imaging.memory import StrategyChoice
 
@@ -107,18 +106,21 @@ def check_request(inputs: T2VInputs, config: T2VConfig) -> None:
     Raises:
         InvalidInput: too many frames or pixels for this service, or adapters fused mode refuses.
     """
-    if inputs.num_frames > config.max_frames:
-        raise InvalidInput(
-            f"num_frames {inputs.num_frames} is more than this service makes (at most {config.max_frames})",
-            code="invalid_inputs",
-        )
-    if inputs.width * inputs.height > config.max_pixels:
-        raise InvalidInput(
-            f"{inputs.width}x{inputs.height} is larger than this service makes "
-            f"(at most {config.max_pixels} pixels a frame, e.g. 832x480)",
-            code="invalid_inputs",
-        )
+    SPEC.check_input_costs(inputs, config)  # frames, and pixels a frame: the spec's declared caps
     check_job_loras(inputs.loras, config)
+
+
+def _frames(inputs: T2VInputs) -> float:
+    return float(inputs.num_frames)
+
+
+def _frame_pixels(inputs: T2VInputs) -> float:
+    return float(inputs.width * inputs.height)
+
+
+# The denoiser's work and memory follow frames x pixels (latent tokens), bounded by these two caps;
+# the code stays invalid_inputs, as it always was for them.
+_WHERE = "functions (inputs, before queueing); worker (the precheck again, before the model runs)"
 
 
 SPEC = PipelineSpec(
@@ -130,4 +132,16 @@ SPEC = PipelineSpec(
     drop_field=None,
     description="Generate a short video from a prompt (Wan 2.1 text-to-video)",
     precheck="pipelines.t2v.spec:check_request",
+    costs=(
+        CostLimit("frames", "max_frames", "invalid_inputs", "num_frames", measure=_frames, checked=_WHERE),
+        CostLimit(
+            "frame_pixels",
+            "max_pixels",
+            "invalid_inputs",
+            "width x height",
+            measure=_frame_pixels,
+            unit="pixels",
+            checked=_WHERE,
+        ),
+    ),
 )

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core.spec import FileInput, GsUri, PipelineModel, PipelineSpec
+from core.spec import CostLimit, FileInput, GsUri, PipelineModel, PipelineSpec
 
 # The language codes Whisper knows (faster_whisper.tokenizer._LANGUAGE_CODES, kept in sync by a test).
 # fmt: off
@@ -31,14 +31,23 @@ WHISPER_LANGUAGES: frozenset[str] = frozenset((
 _LANGUAGE_FORMAT = re.compile(r"^[a-z]{2,3}$")
 
 MAX_MEDIA_BYTES = 2 * 2**30
+#: defaults of the cost caps (``PIPELINES__TRANSCRIBE__MAX_DURATION_SECONDS``, ...)
+MAX_DURATION_SECONDS = 4 * 3600.0
+MAX_SAMPLE_RATE = 192_000
+#: a window's memory is about 30 MB + 0.56 MB per second of it (measured: bench/limits.py), most of
+#: it the voice activity detector's; 120 s keeps one job near 110 MB at any length
+CHUNK_SECONDS = 120.0
+
+_WHERE = "functions (ffprobe on the object's head); worker (ffprobe on the file, then while decoding)"
 
 
 class TranscribeInputs(PipelineModel):
     """``job.inputs`` of a ``transcribe`` job."""
 
-    media: Annotated[GsUri, FileInput(("audio/*", "video/*"), MAX_MEDIA_BYTES)] = Field(
-        description="gs://BUCKET/PATH of an audio file or a video with an audio track (up to 2 GiB)."
-    )
+    media: Annotated[
+        GsUri,
+        FileInput(("audio/*", "video/*"), MAX_MEDIA_BYTES, probe="pipelines.media:measure_audio_or_video"),
+    ] = Field(description="gs://BUCKET/PATH of an audio file or a video with an audio track (up to 2 GiB).")
     language: str | None = Field(
         None,
         description="Spoken language as an ISO 639-1 code such as 'en'; omit it to detect the language.",
@@ -118,6 +127,19 @@ class TranscribeConfig(BaseModel):
     batch_size: int = Field(
         0, ge=0, le=256, description="0 decodes sequentially; >0 uses BatchedInferencePipeline."
     )
+    max_duration_seconds: float = Field(
+        MAX_DURATION_SECONDS, gt=0, description="Longest media accepted, in seconds (duration_exceeded)."
+    )
+    max_sample_rate: int = Field(
+        MAX_SAMPLE_RATE, gt=0, description="Highest audio sample rate accepted, in Hz (sample_rate_exceeded)."
+    )
+    chunk_seconds: float = Field(
+        CHUNK_SECONDS,
+        ge=30.0,
+        le=3600.0,
+        description="Audio is decoded and transcribed this many seconds at a time, so a job's memory "
+        "does not grow with the media's length.",
+    )
 
 
 SPEC = PipelineSpec(
@@ -128,6 +150,14 @@ SPEC = PipelineSpec(
     loader="pipelines.transcribe.model:load",
     drop_field="media",
     description="Speech to text (faster-whisper): transcript with timestamps, SRT and WebVTT subtitles.",
+    costs=(
+        CostLimit(
+            "duration_seconds", "max_duration_seconds", "duration_exceeded", "media", unit="s", checked=_WHERE
+        ),
+        CostLimit(
+            "sample_rate", "max_sample_rate", "sample_rate_exceeded", "media", unit="Hz", checked=_WHERE
+        ),
+    ),
 )
 
 __all__ = [

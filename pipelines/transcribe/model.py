@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from core.errors import InvalidInput, OutOfGpuMemory, PermanentError
-from core.spec import RunContext, RunResult
-from pipelines.transcribe import Segment, TranscribeConfig, TranscribeInputs, TranscribeOutputs, Word
+from core.spec import CostLimit, RunContext, RunResult
+from pipelines.media import AUDIO_OR_VIDEO, unreadable
+from pipelines.transcribe import SPEC, Segment, TranscribeConfig, TranscribeInputs, TranscribeOutputs, Word
 from pipelines.transcribe.formats import to_srt, to_vtt
 
 if TYPE_CHECKING:
@@ -136,43 +137,103 @@ def load(config: TranscribeConfig) -> Transcriber:
     return transcriber
 
 
-def _decode(path: Path) -> Any:
-    """The audio of ``path`` as 16 kHz mono float32 samples; :class:`InvalidInput` if there is none."""
-    import av
-    from faster_whisper import decode_audio
+def _cost_limit(quantity: str) -> CostLimit:
+    return next(limit for limit in SPEC.costs if limit.quantity == quantity)
 
-    if not path.is_file():
-        raise PermanentError(f"transcribe: the input file {path.name!r} was not downloaded")
-    unreadable = (
-        "The file could not be read as audio or video{detail}. Upload a common audio or video "
-        "format such as WAV, MP3, M4A, OGG, FLAC, MP4, MOV or WebM."
-    )
+
+def stream_audio(path: Path, config: TranscribeConfig) -> Generator[Any, None, None]:
+    """The first audio track of ``path`` as 16 kHz mono float32 blocks, decoded as they are read.
+
+    The file is opened through :data:`pipelines.media.AUDIO_OR_VIDEO` (accepted containers only,
+    the local file only). The caps are enforced while decoding as well as before it: the sample
+    rate from the stream's header, and the duration as samples arrive, so a header that lies
+    (a FLAC that states no length) cannot make a job decode more than ``max_duration_seconds``.
+
+    Raises:
+        InvalidInput: ``unsupported_media`` (unreadable, no audio), ``duration_exceeded``,
+            ``sample_rate_exceeded``.
+    """
+    import av
+    import numpy as np
+
+    with AUDIO_OR_VIDEO.open_av(path) as container:
+        if not container.streams.audio:
+            raise InvalidInput(
+                "The file has no audio track, so there is nothing to transcribe. Upload a recording "
+                "or a video with sound.",
+                code="unsupported_media",
+            )
+        stream = container.streams.audio[0]
+        _cost_limit("sample_rate").check(stream.sample_rate or None, config, "inputs.media")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLING_RATE)
+        limit = _cost_limit("duration_seconds")
+        cap = int(limit.cap(config) * SAMPLING_RATE) + SAMPLING_RATE  # a second of slack for rounding
+        total = 0
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    block = np.ascontiguousarray(out.to_ndarray().reshape(-1), dtype=np.float32)
+                    total += block.size
+                    if total > cap:
+                        limit.check(total / SAMPLING_RATE, config, "inputs.media")
+                    yield block
+            for out in resampler.resample(None):
+                yield np.ascontiguousarray(out.to_ndarray().reshape(-1), dtype=np.float32)
+        except av.FFmpegError as exc:
+            raise unreadable(
+                AUDIO_OR_VIDEO, " (its audio track is damaged or in an unsupported codec)"
+            ) from exc
+
+
+def chunked(blocks: Iterable[Any], chunk_samples: int, search_samples: int) -> Iterator[tuple[int, Any]]:
+    """``(offset, samples)`` windows of about ``chunk_samples`` from a stream of blocks.
+
+    Each window ends at the quietest tenth of a second within its last ``search_samples`` (so a
+    cut rarely falls inside a word); the rest starts the next window. At most one window and one
+    block are held at a time, whatever the length of the stream.
+    """
+    import numpy as np
+
+    buffered: list[Any] = []
+    count = 0
+    offset = 0
+    for block in blocks:
+        buffered.append(block)
+        count += block.size
+        if count < chunk_samples:
+            continue
+        audio = np.concatenate(buffered)
+        cut = quiet_cut(audio, chunk_samples, search_samples)
+        rest = audio[cut:].copy()  # a copy, so the window's memory is freed with it
+        yield offset, audio[:cut]
+        offset += cut
+        del audio
+        buffered, count = [rest], rest.size
+    if count:
+        yield offset, np.concatenate(buffered)
+
+
+def quiet_cut(audio: Any, end: int, search: int, frame: int = SAMPLING_RATE // 10) -> int:
+    """Where to cut ``audio`` at or before ``end``: the middle of its quietest ``frame`` in
+    ``[end - search, end)``."""
+    import numpy as np
+
+    start = max(0, end - search)
+    span = audio[start:end]
+    frames = span.size // frame
+    if frames < 2:
+        return end
+    energy = np.square(span[: frames * frame].reshape(frames, frame), dtype=np.float64).sum(axis=1)
+    return start + int(np.argmin(energy)) * frame + frame // 2
+
+
+def _duration_hint(path: Path) -> float | None:
+    """The container's stated duration (for progress only; never trusted as a limit)."""
     try:
-        with av.open(str(path), mode="r", metadata_errors="ignore") as container:
-            has_audio = bool(container.streams.audio)
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise InvalidInput(unreadable.format(detail=""), code="unsupported_media") from exc
-    if not has_audio:
-        raise InvalidInput(
-            "The file has no audio track, so there is nothing to transcribe. Upload a recording "
-            "or a video with sound.",
-            code="unsupported_media",
-        )
-    try:
-        audio = decode_audio(str(path), sampling_rate=SAMPLING_RATE)
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise InvalidInput(
-            unreadable.format(detail=" (its audio track is damaged or in an unsupported codec)"),
-            code="unsupported_media",
-        ) from exc
-    if audio.size == 0:
-        raise InvalidInput(
-            "The file's audio track is empty (0 seconds of sound). Upload a recording with sound.",
-            code="unsupported_media",
-        )
-    return audio
+        with AUDIO_OR_VIDEO.open_av(path) as container:
+            return float(container.duration) / 1_000_000 if container.duration else None
+    except InvalidInput:
+        return None
 
 
 def _is_cuda_oom(exc: BaseException) -> bool:
@@ -228,18 +289,51 @@ class Transcriber:
         return options
 
     def run(self, inputs: TranscribeInputs, ctx: RunContext) -> RunResult[TranscribeOutputs]:
-        audio = self._audio(inputs, ctx)
-        ctx.progress(0.0, "transcribing")
-        started = time.perf_counter()
+        """Transcribe window by window (``chunk_seconds``): the audio is decoded as it is
+        transcribed, so one job holds at most one window of samples and its features, however
+        long the media is (up to ``max_duration_seconds``, past which decoding stops)."""
+        media = self._media(inputs, ctx)
+        ctx.progress(0.0, "decoding")
+        hint = _duration_hint(media)
+        window = int(self.config.chunk_seconds * SAMPLING_RATE)
+        windows = chunked(stream_audio(media, self.config), window, min(window // 4, 10 * SAMPLING_RATE))
         segments: list[Segment] = []
-        done = 0.0
-        with _gpu_memory_errors(audio.duration):
-            raw_segments, info = self._segments(audio.samples, audio.duration, inputs)
-            for raw in raw_segments:
-                segments.append(_segment(raw))
-                done = max(done, min(1.0, max(0.0, float(raw.end) / audio.duration)))
-                ctx.progress(done, "transcribing")
-        return self._result(audio, segments, info, time.perf_counter() - started, ctx)
+        heard: _Heard | None = None
+        language = inputs.language
+        decode_seconds = inference_seconds = 0.0
+        samples = 0
+        while True:
+            started = time.perf_counter()
+            item = next(windows, None)
+            decode_seconds += time.perf_counter() - started
+            if item is None:
+                break
+            offset, audio = item
+            start, length = offset / SAMPLING_RATE, audio.size / SAMPLING_RATE
+            samples = offset + audio.size
+            total = max(hint or 0.0, samples / SAMPLING_RATE)
+            ctx.progress(min(1.0, start / total), "transcribing")
+            options = inputs.model_copy(
+                update={"language": language, "initial_prompt": _prompt(inputs, segments)}
+            )
+            started = time.perf_counter()
+            with _gpu_memory_errors(length):
+                raw_segments, info = self._segments(audio, length, options)
+                for raw in raw_segments:
+                    segments.append(_segment(raw, start))
+                    ctx.progress(min(1.0, (start + float(raw.end)) / total), "transcribing")
+            inference_seconds += time.perf_counter() - started
+            heard = _Heard.of(info) if heard is None else heard.plus(info)
+            if language is None and heard.duration_after_vad > 0:
+                language = heard.language  # the first window with speech decides for the rest
+            del audio, item
+        if samples == 0 or heard is None:
+            raise InvalidInput(
+                "The file's audio track is empty (0 seconds of sound). Upload a recording with sound.",
+                code="unsupported_media",
+            )
+        audio_info = _Audio(None, samples / SAMPLING_RATE, decode_seconds)
+        return self._result(audio_info, segments, heard, inference_seconds, ctx)
 
     # -- batching across jobs (gpu_service/batching.py) -------------------------------------------
 
@@ -269,6 +363,9 @@ class Transcriber:
                     results[index] = self.run(inputs, ctx)
                     continue
                 audio = self._audio(inputs, ctx)
+                if audio is None:
+                    results[index] = self.run(inputs, ctx)
+                    continue
                 ctx.progress(0.0, "transcribing")
                 planner = ChunkPlanner(self.model)
                 options = self._options(inputs, audio.duration)
@@ -328,21 +425,45 @@ class Transcriber:
 
     # -- the steps of one job ------------------------------------------------------------------------
 
-    def _audio(self, inputs: TranscribeInputs, ctx: RunContext) -> _Audio:
-        """Check the language and decode the media: every :class:`InvalidInput` is raised here."""
+    def _media(self, inputs: TranscribeInputs, ctx: RunContext) -> Path:
+        """Check the language and find the local file: every early :class:`InvalidInput` is here."""
         if inputs.language not in (None, "en") and not self.multilingual:
             raise InvalidInput(
                 f"This service's speech model ({self.model_dir.name}) only transcribes English; "
                 f"language {inputs.language!r} is not available. Leave language out or set it to 'en'.",
                 code="unsupported_language",
             )
-        ctx.progress(0.0, "decoding")
-        started = time.perf_counter()
         media = ctx.files.get("media")
         if media is None:
             raise PermanentError("transcribe: the service passed no local file for 'media'")
-        samples = _decode(media)
-        return _Audio(samples, float(samples.shape[0]) / SAMPLING_RATE, time.perf_counter() - started)
+        return Path(media)
+
+    def _audio(self, inputs: TranscribeInputs, ctx: RunContext) -> _Audio | None:
+        """The whole audio of a job that fits in one window (``chunk_seconds``), for batching with
+        others; ``None`` for a longer one, which :meth:`run` transcribes alone, window by window."""
+        import numpy as np
+
+        media = self._media(inputs, ctx)
+        ctx.progress(0.0, "decoding")
+        started = time.perf_counter()
+        window = int(self.config.chunk_seconds * SAMPLING_RATE)
+        blocks: list[Any] = []
+        count = 0
+        stream = stream_audio(media, self.config)
+        try:
+            for block in stream:
+                blocks.append(block)
+                count += block.size
+                if count > window:
+                    return None
+        finally:
+            stream.close()
+        if count == 0:
+            raise InvalidInput(
+                "The file's audio track is empty (0 seconds of sound). Upload a recording with sound.",
+                code="unsupported_media",
+            )
+        return _Audio(np.concatenate(blocks), count / SAMPLING_RATE, time.perf_counter() - started)
 
     def _result(
         self,
@@ -392,9 +513,29 @@ class Transcriber:
 
 @dataclass(frozen=True)
 class _Audio:
-    samples: Any  # float32 mono at SAMPLING_RATE
+    samples: Any  # float32 mono at SAMPLING_RATE (None once transcribed window by window)
     duration: float
     decode_seconds: float
+
+
+@dataclass(frozen=True)
+class _Heard:
+    """What the windows of one job told about its speech (faster-whisper's ``info``, summed)."""
+
+    language: str
+    language_probability: float
+    duration_after_vad: float
+
+    @classmethod
+    def of(cls, info: Any) -> _Heard:
+        return cls(str(info.language), float(info.language_probability), float(info.duration_after_vad))
+
+    def plus(self, info: Any) -> _Heard:
+        """Add a window; until one holds speech, the language is the latest window's guess."""
+        speech = self.duration_after_vad + float(info.duration_after_vad)
+        if self.duration_after_vad > 0:
+            return _Heard(self.language, self.language_probability, speech)
+        return _Heard(str(info.language), float(info.language_probability), speech)
 
 
 def _validated(inputs: Any) -> TranscribeInputs:
@@ -428,20 +569,36 @@ def _windows(duration: float, size: float) -> list[dict[str, float]]:
     return windows
 
 
-def _segment(raw: Any) -> Segment:
+def _prompt(inputs: TranscribeInputs, heard: list[Segment]) -> str | None:
+    """The prompt of the next window: the job's own, or the end of what was heard so far (as
+    Whisper conditions on the previous text within a window, so the words carry over a cut)."""
+    if inputs.initial_prompt or not heard:
+        return inputs.initial_prompt
+    tail = " ".join(segment.text.strip() for segment in heard[-3:])
+    return tail[-_PROMPT_CHARS:] or None
+
+
+_PROMPT_CHARS = 200
+
+
+def _segment(raw: Any, shift: float = 0.0) -> Segment:
+    """A faster-whisper segment as ours, its times moved by ``shift`` (the window's start)."""
     words = None
     if raw.words is not None:
         words = [
             Word(
-                start=round(float(w.start), 3),
-                end=round(float(w.end), 3),
+                start=round(float(w.start) + shift, 3),
+                end=round(float(w.end) + shift, 3),
                 word=str(w.word).strip(),
                 probability=round(float(w.probability), 4),
             )
             for w in raw.words
         ]
     return Segment(
-        start=round(float(raw.start), 3), end=round(float(raw.end), 3), text=str(raw.text), words=words
+        start=round(float(raw.start) + shift, 3),
+        end=round(float(raw.end) + shift, 3),
+        text=str(raw.text),
+        words=words,
     )
 
 

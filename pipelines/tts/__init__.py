@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from core.spec import FileInput, GsUri, PipelineModel, PipelineSpec
+from core.spec import CostLimit, FileInput, GsUri, PipelineModel, PipelineSpec
 
 AudioFormat = Literal["wav", "mp3", "opus", "aac", "flac", "pcm"]
 SampleRate = Literal[8000, 16000, 22050, 24000, 44100, 48000]
@@ -38,7 +38,7 @@ SpeakerLabel = Annotated[str, AfterValidator(_check_label)]
 VoiceName = Annotated[str, Field(min_length=1, max_length=100)]
 #: a speaker's reference recording: the service checks (owner, size, type) and downloads each one
 #: and passes it as ``ctx.files["references.Speaker N"]``
-ReferenceFile = Annotated[GsUri, FileInput(("audio/*",), 50 * 2**20)]
+ReferenceFile = Annotated[GsUri, FileInput(("audio/*",), 50 * 2**20, probe="pipelines.media:measure_audio")]
 
 
 class TtsInputs(PipelineModel):
@@ -127,6 +127,14 @@ class TtsConfig(BaseModel):
 
     backend: Literal["piper", "vibevoice"] = "piper"
     max_chars: int = Field(20_000, ge=1, le=MAX_CHARS_CEILING, description="Longest text a job may send.")
+    max_reference_seconds: float = Field(
+        60.0, gt=0, le=60.0, description="Longest reference recording, in seconds (duration_exceeded)."
+    )
+    max_reference_sample_rate: int = Field(
+        192_000,
+        gt=0,
+        description="Highest sample rate of a reference recording, in Hz (sample_rate_exceeded).",
+    )
     default_voice: str = Field("joe", description="The voice of a text that names none.")
     max_chunk_chars: int | None = Field(
         None, ge=20, le=10_000, description="Longest piece spoken in one call; None: the backend's."
@@ -159,6 +167,12 @@ class TtsConfig(BaseModel):
         return json.loads(value) if isinstance(value, str) else value
 
 
+def _characters(inputs: TtsInputs) -> float:
+    return float(len(inputs.text))
+
+
+_WHERE = "functions (ffprobe on the object's head); worker (ffprobe on the file); decode (cut at the cap)"
+
 SPEC = PipelineSpec(
     name="tts",
     inputs=TtsInputs,
@@ -169,6 +183,32 @@ SPEC = PipelineSpec(
     description="Text to speech (Piper, or VibeVoice on a GPU): one voice or a Speaker N: script, "
     "loudness-normalised, as wav/mp3/opus/aac/flac/pcm.",
     precheck="pipelines.tts.checks:precheck",
+    costs=(
+        CostLimit(
+            "characters",
+            "max_chars",
+            "text_too_long",
+            "text",
+            measure=_characters,
+            checked="functions (schema and precheck); worker (before chunking)",
+        ),
+        CostLimit(
+            "duration_seconds",
+            "max_reference_seconds",
+            "duration_exceeded",
+            "references",
+            unit="s",
+            checked=_WHERE,
+        ),
+        CostLimit(
+            "sample_rate",
+            "max_reference_sample_rate",
+            "sample_rate_exceeded",
+            "references",
+            unit="Hz",
+            checked=_WHERE,
+        ),
+    ),
 )
 
 __all__ = [

@@ -58,6 +58,7 @@ import transformers
 from core.errors import InvalidInput, OutOfGpuMemory, PermanentError, shown
 from pipelines.imaging.diffusion import free_bytes, gpu_errors
 from pipelines.imaging.memory import DEFAULT_HEADROOM, choose_memory_strategy
+from pipelines.media import AUDIO
 from pipelines.tts.backend import Audio, Chunk, ChunkDone, ChunkRequest, SpeechBackend, Voice, chunk_seed
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,6 @@ SILENT_PEAK = 1e-4
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 DECODE_TIMEOUT_SECONDS = 60.0
 
-# Demuxers ffmpeg may open a reference with (no playlists: they name other files or URLs).
-AUDIO_DEMUXERS = "wav,w64,flac,mp3,ogg,aac,aiff,caf,mov,mp4,m4a,3gp,matroska,webm"
-FFMPEG_INPUT_GUARD = ("-protocol_whitelist", "file", "-format_whitelist", AUDIO_DEMUXERS)
 
 REQUIRED_FILES = ("config.json",)  # generation_config.json is optional: transformers has defaults
 
@@ -312,7 +310,7 @@ def decode_audio(path: Path, sample_rate: int, *, max_seconds: float = MAX_REFER
         ValueError: ffmpeg cannot decode it (the message is ffmpeg's last line).
     """
     cmd = [
-        "ffmpeg", "-nostdin", "-v", "error", *FFMPEG_INPUT_GUARD, "-i", str(path),
+        "ffmpeg", "-nostdin", "-v", "error", *AUDIO.ffmpeg_input(path),
         "-map", "0:a:0", "-t", f"{max_seconds + 1:.3f}", "-ac", "1", "-ar", str(sample_rate),
         "-f", "f32le", "pipe:1",
     ]  # fmt: skip

@@ -21,11 +21,16 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.errors import InvalidInput
-from core.spec import FileInput, GsUri, PipelineModel, PipelineSpec
+from core.spec import CostLimit, FileInput, GsUri, PipelineModel, PipelineSpec
 from pipelines.transcribe import WHISPER_LANGUAGES, Segment, TranscribeConfig
 from pipelines.video.urls import check_url_syntax
 
 MAX_VIDEO_BYTES = 1 * 2**30
+#: defaults of the cost caps (``PIPELINES__VIDEO__MAX_FRAME_PIXELS``, ...): 4K frames, an hour at 60 fps
+MAX_FRAME_PIXELS = 4096 * 2160
+MAX_DECODED_FRAMES = 3600 * 60
+MAX_SAMPLE_RATE = 192_000
+_WHERE = "functions (ffprobe on an upload's head); worker (ffprobe on the upload or the download)"
 _LANGUAGE_FORMAT = re.compile(r"^[a-z]{2,3}$")
 
 
@@ -37,9 +42,9 @@ class VideoInputs(PipelineModel):
         max_length=4096,
         description="An http(s) URL of a video or of a page with one (anything yt-dlp supports).",
     )
-    video: Annotated[GsUri | None, FileInput(("video/*",), MAX_VIDEO_BYTES)] = Field(
-        None, description="gs://BUCKET/PATH of an uploaded video (up to 1 GiB)."
-    )
+    video: Annotated[
+        GsUri | None, FileInput(("video/*",), MAX_VIDEO_BYTES, probe="pipelines.media:measure_video")
+    ] = Field(None, description="gs://BUCKET/PATH of an uploaded video (up to 1 GiB).")
     frame_interval_seconds: float | None = Field(
         None,
         ge=0.5,
@@ -147,6 +152,18 @@ class VideoConfig(BaseModel):
         "including redirect targets and media/CDN hosts.",
     )
     ffmpeg_timeout_seconds: float = Field(900.0, gt=0, description="Limit for one ffprobe/ffmpeg run.")
+    max_frame_pixels: int = Field(
+        MAX_FRAME_PIXELS, gt=0, description="Largest width x height of a frame (resolution_exceeded)."
+    )
+    max_decoded_frames: int = Field(
+        MAX_DECODED_FRAMES,
+        gt=0,
+        description="Most frames in the video (duration x frame rate): every one is decoded to sample "
+        "the screen (frames_exceeded).",
+    )
+    max_sample_rate: int = Field(
+        MAX_SAMPLE_RATE, gt=0, description="Highest audio sample rate accepted, in Hz (sample_rate_exceeded)."
+    )
 
     frame_interval_seconds: float = Field(2.0, ge=0.5, le=60.0, description="Default sampling interval.")
     max_frames: int = Field(1800, ge=1, description="Sample at most this many frames (the interval grows).")
@@ -187,6 +204,16 @@ SPEC = PipelineSpec(
     parts=("speech", "screen"),
     precheck="pipelines.video.urls:precheck",
     description="Video to text: transcript of the speech plus OCR of the text on screen (URL or upload).",
+    costs=(
+        CostLimit("duration_seconds", "max_duration_seconds", "too_long", "video", unit="s", checked=_WHERE),
+        CostLimit("frames", "max_decoded_frames", "frames_exceeded", "video", checked=_WHERE),
+        CostLimit(
+            "frame_pixels", "max_frame_pixels", "resolution_exceeded", "video", unit="pixels", checked=_WHERE
+        ),
+        CostLimit(
+            "sample_rate", "max_sample_rate", "sample_rate_exceeded", "video", unit="Hz", checked=_WHERE
+        ),
+    ),
 )
 
 __all__ = [

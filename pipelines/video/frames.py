@@ -10,8 +10,8 @@ from pathlib import Path
 from PIL import Image, ImageChops, ImageOps
 
 from core.errors import InvalidInput
+from pipelines.media import VIDEO
 from pipelines.video import FramePreprocess
-from pipelines.video.media import AV_OPEN_OPTIONS
 
 THUMBNAIL_SIZE = (160, 90)
 
@@ -47,11 +47,7 @@ def sample_frames(path: Path, interval: float) -> Iterator[Frame]:
 
     if interval <= 0:
         raise ValueError(f"interval must be positive, got {interval}")
-    try:
-        container = av.open(str(path), mode="r", options=dict(AV_OPEN_OPTIONS), metadata_errors="ignore")
-    except (av.FFmpegError, OSError) as exc:
-        raise InvalidInput(f"The video could not be opened: {exc}", code="unsupported_media") from exc
-    with container:
+    with VIDEO.open_av(path) as container:
         if not container.streams.video:
             raise InvalidInput("The file has no video stream", code="unsupported_media")
         stream = container.streams.video[0]
@@ -64,7 +60,7 @@ def sample_frames(path: Path, interval: float) -> Iterator[Frame]:
                 t = float(frame.time)
                 if t + 1e-6 < next_time:
                     continue
-                image: Image.Image = frame.to_image()  # type: ignore[no-untyped-call]
+                image: Image.Image = frame.to_image()
                 yield Frame(time=round(max(t, 0.0), 3), image=image)
                 next_time = (math.floor(t / interval + 1e-6) + 1) * interval
         except av.FFmpegError as exc:

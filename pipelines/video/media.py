@@ -1,27 +1,23 @@
-"""Local media files: what ffprobe measures, and ffmpeg's audio extraction, kept to local files.
+"""The video pipeline's media: what ffprobe measures, the caps on it, and the audio extraction.
 
-Shared by the download step (:mod:`.ingest`), the connection guard (:mod:`.net`) and the frame
-sampler (:mod:`.frames`); imports nothing else of the video package.
+Files are opened through :mod:`pipelines.media` (the video container formats, the local file
+only); shared by the download step (:mod:`.ingest`), the connection guard (:mod:`.net`) and the
+frame sampler (:mod:`.frames`); imports nothing else of the video package.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from core.errors import InvalidInput, PermanentError, RetryableError
-from pipelines.video import VideoConfig
+from pipelines import media as shared
+from pipelines.video import SPEC, VideoConfig
 
-# Demuxers ffprobe/ffmpeg/PyAV may open a downloaded file with. Playlist formats (hls, dash, concat)
-# are left out on purpose: their files name other URLs or paths, which ffmpeg would then open.
-VIDEO_DEMUXERS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,flv,mpegts,avi,asf,ogg,mpeg,mxf"
-# ffmpeg options that keep it to the local file it is given.
-FFMPEG_INPUT_GUARD = ("-protocol_whitelist", "file", "-format_whitelist", VIDEO_DEMUXERS)
-# The same for PyAV's av.open(options=...).
-AV_OPEN_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": VIDEO_DEMUXERS}
+#: ffmpeg options that keep it to the local file it is given, in the video container formats
+#: (yt-dlp's ffmpeg post-processors get them too, see :mod:`.net`).
+FFMPEG_INPUT_GUARD = shared.VIDEO.ffmpeg_guard()
 
 
 @dataclass(frozen=True)
@@ -35,6 +31,19 @@ class MediaInfo:
     has_video: bool
     format_name: str
     size_bytes: int
+    frames: int | None = None
+    sample_rate: int | None = None
+
+    def quantities(self) -> dict[str, float]:
+        """The cost-bearing quantities, named as the spec's ``CostLimit`` names them."""
+        found = {"duration_seconds": self.duration}
+        if self.width and self.height:
+            found["frame_pixels"] = float(self.width * self.height)
+        if self.frames:
+            found["frames"] = float(self.frames)
+        if self.sample_rate:
+            found["sample_rate"] = float(self.sample_rate)
+        return found
 
 
 def too_large(config: VideoConfig, size: int) -> InvalidInput:
@@ -75,73 +84,34 @@ def _run(cmd: list[str], timeout: float, what: str) -> subprocess.CompletedProce
         ) from exc
 
 
-def _stderr_tail(stderr: str, lines: int = 3) -> str:
-    return " | ".join(line.strip() for line in stderr.strip().splitlines()[-lines:]) or "no details"
-
-
 def probe(path: Path, *, timeout: float = 120.0) -> MediaInfo:
-    """Measure ``path`` with ffprobe (JSON output).
-
-    Only container formats in :data:`VIDEO_DEMUXERS` are opened, and only as a local file.
+    """Measure ``path`` with ffprobe, through :func:`pipelines.media.probe` (video formats only).
 
     Raises:
         InvalidInput: ``unsupported_media`` if ffprobe cannot read it or its length is unknown.
     """
-    cmd = [
-        "ffprobe", "-v", "error", *FFMPEG_INPUT_GUARD,
-        "-print_format", "json", "-show_format", "-show_streams", str(path),
-    ]  # fmt: skip
-    result = _run(cmd, timeout, "read the video")
-    if result.returncode != 0:
-        raise InvalidInput(
-            f"The file could not be read as a video ({_stderr_tail(result.stderr)}). Use a common video "
-            "format such as MP4, MOV, MKV or WebM.",
-            code="unsupported_media",
-        )
-    data = json.loads(result.stdout or "{}")
-    fmt = data.get("format") or {}
-    streams = data.get("streams") or []
-    videos = [
-        s
-        for s in streams
-        if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")
-    ]
-    audios = [s for s in streams if s.get("codec_type") == "audio"]
-    durations = [_float(fmt.get("duration"))] + [_float(s.get("duration")) for s in videos + audios]
-    known = [d for d in durations if d is not None and d > 0]
-    if not known:
+    facts = shared.probe(path, shared.VIDEO, timeout=timeout)
+    if facts.duration is None:
         raise InvalidInput("The length of the video could not be determined", code="unsupported_media")
-    video = videos[0] if videos else {}
     return MediaInfo(
-        duration=round(max(known), 3),
-        width=_int(video.get("width")),
-        height=_int(video.get("height")),
-        has_audio=bool(audios),
-        has_video=bool(videos),
-        format_name=str(fmt.get("format_name") or ""),
-        size_bytes=_int(fmt.get("size")) or path.stat().st_size,
+        duration=facts.duration,
+        width=facts.width,
+        height=facts.height,
+        has_audio=facts.has_audio,
+        has_video=facts.has_video,
+        format_name=facts.format_name,
+        size_bytes=path.stat().st_size,
+        frames=facts.frames,
+        sample_rate=facts.sample_rate,
     )
-
-
-def _float(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def check_media(media: MediaInfo, config: VideoConfig) -> None:
     """Enforce the limits ffprobe can see (yt-dlp often does not know the duration).
 
     Raises:
-        InvalidInput: ``unsupported_media`` without a video stream, ``too_long``, ``too_large``.
+        InvalidInput: ``unsupported_media`` without a video stream, ``too_long``, ``too_large``,
+            ``frames_exceeded``, ``resolution_exceeded``, ``sample_rate_exceeded``.
     """
     if not media.has_video:
         raise InvalidInput(
@@ -152,6 +122,9 @@ def check_media(media: MediaInfo, config: VideoConfig) -> None:
         raise too_long(config, media.duration)
     if media.size_bytes > config.max_bytes:
         raise too_large(config, media.size_bytes)
+    # The rest of the spec's caps (frames, pixels per frame, sample rate): the same checks as on
+    # an upload, here for a file fetched from a URL.
+    SPEC.check_file_costs("video", media.quantities(), config)
 
 
 def extract_audio(video: Path, out_wav: Path, *, timeout: float = 900.0) -> Path:
@@ -161,22 +134,20 @@ def extract_audio(video: Path, out_wav: Path, *, timeout: float = 900.0) -> Path
         InvalidInput: ``unsupported_media`` if ffmpeg cannot decode it (or there is no audio).
     """
     cmd = [
-        "ffmpeg", "-nostdin", "-v", "error", "-y", *FFMPEG_INPUT_GUARD, "-i", str(video),
+        "ffmpeg", "-nostdin", "-v", "error", "-y", *shared.VIDEO.ffmpeg_input(video),
         "-map", "0:a:0", "-vn", "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", str(out_wav),
     ]  # fmt: skip
     result = _run(cmd, timeout, "extract the audio")
     if result.returncode != 0 or not out_wav.is_file():
         raise InvalidInput(
-            f"The video's audio could not be decoded ({_stderr_tail(result.stderr)})",
+            f"The video's audio could not be decoded ({shared.stderr_tail(result.stderr)})",
             code="unsupported_media",
         )
     return out_wav
 
 
 __all__ = [
-    "AV_OPEN_OPTIONS",
     "FFMPEG_INPUT_GUARD",
-    "VIDEO_DEMUXERS",
     "MediaInfo",
     "check_media",
     "extract_audio",

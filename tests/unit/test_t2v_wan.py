@@ -211,8 +211,11 @@ def test_t2v_tiny_random_wan_bad_inputs_in_the_service_are_invalid_input(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"num_frames": 85}, "num_frames 85 is more than this service makes \\(at most 81\\)"),
-        ({"width": 1280, "height": 720}, "1280x720 is larger than this service makes"),
+        ({"num_frames": 85}, "frames is 85, over this service's cap of 81 \\(max_frames\\)"),
+        (
+            {"width": 1280, "height": 720},
+            "921,600 pixels, over this service's cap of 399,360 pixels \\(max_pixels\\)",
+        ),
     ],
 )
 def test_t2v_operator_limits_reject_in_the_functions_and_in_the_service(

@@ -143,6 +143,8 @@ def test_download_probe_and_extract_audio(server: VideoServer, tmp_path: Path, m
         has_video=True,
         format_name=info.format_name,
         size_bytes=result.path.stat().st_size,
+        frames=pytest.approx(250, abs=3),  # 10 s at 25 fps: what decoding every frame costs
+        sample_rate=info.sample_rate,
     )
     assert "mp4" in info.format_name
     check_media(info, config())

@@ -88,11 +88,19 @@ class AutomatonOutputs(BaseModel):
 class AutomatonConfig(BaseModel):
     ffmpeg: str = Field("ffmpeg", description="The ffmpeg program (a name on PATH or a path).")
     crf: int = Field(18, ge=0, le=51, description="x264 quality: lower is better and larger.")
+    max_cells: int = Field(
+        MAX_CELLS, ge=1, le=MAX_CELLS, description="Most cells a job renders (width x height x frames)."
+    )
+
+
+def cells(inputs: AutomatonInputs) -> float:
+    """What a job's work and its encoder's input follow: every cell of every frame."""
+    return float(inputs.width * inputs.height * inputs.frames)
 
 
 def specs() -> list[PipelineSpec]:
     """The plugin's entry point: the pipelines it registers (one here)."""
-    from core.spec import Backoff, Delivery
+    from core.spec import Backoff, CostLimit, Delivery
 
     return [
         PipelineSpec(
@@ -102,6 +110,16 @@ def specs() -> list[PipelineSpec]:
             config=AutomatonConfig,
             loader="cellular_automata.render:load",
             description="a 1-D or 2-D cellular automaton from a rule and a seed, as an MP4 (CPU)",
+            costs=(
+                CostLimit(
+                    "cells",
+                    "max_cells",
+                    "invalid_inputs",
+                    "width x height x frames",
+                    measure=cells,
+                    checked="functions (schema, then the declared cap); worker (schema)",
+                ),
+            ),
             # Renders take seconds to minutes; a failure is retried soon, and no model is needed.
             delivery=Delivery(
                 mode="push",
