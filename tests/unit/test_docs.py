@@ -1,0 +1,65 @@
+"""The generated reference pages match what the code and the benchmark results say."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scripts import gen_docs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("page", sorted(gen_docs.pages()), ids=str)
+def test_the_committed_page_is_what_the_generator_writes(page: Path) -> None:
+    committed = (ROOT / page).read_text()
+    assert committed == gen_docs.pages()[page], (
+        f"{page} is stale: run .venv/bin/python -m scripts.gen_docs and commit the result"
+    )
+
+
+def test_every_setting_is_in_the_configuration_reference() -> None:
+    from infra.settings import Settings
+
+    page = (ROOT / gen_docs.CONFIGURATION).read_text()
+    for name, info in Settings.model_fields.items():
+        assert f"| `{name.upper()}` |" in page
+        if info.description:
+            assert " ".join(info.description.split())[:40] in page
+
+
+def test_a_changed_default_makes_the_reference_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra.settings import Settings
+
+    before = gen_docs.configuration()
+    info = Settings.model_fields["push_wait_seconds"]
+    monkeypatch.setattr(info, "default", 12.5)
+    after = gen_docs.configuration()
+    assert after != before
+    assert "| `PUSH_WAIT_SECONDS` | number | `12.5` |" in after
+
+
+def test_figures_follow_the_results_files(tmp_path: Path) -> None:
+    (tmp_path / "e2e_latency.json").write_text(
+        json.dumps({"when": "2030-01-01", "median": {"inference": 0.5, "total": 0.75}})
+    )
+    (tmp_path / "new_bench.json").write_text(json.dumps({"rate": 3, "runs": [{"x": 1}, {"x": 2}]}))
+    page = gen_docs.figures(tmp_path)
+    assert "| `when` | 2030-01-01 |" in page
+    assert "| `inference` | 0.5 |" in page and "| `total` | 0.75 |" in page
+    # a results file the generator has no title for still appears, under its own name
+    assert "## New bench" in page and "| `rate` | 3 |" in page and "| `runs` | 2 entries" in page
+    assert page.index("Upload to `succeeded`") < page.index("## New bench")
+
+
+def test_the_check_mode_fails_on_a_stale_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "docs").mkdir()
+    monkeypatch.setattr(gen_docs, "ROOT", tmp_path)
+    monkeypatch.setattr(gen_docs, "pages", lambda: {Path("docs/x.md"): "new\n"})
+    (tmp_path / "docs" / "x.md").write_text("old\n")
+    assert gen_docs.main(["--check"]) == 1
+    assert gen_docs.main([]) == 0
+    assert (tmp_path / "docs" / "x.md").read_text() == "new\n"
+    assert gen_docs.main(["--check"]) == 0
