@@ -23,6 +23,7 @@ import inspect
 import json
 import re
 import sys
+import textwrap
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -484,9 +485,20 @@ def figures(results: Path | None = None) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _wrapped(text: str) -> str:
+    """Prose lines wrapped at 100 characters; tables and comments as they are."""
+    out = []
+    for line in text.rstrip("\n").split("\n"):
+        if len(line) > 100 and not line.startswith(("|", "<!--", "#")):
+            out += textwrap.wrap(line, 100, break_long_words=False, break_on_hyphens=False)
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
 def pages() -> dict[Path, str]:
     """Every generated page by its path relative to the repository root."""
-    return {CONFIGURATION: configuration().rstrip("\n") + "\n", FIGURES: figures()}
+    return {CONFIGURATION: _wrapped(configuration()), FIGURES: _wrapped(figures())}
 
 
 def main(argv: list[str] | None = None) -> int:

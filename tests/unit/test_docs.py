@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,53 @@ def test_the_check_mode_fails_on_a_stale_page(tmp_path: Path, monkeypatch: pytes
     assert gen_docs.main([]) == 0
     assert (tmp_path / "docs" / "x.md").read_text() == "new\n"
     assert gen_docs.main(["--check"]) == 0
+
+
+def _pages() -> list[Path]:
+    found = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+    found += sorted((ROOT / "pipelines").glob("*/README.md"))
+    found += sorted((ROOT / "plugins").glob("*/README.md"))
+    return found
+
+
+def _anchors(text: str) -> set[str]:
+    """The anchors a Markdown renderer gives the headings (GitHub's rule) and explicit ids."""
+    found = set(re.findall(r'<a id="([^"]+)">', text))
+    for heading in re.findall(r"^#+ (.+)$", _without_code(text), flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower().replace("`", "")).replace(" ", "-")
+        found.add(slug)
+    return found
+
+
+def _without_code(text: str) -> str:
+    return re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+
+
+@pytest.mark.parametrize("page", _pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_leads_to_a_file_and_heading_that_exist(page: Path) -> None:
+    text = _without_code(page.read_text())
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.exists(), f"{page.relative_to(ROOT)} links to {target}, which does not exist"
+        if anchor:
+            assert anchor in _anchors(linked.read_text()), f"{page.relative_to(ROOT)}: no heading #{anchor}"
+
+
+def test_the_readme_stays_a_front_door() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200, "README.md is the front door: move details to docs/"
+    for page in ("docs/contract.md", "docs/configuration.md", "docs/deploy.md", "docs/figures.md"):
+        assert f"]({page})" in readme
+
+
+@pytest.mark.parametrize("page", _pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_prose_lines_are_short(page: Path) -> None:
+    long = [
+        line
+        for line in _without_code(page.read_text()).splitlines()
+        if len(line) > 120 and not line.startswith(("|", "<!--")) and "](" not in line
+    ]
+    assert not long, f"{page.relative_to(ROOT)}: {len(long)} lines over 120 characters: {long[0][:60]}..."
