@@ -4,6 +4,8 @@
   variable, type, default and description, grouped by the comments that head each group in the
   class), the nested models it holds (``QUOTAS``, ``BATCHING``), every built-in pipeline's config
   model (``PIPELINES__<NAME>__<FIELD>``) and the cost caps the pipelines' specs declare.
+- the cost caps table in ``docs/limits.md`` (between its ``generated:cost-caps`` markers), from the
+  same specs;
 - ``docs/figures.md``: the latest figures of ``make bench`` and ``make faults``, read from
   ``bench/results/*.json``.
 
@@ -37,6 +39,7 @@ from pydantic_core import PydanticUndefined, to_jsonable_python
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGURATION = Path("docs/configuration.md")
 FIGURES = Path("docs/figures.md")
+LIMITS = Path("docs/limits.md")
 RESULTS = Path("bench/results")
 
 GENERATED = (
@@ -253,10 +256,21 @@ def configuration() -> str:
         "What each pipeline's cost follows, as its spec declares it (`costs`): the setting that holds",
         "the cap, its default and the error code of a job over it. See [limits](limits.md).",
         "",
+        cost_caps(),
+    ]
+    out.append("")
+    return "\n".join(out)
+
+
+def cost_caps() -> str:
+    """The table of every built-in pipeline's cost caps, from the specs' ``costs``."""
+    from pipelines.registry import BUILTIN, _import_spec
+
+    out = [
         "| pipeline | quantity | input | setting | default cap | code | checked |",
         "|---|---|---|---|---|---|---|",
     ]
-    for spec in specs:
+    for spec in (_import_spec(path) for path in BUILTIN.values()):
         seen: dict[tuple[str, str, str], list[str]] = {}
         for limit in spec.costs:
             seen.setdefault((limit.quantity, limit.setting, limit.code), []).append(limit.field or "")
@@ -271,7 +285,6 @@ def configuration() -> str:
                 f"| {spec.name} | {_cell(limit.label)} | {fields} | `PIPELINES__{spec.name.upper()}__"
                 f"{limit.setting.upper()}` | {_cell(_value(cap))}{unit} | `{limit.code}` | {_cell(limit.checked)} |"
             )
-    out.append("")
     return "\n".join(out)
 
 
@@ -496,9 +509,26 @@ def _wrapped(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
+#: generated blocks inside hand-written pages: ``<!-- generated:NAME -->`` ... ``<!-- /generated:NAME -->``
+BLOCKS: dict[Path, dict[str, Any]] = {LIMITS: {"cost-caps": cost_caps}}
+
+
+def _with_blocks(path: Path) -> str:
+    text = (ROOT / path).read_text()
+    for name, render in BLOCKS[path].items():
+        start, end = f"<!-- generated:{name} -->", f"<!-- /generated:{name} -->"
+        if start not in text or end not in text:
+            raise ValueError(f"{path} has no {start} ... {end} block")
+        head, rest = text.split(start, 1)
+        text = f"{head}{start}\n{render()}\n{end}{rest.split(end, 1)[1]}"
+    return text
+
+
 def pages() -> dict[Path, str]:
-    """Every generated page by its path relative to the repository root."""
-    return {CONFIGURATION: _wrapped(configuration()), FIGURES: _wrapped(figures())}
+    """Every generated page (or page with generated blocks) by its path relative to the root."""
+    found = {CONFIGURATION: _wrapped(configuration()), FIGURES: _wrapped(figures())}
+    found.update({path: _with_blocks(path) for path in BLOCKS})
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
