@@ -4,7 +4,8 @@
   variable, type, default and description, grouped by the comments that head each group in the
   class), the nested models it holds (``QUOTAS``, ``BATCHING``), every built-in pipeline's config
   model (``PIPELINES__<NAME>__<FIELD>``) and the cost caps the pipelines' specs declare.
-- the cost caps table in ``docs/limits.md`` (between its ``generated:cost-caps`` markers), from the
+- each built-in pipeline's inputs and outputs in its ``pipelines/<name>/README.md``, and
+  the cost caps table in ``docs/limits.md`` (between its ``generated:cost-caps`` markers), from the
   same specs;
 - ``docs/figures.md``: the latest figures of ``make bench`` and ``make faults``, read from
   ``bench/results/*.json``.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import functools
 import inspect
 import json
 import re
@@ -28,7 +30,7 @@ import sys
 import textwrap
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -509,13 +511,48 @@ def _wrapped(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-#: generated blocks inside hand-written pages: ``<!-- generated:NAME -->`` ... ``<!-- /generated:NAME -->``
-BLOCKS: dict[Path, dict[str, Any]] = {LIMITS: {"cost-caps": cost_caps}}
+def _io_row(name: str, info: FieldInfo, with_default: bool = True) -> str:
+    text = info.description or ""
+    bounds = _bounds(info)
+    if bounds:
+        text = f"{text} ({bounds})" if text else bounds
+    if not with_default:
+        return f"| `{name}` | {_cell(_type(info.annotation))} | {_cell(text)} |"
+    required = info.default is PydanticUndefined and info.default_factory is None
+    default = "required" if required else _value(_default(info))
+    return f"| `{name}` | {_cell(_type(info.annotation))} | {_cell(default)} | {_cell(text)} |"
 
 
-def _with_blocks(path: Path) -> str:
+def pipeline_reference(name: str) -> str:
+    """A built-in pipeline's ``inputs`` and ``outputs`` as its spec's models declare them."""
+    from pipelines.registry import BUILTIN, _import_spec
+
+    spec = _import_spec(BUILTIN[name])
+    strict = spec.inputs.model_config.get("extra") == "forbid"
+    out = [f"`inputs` (`{spec.inputs.__name__}`{'; unknown fields are an error' if strict else ''}):", ""]
+    out += ["| field | type | default | description |", "|---|---|---|---|"]
+    out += [_io_row(field, info) for field, info in spec.inputs.model_fields.items()]
+    out += ["", f"`outputs` (`{spec.outputs.__name__}`; files are listed in `outputs.files`):", ""]
+    out += ["| field | type | description |", "|---|---|---|"]
+    out += [_io_row(field, info, with_default=False) for field, info in spec.outputs.model_fields.items()]
+    return "\n".join(out)
+
+
+def _blocks() -> dict[Path, dict[str, Callable[[], str]]]:
+    """Generated blocks inside hand-written pages, between ``<!-- generated:NAME -->`` and
+    ``<!-- /generated:NAME -->``."""
+    from pipelines.registry import BUILTIN
+
+    found: dict[Path, dict[str, Callable[[], str]]] = {LIMITS: {"cost-caps": cost_caps}}
+    for name in BUILTIN:
+        page = Path("pipelines") / _package(name) / "README.md"
+        found[page] = {"reference": functools.partial(pipeline_reference, name)}
+    return found
+
+
+def _with_blocks(path: Path, blocks: Mapping[str, Callable[[], str]]) -> str:
     text = (ROOT / path).read_text()
-    for name, render in BLOCKS[path].items():
+    for name, render in blocks.items():
         start, end = f"<!-- generated:{name} -->", f"<!-- /generated:{name} -->"
         if start not in text or end not in text:
             raise ValueError(f"{path} has no {start} ... {end} block")
@@ -527,7 +564,7 @@ def _with_blocks(path: Path) -> str:
 def pages() -> dict[Path, str]:
     """Every generated page (or page with generated blocks) by its path relative to the root."""
     found = {CONFIGURATION: _wrapped(configuration()), FIGURES: _wrapped(figures())}
-    found.update({path: _with_blocks(path) for path in BLOCKS})
+    found.update({path: _with_blocks(path, blocks) for path, blocks in _blocks().items()})
     return found
 
 

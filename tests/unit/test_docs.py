@@ -114,3 +114,19 @@ def test_prose_lines_are_short(page: Path) -> None:
         if len(line) > 120 and not line.startswith(("|", "<!--")) and "](" not in line
     ]
     assert not long, f"{page.relative_to(ROOT)}: {len(long)} lines over 120 characters: {long[0][:60]}..."
+
+
+def test_the_contract_names_every_field_of_the_job_document() -> None:
+    from core.contract import ErrorInfo, JobDoc, JobStatus, PartState, Timings
+
+    contract = (ROOT / "docs" / "contract.md").read_text()
+    fields = contract.split("## Fields", 1)[1].split("\n## ", 1)[0]
+    rows = " ".join(line.split("|")[1] for line in fields.splitlines() if line.startswith("| `"))
+    for name, info in JobDoc.model_fields.items():
+        assert f"`{info.alias or name}`" in rows, f"the contract's table lacks the job field {info.alias}"
+    for model, row in ((ErrorInfo, "error"), (Timings, "timings"), (PartState, "parts")):
+        line = next(line for line in fields.splitlines() if line.startswith(f"| `{row}`"))
+        for name, info in model.model_fields.items():
+            assert (info.alias or name) in line or name in line, f"`{row}` lacks {info.alias or name}"
+    status = next(line for line in fields.splitlines() if line.startswith("| `status`"))
+    assert all(f"`{value}`" in status for value in JobStatus)
