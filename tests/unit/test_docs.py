@@ -130,3 +130,27 @@ def test_the_contract_names_every_field_of_the_job_document() -> None:
             assert (info.alias or name) in line or name in line, f"`{row}` lacks {info.alias or name}"
     status = next(line for line in fields.splitlines() if line.startswith("| `status`"))
     assert all(f"`{value}`" in status for value in JobStatus)
+
+
+def _codes(folder: Path) -> set[str]:
+    """Error codes set as literals (``code="..."``) in a folder's source."""
+    pattern = re.compile(r'\bcode\s*(?::\s*str\s*)?=\s*"([a-z][a-z0-9_]*)"')
+    return {code for path in folder.rglob("*.py") for code in pattern.findall(path.read_text())}
+
+
+@pytest.mark.parametrize("package", ["transcribe", "inpaint", "edit", "video", "t2v", "tts"], ids=str)
+def test_every_error_code_of_a_pipeline_is_documented(package: str) -> None:
+    documented = (ROOT / "docs" / "contract.md").read_text() + (ROOT / "docs" / "limits.md").read_text()
+    documented += (ROOT / "pipelines" / package / "README.md").read_text()
+    missing = sorted(c for c in _codes(ROOT / "pipelines" / package) if f"`{c}`" not in documented)
+    assert not missing, f"pipelines/{package}/README.md does not name the error codes {missing}"
+
+
+def test_every_error_code_of_the_backend_is_in_the_contract() -> None:
+    contract = (ROOT / "docs" / "contract.md").read_text()
+    found = set().union(*(_codes(ROOT / p) for p in ("core", "functions", "gpu_service", "infra")))
+    found |= _codes(ROOT / "pipelines" / "imaging") | {
+        c for c in _codes(ROOT / "pipelines") if (ROOT / "pipelines" / "media.py").read_text().count(f'"{c}"')
+    }
+    missing = sorted(c for c in found if f"`{c}`" not in contract)
+    assert not missing, f"docs/contract.md does not name the error codes {missing}"
