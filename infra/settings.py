@@ -61,12 +61,12 @@ class Settings(BaseSettings):
     # Where things are.
     google_cloud_project: str = Field("demo-gpu-jobs", description="GCP project id")
     media_bucket: str = Field("demo-gpu-jobs-media", description="bucket for uploads/ and results/")
-    jobs_collection: str = "jobs"
+    jobs_collection: str = Field("jobs", description="Firestore collection of the job documents")
 
     # Emulators (set by the local stack; empty in production).
-    pubsub_emulator_host: str | None = None
-    firestore_emulator_host: str | None = None
-    storage_emulator_host: str | None = None
+    pubsub_emulator_host: str | None = Field(None, description="the Pub/Sub emulator, host:port")
+    firestore_emulator_host: str | None = Field(None, description="the Firestore emulator, host:port")
+    storage_emulator_host: str | None = Field(None, description="the Storage emulator, as a URL")
     firebase_auth_emulator_host: str | None = Field(
         None, description="the Auth emulator (its tokens are unsigned: never set in production)"
     )
@@ -78,8 +78,13 @@ class Settings(BaseSettings):
     plugins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="extra pipelines as 'module:SPEC' import paths"
     )
-    enabled_pipelines: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["transcribe"])
-    pipelines: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    enabled_pipelines: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["transcribe"], description="pipelines served; jobs for others are rejected"
+    )
+    pipelines: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="each pipeline's config, e.g. PIPELINES__TRANSCRIBE__MODEL_DIR (below)",
+    )
     max_input_bytes: int = Field(
         2 * 2**30, gt=0, description="deployment-wide cap on any input object, on top of each pipeline's"
     )
@@ -88,8 +93,8 @@ class Settings(BaseSettings):
     )
 
     # The GPU service.
-    host: str = "0.0.0.0"
-    port: int = 8080
+    host: str = Field("0.0.0.0", description="address the GPU service listens on")
+    port: int = Field(8080, description="port the GPU service listens on (Cloud Run sets PORT)")
     worker_id: str = Field("", description="lease owner name; defaults to host:pid")
     max_concurrent_jobs: int = Field(1, ge=1, description="units of work run at once per instance")
     model_concurrency: int | None = Field(
@@ -116,11 +121,11 @@ class Settings(BaseSettings):
         5.0, ge=0, description="queued this long: the redriver may take it (younger work is the push path's)"
     )
     redrive_poll_seconds: float = Field(5.0, gt=0, description="how often an idle instance looks for work")
-    lease_seconds: float = Field(120.0, gt=0)
+    lease_seconds: float = Field(120.0, gt=0, description="a claim's lease, renewed while the work runs")
     max_attempts: int = Field(5, ge=1, description="run attempts before a retryable error fails the job")
-    progress_min_interval_seconds: float = Field(1.0, ge=0)
+    progress_min_interval_seconds: float = Field(1.0, ge=0, description="progress write throttle")
     shutdown_grace_seconds: float = Field(8.0, ge=0, description="Cloud Run allows about 10 s after SIGTERM")
-    topology_file: Path | None = None
+    topology_file: Path | None = Field(None, description="another topology file than infra/topology.yaml")
     preload_pipelines: bool = Field(True, description="load enabled pipelines at start-up")
 
     # Push authentication: Pub/Sub signs each push with a Google OIDC ID token for the push
@@ -145,8 +150,10 @@ class Settings(BaseSettings):
     )
 
     # Per-user quotas, enforced where every job is created (functions/handlers.handle_job_created).
-    quotas: QuotaPolicy = Field(default_factory=QuotaPolicy)
-    quotas_collection: str = "quotas"
+    quotas: QuotaPolicy = Field(default_factory=QuotaPolicy, description="per-user caps as JSON (below)")
+    quotas_collection: str = Field(
+        "quotas", description="the per-user ledgers (closed to clients by the rules)"
+    )
     quota_tier_cache_seconds: float = Field(
         60.0, ge=0, le=3600, description="how long a user's sign-in provider (their quota tier) is kept"
     )
@@ -234,7 +241,10 @@ class Settings(BaseSettings):
     stale_pending_seconds: float = Field(60.0, gt=0, description="pending this long: re-validate")
     stale_queued_seconds: float = Field(300.0, gt=0, description="queued this long unclaimed: re-publish")
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Logging.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="the root logger's level"
+    )
 
     @field_validator("enabled_pipelines", "plugins", "api_cors_origins", mode="before")
     @classmethod
