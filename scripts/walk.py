@@ -236,11 +236,16 @@ def _queue(jobs: MemoryJobs, job_id: str, pipeline: str) -> None:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--trace", action="store_true", help="print the files each push enters")
-    args = parser.parse_args()
+@dataclass
+class Step:
+    label: str
+    walk: Walk
+    detail: str
 
+
+def walk_pushes() -> tuple[list[Step], dict[str, str]]:
+    """Push a single job, then a multi-part job's own message and its two parts, each traced;
+    returns the steps and each job's final status."""
     from gpu_service.worker import Worker
 
     root = Path(tempfile.mkdtemp(prefix="walk-"))
@@ -265,22 +270,32 @@ def main() -> None:
     ]
     # ``process`` since the worker and its multi-part steps became one file; ``handle`` before.
     deliver = getattr(worker, "process", None) or getattr(worker, "handle")  # noqa: B009
-    total = Walk()
+    steps = []
     try:
         for label, message in pushes:
             with tracing() as walk:
                 outcome = deliver(message)
-            total.entered += walk.entered
-            print(
-                f"{label:24} files {walk.files:3}  entries {walk.entries:3}  returns {walk.returns:3}  "
-                f"({getattr(outcome, 'detail', outcome)})"
-            )
-            if args.trace:
-                print("    " + " > ".join(walk.entered))
-        ends = {job_id: doc["status"] for job_id, doc in jobs.docs.items()}
-        print(f"{'all four':24} entries {total.entries:3} (jobs ended: {ends})")
+            steps.append(Step(label, walk, str(getattr(outcome, "detail", outcome))))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    return steps, {job_id: str(doc["status"]) for job_id, doc in jobs.docs.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--trace", action="store_true", help="print the files each push enters")
+    args = parser.parse_args()
+    steps, ends = walk_pushes()
+    for step in steps:
+        walk = step.walk
+        print(
+            f"{step.label:24} files {walk.files:3}  entries {walk.entries:3}  returns {walk.returns:3}  "
+            f"({step.detail})"
+        )
+        if args.trace:
+            print("    " + " > ".join(walk.entered))
+    total = sum(step.walk.entries for step in steps)
+    print(f"{'all four':24} entries {total:3} (jobs ended: {ends})")
 
 
 if __name__ == "__main__":
