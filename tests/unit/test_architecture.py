@@ -9,7 +9,8 @@ The packages and the only arrows between them::
 
 ``core`` imports nothing of ours; ``pipelines`` (pure inference) and ``infra`` (the Google edge)
 stand on it and not on each other; the entry points resolve the enabled pipelines once and pass
-them down. Every arrow not listed in ``ALLOWED`` fails a test of its own.
+them down. Every arrow not listed in ``ALLOWED`` fails a test of its own, and no module anywhere
+in the repository imports itself back through others (an import circle), lazily or not.
 """
 
 from __future__ import annotations
