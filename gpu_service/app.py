@@ -25,11 +25,9 @@ from gpu_service.capacity import Capacity
 from gpu_service.pool import Health, ModelPool
 from gpu_service.push import BadEnvelope, decode
 from gpu_service.redrive import Redriver
-from gpu_service.worker import Ack, Worker
+from gpu_service.worker import Worker
 
 log = logging.getLogger(__name__)
-
-STATUS_FOR_ACK = {Ack.DONE: 200, Ack.RETRY: 503, Ack.BUSY: 429}
 
 
 def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
@@ -81,13 +79,13 @@ def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
 
     @app.post(PUSH_PREFIX + "{pipeline}")
     async def push(pipeline: str, request: Request) -> JSONResponse:
-        return await handle(request, pipeline, None)
+        return await serve_push(request, pipeline, None)
 
     @app.post(PUSH_PREFIX + "{pipeline}/{lane}")
     async def push_part(pipeline: str, lane: str, request: Request) -> JSONResponse:
-        return await handle(request, pipeline, lane)
+        return await serve_push(request, pipeline, lane)
 
-    async def handle(request: Request, pipeline: str, lane: str | None) -> JSONResponse:
+    async def serve_push(request: Request, pipeline: str, lane: str | None) -> JSONResponse:
         if verifier is not None:
             try:  # before anything is read: an unverified push touches no job
                 await run_in_threadpool(verifier.verify, request.headers.get("Authorization"))
@@ -107,9 +105,9 @@ def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
             return JSONResponse({"error": "the message does not match the endpoint"}, status_code=400)
         log.info("push %s: job %s", envelope.message.message_id, message.job_id)
         if worker.draining.is_set():
-            return JSONResponse({"outcome": Ack.BUSY, "detail": "shutting down"}, status_code=503)
+            return JSONResponse({"outcome": "busy", "detail": "shutting down"}, status_code=503)
         if models.health is not Health.READY:
-            return JSONResponse({"outcome": Ack.BUSY, "detail": models.health.value}, status_code=429)
+            return JSONResponse({"outcome": "busy", "detail": models.health.value}, status_code=429)
         # Wait for a slot (fairly, see gpu_service/capacity.py) rather than turn the push away:
         # a 429 makes Pub/Sub back off this subscription while the GPU may soon be idle.
         slot = await run_in_threadpool(
@@ -117,12 +115,16 @@ def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
         )
         if slot is None:
             # Still busy: the job stays queued, and the redriver takes it when a slot frees.
-            return JSONResponse({"outcome": Ack.BUSY, "detail": "at capacity"}, status_code=429)
+            return JSONResponse({"outcome": "busy", "detail": "at capacity"}, status_code=429)
         try:
-            outcome = await run_in_threadpool(worker.handle, message)
+            outcome = await run_in_threadpool(worker.process, message)
         finally:
             capacity.release(slot)
-        body = {"outcome": outcome.ack, "detail": outcome.detail, "jobId": message.job_id}
-        return JSONResponse(body, status_code=STATUS_FOR_ACK[outcome.ack])
+        body = {
+            "outcome": "retry" if outcome.retry else "done",
+            "detail": outcome.detail,
+            "jobId": message.job_id,
+        }
+        return JSONResponse(body, status_code=503 if outcome.retry else 200)
 
     return app

@@ -18,7 +18,6 @@ from google.cloud.pubsub_v1.subscriber.message import Message
 from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
 
 from core.contract import JobMessage
-from gpu_service.attempt import Ack
 from gpu_service.push import BadEnvelope
 from gpu_service.worker import Worker
 from infra.settings import Settings
@@ -84,8 +83,8 @@ class PullConsumer:
             )
             message.nack()  # the dead-letter policy takes it out of circulation
             return
-        outcome = self.worker.handle(job)
-        if outcome.ack is Ack.DONE:
-            message.ack()
-        else:
+        outcome = self.worker.process(job)
+        if outcome.retry:
             message.nack()
+        else:
+            message.ack()

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from core.contract import JobDoc, JobMessage, JobStatus
-from gpu_service.attempt import utcnow
 from gpu_service.capacity import Capacity, Slot
+from gpu_service.endings import utcnow
 from gpu_service.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class Redriver:
 
     def _run(self, candidate: Candidate, slot: Slot) -> None:
         try:
-            outcome = self.worker.handle(candidate.message)
+            outcome = self.worker.process(candidate.message)
             log.info("redriven %s: %s", candidate.message.ref.label, outcome.detail)
         except Exception:
             log.exception("redriven %s crashed", candidate.message.ref.label)

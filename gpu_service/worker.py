@@ -1,4 +1,4 @@
-"""Claim → execute → commit: one attempt of a unit of work, shared by every consumer mode.
+"""Claim → run → commit: one attempt of a unit of work, shared by every consumer mode.
 
 The rules that keep a job ending exactly once under at-least-once delivery live in
 :mod:`core.lifecycle`; this module follows them:
@@ -11,10 +11,15 @@ The rules that keep a job ending exactly once under at-least-once delivery live 
 * results go under ``results/{uid}/{jobId}/[{part}/]{attempt}/``; the job document names exactly
   one attempt's files, and a losing or failed attempt deletes its own.
 
-Steps: :meth:`Worker.handle` (one delivery: claim, or say why not) → :meth:`Worker._execute`
-(download the inputs, then one of three steps: a job's single run, a multi-part job's prepare, or
-one part, see :mod:`gpu_service.multipart`) → :meth:`Worker.finish` (commit) or
-:meth:`Worker._fail` (retry or end with the error).
+The walk of one delivery, top to bottom in this file: :meth:`Worker.process` (claim, or say why
+not) → :meth:`Worker._run` (check and download the inputs, then one of three steps) →
+:meth:`Worker._run_job` (a job in one run), :meth:`Worker._prepare` (a multi-part job's own step:
+prepare and fan the parts out, each on its own route) or :meth:`Worker._run_part` (one part; the
+part that ends last joins the job in its own commit, through :func:`gpu_service.endings.end_from_parts`)
+→ :meth:`Worker._finish` (commit) or :meth:`Worker._fail` (retry or end with the error).
+
+Names: an *attempt* is always a number (the job document's ``attempt``); what this worker holds
+while it runs one is the :class:`ClaimedWork`; what it tells the consumer is an :class:`Outcome`.
 """
 
 from __future__ import annotations
@@ -30,28 +35,49 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from core.contract import JobMessage, JobStatus, Progress, state_for_error
-from core.errors import Cancelled, InvalidInput, Preempted
-from core.lifecycle import ClaimOutcome, Ending, LeaseLost
+from core.contract import (
+    ErrorInfo,
+    JobDoc,
+    JobMessage,
+    JobStatus,
+    Prepared,
+    Progress,
+    Timings,
+    state_for_error,
+)
+from core.errors import Cancelled, InvalidInput, JobError, Preempted
+from core.lifecycle import PREPARE_WEIGHT, ClaimOutcome, Ending, Joiner, LeaseLost
 from core.routes import route
 from core.spec import (
     Catalog,
+    MultiPartPipeline,
     Pipeline,
     PipelineModel,
+    PipelineSpec,
+    ProgressFn,
     RunContext,
     RunResult,
     check_input_location,
     file_uris,
 )
-from gpu_service import multipart
-from gpu_service.attempt import Ack, Attempt, Outcome, final_error, fit_in_document, jsonable, log_error
+from core.work import WorkRef
+from gpu_service.endings import (
+    end_from_parts,
+    final_error,
+    fit_in_document,
+    jsonable,
+    seconds_between,
+    utcnow,
+)
 from gpu_service.heartbeat import Heartbeat
-from gpu_service.multipart import Joiner
 from gpu_service.pool import ModelPool
 from infra import roundtrips
 from infra.blobs import BlobStore
@@ -62,11 +88,71 @@ from pipelines.media import local_suffix
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Ack", "Outcome", "Worker", "default_worker_id"]
+__all__ = ["ClaimedWork", "Outcome", "Worker", "default_worker_id"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one delivery came to, for the consumer: ack it (the unit ended, or the delivery was a
+    duplicate), or refuse it so that Pub/Sub delivers it again with backoff (``retry``)."""
+
+    detail: str
+    retry: bool = False
+
+
+@dataclass
+class ClaimedWork:
+    """The unit this worker claimed, for one attempt: the job as claimed, and what it has done."""
+
+    ref: WorkRef
+    job: JobDoc
+    attempt: int
+    spec: PipelineSpec
+    claimed_at: datetime = field(default_factory=utcnow)
+    timings: dict[str, float] = field(default_factory=dict)
+    uploaded: list[str] = field(default_factory=list)
+    #: Firestore, Storage and Pub/Sub calls made for this attempt (infra.roundtrips)
+    roundtrips: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def label(self) -> str:
+        return f"{self.ref.label} attempt {self.attempt}"
+
+    @property
+    def results_prefix(self) -> str:
+        step = f"{self.ref.part}/" if self.ref.part else ""
+        return f"results/{self.job.uid}/{self.ref.job_id}/{step}{self.attempt}/"
+
+    def job_timings(self) -> Timings:
+        t = {k: round(v, 3) for k, v in self.timings.items()}
+        return Timings(
+            delivery=seconds_between(self.job.created_at, self.job.queued_at),
+            queue=seconds_between(self.job.queued_at, self.claimed_at),
+            total=seconds_between(self.job.created_at, utcnow()),
+            **t,
+        )
 
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def part_message(job_id: str, pipeline: str, key: str, uid: str | None = None) -> tuple[JobMessage, str]:
+    """The message for part ``key`` of a job, and the topic it goes to."""
+    message = JobMessage(job_id=job_id, pipeline=pipeline, part=key, uid=uid)
+    return message, route(pipeline, message.ref.lane).topic
+
+
+def _joiner(spec: PipelineSpec) -> Joiner | None:
+    """How a multi-part job ends from its parts, for the claim and the commit of each unit."""
+    return partial(end_from_parts, spec) if spec.parts else None
+
+
+def _scaled(report: ProgressFn, start: float, end: float) -> ProgressFn:
+    def scaled(fraction: float, stage: str) -> None:
+        report(start + (end - start) * min(max(fraction, 0.0), 1.0), stage)
+
+    return scaled
 
 
 class Worker:
@@ -94,93 +180,92 @@ class Worker:
 
     # -- one delivery ---------------------------------------------------------------------------
 
-    def handle(self, message: JobMessage) -> Outcome:
-        """One delivery (or redriven unit): claim, execute, commit. Logs its round trips."""
+    def process(self, message: JobMessage) -> Outcome:
+        """One delivery (or redriven unit): claim, run, commit. Logs its round trips."""
         with roundtrips.counting() as counter:
-            outcome = self._handle(message, counter)
+            outcome = self._claim_and_run(message, counter)
         log.info("%s round trips: %s (%s)", message.ref.label, roundtrips.summary(counter), outcome.detail)
         return outcome
 
-    def _handle(self, message: JobMessage, counter: Counter[str]) -> Outcome:
+    def _claim_and_run(self, message: JobMessage, counter: Counter[str]) -> Outcome:
         spec = self.catalog.get(message.pipeline)
         if spec is None:
             # Not ours to run (misrouted, or the pipeline is disabled here): leave the job alone;
             # the message is refused until Pub/Sub dead-letters it, which ends the job clearly.
             log.error("%s: pipeline %r is not served here", message.ref.label, message.pipeline)
-            return Outcome(Ack.RETRY, f"pipeline {message.pipeline!r} is not served here")
+            return Outcome(f"pipeline {message.pipeline!r} is not served here", retry=True)
         ref = message.ref
         if ref.part is not None and ref.lane not in spec.parts:
             log.error("%s: pipeline %s has no part %r", ref.label, spec.name, ref.part)
-            return Outcome(Ack.DONE, "unknown part")
+            return Outcome("unknown part")
         s = self.settings
-        join = Joiner(spec) if spec.parts else None
-        claim = self.jobs.claim(ref, self.owner, s.lease_seconds, s.max_attempts, join, spec.name)
+        claim = self.jobs.claim(ref, self.owner, s.lease_seconds, s.max_attempts, _joiner(spec), spec.name)
         if claim.outcome is ClaimOutcome.RUNNING_ELSEWHERE:
             # Keep the message until that attempt ends: if its worker died, a redelivery after
             # the lease expires takes over (the sweeper re-publishes as a backstop).
-            return Outcome(Ack.RETRY, claim.outcome.value)
+            return Outcome(claim.outcome.value, retry=True)
         if claim.ended is JobStatus.CANCELLED and ref.part is not None and claim.job is not None:
             self._discard_job_results(claim.job.uid, ref.job_id)
         if claim.outcome is ClaimOutcome.MISROUTED:
             log.error("%s: the job is not a %s job; not run", ref.label, spec.name)
         if claim.outcome is not ClaimOutcome.CLAIMED or claim.job is None:
             log.info("%s not run: %s", ref.label, claim.outcome)
-            return Outcome(Ack.DONE, claim.outcome.value, claim.ended)
-        attempt = Attempt(ref, claim.job, claim.attempt, spec, roundtrips=counter)
-        log.info("%s claimed by %s", attempt.label, self.owner)
-        return self._execute(attempt)
+            return Outcome(claim.outcome.value)
+        work = ClaimedWork(ref, claim.job, claim.attempt, spec, roundtrips=counter)
+        log.info("%s claimed by %s", work.label, self.owner)
+        return self._run(work)
 
-    def _execute(self, attempt: Attempt) -> Outcome:
+    def _run(self, work: ClaimedWork) -> Outcome:
         def beat(progress: Progress | None) -> bool:
-            with roundtrips.counting(attempt.roundtrips):  # also from the heartbeat's own thread
+            with roundtrips.counting(work.roundtrips):  # also from the heartbeat's own thread
                 return self.jobs.heartbeat(
-                    attempt.ref, self.owner, attempt.number, self.settings.lease_seconds, progress
+                    work.ref, self.owner, work.attempt, self.settings.lease_seconds, progress
                 )
 
         heartbeat = Heartbeat(
-            attempt.label,
+            work.label,
             beat,
             lease_seconds=self.settings.lease_seconds,
             min_interval=self.settings.progress_min_interval_seconds,
             draining=self.draining,
         )
-        workdir = Path(tempfile.mkdtemp(prefix=f"job-{attempt.ref.job_id}-"))
+        workdir = Path(tempfile.mkdtemp(prefix=f"job-{work.ref.job_id}-"))
         try:
             heartbeat.start()
-            inputs = self._inputs(attempt)
-            if attempt.ref.part is not None:
-                final = multipart.run_part(self, attempt, inputs, workdir, heartbeat)
-                return Outcome(Ack.DONE, "part succeeded", final)
-            files = self._download_inputs(attempt, inputs, workdir, heartbeat)
-            if attempt.spec.parts:
-                multipart.prepare(self, attempt, inputs, files, workdir, heartbeat)
-                return Outcome(Ack.DONE, "fanned out")
-            return self._single(attempt, inputs, files, workdir, heartbeat)
+            inputs = self._inputs(work)
+            if work.ref.part is not None:
+                return self._run_part(work, inputs, workdir, heartbeat)
+            files = self._download_inputs(work, inputs, workdir, heartbeat)
+            if work.spec.parts:
+                return self._prepare(work, inputs, files, workdir, heartbeat)
+            return self._run_job(work, inputs, files, workdir, heartbeat)
         except LeaseLost as exc:
-            log.warning("%s lost its lease: %s", attempt.label, exc)
-            self._discard_outputs(attempt)
-            return Outcome(Ack.DONE, "lease lost")
+            log.warning("%s lost its lease: %s", work.label, exc)
+            self._discard_outputs(work)
+            return Outcome("lease lost")
         except Exception as exc:  # the boundary of one unit of work: record, then decide
-            return self._fail(attempt, exc)
+            return self._fail(work, exc)
         finally:
             heartbeat.stop()
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _single(
-        self, attempt: Attempt, inputs: PipelineModel, files: dict[str, Path], workdir: Path, beat: Heartbeat
+    # -- the three steps ------------------------------------------------------------------------
+
+    def _run_job(
+        self, work: ClaimedWork, inputs: PipelineModel, files: dict[str, Path], workdir: Path, beat: Heartbeat
     ) -> Outcome:
-        pipeline = self.load(attempt, beat)
-        result = self.timed(
-            attempt, lambda ctx: self.pool.infer(attempt.spec, pipeline, inputs, ctx), files, workdir, beat
-        )
+        """A job in one run: infer, upload its files, end it."""
+        pipeline = self._load(work, beat)
+        ctx = self._context(work, files, workdir, beat.report)
+        result = self._on_model(work, beat, lambda: self.pool.infer(work.spec, pipeline, inputs, ctx))
         commit_start = time.perf_counter()
         outputs: dict[str, Any] = result.outputs.model_dump(mode="json", by_alias=True)
-        uris = self.upload(attempt, result.files, attempt.results_prefix)
+        uris = self._upload(work, result.files, work.results_prefix)
         outputs["files"] = uris
         for output_field, key in result.uri_fields.items():
             outputs[output_field] = uris[key]
-        attempt.timings["write"] = time.perf_counter() - commit_start
-        timings = attempt.job_timings()
+        work.timings["write"] = time.perf_counter() - commit_start
+        timings = work.job_timings()
         ending = Ending(
             JobStatus.SUCCEEDED,
             outputs=fit_in_document(outputs),
@@ -188,74 +273,111 @@ class Worker:
             timings=timings,
             runtime={"worker": self.owner, **jsonable(result.metadata)},
         )
-        self.finish(attempt, ending)
-        log.info("%s succeeded %s", attempt.label, timings.to_firestore())
-        return Outcome(Ack.DONE, "succeeded", JobStatus.SUCCEEDED)
+        self._finish(work, ending)
+        log.info("%s succeeded %s", work.label, timings.to_firestore())
+        return Outcome("succeeded")
 
-    # -- steps the single run, the prepare step and the parts share -------------------------------
+    def _prepare(
+        self, work: ClaimedWork, inputs: PipelineModel, files: dict[str, Path], workdir: Path, beat: Heartbeat
+    ) -> Outcome:
+        """A multi-part job's own step: prepare, publish what the parts need, fan them out."""
+        if self.bus is None:
+            raise RuntimeError("a multi-part pipeline needs the worker to have a Bus")
+        pipeline: MultiPartPipeline = self._load(work, beat)  # type: ignore[assignment]
+        ctx = self._context(work, files, workdir, _scaled(beat.report, 0.0, PREPARE_WEIGHT))
+        result = self._on_model(work, beat, lambda: pipeline.prepare(inputs, ctx))
+        keys = work.spec.part_keys(result.shards)
+        uris = self._upload(work, result.files, work.results_prefix + "prepared/")
+        prepared = Prepared(files=uris, state=result.outputs.model_dump(mode="json"))
+        self.jobs.fan_out(work.ref, self.owner, work.attempt, prepared, keys, work.job_timings())
+        for key in keys:
+            # A failure here leaves the part queued; the sweeper re-publishes it.
+            message, topic = part_message(work.ref.job_id, work.spec.name, key, work.job.uid)
+            self.bus.publish_job(message, topic=topic)
+        log.info("%s prepared; parts %s published", work.label, ", ".join(keys))
+        return Outcome("fanned out")
 
-    def load(self, attempt: Attempt, beat: Heartbeat) -> Pipeline:
+    def _run_part(self, work: ClaimedWork, inputs: PipelineModel, workdir: Path, beat: Heartbeat) -> Outcome:
+        """One part: download what prepare left, run it, publish its files, end it (maybe the job)."""
+        assert work.ref.part is not None
+        part = work.ref.part
+        started = time.perf_counter()
+        prepared = work.job.prepared or Prepared()
+        beat.report(0.0, "downloading")
+        (workdir / "prepared").mkdir()
+        files = {
+            key: self.blobs.download(uri, workdir / "prepared" / key) for key, uri in prepared.files.items()
+        }
+        pipeline: MultiPartPipeline = self._load(work, beat)  # type: ignore[assignment]
+        ctx = self._context(work, files, workdir, beat.report)
+        result = self._on_model(work, beat, lambda: pipeline.run_part(part, inputs, ctx, prepared.state))
+        uris = self._upload(work, result.files, work.results_prefix)
+        ending = Ending(
+            JobStatus.SUCCEEDED,
+            outputs=result.outputs.model_dump(mode="json"),
+            files=uris,
+            seconds=round(time.perf_counter() - started, 3),
+            progress=Progress(fraction=1.0, stage="done"),
+        )
+        self._finish(work, ending)
+        return Outcome("part succeeded")
+
+    # -- what the three steps share -------------------------------------------------------------
+
+    def _load(self, work: ClaimedWork, beat: Heartbeat) -> Pipeline:
         beat.report(0.0, "loading model")
-        pipeline, load_seconds = self.pool.get(attempt.spec)
-        attempt.timings["load"] = load_seconds
+        pipeline, load_seconds = self.pool.get(work.spec)
+        work.timings["load"] = load_seconds
         return pipeline
 
-    def timed(
-        self,
-        attempt: Attempt,
-        call: Callable[[RunContext], RunResult[Any]],
-        files: dict[str, Path],
-        workdir: Path,
-        beat: Heartbeat,
-    ) -> RunResult[Any]:
+    @staticmethod
+    def _context(work: ClaimedWork, files: dict[str, Path], workdir: Path, report: ProgressFn) -> RunContext:
         out_dir = workdir / "out"
         out_dir.mkdir()
-        ctx = RunContext(job_id=attempt.ref.job_id, workdir=out_dir, files=files, progress=beat.report)
-        with self.pool.model_turn(attempt.spec, beat.report) as waited:
+        return RunContext(job_id=work.ref.job_id, workdir=out_dir, files=files, progress=report)
+
+    def _on_model(
+        self, work: ClaimedWork, beat: Heartbeat, call: Callable[[], RunResult[Any]]
+    ) -> RunResult[Any]:
+        """Run ``call`` in a turn on the model, timing the wait and the inference."""
+        with self.pool.model_turn(work.spec, beat.report) as waited:
             t1 = time.perf_counter()
-            result = call(ctx)
-            attempt.timings["inference"] = time.perf_counter() - t1
+            result = call()
+            work.timings["inference"] = time.perf_counter() - t1
         if waited is not None:
-            attempt.timings["model_wait"] = waited
+            work.timings["model_wait"] = waited
         beat.check()  # a cancel or lease loss during the last stretch still counts
         return result
 
-    def upload(self, attempt: Attempt, files: dict[str, Path], prefix: str) -> dict[str, str]:
+    def _upload(self, work: ClaimedWork, files: dict[str, Path], prefix: str) -> dict[str, str]:
         uris: dict[str, str] = {}
         for key, path in files.items():
             if "/" in key or key.startswith("."):
                 raise ValueError(f"result file key {key!r} must be a plain file name")
             content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
             uris[key] = self.blobs.upload(path, self.settings.media_bucket, prefix + key, content_type)
-            attempt.uploaded.append(prefix + key)
+            work.uploaded.append(prefix + key)
         return uris
 
-    def finish(self, attempt: Attempt, ending: Ending) -> JobStatus | None:
+    def _finish(self, work: ClaimedWork, ending: Ending) -> JobStatus | None:
         """Commit the attempt's end; returns the job's final state if this ended the job."""
-        join = Joiner(attempt.spec) if attempt.spec.parts else None
-        final = self.jobs.finish(attempt.ref, self.owner, attempt.number, ending, join)
-        if final is not None and attempt.ref.part is not None:
-            log.info("job %s ended %s (joined by %s)", attempt.ref.job_id, final, attempt.label)
+        final = self.jobs.finish(work.ref, self.owner, work.attempt, ending, _joiner(work.spec))
+        if final is not None and work.ref.part is not None:
+            log.info("job %s ended %s (joined by %s)", work.ref.job_id, final, work.label)
             if final is JobStatus.CANCELLED:
-                self._discard_job_results(attempt.job.uid, attempt.ref.job_id)
+                self._discard_job_results(work.job.uid, work.ref.job_id)
         return final
 
-    def publish_part(self, job_id: str, pipeline: str, key: str, uid: str) -> None:
-        if self.bus is None:
-            raise RuntimeError("a multi-part pipeline needs the worker to have a Bus")
-        message, topic = multipart.part_message(job_id, pipeline, key, uid)
-        self.bus.publish_job(message, topic=topic)
-
-    def _inputs(self, attempt: Attempt) -> PipelineModel:
+    def _inputs(self, work: ClaimedWork) -> PipelineModel:
         try:
-            return attempt.spec.inputs.model_validate(attempt.job.inputs)
+            return work.spec.inputs.model_validate(work.job.inputs)
         except ValidationError as exc:
             raise InvalidInput(
                 f"inputs are invalid: {exc.error_count()} errors", code="invalid_inputs"
             ) from exc
 
     def _download_inputs(
-        self, attempt: Attempt, inputs: PipelineModel, workdir: Path, beat: Heartbeat
+        self, work: ClaimedWork, inputs: PipelineModel, workdir: Path, beat: Heartbeat
     ) -> dict[str, Path]:
         """Download each input object exactly as validation saw it, after checking again that it is
         the owner's, in this deployment's bucket, and within the limits: the worker trusts nothing
@@ -263,10 +385,10 @@ class Worker:
         beat.report(0.0, "downloading")
         t0 = time.perf_counter()
         files: dict[str, Path] = {}
-        pins = attempt.job.input_files or {}
+        pins = work.job.input_files or {}
         config: BaseModel | None = None
         for name, uri, rule in file_uris(inputs):
-            check_input_location(name, uri, attempt.job.uid, self.settings.media_bucket)
+            check_input_location(name, uri, work.job.uid, self.settings.media_bucket)
             pin = pins.get(name)
             if pin is None or pin.uri != uri:
                 raise InvalidInput(
@@ -294,33 +416,41 @@ class Worker:
             if rule.probe:
                 # The cost caps again, on the whole file, before the pipeline decodes any of it.
                 if config is None:
-                    config = self.catalog.config(attempt.spec)
+                    config = self.catalog.config(work.spec)
                 measured = rule.run_probe(files[name], complete=True, size=size)
-                attempt.spec.check_file_costs(name, measured, config)
-        attempt.timings["download"] = time.perf_counter() - t0
+                work.spec.check_file_costs(name, measured, config)
+        work.timings["download"] = time.perf_counter() - t0
         return files
 
-    def _fail(self, attempt: Attempt, exc: Exception) -> Outcome:
-        state = state_for_error(exc, attempts_left=attempt.number < self.settings.max_attempts)
-        error = log_error(attempt, exc)
-        self._discard_outputs(attempt)
+    def _fail(self, work: ClaimedWork, exc: Exception) -> Outcome:
+        state = state_for_error(exc, attempts_left=work.attempt < self.settings.max_attempts)
+        error = self._log_error(work, exc)
+        self._discard_outputs(work)
         try:
             if state is None:
-                self.finish(attempt, Ending(JobStatus.QUEUED, error=error, refund=isinstance(exc, Preempted)))
-                return Outcome(Ack.RETRY, error.message)
+                self._finish(work, Ending(JobStatus.QUEUED, error=error, refund=isinstance(exc, Preempted)))
+                return Outcome(error.message, retry=True)
             ending = Ending(
                 state,
-                error=None if isinstance(exc, Cancelled) else final_error(error, state, attempt.number),
-                timings=attempt.job_timings() if attempt.ref.part is None else None,
+                error=None if isinstance(exc, Cancelled) else final_error(error, state, work.attempt),
+                timings=work.job_timings() if work.ref.part is None else None,
             )
-            final = self.finish(attempt, ending)
+            self._finish(work, ending)
         except LeaseLost as lost:
-            log.warning("%s: could not record %s: %s", attempt.label, error.code, lost)
-            return Outcome(Ack.DONE, "lease lost")
-        return Outcome(Ack.DONE, error.message, final if attempt.ref.part is not None else state)
+            log.warning("%s: could not record %s: %s", work.label, error.code, lost)
+            return Outcome("lease lost")
+        return Outcome(error.message)
 
-    def _discard_outputs(self, attempt: Attempt) -> None:
-        for name in attempt.uploaded:
+    @staticmethod
+    def _log_error(work: ClaimedWork, exc: Exception) -> ErrorInfo:
+        if isinstance(exc, JobError):
+            log.info("%s: %s (%s)", work.label, exc.code, exc)
+        else:
+            log.exception("%s crashed", work.label)
+        return ErrorInfo.from_exception(exc, part=work.ref.part)
+
+    def _discard_outputs(self, work: ClaimedWork) -> None:
+        for name in work.uploaded:
             try:
                 self.blobs.delete_prefix(self.settings.media_bucket, name)
             except Exception:

@@ -96,7 +96,7 @@ class JobStore:
             RetryableError: the document kept changing under us (it never settles).
         """
         ref = self.ref(job_id)
-        for attempt in range(CAS_ATTEMPTS):
+        for tries in range(1, CAS_ATTEMPTS + 1):
             roundtrips.note("firestore")
             snap = ref.get()
             job = read_job(snap.to_dict() or {}) if snap.exists else None
@@ -111,7 +111,7 @@ class JobStore:
                 )
                 return decision.result
             except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
-                time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
+                time.sleep(random.uniform(0, 0.01 * tries))
             except gexc.InvalidArgument as exc:
                 # Firestore refused the write itself (the document would pass its 1 MiB limit):
                 # the same write would fail again, so this is not worth a retry.
@@ -169,7 +169,7 @@ class JobStore:
         data = job.to_firestore()
         data.setdefault("createdAt", firestore.SERVER_TIMESTAMP)
         data["updatedAt"] = firestore.SERVER_TIMESTAMP
-        for attempt in range(CREATE_ATTEMPTS):
+        for tries in range(1, CREATE_ATTEMPTS + 1):
             try:
                 roundtrips.note("firestore")
                 self.ref(job_id).create(data)
@@ -178,9 +178,9 @@ class JobStore:
             except gexc.Aborted:
                 # The same id is being admitted right now (a retried request racing the first):
                 # its transaction holds the document; ask again once it is done.
-                if attempt == CREATE_ATTEMPTS - 1:
+                if tries == CREATE_ATTEMPTS:
                     raise
-                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+                time.sleep(random.uniform(0.01, 0.05) * tries)
             else:
                 return True
         return False
@@ -226,7 +226,7 @@ class JobStore:
             return (JobStatus.QUEUED if moved else None), None
         job_ref, ledger_ref = self.ref(job_id), self._db.collection(self._quotas).document(uid)
         finished: set[str] = set()
-        for attempt in range(ADMIT_ATTEMPTS):
+        for tries in range(1, ADMIT_ATTEMPTS + 1):
             roundtrips.note("firestore")
             snaps = {snap.reference.path: snap for snap in self._db.get_all([job_ref, ledger_ref])}
             job_snap, ledger_snap = snaps[job_ref.path], snaps[ledger_ref.path]
@@ -259,7 +259,7 @@ class JobStore:
                 roundtrips.note("firestore")
                 batch.commit()
             except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.NotFound):
-                time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
+                time.sleep(random.uniform(0, 0.01 * tries))
                 continue
             except gexc.InvalidArgument as exc:
                 raise PermanentError(

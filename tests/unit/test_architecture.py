@@ -9,7 +9,8 @@ The packages and the only arrows between them::
 
 ``core`` imports nothing of ours; ``pipelines`` (pure inference) and ``infra`` (the Google edge)
 stand on it and not on each other; the entry points resolve the enabled pipelines once and pass
-them down. Every arrow not listed in ``ALLOWED`` fails a test of its own.
+them down. Every arrow not listed in ``ALLOWED`` fails a test of its own, and no module anywhere
+in the repository imports itself back through others (an import circle), lazily or not.
 """
 
 from __future__ import annotations
@@ -127,3 +128,112 @@ def test_a_multi_part_join_loads_no_model_code() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+# -- no import circles ------------------------------------------------------------------------------
+
+
+def _python_roots() -> list[Path]:
+    """Every top-level folder of ours that holds Python: the packages, and the development kit,
+    scripts, benchmarks, tools and tests that stand on them."""
+    skip = {"node_modules", "web", "terraform", "docs"}
+    return sorted(
+        p
+        for p in REPO.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name not in skip
+        if any(p.rglob("*.py"))
+    )
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports (at any depth of the file: lazy and type-checking
+    imports too, as they tie the two files together just the same)."""
+    paths = {
+        _module_name(p): p
+        for root in _python_roots()
+        for p in root.rglob("*.py")
+        if "node_modules" not in p.parts and ".venv" not in p.parts
+    }
+
+    def ours(name: str) -> str | None:
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join([*package[: len(package) - node.level + 1], *([base] if base else [])])
+                for alias in node.names:
+                    full = f"{base}.{alias.name}"
+                    target = full if full in paths else ours(base)
+                    if target:
+                        deps.add(target)
+            elif isinstance(node, ast.Import):
+                deps.update(t for a in node.names if (t := ours(a.name)))
+        deps.discard(module)
+        graph[module] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                group = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    group.append(member)
+                    if member == node:
+                        break
+                if len(group) > 1:
+                    found.append(sorted(group))
+    return found
+
+
+def test_the_cycle_finder_finds_a_circle_and_only_a_circle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+def test_no_module_of_ours_imports_itself_back_through_others() -> None:
+    graph = _import_graph()
+    assert "gpu_service.worker" in graph and "core.lifecycle" in graph  # the scan sees the house
+    assert _cycles(graph) == [], "modules that import each other (in a circle)"

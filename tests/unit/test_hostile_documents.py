@@ -22,7 +22,7 @@ from core.lifecycle import ClaimOutcome, decide_claim
 from core.spec import Catalog, check_input_location
 from core.work import WorkRef
 from functions.handlers import MAX_INPUT_DEPTH, _metadata_inputs, check_inputs_shape
-from gpu_service.attempt import seconds_between
+from gpu_service.endings import seconds_between
 from gpu_service.pool import Health, ModelPool
 from infra.settings import Settings
 from pipelines.imaging.fields import ImageLimitsConfig

@@ -28,7 +28,6 @@ from google.auth import crypt, jwt
 from core.contract import JobMessage
 from core.spec import Catalog
 from gpu_service.app import create_app
-from gpu_service.attempt import Ack, Outcome
 from gpu_service.auth import (
     BadToken,
     CertsUnavailable,
@@ -38,6 +37,7 @@ from gpu_service.auth import (
     PushVerifier,
 )
 from gpu_service.pool import ModelPool
+from gpu_service.worker import Outcome
 from infra.settings import Settings
 
 AUDIENCE = "https://gpu-service-123.europe-west4.run.app"
@@ -445,7 +445,7 @@ def test_off_against_the_emulators_is_quiet(caplog: pytest.LogCaptureFixture) ->
 
 
 class StubWorker:
-    """What create_app reads from a Worker; handle() records the messages that reached it."""
+    """What create_app reads from a Worker; process() records the messages that reached it."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings.model_copy(update={"redrive": False})
@@ -454,9 +454,9 @@ class StubWorker:
         self.draining = threading.Event()
         self.handled: list[JobMessage] = []
 
-    def handle(self, message: JobMessage) -> Outcome:
+    def process(self, message: JobMessage) -> Outcome:
         self.handled.append(message)
-        return Outcome(Ack.DONE, "ran")
+        return Outcome("ran")
 
 
 def envelope(job: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from gpu_service.attempt import MAX_OUTPUTS_BYTES, fit_in_document
+from gpu_service.endings import MAX_OUTPUTS_BYTES, fit_in_document
 from infra.settings import Settings
 from infra.topology import load_topology
 from pipelines.registry import catalog, get_spec

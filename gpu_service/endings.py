@@ -1,0 +1,96 @@
+"""How a unit of work ends, as pure functions: the outputs that fit a document, the error it
+records, and the end of a multi-part job from its parts (the join).
+
+The join runs inside the compare-and-set write of the part that ends last (see
+:func:`core.lifecycle.decide_finish`), on whichever instance that is: it calls the spec's pure
+``join`` and loads no model.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from core.contract import ErrorInfo, JobDoc, JobStatus, Prepared, Progress, Timings
+from core.lifecycle import Ending
+from core.spec import PipelineSpec
+
+# Firestore documents are limited to 1 MiB; long transcripts keep their files but drop bulky lists.
+MAX_OUTPUTS_BYTES = 700_000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def seconds_between(a: datetime | None, b: datetime | None) -> float | None:
+    if a is None or b is None or b < a:
+        return None  # a missing or impossible time (a clock, or a client, wrote nonsense)
+    return round((b - a).total_seconds(), 3)
+
+
+def final_error(error: ErrorInfo, state: JobStatus, attempt: int) -> ErrorInfo:
+    """The error a job ends with: a retryable one that ran out of attempts says so."""
+    if state is JobStatus.FAILED and error.retryable:
+        return error.model_copy(
+            update={"retryable": False, "message": f"{error.message} (after {attempt} attempts)"}
+        )
+    return error
+
+
+def jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    return result
+
+
+def fit_in_document(outputs: dict[str, Any]) -> dict[str, Any]:
+    """Drop the bulkiest list fields until the outputs fit in a Firestore document."""
+
+    def size() -> int:
+        return len(json.dumps(outputs, default=str))
+
+    if size() <= MAX_OUTPUTS_BYTES:
+        return outputs
+    dropped = []
+    for key, value in sorted(outputs.items(), key=lambda kv: -len(json.dumps(kv[1], default=str))):
+        if key == "files" or not isinstance(value, list):
+            continue
+        outputs[key] = None
+        dropped.append(key)
+        if size() <= MAX_OUTPUTS_BYTES:
+            break
+    outputs["truncated"] = dropped
+    return outputs
+
+
+def end_from_parts(spec: PipelineSpec, job: JobDoc) -> Ending:
+    """The end of a multi-part job whose parts are all final (a :data:`core.lifecycle.Joiner`
+    once ``spec`` is bound; pure, and it may run more than once)."""
+    parts = job.parts or {}
+    if any(p.status is JobStatus.CANCELLED for p in parts.values()):
+        return Ending(JobStatus.CANCELLED, clear_outputs=True)
+    prepared = job.prepared or Prepared()
+    done = {name: (p.outputs if p.status is JobStatus.SUCCEEDED else None) for name, p in parts.items()}
+    inputs = spec.inputs.model_validate(job.inputs)
+    outputs: dict[str, Any] = spec.run_join(inputs, prepared.state, done).model_dump(mode="json")
+    files = dict(prepared.files)
+    for p in parts.values():
+        files.update(p.files or {})
+    outputs["files"] = files
+    total = seconds_between(job.created_at, utcnow())
+    timings = job.timings.model_copy(update={"total": total}) if job.timings else Timings(total=total)
+    failed = [(name, p) for name, p in parts.items() if p.status is JobStatus.FAILED]
+    if failed:
+        name, part = failed[0]
+        error = part.error or ErrorInfo(code="failed", message="failed")
+        error = error.model_copy(
+            update={"part": name, "message": f"part {name!r} failed: {error.message}", "retryable": False}
+        )
+        return Ending(JobStatus.FAILED, error=error, outputs=fit_in_document(outputs), timings=timings)
+    return Ending(
+        JobStatus.SUCCEEDED,
+        outputs=fit_in_document(outputs),
+        progress=Progress(fraction=1.0, stage="done"),
+        timings=timings,
+    )
