@@ -48,16 +48,27 @@ from pipelines.imaging.diffusion import (
     PeakGpuMemory,
     apply_memory_strategy,
     component_bytes,
+    dequantize_fits,
     gpu_errors,
+    is_quantized,
     make_generator,
+    memory_share,
     plan_memory,
     resolve_device,
     step_progress,
+    stream_to,
     torch_dtype,
 )
 from pipelines.imaging.fields import LoraRef, ResolvedLora
 from pipelines.imaging.lora import JOB_ADAPTER_PREFIX, LoraAdapters
-from pipelines.imaging.memory import MemoryStrategy
+from pipelines.imaging.memory import (
+    DEFAULT_HEADROOM,
+    EncoderPlacement,
+    MemoryStrategy,
+    batch_headroom,
+    current_lease,
+    place_text_encoders,
+)
 from pipelines.inpaint.backend import BackendResult, InpaintJob
 from pipelines.inpaint.spec import InpaintConfig
 
@@ -125,30 +136,69 @@ class FluxFillInpainter:
         self.max_work_pixels: int | None = config.max_work_pixels
         self.memory_strategy: str | None = strategy.name
         self._prompts: OrderedDict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        #: where the text encoders run: with the ``pipeline``, ``stream``-ed to the GPU, or ``cpu``
+        self.encoder_placement: EncoderPlacement = "pipeline"
 
     @classmethod
     def load(cls, config: InpaintConfig) -> FluxFillInpainter:
         device = resolve_device(config.device)
         dtype = torch_dtype(config.dtype, device)
         pipe = load_flux_fill(config, device, dtype)
-        adapters = LoraAdapters.prepare(pipe, config, quantized=bool(config.transformer_gguf))
-        if config.text_encoder_device == "cpu":
+        quantized = is_quantized(pipe.transformer)
+        adapters = LoraAdapters.prepare(pipe, config, quantized=quantized)
+        encoders = component_bytes(pipe, keep=TEXT_ENCODERS)
+        placement, why = cls._encoder_placement(config, device, pipe, encoders)
+        log.info("inpaint/flux: text encoders %s (%s)", placement, why)
+        if placement == "pipeline":
+            denoiser = pipe
+        else:
             # Same modules, no text encoders: only this pipeline is placed on the GPU.
             denoiser = type(pipe)(**{**pipe.components, **dict.fromkeys(TEXT_ENCODERS)})
             denoiser.set_progress_bar_config(disable=True)
-        else:
-            denoiser = pipe
-        strategy = plan_memory(config.memory_strategy, device, component_bytes(denoiser), what="inpaint/flux")
+        sizes = component_bytes(denoiser)
+        if quantized and dequantize_fits(config, device, sizes, pipe.transformer):
+            pipe.transformer.dequantize()
+            quantized = False
+            sizes = component_bytes(denoiser)
+            log.info("inpaint/flux: GGUF transformer dequantized once at load (the share holds it)")
+        strategy = plan_memory(
+            config.memory_strategy, device, sizes, what="inpaint/flux", quantized=quantized
+        )
         apply_memory_strategy(denoiser, strategy, device)
+        if placement == "stream":
+            stream_to(device, [pipe.text_encoder, pipe.text_encoder_2])
         log.info(
             "flux fill loaded from %s (transformer %s, %s, text encoders %s, memory %s)",
             config.model_dir,
             config.transformer_gguf or "from model_dir",
             dtype,
-            "on the CPU" if denoiser is not pipe else "with the pipeline",
+            placement,
             strategy.name,
         )
-        return cls(config, pipe, denoiser, device, dtype, strategy, adapters)
+        inpainter = cls(config, pipe, denoiser, device, dtype, strategy, adapters)
+        inpainter.encoder_placement = placement
+        return inpainter
+
+    @staticmethod
+    def _encoder_placement(
+        config: InpaintConfig, device: str, pipe: Any, encoders: dict[str, int]
+    ) -> tuple[EncoderPlacement, str]:
+        """Where T5 and CLIP run: as configured, or (``auto``) by their measured size against the
+        memory this pipeline may use."""
+        if config.text_encoder_device != "auto":
+            return config.text_encoder_device, "set in config"
+        if config.memory_strategy not in ("auto", "gpu"):
+            # The operator chose an offload rung for everything: the encoders ride along.
+            return "pipeline", f"memory_strategy {config.memory_strategy} places them with the pipeline"
+        denoiser = component_bytes(pipe, skip=TEXT_ENCODERS)
+        lease = current_lease()
+        return place_text_encoders(
+            device,
+            memory_share(device),
+            denoiser_bytes=sum(denoiser.values()),
+            encoder_bytes=sum(encoders.values()),
+            headroom_bytes=batch_headroom(DEFAULT_HEADROOM, lease.max_batch if lease else 1),
+        )
 
     def resolve_loras(self, refs: list[LoraRef]) -> list[ResolvedLora]:
         return self.adapters.resolve(refs)
@@ -171,11 +221,19 @@ class FluxFillInpainter:
             self._prompts.move_to_end(key)
             embeds, pooled = self._prompts[key]
             return embeds, pooled, True
+        # Streamed encoders compute on the GPU (their hooks move each block there); CPU-held ones
+        # on the CPU; encoders placed with the pipeline where the pipeline runs them.
+        if self.encoder_placement == "stream":
+            where = torch.device(self.device)
+        elif self.encoder_placement == "cpu":
+            where = torch.device("cpu")
+        else:
+            where = self.pipe._execution_device
         with torch.no_grad():
             embeds, pooled, _ids = self.pipe.encode_prompt(
                 prompt=prompt,
                 prompt_2=None,
-                device=torch.device("cpu"),
+                device=where,
                 max_sequence_length=self.config.max_sequence_length,
             )
         embeds, pooled = embeds.detach().to("cpu"), pooled.detach().to("cpu")
