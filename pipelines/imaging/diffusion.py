@@ -193,15 +193,25 @@ def memory_share(device: str) -> int | None:
     return share if free is None else min(share, free)
 
 
-def apply_memory_strategy(pipe: Any, strategy: MemoryStrategy, device: str) -> None:
+def apply_memory_strategy(
+    pipe: Any, strategy: MemoryStrategy, device: str, *, stream: tuple[str, ...] = ()
+) -> None:
     """Place a diffusers pipeline's weights as ``strategy`` says and turn on its memory savers.
+
+    ``stream`` names components (text encoders) kept in host memory and run on the GPU one block at
+    a time (:func:`stream_to`), the others placed as ``strategy`` says.
 
     Raises:
         PermanentError: ``gpu_memory_short``, sequential offload asked for a pipeline with quantized
             weights (accelerate would re-create them without their quantization type, and the first
             step would fail with ``KeyError: None``, diffusers#14691).
     """
-    if strategy.placement in ("cpu", "gpu"):
+    if stream and strategy.placement == "gpu":
+        for name, component in pipe.components.items():
+            if isinstance(component, torch.nn.Module) and name not in stream:
+                component.to(device)
+        stream_to(device, [pipe.components[name] for name in stream])
+    elif strategy.placement in ("cpu", "gpu"):
         pipe.to(device)
     elif strategy.placement == "model_offload":
         pipe.enable_model_cpu_offload(device=device)
