@@ -145,10 +145,16 @@ class FluxFillInpainter:
         dtype = torch_dtype(config.dtype, device)
         pipe = load_flux_fill(config, device, dtype)
         quantized = is_quantized(pipe.transformer)
-        adapters = LoraAdapters.prepare(pipe, config, quantized=quantized)
         encoders = component_bytes(pipe, keep=TEXT_ENCODERS)
         placement, why = cls._encoder_placement(config, device, pipe, encoders)
         log.info("inpaint/flux: text encoders %s (%s)", placement, why)
+        placed = component_bytes(pipe, skip=() if placement == "pipeline" else TEXT_ENCODERS)
+        if quantized and dequantize_fits(config, device, placed, pipe.transformer):
+            pipe.transformer.dequantize()
+            quantized = False
+            log.info("inpaint/flux: GGUF transformer dequantized once at load (the share holds it)")
+        # Adapters after the dequantization: they wrap the layers the jobs will run.
+        adapters = LoraAdapters.prepare(pipe, config, quantized=quantized)
         if placement == "pipeline":
             denoiser = pipe
         else:
@@ -156,11 +162,6 @@ class FluxFillInpainter:
             denoiser = type(pipe)(**{**pipe.components, **dict.fromkeys(TEXT_ENCODERS)})
             denoiser.set_progress_bar_config(disable=True)
         sizes = component_bytes(denoiser)
-        if quantized and dequantize_fits(config, device, sizes, pipe.transformer):
-            pipe.transformer.dequantize()
-            quantized = False
-            sizes = component_bytes(denoiser)
-            log.info("inpaint/flux: GGUF transformer dequantized once at load (the share holds it)")
         strategy = plan_memory(
             config.memory_strategy, device, sizes, what="inpaint/flux", quantized=quantized
         )
