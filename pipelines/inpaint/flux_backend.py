@@ -1,34 +1,38 @@
 """FLUX.1 Fill inpainting with diffusers, sized for one 24 GB L4.
 
-Memory plan for FLUX.1-Fill-dev on an L4 (24 GB, about 22.5 GB free after the CUDA context):
+Memory plan for FLUX.1-Fill-dev on an L4 (24 GB, about 22 GB free after the CUDA context), made by
+:func:`~pipelines.imaging.diffusion.plan_memory` against this pipeline's share of the process's GPU
+budget (the model pool lends it):
 
 =====================  ==========  ============================================================
 component              size        where it lives
 =====================  ==========  ============================================================
-transformer, GGUF Q8_0  ~12.7 GB   GPU (``transformer_gguf``; compute in bf16). bf16 would be
-                                   ~23.8 GB and cannot share an L4 with anything.
-T5-XXL encoder, bf16    ~9.5 GB    not next to the transformer: 12.7 + 9.5 + activations does
-                                   not fit. Either ``text_encoder_device: cpu`` (stays in host
-                                   memory; a new prompt costs seconds of CPU time) or
-                                   ``memory_strategy: auto`` picks model offload on an L4 (T5 is
-                                   copied in only when a prompt is encoded, ~0.5 s over PCIe).
-CLIP-L encoder          ~0.25 GB   with T5
-VAE                     ~0.17 GB   GPU; tiling switched on whenever memory is tight
-activations at 1 MP     ~2-3 GB    the 3 GB headroom of :mod:`pipelines.imaging.memory`
+transformer, GGUF Q8_0  ~12.7 GB   GPU, resident between jobs (``transformer_gguf``; compute in
+                                   bf16). bf16 would be ~23.8 GB and cannot share an L4. Where
+                                   the share holds the dequantized weights (an H100) it is
+                                   dequantized once at load (``gguf_dequantize: auto``), so no
+                                   step dequantizes. Never sequentially offloaded (``KeyError:
+                                   None``: accelerate drops the quantization type).
+T5-XXL encoder, bf16    ~9.5 GB    placed by measurement (``text_encoder_device: auto``): with
+CLIP-L encoder          ~0.25 GB   the pipeline when the share holds them beside the denoiser
+                                   and headroom (an H100); else streamed to the GPU block by block
+                                   per new prompt (``stream``: one T5 block on the GPU at a time,
+                                   ~9.5 GB over PCIe, about a second), not run on a few vCPUs.
+VAE                     ~0.17 GB   GPU; slicing whenever jobs are batched, tiling when tight
+activations at 1 MP     ~2-3 GB    the 3 GiB headroom, plus 1 GiB per extra image of a batch
 =====================  ==========  ============================================================
 
 Prompt embeddings are cached per prompt (an LRU of ``(prompt_embeds, pooled_prompt_embeds)`` in
 host memory, ~4 MB each at 512 tokens), so repeated prompts (a UI's default prompt, retries,
-batches) never touch the text encoders: with the cache warm, only the transformer and VAE work.
-The cache is bypassed for a job whose adapters carry text-encoder layers (their embeddings
-differ). With ``text_encoder_device: cpu`` the pipeline is split: a denoising pipeline without
-text encoders gets the memory strategy (and the job's adapters, so text-encoder layers of an
-adapter are ignored there), while the encoders stay on the CPU.
+batches) never touch the text encoders. The cache is bypassed for a job whose adapters carry
+text-encoder layers (their embeddings differ). When the encoders are not placed with the pipeline
+(``stream`` or ``cpu``) the pipeline is split: a denoising pipeline without text encoders gets the
+memory strategy (and the job's adapters, so text-encoder layers of an adapter are ignored there).
 
-So on an L4: GGUF Q8 transformer + ``text_encoder_device: cpu`` gives ``gpu`` placement for
-~13 GB of weights (peak ~16 GB at 1 MP); ``auto`` for both gives model offload. Peak GPU memory
-(``torch.cuda.max_memory_allocated``) is reported with every job on CUDA. Inputs above
-``max_work_pixels`` (1 MP by default) are run downscaled and the result resized back.
+So on an L4: the Q8 transformer and VAE resident (``gpu``, ~12.9 GB; peak ~16 GB at 1 MP), T5 and
+CLIP streamed. Peak GPU memory (``torch.cuda.max_memory_allocated``) is reported with every job on
+CUDA. Inputs above ``max_work_pixels`` (1 MP by default) are run downscaled and the result resized
+back.
 """
 
 from __future__ import annotations
