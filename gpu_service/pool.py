@@ -11,12 +11,14 @@ the budget (CTranslate2 Whisper, VibeVoice) is charged what its load took from t
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, cast
 
 from pydantic import BaseModel
@@ -258,7 +260,13 @@ class ModelPool:
 
 
 def _cuda_free_bytes() -> int | None:
-    """Free memory on the current CUDA device, or ``None`` without torch or CUDA."""
+    """Free memory on the current CUDA device, or ``None`` without torch or CUDA.
+
+    On a machine without an NVIDIA device node torch is not imported for this (the local stack's
+    CPU-only service would pay its import for nothing), unless a pipeline imported it already.
+    """
+    if "torch" not in sys.modules and not Path("/dev/nvidiactl").exists():
+        return None
     try:
         import torch
     except ImportError:
