@@ -217,6 +217,18 @@ def test_inpaint_tiny_fluxfill_streamed_text_encoders_on_cuda_give_the_same_imag
     assert_same_image(a, b, device="cuda")
 
 
+@pytest.mark.parametrize("plus", [False, True], ids=["QwenImageEdit", "QwenImageEditPlus"])
+def test_edit_tiny_qwen_image_edit_batched_equals_solo_on_cuda(tmp_path: Path, plus: bool) -> None:
+    """Items 2 and 3 on CUDA: a batch of Qwen-Image-Edit(-Plus) jobs gives each job the image it
+    gets alone (up to bf16 kernel choice: PSNR and mean difference)."""
+    pytest.importorskip("torchvision", reason="the Qwen2-VL image processor needs torchvision")
+    from tests.unit.test_edit_gpu_paths import qwen_batched_and_alone
+
+    model = tiny.build_tiny_qwen_image_edit(tmp_path / "qwen", plus=plus)
+    for alone, batched in qwen_batched_and_alone(model, tmp_path, "cuda"):
+        assert_same_image(alone, batched, device="cuda")
+
+
 # -- real weights -----------------------------------------------------------------------------
 
 

@@ -197,3 +197,50 @@ def test_qwen_edit_with_a_quantized_transformer_fits_an_l4_with_its_text_encoder
         strategy, streamed = _plan(config, "cuda", sizes, quantized=True)
     assert strategy.placement == "gpu" and streamed == ("text_encoder",)
     assert strategy.resident_bytes < 14 * GB
+
+
+# -- a real (tiny) Qwen-Image-Edit, batched and alone ----------------------------------------------
+
+
+def qwen_batched_and_alone(model_dir: Path, tmp: Path, device: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Three jobs (other seeds and instructions, one size) alone, then in one ``run_batch``: the
+    pixels of each job both ways. Shared with the GPU test."""
+    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    editor = SPEC.load(
+        EditConfig.model_validate({"model_dir": str(model_dir), "device": device, "dtype": dtype})
+    )
+    assert isinstance(editor, EditPipeline)
+    _clean, marked, _mask = make_sample(96, 64)
+    marked.save(tmp / "p.png")
+
+    def job(name: str, seed: int) -> tuple[dict[str, Any], RunContext]:
+        (tmp / name).mkdir()
+        inputs = {
+            "image": "gs://bucket/u/p.png",
+            "instruction": f"make it blue {seed}",
+            "steps": 2,
+            "seed": seed,
+        }
+        return inputs, RunContext(name, tmp / name, {"image": tmp / "p.png"})
+
+    def pixels(result: Any) -> np.ndarray:
+        assert isinstance(result, RunResult), result
+        with Image.open(result.files[result.outputs.result_file]) as image:
+            return np.asarray(image.convert("RGB"))
+
+    alone = [pixels(editor.run(editor.validate(i), c)) for i, c in (job(f"a{s}", s) for s in (1, 2, 3))]
+    batched = [pixels(r) for r in editor.run_batch([job(f"b{s}", s) for s in (1, 2, 3)])]
+    return list(zip(alone, batched, strict=True))
+
+
+@pytest.mark.slow  # the pipeline VAE-encodes every input at ~1 MP: minutes on 2 CPU cores
+@pytest.mark.parametrize("plus", [False, True], ids=["QwenImageEdit", "QwenImageEditPlus"])
+def test_tiny_qwen_image_edit_batched_gives_each_job_its_image_alone(tmp_path: Path, plus: bool) -> None:
+    pytest.importorskip("torchvision", reason="the Qwen2-VL image processor needs torchvision")
+    model = tiny.build_tiny_qwen_image_edit(tmp_path / "qwen", plus=plus)
+    pairs = qwen_batched_and_alone(model, tmp_path, "cpu")
+    for alone, batched in pairs:
+        assert alone.shape == batched.shape == (64, 96, 3)
+        diff = np.abs(alone.astype(int) - batched.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    assert not np.array_equal(pairs[0][0], pairs[1][0])  # seeds still decide
