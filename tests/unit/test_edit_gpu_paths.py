@@ -241,6 +241,8 @@ def test_tiny_qwen_image_edit_batched_gives_each_job_its_image_alone(tmp_path: P
     pairs = qwen_batched_and_alone(model, tmp_path, "cpu")
     for alone, batched in pairs:
         assert alone.shape == batched.shape == (64, 96, 3)
-        diff = np.abs(alone.astype(int) - batched.astype(int))
-        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+        # Exact: measured 0 differing values with each job's encoder image resized as alone; with the
+        # work-size images (the call's own list resize) 0.6-0.7 % of the values moved, even on
+        # random weights.
+        assert np.array_equal(alone, batched)
     assert not np.array_equal(pairs[0][0], pairs[1][0])  # seeds still decide
