@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast up down lint bench faults fuzz clean
+.PHONY: install demo test test-fast up down lint bench faults fuzz clean gpu-wheels gpu-check gpu-check-dry
 
 install:
 	@bash scripts/setup.sh
@@ -46,3 +46,12 @@ fuzz: install ## schemathesis on the local stack's API (all phases, real Auth em
 
 faults: install ## fault injection on the local stack; last line: lost=N double=N stuck=N
 	$(PY) -m scripts.faults
+
+gpu-wheels: ## download the wheels a bare GPU machine needs (60 MB at most) into bench/gpu-wheels
+	$(PY) -m scripts.gpu_check prepare
+
+gpu-check: ## on a GPU machine: GPU-marked tests and the GPU benchmark, figures in bench/results/gpu.json (< 8 min)
+	python3 -m scripts.gpu_check run
+
+gpu-check-dry: ## here, on the CPU: what gpu-check would run, the tests it collects, the benchmark on the CPU
+	$(PY) -m scripts.gpu_check run --dry-run

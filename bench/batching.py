@@ -17,6 +17,8 @@ from gpu_service.batching import Batcher
 
 #: A job of the benchmark: ``(inputs, files)`` for job number ``n``.
 JobMaker = Callable[[int], tuple[dict[str, Any], dict[str, Path]]]
+#: Whether two results of one job (alone, batched) are the same result.
+Same = Callable[[RunResult[Any], RunResult[Any]], bool]
 
 
 def _all_at_once(
@@ -58,6 +60,9 @@ def on_off(
         "speedup": round(off / on, 2),
         "mean_batch": round(batcher.stats.mean_size, 2),
         "same_results": all(same(a, b) for a, b in zip(alone, batched, strict=True)),
+        "peak_gpu_memory_bytes": max(
+            (getattr(r.outputs, "peak_gpu_memory_bytes", None) or 0 for r in [*alone, *batched]), default=0
+        ),
     }
 
 
@@ -103,7 +108,15 @@ def transcribe_on_off(
 
 
 def edit_on_off(
-    model_dir: Path, tmp: Path, *, jobs: int, max_batch: int, steps: int, size: int, device: str
+    model_dir: Path,
+    tmp: Path,
+    *,
+    jobs: int,
+    max_batch: int,
+    steps: int,
+    size: int,
+    device: str,
+    same: Same | None = None,
 ) -> dict[str, Any]:
     from pipelines.edit import SPEC, EditConfig
     from scripts.sample_images import make_sample
@@ -123,12 +136,19 @@ def edit_on_off(
         }
         return inputs, {"image": photo}
 
-    figures = on_off(pipeline, job, jobs=jobs, max_batch=max_batch, tmp=tmp, same=same_image())
+    figures = on_off(pipeline, job, jobs=jobs, max_batch=max_batch, tmp=tmp, same=same or same_image())
     return {"model": f"{model_dir.name}, {size}x{size}, {steps} steps, {device}", **figures}
 
 
 def inpaint_on_off(
-    config: dict[str, Any], tmp: Path, *, jobs: int, max_batch: int, steps: int, size: int
+    config: dict[str, Any],
+    tmp: Path,
+    *,
+    jobs: int,
+    max_batch: int,
+    steps: int,
+    size: int,
+    same: Same | None = None,
 ) -> dict[str, Any]:
     from pipelines.inpaint import SPEC, InpaintConfig
     from scripts.sample_images import make_sample
@@ -150,5 +170,5 @@ def inpaint_on_off(
         }
         return inputs, {"image": image, "mask": mask_path}
 
-    figures = on_off(pipeline, job, jobs=jobs, max_batch=max_batch, tmp=tmp, same=same_image())
+    figures = on_off(pipeline, job, jobs=jobs, max_batch=max_batch, tmp=tmp, same=same or same_image())
     return {"model": f"{Path(config['model_dir']).name}, {size}x{size}, {steps} steps", **figures}

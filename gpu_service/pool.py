@@ -1,14 +1,24 @@
-"""The model pool: each pipeline is loaded once per process and shared by every job."""
+"""The model pool: each pipeline is loaded once per process and shared by every job.
+
+The pool also holds the process's one GPU memory budget (:class:`~pipelines.imaging.memory.GpuBudget`):
+each pipeline loads under a lease on it, its planner places the weights against its share (what
+the pipelines loaded before it keep on the GPU, and the headroom of those that may run beside it,
+taken off), and a pipeline that cannot fit is refused at start with the numbers (``failed`` in
+``/healthz``, its jobs end with ``pipeline_unavailable``). A pipeline that does not plan through
+the budget (CTranslate2 Whisper, VibeVoice) is charged what its load took from the device.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, cast
 
 from pydantic import BaseModel
@@ -17,6 +27,11 @@ from core.errors import PermanentError
 from core.spec import BatchingPipeline, Catalog, Pipeline, PipelineSpec, ProgressFn, RunContext, RunResult
 from gpu_service.batching import Batcher
 from infra.settings import Batching
+from pipelines.imaging.memory import GpuBudget, Grant, lend
+
+#: Left free of the detected budget: the CUDA context and allocator slack of the libraries that
+#: allocate outside torch (CTranslate2).
+BUDGET_RESERVE_BYTES = 512 * 2**20
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +102,14 @@ class ModelPool:
         catalog: Catalog,
         batching: Mapping[str, Batching] | None = None,
         model_concurrency: int | None = None,
+        gpu_budget: GpuBudget | None = None,
     ) -> None:
+        """``gpu_budget``: the GPU memory the pipelines share; by default what is free on the CUDA
+        device at the first load (none without CUDA). Tests force an L4's with ``GpuBudget(22e9)``."""
         self._catalog = catalog
+        self._model_concurrency = model_concurrency
+        self._budget = gpu_budget
+        self._budget_detected = gpu_budget is not None
         #: set when fewer units may be on the model than run at once (MODEL_CONCURRENCY)
         self.gate = ModelGate(model_concurrency) if model_concurrency else None
         self._batching = dict(batching or {})
@@ -109,10 +130,46 @@ class ModelPool:
             if loaded is not None:
                 return loaded, False
             start = time.perf_counter()
-            pipeline = spec.load(self._catalog.config(spec))
+            pipeline = self._load(spec)
             loaded = self._loaded[spec.name] = Loaded(pipeline, time.perf_counter() - start)
             log.info("loaded pipeline %s in %.2fs", spec.name, loaded.load_seconds)
             return loaded, True
+
+    def _load(self, spec: PipelineSpec) -> Pipeline:
+        """Load under a lease on the GPU budget, if there is one."""
+        budget = self.gpu_budget()
+        config = self._catalog.config(spec)
+        if budget is None:
+            return spec.load(config)
+        settings = self._batching.get(spec.name)
+        max_batch = settings.max_batch if settings is not None else 1
+        before = _cuda_free_bytes()
+        with lend(budget, spec.name, max_batch=max_batch) as lease:
+            try:
+                pipeline = spec.load(config)
+            except BaseException:
+                budget.release(spec.name)
+                raise
+            if not lease.taken:
+                after = _cuda_free_bytes()
+                used = before - after if before is not None and after is not None else 0
+                budget.grant(spec.name, Grant(max(0, used), 0))
+        log.info("GPU budget after %s: %s", spec.name, budget.summary())
+        return pipeline
+
+    def gpu_budget(self) -> GpuBudget | None:
+        """The process's GPU memory budget (detected once, at the first load), or ``None`` without CUDA."""
+        with self._guard:
+            if not self._budget_detected:
+                self._budget_detected = True
+                free = _cuda_free_bytes()
+                if free is not None:
+                    self._budget = GpuBudget(
+                        max(0, free - BUDGET_RESERVE_BYTES),
+                        concurrent=self._model_concurrency,
+                        source="free CUDA memory at start",
+                    )
+            return self._budget
 
     def get(self, spec: PipelineSpec) -> tuple[Pipeline, float]:
         """The loaded pipeline, and the load seconds this job paid (0 when it was warm).
@@ -200,3 +257,21 @@ class ModelPool:
 
     def load_seconds(self) -> dict[str, float]:
         return {name: round(v.load_seconds, 3) for name, v in self._loaded.items()}
+
+
+def _cuda_free_bytes() -> int | None:
+    """Free memory on the current CUDA device, or ``None`` without torch or CUDA.
+
+    On a machine without an NVIDIA device node torch is not imported for this (the local stack's
+    CPU-only service would pay its import for nothing), unless a pipeline imported it already.
+    """
+    if "torch" not in sys.modules and not Path("/dev/nvidiactl").exists():
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info()
+    return int(free)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from core.spec import PipelineSpec
@@ -44,6 +46,15 @@ class EditConfig(DiffusionConfig):
     model_dir: str | None = Field(
         default=None,
         description="local diffusers directory, e.g. Qwen-Image-Edit (any supported edit pipeline)",
+    )
+    transformer_gguf: str | None = Field(
+        default=None,
+        description="local GGUF file for the transformer (e.g. a Q4_K Qwen-Image-Edit: what lets it fit an L4)",
+    )
+    text_encoder_device: Literal["auto", "pipeline", "stream"] = Field(
+        default="auto",
+        description="'pipeline' places the text encoder with the rest; 'stream' keeps it in host memory and "
+        "runs it on the GPU block by block; 'auto' streams it when it does not fit beside the denoiser",
     )
 
 

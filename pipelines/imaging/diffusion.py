@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from core.errors import OutOfGpuMemory
+from core.errors import OutOfGpuMemory, PermanentError
 from core.spec import ProgressFn
 from pipelines.imaging.fields import DtypeName
 from pipelines.imaging.memory import (
     DEFAULT_HEADROOM,
+    MEMORY_SHORT,
     MemoryStrategy,
     StrategyChoice,
+    batch_headroom,
     choose_memory_strategy,
+    current_lease,
     forced_strategy,
 )
 
@@ -46,13 +51,64 @@ def module_bytes(module: torch.nn.Module) -> int:
     return total
 
 
-def component_bytes(pipe: Any, *, skip: tuple[str, ...] = ()) -> dict[str, int]:
-    """Bytes per torch component of a diffusers pipeline, leaving out ``skip``."""
+def component_bytes(
+    pipe: Any, *, skip: tuple[str, ...] = (), keep: tuple[str, ...] | None = None
+) -> dict[str, int]:
+    """Bytes per torch component of a diffusers pipeline, leaving out ``skip`` (only ``keep``, if given)."""
     return {
         name: module_bytes(component)
         for name, component in pipe.components.items()
-        if isinstance(component, torch.nn.Module) and name not in skip
+        if isinstance(component, torch.nn.Module) and name not in skip and (keep is None or name in keep)
     }
+
+
+def dequantized_bytes(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Bytes of a GGUF-quantized model once its weights are dequantized to ``dtype``."""
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        shape = getattr(tensor, "quant_shape", None)
+        if shape is not None:
+            total += math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        else:
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def dequantize_fits(config: Any, device: str, sizes: dict[str, int], transformer: Any) -> bool:
+    """Whether to dequantize a GGUF transformer once at load: on CUDA, when the memory this
+    pipeline may use holds the dequantized weights with everything else on the GPU path and the
+    headroom (an H100: 23.8 GB of bf16 FLUX.1 Fill). Without the optional CUDA kernels (a hub
+    download) diffusers dequantizes every GGUF layer on every forward, so this saves that work on
+    every step; on an L4 it does not fit and the quantized weights stay."""
+    if getattr(config, "gguf_dequantize", "auto") != "auto" or not device.startswith("cuda"):
+        return False
+    if config.memory_strategy not in ("auto", "gpu"):
+        return False
+    share = memory_share(device)
+    if share is None:
+        return False
+    lease = current_lease()
+    headroom = batch_headroom(DEFAULT_HEADROOM, lease.max_batch if lease else 1)
+    compute = getattr(getattr(transformer, "config", None), "_compute_dtype", None) or torch.bfloat16
+    dtype = compute if isinstance(compute, torch.dtype) else torch.bfloat16
+    others = sum(sizes.values()) - sizes.get("transformer", 0)
+    return share >= others + dequantized_bytes(transformer, dtype) + headroom
+
+
+def stream_to(device: str, modules: list[Any]) -> None:
+    """Keep ``modules`` in host memory and run them on ``device`` one submodule at a time
+    (accelerate's ``cpu_offload``): only the block being computed is on the GPU. For unquantized
+    text encoders only (a quantized model loses its quantization type this way)."""
+    from accelerate import cpu_offload
+
+    for module in modules:
+        if module is None:
+            continue
+        if is_quantized(module):
+            raise PermanentError(
+                f"cannot stream the quantized {type(module).__name__} layer by layer", code=MEMORY_SHORT
+            )
+        cpu_offload(module, execution_device=torch.device(device), offload_buffers=True)
 
 
 def free_bytes(device: str) -> int | None:
@@ -63,6 +119,26 @@ def free_bytes(device: str) -> int | None:
     return int(free)
 
 
+def is_quantized(module: Any) -> bool:
+    """Whether a model (or any torch component of a pipeline) holds quantized weights (GGUF)."""
+    components = getattr(module, "components", None)
+    if isinstance(components, dict):
+        return any(is_quantized(c) for c in components.values())
+    return bool(getattr(module, "is_quantized", False))
+
+
+def _accounted(strategy: MemoryStrategy, sizes: dict[str, int], headroom: int) -> MemoryStrategy:
+    """A forced strategy with the bytes the budget must count for it."""
+    total, largest = sum(sizes.values()), max(sizes.values(), default=0)
+    resident, need = {
+        "gpu": (total, headroom),
+        "model_offload": (0, largest + headroom),
+        "sequential_offload": (0, headroom),
+        "cpu": (0, 0),
+    }[strategy.placement]
+    return replace(strategy, resident_bytes=resident, headroom_bytes=need)
+
+
 def plan_memory(
     choice: StrategyChoice,
     device: str,
@@ -70,28 +146,82 @@ def plan_memory(
     *,
     what: str,
     headroom_bytes: int = DEFAULT_HEADROOM,
+    quantized: bool = False,
+    sequential: bool = False,
 ) -> MemoryStrategy:
-    """Forced strategy from config, or the automatic choice for these component sizes; logged."""
-    strategy = forced_strategy(choice, device)
-    if strategy is None:
+    """Forced strategy from config, or the automatic choice for these component sizes; logged.
+
+    Inside the model pool the plan is made against this pipeline's share of the process's GPU
+    budget (:func:`~pipelines.imaging.memory.current_lease`) and for its batch size, and what it
+    takes is recorded there; outside it (a script, a test) against what is free on the device.
+
+    Raises:
+        PermanentError: ``gpu_memory_short`` with the numbers, when the model cannot be placed.
+    """
+    lease = current_lease()
+    max_batch = lease.max_batch if lease is not None else 1
+    headroom = batch_headroom(headroom_bytes, max_batch)
+    strategy = forced_strategy(choice, device, quantized=quantized, max_batch=max_batch, what=what)
+    if strategy is not None:
+        strategy = _accounted(strategy, sizes, headroom)
+    else:
         strategy = choose_memory_strategy(
             device,
-            free_bytes(device),
+            memory_share(device),
             sum(sizes.values()),
             largest_component_bytes=max(sizes.values(), default=0),
             headroom_bytes=headroom_bytes,
+            quantized=quantized,
+            sequential=sequential,
+            max_batch=max_batch,
+            what=what,
         )
+    if lease is not None:
+        lease.take(strategy)
     log.info("%s: memory strategy %s (%s)", what, strategy.name, strategy.reason)
     return strategy
 
 
-def apply_memory_strategy(pipe: Any, strategy: MemoryStrategy, device: str) -> None:
-    """Place a diffusers pipeline's weights as ``strategy`` says and turn on its memory savers."""
-    if strategy.placement in ("cpu", "gpu"):
+def memory_share(device: str) -> int | None:
+    """What a loading pipeline may use: its share of the pool's budget (never more than is free
+    on the device), or what is free when it loads outside the pool; ``None`` off CUDA."""
+    free = free_bytes(device)
+    lease = current_lease()
+    if lease is None or not device.startswith("cuda"):
+        return free
+    share = lease.share()
+    return share if free is None else min(share, free)
+
+
+def apply_memory_strategy(
+    pipe: Any, strategy: MemoryStrategy, device: str, *, stream: tuple[str, ...] = ()
+) -> None:
+    """Place a diffusers pipeline's weights as ``strategy`` says and turn on its memory savers.
+
+    ``stream`` names components (text encoders) kept in host memory and run on the GPU one block at
+    a time (:func:`stream_to`), the others placed as ``strategy`` says.
+
+    Raises:
+        PermanentError: ``gpu_memory_short``, sequential offload asked for a pipeline with quantized
+            weights (accelerate would re-create them without their quantization type, and the first
+            step would fail with ``KeyError: None``, diffusers#14691).
+    """
+    if stream and strategy.placement == "gpu":
+        for name, component in pipe.components.items():
+            if isinstance(component, torch.nn.Module) and name not in stream:
+                component.to(device)
+        stream_to(device, [pipe.components[name] for name in stream])
+    elif strategy.placement in ("cpu", "gpu"):
         pipe.to(device)
     elif strategy.placement == "model_offload":
         pipe.enable_model_cpu_offload(device=device)
     else:
+        if is_quantized(pipe):
+            raise PermanentError(
+                "sequential offload cannot run a quantized (GGUF) transformer: offloaded weights lose "
+                "their quantization type (diffusers#14691); use model_offload or gpu",
+                code=MEMORY_SHORT,
+            )
         pipe.enable_sequential_cpu_offload(device=device)
     vae: Any = getattr(pipe, "vae", None)
     if strategy.vae_slicing and hasattr(vae, "enable_slicing"):

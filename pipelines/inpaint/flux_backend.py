@@ -1,34 +1,38 @@
 """FLUX.1 Fill inpainting with diffusers, sized for one 24 GB L4.
 
-Memory plan for FLUX.1-Fill-dev on an L4 (24 GB, about 22.5 GB free after the CUDA context):
+Memory plan for FLUX.1-Fill-dev on an L4 (24 GB, about 22 GB free after the CUDA context), made by
+:func:`~pipelines.imaging.diffusion.plan_memory` against this pipeline's share of the process's GPU
+budget (the model pool lends it):
 
 =====================  ==========  ============================================================
 component              size        where it lives
 =====================  ==========  ============================================================
-transformer, GGUF Q8_0  ~12.7 GB   GPU (``transformer_gguf``; compute in bf16). bf16 would be
-                                   ~23.8 GB and cannot share an L4 with anything.
-T5-XXL encoder, bf16    ~9.5 GB    not next to the transformer: 12.7 + 9.5 + activations does
-                                   not fit. Either ``text_encoder_device: cpu`` (stays in host
-                                   memory; a new prompt costs seconds of CPU time) or
-                                   ``memory_strategy: auto`` picks model offload on an L4 (T5 is
-                                   copied in only when a prompt is encoded, ~0.5 s over PCIe).
-CLIP-L encoder          ~0.25 GB   with T5
-VAE                     ~0.17 GB   GPU; tiling switched on whenever memory is tight
-activations at 1 MP     ~2-3 GB    the 3 GB headroom of :mod:`pipelines.imaging.memory`
+transformer, GGUF Q8_0  ~12.7 GB   GPU, resident between jobs (``transformer_gguf``; compute in
+                                   bf16). bf16 would be ~23.8 GB and cannot share an L4. Where
+                                   the share holds the dequantized weights (an H100) it is
+                                   dequantized once at load (``gguf_dequantize: auto``), so no
+                                   step dequantizes. Never sequentially offloaded (``KeyError:
+                                   None``: accelerate drops the quantization type).
+T5-XXL encoder, bf16    ~9.5 GB    placed by measurement (``text_encoder_device: auto``): with
+CLIP-L encoder          ~0.25 GB   the pipeline when the share holds them beside the denoiser
+                                   and headroom (an H100); else streamed to the GPU block by block
+                                   per new prompt (``stream``: one T5 block on the GPU at a time,
+                                   ~9.5 GB over PCIe, about a second), not run on a few vCPUs.
+VAE                     ~0.17 GB   GPU; slicing whenever jobs are batched, tiling when tight
+activations at 1 MP     ~2-3 GB    the 3 GiB headroom, plus 1 GiB per extra image of a batch
 =====================  ==========  ============================================================
 
 Prompt embeddings are cached per prompt (an LRU of ``(prompt_embeds, pooled_prompt_embeds)`` in
 host memory, ~4 MB each at 512 tokens), so repeated prompts (a UI's default prompt, retries,
-batches) never touch the text encoders: with the cache warm, only the transformer and VAE work.
-The cache is bypassed for a job whose adapters carry text-encoder layers (their embeddings
-differ). With ``text_encoder_device: cpu`` the pipeline is split: a denoising pipeline without
-text encoders gets the memory strategy (and the job's adapters, so text-encoder layers of an
-adapter are ignored there), while the encoders stay on the CPU.
+batches) never touch the text encoders. The cache is bypassed for a job whose adapters carry
+text-encoder layers (their embeddings differ). When the encoders are not placed with the pipeline
+(``stream`` or ``cpu``) the pipeline is split: a denoising pipeline without text encoders gets the
+memory strategy (and the job's adapters, so text-encoder layers of an adapter are ignored there).
 
-So on an L4: GGUF Q8 transformer + ``text_encoder_device: cpu`` gives ``gpu`` placement for
-~13 GB of weights (peak ~16 GB at 1 MP); ``auto`` for both gives model offload. Peak GPU memory
-(``torch.cuda.max_memory_allocated``) is reported with every job on CUDA. Inputs above
-``max_work_pixels`` (1 MP by default) are run downscaled and the result resized back.
+So on an L4: the Q8 transformer and VAE resident (``gpu``, ~12.9 GB; peak ~16 GB at 1 MP), T5 and
+CLIP streamed. Peak GPU memory (``torch.cuda.max_memory_allocated``) is reported with every job on
+CUDA. Inputs above ``max_work_pixels`` (1 MP by default) are run downscaled and the result resized
+back.
 """
 
 from __future__ import annotations
@@ -48,16 +52,27 @@ from pipelines.imaging.diffusion import (
     PeakGpuMemory,
     apply_memory_strategy,
     component_bytes,
+    dequantize_fits,
     gpu_errors,
+    is_quantized,
     make_generator,
+    memory_share,
     plan_memory,
     resolve_device,
     step_progress,
+    stream_to,
     torch_dtype,
 )
 from pipelines.imaging.fields import LoraRef, ResolvedLora
 from pipelines.imaging.lora import JOB_ADAPTER_PREFIX, LoraAdapters
-from pipelines.imaging.memory import MemoryStrategy
+from pipelines.imaging.memory import (
+    DEFAULT_HEADROOM,
+    EncoderPlacement,
+    MemoryStrategy,
+    batch_headroom,
+    current_lease,
+    place_text_encoders,
+)
 from pipelines.inpaint.backend import BackendResult, InpaintJob
 from pipelines.inpaint.spec import InpaintConfig
 
@@ -125,30 +140,70 @@ class FluxFillInpainter:
         self.max_work_pixels: int | None = config.max_work_pixels
         self.memory_strategy: str | None = strategy.name
         self._prompts: OrderedDict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        #: where the text encoders run: with the ``pipeline``, ``stream``-ed to the GPU, or ``cpu``
+        self.encoder_placement: EncoderPlacement = "pipeline"
 
     @classmethod
     def load(cls, config: InpaintConfig) -> FluxFillInpainter:
         device = resolve_device(config.device)
         dtype = torch_dtype(config.dtype, device)
         pipe = load_flux_fill(config, device, dtype)
-        adapters = LoraAdapters.prepare(pipe, config, quantized=bool(config.transformer_gguf))
-        if config.text_encoder_device == "cpu":
+        quantized = is_quantized(pipe.transformer)
+        encoders = component_bytes(pipe, keep=TEXT_ENCODERS)
+        placement, why = cls._encoder_placement(config, device, pipe, encoders)
+        log.info("inpaint/flux: text encoders %s (%s)", placement, why)
+        placed = component_bytes(pipe, skip=() if placement == "pipeline" else TEXT_ENCODERS)
+        if quantized and dequantize_fits(config, device, placed, pipe.transformer):
+            pipe.transformer.dequantize()
+            quantized = False
+            log.info("inpaint/flux: GGUF transformer dequantized once at load (the share holds it)")
+        # Adapters after the dequantization: they wrap the layers the jobs will run.
+        adapters = LoraAdapters.prepare(pipe, config, quantized=quantized)
+        if placement == "pipeline":
+            denoiser = pipe
+        else:
             # Same modules, no text encoders: only this pipeline is placed on the GPU.
             denoiser = type(pipe)(**{**pipe.components, **dict.fromkeys(TEXT_ENCODERS)})
             denoiser.set_progress_bar_config(disable=True)
-        else:
-            denoiser = pipe
-        strategy = plan_memory(config.memory_strategy, device, component_bytes(denoiser), what="inpaint/flux")
+        sizes = component_bytes(denoiser)
+        strategy = plan_memory(
+            config.memory_strategy, device, sizes, what="inpaint/flux", quantized=quantized
+        )
         apply_memory_strategy(denoiser, strategy, device)
+        if placement == "stream":
+            stream_to(device, [pipe.text_encoder, pipe.text_encoder_2])
         log.info(
             "flux fill loaded from %s (transformer %s, %s, text encoders %s, memory %s)",
             config.model_dir,
             config.transformer_gguf or "from model_dir",
             dtype,
-            "on the CPU" if denoiser is not pipe else "with the pipeline",
+            placement,
             strategy.name,
         )
-        return cls(config, pipe, denoiser, device, dtype, strategy, adapters)
+        inpainter = cls(config, pipe, denoiser, device, dtype, strategy, adapters)
+        inpainter.encoder_placement = placement
+        return inpainter
+
+    @staticmethod
+    def _encoder_placement(
+        config: InpaintConfig, device: str, pipe: Any, encoders: dict[str, int]
+    ) -> tuple[EncoderPlacement, str]:
+        """Where T5 and CLIP run: as configured, or (``auto``) by their measured size against the
+        memory this pipeline may use."""
+        if config.text_encoder_device != "auto":
+            return config.text_encoder_device, "set in config"
+        if config.memory_strategy not in ("auto", "gpu"):
+            # The operator chose an offload rung for everything: the encoders ride along.
+            return "pipeline", f"memory_strategy {config.memory_strategy} places them with the pipeline"
+        denoiser = component_bytes(pipe, skip=TEXT_ENCODERS)
+        lease = current_lease()
+        return place_text_encoders(
+            device,
+            memory_share(device),
+            denoiser_bytes=sum(denoiser.values()),
+            encoder_bytes=sum(encoders.values()),
+            headroom_bytes=batch_headroom(DEFAULT_HEADROOM, lease.max_batch if lease else 1),
+        )
 
     def resolve_loras(self, refs: list[LoraRef]) -> list[ResolvedLora]:
         return self.adapters.resolve(refs)
@@ -171,11 +226,19 @@ class FluxFillInpainter:
             self._prompts.move_to_end(key)
             embeds, pooled = self._prompts[key]
             return embeds, pooled, True
+        # Streamed encoders compute on the GPU (their hooks move each block there); CPU-held ones
+        # on the CPU; encoders placed with the pipeline where the pipeline runs them.
+        if self.encoder_placement == "stream":
+            where = torch.device(self.device)
+        elif self.encoder_placement == "cpu":
+            where = torch.device("cpu")
+        else:
+            where = self.pipe._execution_device
         with torch.no_grad():
             embeds, pooled, _ids = self.pipe.encode_prompt(
                 prompt=prompt,
                 prompt_2=None,
-                device=torch.device("cpu"),
+                device=where,
                 max_sequence_length=self.config.max_sequence_length,
             )
         embeds, pooled = embeds.detach().to("cpu"), pooled.detach().to("cpu")

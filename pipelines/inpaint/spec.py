@@ -49,8 +49,16 @@ class InpaintConfig(DiffusionConfig):
     transformer_gguf: str | None = Field(
         default=None, description="local GGUF file (e.g. Q8_0) for the transformer"
     )
-    text_encoder_device: Literal["auto", "cpu"] = Field(
-        default="auto", description="'cpu' keeps CLIP and T5 in host memory; 'auto' follows memory_strategy"
+    text_encoder_device: Literal["auto", "pipeline", "stream", "cpu"] = Field(
+        default="auto",
+        description="where CLIP and T5 run: 'pipeline' placed with the rest, 'stream' (host memory, moved to the "
+        "GPU block by block per new prompt), 'cpu', or 'auto': by their measured size against the "
+        "memory this pipeline may use",
+    )
+    gguf_dequantize: Literal["auto", "never"] = Field(
+        default="auto",
+        description="'auto' dequantizes a GGUF transformer once at load when its share of the GPU holds "
+        "the dequantized weights (no per-step dequantization); 'never' keeps it quantized",
     )
     prompt_cache_size: int = Field(default=32, ge=0, description="prompts whose embeddings are kept (LRU)")
     max_sequence_length: int = Field(default=512, ge=8, le=512, description="T5 tokens per prompt")

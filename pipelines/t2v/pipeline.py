@@ -19,10 +19,11 @@ activations            ~2-6 GB      grow with frames x pixels: 81 frames at 832x
 =====================  ===========  ==========================================================
 
 So on an L4 everything (~14.7 GB) fits with 6 GB of headroom: ``memory_strategy: auto`` picks
-``gpu`` with VAE slicing and tiling (tight: less than two headrooms to spare). On a 16 GB GPU it
-picks ``model_offload`` (the encoder moves in for the prompt, out for the denoising; ~1 s of PCIe
-copies per job); below that, ``sequential_offload``. Wan2.1-T2V-14B (transformer ~28 GB in bf16)
-does not fit an L4 at all except with sequential offload, many times slower: use a larger GPU.
+``gpu`` with VAE slicing and tiling (tight: less than two headrooms to spare). On a 16 GB GPU (or
+a smaller share of the process's GPU budget) it picks ``model_offload`` (the encoder moves in for
+the prompt, out for the denoising; ~1 s of PCIe copies per job); below that the load is refused
+with the numbers. Wan2.1-T2V-14B (transformer ~28 GB in bf16) does not fit an L4 except with
+``memory_strategy: sequential_offload`` set by the operator, many times slower: use a larger GPU.
 Peak GPU memory (``torch.cuda.max_memory_allocated``) is reported with every job on CUDA.
 
 A job: check the request (limits, adapter mode), apply its adapters (runtime mode), denoise with

