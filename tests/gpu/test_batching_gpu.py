@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.gpu import local_model
+from devkit.gpu import local_model
 
 pytestmark = pytest.mark.gpu
 
@@ -38,8 +38,8 @@ def _report(name: str, figures: dict[str, Any]) -> None:
 
 
 def test_transcribe_batched_across_files_on_cuda(tmp_path: Path) -> None:
-    from bench.batching import transcribe_on_off
-    from bench.throughput import speech_clips
+    from devkit.batching import transcribe_on_off
+    from devkit.speech import speech_clips
 
     config: dict[str, Any] = {"device": "cuda", "compute_type": "float16"}
     if os.environ.get("GPUJOBS_WHISPER_MODEL_DIR"):
@@ -51,7 +51,7 @@ def test_transcribe_batched_across_files_on_cuda(tmp_path: Path) -> None:
 
 
 def test_inpaint_flux_fill_batched_on_cuda(tmp_path: Path) -> None:
-    from bench.batching import inpaint_on_off
+    from devkit.batching import inpaint_on_off
 
     config: dict[str, Any] = {"model_dir": str(local_model("GPUJOBS_FLUX_FILL_DIR")), "device": "cuda"}
     if os.environ.get("GPUJOBS_FLUX_FILL_GGUF"):
@@ -60,7 +60,7 @@ def test_inpaint_flux_fill_batched_on_cuda(tmp_path: Path) -> None:
 
 
 def test_edit_batched_on_cuda(tmp_path: Path) -> None:
-    from bench.batching import edit_on_off
+    from devkit.batching import edit_on_off
 
     model_dir = local_model("GPUJOBS_EDIT_MODEL_DIR")
     _report(

@@ -24,13 +24,13 @@ import pytest
 from PIL import Image
 
 from core.spec import RunContext
+from devkit import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
+from devkit.gpu import L4_BUDGET_BYTES, local_model
+from devkit.sample_images import make_sample
 from pipelines.edit import SPEC as EDIT
 from pipelines.edit import EditConfig, EditInputs
 from pipelines.inpaint import SPEC as INPAINT
 from pipelines.inpaint import InpaintConfig, InpaintInputs
-from scripts.sample_images import make_sample
-from tests.support import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
-from tests.support.gpu import L4_BUDGET_BYTES, local_model
 
 pytestmark = pytest.mark.gpu
 

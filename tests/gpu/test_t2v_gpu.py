@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from core.spec import RunContext, RunResult
+from devkit import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
+from devkit.gpu import L4_BUDGET_BYTES, local_model
 from pipelines.t2v import SPEC, T2VConfig, T2VInputs, T2VOutputs
-from tests.support import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
-from tests.support.gpu import L4_BUDGET_BYTES, local_model
 
 pytestmark = pytest.mark.gpu
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from core.spec import BatchingPipeline, RunContext, RunResult
 from gpu_service.batching import Batcher
@@ -105,11 +105,12 @@ def transcribe_on_off(
 def edit_on_off(
     model_dir: Path, tmp: Path, *, jobs: int, max_batch: int, steps: int, size: int, device: str
 ) -> dict[str, Any]:
+    from devkit.sample_images import make_sample
     from pipelines.edit import SPEC, EditConfig
-    from scripts.sample_images import make_sample
 
     tmp.mkdir(parents=True, exist_ok=True)
-    pipeline = SPEC.load(EditConfig.model_validate({"model_dir": str(model_dir), "device": device}))
+    config = EditConfig.model_validate({"model_dir": str(model_dir), "device": device})
+    pipeline = cast(BatchingPipeline, SPEC.load(config))  # the spec declares batching
     _clean, marked, _mask = make_sample(size, size)
     photo = tmp / "edit-photo.png"
     marked.save(photo)
@@ -130,11 +131,12 @@ def edit_on_off(
 def inpaint_on_off(
     config: dict[str, Any], tmp: Path, *, jobs: int, max_batch: int, steps: int, size: int
 ) -> dict[str, Any]:
+    from devkit.sample_images import make_sample
     from pipelines.inpaint import SPEC, InpaintConfig
-    from scripts.sample_images import make_sample
 
     tmp.mkdir(parents=True, exist_ok=True)
-    pipeline = SPEC.load(InpaintConfig.model_validate({"backend": "flux", **config}))
+    settings = InpaintConfig.model_validate({"backend": "flux", **config})
+    pipeline = cast(BatchingPipeline, SPEC.load(settings))  # the spec declares batching
     _clean, marked, mask = make_sample(size, size)
     image, mask_path = tmp / "inpaint-photo.png", tmp / "inpaint-mask.png"
     marked.save(image)
