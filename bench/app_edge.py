@@ -31,10 +31,10 @@ from typing import Any
 
 import httpx
 
+from devkit.firebase_auth import AuthUser, new_email, sign_up
+from devkit.flaky import topology_with_flaky
+from devkit.webapp import WebApp, browser
 from infra.localstack.stack import LocalStack, StackConfig
-from tests.support.firebase_auth import AuthUser, new_email, sign_up
-from tests.support.flaky import topology_with_flaky
-from tests.support.webapp import WebApp, browser
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -108,7 +108,7 @@ def main() -> int:
     parser.add_argument("--browser-runs", type=int, default=5)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from scripts.sample_images import write_sample
+    from devkit.sample_images import write_sample
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -116,7 +116,7 @@ def main() -> int:
         config = StackConfig(
             state_dir=tmp / "stack",
             enabled_pipelines=["inpaint", "flaky"],
-            env={"PLUGINS": "tests.support.flaky:SPEC", "PIPELINES__FLAKY__STATE_DIR": str(tmp / "flaky")},
+            env={"PLUGINS": "devkit.flaky:SPEC", "PIPELINES__FLAKY__STATE_DIR": str(tmp / "flaky")},
         )
         with LocalStack(config, topology_with_flaky()) as stack:
             user = sign_up(stack.env["FIREBASE_AUTH_EMULATOR_HOST"])

@@ -55,7 +55,7 @@ STAGES = [
 
 
 def ten_second_clip(tmp: Path) -> Path:
-    from tests.support.speech import synthesize
+    from devkit.speech import synthesize
 
     speech = synthesize(TEXT, tmp / "speech.wav")
     clip = tmp / "clip10.wav"

@@ -16,16 +16,16 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from devkit.firebase_auth import sign_up
+from devkit.flaky import topology_with_flaky
+from devkit.fuzz import fuzz
 from infra.localstack.stack import LocalStack, StackConfig
-from tests.support.firebase_auth import sign_up
-from tests.support.flaky import topology_with_flaky
-from tests.support.fuzz import fuzz
 
 RESULTS = Path(__file__).parent / "results" / "fuzz.json"
 STACK_ENV = {
     "QUOTAS": json.dumps({"max_unfinished": 50, "max_daily": None, "pipelines": {"tts": {"max_daily": 0}}}),
     "API_MAX_WAIT_SECONDS": "2",
-    "PLUGINS": "tests.support.flaky:SPEC",
+    "PLUGINS": "devkit.flaky:SPEC",
     "LOG_LEVEL": "WARNING",
 }
 

@@ -6,7 +6,7 @@
 1. **Batched vs one at a time** for each pipeline that batches (``inpaint`` with FLUX.1 Fill, GGUF
    and bf16; ``edit`` with InstructPix2Pix), every job submitted at once to the service's batcher:
    seconds both ways, the speedup, and whether every job's image is the same result both ways (on
-   CUDA: PSNR and mean difference, ``tests/support/gpu.py``).
+   CUDA: PSNR and mean difference, ``devkit/gpu.py``).
 2. **Peak GPU memory per pipeline**: weights after load and the peak of one job, each pipeline
    loaded alone, and the memory plan each chose.
 3. **faster-whisper on CUDA in float16**, where the machine's CUDA allows it: CTranslate2 4.8.5
@@ -67,7 +67,7 @@ def _same(device: str) -> Callable[[Any, Any], bool]:
     import numpy as np
     from PIL import Image
 
-    from tests.support.gpu import assert_same_image
+    from devkit.gpu import assert_same_image
 
     def same(a: Any, b: Any) -> bool:
         with Image.open(next(iter(a.files.values()))) as x, Image.open(next(iter(b.files.values()))) as y:
@@ -83,7 +83,7 @@ def _same(device: str) -> Callable[[Any, Any], bool]:
 
 
 def batching(device: str, models: dict[str, Path], tmp: Path, *, jobs: int, max_batch: int) -> dict[str, Any]:
-    from bench.batching import edit_on_off, inpaint_on_off
+    from devkit.batching import edit_on_off, inpaint_on_off
 
     flux = {"model_dir": str(models["flux"]), "device": device, "max_sequence_length": 32}
     out: dict[str, Any] = {}
@@ -115,9 +115,9 @@ def peaks(device: str, models: dict[str, Path], tmp: Path) -> dict[str, Any]:
     import torch
 
     from core.spec import RunContext
+    from devkit.sample_images import make_sample
     from pipelines.edit import SPEC as EDIT
     from pipelines.inpaint import SPEC as INPAINT
-    from scripts.sample_images import make_sample
 
     _clean, marked, mask = make_sample(512, 512)
     marked.save(tmp / "peak-image.png")
@@ -185,8 +185,8 @@ def whisper(device: str, tmp: Path) -> dict[str, Any]:
         figures["skipped"] = "float16 is not a supported CUDA compute type here"
         return figures
     try:
-        from bench.batching import transcribe_on_off
-        from bench.throughput import speech_clips
+        from devkit.batching import transcribe_on_off
+        from devkit.speech import speech_clips
 
         clips = speech_clips(tmp)
     except Exception as exc:
@@ -254,7 +254,7 @@ def _guarded(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def tiny_models(root: Path) -> dict[str, Path]:
-    from tests.support import tiny_diffusers as tiny
+    from devkit import tiny_diffusers as tiny
 
     flux = tiny.build_tiny_fluxfill(root / "flux")
     return {

@@ -65,9 +65,9 @@ def _measure(setup: Callable[[Path], Callable[[], Any]]) -> dict[str, Any]:
 def _transcribe(seconds: float, *, whole: bool) -> Callable[[Path], Callable[[], Any]]:
     def setup(tmp: Path) -> Callable[[], Any]:
         from core.spec import RunContext
+        from devkit.media_files import silent_flac
         from pipelines.transcribe import TranscribeConfig, TranscribeInputs
         from pipelines.transcribe.model import SAMPLING_RATE, load
-        from tests.support.media_files import silent_flac
 
         flac = silent_flac(tmp / "quiet.flac", seconds)  # ffmpeg's default frames: ~190 B a second
         transcriber = load(TranscribeConfig())
@@ -113,9 +113,9 @@ def _image_cap(tmp: Path) -> Callable[[], Any]:
 
 
 def _video_frames_cap(tmp: Path) -> Callable[[], Any]:
+    from devkit.media_files import long_video
     from pipelines.video import VideoConfig
     from pipelines.video.frames import effective_interval, sample_frames
-    from tests.support.media_files import long_video
 
     config = VideoConfig()
     video = long_video(tmp / "hour.mp4", config.max_duration_seconds, size="1280x720", fps=1)

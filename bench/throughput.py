@@ -14,7 +14,7 @@
    publish -> push rate to an endpoint that does nothing, and the unavoidable hops a job pays
    (trigger delivery, one publish -> push, a commit write reaching a listener). Where a goal is
    not met, the profile of a burst job, stage by stage, says where the time went.
-3. **Batching on vs off** at the same offered load (``bench/batching.py``): tiny random-weight
+3. **Batching on vs off** at the same offered load (``devkit/batching.py``): tiny random-weight
    InstructPix2Pix and Flux Fill, and the bundled tiny.en over the speech clips.
 
 Ratios are measured within one run, so they hold on a busy machine too. Writes
@@ -60,14 +60,6 @@ ADDED_GOAL = 1.3
 UNITS_IN_FLIGHT = 6
 IMAGES = 12
 MODEL_TURNS = 2
-SENTENCES = [
-    "The quarterly report is due on Friday and the team is on track.",
-    "Please send the updated slides before the meeting starts tomorrow morning.",
-    "We moved the database to the new cluster last night without any downtime.",
-    "The customer asked for a demo of the transcription feature next week.",
-    "Remember to rotate the keys and to update the deployment notes afterwards.",
-    "Lunch is at noon in the large conference room on the third floor.",
-]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -81,12 +73,6 @@ def _ts(d: datetime | None) -> float:
 
 
 # -- 1. direct vs through the system -------------------------------------------------------------
-
-
-def speech_clips(tmp: Path) -> list[Path]:
-    from tests.support.speech import synthesize
-
-    return [synthesize(text, tmp / f"clip{n}.wav") for n, text in enumerate(SENTENCES)]
 
 
 def direct(clips: list[Path], tmp: Path) -> float:
@@ -199,8 +185,8 @@ def batching_on_off(tmp: Path, clips: list[Path], jobs: int, max_batch: int) -> 
     (built here), and the bundled tiny.en on the speech clips."""
     import torch
 
-    from bench.batching import edit_on_off, inpaint_on_off, transcribe_on_off
-    from tests.support.tiny_diffusers import build_tiny_fluxfill, build_tiny_instruct_pix2pix
+    from devkit.batching import edit_on_off, inpaint_on_off, transcribe_on_off
+    from devkit.tiny_diffusers import build_tiny_fluxfill, build_tiny_instruct_pix2pix
 
     speech = transcribe_on_off(clips, tmp / "transcribe", jobs=2 * len(clips), max_batch=max_batch)
     torch.set_num_threads(1)  # the tiny models gain nothing from a second thread
@@ -518,6 +504,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     stamp = int(time.time())
+    from devkit.speech import speech_clips
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

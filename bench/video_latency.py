@@ -66,8 +66,8 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from tests.support.speech import make_video_with_speech
-    from tests.support.video_server import serve
+    from devkit.speech import make_video_with_speech
+    from devkit.video_server import serve
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

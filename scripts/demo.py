@@ -52,7 +52,7 @@ def show(job_id: str, job: JobDoc, reference: str | None = None) -> None:
         for name, uri in sorted((job.outputs.get("files") or {}).items()):
             print(f"   file {name}: {uri}")
         if reference:
-            from tests.support.speech import word_error_rate
+            from devkit.speech import word_error_rate
 
             print(f"   word error rate vs the script: {word_error_rate(reference, job.outputs['text']):.3f}")
     if job.timings:
@@ -105,8 +105,8 @@ def tts_job(client: Client, uid: str, out_dir: Path) -> None:
 
 def web_demo(stack: LocalStack, image: Path, mask: Path, screenshot: Path) -> Path | None:
     """Drive the web client once, as a user would, and save a screenshot of the finished page."""
-    from tests.support.firebase_auth import new_email
-    from tests.support.webapp import WebApp, browser
+    from devkit.firebase_auth import new_email
+    from devkit.webapp import WebApp, browser
 
     print(f"   web client: {stack.env['WEB_URL']}")
     with browser() as chromium:
@@ -127,7 +127,7 @@ def api_demo(stack: LocalStack, wav: Path) -> None:
     """What a script without the Firebase SDK does: a token, an upload, a create, the events."""
     import httpx
 
-    from tests.support.firebase_auth import sign_up
+    from devkit.firebase_auth import sign_up
 
     user = sign_up(stack.env["FIREBASE_AUTH_EMULATOR_HOST"])
     with httpx.Client(base_url=stack.env["API_URL"], headers=user.headers, timeout=120) as api:
@@ -183,18 +183,18 @@ def t2v_demo(client: Client, uid: str, out_dir: Path) -> None:
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from tests.support.speech import make_video_with_speech, synthesize
+    from devkit.speech import make_video_with_speech, synthesize
 
     out_dir = REPO / ".local" / "demo"
     out_dir.mkdir(parents=True, exist_ok=True)
     banner(
         "building a tiny random-weight InstructPix2Pix for the edit pipeline (no weights can be downloaded)"
     )
-    from tests.support.tiny_diffusers import build_tiny_instruct_pix2pix
+    from devkit.tiny_diffusers import build_tiny_instruct_pix2pix
 
     edit_model = build_tiny_instruct_pix2pix(REPO / ".local" / "models" / "tiny-ip2p")
     banner("building a tiny random-weight Wan 2.1 for the t2v pipeline (no weights can be downloaded)")
-    from tests.support.tiny_diffusers import build_tiny_wan
+    from devkit.tiny_diffusers import build_tiny_wan
 
     wan_model = build_tiny_wan(REPO / ".local" / "models" / "tiny-wan")
     banner(
@@ -260,7 +260,7 @@ def main() -> int:
             banner("4. inpainting (OpenCV backend, no GPU): remove a drawn mark from a picture")
             from PIL import Image
 
-            from scripts.sample_images import side_by_side, write_sample
+            from devkit.sample_images import side_by_side, write_sample
 
             image_path, mask_path = write_sample(tmp / "img")
             inputs = {
@@ -303,7 +303,7 @@ def main() -> int:
             t2v_demo(client, uid, out_dir)
 
             banner("6. a video URL: download, then transcription and OCR as parallel parts, then the join")
-            from tests.support.video_server import serve
+            from devkit.video_server import serve
 
             www = tmp / "www"
             www.mkdir()

@@ -43,11 +43,11 @@ from google.cloud import firestore, pubsub_v1
 
 from core.contract import FINAL_STATES, JobDoc, JobMessage, JobStatus, read_job
 from core.routes import route
+from devkit.flaky import count, topology_with_flaky
 from functions.handlers import derived_job_id
 from infra.client import Client
 from infra.localstack.stack import REPO, LocalStack, StackConfig
 from infra.settings import Settings
-from tests.support.flaky import count, topology_with_flaky
 
 RESULTS = REPO / "bench" / "results"
 LEASE_SECONDS = 6
@@ -61,7 +61,7 @@ STACK_ENV = {
     "STALE_PENDING_SECONDS": "8",
     "REDRIVE_AFTER_SECONDS": "2",
     "REDRIVE_POLL_SECONDS": "1",
-    "PLUGINS": "tests.support.flaky:SPEC,tests.support.flaky:SLOW_SPEC,tests.support.flaky:PARTS_SPEC",
+    "PLUGINS": "devkit.flaky:SPEC,devkit.flaky:SLOW_SPEC,devkit.flaky:PARTS_SPEC",
     "LOG_LEVEL": "WARNING",
 }
 PIPELINES = ["flaky", "flakyslow", "flakyparts"]

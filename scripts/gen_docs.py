@@ -339,7 +339,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     ),
     "throughput.json": (
         "Throughput: direct calls against the whole system, a burst, raw push, batching",
-        "`make bench` (`bench/throughput.py`, batching in `bench/batching.py`)",
+        "`make bench` (`bench/throughput.py`, batching in `devkit/batching.py`)",
     ),
     "app_edge.json": (
         "The app edge: the HTTP API, Server-Sent Events and the web client in a browser (seconds)",

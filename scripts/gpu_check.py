@@ -175,7 +175,7 @@ def run(dry_run: bool, out_dir: Path | None) -> int:
     ]
     if dry_run:
         tests += ["--collect-only"]
-    report["tests"] = _step("GPU tests", tests, max(30.0, remaining - 200), env, logs / "tests.log")
+    report["tests"] = _step("GPU tests", tests, max(30.0, remaining - 200), env, logs / "gpu-tests.log")
 
     # 3. the benchmark
     remaining = TOTAL_SECONDS - (time.perf_counter() - started)

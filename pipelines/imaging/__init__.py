@@ -9,7 +9,6 @@
 - :mod:`~pipelines.imaging.memory`: choosing a GPU memory strategy (pure logic).
 - :mod:`~pipelines.imaging.diffusion`: torch/diffusers helpers (placement, seeds, progress, OOM).
 - :mod:`~pipelines.imaging.lora`: per-job LoRA adapters with an LRU cache.
-- :mod:`~scripts.sample_images`: a sample image with a drawn mark, and a before/after picture.
 
 This ``__init__`` imports nothing, so specs can import :mod:`~pipelines.imaging.fields` without Pillow
 or torch.

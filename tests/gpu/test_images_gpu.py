@@ -24,14 +24,14 @@ import pytest
 from PIL import Image
 
 from core.spec import RunContext
+from devkit import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
+from devkit.gpu import L4_BUDGET_BYTES, assert_same_image, l4_budget, local_model
+from devkit.sample_images import make_sample
 from pipelines.edit import SPEC as EDIT
 from pipelines.edit import EditConfig, EditInputs
 from pipelines.imaging.memory import lend
 from pipelines.inpaint import SPEC as INPAINT
 from pipelines.inpaint import InpaintConfig, InpaintInputs
-from scripts.sample_images import make_sample
-from tests.support import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
-from tests.support.gpu import L4_BUDGET_BYTES, assert_same_image, l4_budget, local_model
 
 pytestmark = pytest.mark.gpu
 
@@ -268,7 +268,7 @@ def test_inpaint_flux_fill_gguf_q8_fits_an_l4_budget(tmp_path: Path, record_prop
 @pytest.mark.slow
 def test_inpaint_flux_fill_batched_under_an_l4_budget_stays_under_it(tmp_path: Path) -> None:
     """Item 5: batches of four 1 MP images planned as on an L4 (VAE sliced, headroom per image)."""
-    from bench.batching import inpaint_on_off
+    from devkit.batching import inpaint_on_off
 
     model_dir, gguf = local_model("GPUJOBS_FLUX_FILL_DIR"), local_model("GPUJOBS_FLUX_FILL_GGUF")
     config = {"model_dir": str(model_dir), "transformer_gguf": str(gguf), "device": "cuda"}

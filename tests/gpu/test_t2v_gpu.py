@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from core.spec import RunContext, RunResult
+from devkit import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
+from devkit.gpu import L4_BUDGET_BYTES, l4_budget, local_model, needs_program
 from pipelines.imaging.memory import lend
 from pipelines.t2v import SPEC, T2VConfig, T2VInputs, T2VOutputs
-from tests.support import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
-from tests.support.gpu import L4_BUDGET_BYTES, l4_budget, local_model, needs_program
 
 pytestmark = pytest.mark.gpu
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from core.spec import RunContext
+from devkit.gpu import needs
+from devkit.speech import synthesize, wav_duration, word_error_rate
 from pipelines.transcribe import TranscribeConfig, TranscribeInputs
 from pipelines.transcribe.model import load
-from tests.support.gpu import needs
-from tests.support.speech import synthesize, wav_duration, word_error_rate
 
 TEXT = "Please send the quarterly report to the finance team before Friday afternoon."
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devkit.gpu import assert_same_audio, local_model, needs
+from devkit.speech import synthesize, word_error_rate
+from devkit.tiny_vibevoice import build_tiny_vibevoice
 from pipelines.tts.backend import Chunk, Turn, Voice
 from pipelines.tts.vibevoice import flash_attn_available, load_vibevoice
-from tests.support.gpu import assert_same_audio, local_model, needs
-from tests.support.speech import synthesize, word_error_rate
-from tests.support.tiny_vibevoice import build_tiny_vibevoice
 
 pytestmark = pytest.mark.gpu
 

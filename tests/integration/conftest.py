@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.flaky import topology_with_flaky
 from functions.handlers import Deps
 from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
@@ -18,7 +19,6 @@ from infra.jobs import JobStore, firestore_client
 from infra.localstack.stack import LocalStack, StackConfig
 from infra.settings import Settings
 from pipelines.registry import catalog
-from tests.support.flaky import topology_with_flaky
 
 QUOTA_PIPELINE = "flakyslow"
 
@@ -48,7 +48,7 @@ TEST_STACK_ENV = {
     "REDRIVE_AFTER_SECONDS": "1",
     "REDRIVE_POLL_SECONDS": "0.5",
     "STALE_PENDING_SECONDS": "4",
-    "PLUGINS": "tests.support.flaky:SPEC,tests.support.flaky:SLOW_SPEC,tests.support.flaky:PARTS_SPEC",
+    "PLUGINS": "devkit.flaky:SPEC,devkit.flaky:SLOW_SPEC,devkit.flaky:PARTS_SPEC",
     # Generous per user, so that no other test meets a quota; flakyslow is the quota tests' own.
     # Anonymous accounts (most API tests sign in anonymously) get the same caps, but may start only
     # TIER_ANONYMOUS_DAILY automaton jobs a day: the tier tests' own cap.
@@ -83,7 +83,7 @@ def flaky_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_edit_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight InstructPix2Pix saved locally: the edit pipeline's plumbing, end to end."""
-    from tests.support.tiny_diffusers import build_tiny_instruct_pix2pix
+    from devkit.tiny_diffusers import build_tiny_instruct_pix2pix
 
     return build_tiny_instruct_pix2pix(tmp_path_factory.mktemp("models") / "tiny-ip2p")
 
@@ -95,7 +95,7 @@ T2V_FUSED_LORA = {"path": "wan/a/pytorch_lora_weights.safetensors", "weight": 0.
 @pytest.fixture(scope="session")
 def tiny_wan_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny random-weight Wan text-to-video model and an adapter directory, saved locally."""
-    from tests.support.tiny_diffusers import build_tiny_wan, write_tiny_lora
+    from devkit.tiny_diffusers import build_tiny_wan, write_tiny_lora
 
     root = tmp_path_factory.mktemp("models")
     model = build_tiny_wan(root / "tiny-wan")
@@ -191,7 +191,7 @@ def untriggered_deps(collection: str) -> Deps:
     settings = Settings(jobs_collection=collection)
     return Deps(
         settings,
-        catalog(["flaky"], ["tests.support.flaky:SPEC"]),
+        catalog(["flaky"], ["devkit.flaky:SPEC"]),
         JobStore(firestore_client(settings), collection),
         BlobStore(storage_client(settings)),
         Bus(settings),

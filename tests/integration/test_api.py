@@ -19,12 +19,12 @@ import httpx
 import pytest
 
 from api.signing import UrlSigner
+from devkit.firebase_auth import AuthUser, claims, sign_up, tampered
 from infra.blobs import storage_client
 from infra.client import Client
 from infra.localstack.stack import LocalStack
 from infra.settings import Settings
 from tests.integration.conftest import QUOTA_CAP, QUOTA_PIPELINE
-from tests.support.firebase_auth import AuthUser, claims, sign_up, tampered
 
 LONG = {"steps": 400, "step_seconds": 0.05}  # 20 s unless cancelled
 
@@ -205,7 +205,7 @@ def test_signed_urls_expire(settings: Settings, client: Client, alice: AuthUser)
 
 
 def test_upload_create_wait_and_fetch_results(api: httpx.Client, alice: AuthUser, media_dir: Path) -> None:
-    from tests.support.speech import synthesize
+    from devkit.speech import synthesize
 
     wav = synthesize("The quarterly report is due on Friday.", media_dir / f"api-{uuid.uuid4().hex[:6]}.wav")
     slot = upload_slot(api, alice, wav.stat().st_size)

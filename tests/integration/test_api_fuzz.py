@@ -14,11 +14,11 @@ import json
 from pathlib import Path
 
 from core.quota import QuotaLimits, QuotaPolicy
+from devkit.apiserver import api_server
+from devkit.firebase_auth import sign_up
+from devkit.fuzz import fuzz
 from infra.localstack.stack import LocalStack
 from infra.settings import Settings
-from tests.support.apiserver import api_server
-from tests.support.firebase_auth import sign_up
-from tests.support.fuzz import fuzz
 
 
 def fuzz_settings(settings: Settings) -> Settings:

@@ -24,11 +24,11 @@ import pytest
 
 from api.service import Api, job_id_for
 from core.quota import QuotaPolicy
+from devkit.apiserver import api_server
+from devkit.firebase_auth import AuthUser, sign_up
 from infra.client import Client
 from infra.localstack.stack import LocalStack
 from infra.settings import Settings
-from tests.support.apiserver import api_server
-from tests.support.firebase_auth import AuthUser, sign_up
 
 JOB = {"pipeline": "flaky", "inputs": {"steps": 1}}
 

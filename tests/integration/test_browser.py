@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from devkit.firebase_auth import new_email
+from devkit.webapp import WebApp, browser, chromium_path
 from infra.localstack.stack import LocalStack
-from tests.support.firebase_auth import new_email
-from tests.support.webapp import WebApp, browser, chromium_path
 
 if chromium_path() is None and os.environ.get("GPU_JOBS_REQUIRE_TOOLS") != "1":
     pytest.skip(
@@ -77,7 +77,7 @@ def test_sign_in_upload_watch_and_see_the_inpainted_image(app: WebApp, tmp_path:
 
 
 def test_an_anonymous_user_sees_the_transcript_and_a_player(app: WebApp, media_dir: Path) -> None:
-    from tests.support.speech import synthesize
+    from devkit.speech import synthesize
 
     wav = synthesize(
         "Please send the quarterly report to the finance team.", media_dir / f"web-{uuid.uuid4().hex[:6]}.wav"

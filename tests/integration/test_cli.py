@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from cli import main
+from devkit.speech import synthesize
 from infra.localstack.stack import LocalStack
-from tests.support.speech import synthesize
 
 
 def _env(stack: LocalStack) -> list[str]:

@@ -13,9 +13,9 @@ import pytest
 from google.cloud import pubsub_v1
 
 from core.contract import JobStatus
+from devkit.speech import synthesize
 from infra.client import Client
 from infra.localstack.stack import LocalStack
-from tests.support.speech import synthesize
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,14 @@ from PIL import Image
 
 from core.contract import JobDoc, JobStatus, read_job
 from core.errors import MAX_MESSAGE_CHARS
+from devkit.sample_images import make_sample
+from devkit.speech import synthesize
 from functions.handlers import derived_job_id
 from functions.sweeper import sweep
 from infra.client import Client
 from infra.jobs import firestore_client
 from infra.localstack.stack import LocalStack
-from scripts.sample_images import make_sample
 from tests.integration.conftest import untriggered_deps
-from tests.support.speech import synthesize
 
 FINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.REJECTED, JobStatus.CANCELLED}
 

@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image
 
 from core.contract import JobDoc, JobStatus
+from devkit.sample_images import make_sample
 from infra.client import Client
-from scripts.sample_images import make_sample
 
 
 def _follow(client: Client, job_id: str) -> tuple[JobDoc, list[JobDoc]]:

@@ -21,9 +21,9 @@ from PIL import Image
 
 from core.contract import JobDoc, JobStatus
 from core.errors import MAX_MESSAGE_CHARS
+from devkit.media_files import long_video, playlist, silent_flac, to_mp3
+from devkit.speech import synthesize
 from infra.client import Client
-from tests.support.media_files import long_video, playlist, silent_flac, to_mp3
-from tests.support.speech import synthesize
 
 SECRET = "The vault code is seven seven four, and the backup key is in the blue drawer."
 #: the functions read this many bytes of a media object's head (FileInput.header_bytes)

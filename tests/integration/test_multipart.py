@@ -1,6 +1,6 @@
 """Multi-part jobs: prepare, fan out to parts on their own topics, join exactly once.
 
-Uses the ``flakyparts`` stand-in (tests/support/flaky.py): parts ``a`` and ``b``, which count their
+Uses the ``flakyparts`` stand-in (devkit/flaky.py): parts ``a`` and ``b``, which count their
 starts and completions in files, and can be told to fail.
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 from google.cloud import pubsub_v1
 
 from core.contract import JobMessage, JobStatus
+from devkit.flaky import count
 from infra.client import Client
 from infra.localstack.stack import LocalStack
-from tests.support.flaky import count
 
 
 def _count(state: Path, job_id: str, what: str) -> int:

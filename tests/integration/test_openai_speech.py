@@ -16,11 +16,11 @@ import openai
 import pytest
 
 from core.quota import QuotaPolicy
+from devkit.apiserver import api_server
+from devkit.firebase_auth import AuthUser, sign_up, tampered
 from infra.client import Client
 from infra.localstack.stack import LocalStack
 from infra.settings import Settings
-from tests.support.apiserver import api_server
-from tests.support.firebase_auth import AuthUser, sign_up, tampered
 
 SENTENCE = "Please send the quarterly report to the finance team before Friday afternoon."
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from core.contract import JobStatus
+from devkit.speech import synthesize
 from infra.client import Client
-from tests.support.speech import synthesize
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Exactly-once effect on at-least-once delivery: leases, retries, cancellation, crashes, shutdown.
 
-These use the ``flaky`` stand-in pipeline (tests/support/flaky.py), which counts its starts and
+These use the ``flaky`` stand-in pipeline (devkit/flaky.py), which counts its starts and
 completions per job in files that survive the service being killed.
 """
 
@@ -19,6 +19,7 @@ from google.cloud import firestore, pubsub_v1
 from core.contract import JobDoc, JobMessage, JobStatus
 from core.lifecycle import ClaimOutcome, Ending, LeaseLost
 from core.work import WorkRef
+from devkit.flaky import count
 from functions.sweeper import sweep
 from infra.blobs import BlobStore
 from infra.bus import Bus
@@ -28,7 +29,6 @@ from infra.localstack.stack import LocalStack
 from infra.settings import Settings
 from pipelines.registry import catalog
 from tests.integration.conftest import untriggered_deps
-from tests.support.flaky import count
 
 
 def _flaky(client: Client, uid: str, **inputs: Any) -> str:
@@ -224,7 +224,7 @@ def test_pull_consumer_runs_jobs_with_the_same_claim_and_commit(
     sub = subscriber.subscription_path(project, "pull-test-gpu")
     subscriber.create_subscription(name=sub, topic=topic, ack_deadline_seconds=10)
 
-    pipelines = catalog(["flaky"], ["tests.support.flaky:SPEC"], settings.pipelines)
+    pipelines = catalog(["flaky"], ["devkit.flaky:SPEC"], settings.pipelines)
     worker = Worker(
         settings, pipelines, JobStore(client.db), BlobStore(client.gcs), ModelPool(pipelines), Bus(settings)
     )

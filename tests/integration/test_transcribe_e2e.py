@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from core.contract import JobDoc, JobStatus
+from devkit.speech import synthesize, wav_duration, word_error_rate
 from infra.client import Client
 from infra.localstack.stack import LocalStack
-from tests.support.speech import synthesize, wav_duration, word_error_rate
 
 TEXT = (
     "Please send the quarterly report to the finance team before Friday afternoon. "
@@ -102,7 +102,7 @@ def test_upload_outside_a_pipeline_folder_creates_no_job(client: Client, uid: st
 
 
 def test_video_container_is_transcribed(client: Client, uid: str, media_dir: Path) -> None:
-    from tests.support.speech import make_video_with_speech
+    from devkit.speech import make_video_with_speech
 
     video = make_video_with_speech("The second slide shows the release date.", media_dir / "clip.mp4")
     uri = client.upload(video, uid, content_type="video/mp4")

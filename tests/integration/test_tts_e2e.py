@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from core.contract import JobDoc, JobStatus
+from devkit.speech import probe, word_error_rate
 from infra.client import Client
 from infra.localstack.stack import LocalStack
 from pipelines.tts.audio import decode, loudness, peak_dbfs
-from tests.support.speech import probe, word_error_rate
 
 SCRIPT = (
     "Speaker 1: Good morning. Please send the quarterly report to the finance team before Friday.\n"
@@ -316,7 +316,7 @@ def test_a_long_job_reports_each_chunk_and_stops_between_chunks_when_cancelled(
 def test_the_web_client_plays_the_speech_of_a_finished_job(
     stack: LocalStack, client: Client, tmp_path: Path
 ) -> None:
-    from tests.support.webapp import WebApp, browser, chromium_path
+    from devkit.webapp import WebApp, browser, chromium_path
 
     if chromium_path() is None:
         pytest.skip("chromium is not installed (scripts/setup.sh installs it: apt-get install chromium)")

@@ -16,13 +16,13 @@ import pytest
 
 from core.errors import InvalidInput
 from core.spec import RunContext, RunResult, check_input_location, file_uris
+from devkit.tiny_vibevoice import build_tiny_vibevoice
 from infra.blobs import BlobStore, storage_client
 from infra.client import Client
 from infra.localstack.stack import LocalStack
 from infra.settings import Settings
 from pipelines.tts import TtsConfig, TtsInputs
 from pipelines.tts.pipeline import load
-from tests.support.tiny_vibevoice import build_tiny_vibevoice
 
 
 def sine(path: Path, freq: int, seconds: float) -> Path:

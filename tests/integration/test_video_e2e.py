@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from core.contract import JobStatus
+from devkit.speech import make_video_with_speech, word_error_rate
+from devkit.video_server import VideoServer, serve
 from infra.client import Client
-from tests.support.speech import make_video_with_speech, word_error_rate
-from tests.support.video_server import VideoServer, serve
 
 SPEECH = "This is a short test video. The second slide shows the release date."
 SLIDES = ["PROJECT ATLAS 2024", "Release date March 15"]

@@ -19,12 +19,12 @@ from api.app import create_app
 from api.auth import TokenVerifier
 from api.errors import ApiError
 from core.contract import JobStatus, read_job
+from devkit.app_check import serve_app_check_keys
+from devkit.firebase_auth import AuthUser, new_email, sign_up
 from infra.client import Client
 from infra.localstack.stack import LocalStack
 from infra.settings import Settings
 from tests.integration.conftest import TIER_ANONYMOUS_DAILY, TIER_PIPELINE
-from tests.support.app_check import serve_app_check_keys
-from tests.support.firebase_auth import AuthUser, new_email, sign_up
 
 TINY = {"width": 16, "height": 16, "frames": 1, "fps": 1}
 

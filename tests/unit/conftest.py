@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Run a module's tiny diffusion models on one torch thread (steadier on a busy 2-core box)."""
-    from tests.support.tiny_diffusers import single_threaded_torch
+    from devkit.tiny_diffusers import single_threaded_torch
 
     with single_threaded_torch():
         yield

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from api.auth import TokenVerifier
 from api.errors import ApiError
+from devkit.app_check import APP_ID, AppCheckKeys, serve_app_check_keys
 from infra.settings import Settings
-from tests.support.app_check import APP_ID, AppCheckKeys, serve_app_check_keys
 
 PROJECT = "demo-gpu-jobs"
 

@@ -11,12 +11,22 @@ The packages and the only arrows between them::
 stand on it and not on each other; the entry points resolve the enabled pipelines once and pass
 them down. Every arrow not listed in ``ALLOWED`` fails a test of its own, and no module anywhere
 in the repository imports itself back through others (an import circle), lazily or not.
+
+Around them, what is never deployed::
+
+    production (the packages above, plugins)  <──  devkit  <──  bench, scripts, tests
+
+``devkit`` (tiny models, sample media, auth helpers, the flaky stand-in pipelines) stands on the
+production packages and none of them stands on it, by import or by a module path in a string
+(``PLUGINS``, a spec's ``loader``); ``bench`` and ``scripts`` take what they share with the tests
+from ``devkit``, never from ``tests``.
 """
 
 from __future__ import annotations
 
 import ast
 import itertools
+import re
 import subprocess
 import sys
 from functools import cache
@@ -49,12 +59,11 @@ FORBIDDEN = sorted(
 )
 
 
-@cache
-def _imports(package: str) -> frozenset[tuple[str, str]]:
-    """(file, imported module) for every import in ``package``, lazy ones included."""
+def _walk(root: Path) -> frozenset[tuple[str, str]]:
+    """(file, imported module) for every import under ``root``, lazy ones included."""
     found: set[tuple[str, str]] = set()
-    for path in (REPO / package).rglob("*.py"):
-        where = str(path.relative_to(REPO))
+    for path in root.rglob("*.py"):
+        where = str(path.relative_to(root.parent))
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 found.add((where, node.module))
@@ -62,6 +71,12 @@ def _imports(package: str) -> frozenset[tuple[str, str]]:
             elif isinstance(node, ast.Import):
                 found.update((where, a.name) for a in node.names)
     return frozenset(found)
+
+
+@cache
+def _imports(package: str) -> frozenset[tuple[str, str]]:
+    """(file, imported module) for every import in ``package``, lazy ones included."""
+    return _walk(REPO / package)
 
 
 def _offenders(package: str, targets: set[str]) -> list[tuple[str, str]]:
@@ -79,6 +94,63 @@ def test_no_arrow_outside_the_allowed_list(src: str, dst: str) -> None:
 def test_every_allowed_arrow_is_one_the_code_uses(src: str, dst: str) -> None:
     # Keeps the list honest: an arrow nothing needs any more is taken off it.
     assert _offenders(src, {dst}), f"nothing in {src} imports {dst}: remove the arrow from ALLOWED"
+
+
+# -- the development kit, the benchmarks and the scripts ------------------------------------------
+
+PRODUCTION = (*PACKAGES, "plugins")
+OUTSIDE = (
+    *((src, dst) for src in PRODUCTION for dst in ("devkit", "tests", "bench", "scripts")),
+    *(("devkit", dst) for dst in ("tests", "bench", "scripts")),
+    ("bench", "tests"),
+    ("scripts", "tests"),
+)
+#: A module path as PLUGINS, a spec's ``loader`` or ``importlib`` take it: ``pkg.mod`` or ``pkg.mod:attr``.
+_MODULE_PATH = re.compile(r"(\w+)(\.\w+)+(:\w+)?")
+
+
+def _module_paths(root: Path) -> frozenset[tuple[str, str]]:
+    """(file, string) for every string constant under ``root`` that reads as a module path."""
+    found: set[tuple[str, str]] = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.update(
+                    (str(path.relative_to(root.parent)), part.strip())
+                    for part in node.value.split(",")
+                    if _MODULE_PATH.fullmatch(part.strip())
+                )
+    return frozenset(found)
+
+
+@pytest.mark.parametrize(("src", "dst"), OUTSIDE, ids=[f"{s}->{d}" for s, d in OUTSIDE])
+def test_what_is_never_deployed_stays_outside(src: str, dst: str) -> None:
+    assert _offenders(src, {dst}) == [], f"{src} must not import {dst}"
+    named = sorted((f, m) for f, m in _module_paths(REPO / src) if m.split(".")[0] == dst)
+    assert named == [], f"{src} must not load {dst} by a module path"
+
+
+@pytest.mark.parametrize("package", ["devkit", "bench", "scripts"])
+def test_the_kit_the_benchmarks_and_the_scripts_are_walked(package: str) -> None:
+    # Each stands on the production packages: an empty walk would make the arrows above hold vacuously.
+    files = {f for f, _ in _imports(package)}
+    assert any(f.startswith(f"{package}/") for f in files), f"no import found under {package}/"
+    assert _offenders(package, set(PACKAGES)), f"{package} imports none of the production packages"
+
+
+def test_the_walk_finds_lazy_imports_and_module_paths(tmp_path: Path) -> None:
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "mod.py").write_text(
+        "import os\n\n"
+        "def later():\n"
+        "    from tests.support.speech import synthesize\n"
+        "    import bench.throughput\n\n"
+        "PLUGINS = 'devkit.flaky:SPEC,devkit.flaky:SLOW_SPEC'\n"
+    )
+    assert {m for _, m in _walk(planted)} >= {"tests.support.speech", "bench.throughput", "os"}
+    found = {m for _, m in _module_paths(planted)}
+    assert found == {"devkit.flaky:SPEC", "devkit.flaky:SLOW_SPEC"}
 
 
 def test_core_depends_on_pydantic_and_the_standard_library_only() -> None:

@@ -19,11 +19,11 @@ from PIL import Image
 
 from core.errors import Cancelled, InvalidInput, OutOfGpuMemory
 from core.spec import RunContext, RunResult
+from devkit import tiny_diffusers as tiny
+from devkit.sample_images import make_sample
 from gpu_service.batching import Batcher
 from pipelines.edit import SPEC, EditConfig
 from pipelines.edit.pipeline import EditPipeline
-from scripts.sample_images import make_sample
-from tests.support import tiny_diffusers as tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

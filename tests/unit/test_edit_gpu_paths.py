@@ -23,12 +23,12 @@ from PIL import Image
 
 from core.errors import PermanentError
 from core.spec import RunContext, RunResult
+from devkit import tiny_diffusers as tiny
+from devkit.sample_images import make_sample
 from pipelines.edit import SPEC, EditConfig
 from pipelines.edit.pipeline import FAMILIES, EditPipeline, _plan, _qwen_condition
 from pipelines.imaging.memory import MEMORY_SHORT, GpuBudget, lend
 from pipelines.imaging.weights import check_host_memory, component_sizes_on_disk
-from scripts.sample_images import make_sample
-from tests.support import tiny_diffusers as tiny
 
 GB = 10**9
 GiB = 2**30

@@ -17,11 +17,11 @@ from PIL import Image
 
 from core.errors import Cancelled, InvalidInput, PermanentError
 from core.spec import RunContext
+from devkit import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
+from devkit.sample_images import make_sample
 from pipelines.edit import SPEC, EditConfig, EditInputs, EditOutputs
 from pipelines.edit.pipeline import FAMILIES, EditPipeline
 from pipelines.imaging.fields import FixedLora
-from scripts.sample_images import make_sample
-from tests.support import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
 
 URI = "gs://bucket/in/photo.png"
 LORA = "sd/pytorch_lora_weights.safetensors"

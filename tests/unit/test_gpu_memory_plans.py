@@ -22,6 +22,8 @@ from PIL import Image
 
 from core.errors import PermanentError
 from core.spec import Catalog, RunContext
+from devkit import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
+from devkit.sample_images import make_sample
 from gpu_service.pool import ModelPool
 from infra.settings import Batching
 from pipelines.imaging.diffusion import apply_memory_strategy, plan_memory
@@ -37,8 +39,6 @@ from pipelines.imaging.memory import (
 )
 from pipelines.inpaint import SPEC as INPAINT
 from pipelines.inpaint import InpaintConfig, InpaintInputs
-from scripts.sample_images import make_sample
-from tests.support import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
 
 GB = 10**9
 L4 = 22 * GB  # what a 24 GB L4 has free after the CUDA context

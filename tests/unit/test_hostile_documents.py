@@ -21,13 +21,13 @@ from core.errors import MAX_MESSAGE_CHARS, InvalidInput, shown
 from core.lifecycle import ClaimOutcome, decide_claim
 from core.spec import Catalog, check_input_location
 from core.work import WorkRef
+from devkit.memdoc import MemDoc
 from functions.handlers import MAX_INPUT_DEPTH, _metadata_inputs, check_inputs_shape
 from gpu_service.endings import seconds_between
 from gpu_service.pool import Health, ModelPool
 from infra.settings import Settings
 from pipelines.imaging.fields import ImageLimitsConfig
 from pipelines.imaging.headers import check_image_header
-from tests.support.memdoc import MemDoc
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from core.errors import InvalidInput
+from devkit.sample_images import local_demo, make_sample, side_by_side, write_sample
 from pipelines.imaging.checks import load_image, load_mask
 from pipelines.imaging.fields import ImageLimitsConfig
 from pipelines.imaging.output import composite, fit_work_size, result_key, save_result
-from scripts.sample_images import local_demo, make_sample, side_by_side, write_sample
 
 LIMITS = ImageLimitsConfig()
 

@@ -13,11 +13,11 @@ from PIL import Image
 
 from core.errors import Cancelled, InvalidInput
 from core.spec import RunContext, RunResult
+from devkit import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
+from devkit.sample_images import make_sample
 from gpu_service.batching import Batcher
 from pipelines.inpaint import SPEC, InpaintConfig, InpaintInputs
 from pipelines.inpaint.pipeline import InpaintPipeline
-from scripts.sample_images import make_sample
-from tests.support import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

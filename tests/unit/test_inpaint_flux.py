@@ -15,12 +15,12 @@ import pytest
 from PIL import Image
 
 from core.errors import Cancelled, InvalidInput, PermanentError
+from devkit import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
+from devkit.sample_images import make_sample
 from pipelines.imaging.fields import FixedLora
 from pipelines.inpaint import SPEC, InpaintConfig, InpaintInputs, InpaintOutputs
 from pipelines.inpaint.flux_backend import FluxFillInpainter
 from pipelines.inpaint.pipeline import InpaintPipeline
-from scripts.sample_images import make_sample
-from tests.support import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
 
 URIS = {"image": "gs://bucket/in/image.png", "mask": "gs://bucket/in/mask.png"}
 LORA = "flux/pytorch_lora_weights.safetensors"

@@ -13,10 +13,10 @@ from PIL import Image
 
 from core.errors import Cancelled, InvalidInput, PermanentError
 from core.spec import RunContext
+from devkit.sample_images import make_sample
+from devkit.tiny_diffusers import ProgressLog
 from pipelines.inpaint import SPEC, InpaintConfig, InpaintInputs
 from pipelines.inpaint.pipeline import InpaintPipeline
-from scripts.sample_images import make_sample
-from tests.support.tiny_diffusers import ProgressLog
 
 URIS = {"image": "gs://bucket/in/image.png", "mask": "gs://bucket/in/mask.png"}
 

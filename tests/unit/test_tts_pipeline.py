@@ -17,12 +17,12 @@ import pytest
 
 from core.errors import Cancelled, InvalidInput
 from core.spec import RunContext, RunResult
+from devkit.speech import probe
 from pipelines.tts import PiperVoiceConfig, TtsConfig, TtsInputs
 from pipelines.tts.audio import crossfade, decode, join, loudness, normalize_loudness, peak_dbfs
 from pipelines.tts.backend import Audio, ChunkRequest
 from pipelines.tts.pipeline import TtsPipeline, load
 from pipelines.tts.piper_backend import PiperBackend
-from tests.support.speech import probe
 
 QUIET = {"noise_scale": 0.0, "noise_w_scale": 0.0}
 VOICES = {

@@ -1,6 +1,6 @@
 """The VibeVoice backend on a tiny random-weight model the tests build and save themselves.
 
-The model (tests/support/tiny_vibevoice.py) goes through ``load_vibevoice`` like the real 7B
+The model (devkit/tiny_vibevoice.py) goes through ``load_vibevoice`` like the real 7B
 checkpoint: local directory, processor and chat template, transformers' generation with the
 diffusion head and the audio tokenizers. Its weights are random, so these tests check what a
 job sees (audio per chunk, rate, seeds, batching, progress, errors), never how the speech sounds.
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from core.errors import InvalidInput, OutOfGpuMemory, PermanentError
+from devkit.tiny_vibevoice import HOP, SAMPLE_RATE, build_tiny_vibevoice
 from pipelines.tts.backend import Chunk, SpeechBackend, Turn, Voice
 from pipelines.tts.vibevoice import (
     change_tempo,
@@ -25,7 +26,6 @@ from pipelines.tts.vibevoice import (
     choose_attention,
     load_vibevoice,
 )
-from tests.support.tiny_vibevoice import HOP, SAMPLE_RATE, build_tiny_vibevoice
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -18,10 +18,10 @@ import pytest
 
 from core.errors import Cancelled, InvalidInput
 from core.spec import RunContext, RunResult
+from devkit.tiny_vibevoice import build_tiny_vibevoice
 from pipelines.tts import TtsConfig, TtsInputs
 from pipelines.tts.audio import decode
 from pipelines.tts.pipeline import TtsPipeline, load
-from tests.support.tiny_vibevoice import build_tiny_vibevoice
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -17,11 +17,7 @@ from typing import Any
 import pytest
 
 from core.errors import Cancelled, InvalidInput, JobError, RetryableError
-from pipelines.video import VideoConfig
-from pipelines.video.ingest import Downloaded, download
-from pipelines.video.media import FFMPEG_INPUT_GUARD, MediaInfo, check_media, extract_audio, probe
-from pipelines.video.net import BlockedConnection, ConnectionGuard, GuardedRequestsRH, GuardedYoutubeDL
-from tests.support.video_server import (
+from devkit.video_server import (
     VideoServer,
     make_audio_only,
     make_silent_video,
@@ -29,6 +25,10 @@ from tests.support.video_server import (
     serve,
     video_page,
 )
+from pipelines.video import VideoConfig
+from pipelines.video.ingest import Downloaded, download
+from pipelines.video.media import FFMPEG_INPUT_GUARD, MediaInfo, check_media, extract_audio, probe
+from pipelines.video.net import BlockedConnection, ConnectionGuard, GuardedRequestsRH, GuardedYoutubeDL
 
 SLIDES = ["PROJECT ATLAS 2024", "Release date March 15"]
 SPEECH = "This is a short test video. The first slide shows the project name."

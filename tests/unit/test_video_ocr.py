@@ -14,6 +14,7 @@ from google.cloud import vision
 from PIL import Image, ImageDraw
 
 from core.errors import InvalidInput, PermanentError, RetryableError
+from devkit.video_server import make_slides_video
 from pipelines.video import FramePreprocess, OcrFrame, VideoConfig
 from pipelines.video.frames import (
     effective_interval,
@@ -31,7 +32,6 @@ from pipelines.video.ocr import (
     dedupe_frames,
     normalize_text,
 )
-from tests.support.video_server import make_slides_video
 
 SLIDES = ["PROJECT ATLAS 2024", "Release date March 15"]
 

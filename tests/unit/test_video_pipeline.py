@@ -16,11 +16,11 @@ from pydantic import ValidationError
 
 from core.errors import Cancelled, InvalidInput, PermanentError
 from core.spec import RunContext, file_fields
+from devkit.video_server import VideoServer, make_silent_video, make_slides_video, serve
 from pipelines.transcribe import Segment
 from pipelines.video import SPEC, VideoConfig, VideoInputs, VideoOutputs
 from pipelines.video.ocr import CloudVisionOcr, TesseractOcr
 from pipelines.video.pipeline import Transcript, VideoPipeline, load, ocr_backend_for
-from tests.support.video_server import VideoServer, make_silent_video, make_slides_video, serve
 
 SLIDES = ["PROJECT ATLAS 2024", "Release date March 15"]
 SPEECH = "This is a short test video. The first slide shows the project name."

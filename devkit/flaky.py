@@ -80,7 +80,7 @@ SPEC = PipelineSpec(
     inputs=FlakyInputs,
     outputs=FlakyOutputs,
     config=FlakyConfig,
-    loader="tests.support.flaky:load",
+    loader="devkit.flaky:load",
     description="test stand-in: timed steps, injectable transient and permanent failures",
 )
 
@@ -91,7 +91,7 @@ SLOW_SPEC = PipelineSpec(
     inputs=FlakyInputs,
     outputs=FlakyOutputs,
     config=FlakyConfig,
-    loader="tests.support.flaky:load",
+    loader="devkit.flaky:load",
     description="test stand-in: the flaky pipeline under a second name, run with longer steps",
 )
 
@@ -169,9 +169,9 @@ PARTS_SPEC = PipelineSpec(
     inputs=PartsInputs,
     outputs=PartsOutputs,
     config=FlakyConfig,
-    loader="tests.support.flaky:load_parts",
+    loader="devkit.flaky:load_parts",
     parts=("a", "b"),
-    join="tests.support.flaky:join_parts",
+    join="devkit.flaky:join_parts",
     description="test stand-in for multi-part jobs: prepare, parts a and b, join",
 )
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from core.spec import BatchingPipeline, RunContext, RunResult
 from gpu_service.batching import Batcher
@@ -118,11 +118,12 @@ def edit_on_off(
     device: str,
     same: Same | None = None,
 ) -> dict[str, Any]:
+    from devkit.sample_images import make_sample
     from pipelines.edit import SPEC, EditConfig
-    from scripts.sample_images import make_sample
 
     tmp.mkdir(parents=True, exist_ok=True)
-    pipeline = SPEC.load(EditConfig.model_validate({"model_dir": str(model_dir), "device": device}))
+    config = EditConfig.model_validate({"model_dir": str(model_dir), "device": device})
+    pipeline = cast(BatchingPipeline, SPEC.load(config))  # the spec declares batching
     _clean, marked, _mask = make_sample(size, size)
     photo = tmp / "edit-photo.png"
     marked.save(photo)
@@ -150,11 +151,12 @@ def inpaint_on_off(
     size: int,
     same: Same | None = None,
 ) -> dict[str, Any]:
+    from devkit.sample_images import make_sample
     from pipelines.inpaint import SPEC, InpaintConfig
-    from scripts.sample_images import make_sample
 
     tmp.mkdir(parents=True, exist_ok=True)
-    pipeline = SPEC.load(InpaintConfig.model_validate({"backend": "flux", **config}))
+    settings = InpaintConfig.model_validate({"backend": "flux", **config})
+    pipeline = cast(BatchingPipeline, SPEC.load(settings))  # the spec declares batching
     _clean, marked, mask = make_sample(size, size)
     image, mask_path = tmp / "inpaint-photo.png", tmp / "inpaint-mask.png"
     marked.save(image)

@@ -52,6 +52,22 @@ def synthesize(text: str, path: Path, *, deterministic: bool = True) -> Path:
     return path
 
 
+#: Six short English sentences: the clips of the batching and throughput runs.
+SENTENCES = [
+    "The quarterly report is due on Friday and the team is on track.",
+    "Please send the updated slides before the meeting starts tomorrow morning.",
+    "We moved the database to the new cluster last night without any downtime.",
+    "The customer asked for a demo of the transcription feature next week.",
+    "Remember to rotate the keys and to update the deployment notes afterwards.",
+    "Lunch is at noon in the large conference room on the third floor.",
+]
+
+
+def speech_clips(tmp: Path) -> list[Path]:
+    """:data:`SENTENCES` spoken into ``tmp/clip<n>.wav``."""
+    return [synthesize(text, tmp / f"clip{n}.wav") for n, text in enumerate(SENTENCES)]
+
+
 def wav_duration(path: Path) -> float:
     """Length of a WAV file in seconds."""
     with wave.open(str(path), "rb") as wav:

@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch
 
-from tests.support.tiny_diffusers import _bytes_to_unicode
+from devkit.tiny_diffusers import _bytes_to_unicode
 
 SAMPLE_RATE = 24_000
 HOP = 3200
