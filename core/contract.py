@@ -133,6 +133,30 @@ class Timings(_Doc):
     total: float | None = Field(None, description="created -> finished")
 
 
+class BatchShare(_Doc):
+    """``job.usage.batch``: the batched model call this job ran in, and its share of it."""
+
+    size: int = Field(ge=1, description="jobs in the model call")
+    seconds: float = Field(ge=0, description="the whole call's model time")
+    work: float = Field(ge=0, description="this job's work units (the share is seconds x work / all work)")
+
+
+class Usage(_Doc):
+    """``job.usage``: what the job cost, written in the commit that ends it (see docs/cost.md).
+
+    ``gpuSeconds`` is the model time this job is charged: its own model call, or its share of a
+    batched call apportioned by work; ``loadSeconds`` the model load it paid (0 when warm). A job
+    reused from an earlier one's result costs 0 everywhere.
+    """
+
+    queue_seconds: float = Field(0.0, ge=0, description="queued -> claimed")
+    load_seconds: float = Field(0.0, ge=0, description="model load paid by this job")
+    gpu_seconds: float = Field(0.0, ge=0, description="model time charged to this job")
+    batch: BatchShare | None = None
+    model: str | None = Field(None, description="the model (and version) the pipeline ran, if it says")
+    adapters: list[str] | None = Field(None, description="the adapters the pipeline ran with, if it says")
+
+
 class Lease(_Doc):
     owner: str
     expires_at: datetime
@@ -198,6 +222,8 @@ class JobDoc(_Doc):
     parts: dict[str, PartState] | None = None
     timings: Timings | None = None
     runtime: dict[str, Any] | None = None
+    usage: Usage | None = None
+    reused_from: str | None = Field(None, description="the job whose result this one reused (no GPU time)")
     delivery_attempts: int | None = Field(None, description="set when Pub/Sub dead-lettered the job")
     created_at: datetime | None = None
     queued_at: datetime | None = None

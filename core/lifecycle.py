@@ -326,6 +326,8 @@ def _job_ending(ending: Ending, attempt: int) -> Patch:
         patch.set("timings", ending.timings)
     if ending.runtime is not None:
         patch.set("runtime", ending.runtime)
+    if ending.usage is not None:
+        patch.set("usage", ending.usage)
     if ending.status is JobStatus.SUCCEEDED:
         patch.delete("error").delete("last_error")
     elif ending.error is not None:

@@ -53,6 +53,10 @@ class Attempt:
     uploaded: list[str] = field(default_factory=list)
     #: Firestore, Storage and Pub/Sub calls made for this attempt (infra.roundtrips)
     roundtrips: Counter[str] = field(default_factory=Counter)
+    #: what the model call measured for this unit (a batched call: its share; core/usage.py)
+    meter: dict[str, float] = field(default_factory=dict)
+    #: the pipeline's own run metadata (model and adapter versions), once it ran
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:

@@ -48,7 +48,7 @@ from core.spec import (
     check_input_location,
     file_uris,
 )
-from gpu_service import multipart
+from gpu_service import metering, multipart
 from gpu_service.attempt import Ack, Attempt, Outcome, final_error, fit_in_document, jsonable, log_error
 from gpu_service.heartbeat import Heartbeat
 from gpu_service.multipart import Joiner
@@ -142,6 +142,7 @@ class Worker:
             lease_seconds=self.settings.lease_seconds,
             min_interval=self.settings.progress_min_interval_seconds,
             draining=self.draining,
+            max_run_seconds=self.settings.quotas.max_run_seconds_for(attempt.spec.name),
         )
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{attempt.ref.job_id}-"))
         try:
@@ -209,11 +210,14 @@ class Worker:
     ) -> RunResult[Any]:
         out_dir = workdir / "out"
         out_dir.mkdir()
-        ctx = RunContext(job_id=attempt.ref.job_id, workdir=out_dir, files=files, progress=beat.report)
+        ctx = RunContext(
+            job_id=attempt.ref.job_id, workdir=out_dir, files=files, progress=beat.report, meter=attempt.meter
+        )
         with self.pool.model_turn(attempt.spec, beat.report) as waited:
             t1 = time.perf_counter()
             result = call(ctx)
             attempt.timings["inference"] = time.perf_counter() - t1
+        attempt.metadata = result.metadata
         if waited is not None:
             attempt.timings["model_wait"] = waited
         beat.check()  # a cancel or lease loss during the last stretch still counts
@@ -232,7 +236,9 @@ class Worker:
     def finish(self, attempt: Attempt, ending: Ending) -> JobStatus | None:
         """Commit the attempt's end; returns the job's final state if this ended the job."""
         join = Joiner(attempt.spec) if attempt.spec.parts else None
+        ending = metering.with_usage(attempt, ending)
         final = self.jobs.finish(attempt.ref, self.owner, attempt.number, ending, join)
+        metering.report(attempt, ending, final)
         if final is not None and attempt.ref.part is not None:
             log.info("job %s ended %s (joined by %s)", attempt.ref.job_id, final, attempt.label)
             if final is JobStatus.CANCELLED:
