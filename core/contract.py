@@ -11,7 +11,8 @@ States and the only allowed transitions::
        │           │          │ ├────► cancelled
        │           │          │ └────► queued      (retryable error, attempts left)
        │           ├──► cancelled / failed
-       └──► rejected / cancelled / failed
+       ├──► rejected / cancelled / failed
+       └──► succeeded                              (reused: the same work already done, reusedFrom)
 
 ``succeeded``, ``failed``, ``rejected`` and ``cancelled`` are final: nothing moves a job out of them.
 """
@@ -52,8 +53,9 @@ class JobStatus(StrEnum):
 FINAL_STATES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.REJECTED, JobStatus.CANCELLED})
 
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    # pending -> succeeded: a result reused from an earlier job of the same user (docs/cost.md)
     JobStatus.PENDING: frozenset(
-        {JobStatus.QUEUED, JobStatus.REJECTED, JobStatus.CANCELLED, JobStatus.FAILED}
+        {JobStatus.QUEUED, JobStatus.REJECTED, JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.SUCCEEDED}
     ),
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
     JobStatus.RUNNING: frozenset(
@@ -180,6 +182,9 @@ class InputFile(_Doc):
     generation: str
     size: int = Field(ge=0)
     content_type: str | None = None
+    content_hash: str | None = Field(
+        None, description="Storage's hash of the content ('md5:...' or 'crc32c:...'), for reuse"
+    )
 
 
 class PartState(_Doc):
@@ -224,6 +229,15 @@ class JobDoc(_Doc):
     runtime: dict[str, Any] | None = None
     usage: Usage | None = None
     reused_from: str | None = Field(None, description="the job whose result this one reused (no GPU time)")
+    retention_days: int | None = Field(
+        None,
+        ge=1,
+        le=3650,
+        description="client-set: days to keep the result files (at most the bucket's TTL); see docs/cost.md",
+    )
+    reuse_key: str | None = Field(
+        None, description="backend-written: the hash of owner, content, inputs and model that reuse matches"
+    )
     delivery_attempts: int | None = Field(None, description="set when Pub/Sub dead-lettered the job")
     created_at: datetime | None = None
     queued_at: datetime | None = None

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from core.contract import BatchShare, JobStatus
+from core.contract import BatchShare, JobDoc, JobStatus
 from core.decisions import Ending
 from core.quota import day_of
 from core.usage import job_usage, log_line, log_record
@@ -53,3 +53,11 @@ def report(attempt: Attempt, ending: Ending, final: JobStatus | None) -> None:
     record = log_record(attempt.ref.job_id, job, final, ending.usage, day=day_of(now), error_code=code)
     sys.stdout.write(log_line(record, now) + "\n")
     sys.stdout.flush()
+
+
+def expiry(job: JobDoc, now: datetime | None = None) -> datetime | None:
+    """The custom time of a job's result objects: when its ``retentionDays`` end (the bucket's
+    lifecycle rule deletes them after that day); ``None`` leaves them to the folder's TTL."""
+    if job.retention_days is None:
+        return None
+    return (now or datetime.now(UTC)) + timedelta(days=job.retention_days)

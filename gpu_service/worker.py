@@ -229,7 +229,9 @@ class Worker:
             if "/" in key or key.startswith("."):
                 raise ValueError(f"result file key {key!r} must be a plain file name")
             content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
-            uris[key] = self.blobs.upload(path, self.settings.media_bucket, prefix + key, content_type)
+            uris[key] = self.blobs.upload(
+                path, self.settings.media_bucket, prefix + key, content_type, metering.expiry(attempt.job)
+            )
             attempt.uploaded.append(prefix + key)
         return uris
 

@@ -178,6 +178,22 @@ class JobStore:
             )
         return _jobs(query.limit(limit).stream())
 
+    def find_reusable(self, uid: str, pipeline: str, reuse_key: str) -> tuple[str, JobDoc] | None:
+        """A succeeded job of ``uid`` whose reuse key is ``reuse_key`` (equality filters only:
+        Firestore serves them from its single-field indexes)."""
+        roundtrips.note("firestore")
+        query = (
+            self._db.collection(self._collection)
+            .where(filter=firestore.FieldFilter("uid", "==", uid))
+            .where(filter=firestore.FieldFilter("reuseKey", "==", reuse_key))
+            .where(filter=firestore.FieldFilter("status", "==", JobStatus.SUCCEEDED.value))
+            .limit(1)
+        )
+        for job_id, job in _jobs(query.stream()):
+            if job.uid == uid and job.pipeline == pipeline and job.outputs is not None:
+                return job_id, job
+        return None
+
     # -- creation -------------------------------------------------------------------------------
 
     def create(self, job_id: str, job: JobDoc) -> bool:

@@ -147,6 +147,18 @@ class Settings(BaseSettings):
     # Per-user quotas, enforced where every job is created (functions/handlers.handle_job_created).
     quotas: QuotaPolicy = Field(default_factory=QuotaPolicy)
     quotas_collection: str = "quotas"
+    results_ttl_days: int = Field(
+        30,
+        ge=1,
+        le=3650,
+        description="the results/ folder's TTL in the bucket (Terraform bucket_config.ttl_days.results): "
+        "the most retentionDays a job may ask",
+    )
+    reuse_pipelines: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="pipelines whose finished results are reused for the same user's same content, "
+        "inputs and model (docs/cost.md); opt-in",
+    )
     quota_tier_cache_seconds: float = Field(
         60.0, ge=0, le=3600, description="how long a user's sign-in provider (their quota tier) is kept"
     )
@@ -213,7 +225,7 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("enabled_pipelines", "plugins", "api_cors_origins", mode="before")
+    @field_validator("enabled_pipelines", "plugins", "api_cors_origins", "reuse_pipelines", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.lstrip().startswith("["):

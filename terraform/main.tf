@@ -140,6 +140,7 @@ locals {
     # Firebase (Identity Toolkit is above: the API reads user records for revocation) and the web app's API key.
     var.firebase_config.create ? ["apikeys.googleapis.com", "firebase.googleapis.com"] : [],
     local.uses_vision_api ? ["vision.googleapis.com"] : [],
+    var.usage_export_config.enabled ? ["bigquery.googleapis.com", "logging.googleapis.com"] : [],
   )
 }
 
@@ -520,5 +521,19 @@ check "unservable_pipelines" {
   assert {
     condition     = length(local.unservable_pipelines) == 0
     error_message = "Pipelines ${join(", ", local.unservable_pipelines)} have no model in pipeline_config: no deployable serves them and their jobs are rejected."
+  }
+}
+
+# Each finished job's usage line, exported to BigQuery (docs/cost.md).
+module "usage_export" {
+  source     = "./modules/usage-export"
+  count      = var.usage_export_config.enabled ? 1 : 0
+  project_id = module.project.project_id
+  labels     = var.labels
+  config = {
+    dataset_id     = var.usage_export_config.dataset_id
+    force_destroy  = !var.deletion_protection
+    location       = coalesce(var.usage_export_config.location, var.region)
+    retention_days = var.usage_export_config.retention_days
   }
 }

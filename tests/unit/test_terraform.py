@@ -854,6 +854,8 @@ COMPUTED: dict[str, dict[str, str]] = {
         "id": '"projects/${self.project}/locations/${self.location}/repositories/${self.repository_id}"',
         "name": "self.repository_id",
     },
+    "google_bigquery_dataset": {},
+    "google_bigquery_dataset_iam_member": {},
     "google_cloud_run_v2_service": {"uri": '"https://${self.name}-stub.a.run.app"'},
     "google_cloud_run_v2_service_iam_member": {},
     "google_cloud_run_v2_worker_pool": {},
@@ -877,6 +879,9 @@ COMPUTED: dict[str, dict[str, str]] = {
     "google_firestore_database": {},
     "google_firestore_index": {
         "name": '"projects/${self.project}/databases/${self.database}/collectionGroups/${self.collection}/indexes/stub"'
+    },
+    "google_logging_project_sink": {
+        "writer_identity": '"serviceAccount:service-stub@gcp-sa-logging.iam.gserviceaccount.com"'
     },
     "google_project_iam_member": {},
     "google_project_service": {},
