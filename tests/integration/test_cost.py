@@ -7,10 +7,8 @@ The functions' handler and the GPU worker run in this process on private collect
 from __future__ import annotations
 
 import contextlib
-import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,87 +16,14 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-from core.contract import JobDoc, JobMessage, JobStatus
-from core.quota import QuotaPolicy, day_of
+from core.contract import JobStatus
+from core.quota import QuotaPolicy
 from core.routes import route
-from core.spec import Catalog
-from functions.events import DocumentEvent
-from functions.handlers import Deps, handle_job_created
-from gpu_service.pool import ModelPool
-from gpu_service.worker import Worker
-from infra.blobs import BlobStore, storage_client
-from infra.bus import Bus
-from infra.jobs import JobStore, firestore_client
-from infra.settings import Batching, Settings
-from tests.support import metered
+from infra.blobs import storage_client
+from infra.settings import Settings
+from tests.support.cost_rig import Rig, make_rig
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Rig:
-    settings: Settings
-    deps: Deps
-    worker: Worker
-    jobs: JobStore
-
-    def upload(self, uid: str, name: str, data: bytes) -> str:
-        blob = storage_client(self.settings).bucket(self.settings.media_bucket).blob(f"uploads/{uid}/{name}")
-        blob.upload_from_string(data, content_type="application/octet-stream")
-        return f"gs://{self.settings.media_bucket}/uploads/{uid}/{name}"
-
-    def submit(self, uid: str, inputs: dict[str, Any], **extra: Any) -> tuple[str, JobStatus | None]:
-        job_id = f"c{uuid.uuid4().hex[:12]}"
-        job = JobDoc(uid=uid, pipeline="metered", inputs=inputs, status=JobStatus.PENDING, **extra)
-        assert self.jobs.create(job_id, job)
-        fields = self.jobs.ref(job_id).get().to_dict() or {}
-        moved = handle_job_created(
-            self.deps, DocumentEvent(path=f"{self.settings.jobs_collection}/{job_id}", fields=fields)
-        )
-        return job_id, moved
-
-    def run(self, *job_ids: str) -> None:
-        """Run the jobs at once (so that they meet in one batched call)."""
-        threads = [
-            threading.Thread(target=self.worker.handle, args=(JobMessage(job_id=j, pipeline="metered"),))
-            for j in job_ids
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-
-    def job(self, job_id: str) -> JobDoc:
-        found = self.jobs.get(job_id)
-        assert found is not None
-        return found
-
-    def day(self, uid: str) -> dict[str, Any]:
-        ledger = (
-            firestore_client(self.settings).collection(self.settings.quotas_collection).document(uid).get()
-        )
-        data = ledger.to_dict() or {}
-        day: dict[str, Any] = data.get("usage", {}).get(day_of(datetime.now(UTC)), {})
-        return {**day, "active": data.get("active", {})}
-
-
-def _rig(base: Settings, suffix: str, **updates: Any) -> Rig:
-    settings = base.model_copy(
-        update={
-            "jobs_collection": f"cost-jobs-{suffix}",
-            "quotas_collection": f"cost-quotas-{suffix}",
-            "max_concurrent_jobs": 4,
-            "batching": {"metered": Batching(max_batch=4, max_wait_ms=400)},
-            "reuse_pipelines": ["metered"],
-            **updates,
-        }
-    )
-    catalog = Catalog(specs={"metered": metered.SPEC}, installed=frozenset({"metered"}))
-    jobs = JobStore(firestore_client(settings), settings.jobs_collection, settings.quotas_collection)
-    blobs = BlobStore(storage_client(settings))
-    deps = Deps(settings, catalog, jobs, blobs, Bus(settings))
-    worker = Worker(settings, catalog, jobs, blobs, ModelPool(catalog, settings.batching, None))
-    return Rig(settings, deps, worker, jobs)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +34,7 @@ def rig(settings: Settings) -> Iterator[Rig]:
         publisher.create_topic(
             name=publisher.topic_path(settings.google_cloud_project, route("metered").topic)
         )
-    yield _rig(settings, uuid.uuid4().hex[:8])
+    yield make_rig(settings, uuid.uuid4().hex[:8])
 
 
 def test_each_job_carries_its_usage_and_the_days_roll_up_is_their_sum(rig: Rig, uid: str) -> None:
@@ -137,7 +62,7 @@ def test_each_job_carries_its_usage_and_the_days_roll_up_is_their_sum(rig: Rig, 
 
 
 def test_a_job_over_the_days_gpu_budget_is_rejected_before_it_runs(rig: Rig, uid: str) -> None:
-    tight = _rig(rig.settings, uuid.uuid4().hex[:8], quotas=QuotaPolicy(gpu_seconds_daily=0.5))
+    tight = make_rig(rig.settings, uuid.uuid4().hex[:8], quotas=QuotaPolicy(gpu_seconds_daily=0.5))
     first, moved = tight.submit(uid, {"seconds": 0.4})
     assert moved is JobStatus.QUEUED
     tight.run(first)
@@ -153,7 +78,7 @@ def test_a_job_over_the_days_gpu_budget_is_rejected_before_it_runs(rig: Rig, uid
 
 def test_a_job_past_its_maximum_run_time_is_stopped_with_a_named_error(rig: Rig, uid: str) -> None:
     policy = QuotaPolicy.model_validate({"pipelines": {"metered": {"max_run_seconds": 0.3}}})
-    capped = _rig(rig.settings, uuid.uuid4().hex[:8], quotas=policy)
+    capped = make_rig(rig.settings, uuid.uuid4().hex[:8], quotas=policy)
     job_id, _ = capped.submit(uid, {"seconds": 20})
     capped.run(job_id)
     job = capped.job(job_id)
