@@ -125,8 +125,7 @@ def reuse(rig: Rig, runs: int) -> dict[str, Any]:
 
 
 def max_run(rig: Rig, limit: float, runs: int) -> dict[str, Any]:
-    policy = QuotaPolicy.model_validate({"pipelines": {"metered": {"max_run_seconds": limit}}})
-    capped = make_rig(rig.settings, uuid.uuid4().hex[:8], quotas=policy)
+    capped = make_rig(rig.settings, uuid.uuid4().hex[:8], pipeline_max_run_seconds={"metered": limit})
     overshoot = []
     for _ in range(runs):
         uid = f"bench-{uuid.uuid4().hex[:8]}"

@@ -43,9 +43,6 @@ class QuotaLimits(BaseModel):
     gpu_seconds_estimate: float | None = Field(
         None, ge=0, description="a job's model seconds before the user has history on this pipeline today"
     )
-    max_run_seconds: float | None = Field(
-        None, gt=0, description="an attempt running longer is stopped at its next checkpoint"
-    )
 
 
 class QuotaTier(BaseModel):
@@ -87,9 +84,6 @@ class QuotaPolicy(BaseModel):
     gpu_seconds_daily: float | None = Field(
         None, ge=0, description="budget: model seconds (GPU time) per user per UTC day; None = no budget"
     )
-    max_run_seconds: float = Field(
-        3600.0, gt=0, description="the longest an attempt may run, unless its pipeline says otherwise"
-    )
     _closed_to: str | None = PrivateAttr(None)
 
     @property
@@ -114,13 +108,6 @@ class QuotaPolicy(BaseModel):
         )
         applied._closed_to = None if tier.allowed else provider
         return applied
-
-    def max_run_seconds_for(self, pipeline: str) -> float:
-        """The longest an attempt of ``pipeline`` may run."""
-        limits = self.pipelines.get(pipeline)
-        if limits is not None and limits.max_run_seconds is not None:
-            return limits.max_run_seconds
-        return self.max_run_seconds
 
 
 class Ledger(BaseModel):

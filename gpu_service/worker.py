@@ -142,7 +142,7 @@ class Worker:
             lease_seconds=self.settings.lease_seconds,
             min_interval=self.settings.progress_min_interval_seconds,
             draining=self.draining,
-            max_run_seconds=self.settings.quotas.max_run_seconds_for(attempt.spec.name),
+            max_run_seconds=self.settings.max_run_seconds_for(attempt.spec.name),
         )
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{attempt.ref.job_id}-"))
         try:

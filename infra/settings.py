@@ -117,6 +117,14 @@ class Settings(BaseSettings):
     )
     redrive_poll_seconds: float = Field(5.0, gt=0, description="how often an idle instance looks for work")
     lease_seconds: float = Field(120.0, gt=0)
+    max_run_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="an attempt running longer stops at its next checkpoint (max_run_time_exceeded)",
+    )
+    pipeline_max_run_seconds: dict[str, float] = Field(
+        default_factory=dict, description='per pipeline, in place of MAX_RUN_SECONDS, e.g. {"t2v": 1800}'
+    )
     max_attempts: int = Field(5, ge=1, description="run attempts before a retryable error fails the job")
     progress_min_interval_seconds: float = Field(1.0, ge=0)
     shutdown_grace_seconds: float = Field(8.0, ge=0, description="Cloud Run allows about 10 s after SIGTERM")
@@ -267,6 +275,10 @@ class Settings(BaseSettings):
                     f"MAX_CONCURRENT_JOBS {self.max_concurrent_jobs}; raise MAX_CONCURRENT_JOBS"
                 )
         return self
+
+    def max_run_seconds_for(self, pipeline: str) -> float:
+        """The longest an attempt of ``pipeline`` may run."""
+        return self.pipeline_max_run_seconds.get(pipeline, self.max_run_seconds)
 
     @property
     def using_emulators(self) -> bool:

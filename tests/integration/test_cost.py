@@ -77,8 +77,7 @@ def test_a_job_over_the_days_gpu_budget_is_rejected_before_it_runs(rig: Rig, uid
 
 
 def test_a_job_past_its_maximum_run_time_is_stopped_with_a_named_error(rig: Rig, uid: str) -> None:
-    policy = QuotaPolicy.model_validate({"pipelines": {"metered": {"max_run_seconds": 0.3}}})
-    capped = make_rig(rig.settings, uuid.uuid4().hex[:8], quotas=policy)
+    capped = make_rig(rig.settings, uuid.uuid4().hex[:8], pipeline_max_run_seconds={"metered": 0.3})
     job_id, _ = capped.submit(uid, {"seconds": 20})
     capped.run(job_id)
     job = capped.job(job_id)

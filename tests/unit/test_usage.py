@@ -216,8 +216,8 @@ def test_an_attempt_past_its_maximum_run_time_stops_at_its_next_checkpoint_with_
 
 
 def test_the_maximum_run_time_is_per_pipeline_with_a_default() -> None:
-    policy = QuotaPolicy.model_validate(
-        {"max_run_seconds": 600, "pipelines": {"t2v": {"max_run_seconds": 1800}}}
-    )
-    assert policy.max_run_seconds_for("t2v") == 1800
-    assert policy.max_run_seconds_for("tts") == 600
+    from infra.settings import Settings
+
+    settings = Settings(max_run_seconds=600, pipeline_max_run_seconds={"t2v": 1800})
+    assert settings.max_run_seconds_for("t2v") == 1800
+    assert settings.max_run_seconds_for("tts") == 600
