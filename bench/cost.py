@@ -142,8 +142,8 @@ def budget(rig: Rig) -> dict[str, Any]:
     tight = make_rig(rig.settings, uuid.uuid4().hex[:8], quotas=QuotaPolicy(gpu_seconds_daily=1.0))
     uid = f"bench-{uuid.uuid4().hex[:8]}"
     outcomes = []
-    for _ in range(5):
-        job_id, moved = tight.submit(uid, {"seconds": 0.3})
+    for n in range(5):
+        job_id, moved = tight.submit(uid, {"seconds": 0.3, "label": f"b{n}"})
         if moved is JobStatus.QUEUED:
             tight.run(job_id)
         job = tight.job(job_id)

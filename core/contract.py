@@ -229,6 +229,9 @@ class JobDoc(_Doc):
     runtime: dict[str, Any] | None = None
     usage: Usage | None = None
     reused_from: str | None = Field(None, description="the job whose result this one reused (no GPU time)")
+    deadline: datetime | None = Field(
+        None, description="client-set: a job not started by then is cancelled (deadline_passed), not run late"
+    )
     retention_days: int | None = Field(
         None,
         ge=1,

@@ -158,6 +158,14 @@ def _claim_job(
         )
     if unit.parts:
         return Decision(Claim(ClaimOutcome.FANNED_OUT, job, unit.attempt))
+    if job.deadline is not None and job.started_at is None and now > job.deadline:
+        # Not started by the client's deadline: cancelled rather than run late (docs/cost.md).
+        error = ErrorInfo(
+            code="deadline_passed",
+            message=f"the job was still queued at its deadline ({job.deadline.isoformat()}); it was not run",
+        )
+        patch = final_patch(Patch(), JobStatus.CANCELLED).set("error", error)
+        return Decision(Claim(ClaimOutcome.CANCELLED, job, unit.attempt, JobStatus.CANCELLED), patch)
     if unit.status is JobStatus.PENDING:
         return Decision(Claim(ClaimOutcome.NOT_QUEUED, job, unit.attempt))
     if unit.status is JobStatus.RUNNING and lease_is_live(unit.lease, now):

@@ -109,7 +109,11 @@ locals {
   )
 
   # Per-user quotas, for the two deployables that admit jobs: the functions and the API.
-  admission_env = var.quotas == null ? {} : { QUOTAS = jsonencode(var.quotas) }
+  # retentionDays on a job is bounded by the results folder's TTL (docs/cost.md).
+  admission_env = merge(
+    var.quotas == null ? {} : { QUOTAS = jsonencode(var.quotas) },
+    { RESULTS_TTL_DAYS = tostring(try(var.bucket_config.ttl_days["results"] > 0, false) ? var.bucket_config.ttl_days["results"] : 3650) },
+  )
 
   # The push request timeout must cover the longest push ack deadline.
   gpu_timeout_seconds = coalesce(

@@ -63,12 +63,12 @@ def test_each_job_carries_its_usage_and_the_days_roll_up_is_their_sum(rig: Rig, 
 
 def test_a_job_over_the_days_gpu_budget_is_rejected_before_it_runs(rig: Rig, uid: str) -> None:
     tight = make_rig(rig.settings, uuid.uuid4().hex[:8], quotas=QuotaPolicy(gpu_seconds_daily=0.5))
-    first, moved = tight.submit(uid, {"seconds": 0.4})
+    first, moved = tight.submit(uid, {"seconds": 0.4, "label": "first"})
     assert moved is JobStatus.QUEUED
     tight.run(first)
     assert tight.job(first).status is JobStatus.SUCCEEDED
     # ~0.4 s used; the next one is estimated at the mean (~0.4 s): over the 0.5 s budget
-    second, moved = tight.submit(uid, {"seconds": 0.4})
+    second, moved = tight.submit(uid, {"seconds": 0.4, "label": "second"})  # not a reuse
     assert moved is JobStatus.REJECTED
     job = tight.job(second)
     assert job.error is not None and job.error.code == "budget_exceeded"

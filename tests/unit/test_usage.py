@@ -221,3 +221,27 @@ def test_the_maximum_run_time_is_per_pipeline_with_a_default() -> None:
     settings = Settings(max_run_seconds=600, pipeline_max_run_seconds={"t2v": 1800})
     assert settings.max_run_seconds_for("t2v") == 1800
     assert settings.max_run_seconds_for("tts") == 600
+
+
+# -- the queue deadline -------------------------------------------------------------------------------
+
+
+def test_a_job_still_queued_at_its_deadline_is_cancelled_rather_than_run_late() -> None:
+    from datetime import timedelta
+
+    from core.decisions import ClaimOutcome
+    from core.lifecycle import decide_claim
+
+    def claim(job: JobDoc) -> Any:
+        return decide_claim(job, WorkRef("j"), owner="w", now=NOW, lease_seconds=60, max_attempts=3)
+
+    late = JobDoc(uid="u1", pipeline="tts", status=JobStatus.QUEUED, deadline=NOW - timedelta(seconds=1))
+    decision = claim(late)
+    assert decision.result.outcome is ClaimOutcome.CANCELLED and decision.patch is not None
+    written = decision.patch.to_dict()
+    assert written["status"] == JobStatus.CANCELLED and written["error"]["code"] == "deadline_passed"
+    in_time = late.model_copy(update={"deadline": NOW + timedelta(minutes=5)})
+    assert claim(in_time).result.outcome is ClaimOutcome.CLAIMED
+    # a job that already started (a retry after a crash) is not stopped by the queue deadline
+    started = late.model_copy(update={"started_at": NOW - timedelta(minutes=1)})
+    assert claim(started).result.outcome is ClaimOutcome.CLAIMED
