@@ -106,11 +106,13 @@ def reuse(rig: Rig, runs: int) -> dict[str, Any]:
     for n in range(runs):
         uid = f"bench-{uuid.uuid4().hex[:8]}"
         data = f"content {uuid.uuid4()}".encode()
-        first, _ = rig.submit(uid, {"file": rig.upload(uid, "a.bin", data), "seconds": 0.2, "label": str(n)})
+        first, _ = rig.submit(
+            uid, {"files": {"in": rig.upload(uid, "a.bin", data)}, "seconds": 0.2, "label": str(n)}
+        )
         rig.run(first)
         uri = rig.upload(uid, "b.bin", data)
         t0 = time.perf_counter()
-        again, moved = rig.submit(uid, {"file": uri, "seconds": 0.2, "label": str(n)})
+        again, moved = rig.submit(uid, {"files": {"in": uri}, "seconds": 0.2, "label": str(n)})
         latencies.append(time.perf_counter() - t0)
         assert moved is JobStatus.SUCCEEDED, moved
         job = rig.job(again)

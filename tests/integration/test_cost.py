@@ -89,13 +89,17 @@ def test_a_job_past_its_maximum_run_time_is_stopped_with_a_named_error(rig: Rig,
 
 def test_the_same_content_again_is_reused_at_once_and_never_for_another_user(rig: Rig, uid: str) -> None:
     data = f"the same bytes {uuid.uuid4()}".encode()
-    first, _ = rig.submit(uid, {"file": rig.upload(uid, "a.bin", data), "seconds": 0.2, "label": "x"})
+    first, _ = rig.submit(
+        uid, {"files": {"in": rig.upload(uid, "a.bin", data)}, "seconds": 0.2, "label": "x"}
+    )
     rig.run(first)
     original = rig.job(first)
     assert original.status is JobStatus.SUCCEEDED and original.reuse_key
 
     # the same content under another name, the same inputs: done at once, with the same outputs
-    again, moved = rig.submit(uid, {"file": rig.upload(uid, "b.bin", data), "seconds": 0.2, "label": "x"})
+    again, moved = rig.submit(
+        uid, {"files": {"in": rig.upload(uid, "b.bin", data)}, "seconds": 0.2, "label": "x"}
+    )
     assert moved is JobStatus.SUCCEEDED
     reused = rig.job(again)
     assert reused.reused_from == first and reused.outputs == original.outputs
@@ -103,15 +107,19 @@ def test_the_same_content_again_is_reused_at_once_and_never_for_another_user(rig
     assert rig.day(uid)["reused"] == 1
 
     # other inputs, or other content: run again
-    _, moved = rig.submit(uid, {"file": rig.upload(uid, "c.bin", data), "seconds": 0.2, "label": "y"})
+    _, moved = rig.submit(
+        uid, {"files": {"in": rig.upload(uid, "c.bin", data)}, "seconds": 0.2, "label": "y"}
+    )
     assert moved is JobStatus.QUEUED
-    _, moved = rig.submit(uid, {"file": rig.upload(uid, "d.bin", data + b"!"), "seconds": 0.2, "label": "x"})
+    _, moved = rig.submit(
+        uid, {"files": {"in": rig.upload(uid, "d.bin", data + b"!")}, "seconds": 0.2, "label": "x"}
+    )
     assert moved is JobStatus.QUEUED
 
     # another user with the very same content and inputs: never someone else's result
     other = f"user-{uuid.uuid4().hex[:10]}"
     theirs, moved = rig.submit(
-        other, {"file": rig.upload(other, "a.bin", data), "seconds": 0.2, "label": "x"}
+        other, {"files": {"in": rig.upload(other, "a.bin", data)}, "seconds": 0.2, "label": "x"}
     )
     assert moved is JobStatus.QUEUED and rig.job(theirs).reused_from is None
 

@@ -16,7 +16,10 @@ STEP = 0.02
 
 
 class MeteredInputs(PipelineModel):
-    file: Annotated[GsUri, FileInput(("application/octet-stream", "text/*"), 2**20)] | None = None
+    # (a dict of files: an optional single file field would not be recognised as a file input)
+    files: dict[str, Annotated[GsUri, FileInput(("application/octet-stream", "text/*"), 2**20)]] = Field(
+        default_factory=dict
+    )
     seconds: float = Field(0.1, ge=0, le=30)
     work: float = Field(1.0, gt=0, le=100)
     label: str = Field("", max_length=40)
@@ -51,7 +54,7 @@ class Metered:
         started = time.perf_counter()
         longest = max(i.seconds for i, _ in items)
         stopped: dict[int, Exception] = {}
-        while time.perf_counter() - started < longest:
+        while time.perf_counter() - started < longest and len(stopped) < len(items):
             time.sleep(STEP)
             for n, (inputs, ctx) in enumerate(items):
                 if n in stopped or time.perf_counter() - started >= inputs.seconds + STEP:
