@@ -1888,6 +1888,7 @@ def test_bootstrap_gives_cloud_build_its_own_account_with_the_roles_the_deploy_n
     assert "roles/logging.logWriter" in granted
     prefixes = {
         "google_artifact_registry": "artifactregistry",
+        "google_bigquery": "bigquery",
         "google_cloud_run": "run",
         "google_cloud_scheduler": "cloudscheduler",
         "google_eventarc": "eventarc",
@@ -1895,6 +1896,7 @@ def test_bootstrap_gives_cloud_build_its_own_account_with_the_roles_the_deploy_n
         "google_firebaserules": "firebase",  # firebase.admin covers the rules
         "google_firestore": "datastore",
         "google_identity_platform": "identityplatform",
+        "google_logging": "logging",
         "google_project_iam": "resourcemanager",
         "google_project_service": "serviceusage",
         "google_pubsub": "pubsub",
