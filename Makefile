@@ -37,6 +37,7 @@ bench: install ## latency by stage; throughput side by side (direct vs system, b
 	$(PY) -m bench.throughput
 	$(PY) -m bench.app_edge --runs 20 --browser-runs 5
 	$(PY) -m bench.tts_rtf --runs 3
+	$(PY) -m bench.cost
 
 clean:
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache

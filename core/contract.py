@@ -11,7 +11,8 @@ States and the only allowed transitions::
        │           │          │ ├────► cancelled
        │           │          │ └────► queued      (retryable error, attempts left)
        │           ├──► cancelled / failed
-       └──► rejected / cancelled / failed
+       ├──► rejected / cancelled / failed
+       └──► succeeded                              (reused: the same work already done, reusedFrom)
 
 ``succeeded``, ``failed``, ``rejected`` and ``cancelled`` are final: nothing moves a job out of them.
 """
@@ -52,8 +53,9 @@ class JobStatus(StrEnum):
 FINAL_STATES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.REJECTED, JobStatus.CANCELLED})
 
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    # pending -> succeeded: a result reused from an earlier job of the same user (docs/cost.md)
     JobStatus.PENDING: frozenset(
-        {JobStatus.QUEUED, JobStatus.REJECTED, JobStatus.CANCELLED, JobStatus.FAILED}
+        {JobStatus.QUEUED, JobStatus.REJECTED, JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.SUCCEEDED}
     ),
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
     JobStatus.RUNNING: frozenset(
@@ -133,6 +135,30 @@ class Timings(_Doc):
     total: float | None = Field(None, description="created -> finished")
 
 
+class BatchShare(_Doc):
+    """``job.usage.batch``: the batched model call this job ran in, and its share of it."""
+
+    size: int = Field(ge=1, description="jobs in the model call")
+    seconds: float = Field(ge=0, description="the whole call's model time")
+    work: float = Field(ge=0, description="this job's work units (the share is seconds x work / all work)")
+
+
+class Usage(_Doc):
+    """``job.usage``: what the job cost, written in the commit that ends it (see docs/cost.md).
+
+    ``gpuSeconds`` is the model time this job is charged: its own model call, or its share of a
+    batched call apportioned by work; ``loadSeconds`` the model load it paid (0 when warm). A job
+    reused from an earlier one's result costs 0 everywhere.
+    """
+
+    queue_seconds: float = Field(0.0, ge=0, description="queued -> claimed")
+    load_seconds: float = Field(0.0, ge=0, description="model load paid by this job")
+    gpu_seconds: float = Field(0.0, ge=0, description="model time charged to this job")
+    batch: BatchShare | None = None
+    model: str | None = Field(None, description="the model (and version) the pipeline ran, if it says")
+    adapters: list[str] | None = Field(None, description="the adapters the pipeline ran with, if it says")
+
+
 class Lease(_Doc):
     owner: str
     expires_at: datetime
@@ -156,6 +182,9 @@ class InputFile(_Doc):
     generation: str
     size: int = Field(ge=0)
     content_type: str | None = None
+    content_hash: str | None = Field(
+        None, description="Storage's hash of the content ('md5:...' or 'crc32c:...'), for reuse"
+    )
 
 
 class PartState(_Doc):
@@ -198,6 +227,20 @@ class JobDoc(_Doc):
     parts: dict[str, PartState] | None = None
     timings: Timings | None = None
     runtime: dict[str, Any] | None = None
+    usage: Usage | None = None
+    reused_from: str | None = Field(None, description="the job whose result this one reused (no GPU time)")
+    deadline: datetime | None = Field(
+        None, description="client-set: a job not started by then is cancelled (deadline_passed), not run late"
+    )
+    retention_days: int | None = Field(
+        None,
+        ge=1,
+        le=3650,
+        description="client-set: days to keep the result files (at most the bucket's TTL); see docs/cost.md",
+    )
+    reuse_key: str | None = Field(
+        None, description="backend-written: the hash of owner, content, inputs and model that reuse matches"
+    )
     delivery_attempts: int | None = Field(None, description="set when Pub/Sub dead-lettered the job")
     created_at: datetime | None = None
     queued_at: datetime | None = None

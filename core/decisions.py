@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-from core.contract import ErrorInfo, JobDoc, JobStatus, Progress, Timings
+from core.contract import ErrorInfo, JobDoc, JobStatus, Progress, Timings, Usage
 from core.patch import Patch
 
 T = TypeVar("T")
@@ -57,6 +57,8 @@ class Ending:
     progress: Progress | None = None
     timings: Timings | None = None
     runtime: dict[str, Any] | None = None
+    #: what the job cost (single-unit jobs): written with the ending, rolled up in the owner's ledger
+    usage: Usage | None = None
     seconds: float | None = None  # parts: how long the attempt ran
     #: the attempt does not count (the worker is shutting down: not the job's fault)
     refund: bool = False

@@ -158,6 +158,14 @@ def _claim_job(
         )
     if unit.parts:
         return Decision(Claim(ClaimOutcome.FANNED_OUT, job, unit.attempt))
+    if job.deadline is not None and job.started_at is None and now > job.deadline:
+        # Not started by the client's deadline: cancelled rather than run late (docs/cost.md).
+        error = ErrorInfo(
+            code="deadline_passed",
+            message=f"the job was still queued at its deadline ({job.deadline.isoformat()}); it was not run",
+        )
+        patch = final_patch(Patch(), JobStatus.CANCELLED).set("error", error)
+        return Decision(Claim(ClaimOutcome.CANCELLED, job, unit.attempt, JobStatus.CANCELLED), patch)
     if unit.status is JobStatus.PENDING:
         return Decision(Claim(ClaimOutcome.NOT_QUEUED, job, unit.attempt))
     if unit.status is JobStatus.RUNNING and lease_is_live(unit.lease, now):
@@ -326,6 +334,8 @@ def _job_ending(ending: Ending, attempt: int) -> Patch:
         patch.set("timings", ending.timings)
     if ending.runtime is not None:
         patch.set("runtime", ending.runtime)
+    if ending.usage is not None:
+        patch.set("usage", ending.usage)
     if ending.status is JobStatus.SUCCEEDED:
         patch.delete("error").delete("last_error")
     elif ending.error is not None:

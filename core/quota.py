@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from core.contract import ErrorInfo
+from core.usage import DayUsage
 
 #: The key of the all-pipelines count in :attr:`Ledger.daily`.
 ALL = "*"
@@ -38,6 +39,10 @@ class QuotaLimits(BaseModel):
 
     max_unfinished: int | None = Field(None, ge=0, le=1000, description="jobs admitted and not yet final")
     max_daily: int | None = Field(None, ge=0, description="jobs admitted per UTC day")
+    gpu_seconds_daily: float | None = Field(None, ge=0, description="model seconds per UTC day, per user")
+    gpu_seconds_estimate: float | None = Field(
+        None, ge=0, description="a job's model seconds before the user has history on this pipeline today"
+    )
 
 
 class QuotaTier(BaseModel):
@@ -49,6 +54,9 @@ class QuotaTier(BaseModel):
     max_unfinished: int = Field(2, ge=1, le=1000, description="jobs admitted and not yet final, per user")
     max_daily: int | None = Field(20, ge=1, description="jobs admitted per UTC day, per user")
     pipelines: dict[str, QuotaLimits] = Field(default_factory=dict, description="tighter caps per pipeline")
+    gpu_seconds_daily: float | None = Field(
+        None, ge=0, description="model seconds per UTC day, per user (None: the top-level budget)"
+    )
 
 
 def _default_tiers() -> dict[str, QuotaTier]:
@@ -73,6 +81,9 @@ class QuotaPolicy(BaseModel):
         default_factory=_default_tiers,
         description="caps per sign-in provider (anonymous, password, google.com, ...), replacing the above",
     )
+    gpu_seconds_daily: float | None = Field(
+        None, ge=0, description="budget: model seconds (GPU time) per user per UTC day; None = no budget"
+    )
     _closed_to: str | None = PrivateAttr(None)
 
     @property
@@ -90,6 +101,9 @@ class QuotaPolicy(BaseModel):
                 "max_unfinished": tier.max_unfinished,
                 "max_daily": tier.max_daily,
                 "pipelines": tier.pipelines,
+                "gpu_seconds_daily": (
+                    tier.gpu_seconds_daily if tier.gpu_seconds_daily is not None else self.gpu_seconds_daily
+                ),
             }
         )
         applied._closed_to = None if tier.allowed else provider
@@ -105,6 +119,8 @@ class Ledger(BaseModel):
     daily: dict[str, int] = Field(default_factory=dict)
     #: admitted jobs not known to be final: job id -> pipeline
     active: dict[str, str] = Field(default_factory=dict)
+    #: UTC day -> what the user's jobs that ended that day cost (added by the ends of jobs)
+    usage: dict[str, DayUsage] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -150,7 +166,7 @@ def decide_admission(
     today = day_of(now)
     daily = dict(ledger.daily) if ledger.day == today else {}
     active = {j: p for j, p in ledger.active.items() if j not in finished}
-    pruned = Ledger(day=today, daily=daily, active=active)
+    pruned = Ledger(day=today, daily=daily, active=active, usage=ledger.usage)
     if job_id in active:
         return Admission(True, pruned)
 
@@ -193,7 +209,64 @@ def decide_admission(
         return refuse(
             f"you started {started_here} {pipeline} jobs today", limits.max_daily, midnight, until_midnight
         )
+    over = over_budget(ledger, policy, pipeline=pipeline, active=active, today=today)
+    if over is not None:
+        used, estimate, budget = over
+        in_flight = len(active)
+        retry = wait if in_flight else midnight
+        message = (
+            f"budget exceeded: your jobs used {used:.1f} of your {budget:g} GPU seconds today, and this "
+            f"job is estimated at {estimate:.1f} s"
+            + (f" on top of {in_flight} unfinished jobs" if in_flight else "")
+            + (
+                f"; try again when one of them ends (in about {wait} s)"
+                if in_flight
+                else f"; try again after midnight UTC, in {midnight} s"
+            )
+        )
+        error = ErrorInfo(code="budget_exceeded", message=message, retry_after_seconds=retry)
+        return Admission(False, pruned, error)
     daily[ALL] = started + 1
     daily[pipeline] = started_here + 1
     active[job_id] = pipeline
-    return Admission(True, Ledger(day=today, daily=daily, active=active))
+    return Admission(True, Ledger(day=today, daily=daily, active=active, usage=ledger.usage))
+
+
+def estimate_gpu_seconds(policy: QuotaPolicy, pipeline: str, day: DayUsage | None) -> float:
+    """A job's model seconds before it runs: the user's mean on this pipeline today when they have
+    one, else the pipeline's declared estimate (``gpu_seconds_estimate``), else 0."""
+    history = day.mean_gpu_seconds(pipeline) if day is not None else None
+    if history is not None:
+        return history
+    limits = policy.pipelines.get(pipeline)
+    if limits is not None and limits.gpu_seconds_estimate is not None:
+        return limits.gpu_seconds_estimate
+    return 0.0
+
+
+def over_budget(
+    ledger: Ledger, policy: QuotaPolicy, *, pipeline: str, active: dict[str, str], today: str
+) -> tuple[float, float, float] | None:
+    """``(used, estimate, budget)`` when the job would push the user over a GPU-time budget (the
+    user's, or the pipeline's), counting every unfinished job at its estimate; else ``None``."""
+    day = ledger.usage.get(today)
+    limits = policy.pipelines.get(pipeline, QuotaLimits())
+    checks: list[tuple[float | None, float, int]] = [
+        (
+            policy.gpu_seconds_daily,
+            day.gpu_seconds if day else 0.0,
+            len(active),
+        ),
+        (
+            limits.gpu_seconds_daily,
+            day.pipelines[pipeline].gpu_seconds if day and pipeline in day.pipelines else 0.0,
+            sum(1 for p in active.values() if p == pipeline),
+        ),
+    ]
+    for budget, used, in_flight in checks:
+        if budget is None:
+            continue
+        estimate = estimate_gpu_seconds(policy, pipeline, day)
+        if used >= budget or used + estimate * (in_flight + 1) > budget:
+            return used, estimate, budget
+    return None

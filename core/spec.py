@@ -236,6 +236,9 @@ class RunContext:
     workdir: Path
     files: Mapping[str, Path] = field(default_factory=dict)
     progress: ProgressFn = field(default=lambda fraction, stage: None)
+    #: what the service measured of this job's model work: a batched call records the job's share
+    #: of it here (``gpu_seconds``, ``batch_size``, ``batch_seconds``, ``work``; see core/usage.py)
+    meter: dict[str, float] = field(default_factory=dict)
 
 
 OutT = TypeVar("OutT", bound=BaseModel)

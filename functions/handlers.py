@@ -26,6 +26,7 @@ from core.errors import InvalidInput, PermanentError, RetryableError, bounded, s
 from core.patch import Patch
 from core.routes import route
 from core.spec import Catalog, FileInput, PipelineModel, PipelineSpec, check_input_location, file_uris
+from functions import reuse
 from functions.events import DocumentEvent, StorageEvent
 from infra import roundtrips
 from infra.blobs import BlobStore
@@ -199,6 +200,8 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
         patch.delete(backend_field)  # the backend's to write: whatever a document came with is dropped
     if checked.files:
         patch.set("input_files", checked.files)
+    if (reused := reuse.reuse_or_mark(deps, job_id, job, checked, patch)) is not None:
+        return reused  # the same work was done for this user already: no GPU time spent again
     # The owner's quota admits the job (a conditional write on the ledger) before it is queued:
     # over it, the job ends rejected (quota_exceeded) before any GPU time is spent.
     with roundtrips.stage("admit"):
@@ -280,6 +283,11 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
             f"unknown pipeline {shown(job.pipeline)}; available: {known}", code="unknown_pipeline"
         )
     check_inputs_shape(job.inputs, settings)
+    if job.retention_days is not None and job.retention_days > settings.results_ttl_days:
+        raise InvalidInput(
+            f"retentionDays {job.retention_days} is longer than results are kept here ({settings.results_ttl_days} days)",
+            code="invalid_retention",
+        )
     try:
         inputs: PipelineModel = spec.inputs.model_validate(job.inputs)
     except ValidationError as exc:
@@ -318,7 +326,11 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
                 )
                 spec.check_file_costs(name, measured, config)
         files[name] = InputFile(
-            uri=uri, generation=info.generation, size=info.size, content_type=info.content_type
+            uri=uri,
+            generation=info.generation,
+            size=info.size,
+            content_type=info.content_type,
+            content_hash=info.content_hash,
         )
     if spec.precheck:
         spec.run_precheck(inputs, config)

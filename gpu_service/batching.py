@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.spec import BatchingPipeline, RunContext, RunResult
+from core.usage import apportion
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,12 @@ class Batcher:
             self._run(batch)
 
     def _run(self, batch: Sequence[_Item]) -> None:
+        started = time.perf_counter()
         try:
-            results = self.pipeline.run_batch([(i.inputs, i.ctx) for i in batch])
+            try:
+                results = self.pipeline.run_batch([(i.inputs, i.ctx) for i in batch])
+            finally:
+                charge(batch, time.perf_counter() - started, self.pipeline)
             if len(results) != len(batch):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} jobs")
         except Exception as exc:
@@ -125,3 +130,23 @@ class Batcher:
     def _settle(item: _Item, result: RunResult[Any] | None, error: BaseException | None) -> None:
         item.result, item.error = result, error
         item.done.set()
+
+
+def charge(batch: Sequence[_Item], seconds: float, pipeline: BatchingPipeline) -> None:
+    """Charge one model call's time to its jobs by their work (``batch_work``; else one each).
+    A job in several calls (a failed batch split in halves) is charged for each."""
+    work_of = getattr(pipeline, "batch_work", None)
+    works = []
+    for item in batch:
+        try:
+            works.append(float(work_of(item.inputs)) if work_of else 1.0)
+        except Exception:
+            works.append(1.0)
+    for item, share, work in zip(batch, apportion(seconds, works), works, strict=True):
+        meter = getattr(item.ctx, "meter", None)
+        if meter is None:
+            continue
+        meter["gpu_seconds"] = meter.get("gpu_seconds", 0.0) + share
+        meter["batch_seconds"] = meter.get("batch_seconds", 0.0) + seconds
+        meter["batch_size"] = max(meter.get("batch_size", 0.0), float(len(batch)))
+        meter["work"] = work

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from core.contract import Progress
-from core.errors import Cancelled, Preempted
+from core.errors import Cancelled, PermanentError, Preempted
 from core.lifecycle import LeaseLost
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,13 @@ class Heartbeat:
         lease_seconds: float,
         min_interval: float,
         draining: threading.Event,
+        max_run_seconds: float | None = None,
     ) -> None:
         self._label = label
+        # The pipeline's maximum run time, from the claim: past it the attempt stops at its next
+        # checkpoint with ``max_run_time_exceeded`` (a runaway job cannot burn a day's budget).
+        self._max_run_seconds = max_run_seconds
+        self._run_deadline = None if max_run_seconds is None else time.monotonic() + max_run_seconds
         self._beat = beat
         self._period = max(lease_seconds / 3, 0.2)
         self._lease_seconds = lease_seconds
@@ -68,6 +73,12 @@ class Heartbeat:
             raise self._lost
         if self._cancelled:
             raise Cancelled("cancelled at the client's request")
+        if self._run_deadline is not None and time.monotonic() > self._run_deadline:
+            raise PermanentError(
+                f"the job ran past its pipeline's maximum run time of {self._max_run_seconds:g} s "
+                "and was stopped",
+                code="max_run_time_exceeded",
+            )
         if self._draining.is_set():
             raise Preempted("the worker is shutting down; the job goes back to the queue")
 

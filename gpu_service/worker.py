@@ -69,6 +69,7 @@ from core.spec import (
     file_uris,
 )
 from core.work import WorkRef
+from gpu_service import metering
 from gpu_service.endings import (
     end_from_parts,
     final_error,
@@ -113,6 +114,10 @@ class ClaimedWork:
     uploaded: list[str] = field(default_factory=list)
     #: Firestore, Storage and Pub/Sub calls made for this attempt (infra.roundtrips)
     roundtrips: Counter[str] = field(default_factory=Counter)
+    #: what the model call measured for this unit (a batched call: its share; core/usage.py)
+    meter: dict[str, float] = field(default_factory=dict)
+    #: the pipeline's own run metadata (model and adapter versions), once it ran
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -228,6 +233,7 @@ class Worker:
             lease_seconds=self.settings.lease_seconds,
             min_interval=self.settings.progress_min_interval_seconds,
             draining=self.draining,
+            max_run_seconds=self.settings.max_run_seconds_for(work.spec.name),
         )
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{work.ref.job_id}-"))
         try:
@@ -334,7 +340,9 @@ class Worker:
     def _context(work: ClaimedWork, files: dict[str, Path], workdir: Path, report: ProgressFn) -> RunContext:
         out_dir = workdir / "out"
         out_dir.mkdir()
-        return RunContext(job_id=work.ref.job_id, workdir=out_dir, files=files, progress=report)
+        return RunContext(
+            job_id=work.ref.job_id, workdir=out_dir, files=files, progress=report, meter=work.meter
+        )
 
     def _on_model(
         self, work: ClaimedWork, beat: Heartbeat, call: Callable[[], RunResult[Any]]
@@ -344,6 +352,7 @@ class Worker:
             t1 = time.perf_counter()
             result = call()
             work.timings["inference"] = time.perf_counter() - t1
+        work.metadata = result.metadata
         if waited is not None:
             work.timings["model_wait"] = waited
         beat.check()  # a cancel or lease loss during the last stretch still counts
@@ -355,13 +364,17 @@ class Worker:
             if "/" in key or key.startswith("."):
                 raise ValueError(f"result file key {key!r} must be a plain file name")
             content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
-            uris[key] = self.blobs.upload(path, self.settings.media_bucket, prefix + key, content_type)
+            uris[key] = self.blobs.upload(
+                path, self.settings.media_bucket, prefix + key, content_type, metering.expiry(work.job)
+            )
             work.uploaded.append(prefix + key)
         return uris
 
     def _finish(self, work: ClaimedWork, ending: Ending) -> JobStatus | None:
         """Commit the attempt's end; returns the job's final state if this ended the job."""
+        ending = metering.with_usage(work, ending)
         final = self.jobs.finish(work.ref, self.owner, work.attempt, ending, _joiner(work.spec))
+        metering.report(work, ending, final)
         if final is not None and work.ref.part is not None:
             log.info("job %s ended %s (joined by %s)", work.ref.job_id, final, work.label)
             if final is JobStatus.CANCELLED:

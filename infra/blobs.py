@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from google.api_core import exceptions as gexc
@@ -29,6 +30,15 @@ class ObjectInfo:
     content_type: str | None
     generation: str
     metadata: dict[str, str] = field(default_factory=dict)
+    md5_hash: str | None = None
+    crc32c: str | None = None
+
+    @property
+    def content_hash(self) -> str | None:
+        """Storage's hash of the content (MD5, or CRC32C for composite objects, which have none)."""
+        if self.md5_hash:
+            return f"md5:{self.md5_hash}"
+        return f"crc32c:{self.crc32c}" if self.crc32c else None
 
     @property
     def uri(self) -> str:
@@ -66,6 +76,8 @@ class BlobStore:
             content_type=blob.content_type,
             generation=str(blob.generation),
             metadata=dict(blob.metadata or {}),
+            md5_hash=blob.md5_hash,
+            crc32c=blob.crc32c,
         )
 
     @contextmanager
@@ -135,10 +147,22 @@ class BlobStore:
             raise
         return dest
 
-    def upload(self, src: Path, bucket: str, name: str, content_type: str | None = None) -> str:
+    def upload(
+        self,
+        src: Path,
+        bucket: str,
+        name: str,
+        content_type: str | None = None,
+        custom_time: datetime | None = None,
+    ) -> str:
+        """Upload ``src``; ``custom_time`` sets the object's custom time (a lifecycle rule deletes
+        results once it has passed: per-job retention)."""
         roundtrips.note("storage")
         try:
-            self._client.bucket(bucket).blob(name).upload_from_filename(str(src), content_type=content_type)
+            blob = self._client.bucket(bucket).blob(name)
+            if custom_time is not None:
+                blob.custom_time = custom_time
+            blob.upload_from_filename(str(src), content_type=content_type)
         except _TRANSIENT as exc:
             raise RetryableError(f"Cloud Storage unavailable uploading {name}: {exc}") from exc
         return f"gs://{bucket}/{name}"

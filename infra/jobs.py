@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from core.contract import JobDoc, JobStatus, Prepared, Progress, Timings, read_job
+from core.contract import JobDoc, JobStatus, Prepared, Progress, Timings, Usage, read_job
 from core.errors import PermanentError, RetryableError, bounded
 from core.lifecycle import (
     Claim,
@@ -31,8 +31,9 @@ from core.lifecycle import (
     decide_heartbeat,
 )
 from core.patch import DELETE, SERVER_TIME, Patch, Sentinel
-from core.quota import Admission, Ledger, QuotaPolicy, decide_admission, needs_pruning
+from core.quota import Admission, Ledger, QuotaPolicy, day_of, decide_admission, needs_pruning
 from core.recovery import decide_recover, decide_transition
+from core.usage import rollup
 from core.work import WorkRef
 from infra import roundtrips
 from infra.settings import Settings
@@ -44,6 +45,8 @@ CAS_ATTEMPTS = 50
 #: A user creating many jobs at once contends on one ledger document: read and decide again.
 ADMIT_ATTEMPTS = 100
 CREATE_ATTEMPTS = 5
+#: The ledger fields admission writes (``usage`` is only ever incremented, by the ends of jobs).
+LEDGER_COUNTS = {"day", "daily", "active"}
 
 
 def firestore_client(settings: Settings) -> firestore.Client:
@@ -85,7 +88,13 @@ class JobStore:
     def ref(self, job_id: str) -> firestore.DocumentReference:
         return self._db.collection(self._collection).document(job_id)
 
-    def _cas(self, job_id: str, decide: Callable[[JobDoc | None], Decision[T]]) -> T:
+    def _cas(
+        self,
+        job_id: str,
+        decide: Callable[[JobDoc | None], Decision[T]],
+        also: Callable[[JobDoc, Decision[T]], tuple[firestore.DocumentReference, dict[str, Any]] | None]
+        | None = None,
+    ) -> T:
         """Read the document, decide, and write only if it has not changed since: compare-and-set.
 
         A transaction without locks: on a hot document (the parts of one job) lock-based
@@ -103,12 +112,19 @@ class JobStore:
             decision = decide(job)
             if not decision.patch:
                 return decision.result
+            extra = also(job, decision) if also is not None and job is not None else None
             try:
                 roundtrips.note("firestore")
-                ref.update(
-                    to_firestore(decision.patch),
-                    option=self._db.write_option(last_update_time=snap.update_time),
-                )
+                option = self._db.write_option(last_update_time=snap.update_time)
+                if extra is None:
+                    ref.update(to_firestore(decision.patch), option=option)
+                else:
+                    # One commit for both: the job's write (conditional) and the other (a merge of
+                    # increments), so the other is applied exactly when the job's write is.
+                    batch = self._db.batch()
+                    batch.update(ref, to_firestore(decision.patch), option=option)
+                    batch.set(extra[0], extra[1], merge=True)
+                    batch.commit()
                 return decision.result
             except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
                 time.sleep(random.uniform(0, 0.01 * tries))
@@ -161,6 +177,22 @@ class JobStore:
                 "uid"
             )
         return _jobs(query.limit(limit).stream())
+
+    def find_reusable(self, uid: str, pipeline: str, reuse_key: str) -> tuple[str, JobDoc] | None:
+        """A succeeded job of ``uid`` whose reuse key is ``reuse_key`` (equality filters only:
+        Firestore serves them from its single-field indexes)."""
+        roundtrips.note("firestore")
+        query = (
+            self._db.collection(self._collection)
+            .where(filter=firestore.FieldFilter("uid", "==", uid))
+            .where(filter=firestore.FieldFilter("reuseKey", "==", reuse_key))
+            .where(filter=firestore.FieldFilter("status", "==", JobStatus.SUCCEEDED.value))
+            .limit(1)
+        )
+        for job_id, job in _jobs(query.stream()):
+            if job.uid == uid and job.pipeline == pipeline and job.outputs is not None:
+                return job_id, job
+        return None
 
     # -- creation -------------------------------------------------------------------------------
 
@@ -247,9 +279,9 @@ class JobStore:
             batch = self._db.batch()
             if ledger_snap.exists:
                 last = self._db.write_option(last_update_time=ledger_snap.update_time)
-                batch.update(ledger_ref, admission.ledger.model_dump(), option=last)
+                batch.update(ledger_ref, admission.ledger.model_dump(include=LEDGER_COUNTS), option=last)
             else:
-                batch.create(ledger_ref, admission.ledger.model_dump())
+                batch.create(ledger_ref, admission.ledger.model_dump(include=LEDGER_COUNTS))
             batch.update(
                 job_ref,
                 to_firestore(decision.patch),
@@ -365,6 +397,35 @@ class JobStore:
         return self._cas(
             ref.job_id,
             lambda job: decide_finish(job, ref, owner=owner, attempt=attempt, ending=ending, join=join),
+            also=self._rollup_of(ref.job_id, ending) if ending.usage is not None else None,
+        )
+
+    def _rollup_of(
+        self, job_id: str, ending: Ending
+    ) -> Callable[
+        [JobDoc, Decision[JobStatus | None]], tuple[firestore.DocumentReference, dict[str, Any]] | None
+    ]:
+        """The owner's daily usage roll-up for a job that this ending ends (see core/usage.py)."""
+
+        def also(
+            job: JobDoc, decision: Decision[JobStatus | None]
+        ) -> tuple[firestore.DocumentReference, dict[str, Any]] | None:
+            if decision.result is None or ending.usage is None:
+                return None
+            amounts = rollup(ending.usage, job.pipeline, reused=job.reused_from is not None)
+            data = usage_increments(day_of(utcnow()), amounts)
+            # The job is final: it leaves the owner's unfinished jobs in the same commit.
+            data["active"] = {job_id: firestore.DELETE_FIELD}
+            return self._db.collection(self._quotas).document(job.uid), data
+
+        return also
+
+    def record_usage(self, uid: str, pipeline: str, usage: Usage, *, reused: bool = False) -> None:
+        """Add a job's usage to its owner's day, on its own (a job ended outside a worker's finish)."""
+        roundtrips.note("firestore")
+        amounts = rollup(usage, pipeline, reused=reused)
+        self._db.collection(self._quotas).document(uid).set(
+            usage_increments(day_of(utcnow()), amounts), merge=True
         )
 
     def recover(self, ref: WorkRef, max_attempts: int) -> JobStatus | None:
@@ -372,6 +433,18 @@ class JobStore:
         return self._cas(
             ref.job_id, lambda job: decide_recover(job, ref, now=utcnow(), max_attempts=max_attempts)
         )
+
+
+def usage_increments(day: str, amounts: dict[str, float]) -> dict[str, Any]:
+    """``{"usage": {day: {...}}}`` with each amount as a Firestore increment, for a merge write."""
+    tree: dict[str, Any] = {}
+    for path, amount in amounts.items():
+        node = tree
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = firestore.Increment(amount)
+    return {"usage": {day: tree}}
 
 
 def _jobs(snaps: Iterable[Any]) -> list[tuple[str, JobDoc]]:

@@ -122,6 +122,14 @@ class Settings(BaseSettings):
     )
     redrive_poll_seconds: float = Field(5.0, gt=0, description="how often an idle instance looks for work")
     lease_seconds: float = Field(120.0, gt=0, description="a claim's lease, renewed while the work runs")
+    max_run_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="an attempt running longer stops at its next checkpoint (max_run_time_exceeded)",
+    )
+    pipeline_max_run_seconds: dict[str, float] = Field(
+        default_factory=dict, description='per pipeline, in place of MAX_RUN_SECONDS, e.g. {"t2v": 1800}'
+    )
     max_attempts: int = Field(5, ge=1, description="run attempts before a retryable error fails the job")
     progress_min_interval_seconds: float = Field(1.0, ge=0, description="progress write throttle")
     shutdown_grace_seconds: float = Field(8.0, ge=0, description="Cloud Run allows about 10 s after SIGTERM")
@@ -153,6 +161,18 @@ class Settings(BaseSettings):
     quotas: QuotaPolicy = Field(default_factory=QuotaPolicy, description="per-user caps as JSON (below)")
     quotas_collection: str = Field(
         "quotas", description="the per-user ledgers (closed to clients by the rules)"
+    )
+    results_ttl_days: int = Field(
+        30,
+        ge=1,
+        le=3650,
+        description="the results/ folder's TTL in the bucket (Terraform bucket_config.ttl_days.results): "
+        "the most retentionDays a job may ask",
+    )
+    reuse_pipelines: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="pipelines whose finished results are reused for the same user's same content, "
+        "inputs and model (docs/cost.md); opt-in",
     )
     quota_tier_cache_seconds: float = Field(
         60.0, ge=0, le=3600, description="how long a user's sign-in provider (their quota tier) is kept"
@@ -246,7 +266,7 @@ class Settings(BaseSettings):
         "INFO", description="the root logger's level"
     )
 
-    @field_validator("enabled_pipelines", "plugins", "api_cors_origins", mode="before")
+    @field_validator("enabled_pipelines", "plugins", "api_cors_origins", "reuse_pipelines", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.lstrip().startswith("["):
@@ -288,6 +308,10 @@ class Settings(BaseSettings):
                     f"MAX_CONCURRENT_JOBS {self.max_concurrent_jobs}; raise MAX_CONCURRENT_JOBS"
                 )
         return self
+
+    def max_run_seconds_for(self, pipeline: str) -> float:
+        """The longest an attempt of ``pipeline`` may run."""
+        return self.pipeline_max_run_seconds.get(pipeline, self.max_run_seconds)
 
     @property
     def using_emulators(self) -> bool:

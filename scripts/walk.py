@@ -112,7 +112,8 @@ class MemoryJobs(JobStore):
     def __init__(self) -> None:
         self.docs: dict[str, dict[str, Any]] = {}
 
-    def _cas(self, job_id: str, decide: Callable[[JobDoc | None], Any]) -> Any:
+    def _cas(self, job_id: str, decide: Callable[[JobDoc | None], Any], also: Any = None) -> Any:
+        # ``also`` (the owner's usage roll-up, a second document) has no place in this walk's store
         data = self.docs.get(job_id)
         decision = decide(read_job(data) if data is not None else None)
         patch: Patch | None = decision.patch
@@ -135,7 +136,9 @@ class MemoryBlobs:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def upload(self, src: Path, bucket: str, name: str, content_type: str | None = None) -> str:
+    def upload(
+        self, src: Path, bucket: str, name: str, content_type: str | None = None, custom_time: Any = None
+    ) -> str:
         dest = self.root / bucket / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)

@@ -109,7 +109,11 @@ locals {
   )
 
   # Per-user quotas, for the two deployables that admit jobs: the functions and the API.
-  admission_env = var.quotas == null ? {} : { QUOTAS = jsonencode(var.quotas) }
+  # retentionDays on a job is bounded by the results folder's TTL (docs/cost.md).
+  admission_env = merge(
+    var.quotas == null ? {} : { QUOTAS = jsonencode(var.quotas) },
+    { RESULTS_TTL_DAYS = tostring(try(var.bucket_config.ttl_days["results"] > 0, false) ? var.bucket_config.ttl_days["results"] : 3650) },
+  )
 
   # The push request timeout must cover the longest push ack deadline.
   gpu_timeout_seconds = coalesce(
@@ -140,6 +144,7 @@ locals {
     # Firebase (Identity Toolkit is above: the API reads user records for revocation) and the web app's API key.
     var.firebase_config.create ? ["apikeys.googleapis.com", "firebase.googleapis.com"] : [],
     local.uses_vision_api ? ["vision.googleapis.com"] : [],
+    var.usage_export_config.enabled ? ["bigquery.googleapis.com", "logging.googleapis.com"] : [],
   )
 }
 
@@ -520,5 +525,19 @@ check "unservable_pipelines" {
   assert {
     condition     = length(local.unservable_pipelines) == 0
     error_message = "Pipelines ${join(", ", local.unservable_pipelines)} have no model in pipeline_config: no deployable serves them and their jobs are rejected."
+  }
+}
+
+# Each finished job's usage line, exported to BigQuery (docs/cost.md).
+module "usage_export" {
+  source     = "./modules/usage-export"
+  count      = var.usage_export_config.enabled ? 1 : 0
+  project_id = module.project.project_id
+  labels     = var.labels
+  config = {
+    dataset_id     = var.usage_export_config.dataset_id
+    force_destroy  = !var.deletion_protection
+    location       = coalesce(var.usage_export_config.location, var.region)
+    retention_days = var.usage_export_config.retention_days
   }
 }

@@ -338,6 +338,21 @@ variable "region" {
   }
 }
 
+variable "usage_export_config" {
+  description = <<-EOT
+    Export of the per-job usage line (docs/cost.md) to BigQuery: a dataset and a Cloud Logging
+    sink filtered on that line. Off with enabled = false. location defaults to the region.
+  EOT
+  type = object({
+    dataset_id     = optional(string, "gpu_jobs_usage")
+    enabled        = optional(bool, true)
+    location       = optional(string)
+    retention_days = optional(number, 400)
+  })
+  nullable = false
+  default  = {}
+}
+
 variable "worker_pool_config" {
   description = <<-EOT
     Cloud Run worker pool for pipelines declared with mode: pull in topology.yaml (jobs longer than

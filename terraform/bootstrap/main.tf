@@ -8,6 +8,7 @@ locals {
   # runtime accounts' IAM, the APIs), read the models bucket, use the state bucket, write logs.
   deployer_roles = toset([
     "roles/artifactregistry.admin",          # the repository (with its cleanup policy), and push
+    "roles/bigquery.dataOwner",              # the usage dataset and its sink writer's grant
     "roles/cloudscheduler.admin",            # topology schedules
     "roles/datastore.owner",                 # the Firestore database and its indexes
     "roles/eventarc.admin",                  # the function triggers
@@ -15,6 +16,7 @@ locals {
     "roles/iam.serviceAccountAdmin",         # the runtime accounts and grants on them
     "roles/iam.serviceAccountUser",          # deploy services that run as those accounts
     "roles/identityplatform.admin",          # Firebase Auth configuration
+    "roles/logging.configWriter",            # the usage log sink (docs/cost.md)
     "roles/logging.logWriter",               # the build's logs (options.logging: CLOUD_LOGGING_ONLY)
     "roles/pubsub.admin",                    # topics, subscriptions and their IAM
     "roles/resourcemanager.projectIamAdmin", # project-level grants (datastore.user, ...)

@@ -200,8 +200,10 @@ def test_user_creates_a_pending_job_that_reads_back_as_written(alice: App, uid: 
         lambda uid: without(new_job(uid), "inputs"),
         lambda uid: new_job(uid, pipeline="p" * 40),
         lambda uid: new_job(uid, inputs={f"k{i}": i for i in range(32)}),
+        lambda uid: new_job(uid, retentionDays=1),
+        lambda uid: new_job(uid, deadline=datetime(2099, 1, 1, tzinfo=UTC)),
     ],
-    ids=["without-inputs", "pipeline-of-40", "32-inputs"],
+    ids=["without-inputs", "pipeline-of-40", "32-inputs", "retention-days", "deadline"],
 )
 def test_create_at_the_bounds_is_allowed(alice: App, uid: str, job: Any) -> None:
     assert alice.create("j", job(uid)).status_code == ALLOWED
@@ -237,6 +239,12 @@ FORGED: dict[str, Any] = {
     ),
     "extra-attempt": lambda uid: new_job(uid, attempt=0),
     "extra-cancel-requested": lambda uid: new_job(uid, cancelRequested=True),
+    "extra-usage": lambda uid: new_job(uid, usage={"gpuSeconds": 0}),
+    "extra-reused-from": lambda uid: new_job(uid, reusedFrom="someone-elses-job"),
+    "extra-reuse-key": lambda uid: new_job(uid, reuseKey="0" * 64),
+    "retention-days-zero": lambda uid: new_job(uid, retentionDays=0),
+    "retention-days-a-string": lambda uid: new_job(uid, retentionDays="30"),
+    "deadline-a-string": lambda uid: new_job(uid, deadline="tomorrow"),
     "uid-of-another-user": lambda uid: new_job(f"{uid}-victim"),
     "uid-missing": lambda uid: without(new_job(uid), "uid"),
     "pipeline-missing": lambda uid: without(new_job(uid), "pipeline"),

@@ -34,7 +34,7 @@ def test_final_states_have_no_way_out() -> None:
         (JobStatus.RUNNING, JobStatus.QUEUED, True),  # retry
         (JobStatus.RUNNING, JobStatus.SUCCEEDED, True),
         (JobStatus.RUNNING, JobStatus.REJECTED, False),
-        (JobStatus.PENDING, JobStatus.SUCCEEDED, False),
+        (JobStatus.PENDING, JobStatus.SUCCEEDED, True),  # a reused result (docs/cost.md)
         (JobStatus.QUEUED, JobStatus.SUCCEEDED, False),
         (JobStatus.SUCCEEDED, JobStatus.FAILED, False),
         (JobStatus.CANCELLED, JobStatus.QUEUED, False),

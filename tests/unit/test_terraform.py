@@ -854,6 +854,8 @@ COMPUTED: dict[str, dict[str, str]] = {
         "id": '"projects/${self.project}/locations/${self.location}/repositories/${self.repository_id}"',
         "name": "self.repository_id",
     },
+    "google_bigquery_dataset": {},
+    "google_bigquery_dataset_iam_member": {},
     "google_cloud_run_v2_service": {"uri": '"https://${self.name}-stub.a.run.app"'},
     "google_cloud_run_v2_service_iam_member": {},
     "google_cloud_run_v2_worker_pool": {},
@@ -877,6 +879,9 @@ COMPUTED: dict[str, dict[str, str]] = {
     "google_firestore_database": {},
     "google_firestore_index": {
         "name": '"projects/${self.project}/databases/${self.database}/collectionGroups/${self.collection}/indexes/stub"'
+    },
+    "google_logging_project_sink": {
+        "writer_identity": '"serviceAccount:service-stub@gcp-sa-logging.iam.gserviceaccount.com"'
     },
     "google_project_iam_member": {},
     "google_project_service": {},
@@ -1883,6 +1888,7 @@ def test_bootstrap_gives_cloud_build_its_own_account_with_the_roles_the_deploy_n
     assert "roles/logging.logWriter" in granted
     prefixes = {
         "google_artifact_registry": "artifactregistry",
+        "google_bigquery": "bigquery",
         "google_cloud_run": "run",
         "google_cloud_scheduler": "cloudscheduler",
         "google_eventarc": "eventarc",
@@ -1890,6 +1896,7 @@ def test_bootstrap_gives_cloud_build_its_own_account_with_the_roles_the_deploy_n
         "google_firebaserules": "firebase",  # firebase.admin covers the rules
         "google_firestore": "datastore",
         "google_identity_platform": "identityplatform",
+        "google_logging": "logging",
         "google_project_iam": "resourcemanager",
         "google_project_service": "serviceusage",
         "google_pubsub": "pubsub",

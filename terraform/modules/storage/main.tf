@@ -29,6 +29,22 @@ resource "google_storage_bucket" "default" {
     }
   }
 
+  # Retention per job (docs/cost.md): the GPU service sets a result object's custom time to the
+  # day its job's retentionDays end; it is deleted once that day has passed (the folder's TTL
+  # above still bounds it).
+  dynamic "lifecycle_rule" {
+    for_each = var.config.custom_time_expiry ? [0] : []
+    content {
+      condition {
+        days_since_custom_time = lifecycle_rule.value
+        matches_prefix         = ["results/"]
+      }
+      action {
+        type = "Delete"
+      }
+    }
+  }
+
   # With versioning, a deleted or overwritten object lingers as a noncurrent version: drop those too.
   dynamic "lifecycle_rule" {
     for_each = var.config.versioning ? [var.config.noncurrent_ttl_days] : []

@@ -14,6 +14,7 @@ variable "config" {
   description = "Settings shared by every bucket."
   type = object({
     cors_origins        = optional(list(string), [])
+    custom_time_expiry  = optional(bool, true)
     force_destroy       = optional(bool, false)
     location            = string
     noncurrent_ttl_days = optional(number, 7)
