@@ -26,6 +26,8 @@ from infra.settings import Settings
 from tests.integration.conftest import QUOTA_CAP, QUOTA_PIPELINE
 from tests.support.firebase_auth import AuthUser, claims, sign_up, tampered
 
+pytestmark = pytest.mark.pipelines("transcribe", "flaky", "flakyslow")
+
 LONG = {"steps": 400, "step_seconds": 0.05}  # 20 s unless cancelled
 
 

@@ -30,6 +30,8 @@ from infra.settings import Settings
 from tests.support.apiserver import api_server
 from tests.support.firebase_auth import AuthUser, sign_up
 
+pytestmark = pytest.mark.pipelines("flaky", "tts")
+
 JOB = {"pipeline": "flaky", "inputs": {"steps": 1}}
 
 

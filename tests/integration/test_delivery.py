@@ -17,6 +17,8 @@ from infra.client import Client
 from infra.localstack.stack import LocalStack
 from tests.support.speech import synthesize
 
+pytestmark = pytest.mark.pipelines("transcribe")
+
 
 @pytest.fixture(scope="module")
 def wav(media_dir: Path) -> Path:

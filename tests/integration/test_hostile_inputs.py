@@ -34,6 +34,8 @@ from scripts.sample_images import make_sample
 from tests.integration.conftest import untriggered_deps
 from tests.support.speech import synthesize
 
+pytestmark = pytest.mark.pipelines("transcribe", "inpaint", "edit", "video", "flaky")
+
 FINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.REJECTED, JobStatus.CANCELLED}
 
 

@@ -22,6 +22,8 @@ from infra.settings import Settings
 from tests.support.apiserver import api_server
 from tests.support.firebase_auth import AuthUser, sign_up, tampered
 
+pytestmark = pytest.mark.pipelines("tts")
+
 SENTENCE = "Please send the quarterly report to the finance team before Friday afternoon."
 
 

@@ -24,6 +24,8 @@ from pipelines.tts import TtsConfig, TtsInputs
 from pipelines.tts.pipeline import load
 from tests.support.tiny_vibevoice import build_tiny_vibevoice
 
+pytestmark = pytest.mark.pipelines()
+
 
 def sine(path: Path, freq: int, seconds: float) -> Path:
     subprocess.run(

@@ -16,6 +16,8 @@ from infra.client import Client
 from tests.support.speech import make_video_with_speech, word_error_rate
 from tests.support.video_server import VideoServer, serve
 
+pytestmark = pytest.mark.pipelines("video")
+
 SPEECH = "This is a short test video. The second slide shows the release date."
 SLIDES = ["PROJECT ATLAS 2024", "Release date March 15"]
 

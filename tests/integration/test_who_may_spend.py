@@ -26,6 +26,8 @@ from tests.integration.conftest import TIER_ANONYMOUS_DAILY, TIER_PIPELINE
 from tests.support.app_check import serve_app_check_keys
 from tests.support.firebase_auth import AuthUser, new_email, sign_up
 
+pytestmark = pytest.mark.pipelines("automaton", "transcribe")
+
 TINY = {"width": 16, "height": 16, "frames": 1, "fps": 1}
 
 
