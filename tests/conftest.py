@@ -13,7 +13,15 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+#: Fixtures that load a real model (tiny, but on the CPU): a test that uses one is slow, and runs
+#: in ``make test``, not in ``make test-fast``.
+MODEL_FIXTURES = frozenset({"one_torch_thread", "tiny_en"})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     if _cuda_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -232,6 +232,7 @@ def test_duration_and_chunks_are_reported(tmp_path: Path) -> None:
     assert 4.0 < out.duration_seconds < 20.0 and math.isfinite(out.loudness_lufs)
 
 
+@pytest.mark.slow
 def test_piper_batch_speaks_each_job_as_alone_and_a_bad_job_fails_alone(tmp_path: Path) -> None:
     tts = pipeline(45)
     assert tts.backend.max_batch_chunks == 1  # Piper speaks one chunk per call: batching groups jobs
