@@ -1,4 +1,9 @@
-"""The local stack, started once per test session, and helpers to talk to it."""
+"""The local stack, started once per test session, and helpers to talk to it.
+
+A test file declares the pipelines its jobs run on, ``pytestmark = pytest.mark.pipelines("tts")``;
+the session's stack runs the union over the tests collected, and builds a tiny model (edit, t2v)
+only when its pipeline is among them. Running one file starts only what that file needs.
+"""
 
 from __future__ import annotations
 
