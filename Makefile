@@ -13,8 +13,8 @@ demo: install ## start the local stack, submit sample jobs, print the results an
 test: install ## the whole suite: unit tests and the end-to-end tests on the real emulators
 	$(PY) -m pytest
 
-test-fast: install ## unit tests only (no emulators)
-	$(PY) -m pytest tests/unit
+test-fast: install ## unit tests only, without the slow ones (no emulators, no models, no terraform)
+	$(PY) -m pytest tests/unit -m "not slow"
 
 up: install ## start the local stack in the background; settings in .local/stack.env; prints the web client's URL
 	@mkdir -p .local/logs

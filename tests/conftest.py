@@ -13,7 +13,18 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+#: Fixtures that load a real model (tiny, but on the CPU: diffusion models, Whisper, speech made
+#: with Piper) or run an outside scanner (checkov): a test that uses one is slow, and runs in
+#: ``make test``, not in ``make test-fast``.
+SLOW_FIXTURES = frozenset(
+    {"one_torch_thread", "tiny_en", "piper_wav", "terraform_reports", "dockerfile_reports"}
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     if _cuda_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -392,7 +392,34 @@ class LocalStack:
         log.info("local stack ready in %.1fs; settings in %s", self.timings["total"], self.config.state_dir)
 
     def _start(self, bins: dict[str, Path], t0: float) -> None:
-        p, project = self.ports, self.config.project
+        """Start every component, in the order their dependencies need.
+
+        Slow starters go first and are waited for as late as possible, so that they come up
+        while the rest is spawned; ``timings`` records, per step, the seconds since ``t0``.
+        """
+        self._spawn_emulators(bins)
+        self._open_pubsub()
+        self._mark("pubsub", t0)
+        self._open_storage(bins["gcs"])
+        self._spawn_services()
+        self._open_firestore()
+        self._mark("firestore", t0)
+        self._open_functions()
+        self._mark("functions", t0)
+        if self.config.start_edge:
+            self._open_edge()
+            self._mark("edge", t0)
+        if self.config.start_gpu_service:
+            self._wait("gpu_service", self._gpu_ready, 180)
+            self._mark("gpu_service", t0)
+
+    def _mark(self, step: str, t0: float) -> None:
+        self.timings[step] = round(time.perf_counter() - t0, 2)
+
+    def _spawn_emulators(self, bins: dict[str, Path]) -> None:
+        """The Auth, Pub/Sub and Firestore emulators (JVM and Node: the slow starters), and the
+        relay that delivers Firestore's trigger events to the Firestore-triggered function."""
+        p = self.ports
         java_env = {"JAVA_TOOL_OPTIONS": JVM_FLAGS}
         if self.config.start_edge:
             self._spawn_auth_emulator(bins["firebase"])  # the slowest to start: first
@@ -416,17 +443,24 @@ class LocalStack:
                 f"--port={p['firestore']}",
                 f"--functions_emulator=127.0.0.1:{p['eventarc']}",
                 f"--rules={REPO / 'infra/firestore.rules'}",
-                f"--project_id={project}",
+                f"--project_id={self.config.project}",
             ],
             java_env,
         )
-        self._wait("pubsub", lambda: _http_ok(f"http://127.0.0.1:{p['pubsub']}/"), 60)
-        self.timings["pubsub"] = round(time.perf_counter() - t0, 2)
+
+    def _open_pubsub(self) -> None:
+        """Wait for the Pub/Sub emulator and create the topics (subscriptions come once their
+        endpoints are spawned)."""
+        self._wait("pubsub", lambda: _http_ok(f"http://127.0.0.1:{self.ports['pubsub']}/"), 60)
         self._create_topics()
-        # Topics must exist before fake-gcs publishes, or its notifications are silently lost.
+
+    def _open_storage(self, gcs: Path) -> None:
+        """fake-gcs-server, publishing object notifications as the topology's bucket declares, and
+        the media bucket. The topics must exist first, or its notifications are silently lost."""
+        p, project = self.ports, self.config.project
         notif = self.topology.buckets["media"].notification
         gcs_args = [
-            str(bins["gcs"]),
+            str(gcs),
             "-scheme=http",
             "-host=127.0.0.1",
             f"-port={p['gcs']}",
@@ -450,6 +484,9 @@ class LocalStack:
             json={"name": self.config.bucket},
         ).raise_for_status()
 
+    def _spawn_services(self) -> None:
+        """Our own processes (the functions, the GPU service, the app edge) and the subscriptions
+        that push to them; each is waited for by a later step."""
         self._start_functions()
         if self.config.start_gpu_service:
             self._spawn_gpu_service()
@@ -457,24 +494,24 @@ class LocalStack:
             self._spawn_edge()
         self._create_subscriptions()
 
+    def _open_firestore(self) -> None:
+        """Wait until Firestore takes writes and its relay is up, then register the triggers."""
         self._wait("firestore", self._firestore_writable, 90)
-        self.timings["firestore"] = round(time.perf_counter() - t0, 2)
-        self._wait("eventarc", lambda: _http_ok(f"http://127.0.0.1:{p['eventarc']}/"), 30)
+        self._wait("eventarc", lambda: _http_ok(f"http://127.0.0.1:{self.ports['eventarc']}/"), 30)
         self._register_firestore_triggers()
+
+    def _open_functions(self) -> None:
+        """Wait for every function to listen, then start the scheduler's ticks."""
         for name in self.topology.functions:
-            port = p[f"fn:{name}"]
-            self._wait(name, functools.partial(_port_open, port), 30)
+            self._wait(name, functools.partial(_port_open, self.ports[f"fn:{name}"]), 30)
         self._start_schedules()
-        self.timings["functions"] = round(time.perf_counter() - t0, 2)
-        if self.config.start_edge:
-            self._wait("auth", lambda: _http_ok(f"http://127.0.0.1:{p['auth']}/"), 90)
-            self._wait("api", lambda: _http_ok(f"http://127.0.0.1:{p['api']}/healthz"), 60)
-            self._wait("web", lambda: _http_ok(f"http://127.0.0.1:{p['web']}/config.json"), 20)
-            self._wait("gate", functools.partial(_port_open, p["gate"]), 20)
-            self.timings["edge"] = round(time.perf_counter() - t0, 2)
-        if self.config.start_gpu_service:
-            self._wait("gpu_service", self._gpu_ready, 180)
-            self.timings["gpu_service"] = round(time.perf_counter() - t0, 2)
+
+    def _open_edge(self) -> None:
+        p = self.ports
+        self._wait("auth", lambda: _http_ok(f"http://127.0.0.1:{p['auth']}/"), 90)
+        self._wait("api", lambda: _http_ok(f"http://127.0.0.1:{p['api']}/healthz"), 60)
+        self._wait("web", lambda: _http_ok(f"http://127.0.0.1:{p['web']}/config.json"), 20)
+        self._wait("gate", functools.partial(_port_open, p["gate"]), 20)
 
     def stop(self) -> None:
         """Stop every component: SIGTERM to each process group, SIGKILL after a grace period."""

@@ -1,4 +1,9 @@
-"""The local stack, started once per test session, and helpers to talk to it."""
+"""The local stack, started once per test session, and helpers to talk to it.
+
+A test file declares the pipelines its jobs run on, ``pytestmark = pytest.mark.pipelines("tts")``;
+the session's stack runs the union over the tests collected, and builds a tiny model (edit, t2v)
+only when its pipeline is among them. Running one file starts only what that file needs.
+"""
 
 from __future__ import annotations
 
@@ -80,72 +85,106 @@ def flaky_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("flaky")
 
 
+#: Every pipeline the test stack can run: the built-in ones, the test stand-ins
+#: (tests/support/flaky.py) and automaton, the example plugin, found through its installed
+#: distribution's entry point (not PLUGINS); the stack gives it the route its spec declares.
+ALL_PIPELINES = (
+    "transcribe",
+    "inpaint",
+    "edit",
+    "video",
+    "t2v",
+    "tts",
+    "flaky",
+    "flakyslow",
+    "flakyparts",
+    "automaton",
+)
+
+
+def pipelines_needed(items: list[pytest.Item]) -> list[str]:
+    """The pipelines a session's stack runs: the union of the ``pipelines`` markers of the collected
+    tests that use the stack, all of them for a test that declares none. A job on a pipeline its
+    test did not declare fails with ``pipeline_unavailable`` ("not enabled in this
+    deployment"), so a missing declaration shows at once."""
+    needed: set[str] = set()
+    for item in items:
+        if "stack" not in getattr(item, "fixturenames", ()):
+            continue
+        marks = list(item.iter_markers("pipelines"))
+        if not marks:
+            return list(ALL_PIPELINES)
+        for mark in marks:
+            unknown = set(mark.args) - set(ALL_PIPELINES)
+            if unknown:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: no pipeline named {sorted(unknown)} on the test stack"
+                )
+            needed.update(mark.args)
+    # The GPU service serves at least one pipeline; flaky is the cheapest (no model).
+    return [name for name in ALL_PIPELINES if name in needed] or ["flaky"]
+
+
 @pytest.fixture(scope="session")
-def tiny_edit_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def enabled_pipelines(request: pytest.FixtureRequest) -> list[str]:
+    return pipelines_needed(request.session.items)
+
+
+def tiny_edit_model(root: Path) -> dict[str, str]:
     """A tiny random-weight InstructPix2Pix saved locally: the edit pipeline's plumbing, end to end."""
     from devkit.tiny_diffusers import build_tiny_instruct_pix2pix
 
-    return build_tiny_instruct_pix2pix(tmp_path_factory.mktemp("models") / "tiny-ip2p")
+    model = build_tiny_instruct_pix2pix(root / "tiny-ip2p")
+    return {
+        "PIPELINES__EDIT__MODEL_DIR": str(model),
+        "PIPELINES__EDIT__DTYPE": "float32",
+        "PIPELINES__EDIT__DEVICE": "cpu",
+    }
 
 
 #: The adapter the local stack's t2v merges into its tiny Wan (fused mode), relative to its LORA_DIR.
 T2V_FUSED_LORA = {"path": "wan/a/pytorch_lora_weights.safetensors", "weight": 0.7}
 
 
-@pytest.fixture(scope="session")
-def tiny_wan_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def tiny_wan_model(root: Path) -> dict[str, str]:
     """A tiny random-weight Wan text-to-video model and an adapter directory, saved locally."""
     from devkit.tiny_diffusers import build_tiny_wan, write_tiny_lora
 
-    root = tmp_path_factory.mktemp("models")
     model = build_tiny_wan(root / "tiny-wan")
     write_tiny_lora(model, root / "loras" / "wan" / "a", kind="wan", seed=1)
     write_tiny_lora(model, root / "loras" / "wan" / "b", kind="wan", seed=2)
-    return model, root / "loras"
+    return {
+        "PIPELINES__T2V__MODEL_DIR": str(model),
+        "PIPELINES__T2V__DTYPE": "float32",
+        "PIPELINES__T2V__DEVICE": "cpu",
+        "PIPELINES__T2V__LORA_DIR": str(root / "loras"),
+        "PIPELINES__T2V__LORA_MODE": "fused",
+        "PIPELINES__T2V__FUSED_LORAS": json.dumps([T2V_FUSED_LORA]),
+    }
+
+
+#: The pipelines that run on a tiny model built for the session: built only when one is enabled.
+TINY_MODELS = {"edit": tiny_edit_model, "t2v": tiny_wan_model}
 
 
 @pytest.fixture(scope="session")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory,
-    flaky_state: Path,
-    tiny_edit_model: Path,
-    tiny_wan_model: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory, flaky_state: Path, enabled_pipelines: list[str]
 ) -> Iterator[LocalStack]:
     state = tmp_path_factory.mktemp("stack")
     env = {
         **TEST_STACK_ENV,
         "PIPELINES__FLAKY__STATE_DIR": str(flaky_state),
-        "PIPELINES__EDIT__MODEL_DIR": str(tiny_edit_model),
-        "PIPELINES__EDIT__DTYPE": "float32",
-        "PIPELINES__EDIT__DEVICE": "cpu",
-        "PIPELINES__T2V__MODEL_DIR": str(tiny_wan_model[0]),
-        "PIPELINES__T2V__DTYPE": "float32",
-        "PIPELINES__T2V__DEVICE": "cpu",
-        "PIPELINES__T2V__LORA_DIR": str(tiny_wan_model[1]),
-        "PIPELINES__T2V__LORA_MODE": "fused",
-        "PIPELINES__T2V__FUSED_LORAS": json.dumps([T2V_FUSED_LORA]),
         "PIPELINES__FLAKYPARTS__STATE_DIR": str(flaky_state),
         "PIPELINES__FLAKYSLOW__STATE_DIR": str(flaky_state),
         "PIPELINES__TTS__VOICES": json.dumps(TTS_TEST_VOICES),
     }
+    models = tmp_path_factory.mktemp("models")
+    for name, build in TINY_MODELS.items():
+        if name in enabled_pipelines:
+            env.update(build(models))
     config = StackConfig(
-        state_dir=state,
-        env=env,
-        # automaton: the example plugin, found through its installed distribution's entry point
-        # (not PLUGINS); the stack gives it the route its spec declares.
-        enabled_pipelines=[
-            "transcribe",
-            "inpaint",
-            "edit",
-            "video",
-            "t2v",
-            "tts",
-            "flaky",
-            "flakyslow",
-            "flakyparts",
-            "automaton",
-        ],
-        schedule_interval_seconds=1.0,
+        state_dir=state, env=env, enabled_pipelines=enabled_pipelines, schedule_interval_seconds=1.0
     )
     with LocalStack(config, topology_with_flaky()) as running, pytest.MonkeyPatch.context() as mp:
         for key, value in {**running.env, **env}.items():
@@ -153,6 +192,7 @@ def stack(
         yield running
     # Logs stay in the session's tmp dir for post-mortems: print where.
     print(f"\nlocal stack logs: {config.log_dir}")
+    print(f"local stack: {', '.join(enabled_pipelines)}; ready in {running.timings.get('total')}s")
 
 
 @pytest.fixture(scope="session")

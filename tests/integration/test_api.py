@@ -26,6 +26,8 @@ from infra.localstack.stack import LocalStack
 from infra.settings import Settings
 from tests.integration.conftest import QUOTA_CAP, QUOTA_PIPELINE
 
+pytestmark = pytest.mark.pipelines("transcribe", "flaky", "flakyslow")
+
 LONG = {"steps": 400, "step_seconds": 0.05}  # 20 s unless cancelled
 
 

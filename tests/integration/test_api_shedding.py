@@ -30,6 +30,8 @@ from infra.client import Client
 from infra.localstack.stack import LocalStack
 from infra.settings import Settings
 
+pytestmark = pytest.mark.pipelines("flaky", "tts")
+
 JOB = {"pipeline": "flaky", "inputs": {"steps": 1}}
 
 

@@ -21,6 +21,8 @@ from devkit.firebase_auth import new_email
 from devkit.webapp import WebApp, browser, chromium_path
 from infra.localstack.stack import LocalStack
 
+pytestmark = pytest.mark.pipelines("inpaint", "transcribe", "flaky")
+
 if chromium_path() is None and os.environ.get("GPU_JOBS_REQUIRE_TOOLS") != "1":
     pytest.skip(
         "chromium is not installed (scripts/setup.sh installs it: apt-get install chromium)",

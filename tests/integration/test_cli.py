@@ -10,6 +10,8 @@ from cli import main
 from devkit.speech import synthesize
 from infra.localstack.stack import LocalStack
 
+pytestmark = pytest.mark.pipelines("transcribe")
+
 
 def _env(stack: LocalStack) -> list[str]:
     return ["--env-file", str(stack.config.state_dir / "stack.env")]

@@ -10,6 +10,8 @@ from google.cloud.firestore_v1.document import DocumentReference
 from core.contract import JobStatus
 from infra.client import Client, JobTimeout
 
+pytestmark = pytest.mark.pipelines()
+
 
 class _SilentWatch:
     """A listener whose stream has stalled: subscribed, never called back."""

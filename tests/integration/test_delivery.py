@@ -17,6 +17,8 @@ from devkit.speech import synthesize
 from infra.client import Client
 from infra.localstack.stack import LocalStack
 
+pytestmark = pytest.mark.pipelines("transcribe")
+
 
 @pytest.fixture(scope="module")
 def wav(media_dir: Path) -> Path:

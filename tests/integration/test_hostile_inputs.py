@@ -34,6 +34,8 @@ from infra.jobs import firestore_client
 from infra.localstack.stack import LocalStack
 from tests.integration.conftest import untriggered_deps
 
+pytestmark = pytest.mark.pipelines("transcribe", "inpaint", "edit", "video", "flaky")
+
 FINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.REJECTED, JobStatus.CANCELLED}
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from core.contract import JobDoc, JobStatus
 from devkit.sample_images import make_sample
 from infra.client import Client
+
+pytestmark = pytest.mark.pipelines("inpaint", "edit")
 
 
 def _follow(client: Client, job_id: str) -> tuple[JobDoc, list[JobDoc]]:

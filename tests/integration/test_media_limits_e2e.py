@@ -25,6 +25,8 @@ from devkit.media_files import long_video, playlist, silent_flac, to_mp3
 from devkit.speech import synthesize
 from infra.client import Client
 
+pytestmark = pytest.mark.pipelines("transcribe", "video", "edit", "tts")
+
 SECRET = "The vault code is seven seven four, and the backup key is in the blue drawer."
 #: the functions read this many bytes of a media object's head (FileInput.header_bytes)
 HEAD_BYTES = 256 * 1024

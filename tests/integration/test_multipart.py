@@ -9,12 +9,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from google.cloud import pubsub_v1
 
 from core.contract import JobMessage, JobStatus
 from devkit.flaky import count
 from infra.client import Client
 from infra.localstack.stack import LocalStack
+
+pytestmark = pytest.mark.pipelines("flakyparts")
 
 
 def _count(state: Path, job_id: str, what: str) -> int:

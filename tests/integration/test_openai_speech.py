@@ -22,6 +22,8 @@ from infra.client import Client
 from infra.localstack.stack import LocalStack
 from infra.settings import Settings
 
+pytestmark = pytest.mark.pipelines("tts")
+
 SENTENCE = "Please send the quarterly report to the finance team before Friday afternoon."
 
 

@@ -14,6 +14,8 @@ from core.contract import JobDoc, JobStatus
 from infra.client import Client
 from infra.localstack.stack import LocalStack
 
+pytestmark = pytest.mark.pipelines("automaton")
+
 PIPELINE = "automaton"
 
 

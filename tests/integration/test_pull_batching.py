@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from google.cloud import pubsub_v1
 from PIL import Image, ImageDraw
 
@@ -18,6 +19,8 @@ from infra.jobs import JobStore
 from infra.localstack.stack import LocalStack
 from infra.settings import Settings
 from pipelines.registry import catalog
+
+pytestmark = pytest.mark.pipelines("inpaint")
 
 
 def _images(tmp: Path) -> tuple[Path, Path]:

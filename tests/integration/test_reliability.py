@@ -30,6 +30,8 @@ from infra.settings import Settings
 from pipelines.registry import catalog
 from tests.integration.conftest import untriggered_deps
 
+pytestmark = pytest.mark.pipelines("flaky")
+
 
 def _flaky(client: Client, uid: str, **inputs: Any) -> str:
     return client.create_job(uid, "flaky", inputs)

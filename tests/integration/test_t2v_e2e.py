@@ -12,9 +12,13 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from core.contract import JobDoc, JobStatus
 from infra.client import Client
 from tests.integration.conftest import T2V_FUSED_LORA
+
+pytestmark = pytest.mark.pipelines("t2v")
 
 
 def _follow(client: Client, job_id: str) -> tuple[JobDoc, list[JobDoc]]:

@@ -18,7 +18,10 @@ from core.routes import DEAD_LETTER_TOPIC, TOPIC_PREFIX, route
 from infra.localstack.stack import LocalStack
 from tests.unit.test_terraform import HARNESS, TERRAFORM, TOPOLOGY_MODULE, _terraform
 
-pytestmark = pytest.mark.skipif(TERRAFORM is None, reason="terraform is not on PATH")
+pytestmark = [
+    pytest.mark.skipif(TERRAFORM is None, reason="terraform is not on PATH"),
+    pytest.mark.pipelines("automaton"),
+]
 
 
 def _seconds(duration: str | None) -> int | None:

@@ -16,6 +16,8 @@ from devkit.speech import synthesize, wav_duration, word_error_rate
 from infra.client import Client
 from infra.localstack.stack import LocalStack
 
+pytestmark = pytest.mark.pipelines("transcribe")
+
 TEXT = (
     "Please send the quarterly report to the finance team before Friday afternoon. "
     "The new service converts speech into text and writes the results to storage."

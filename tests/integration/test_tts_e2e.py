@@ -20,6 +20,8 @@ from infra.client import Client
 from infra.localstack.stack import LocalStack
 from pipelines.tts.audio import decode, loudness, peak_dbfs
 
+pytestmark = pytest.mark.pipelines("tts", "transcribe")
+
 SCRIPT = (
     "Speaker 1: Good morning. Please send the quarterly report to the finance team before Friday.\n"
     "Speaker 2: I will send it this afternoon, together with the notes from the weekly meeting."

@@ -24,6 +24,8 @@ from infra.settings import Settings
 from pipelines.tts import TtsConfig, TtsInputs
 from pipelines.tts.pipeline import load
 
+pytestmark = pytest.mark.pipelines()
+
 
 def sine(path: Path, freq: int, seconds: float) -> Path:
     subprocess.run(

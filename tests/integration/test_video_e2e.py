@@ -16,6 +16,8 @@ from devkit.speech import make_video_with_speech, word_error_rate
 from devkit.video_server import VideoServer, serve
 from infra.client import Client
 
+pytestmark = pytest.mark.pipelines("video")
+
 SPEECH = "This is a short test video. The second slide shows the release date."
 SLIDES = ["PROJECT ATLAS 2024", "Release date March 15"]
 

@@ -26,6 +26,8 @@ from infra.localstack.stack import LocalStack
 from infra.settings import Settings
 from tests.integration.conftest import TIER_ANONYMOUS_DAILY, TIER_PIPELINE
 
+pytestmark = pytest.mark.pipelines("automaton", "transcribe")
+
 TINY = {"width": 16, "height": 16, "frames": 1, "fps": 1}
 
 

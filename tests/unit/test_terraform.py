@@ -32,6 +32,9 @@ import yaml
 from core.routes import DEAD_LETTER_TOPIC, TOPIC_PREFIX, route
 from tools import tfcheck
 
+# Most of these run terraform itself (init, plan, apply on mirrors): they run in `make test`.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 TF = ROOT / "terraform"
 TOPOLOGY_PATH = ROOT / "infra" / "topology.yaml"

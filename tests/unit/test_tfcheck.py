@@ -42,6 +42,7 @@ def planted(tmp_path: Path, module: str, old: str, new: str) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_terraform_matches_the_provider_schema_at_the_floors_and_the_newest() -> None:
     report = tfcheck.check()
     assert report.findings == []

