@@ -86,7 +86,7 @@ def flaky_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 #: Every pipeline the test stack can run: the built-in ones, the test stand-ins
-#: (tests/support/flaky.py) and automaton, the example plugin, found through its installed
+#: (devkit/flaky.py) and automaton, the example plugin, found through its installed
 #: distribution's entry point (not PLUGINS); the stack gives it the route its spec declares.
 ALL_PIPELINES = (
     "transcribe",
