@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
+from core import pubsub
 from core.routes import DEAD_LETTER_TOPIC, TOPIC_PREFIX, route
 from tools import tfcheck
 
@@ -67,15 +68,15 @@ def load_topology() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Pub/Sub limits: a pure function over a pipeline's merged settings.
-# (Worth moving into infra/ so the local stack refuses the same topologies as Terraform.)
+# Pub/Sub limits: a pure function over a pipeline's merged settings. The bounds are core.pubsub's
+# (test_pubsub_limits.py holds modules/topology's validations to the same numbers).
 # --------------------------------------------------------------------------------------------
 
-ACK_DEADLINE_S = (10, 600)
-MAX_DELIVERY_ATTEMPTS = (5, 100)
-BACKOFF_S = (0, 600)
-RETENTION_S = (600, 7 * 24 * 3600)  # a subscription's (a topic's may reach 31 days)
-MODES = ("push", "pull")
+ACK_DEADLINE_S = pubsub.ACK_DEADLINE_SECONDS
+MAX_DELIVERY_ATTEMPTS = pubsub.MAX_DELIVERY_ATTEMPTS
+BACKOFF_S = pubsub.BACKOFF_SECONDS
+RETENTION_S = pubsub.SUBSCRIPTION_RETENTION_SECONDS  # a subscription's (a topic's may reach 31 days)
+MODES = pubsub.MODES
 
 
 def merge_pipeline(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -88,8 +89,8 @@ def merge_pipeline(defaults: dict[str, Any], override: dict[str, Any]) -> dict[s
     return merged
 
 
-def _outside(value: Any, bounds: tuple[int, int]) -> bool:
-    return not isinstance(value, int) or not bounds[0] <= value <= bounds[1]
+def _outside(value: Any, bounds: pubsub.Bounds) -> bool:
+    return value not in bounds
 
 
 def subscription_limit_errors(settings: dict[str, Any]) -> list[str]:
@@ -286,7 +287,7 @@ def test_schema_covers_every_field_of_infra_topology() -> None:
         (t.Trigger, SCHEMA["functions"]["*"]["trigger"]),
         (t.FirestoreTrigger, SCHEMA["functions"]["*"]["trigger"]["firestore"]),
         (t.Subscription, PIPELINE_KEYS),
-        (t.RetryPolicy, PIPELINE_KEYS["retry_policy"]),
+        (t.Backoff, PIPELINE_KEYS["retry_policy"]),
         (t.DeadLetter, PIPELINE_KEYS["dead_letter"]),
         (t.Schedule, SCHEMA["schedules"]["*"]),
     ]
