@@ -340,6 +340,17 @@ PLAIN = spec("plain", {"mode": "pull"})
 """
 
 
+def test_every_built_in_pipeline_keeps_its_spec_in_spec_py_and_its_package_names_it() -> None:
+    import importlib
+
+    for name, path in reg.BUILTIN.items():
+        package = path.partition(":")[0]
+        spec_module = importlib.import_module(f"{package}.spec")
+        assert importlib.import_module(package).SPEC is spec_module.SPEC, name
+        assert spec_module.SPEC.name == name
+        assert spec_module.SPEC.config.__module__ == spec_module.__name__, name
+
+
 def test_a_plugin_route_built_without_validation_is_still_held_to_pubsub_limits(site: Site) -> None:
     entries = {"unchecked": "acme_raw:UNCHECKED", "plain": "acme_raw:PLAIN"}
     site.install("acme-raw", "acme_raw", entries, UNCHECKED_PLUGIN)
