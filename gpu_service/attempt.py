@@ -6,7 +6,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -14,6 +14,7 @@ from core.contract import ErrorInfo, JobDoc, JobStatus, Timings
 from core.errors import JobError
 from core.spec import PipelineSpec
 from core.work import WorkRef
+from infra.jobs import utcnow as utcnow  # the one clock, shared with the sweeper
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ class Outcome:
     ack: Ack
     detail: str
     status: JobStatus | None = None
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass

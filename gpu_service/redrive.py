@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from core.contract import JobDoc, JobMessage, JobStatus
-from gpu_service.attempt import utcnow
 from gpu_service.capacity import Capacity, Slot
 from gpu_service.worker import Worker
+from infra.jobs import utcnow
 
 log = logging.getLogger(__name__)
 
