@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from core import pubsub
 from core.routes import DEAD_LETTER_TOPIC, TOPIC_PREFIX, route
 from tools import tfcheck
 
@@ -68,15 +68,9 @@ def load_topology() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Pub/Sub limits: a pure function over a pipeline's merged settings. The bounds are core.pubsub's
-# (test_pubsub_limits.py holds modules/topology's validations to the same numbers).
+# Pub/Sub limits on a pipeline's merged settings: checked by infra/topology.py's Subscription, whose
+# bounds are core.pubsub's (test_pubsub_limits.py holds modules/topology's validations to them).
 # --------------------------------------------------------------------------------------------
-
-ACK_DEADLINE_S = pubsub.ACK_DEADLINE_SECONDS
-MAX_DELIVERY_ATTEMPTS = pubsub.MAX_DELIVERY_ATTEMPTS
-BACKOFF_S = pubsub.BACKOFF_SECONDS
-RETENTION_S = pubsub.SUBSCRIPTION_RETENTION_SECONDS  # a subscription's (a topic's may reach 31 days)
-MODES = pubsub.MODES
 
 
 def merge_pipeline(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -89,39 +83,16 @@ def merge_pipeline(defaults: dict[str, Any], override: dict[str, Any]) -> dict[s
     return merged
 
 
-def _outside(value: Any, bounds: pubsub.Bounds) -> bool:
-    return value not in bounds
-
-
 def subscription_limit_errors(settings: dict[str, Any]) -> list[str]:
     """Every way a pipeline's merged subscription settings break a Pub/Sub limit (empty if none)."""
-    errors: list[str] = []
-    if settings.get("mode") not in MODES:
-        errors.append(f"mode {settings.get('mode')!r} is not one of {MODES}")
-    if _outside(settings.get("ack_deadline_seconds"), ACK_DEADLINE_S):
-        errors.append(f"ack_deadline_seconds {settings.get('ack_deadline_seconds')} not in {ACK_DEADLINE_S}")
-    if _outside(settings.get("message_retention_seconds"), RETENTION_S):
-        errors.append(
-            f"message_retention_seconds {settings.get('message_retention_seconds')} not in {RETENTION_S}"
-        )
-    retry = settings.get("retry_policy")
-    if retry is not None:
-        lo, hi = retry.get("minimum_backoff_seconds", 10), retry.get("maximum_backoff_seconds", 600)
-        for key, value in (("minimum_backoff_seconds", lo), ("maximum_backoff_seconds", hi)):
-            if _outside(value, BACKOFF_S):
-                errors.append(f"retry_policy.{key} {value} not in {BACKOFF_S}")
-        if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
-            errors.append(f"retry_policy minimum_backoff_seconds {lo} > maximum_backoff_seconds {hi}")
-    dead_letter = settings.get("dead_letter")
-    if dead_letter is not None:
-        if _outside(dead_letter.get("max_delivery_attempts"), MAX_DELIVERY_ATTEMPTS):
-            errors.append(
-                f"dead_letter.max_delivery_attempts {dead_letter.get('max_delivery_attempts')} "
-                f"not in {MAX_DELIVERY_ATTEMPTS}"
-            )
-        if not dead_letter.get("topic"):
-            errors.append("dead_letter.topic is missing")
-    return errors
+    from infra.topology import Subscription
+
+    fields = {k: v for k, v in settings.items() if k in Subscription.model_fields}
+    try:
+        Subscription.model_validate(fields)
+    except ValidationError as exc:
+        return [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+    return []
 
 
 def effective_pipelines(topology: dict[str, Any]) -> dict[str, dict[str, Any]]:
