@@ -8,7 +8,8 @@
   document; :mod:`core.recovery`, the moves made from outside one (recovery, transitions); and
   :mod:`core.decisions`, what those decisions take and give;
 * :mod:`core.patch`: typed writes to the job document (unknown fields refused);
-* :mod:`core.routes`: topic, subscription and push-path names, built in one place.
+* :mod:`core.routes`: topic, subscription and push-path names, built in one place;
+* :mod:`core.pubsub`: Pub/Sub's limits on a route's settings, written once.
 
 ``pipelines/`` and ``infra/`` both stand on this package; it depends on pydantic and the
 standard library only.

@@ -21,10 +21,12 @@ import typing
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
+from core.pubsub import AckDeadline, Mode, SubscriptionRetention
+from core.pubsub import Backoff as Backoff  # plugins import it from here, beside Delivery
 from core.routes import check_name
 from core.work import part_key
 
@@ -334,35 +336,21 @@ def _import(path: str) -> Any:
     return getattr(importlib.import_module(module_name), attr)
 
 
-class Backoff(BaseModel):
-    """A subscription's retry policy: redelivery waits between these bounds (seconds)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    minimum_backoff_seconds: int = Field(ge=0, le=600)
-    maximum_backoff_seconds: int = Field(ge=0, le=600)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Backoff:
-        if self.minimum_backoff_seconds > self.maximum_backoff_seconds:
-            raise ValueError("minimum_backoff_seconds must not exceed maximum_backoff_seconds")
-        return self
-
-
 class Delivery(BaseModel):
     """What a pipeline needs from its Pub/Sub route, beside the deployment's ``pipeline_defaults``.
 
-    A field left ``None`` keeps the default. The same bounds as ``infra/topology.yaml`` (Pub/Sub
-    limits), so a plugin with an impossible setting fails when it is imported, not at deploy time.
+    A field left ``None`` keeps the default. The bounds are Pub/Sub's (:mod:`core.pubsub`, as for
+    ``infra/topology.yaml``), so a plugin with an impossible setting fails when it is imported, not
+    at deploy time.
     ``needs_model = False`` lets a deployment enable the pipeline without a model path.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mode: Literal["push", "pull"] | None = None
-    ack_deadline_seconds: int | None = Field(None, ge=10, le=600)
+    mode: Mode | None = None
+    ack_deadline_seconds: AckDeadline | None = None
     retry_policy: Backoff | None = None
-    message_retention_seconds: int | None = Field(None, ge=600, le=604800)
+    message_retention_seconds: SubscriptionRetention | None = None
     needs_model: bool = True
 
 

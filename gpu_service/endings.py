@@ -9,19 +9,16 @@ The join runs inside the compare-and-set write of the part that ends last (see
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from core.contract import ErrorInfo, JobDoc, JobStatus, Prepared, Progress, Timings
 from core.lifecycle import Ending
 from core.spec import PipelineSpec
+from infra.jobs import utcnow
 
 # Firestore documents are limited to 1 MiB; long transcripts keep their files but drop bulky lists.
 MAX_OUTPUTS_BYTES = 700_000
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def seconds_between(a: datetime | None, b: datetime | None) -> float | None:

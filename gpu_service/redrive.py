@@ -28,8 +28,8 @@ from datetime import datetime, timedelta
 
 from core.contract import JobDoc, JobMessage, JobStatus
 from gpu_service.capacity import Capacity, Slot
-from gpu_service.endings import utcnow
 from gpu_service.worker import Worker
+from infra.jobs import utcnow
 
 log = logging.getLogger(__name__)
 

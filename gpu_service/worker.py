@@ -76,14 +76,13 @@ from gpu_service.endings import (
     fit_in_document,
     jsonable,
     seconds_between,
-    utcnow,
 )
 from gpu_service.heartbeat import Heartbeat
 from gpu_service.pool import ModelPool
 from infra import roundtrips
 from infra.blobs import BlobStore
 from infra.bus import Bus
-from infra.jobs import JobStore
+from infra.jobs import JobStore, utcnow
 from infra.settings import Settings
 from pipelines.media import local_suffix
 

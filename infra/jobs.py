@@ -55,6 +55,7 @@ def firestore_client(settings: Settings) -> firestore.Client:
 
 
 def utcnow() -> datetime:
+    """The current time, timezone-aware UTC: the one clock the sweeper and the GPU service read."""
     return datetime.now(UTC)
 
 

@@ -1,4 +1,6 @@
-"""Reads ``infra/topology.yaml``, the one declaration of the event topology (Terraform reads it too)."""
+"""Reads ``infra/topology.yaml``, the one declaration of the event topology (Terraform reads it too).
+
+Pub/Sub's limits on a subscription's settings come from :mod:`core.pubsub`."""
 
 from __future__ import annotations
 
@@ -9,6 +11,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.pubsub import (
+    AckDeadline,
+    Backoff,
+    DeliveryAttempts,
+    Mode,
+    SubscriptionRetention,
+    TopicRetention,
+)
 from core.routes import check_name, route
 
 TOPOLOGY_FILE = Path(__file__).with_name("topology.yaml")
@@ -54,28 +64,17 @@ class Function(_Model):
     trigger: Trigger
 
 
-class RetryPolicy(_Model):
-    minimum_backoff_seconds: int = Field(ge=0, le=600)
-    maximum_backoff_seconds: int = Field(ge=0, le=600)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> RetryPolicy:
-        if self.minimum_backoff_seconds > self.maximum_backoff_seconds:
-            raise ValueError("retry_policy: minimum_backoff_seconds must not exceed maximum_backoff_seconds")
-        return self
-
-
 class DeadLetter(_Model):
     topic: str
-    max_delivery_attempts: int = Field(ge=5, le=100)
+    max_delivery_attempts: DeliveryAttempts
 
 
 class Subscription(_Model):
-    mode: Literal["push", "pull"] = "push"
-    ack_deadline_seconds: int = Field(10, ge=10, le=600)
-    retry_policy: RetryPolicy
+    mode: Mode = "push"
+    ack_deadline_seconds: AckDeadline = 10
+    retry_policy: Backoff
     dead_letter: DeadLetter
-    message_retention_seconds: int = Field(86400, ge=600, le=604800)
+    message_retention_seconds: SubscriptionRetention = 86400
     parts: list[str] = Field(default_factory=list)
 
     @field_validator("parts")
@@ -89,7 +88,7 @@ class Subscription(_Model):
 
 
 class Topic(_Model):
-    message_retention_seconds: int | None = Field(None, ge=600, le=2678400)
+    message_retention_seconds: TopicRetention | None = None
 
 
 class Schedule(_Model):

@@ -11,7 +11,8 @@ A ``"module:SPEC"`` path named in the ``PLUGINS`` setting (passed here as ``extr
 same way.
 
 A plugin can never take the others down: one that fails to import, or returns something else, is
-left out and reported as a :class:`~core.spec.BrokenPlugin` with its distribution's name. A
+left out and reported as a :class:`~core.spec.BrokenPlugin` with its distribution's name; so is one
+whose route breaks one of Pub/Sub's limits (:mod:`core.pubsub`), however its spec was built. A
 pipeline name claimed by two plugins is loaded from neither (both are reported), and a plugin
 cannot shadow a built-in.
 
@@ -32,7 +33,7 @@ from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from core.spec import BrokenPlugin, Catalog, PipelineSpec
+from core.spec import BrokenPlugin, Catalog, Delivery, PipelineSpec
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,16 @@ def _import_spec(path: str) -> PipelineSpec:
     spec = getattr(importlib.import_module(module_name), attr)
     if not isinstance(spec, PipelineSpec):
         raise TypeError(f"{path} is a {type(spec).__name__}, not a PipelineSpec")
+    return spec
+
+
+def _check_route(spec: PipelineSpec) -> PipelineSpec:
+    """A plugin's route checked against Pub/Sub's limits (:mod:`core.pubsub`), even one whose
+    ``Delivery`` was built without validation or is not a ``Delivery`` at all, so that it is left
+    out here rather than failing the deployment's plan or the local stack."""
+    if not isinstance(spec.delivery, Delivery):
+        raise TypeError(f"pipeline {spec.name}: delivery is a {type(spec.delivery).__name__}, not a Delivery")
+    Delivery.model_validate(spec.delivery.model_dump())
     return spec
 
 
@@ -119,6 +130,8 @@ def _claims(extra: tuple[str, ...]) -> tuple[list[_Claim], list[BrokenPlugin]]:
         try:
             loaded = _import_spec(source) if isinstance(source, str) else _as_specs(source.load(), entry)
             specs = [loaded] if isinstance(loaded, PipelineSpec) else loaded
+            for spec in specs:
+                _check_route(spec)
         except Exception as exc:  # third-party code: anything it raises leaves only it out
             error = f"{type(exc).__name__}: {exc}"[:500]
             log.error("plugin %s from %s was not loaded: %s", entry, distribution, error)

@@ -15,8 +15,15 @@ from pydantic import ValidationError
 from core.errors import InvalidInput, OutOfGpuMemory, PermanentError
 from core.spec import CostLimit, RunContext, RunResult
 from pipelines.media import AUDIO_OR_VIDEO, unreadable
-from pipelines.transcribe import SPEC, Segment, TranscribeConfig, TranscribeInputs, TranscribeOutputs, Word
 from pipelines.transcribe.formats import to_srt, to_vtt
+from pipelines.transcribe.spec import (
+    SPEC,
+    Segment,
+    TranscribeConfig,
+    TranscribeInputs,
+    TranscribeOutputs,
+    Word,
+)
 
 if TYPE_CHECKING:
     from pipelines.transcribe.crossfile import FilePlan

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.errors import InvalidInput
-from pipelines.tts import TtsConfig, TtsInputs
+from pipelines.tts.spec import TtsConfig, TtsInputs
 from pipelines.tts.text import Script, assign_voices, check_length, clean, normalize, parse_script
 
 

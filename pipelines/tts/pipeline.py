@@ -25,7 +25,6 @@ from typing import Any
 
 from core.errors import InvalidInput, PermanentError
 from core.spec import RunContext, RunResult
-from pipelines.tts import TtsConfig, TtsInputs, TtsOutputs
 from pipelines.tts.audio import (
     ENCODINGS,
     decode,
@@ -39,6 +38,7 @@ from pipelines.tts.audio import (
 from pipelines.tts.audio import peak_dbfs as measure_peak
 from pipelines.tts.backend import Audio, Chunk, ChunkRequest, SpeechBackend, Turn, Voice, chunk_seed
 from pipelines.tts.checks import prepare
+from pipelines.tts.spec import TtsConfig, TtsInputs, TtsOutputs
 from pipelines.tts.text import chunk_turns
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from core.errors import InvalidInput
-from pipelines.tts import PiperVoiceConfig, TtsConfig
 from pipelines.tts.audio import resample
 from pipelines.tts.backend import Audio, Chunk, ChunkDone, ChunkRequest, Voice
+from pipelines.tts.spec import PiperVoiceConfig, TtsConfig
 
 log = logging.getLogger(__name__)
 

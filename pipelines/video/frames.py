@@ -11,7 +11,7 @@ from PIL import Image, ImageChops, ImageOps
 
 from core.errors import InvalidInput
 from pipelines.media import VIDEO
-from pipelines.video import FramePreprocess
+from pipelines.video.spec import FramePreprocess
 
 THUMBNAIL_SIZE = (160, 90)
 

@@ -33,9 +33,9 @@ from typing import Any
 
 from core.errors import InvalidInput, JobError, PermanentError, RetryableError
 from core.spec import ProgressFn
-from pipelines.video import VideoConfig
 from pipelines.video.media import too_large, too_long
 from pipelines.video.net import BlockedConnection, ConnectionGuard, GuardedYoutubeDL
+from pipelines.video.spec import VideoConfig
 from pipelines.video.urls import Resolver, check_url, default_resolve
 
 log = logging.getLogger(__name__)

@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from pipelines.transcribe import Segment
-from pipelines.video import OcrFrame, VideoInputs, VideoMetadata, VideoOutputs
+from pipelines.transcribe.spec import Segment
 from pipelines.video.ocr import combine
+from pipelines.video.spec import OcrFrame, VideoInputs, VideoMetadata, VideoOutputs
 
 
 class PreparedVideo(BaseModel):

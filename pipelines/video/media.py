@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.errors import InvalidInput, PermanentError, RetryableError
 from pipelines import media as shared
-from pipelines.video import SPEC, VideoConfig
+from pipelines.video.spec import SPEC, VideoConfig
 
 #: ffmpeg options that keep it to the local file it is given, in the video container formats
 #: (yt-dlp's ffmpeg post-processors get them too, see :mod:`.net`).

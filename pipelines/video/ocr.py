@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from core.errors import PermanentError, RetryableError
-from pipelines.video import OcrFrame
+from pipelines.video.spec import OcrFrame
 
 VISION_MAX_BATCH = 16  # images per BatchAnnotateImagesRequest, the API's limit
 VISION_MAX_REQUEST_BYTES = 8 * 2**20  # keep each request well under the API's payload limit

@@ -20,8 +20,7 @@ from pydantic import BaseModel
 
 from core.errors import PermanentError
 from core.spec import Pipeline, ProgressFn, RunContext, RunResult
-from pipelines.transcribe import Segment, TranscribeInputs
-from pipelines.video import OcrFrame, VideoConfig, VideoInputs, VideoMetadata, VideoOutputs
+from pipelines.transcribe.spec import Segment, TranscribeInputs
 from pipelines.video.frames import (
     effective_interval,
     frame_difference,
@@ -33,6 +32,7 @@ from pipelines.video.ingest import download
 from pipelines.video.join import PreparedVideo, ScreenPart, SpeechPart
 from pipelines.video.media import MediaInfo, check_media, extract_audio, probe
 from pipelines.video.ocr import FrameText, OcrBackend, combine, dedupe_frames, make_backend
+from pipelines.video.spec import OcrFrame, VideoConfig, VideoInputs, VideoMetadata, VideoOutputs
 from pipelines.video.urls import Resolver, default_resolve
 
 log = logging.getLogger(__name__)

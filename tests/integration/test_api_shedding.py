@@ -73,7 +73,7 @@ def tight(settings: Settings) -> Iterator[tuple[str, Api]]:
         update={
             "jobs_collection": "tight-jobs",
             "quotas_collection": "tight-quotas",
-            "quotas": QuotaPolicy(max_unfinished=1, max_daily=None),
+            "quotas": QuotaPolicy(max_unfinished=1, max_daily=None, tiers={}),
             "api_max_waits_per_user": 2,
             "api_max_waits": 3,
             "api_max_streams_per_user": 1,

@@ -351,22 +351,31 @@ def test_a_drop_upload_to_an_unknown_pipeline_folder_is_rejected(client: Client,
     )
 
 
+def _barrier(client: Client, uid: str, wav: Path) -> None:
+    """A drop upload made after the case's own, followed until its job ends: the uploads'
+    notifications share one subscription, so by then the case's own was handled too."""
+    marker = f"marker-{uid}"
+    client.upload(wav, uid, pipeline="transcribe", name=f"{marker}.wav", metadata={"jobId": marker})
+    assert client.follow(marker, timeout=120).status is JobStatus.SUCCEEDED
+
+
 def test_a_drop_upload_naming_another_users_job_id_leaves_that_job_alone(
     client: Client, uid: str, wav: Path
 ) -> None:
     victim = f"{uid}-victim"
     theirs = client.follow(client.create_job(victim, "flaky", {"steps": 1}, job_id=f"v-{uid}"), timeout=60)
     _drop(client, uid, wav, {"jobId": f"v-{uid}"})
-    time.sleep(2)
+    _barrier(client, uid, wav)
     after = client.get(f"v-{uid}")
     assert after == theirs and after.uid == victim
+    assert [j for j, _ in client.list(uid)] == [f"marker-{uid}"]  # and made no job of its own
 
 
-def test_an_upload_path_with_an_impossible_uid_creates_nothing(client: Client, wav: Path) -> None:
+def test_an_upload_path_with_an_impossible_uid_creates_nothing(client: Client, uid: str, wav: Path) -> None:
     blob = client.gcs.bucket(client.settings.media_bucket).blob("uploads/a b;c/transcribe/x.wav")
     blob.upload_from_filename(str(wav), content_type="audio/wav")
     blob.reload()
-    time.sleep(2)
+    _barrier(client, uid, wav)
     job_id = derived_job_id(client.settings.media_bucket, blob.name, str(blob.generation))
     assert not client.jobs().document(job_id).get().exists
 
@@ -388,11 +397,11 @@ def test_a_pushed_job_that_was_never_validated_is_not_run(
     job_id = f"pp-{uid}"
     ref = client.jobs().document(job_id)
     ref.set({"uid": uid, "pipeline": "transcribe", "inputs": {"media": victim_file}, "status": "pending"})
-    time.sleep(3)  # its own trigger rejects it meanwhile; the push must not run it in any state
+    rejected = _wait_final(client, job_id)  # its own trigger rejects it
+    _assert_ended(rejected, JobStatus.REJECTED, "forbidden_object")
     resp = _push(stack, "/push/transcribe", {"jobId": job_id, "pipeline": "transcribe"})
-    assert resp.status_code == 200
-    job = _wait_final(client, job_id)
-    _assert_ended(job, JobStatus.REJECTED, "forbidden_object")
+    assert resp.status_code == 200  # answered: the push was handled, and ran nothing
+    assert client.get(job_id) == rejected
     assert not list(client.gcs.list_blobs(client.settings.media_bucket, prefix=f"results/{uid}/{job_id}/"))
 
 

@@ -105,7 +105,7 @@ def test_inputs_must_be_the_owners_own_uploads(uri: str, code: str) -> None:
     with pytest.raises(InvalidInput) as exc:
         check_input_location("media", uri, "u1", "media")
     assert exc.value.code == code
-    check_input_location("media", "gs://media/uploads/u1/a.wav", "u1", "media")
+    check_input_location("media", "gs://media/uploads/u1/a.wav", "u1", "media")  # the owner's own
 
 
 def test_a_client_clock_in_the_future_gives_no_negative_timings() -> None:
@@ -128,8 +128,13 @@ def _header(head: bytes, complete: bool = True, **limits: int) -> None:
 
 def test_a_good_image_header_passes_even_when_only_its_head_was_read() -> None:
     data = _png(64, 48)
-    _header(data)
-    _header(data[:100], complete=False)
+    head = data[:100]
+    for complete, chunk in ((True, data), (False, head)):
+        _header(chunk, complete, max_side=64, min_side=48)  # exactly at the limits: queued
+        # the same bytes one pixel over a limit: refused, so the size was read from them
+        with pytest.raises(InvalidInput) as exc:
+            _header(chunk, complete, max_side=63)
+        assert exc.value.code == "image_too_large" and "64" in exc.value.message
 
 
 @pytest.mark.parametrize(

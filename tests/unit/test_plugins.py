@@ -324,6 +324,46 @@ def test_a_plugin_whose_spec_breaks_a_pubsub_limit_is_reported(site: Site) -> No
     builtins_still_work()
 
 
+UNCHECKED_PLUGIN = """
+from pydantic import BaseModel
+from core.spec import Delivery, PipelineModel, PipelineSpec
+
+class Inputs(PipelineModel):
+    n: int = 1
+
+def spec(name, delivery):
+    return PipelineSpec(name=name, inputs=Inputs, outputs=BaseModel, config=BaseModel, loader="x:y",
+                        delivery=delivery)
+
+UNCHECKED = spec("unchecked", Delivery.model_construct(ack_deadline_seconds=5))
+PLAIN = spec("plain", {"mode": "pull"})
+"""
+
+
+def test_every_built_in_pipeline_keeps_its_spec_in_spec_py_and_its_package_names_it() -> None:
+    import importlib
+
+    for name, path in reg.BUILTIN.items():
+        package = path.partition(":")[0]
+        spec_module = importlib.import_module(f"{package}.spec")
+        assert importlib.import_module(package).SPEC is spec_module.SPEC, name
+        assert spec_module.SPEC.name == name
+        assert spec_module.SPEC.config.__module__ == spec_module.__name__, name
+
+
+def test_a_plugin_route_built_without_validation_is_still_held_to_pubsub_limits(site: Site) -> None:
+    entries = {"unchecked": "acme_raw:UNCHECKED", "plain": "acme_raw:PLAIN"}
+    site.install("acme-raw", "acme_raw", entries, UNCHECKED_PLUGIN)
+    found = registry()
+    assert "unchecked" not in found.specs and "plain" not in found.specs
+    errors = {b.entry.split(" = ")[0]: b.error for b in found.broken}
+    assert "ValidationError" in errors["unchecked"] and "ack_deadline_seconds" in errors["unchecked"]
+    assert "greater than or equal to 10" in errors["unchecked"]
+    assert errors["plain"] == "TypeError: pipeline plain: delivery is a dict, not a Delivery"
+    assert reg.main() == 1  # the image check fails instead of handing Terraform an impossible route
+    builtins_still_work()
+
+
 def test_one_distribution_declaring_a_name_twice_is_told_which_entries_clash(site: Site) -> None:
     source = spec_module("twin") + "OTHER = spec('twin')\n"
     site.install("acme-twice", "acme_twice", {"one": "acme_twice:SPEC", "two": "acme_twice:OTHER"}, source)

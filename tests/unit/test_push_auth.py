@@ -175,12 +175,19 @@ def test_a_good_token_passes(verifier: PushVerifier, google_key: rsa.RSAPrivateK
 def test_the_plain_issuer_and_a_lower_case_scheme_pass(
     verifier: PushVerifier, google_key: rsa.RSAPrivateKey
 ) -> None:
-    verifier.verify("bearer " + sign(google_key, claims(iss="accounts.google.com")))
+    verified = verifier.verify("bearer " + sign(google_key, claims(iss="accounts.google.com")))
+    assert (verified["iss"], verified["email"]) == ("accounts.google.com", PUSH_ACCOUNT)
 
 
-def test_expiry_allows_the_clock_skew(verifier: PushVerifier, google_key: rsa.RSAPrivateKey) -> None:
-    now = int(time.time())
-    verifier.verify(bearer(sign(google_key, claims(iat=now - 3600, exp=now - 3))))
+def test_expiry_allows_the_clock_skew_and_no_more(
+    verifier: PushVerifier, google_key: rsa.RSAPrivateKey
+) -> None:
+    now = int(time.time())  # the verifier allows 10 s of skew
+    within = verifier.verify(bearer(sign(google_key, claims(iat=now - 3600, exp=now - 3))))
+    assert (within["email"], within["exp"]) == (PUSH_ACCOUNT, now - 3)
+    with pytest.raises(BadToken) as refused:
+        verifier.verify(bearer(sign(google_key, claims(iat=now - 3600, exp=now - 40))))
+    assert refused.value.reason == "token expired"
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from core.routes import DEAD_LETTER_TOPIC, TOPIC_PREFIX, route
 from tools import tfcheck
@@ -70,15 +71,9 @@ def load_topology() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Pub/Sub limits: a pure function over a pipeline's merged settings.
-# (Worth moving into infra/ so the local stack refuses the same topologies as Terraform.)
+# Pub/Sub limits on a pipeline's merged settings: checked by infra/topology.py's Subscription, whose
+# bounds are core.pubsub's (test_pubsub_limits.py holds modules/topology's validations to them).
 # --------------------------------------------------------------------------------------------
-
-ACK_DEADLINE_S = (10, 600)
-MAX_DELIVERY_ATTEMPTS = (5, 100)
-BACKOFF_S = (0, 600)
-RETENTION_S = (600, 7 * 24 * 3600)  # a subscription's (a topic's may reach 31 days)
-MODES = ("push", "pull")
 
 
 def merge_pipeline(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -91,39 +86,16 @@ def merge_pipeline(defaults: dict[str, Any], override: dict[str, Any]) -> dict[s
     return merged
 
 
-def _outside(value: Any, bounds: tuple[int, int]) -> bool:
-    return not isinstance(value, int) or not bounds[0] <= value <= bounds[1]
-
-
 def subscription_limit_errors(settings: dict[str, Any]) -> list[str]:
     """Every way a pipeline's merged subscription settings break a Pub/Sub limit (empty if none)."""
-    errors: list[str] = []
-    if settings.get("mode") not in MODES:
-        errors.append(f"mode {settings.get('mode')!r} is not one of {MODES}")
-    if _outside(settings.get("ack_deadline_seconds"), ACK_DEADLINE_S):
-        errors.append(f"ack_deadline_seconds {settings.get('ack_deadline_seconds')} not in {ACK_DEADLINE_S}")
-    if _outside(settings.get("message_retention_seconds"), RETENTION_S):
-        errors.append(
-            f"message_retention_seconds {settings.get('message_retention_seconds')} not in {RETENTION_S}"
-        )
-    retry = settings.get("retry_policy")
-    if retry is not None:
-        lo, hi = retry.get("minimum_backoff_seconds", 10), retry.get("maximum_backoff_seconds", 600)
-        for key, value in (("minimum_backoff_seconds", lo), ("maximum_backoff_seconds", hi)):
-            if _outside(value, BACKOFF_S):
-                errors.append(f"retry_policy.{key} {value} not in {BACKOFF_S}")
-        if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
-            errors.append(f"retry_policy minimum_backoff_seconds {lo} > maximum_backoff_seconds {hi}")
-    dead_letter = settings.get("dead_letter")
-    if dead_letter is not None:
-        if _outside(dead_letter.get("max_delivery_attempts"), MAX_DELIVERY_ATTEMPTS):
-            errors.append(
-                f"dead_letter.max_delivery_attempts {dead_letter.get('max_delivery_attempts')} "
-                f"not in {MAX_DELIVERY_ATTEMPTS}"
-            )
-        if not dead_letter.get("topic"):
-            errors.append("dead_letter.topic is missing")
-    return errors
+    from infra.topology import Subscription
+
+    fields = {k: v for k, v in settings.items() if k in Subscription.model_fields}
+    try:
+        Subscription.model_validate(fields)
+    except ValidationError as exc:
+        return [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+    return []
 
 
 def effective_pipelines(topology: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -289,7 +261,7 @@ def test_schema_covers_every_field_of_infra_topology() -> None:
         (t.Trigger, SCHEMA["functions"]["*"]["trigger"]),
         (t.FirestoreTrigger, SCHEMA["functions"]["*"]["trigger"]["firestore"]),
         (t.Subscription, PIPELINE_KEYS),
-        (t.RetryPolicy, PIPELINE_KEYS["retry_policy"]),
+        (t.Backoff, PIPELINE_KEYS["retry_policy"]),
         (t.DeadLetter, PIPELINE_KEYS["dead_letter"]),
         (t.Schedule, SCHEMA["schedules"]["*"]),
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 import wave
@@ -73,6 +74,23 @@ def test_inputs_take_a_url_or_an_upload() -> None:
 def test_bad_inputs_are_rejected(inputs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         VideoInputs(**inputs)
+
+
+@pytest.mark.parametrize(
+    ("language", "message"),
+    [
+        ("english!!", "language must be a language code such as 'en' or 'de' (ISO 639-1)"),
+        ("xx", "language 'xx' is not one Whisper can transcribe"),
+    ],
+)
+def test_video_and_transcribe_refuse_a_language_with_the_same_words(language: str, message: str) -> None:
+    from pipelines.transcribe import TranscribeInputs
+
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        VideoInputs(url="https://example.com/v", language=language)
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        TranscribeInputs(media="gs://bucket/talk.wav", language=language)
+    assert VideoInputs(url="https://example.com/v", language=" ").language is None
 
 
 def test_spec() -> None:

@@ -73,11 +73,12 @@ variable "subscriptions" {
   validation {
     condition = alltrue([
       for s in values(var.subscriptions) : s.retry_policy == null ? true : (
-        s.retry_policy.minimum_backoff_seconds >= 0 && s.retry_policy.maximum_backoff_seconds <= 600 &&
+        s.retry_policy.minimum_backoff_seconds >= 0 && s.retry_policy.minimum_backoff_seconds <= 600 &&
+        s.retry_policy.maximum_backoff_seconds >= 0 && s.retry_policy.maximum_backoff_seconds <= 600 &&
         s.retry_policy.minimum_backoff_seconds <= s.retry_policy.maximum_backoff_seconds
       )
     ])
-    error_message = "retry_policy backoffs must satisfy 0 <= minimum <= maximum <= 600 seconds."
+    error_message = "retry_policy backoffs must be between 0 and 600 seconds, minimum <= maximum."
   }
   validation {
     condition     = alltrue([for s in values(var.subscriptions) : s.message_retention_seconds >= 600 && s.message_retention_seconds <= 604800])

@@ -196,6 +196,7 @@ variable "topology" {
 
   # --- Pub/Sub limits, checked on the defaults and on every override, so every merged value
   # --- is in range too. Limits: https://cloud.google.com/pubsub/quotas#resource_limits
+  # --- The numbers are core/pubsub.py's; tests/unit/test_pubsub_limits.py holds them equal.
   validation {
     condition = alltrue([
       for p in concat([var.topology.pipeline_defaults], values(var.topology.pipelines)) :
@@ -218,12 +219,13 @@ variable "topology" {
     error_message = "dead_letter.max_delivery_attempts must be between 5 and 100 (Pub/Sub limit)."
   }
   validation {
-    condition = alltrue(flatten([
-      for p in concat([var.topology.pipeline_defaults], values(var.topology.pipelines)) : [
-        for b in [try(p.retry_policy.minimum_backoff_seconds, null), try(p.retry_policy.maximum_backoff_seconds, null)] :
-        b == null ? true : (b >= 0 && b <= 600)
-      ]
-    ]))
+    condition = alltrue([
+      for p in concat([var.topology.pipeline_defaults], values(var.topology.pipelines)) :
+      p.retry_policy == null ? true : (
+        p.retry_policy.minimum_backoff_seconds >= 0 && p.retry_policy.minimum_backoff_seconds <= 600 &&
+        p.retry_policy.maximum_backoff_seconds >= 0 && p.retry_policy.maximum_backoff_seconds <= 600
+      )
+    ])
     error_message = "retry_policy backoffs must be between 0 and 600 seconds (Pub/Sub limit)."
   }
   validation {
