@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import re
+import types
 import typing
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -176,28 +177,63 @@ class PipelineModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _rule_of(annotation: Any) -> FileInput | None:
+    """The ``FileInput`` of ``Annotated[GsUri, FileInput(...)]``, also inside ``X | None``."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _rule_of(members[0]) if len(members) == 1 else None
+    return next((m for m in getattr(annotation, "__metadata__", ()) if isinstance(m, FileInput)), None)
+
+
+def _names_a_file(annotation: Any) -> bool:
+    """Whether a ``FileInput`` appears anywhere in ``annotation``."""
+    if any(isinstance(m, FileInput) for m in getattr(annotation, "__metadata__", ())):
+        return True
+    return any(_names_a_file(a) for a in typing.get_args(annotation))
+
+
 def file_fields(model: type[BaseModel]) -> dict[str, FileInput]:
-    """The fields of ``model`` that are Storage objects, with their limits."""
+    """The fields of ``model`` that are Storage objects (optional or not), with their limits."""
     found: dict[str, FileInput] = {}
     for name, info in model.model_fields.items():
-        for meta in info.metadata:
-            if isinstance(meta, FileInput):
-                found[name] = meta
+        rule = next((m for m in info.metadata if isinstance(m, FileInput)), None) or _rule_of(info.annotation)
+        if rule is not None:
+            found[name] = rule
     return found
 
 
 def _dict_file_fields(model: type[BaseModel]) -> dict[str, FileInput]:
-    """The ``dict[str, Annotated[GsUri, FileInput(...)]]`` fields of ``model``: several objects
-    under one field (e.g. one reference recording per speaker), each with the same limits."""
+    """The ``dict[str, Annotated[GsUri, FileInput(...)]]`` fields of ``model`` (also ``| None``):
+    several objects under one field (e.g. one reference recording per speaker), same limits."""
     found: dict[str, FileInput] = {}
     for name, info in model.model_fields.items():
-        if typing.get_origin(info.annotation) is not dict:
+        annotation = info.annotation
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = members[0] if len(members) == 1 else annotation
+        if typing.get_origin(annotation) is not dict:
             continue
-        value_type = typing.get_args(info.annotation)[1]
-        for meta in getattr(value_type, "__metadata__", ()):
-            if isinstance(meta, FileInput):
-                found[name] = meta
+        rule = _rule_of(typing.get_args(annotation)[1])
+        if rule is not None:
+            found[name] = rule
     return found
+
+
+def check_file_fields(model: type[BaseModel]) -> None:
+    """Refuses a ``FileInput`` anywhere but a field, an optional field or a dict of them: the
+    ownership, size and content checks, and the download, only see those, so a file hidden in a
+    list or a union would reach the pipeline unchecked.
+
+    Raises:
+        ValueError: naming the field.
+    """
+    known = set(file_fields(model)) | set(_dict_file_fields(model))
+    for name, info in model.model_fields.items():
+        if name not in known and _names_a_file(info.annotation):
+            raise ValueError(
+                f"{model.__name__}.{name}: a file input must be a field, an optional field or a "
+                "dict[str, ...] of them (Annotated[GsUri, FileInput(...)])"
+            )
 
 
 def file_uris(inputs: BaseModel) -> list[tuple[str, str, FileInput]]:
@@ -397,6 +433,7 @@ class PipelineSpec:
             check_name("part", lane)
         if bool(self.parts) != bool(self.join):
             raise ValueError(f"pipeline {self.name}: a multi-part pipeline has both parts and a join")
+        check_file_fields(self.inputs)
         for limit in self.costs:
             if limit.setting not in self.config.model_fields:
                 raise ValueError(
