@@ -75,7 +75,7 @@ def test_t2v_refuses_what_the_service_cannot_make_before_queueing(client: Client
         ({"loras": [{"path": "../../etc/x.safetensors"}]}, "invalid_inputs", "without '..'"),
         ({"num_frames": 8}, "invalid_inputs", "4k+1 frames"),
         ({"width": 100}, "invalid_inputs", "not a multiple of 16"),
-        ({"num_frames": 85}, "invalid_inputs", "at most 81"),
+        ({"num_frames": 85}, "invalid_inputs", "over this service's cap of 81 (max_frames)"),
     ]
     for change, code, message in cases:
         job = client.follow(client.create_job(uid, "t2v", {"prompt": "a cat", **change}), timeout=60)

@@ -271,7 +271,7 @@ def test_every_format_decodes_with_its_codec_rate_and_duration(
 
 
 BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
-    ({"text": "x" * 20_001}, "the limit is 20000"),
+    ({"text": "x" * 20_001}, "over this service's cap of 20,000 (max_chars)"),
     ({"text": ""}, "text"),
     ({"text": " \n\t "}, "text is empty"),
     ({"text": "Hello.", "voice": "alloy"}, "unknown voice 'alloy'; the configured voices are: joe, joe-calm, loud, quiet"),

@@ -14,6 +14,8 @@ from api.errors import ApiError
 from devkit.app_check import APP_ID, AppCheckKeys, serve_app_check_keys
 from infra.settings import Settings
 
+pytestmark = pytest.mark.usefixtures("no_settings_env")
+
 PROJECT = "demo-gpu-jobs"
 
 

@@ -11,6 +11,8 @@ from firebase_admin import auth as firebase_auth
 from infra.identity import SignInProviders, provider_of
 from infra.settings import Settings
 
+pytestmark = pytest.mark.usefixtures("no_settings_env")
+
 
 def record(**fields: Any) -> firebase_auth.UserRecord:
     return firebase_auth.UserRecord({"localId": "u1", **fields})
