@@ -345,27 +345,22 @@ def check_body(body: Body, schema: Block, where: str, top: bool = True) -> Itera
     for block_type, labels, sub in body.blocks:
         if top and block_type in META_BLOCKS:
             continue
-        if block_type == "dynamic":
+        name, content, dynamic = block_type, sub, block_type == "dynamic"
+        if dynamic:
             name = labels[0] if labels else "?"
-            content = next((b for t, _, b in sub.blocks if t == "content"), None)
-            if content is None:
+            found = next((b for t, _, b in sub.blocks if t == "content"), None)
+            if found is None:
                 yield f"{where}: dynamic {name!r} has no content block"
                 continue
-            present.add(name)
-            if name in schema.blocks:
-                yield from check_body(content, schema.blocks[name][1], f"{where}.{name}", top=False)
-            elif name in schema.arguments:
-                yield f"{where}: {name} is an argument, written as a dynamic block"
-            else:
-                yield f"{where}: unknown block {name}"
-            continue
-        present.add(block_type)
-        if block_type in schema.blocks:
-            yield from check_body(sub, schema.blocks[block_type][1], f"{where}.{block_type}", top=False)
-        elif block_type in schema.arguments:
-            yield f"{where}: {block_type} is an argument, written as a block: write {block_type} = ..."
+            content = found
+        present.add(name)
+        if name in schema.blocks:
+            yield from check_body(content, schema.blocks[name][1], f"{where}.{name}", top=False)
+        elif name in schema.arguments:
+            written = "a dynamic block" if dynamic else f"a block: write {name} = ..."
+            yield f"{where}: {name} is an argument, written as {written}"
         else:
-            yield f"{where}: unknown block {block_type}"
+            yield f"{where}: unknown block {name}"
     required = [n for n, r in schema.arguments.items() if r] + [n for n, (r, _) in schema.blocks.items() if r]
     for name in required:
         if name not in present:
