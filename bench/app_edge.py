@@ -116,7 +116,12 @@ def main() -> int:
         config = StackConfig(
             state_dir=tmp / "stack",
             enabled_pipelines=["inpaint", "flaky"],
-            env={"PLUGINS": "devkit.flaky:SPEC", "PIPELINES__FLAKY__STATE_DIR": str(tmp / "flaky")},
+            env={
+                "PLUGINS": "devkit.flaky:SPEC",
+                "PIPELINES__FLAKY__STATE_DIR": str(tmp / "flaky"),
+                # latency, not quotas: the bench's anonymous user gets the top-level caps
+                "QUOTAS": '{"tiers": {}}',
+            },
         )
         with LocalStack(config, topology_with_flaky()) as stack:
             user = sign_up(stack.env["FIREBASE_AUTH_EMULATOR_HOST"])
