@@ -60,8 +60,15 @@ def _counted_stream(responses: Iterable[Any], kind: str) -> Iterator[Any]:
         _add(reads=max(documents, 1 if kind == "query" else 0))
 
 
-def install_firestore_counter() -> None:
-    """Wrap the Firestore client library's RPCs in this process so that they are counted."""
+def counts() -> Counter[str]:
+    """This process's Firestore calls so far: ``queries``, ``gets``, ``reads``, ``commits``, ``writes``."""
+    with _counts_lock:
+        return Counter(_counts)
+
+
+def install_firestore_counter() -> Callable[[], None]:
+    """Wrap the Firestore client library's RPCs in this process so that they are counted;
+    returns what puts the library back as it was."""
     from google.cloud.firestore_v1.services.firestore.client import FirestoreClient
 
     run_query = FirestoreClient.run_query
@@ -85,6 +92,13 @@ def install_firestore_counter() -> None:
     FirestoreClient.run_query = counted_run_query  # type: ignore[method-assign]
     FirestoreClient.batch_get_documents = counted_batch_get  # type: ignore[method-assign]
     FirestoreClient.commit = counted_commit  # type: ignore[method-assign]
+
+    def restore() -> None:
+        FirestoreClient.run_query = run_query  # type: ignore[method-assign]
+        FirestoreClient.batch_get_documents = batch_get  # type: ignore[method-assign]
+        FirestoreClient.commit = commit  # type: ignore[method-assign]
+
+    return restore
 
 
 def _write_counts_forever(folder: Path, period: float = 0.5) -> None:
@@ -320,7 +334,7 @@ class FleetStack(LocalStack):
             "--port", str(port),
         ]  # fmt: skip
         self._spawn(name, argv, {})
-        self._wait(name, lambda: _port_listening(port), 60)
+        self._wait(name, lambda: _answers(port), 60)
         return time.perf_counter() - t0
 
     def stop(self) -> None:
@@ -328,12 +342,14 @@ class FleetStack(LocalStack):
         self.front.stop()
 
 
-def _port_listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+def _answers(port: int) -> bool:
+    """Whether an HTTP server answers on ``port`` (any status). An open port is not enough: a
+    connect to a free port in the ephemeral range can connect the socket to itself."""
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+    except httpx.HTTPError:
+        return False
+    return True
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, period: float = 0.2) -> bool:
