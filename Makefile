@@ -31,12 +31,13 @@ lint:
 	$(PY) -m mypy
 	$(PY) -m tools.tfcheck
 
-bench: install ## latency by stage; throughput side by side (direct vs system, burst vs raw push, batching); the app edge
+bench: install ## latency by stage; throughput side by side (direct vs system, burst vs raw push, batching); the app edge; scale-out and cold start
 	$(PY) -m bench.e2e_latency --runs 5
 	$(PY) -m bench.video_latency --runs 3
 	$(PY) -m bench.throughput
 	$(PY) -m bench.app_edge --runs 20 --browser-runs 5
 	$(PY) -m bench.tts_rtf --runs 3
+	$(PY) -m bench.scale
 	$(PY) -m bench.cost
 
 clean:

@@ -12,6 +12,8 @@
   :mod:`~devkit.fuzz`: the API fuzzed from its OpenAPI document.
 - :mod:`~devkit.memdoc`: an in-memory job document for replaying the life cycle;
   :mod:`~devkit.batching`: batching on vs off at the same offered load.
+- :mod:`~devkit.fleet`: several GPU service instances on one local stack behind a
+  least-connections front, their Firestore calls counted (``bench/scale.py``).
 
 It stands on the production packages and none of them imports it (``tests/unit/test_architecture.py``
 holds that arrow); it imports nothing from ``tests``, ``bench`` or ``scripts``. The images do not

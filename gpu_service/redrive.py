@@ -101,6 +101,8 @@ class Redriver:
         self.worker = worker
         self.capacity = capacity
         self.served = set(served)
+        # Only these pipelines' running jobs can have queued parts: the only running jobs to read.
+        self.parted = {n for n in self.served if (spec := worker.catalog.get(n)) is not None and spec.parts}
         self.after_seconds = after_seconds
         self.poll_seconds = poll_seconds
         self.reserve_seconds = reserve_seconds
@@ -139,7 +141,7 @@ class Redriver:
             return self._reserve_for_other_users()
         limit = max(10, 4 * free)
         now = utcnow()
-        found = self.worker.jobs.find_runnable(limit)
+        found = self.worker.jobs.find_runnable(limit, self.parted)
         started = 0
         for candidate in fair_order(candidates(found, self.served, now, self.after_seconds)):
             slot = self.capacity.try_acquire(candidate.message.pipeline, candidate.uid)

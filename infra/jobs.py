@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -151,20 +151,28 @@ class JobStore:
         )
         return _jobs(query.stream())
 
-    def find_runnable(self, limit: int) -> list[tuple[str, JobDoc]]:
+    def find_runnable(self, limit: int, parted: Collection[str] | None = None) -> list[tuple[str, JobDoc]]:
         """The oldest ``queued`` jobs, and ``running`` ones (whose parts may be queued), for the
         redriver: at most ``limit`` of each. (Production needs a composite index on
-        ``status`` + ``queuedAt``; Terraform creates it.)"""
+        ``status`` + ``queuedAt``; Terraform creates it.)
+
+        ``parted`` names the multi-part pipelines the caller serves: only their running jobs can
+        have queued parts, so only they are read, and none when it is empty. Every running job
+        of the fleet read on every pass would make each instance's reads grow with the fleet.
+        """
         coll = self._db.collection(self._collection)
         queued = (
             coll.where(filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value))
             .order_by("queuedAt")
             .limit(limit)
         )
-        running = coll.where(filter=firestore.FieldFilter("status", "==", JobStatus.RUNNING.value)).limit(
-            limit
-        )
-        return _jobs([*queued.stream(), *running.stream()])
+        found = [*queued.stream()]
+        if parted is None or parted:
+            running = coll.where(filter=firestore.FieldFilter("status", "==", JobStatus.RUNNING.value))
+            if parted:  # equality filters only: served by the single-field indexes
+                running = running.where(filter=firestore.FieldFilter("pipeline", "in", sorted(parted)[:30]))
+            found += running.limit(limit).stream()
+        return _jobs(found)
 
     def find_queued_of_others(self, exclude_uids: list[str], limit: int) -> list[tuple[str, JobDoc]]:
         """Queued jobs of users other than ``exclude_uids`` (at most 10: Firestore's ``not-in``

@@ -349,6 +349,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "Text to speech: real-time factor of Piper alone and of a `tts` job through the system",
         "`make bench` (`bench/tts_rtf.py`)",
     ),
+    "scale.json": (
+        "Scale-out: 1, 2 and 3 GPU service instances, Firestore reads, kills mid-run; cold start per pipeline",
+        "`make bench` (`bench/scale.py`, the fleet in `devkit/fleet.py`)",
+    ),
     "limits.json": (
         "Peak memory of one job at the cost caps",
         "`.venv/bin/python -m bench.limits` (`bench/limits.py`; each case in a fresh process)",

@@ -1,0 +1,95 @@
+"""Many instances: what each one's redriver reads from Firestore must not grow with the fleet.
+
+Every GPU instance's redriver queries Firestore on each pass (when a slot frees, and every
+``REDRIVE_POLL_SECONDS`` when idle). The reads are counted in the Firestore client library
+(``devkit/fleet.py``), as ``bench/scale.py`` counts them per job and per idle instance-minute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from devkit.fleet import counts, install_firestore_counter
+from gpu_service.capacity import Capacity
+from gpu_service.pool import ModelPool
+from gpu_service.redrive import Redriver
+from gpu_service.worker import Worker
+from infra.blobs import BlobStore
+from infra.bus import Bus
+from infra.client import Client
+from infra.jobs import JobStore
+from infra.localstack.stack import LocalStack
+from infra.settings import Settings
+from pipelines.registry import catalog
+
+pytestmark = pytest.mark.pipelines("flaky")
+
+PLUGINS = ["devkit.flaky:SPEC", "devkit.flaky:PARTS_SPEC"]
+
+
+@pytest.fixture
+def counted() -> Iterator[None]:
+    restore = install_firestore_counter()
+    try:
+        yield
+    finally:
+        restore()
+
+
+def redriver(client: Client, collection: str, served: list[str]) -> Redriver:
+    """An instance's redriver on its own jobs collection, not started: passes are run by hand."""
+    settings = Settings(worker_id="scale-test", enabled_pipelines=served, jobs_collection=collection)
+    pipelines = catalog(served, PLUGINS, settings.pipelines)
+    jobs = JobStore(client.db, collection)
+    worker = Worker(settings, pipelines, jobs, BlobStore(client.gcs), ModelPool(pipelines), Bus(settings))
+    return Redriver(worker, Capacity(2), pipelines.names, after_seconds=0, poll_seconds=60)
+
+
+def reads_of_one_pass(r: Redriver) -> int:
+    before = counts()["reads"]
+    assert r.once() == 0  # nothing queued: an idle pass
+    return counts()["reads"] - before
+
+
+def running(client: Client, collection: str, job_id: str, pipeline: str, **extra: object) -> None:
+    client.db.collection(collection).document(job_id).set(
+        {
+            "uid": "someone",
+            "pipeline": pipeline,
+            "inputs": {},
+            "status": "running",
+            "updatedAt": datetime(2026, 1, 1, tzinfo=UTC),
+            **extra,
+        }
+    )
+
+
+def test_an_idle_instance_reads_as_little_however_much_the_rest_of_the_fleet_runs(
+    stack: LocalStack, client: Client, uid: str, counted: None
+) -> None:
+    collection = f"jobs-fleet-{uid}"
+    r = redriver(client, collection, ["flaky"])
+    alone = reads_of_one_pass(r)
+    for n in range(8):  # the other instances' work, running under their leases
+        running(client, collection, f"busy-{n}", "flaky")
+    assert reads_of_one_pass(r) == alone == 1  # one query that found nothing: one billed read
+
+
+def test_the_queued_part_of_a_running_multi_part_job_is_still_found(
+    stack: LocalStack, client: Client, uid: str
+) -> None:
+    collection = f"jobs-fleet-{uid}"
+    r = redriver(client, collection, ["flaky", "flakyparts"])
+    running(
+        client,
+        collection,
+        "parted",
+        "flakyparts",
+        parts={"a": {"status": "queued"}, "b": {"status": "running"}},
+    )
+    running(client, collection, "plain", "flaky")
+    found = dict(r.worker.jobs.find_runnable(10, r.parted))
+    assert set(found) == {"parted"}  # the plain running job has no part to run: not read
