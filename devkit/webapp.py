@@ -66,7 +66,7 @@ _FORM_CONTROLS = """() => Object.fromEntries([...document.querySelectorAll('#fie
       required: Boolean(label && label.querySelector('abbr.required')),
       options: kind === 'select'
         ? Object.fromEntries([...el.options].filter(o => o.value !== '')
-            .map(o => [o.dataset.json, o.value]))
+            .map(o => [o.value, o.text]))
         : {},
       labels: kind === 'select' ? [...el.options].map(o => o.text) : [],
     }];
@@ -137,8 +137,8 @@ class WebApp:
             if kind == "checkbox":
                 self.page.set_checked(target, bool(value))
             elif kind == "select":
-                options = controls[name]["options"]
-                self.page.select_option(target, options[json.dumps(value)])
+                # An option's value is the choice as JSON (its label may be another choice's value).
+                self.page.select_option(target, value=json.dumps(value))
             elif kind in ("number", "text", "textarea"):
                 self.page.fill(target, str(value))
             elif kind == "json":

@@ -142,12 +142,25 @@ def test_the_rules_refuse_a_job_document_they_do_not_allow(app: WebApp) -> None:
     assert app.listed() == {}
 
 
-#: what the form sets beside the files, per pipeline of this stack (any other enabled pipeline
-#: runs with its required fields only)
+#: what the form sets, per pipeline of the test stack, through its controls (a pipeline not named
+#: here runs with its required file fields only), and which sample file goes to which file field
 FORM_VALUES: dict[str, dict[str, Any]] = {
     "inpaint": {"output_format": "png", "steps": 4, "prompt": "a blue wall"},
     "transcribe": {"language": "en", "beam_size": 1, "word_timestamps": True},
     "flaky": {"steps": 3, "step_seconds": 0.01},
+    "flakyslow": {"steps": 2, "step_seconds": 0.01},
+    "flakyparts": {"steps": 2, "step_seconds": 0.01},
+    "edit": {"instruction": "make it snow", "steps": 2, "seed": 7},
+    "t2v": {"prompt": "a red ball", "num_frames": 5, "fps": 8, "width": 32, "height": 32, "steps": 2},
+    "tts": {"text": "The form sent this sentence.", "format": "opus"},
+    "video": {"language": "en"},
+    "automaton": {"dimensions": 2, "rule": "B3/S23", "width": 32, "height": 32, "frames": 4},
+}
+FORM_FILES: dict[str, dict[str, str]] = {
+    "inpaint": {"image": "photo", "mask": "mask"},
+    "edit": {"image": "photo"},
+    "transcribe": {"media": "speech"},
+    "video": {"video": "video"},
 }
 
 
@@ -180,15 +193,21 @@ def _control_of(prop: dict[str, Any]) -> dict[str, Any]:
 def test_the_form_of_every_enabled_pipeline_is_built_from_the_api_and_runs_a_job(
     app: WebApp, stack: LocalStack, client: Client, tmp_path: Path, media_dir: Path
 ) -> None:
-    from devkit.speech import synthesize
+    from devkit.speech import make_video_with_speech, synthesize
 
     app.sign_up(new_email())
     assert sorted(app.pipelines) == sorted(stack.config.enabled_pipelines)
     reader = sign_up(stack.env["FIREBASE_AUTH_EMULATOR_HOST"])
     listing = httpx.get(f"{stack.env['API_URL']}/v1/pipelines", headers=reader.headers, timeout=30).json()
     photo, mask = red_square(tmp_path)
-    wav = synthesize("The form sent this recording.", media_dir / f"form-{uuid.uuid4().hex[:6]}.wav")
+    samples = {"photo": photo, "mask": mask}
+    samples["speech"] = synthesize(
+        "The form sent this recording.", media_dir / f"form-{uuid.uuid4().hex[:6]}.wav"
+    )
+    if "video" in app.pipelines:
+        samples["video"] = make_video_with_speech("A short clip.", tmp_path / "clip.mp4", duration=2.0)
     ran: dict[str, str] = {}
+    seconds: dict[str, float] = {}
     for info in listing["pipelines"]:
         name, schema = info["name"], info["inputSchema"]
         required = set(schema.get("required", []))
@@ -208,14 +227,17 @@ def test_the_form_of_every_enabled_pipeline_is_built_from_the_api_and_runs_a_job
                 assert got["kind"] == "select" and set(got["options"]) == want["options"], (where, got)
             else:
                 assert {k: got[k] for k in want} == want, (where, got)
-        files: dict[str, Path] = {}
-        for field, rule in info["files"].items():
-            if field in required:
-                image = any(t.startswith("image/") for t in rule["contentTypes"])
-                files[field] = (mask if field == "mask" else photo) if image else wav
+        chosen = FORM_FILES.get(name) or {
+            field: "photo" if any(t.startswith("image/") for t in rule["contentTypes"]) else "speech"
+            for field, rule in info["files"].items()
+            if field in required
+        }
+        files = {field: samples[sample] for field, sample in chosen.items()}
         values = FORM_VALUES.get(name, {})
+        started = time.perf_counter()
         job_id = app.run(name, inputs=values, files=files)
-        assert app.wait_final(timeout=90) == "succeeded", (name, app.error)
+        assert app.wait_final(timeout=180) == "succeeded", (name, app.error)
+        seconds[name] = time.perf_counter() - started
         job = client.get(job_id)
         assert job is not None
         # The job holds what the form was given, and nothing it was not (the defaults apply).
@@ -224,7 +246,10 @@ def test_the_form_of_every_enabled_pipeline_is_built_from_the_api_and_runs_a_job
         assert all(str(job.inputs[k]).startswith("gs://") for k in files), name
         ran[name] = job_id
     assert sorted(ran) == sorted(stack.config.enabled_pipelines)
-    print(f"jobs run through the generated form: {', '.join(sorted(ran))}")
+    print(
+        "jobs run through the generated form (Run -> succeeded): "
+        + ", ".join(f"{n} {t:.1f}s" for n, t in seconds.items())
+    )
 
 
 def test_the_form_refuses_a_value_out_of_its_range_before_anything_is_sent(app: WebApp) -> None:

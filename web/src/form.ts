@@ -78,16 +78,13 @@ function control(name: string, node: Schema, required: boolean, nullable: boolea
     if (!required && (nullable || node.default === undefined || node.default === null)) {
       select.add(new Option("(default)", ""));
     }
-    values.forEach((v, i) => {
-      const option = new Option(String(v), String(i), false, same(v, node.default));
-      option.dataset.json = JSON.stringify(v);
-      select.add(option);
-    });
+    // Each option's value is the choice as JSON: 2 and "2" stay apart.
+    for (const v of values) select.add(new Option(String(v), JSON.stringify(v), false, same(v, node.default)));
     return {
       el: select,
       read: async () => {
         if (select.value === "") return undefined;
-        const value = values[Number(select.value)];
+        const value: unknown = JSON.parse(select.value);
         return same(value, node.default) ? undefined : value;
       },
     };
