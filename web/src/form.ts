@@ -181,8 +181,9 @@ export function buildForm(container: HTMLElement, info: PipelineInfo | undefined
       caption.append(mark);
     }
     label.append(caption, " ", el);
-    const cap = info?.limits.filter((l) => l.field === name).map((l) => `${l.quantity.replace(/_/g, " ")} ≤ ${l.max}${l.unit ? " " + l.unit : ""}`);
-    const hint = [node.description, ...(cap ?? [])].filter(Boolean).join("; ");
+    const caps = (info?.limits ?? []).filter((l) => l.field === name)
+      .map((l) => `${l.quantity.replace(/_seconds$/, "").replace(/_/g, " ")} ≤ ${l.max.toLocaleString("en")}${l.unit ? " " + l.unit : ""}`);
+    const hint = [node.description?.replace(/[.;\s]+$/, ""), ...caps].filter(Boolean).join("; ");
     if (hint) {
       const small = document.createElement("small");
       small.className = "hint";
