@@ -19,6 +19,7 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from api import errors, openai_speech
+from api.discovery import MAX_AGE_SECONDS, Discovery, PipelineList
 from api.errors import ApiError
 from api.events import job_events
 from api.models import Health, Job, JobCreate, JobPage, Problem, Results, Upload, UploadCreate
@@ -95,6 +96,28 @@ def create_app(api: Api) -> FastAPI:
     @app.get("/healthz", response_model=Health)
     def healthz() -> Health:
         return Health(status="ok")
+
+    discovery = Discovery(api.deps.catalog, api.settings.max_input_bytes)
+
+    @app.get(
+        "/v1/pipelines",
+        response_model=PipelineList,
+        responses={**ERRORS, 304: {"description": "not changed since the ETag in If-None-Match"}},
+    )
+    def get_pipelines(
+        user: Caller,
+        if_none_match: Annotated[str | None, Header(description="the ETag of an earlier answer")] = None,
+    ) -> Response:
+        """The enabled pipelines: each one's input and output JSON Schema (file inputs marked
+        ``x-file``), the files it takes, its cost caps and whether it streams partial output.
+
+        Built once per process (it changes only with the deployment); answered with an ``ETag``.
+        """
+        body, etag = discovery.answer()
+        headers = {"ETag": etag, "Cache-Control": f"private, max-age={MAX_AGE_SECONDS}"}
+        if if_none_match is not None and etag in [tag.strip() for tag in if_none_match.split(",")]:
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type="application/json", headers=headers)
 
     @app.post("/v1/uploads", status_code=201, response_model=Upload, responses=ERRORS)
     def post_upload(user: Caller, body: UploadCreate) -> Upload:

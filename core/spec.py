@@ -412,6 +412,8 @@ class PipelineSpec:
             It must be cheap and import no model code; it raises ``InvalidInput``.
         delivery: what the pipeline needs from its route (a plugin's topology entry, see
             :meth:`topology_entry`); built-ins declare theirs in ``infra/topology.yaml``.
+        streams: whether a job of it shows partial output while it runs (transcript segments,
+            spoken audio), as ``GET /v1/pipelines`` tells apps.
     """
 
     name: str
@@ -426,6 +428,7 @@ class PipelineSpec:
     join: str | None = None
     delivery: Delivery = field(default_factory=Delivery)
     costs: tuple[CostLimit, ...] = ()
+    streams: bool = False
 
     def __post_init__(self) -> None:
         check_name("pipeline", self.name)

@@ -52,6 +52,27 @@ _RECORD_STATUSES = """() => {
 }"""
 
 
+# The job form's controls as the page built them: field -> kind, attributes, options, required.
+_FORM_CONTROLS = """() => Object.fromEntries([...document.querySelectorAll('#fields [data-field]:not(label)')]
+  .map(el => {
+    const kind = el.tagName === 'SELECT' ? 'select' : el.tagName === 'TEXTAREA'
+      ? (el.dataset.kind === 'json' ? 'json' : 'textarea')
+      : (el.type === 'checkbox' ? 'checkbox' : el.type);
+    const label = document.querySelector(`#fields label[data-field='${el.dataset.field}']`);
+    return [el.dataset.field, {
+      kind,
+      value: kind === 'checkbox' ? el.checked : el.value,
+      min: el.min ?? null, max: el.max ?? null, step: el.step ?? null, accept: el.accept ?? null,
+      required: Boolean(label && label.querySelector('abbr.required')),
+      options: kind === 'select'
+        ? Object.fromEntries([...el.options].filter(o => o.value !== '')
+            .map(o => [o.value, o.text]))
+        : {},
+      labels: kind === 'select' ? [...el.options].map(o => o.text) : [],
+    }];
+  }))"""
+
+
 class WebApp:
     def __init__(self, page: Any, url: str) -> None:
         self.page = page
@@ -84,8 +105,54 @@ class WebApp:
 
     def _signed_in(self) -> str:
         self.page.wait_for_selector("#app-panel:not([hidden])", timeout=20_000)
+        # The job form is built from GET /v1/pipelines once the user is signed in.
+        self.page.wait_for_function(
+            "() => document.body.dataset.pipelines !== undefined || document.querySelector('#notice').textContent",
+            timeout=20_000,
+        )
         uid: str = self.page.get_attribute("body", "data-uid") or ""
         return uid
+
+    @property
+    def pipelines(self) -> list[str]:
+        """The pipelines the form offers (from GET /v1/pipelines)."""
+        names = self.page.get_attribute("body", "data-pipelines") or ""
+        return [n for n in names.split(",") if n]
+
+    def choose(self, pipeline: str) -> dict[str, dict[str, Any]]:
+        """Pick a pipeline; returns its form's controls: field -> what the page built for it."""
+        self.page.select_option("#pipeline", pipeline)
+        self.page.wait_for_selector(f"#fields[data-pipeline='{pipeline}']", state="attached")
+        found: dict[str, dict[str, Any]] = self.page.evaluate(_FORM_CONTROLS)
+        return found
+
+    def fill(self, inputs: dict[str, Any], files: dict[str, Path] | None = None) -> None:
+        """Set the form's controls: each input through its own control (the rest as advanced
+        JSON), each file through its upload field."""
+        controls: dict[str, dict[str, Any]] = self.page.evaluate(_FORM_CONTROLS)
+        rest: dict[str, Any] = {}
+        for name, value in inputs.items():
+            kind = controls.get(name, {}).get("kind")
+            target = f"#fields [data-field='{name}']:not(label)"
+            if kind == "checkbox":
+                self.page.set_checked(target, bool(value))
+            elif kind == "select":
+                # An option's value is the choice as JSON (its label may be another choice's value).
+                self.page.select_option(target, value=json.dumps(value))
+            elif kind in ("number", "text", "textarea"):
+                self.page.fill(target, str(value))
+            elif kind == "json":
+                self.page.fill(target, json.dumps(value))
+            else:
+                rest[name] = value
+        for name, path in (files or {}).items():
+            self.page.set_input_files(f"#fields input[type=file][data-field='{name}']", [str(path)])
+        # The advanced JSON box is folded away unless there is something to put in it.
+        self.page.evaluate("open => { document.querySelector('#advanced').open = open; }", bool(rest))
+        if rest:
+            self.page.fill("#inputs", json.dumps(rest))
+        else:
+            self.page.evaluate("() => { document.querySelector('#inputs').value = ''; }")
 
     # -- a job --------------------------------------------------------------------------------------
 
@@ -95,13 +162,22 @@ class WebApp:
         file: Path | None = None,
         mask: Path | None = None,
         inputs: dict[str, Any] | None = None,
+        files: dict[str, Path] | None = None,
     ) -> str:
-        """Fill the form and press Run; returns the new job's id once the page watches it."""
-        self.page.select_option("#pipeline", pipeline)
-        self.page.set_input_files("#file", [str(file)] if file else [])
+        """Fill the form and press Run; returns the new job's id once the page watches it.
+
+        ``file`` goes to the form's first file field and ``mask`` to its ``mask`` field; ``files``
+        names the field of each file; ``inputs`` are set through their controls."""
+        controls = self.choose(pipeline)
+        chosen = dict(files or {})
+        file_fields = [name for name, c in controls.items() if c["kind"] == "file"]
+        if file is not None:
+            if not file_fields:
+                raise AssertionError(f"the form of {pipeline} has no file field")
+            chosen.setdefault(file_fields[0], file)
         if mask is not None:
-            self.page.set_input_files("#mask", [str(mask)])
-        self.page.fill("#inputs", json.dumps(inputs or {}))
+            chosen["mask"] = mask
+        self.fill(inputs or {}, chosen)
         before = self.page.text_content("#job-id")
         self.page.evaluate(_RECORD_STATUSES)
         self.page.click("#submit")

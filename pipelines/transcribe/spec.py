@@ -152,6 +152,7 @@ SPEC = PipelineSpec(
     config=TranscribeConfig,
     loader="pipelines.transcribe.model:load",
     drop_field="media",
+    streams=True,
     description="Speech to text (faster-whisper): transcript with timestamps, SRT and WebVTT subtitles.",
     costs=(
         CostLimit(

@@ -175,6 +175,7 @@ SPEC = PipelineSpec(
     description="Text to speech (Piper, or VibeVoice on a GPU): one voice or a Speaker N: script, "
     "loudness-normalised, as wav/mp3/opus/aac/flac/pcm.",
     precheck="pipelines.tts.checks:precheck",
+    streams=True,
     costs=(
         CostLimit(
             "characters",

@@ -1,12 +1,14 @@
 """The web client in a real browser (Debian's chromium, headless) on the local stack.
 
-What a user does and sees: sign in, upload, create the job, watch its progress, see the result
-(the inpainted image's pixels, the transcript); a second user whom the rules stop from reading
-the first user's job; cancel from the page.
+What a user does and sees: sign in, fill the job form (built from GET /v1/pipelines), upload,
+create the job, watch its progress, see the result (the inpainted image's pixels, the
+transcript); a second user whom the rules stop from reading the first user's job; cancel from
+the page.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -14,11 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
-from devkit.firebase_auth import new_email
+from devkit.firebase_auth import new_email, sign_up
 from devkit.webapp import WebApp, browser, chromium_path
+from infra.client import Client
 from infra.localstack.stack import LocalStack
 
 pytestmark = pytest.mark.pipelines("inpaint", "transcribe", "flaky")
@@ -135,4 +139,125 @@ def test_the_rules_refuse_a_job_document_they_do_not_allow(app: WebApp) -> None:
     app.page.click("#submit")
     app.page.wait_for_function("() => document.querySelector('#notice').textContent")
     assert "permission-denied" in app.notice
+    assert app.listed() == {}
+
+
+#: what the form sets, per pipeline of the test stack, through its controls (a pipeline not named
+#: here runs with its required file fields only), and which sample file goes to which file field
+FORM_VALUES: dict[str, dict[str, Any]] = {
+    "inpaint": {"output_format": "png", "steps": 4, "prompt": "a blue wall"},
+    "transcribe": {"language": "en", "beam_size": 1, "word_timestamps": True},
+    "flaky": {"steps": 3, "step_seconds": 0.01},
+    "flakyslow": {"steps": 2, "step_seconds": 0.01},
+    "flakyparts": {"steps": 2, "step_seconds": 0.01},
+    "edit": {"instruction": "make it snow", "steps": 2, "seed": 7},
+    "t2v": {"prompt": "a red ball", "num_frames": 5, "fps": 8, "width": 32, "height": 32, "steps": 2},
+    "tts": {"text": "The form sent this sentence.", "format": "opus"},
+    "video": {"language": "en"},
+    "automaton": {"dimensions": 2, "rule": "B3/S23", "width": 32, "height": 32, "frames": 4},
+}
+FORM_FILES: dict[str, dict[str, str]] = {
+    "inpaint": {"image": "photo", "mask": "mask"},
+    "edit": {"image": "photo"},
+    "transcribe": {"media": "speech"},
+    "video": {"video": "video"},
+}
+
+
+def _attribute(value: float | None) -> str:
+    """A number as the page writes it into an attribute (``1.0`` is ``1``); none is empty."""
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _control_of(prop: dict[str, Any]) -> dict[str, Any]:
+    """What the form should build for a schema property (``X | None`` is X's control)."""
+    members = [m for m in prop.get("anyOf", []) if m.get("type") != "null"]
+    node = {**members[0], **prop} if len(members) == 1 else prop
+    if "x-file" in node:
+        return {"kind": "file", "accept": ",".join(node["x-file"]["contentTypes"])}
+    if "enum" in node:
+        return {"kind": "select", "options": {json.dumps(v) for v in node["enum"]}}
+    if node.get("type") in ("integer", "number"):
+        low = node.get("minimum", node.get("exclusiveMinimum"))
+        high = node.get("maximum", node.get("exclusiveMaximum"))
+        return {"kind": "number", "min": _attribute(low), "max": _attribute(high)}
+    if node.get("type") == "boolean":
+        return {"kind": "checkbox", "value": node.get("default") is True}
+    if node.get("type") == "string":
+        return {"kind": "text", "value": node.get("default") or ""}
+    return {"kind": "json"}
+
+
+def test_the_form_of_every_enabled_pipeline_is_built_from_the_api_and_runs_a_job(
+    app: WebApp, stack: LocalStack, client: Client, tmp_path: Path, media_dir: Path
+) -> None:
+    from devkit.speech import make_video_with_speech, synthesize
+
+    app.sign_up(new_email())
+    assert sorted(app.pipelines) == sorted(stack.config.enabled_pipelines)
+    reader = sign_up(stack.env["FIREBASE_AUTH_EMULATOR_HOST"])
+    listing = httpx.get(f"{stack.env['API_URL']}/v1/pipelines", headers=reader.headers, timeout=30).json()
+    photo, mask = red_square(tmp_path)
+    samples = {"photo": photo, "mask": mask}
+    samples["speech"] = synthesize(
+        "The form sent this recording.", media_dir / f"form-{uuid.uuid4().hex[:6]}.wav"
+    )
+    if "video" in app.pipelines:
+        samples["video"] = make_video_with_speech("A short clip.", tmp_path / "clip.mp4", duration=2.0)
+    ran: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for info in listing["pipelines"]:
+        name, schema = info["name"], info["inputSchema"]
+        required = set(schema.get("required", []))
+        controls = app.choose(name)
+        # One control per input, in the schema's order, of the input's kind.
+        assert list(controls) == list(schema["properties"]), name
+        for field, prop in schema["properties"].items():
+            want, got = _control_of(prop), controls[field]
+            where = f"{name}.{field}"
+            assert got["required"] == (field in required), where
+            if want["kind"] == "text":
+                assert got["kind"] in ("text", "textarea") and got["value"] == want["value"], (where, got)
+            elif want["kind"] == "number":
+                assert got["kind"] == "number", (where, got)
+                assert (got["min"], got["max"]) == (want["min"], want["max"]), (where, got)
+            elif want["kind"] == "select":
+                assert got["kind"] == "select" and set(got["options"]) == want["options"], (where, got)
+            else:
+                assert {k: got[k] for k in want} == want, (where, got)
+        chosen = FORM_FILES.get(name) or {
+            field: "photo" if any(t.startswith("image/") for t in rule["contentTypes"]) else "speech"
+            for field, rule in info["files"].items()
+            if field in required
+        }
+        files = {field: samples[sample] for field, sample in chosen.items()}
+        values = FORM_VALUES.get(name, {})
+        started = time.perf_counter()
+        job_id = app.run(name, inputs=values, files=files)
+        assert app.wait_final(timeout=180) == "succeeded", (name, app.error)
+        seconds[name] = time.perf_counter() - started
+        job = client.get(job_id)
+        assert job is not None
+        # The job holds what the form was given, and nothing it was not (the defaults apply).
+        assert {k: v for k, v in job.inputs.items() if k not in files} == values, name
+        assert sorted(k for k in job.inputs if k in files) == sorted(files), name
+        assert all(str(job.inputs[k]).startswith("gs://") for k in files), name
+        ran[name] = job_id
+    assert sorted(ran) == sorted(stack.config.enabled_pipelines)
+    print(
+        "jobs run through the generated form (Run -> succeeded): "
+        + ", ".join(f"{n} {t:.1f}s" for n, t in seconds.items())
+    )
+
+
+def test_the_form_refuses_a_value_out_of_its_range_before_anything_is_sent(app: WebApp) -> None:
+    app.sign_up(new_email())
+    controls = app.choose("flaky")
+    assert controls["steps"]["max"] == "10000"
+    app.fill({"steps": 20_000})
+    app.page.click("#submit")
+    app.page.wait_for_function("() => document.querySelector('#notice').textContent")
+    assert app.notice.startswith("invalid_inputs: inputs.steps:"), app.notice
     assert app.listed() == {}

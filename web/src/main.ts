@@ -1,5 +1,6 @@
-// The web client: sign in, upload a file through a signed URL, create the job document with the
-// Firebase SDK, watch it with onSnapshot (status, progress bar), then show the result.
+// The web client: sign in, fill the job form (built from GET /v1/pipelines), upload the files
+// through signed URLs, create the job document with the Firebase SDK, watch it with onSnapshot
+// (status, progress bar), then show the result.
 // The stack's (or the deployment's) settings come from /config.json.
 import { initializeApp } from "firebase/app";
 import {
@@ -10,6 +11,7 @@ import {
   collection, connectFirestoreEmulator, doc, getFirestore, limit, onSnapshot, orderBy, query,
   serverTimestamp, setDoc, updateDoc, where, type Unsubscribe,
 } from "firebase/firestore";
+import { buildForm, type Form, type PipelineInfo } from "./form";
 
 interface Config {
   projectId: string;
@@ -34,8 +36,6 @@ interface Job {
   cancelRequested?: boolean;
 }
 
-// The input that takes the chosen file, per pipeline (the others take none).
-const FILE_FIELD: Record<string, string> = { transcribe: "media", inpaint: "image", edit: "image", video: "video" };
 const FINAL = new Set(["succeeded", "failed", "rejected", "cancelled"]);
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -56,9 +56,9 @@ async function main(): Promise<void> {
   }
 
   const select = $<HTMLSelectElement>("pipeline");
-  for (const name of config.pipelines) select.add(new Option(name, name));
-  select.onchange = () => show($("mask-label"), select.value === "inpaint");
-  select.onchange(new Event("change"));
+  let described: Map<string, PipelineInfo> | null = null;
+  let form: Form = buildForm($("fields"), undefined, "");
+  select.onchange = () => { form = buildForm($("fields"), described?.get(select.value), select.value); };
 
   let stopJob: Unsubscribe | null = null;
   let stopList: Unsubscribe | null = null;
@@ -92,6 +92,16 @@ async function main(): Promise<void> {
     const put = await fetch(slot.url, { method: "PUT", headers: slot.headers, body: file });
     if (!put.ok) throw new Error(`upload refused (${put.status}): ${await put.text()}`);
     return slot.uri;
+  }
+
+  // -- the job form: what each enabled pipeline takes, asked once per sign-in ------------------
+  async function loadPipelines(): Promise<void> {
+    if (described) return;
+    const answer: { pipelines: PipelineInfo[] } = await api("/v1/pipelines");
+    described = new Map(answer.pipelines.map((p) => [p.name, p]));
+    select.replaceChildren(...answer.pipelines.map((p) => new Option(p.name, p.name)));
+    select.onchange!(new Event("change"));
+    document.body.dataset.pipelines = answer.pipelines.map((p) => p.name).join(",");
   }
 
   // -- one job: status, progress bar, result --------------------------------------------------
@@ -197,15 +207,21 @@ async function main(): Promise<void> {
   $("submit").onclick = guard(async () => {
     const user = auth.currentUser!;
     const pipeline = select.value;
-    const inputs = JSON.parse($<HTMLInputElement>("inputs").value || "{}");
-    const file = $<HTMLInputElement>("file").files?.[0];
-    if (file && FILE_FIELD[pipeline]) {
-      inputs[FILE_FIELD[pipeline]] = await upload(file);
-      if (sourceUrl) URL.revokeObjectURL(sourceUrl);
-      sourceUrl = URL.createObjectURL(file);
+    if (form.pipeline !== pipeline) select.onchange!(new Event("change"));
+    let advanced: Record<string, unknown>;
+    try { advanced = JSON.parse($<HTMLTextAreaElement>("inputs").value.trim() || "{}"); } catch {
+      throw Object.assign(new Error("the advanced inputs are not valid JSON"), { code: "invalid_inputs" });
     }
-    const mask = $<HTMLInputElement>("mask").files?.[0];
-    if (mask && pipeline === "inpaint") inputs.mask = await upload(mask);
+    let first = true;
+    const inputs = await form.read(async (file) => {
+      if (first) {  // the player plays the first file (a transcribed recording)
+        first = false;
+        if (sourceUrl) URL.revokeObjectURL(sourceUrl);
+        sourceUrl = URL.createObjectURL(file);
+      }
+      return upload(file);
+    });
+    Object.assign(inputs, advanced);
     const ref = doc(collection(db, config.jobsCollection));
     // The rules let a user read only a job that exists and is theirs: listen once it is written.
     await setDoc(ref, { uid: user.uid, pipeline, inputs, status: "pending", createdAt: serverTimestamp() });
@@ -218,8 +234,10 @@ async function main(): Promise<void> {
     show($("signin-panel"), !user);
     show($("app-panel"), Boolean(user));
     show($("signout"), Boolean(user));
-    if (user) listMine(user);
-    else { stopList?.(); stopJob?.(); }
+    if (user) {
+      listMine(user);
+      guard(loadPipelines)();
+    } else { stopList?.(); stopJob?.(); }
   });
   document.body.dataset.ready = "true";
 }
