@@ -16,6 +16,7 @@ from core.contract import (
     UID_PATTERN,
     ErrorInfo,
     InputFile,
+    Notifications,
     JobDoc,
     JobMessage,
     JobStatus,
@@ -128,7 +129,12 @@ def handle_object_finalized(deps: Deps, event: StorageEvent) -> str | None:
     if error is not None:
         # Created already final: the Firestore trigger ignores it, the client sees why.
         job = job.model_copy(
-            update={"status": JobStatus.REJECTED, "error": error, "inputs": {drop_field: uri}}
+            update={
+                "status": JobStatus.REJECTED,
+                "error": error,
+                "inputs": {drop_field: uri},
+                "notifications": Notifications(),
+            }
         )
     try:
         created = deps.jobs.create(job_id, job)
@@ -146,6 +152,7 @@ def handle_object_finalized(deps: Deps, event: StorageEvent) -> str | None:
             status=JobStatus.REJECTED,
             source=source,
             error=refused,
+            notifications=Notifications(),
         )
         try:
             created = deps.jobs.create(job_id, minimal)
