@@ -16,10 +16,10 @@ from core.contract import (
     UID_PATTERN,
     ErrorInfo,
     InputFile,
-    Notifications,
     JobDoc,
     JobMessage,
     JobStatus,
+    Notifications,
     Source,
     validate_job_id,
 )
