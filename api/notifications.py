@@ -37,6 +37,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": Problem, "description": "the request is malformed"},
     401: {"model": Problem, "description": "no token, or not a valid one"},
     404: {"model": Problem, "description": "no such endpoint, device or job of yours"},
+    413: {"model": Problem, "description": "the body is larger than API_MAX_BODY_BYTES"},
     409: {"model": Problem, "description": "over the per-user cap, or the job has not ended"},
     422: {"model": Problem, "description": "the URL or token is not acceptable"},
 }
