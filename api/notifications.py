@@ -33,6 +33,8 @@ from infra.notify_targets import (
 )
 
 ENDPOINT_ID = r"^[a-z0-9]{1,32}$"
+#: an endpoint's or a device's id, as the API gave it
+EndpointId = Annotated[str, Path(pattern=ENDPOINT_ID)]
 ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": Problem, "description": "the request is malformed"},
     401: {"model": Problem, "description": "no token, or not a valid one"},
@@ -157,7 +159,6 @@ def redeliver(api: Api, user: User, job_id: str) -> Job:
 
 def notifications_router(api: Api) -> APIRouter:
     router = APIRouter(tags=["notifications"])
-    EndpointId = Annotated[str, Path(pattern=ENDPOINT_ID)]
 
     @router.post("/v1/webhooks", status_code=201, response_model=Webhook, responses=ERRORS)
     async def post_webhook(user: Caller, body: WebhookCreate) -> Webhook:

@@ -279,3 +279,20 @@ def test_the_receiver_verifies_with_standardwebhooks() -> None:
     secret = new_secret()
     signature = Webhook(secret).sign("evt_x", NOW, b"{}")
     assert signature.startswith("v1,")
+
+
+def test_the_api_documents_the_notification_routes(no_settings_env: None) -> None:
+    from types import SimpleNamespace
+
+    from api.app import create_app
+
+    app = create_app(SimpleNamespace(settings=Settings()))  # type: ignore[arg-type]
+    paths = app.openapi()["paths"]
+    assert {
+        "/v1/webhooks",
+        "/v1/webhooks/{endpoint_id}",
+        "/v1/webhooks/{endpoint_id}/rotate",
+        "/v1/devices",
+        "/v1/devices/{device_id}",
+        "/v1/jobs/{job_id}/redeliver",
+    } <= set(paths)
