@@ -23,6 +23,7 @@ from api.discovery import MAX_AGE_SECONDS, Discovery, PipelineList
 from api.errors import ApiError
 from api.events import job_events
 from api.models import Health, Job, JobCreate, JobPage, Problem, Results, Upload, UploadCreate
+from api.notifications import notifications_router
 from api.service import (
     MAX_PAGE_SIZE,
     Api,
@@ -87,7 +88,7 @@ def create_app(api: Api) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=api.settings.api_cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Firebase-AppCheck"],
             expose_headers=["Retry-After", "X-Job-Id"],
             max_age=600,
@@ -249,6 +250,7 @@ def create_app(api: Api) -> FastAPI:
             background=BackgroundTask(stack.aclose),
         )
 
+    app.include_router(notifications_router(api))
     app.include_router(openai_speech.speech_router())
     openai_speech.install(app)
 

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from core.contract import ErrorInfo, JobDoc, JobStatus, Progress, Timings
+from core.contract import ErrorInfo, JobDoc, JobStatus, Notifications, Progress, Timings
 
 #: file names a signed upload may carry (the object is ``uploads/{uid}/{random}-{name}``)
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
@@ -82,6 +82,9 @@ class Job(_Body):
     queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    notifications: Notifications | None = Field(
+        None, description="the end event's deliveries to your webhooks and devices (docs/notifications.md)"
+    )
 
     @classmethod
     def of(cls, job_id: str, job: JobDoc) -> Job:
@@ -99,6 +102,7 @@ class Job(_Body):
             queued_at=job.queued_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
+            notifications=job.notifications,
         )
 
 

@@ -207,6 +207,40 @@ class Prepared(_Doc):
     state: dict[str, Any] = Field(default_factory=dict)
 
 
+class Delivery(_Doc):
+    """``job.notifications.deliveries.{channel}``: one channel's delivery of the job's end event
+    (a webhook endpoint, ``webhook_{endpointId}``, or the owner's devices, ``push``)."""
+
+    kind: Literal["webhook", "push"]
+    state: Literal["pending", "delivered", "dead"] = "pending"
+    attempts: int = Field(0, ge=0)
+    last_status: str | None = Field(None, description="the last attempt's outcome: an HTTP status or why")
+    last_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = Field(
+        None, description="not before then: the backoff, or an attempt in flight (its lease)"
+    )
+    delivered_at: datetime | None = None
+
+    @field_validator("last_status")
+    @classmethod
+    def _short(cls, value: str | None) -> str | None:
+        return None if value is None else bounded(value, 200)
+
+
+class Notifications(_Doc):
+    """``job.notifications``: the outbox of a final job, written in the same commit as its end.
+
+    ``owed``: the dispatcher has deliveries to make; ``done``: every channel delivered (or the
+    owner registered none); ``dead``: at least one channel ran out of attempts (its delivery says
+    why); a redelivery asked through the API makes it ``owed`` again.
+    """
+
+    state: Literal["owed", "done", "dead"] = "owed"
+    event_id: str | None = Field(None, description="the webhook-id of the end event: the same on every retry")
+    deliveries: dict[str, Delivery] | None = None
+    redeliveries: int = Field(0, ge=0, description="redeliveries asked through the API")
+
+
 class JobDoc(_Doc):
     """``jobs/{jobId}`` as stored in Firestore."""
 
@@ -242,6 +276,9 @@ class JobDoc(_Doc):
         None, description="backend-written: the hash of owner, content, inputs and model that reuse matches"
     )
     delivery_attempts: int | None = Field(None, description="set when Pub/Sub dead-lettered the job")
+    notifications: Notifications | None = Field(
+        None, description="backend-written in the commit that ends the job: the end event's deliveries"
+    )
     created_at: datetime | None = None
     queued_at: datetime | None = None
     started_at: datetime | None = None

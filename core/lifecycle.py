@@ -32,6 +32,7 @@ from core.contract import (
     JobDoc,
     JobStatus,
     Lease,
+    Notifications,
     PartState,
     Prepared,
     Progress,
@@ -74,7 +75,11 @@ def lease_is_live(lease: Lease | None, now: datetime) -> bool:
 
 
 def final_patch(patch: Patch, status: JobStatus) -> Patch:
+    """The fields every commit that ends a job writes: the state, the times, and the outbox entry
+    that owes the end event to the owner's webhooks and devices (in the same write, so no path
+    can end a job without owing its notifications; see docs/notifications.md)."""
     patch.set("status", status).server_time("finished_at").server_time("updated_at").delete("lease")
+    patch.set("notifications", Notifications(state="owed"))
     return patch
 
 

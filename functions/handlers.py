@@ -19,6 +19,7 @@ from core.contract import (
     JobDoc,
     JobMessage,
     JobStatus,
+    Notifications,
     Source,
     validate_job_id,
 )
@@ -128,7 +129,12 @@ def handle_object_finalized(deps: Deps, event: StorageEvent) -> str | None:
     if error is not None:
         # Created already final: the Firestore trigger ignores it, the client sees why.
         job = job.model_copy(
-            update={"status": JobStatus.REJECTED, "error": error, "inputs": {drop_field: uri}}
+            update={
+                "status": JobStatus.REJECTED,
+                "error": error,
+                "inputs": {drop_field: uri},
+                "notifications": Notifications(),
+            }
         )
     try:
         created = deps.jobs.create(job_id, job)
@@ -146,6 +152,7 @@ def handle_object_finalized(deps: Deps, event: StorageEvent) -> str | None:
             status=JobStatus.REJECTED,
             source=source,
             error=refused,
+            notifications=Notifications(),
         )
         try:
             created = deps.jobs.create(job_id, minimal)

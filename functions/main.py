@@ -26,12 +26,14 @@ from functions.handlers import (
     handle_job_created,
     handle_object_finalized,
 )
+from functions.notify import Dispatcher
 from functions.sweeper import sweep
 from infra import roundtrips
 from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
 from infra.identity import SignInProviders
 from infra.jobs import JobStore, firestore_client
+from infra.notify_targets import TargetStore
 from infra.settings import Settings
 from pipelines.registry import catalog
 
@@ -98,3 +100,19 @@ def on_dead_letter(event: CloudEvent) -> None:
 def on_sweep(event: CloudEvent) -> None:
     """A scheduler tick (Cloud Scheduler -> Pub/Sub): recover stuck jobs."""
     sweep(deps())
+
+
+@cache
+def dispatcher() -> Dispatcher:
+    d = deps()
+    targets = TargetStore(firestore_client(d.settings), d.settings.notify_targets_collection)
+    return Dispatcher(d.settings, d.jobs, targets)
+
+
+@functions_framework.cloud_event
+def on_notify(event: CloudEvent) -> None:
+    """A scheduler tick (Cloud Scheduler -> Pub/Sub): deliver the end events jobs owe, and keep
+    delivering what falls due (retries after their backoff) for NOTIFY_RUN_SECONDS."""
+    made = dispatcher().run()
+    if made:
+        log.info("notifications: %d delivery attempts this tick", made)

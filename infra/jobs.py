@@ -203,6 +203,18 @@ class JobStore:
                 return job_id, job
         return None
 
+    def find_owed(self, limit: int) -> list[tuple[str, JobDoc]]:
+        """Jobs whose end event is still owed to a channel (the notification dispatcher's scan)."""
+        roundtrips.note("firestore")
+        query = self._db.collection(self._collection).where(
+            filter=firestore.FieldFilter("notifications.state", "==", "owed")
+        )
+        return _jobs(query.limit(limit).stream())
+
+    def decide(self, job_id: str, decide: Callable[[JobDoc | None], Decision[T]]) -> T:
+        """Apply a decision of another module (the notification outbox's) with compare-and-set."""
+        return self._cas(job_id, decide)
+
     # -- creation -------------------------------------------------------------------------------
 
     def create(self, job_id: str, job: JobDoc) -> bool:

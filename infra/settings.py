@@ -257,6 +257,38 @@ class Settings(BaseSettings):
         "(keep it below the API service's request timeout)",
     )
 
+    # Completion notifications: the end event of every job, to the owner's webhooks and devices.
+    notify_targets_collection: str = Field(
+        "notify_targets", description="Firestore collection of each user's webhook endpoints and devices"
+    )
+    notify_backoff_seconds: list[float] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0],
+        min_length=0,
+        max_length=20,
+        description="waits after each failed delivery, as JSON; attempts = its length + 1, then the dead letter",
+    )
+    notify_timeout_seconds: float = Field(
+        10.0, gt=0, le=60, description="one delivery attempt's time (connect, send, answer)"
+    )
+    notify_run_seconds: float = Field(
+        40.0,
+        gt=0,
+        le=540,
+        description="how long one dispatcher tick keeps delivering what falls due (below the function's timeout)",
+    )
+    notify_batch: int = Field(50, ge=1, le=500, description="owed jobs a dispatcher scan reads at once")
+    notify_max_endpoints: int = Field(5, ge=0, le=20, description="webhook endpoints per user")
+    notify_max_devices: int = Field(10, ge=0, le=50, description="push device tokens per user")
+    notify_secret_grace_seconds: int = Field(
+        86400, ge=0, description="after a rotation, the old secret also signs for this long"
+    )
+    notify_allow_loopback: bool = Field(
+        False, description="local stack only: webhooks to http://127.0.0.1 (never in production)"
+    )
+    fcm_url: str | None = Field(
+        None, description="local stack only: an FCM v1 send URL to use instead of fcm.googleapis.com"
+    )
+
     # The sweeper: what counts as stuck.
     stale_pending_seconds: float = Field(60.0, gt=0, description="pending this long: re-validate")
     stale_queued_seconds: float = Field(300.0, gt=0, description="queued this long unclaimed: re-publish")
@@ -307,6 +339,14 @@ class Settings(BaseSettings):
                     f"BATCHING for {name}: max_batch {batching.max_batch} is larger than "
                     f"MAX_CONCURRENT_JOBS {self.max_concurrent_jobs}; raise MAX_CONCURRENT_JOBS"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _loopback_only_locally(self) -> Settings:
+        if self.environment == "production" and (self.notify_allow_loopback or self.fcm_url):
+            raise ValueError(
+                "NOTIFY_ALLOW_LOOPBACK and FCM_URL are for the local stack only (ENVIRONMENT=local)"
+            )
         return self
 
     def max_run_seconds_for(self, pipeline: str) -> float:

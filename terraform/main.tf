@@ -130,6 +130,8 @@ locals {
       "cloudresourcemanager.googleapis.com",
       "eventarc.googleapis.com",
       "firebaserules.googleapis.com",
+      # Push notifications of job ends to users' devices (functions/notify.py).
+      "fcm.googleapis.com",
       "firestore.googleapis.com",
       "iam.googleapis.com",
       # The API signs upload and result URLs through IAM signBlob (no key file).
@@ -167,6 +169,11 @@ module "project" {
     functions-firebaseauth-viewer = {
       member = local.sa_member.functions
       role   = "roles/firebaseauth.viewer"
+    }
+    # The notification dispatcher (on-notify) sends FCM v1 messages to users' devices.
+    functions-fcm-sender = {
+      member = local.sa_member.functions
+      role   = "roles/firebasecloudmessaging.admin"
     }
   }
 }

@@ -340,6 +340,10 @@ class LocalStack:
             "API_CHECK_REVOKED": "true",
             "SIGNING_KEY_FILE": str(self.config.state_dir / "signing-key.json"),
             "STORAGE_PUBLIC_URL": f"http://127.0.0.1:{p['gate']}",
+            # Webhooks to a receiver on this machine (http, loopback): never set in production.
+            "NOTIFY_ALLOW_LOOPBACK": "true",
+            # One dispatcher run per scheduler tick, so that runs do not pile up.
+            "NOTIFY_RUN_SECONDS": f"{self.config.schedule_interval_seconds:g}",
         }
 
     def plugin_pipelines(self) -> dict[str, dict[str, Any]]:

@@ -21,11 +21,13 @@ from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
 from infra.client import Client
 from infra.jobs import JobStore, firestore_client
-from infra.localstack.stack import LocalStack, StackConfig
+from infra.localstack.stack import LocalStack, StackConfig, free_port
 from infra.settings import Settings
 from pipelines.registry import catalog
 
 QUOTA_PIPELINE = "flakyslow"
+#: where the FCM v1 stand-in (devkit/receivers.py) listens for the stack's dispatcher
+FCM_PORT = free_port()
 
 # The tts pipeline's voices on the test stack: the bundled Piper model without sampling noise (the
 # same text always gives the same audio, so transcripts cannot flake), and that voice recorded
@@ -77,6 +79,11 @@ TEST_STACK_ENV = {
     "LOG_LEVEL": "INFO",
     # OpenAI's voice names on the speech route (api/openai_speech.py) -> the tts pipeline's voices.
     "OPENAI_VOICES": json.dumps({"alloy": "joe", "nova": "joe-calm"}),
+    # Notifications: short backoff (5 attempts in all) and timeout, and the FCM v1 stand-in that
+    # tests/integration/test_notifications.py serves on FCM_PORT.
+    "NOTIFY_BACKOFF_SECONDS": "[1, 1, 1, 1]",
+    "NOTIFY_TIMEOUT_SECONDS": "2",
+    "FCM_URL": f"http://127.0.0.1:{FCM_PORT}/v1/projects/{{project}}/messages:send",
 }
 
 

@@ -125,6 +125,8 @@ def test_drop_upload_with_invalid_job_id_is_rejected(client: Client, uid: str, w
     [(_, job)] = jobs
     assert job.status is JobStatus.REJECTED
     assert job.error and job.error.code == "invalid_job_id"
+    # Created already final: it owes its end event from its creation (docs/notifications.md).
+    assert job.notifications is not None and job.notifications.state in ("owed", "done")
 
 
 def test_drop_upload_to_unknown_pipeline_is_rejected(client: Client, uid: str, wav: Path) -> None:

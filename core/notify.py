@@ -1,0 +1,186 @@
+"""The end event of a job and the outbox decisions of its delivery, as pure functions.
+
+The commit that ends a job writes ``notifications: {state: owed}`` (:func:`core.lifecycle.final_patch`).
+The dispatcher then, with compare-and-set writes on the job document:
+
+1. **plans** the deliveries: one per channel the owner has registered (each webhook endpoint,
+   and their devices as one ``push`` channel), and the event id, which stays the same on every
+   retry and redelivery (``evt_{jobId}``: a job ends once);
+2. **claims** an attempt of one delivery (``attempts + 1``, ``nextAttemptAt`` = now + the
+   attempt's timeout: a lease, so a dispatcher that dies mid-send leaves it to the next one);
+3. **records** the outcome: delivered, or a retry after the backoff, or ``dead`` when the
+   attempts are spent. The job's ``notifications.state`` follows: ``done`` once every channel
+   delivered, ``dead`` once none is pending and one is dead, ``owed`` while any is pending.
+
+A redelivery asked through the API makes the outbox ``owed`` again with a fresh plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from core.contract import Delivery, JobDoc, JobStatus, Notifications
+from core.decisions import Decision
+from core.patch import Patch
+
+#: the channel key of the owner's devices
+PUSH = "push"
+#: an output value sent in the event: a file's URI, never the output itself (payloads stay small)
+URI_PREFIXES = ("gs://", "https://")
+MAX_OUTPUT_URIS = 16
+
+
+def event_id(job_id: str) -> str:
+    """The end event's id: stable across retries, restarts and redeliveries."""
+    return f"evt_{job_id}"
+
+
+def webhook_channel(endpoint_id: str) -> str:
+    return f"webhook_{endpoint_id}"
+
+
+def end_event(job_id: str, job: JobDoc) -> dict[str, Any]:
+    """The webhook payload: ids, status, error code and output file URIs only."""
+    status = job.effective_status
+    data: dict[str, Any] = {"id": job_id, "pipeline": job.pipeline, "status": status.value}
+    if job.error is not None and status is not JobStatus.SUCCEEDED:
+        data["error"] = {"code": job.error.code}
+    uris = output_uris(job.outputs or {})
+    if uris:
+        data["outputs"] = uris
+    when = job.finished_at.isoformat() if job.finished_at else None
+    return {"type": f"job.{status.value}", "timestamp": when, "data": data}
+
+
+def output_uris(outputs: dict[str, Any]) -> dict[str, str]:
+    """The file URIs among a job's outputs (top level and ``files``), at most 16."""
+    found: dict[str, str] = {}
+    candidates = list(outputs.items()) + list((outputs.get("files") or {}).items())
+    for key, value in candidates:
+        if isinstance(value, str) and value.startswith(URI_PREFIXES) and len(value) <= 1024:
+            found[str(key)[:64]] = value
+        if len(found) >= MAX_OUTPUT_URIS:
+            break
+    return found
+
+
+def decide_plan(job: JobDoc | None, job_id: str, channels: Iterable[str]) -> Decision[bool]:
+    """Fix which channels this event goes to (the owner's registrations now). The result: whether
+    there is anything to deliver. A plan already made is kept (another dispatcher made it)."""
+    if job is None or job.notifications is None or job.notifications.state != "owed":
+        return Decision(False)
+    notes = job.notifications
+    if notes.deliveries is not None:
+        return Decision(any(d.state == "pending" for d in notes.deliveries.values()))
+    deliveries: dict[str, Delivery] = {}
+    for key in channels:
+        deliveries[key] = Delivery(kind="push" if key == PUSH else "webhook")
+    planned = notes.model_copy(
+        update={
+            "event_id": notes.event_id or event_id(job_id),
+            "deliveries": deliveries,
+            "state": "owed" if deliveries else "done",
+        }
+    )
+    return Decision(bool(deliveries), Patch().set("notifications", planned))
+
+
+def due(job: JobDoc, now: datetime) -> list[str]:
+    """The channels of an owed job whose next attempt may start now."""
+    notes = job.notifications
+    if notes is None or notes.state != "owed" or not notes.deliveries:
+        return []
+    return [
+        key
+        for key, d in sorted(notes.deliveries.items())
+        if d.state == "pending" and (d.next_attempt_at is None or d.next_attempt_at <= now)
+    ]
+
+
+def decide_attempt(job: JobDoc | None, channel: str, *, now: datetime, lease_seconds: float) -> Decision[int]:
+    """Claim the next attempt of ``channel``; the result is its number, 0 when it is not due."""
+    if job is None or channel not in due(job, now):
+        return Decision(0)
+    assert job.notifications is not None and job.notifications.deliveries is not None
+    current = job.notifications.deliveries[channel]
+    claimed = current.model_copy(
+        update={
+            "attempts": current.attempts + 1,
+            "last_attempt_at": now,
+            "next_attempt_at": now + timedelta(seconds=lease_seconds),
+        }
+    )
+    return Decision(claimed.attempts, Patch().set(f"notifications.deliveries.{channel}", claimed))
+
+
+def decide_outcome(
+    job: JobDoc | None,
+    channel: str,
+    *,
+    attempt: int,
+    delivered: bool,
+    status: str,
+    now: datetime,
+    backoff: Sequence[float],
+    permanent: bool = False,
+) -> Decision[Literal["delivered", "retry", "dead", "stale"]]:
+    """Record how attempt ``attempt`` of ``channel`` went. ``stale``: the attempt is not the
+    current one any more (its lease ran out and another dispatcher took over), nothing written.
+
+    ``backoff[i]`` is the wait after the (i+1)-th failed attempt; after ``len(backoff) + 1``
+    attempts, or a ``permanent`` failure, the delivery is dead."""
+    notes = job.notifications if job is not None else None
+    current = (notes.deliveries or {}).get(channel) if notes is not None else None
+    if notes is None or current is None or current.state != "pending" or current.attempts != attempt:
+        return Decision("stale")
+    outcome: Literal["delivered", "retry", "dead"]
+    if delivered:
+        outcome = "delivered"
+        update: dict[str, Any] = {"state": "delivered", "delivered_at": now, "next_attempt_at": None}
+    elif permanent or attempt > len(backoff):
+        outcome = "dead"
+        update = {"state": "dead", "next_attempt_at": None}
+    else:
+        outcome = "retry"
+        update = {"next_attempt_at": now + timedelta(seconds=backoff[attempt - 1])}
+    ended = current.model_copy(update={**update, "last_status": status})
+    deliveries = {**(notes.deliveries or {}), channel: ended}
+    patch = Patch().set(f"notifications.deliveries.{channel}", ended)
+    state = overall(deliveries)
+    if state != notes.state:
+        patch.set("notifications.state", state)
+    return Decision(outcome, patch)
+
+
+def overall(deliveries: dict[str, Delivery]) -> Literal["owed", "done", "dead"]:
+    states = {d.state for d in deliveries.values()}
+    if "pending" in states:
+        return "owed"
+    return "dead" if "dead" in states else "done"
+
+
+def decide_redeliver(job: JobDoc | None) -> Decision[bool]:
+    """Owe the end event again (every channel the owner has then); the event id stays. The
+    result: whether the job has ended (only a final job has an end event to send)."""
+    if job is None or not job.effective_status.is_final:
+        return Decision(False)
+    notes = job.notifications or Notifications()
+    again = Notifications(state="owed", event_id=notes.event_id, redeliveries=notes.redeliveries + 1)
+    return Decision(True, Patch().set("notifications", again))
+
+
+__all__ = [
+    "PUSH",
+    "decide_attempt",
+    "decide_outcome",
+    "decide_plan",
+    "decide_redeliver",
+    "due",
+    "end_event",
+    "event_id",
+    "output_uris",
+    "overall",
+    "webhook_channel",
+]

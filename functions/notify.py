@@ -1,0 +1,320 @@
+"""The notification dispatcher: delivers the end event every final job owes (see core/notify.py).
+
+It runs as the ``on_notify`` function on each ``notify-tick`` (Cloud Scheduler, every minute; the
+local stack ticks every few seconds) and keeps delivering what falls due for
+``NOTIFY_RUN_SECONDS``. Everything it needs to know is on the job documents (the outbox), so a
+dispatcher that is restarted, or two that overlap, lose and repeat nothing: each attempt is
+claimed with a compare-and-set write before it is made, and recorded after.
+
+Webhooks are signed as the Standard Webhooks specification says, with the ``standardwebhooks``
+package. A webhook URL is hostile input: only ``https`` (``http`` to loopback only with
+``NOTIFY_ALLOW_LOOPBACK`` on the local stack), the host is checked and resolved when the attempt
+connects, with the video downloader's rules (:func:`pipelines.video.urls.check_host`: no
+private, loopback or metadata addresses), the connection goes to exactly the vetted address, and
+a redirect is a failed attempt, never followed.
+
+Push notifications go through ``firebase-admin`` messaging, one message per device; a token FCM
+calls unregistered is dropped from the user's devices.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from standardwebhooks import Webhook
+
+from core import notify
+from core.contract import JobDoc
+from core.decisions import Decision
+from core.errors import InvalidInput, RetryableError
+from infra.jobs import JobStore, utcnow
+from infra.notify_targets import Endpoint, Targets, TargetStore, device_key
+from infra.settings import Settings
+from pipelines.video.urls import Resolver, check_host, check_url_syntax, default_resolve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivered: bool
+    status: str
+    #: retrying cannot help (a refused address, no devices left): the dead letter at once
+    permanent: bool = False
+
+
+def check_webhook_url(url: str, *, allow_loopback: bool) -> str:
+    """A webhook URL as registered: ``https`` (``http`` only to loopback when allowed), no
+    credentials, a port that is a number. The address is checked again at each connection.
+
+    Raises:
+        InvalidInput: ``invalid_webhook_url``.
+    """
+    try:
+        url = check_url_syntax(url)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, code="invalid_webhook_url") from None
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return url
+    if parts.scheme == "http" and allow_loopback and parts.hostname in ("127.0.0.1", "localhost", "::1"):
+        return url
+    raise InvalidInput("a webhook URL must be https", code="invalid_webhook_url")
+
+
+class WebhookSender:
+    """One signed POST per attempt, through the connection guard, never following a redirect."""
+
+    def __init__(self, settings: Settings, resolve: Resolver = default_resolve) -> None:
+        self._allow_loopback = settings.notify_allow_loopback
+        self._resolve = resolve
+        self._grace = settings.notify_secret_grace_seconds
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(settings.notify_timeout_seconds),
+            follow_redirects=False,
+            trust_env=False,  # no proxy: the vetted address is the one connected to
+        )
+
+    def send(self, endpoint: Endpoint, msg_id: str, body: bytes, now: datetime) -> Outcome:
+        try:
+            url = check_webhook_url(endpoint.url, allow_loopback=self._allow_loopback)
+            parts = urlsplit(url)
+            assert parts.hostname is not None
+            _, addresses = check_host(
+                parts.hostname, resolve=self._resolve, allow_loopback=self._allow_loopback
+            )
+        except InvalidInput as exc:
+            return Outcome(False, f"refused: {exc.code}: {exc.message}", permanent=True)
+        except RetryableError as exc:
+            return Outcome(False, f"unresolved: {exc.message}")
+        signatures = " ".join(
+            Webhook(secret).sign(msg_id, now, body) for secret in endpoint.signing_secrets(now)
+        )
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": signatures,
+            "user-agent": "gpu-jobs-webhooks/1",
+        }
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+        last = "no address"
+        for address in addresses:
+            literal = f"[{address}]" if ":" in address else address
+            target = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
+            try:
+                resp = self._http.post(
+                    target,
+                    content=body,
+                    headers={**headers, "host": host_header},
+                    # TLS checks the certificate against the registered host name, not the address.
+                    extensions={"sni_hostname": parts.hostname} if parts.scheme == "https" else {},
+                )
+            except httpx.TimeoutException:
+                return Outcome(False, "timeout")
+            except httpx.TransportError as exc:
+                last = f"connection failed: {type(exc).__name__}"
+                continue
+            if 200 <= resp.status_code < 300:
+                return Outcome(True, f"HTTP {resp.status_code}")
+            if 300 <= resp.status_code < 400:
+                return Outcome(False, f"HTTP {resp.status_code}: a redirect (not followed)")
+            return Outcome(False, f"HTTP {resp.status_code}")
+        return Outcome(False, last)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class PushSender:
+    """FCM through firebase-admin: one message per device of the owner."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._app: Any = None
+
+    def _messaging(self) -> Any:
+        import firebase_admin
+        from firebase_admin import credentials, messaging
+
+        if self._app is None:
+            options = {"projectId": self._settings.google_cloud_project}
+            local = bool(self._settings.fcm_url)
+            name = "notify-local" if local else "notify"
+            try:
+                self._app = firebase_admin.get_app(name)
+            except ValueError:
+                credential = _anonymous() if local else credentials.ApplicationDefault()
+                self._app = firebase_admin.initialize_app(credential, options, name=name)
+            if self._settings.fcm_url:
+                # The local stack: an FCM v1 stand-in on 127.0.0.1 (devkit/fcm.py), no Google
+                # sign-in. firebase-admin has no option for its endpoint: its service keeps it here.
+                service = messaging._get_messaging_service(self._app)
+                service._fcm_url = self._settings.fcm_url.format(project=self._settings.google_cloud_project)
+        return messaging
+
+    def send(self, targets: Targets, data: dict[str, str]) -> tuple[Outcome, list[str]]:
+        """Send to every device; the outcome, and the keys of the tokens FCM called stale."""
+        if not targets.devices:
+            return Outcome(False, "no devices registered", permanent=True), []
+        from firebase_admin import exceptions as firebase_exceptions
+
+        messaging = self._messaging()
+        stale: list[str] = []
+        sent = failed = 0
+        why = ""
+        for key, device in sorted(targets.devices.items()):
+            message = messaging.Message(
+                token=device.token,
+                data=data,
+                notification=messaging.Notification(title="Job " + data["status"], body=data["pipeline"]),
+            )
+            try:
+                messaging.send(message, app=self._app)
+                sent += 1
+            except firebase_exceptions.NotFoundError:  # UNREGISTERED, or 404: the token is stale
+                stale.append(key)
+            except Exception as exc:  # an FCM error of one device must not stop the others
+                failed += 1
+                why = type(exc).__name__
+        status = f"sent to {sent} device(s), {len(stale)} stale" + (
+            f", {failed} failed ({why})" if failed else ""
+        )
+        if failed and not sent:
+            return Outcome(False, status), stale
+        if not sent:
+            return Outcome(False, status, permanent=True), stale
+        return Outcome(True, status), stale
+
+
+def _anonymous() -> Any:
+    """A firebase-admin credential that signs nothing (the local FCM stand-in asks for no token)."""
+    from firebase_admin import credentials
+    from google.auth.credentials import AnonymousCredentials
+
+    class Anonymous(credentials.Base):  # type: ignore[misc]
+        def get_credential(self) -> Any:
+            return AnonymousCredentials()  # type: ignore[no-untyped-call]
+
+    return Anonymous()
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: JobStore,
+        targets: TargetStore,
+        webhooks: WebhookSender | None = None,
+        push: PushSender | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.targets = targets
+        self.webhooks = webhooks or WebhookSender(settings)
+        self.push = push or PushSender(settings)
+        self.clock = clock
+
+    def run(self, seconds: float | None = None) -> int:
+        """Deliver what is due, again and again, for ``seconds`` (``NOTIFY_RUN_SECONDS``); returns
+        the attempts made."""
+        budget = self.settings.notify_run_seconds if seconds is None else seconds
+        end = time.monotonic() + budget
+        made = 0
+        while True:
+            made += self.tick()
+            if time.monotonic() >= end:
+                return made
+            time.sleep(min(0.5, max(0.0, end - time.monotonic())))
+
+    def tick(self) -> int:
+        made = 0
+        for job_id, _ in self.jobs.find_owed(self.settings.notify_batch):
+            try:
+                made += self.deliver(job_id)
+            except RetryableError:
+                log.warning("job %s: notifications deferred (the job document is busy)", job_id)
+        return made
+
+    def deliver(self, job_id: str) -> int:
+        """Plan (once) and make the attempts of ``job_id`` that are due now."""
+        job = self.jobs.get(job_id)
+        if job is None or job.notifications is None or job.notifications.state != "owed":
+            return 0
+        targets = self.targets.get(job.uid)
+        if job.notifications.deliveries is None:
+            channels = [notify.webhook_channel(e) for e in sorted(targets.webhooks)]
+            if targets.devices:
+                channels.append(notify.PUSH)
+            if not self.jobs.decide(job_id, lambda j: notify.decide_plan(j, job_id, channels)):
+                return 0
+            job = self.jobs.get(job_id)
+            if job is None:
+                return 0
+        made = 0
+        for channel in notify.due(job, self.clock()):
+            made += self._one(job_id, job, channel, targets)
+        return made
+
+    def _one(self, job_id: str, job: JobDoc, channel: str, targets: Targets) -> int:
+        lease = self.settings.notify_timeout_seconds * 3 + 5
+
+        def claim(j: JobDoc | None) -> Decision[int]:
+            return notify.decide_attempt(j, channel, now=self.clock(), lease_seconds=lease)
+
+        attempt = self.jobs.decide(job_id, claim)
+        if not attempt:
+            return 0  # not due any more: another dispatcher has it
+        current = self.jobs.get(job_id) or job
+        outcome = self._attempt(job_id, current, channel, targets)
+
+        def record(j: JobDoc | None) -> Decision[Any]:
+            return notify.decide_outcome(
+                j,
+                channel,
+                attempt=attempt,
+                delivered=outcome.delivered,
+                status=outcome.status,
+                now=self.clock(),
+                backoff=self.settings.notify_backoff_seconds,
+                permanent=outcome.permanent,
+            )
+
+        result = self.jobs.decide(job_id, record)
+        log.info("job %s: %s attempt %d: %s (%s)", job_id, channel, attempt, outcome.status, result)
+        return 1
+
+    def _attempt(self, job_id: str, job: JobDoc, channel: str, targets: Targets) -> Outcome:
+        assert job.notifications is not None
+        msg_id = job.notifications.event_id or notify.event_id(job_id)
+        event = notify.end_event(job_id, job)
+        if channel == notify.PUSH:
+            data = {
+                "jobId": job_id,
+                "status": event["data"]["status"],
+                "pipeline": job.pipeline,
+                "eventId": msg_id,
+            }
+            outcome, stale = self.push.send(targets, data)
+            if stale:
+                self.targets.drop_devices(job.uid, stale)
+            return outcome
+        endpoint = targets.webhooks.get(channel.removeprefix("webhook_"))
+        if endpoint is None:
+            return Outcome(False, "the endpoint was deleted", permanent=True)
+        body = json.dumps(event, separators=(",", ":")).encode()
+        return self.webhooks.send(endpoint, msg_id, body, self.clock())
+
+
+def forget_device(targets: TargetStore, uid: str, token: str) -> None:
+    targets.drop_devices(uid, [device_key(token)])
