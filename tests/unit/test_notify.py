@@ -286,7 +286,8 @@ def test_the_api_documents_the_notification_routes(no_settings_env: None) -> Non
 
     from api.app import create_app
 
-    app = create_app(SimpleNamespace(settings=Settings()))  # type: ignore[arg-type]
+    api = SimpleNamespace(settings=Settings(), deps=SimpleNamespace(catalog=None))
+    app = create_app(api)  # type: ignore[arg-type]
     paths = app.openapi()["paths"]
     assert {
         "/v1/webhooks",
