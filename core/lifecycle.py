@@ -32,6 +32,7 @@ from core.contract import (
     JobDoc,
     JobStatus,
     Lease,
+    PartialOutput,
     PartState,
     Prepared,
     Progress,
@@ -183,6 +184,8 @@ def _claim_job(
         .set("progress", Progress(fraction=0.0, stage="starting"), stamp=True)
         .server_time("updated_at")
     )
+    if job.live is not None:
+        patch.delete("live")  # where it stood in the queue: over once it starts
     if job.started_at is None:
         patch.server_time("started_at")
     return Decision(Claim(ClaimOutcome.CLAIMED, job, attempt), patch)
@@ -222,8 +225,10 @@ def decide_heartbeat(
     now: datetime,
     lease_seconds: float,
     progress: Progress | None = None,
+    partial: PartialOutput | None = None,
 ) -> Decision[bool]:
-    """Renew the lease (and write progress). The result is the client's ``cancelRequested``.
+    """Renew the lease (and write progress and a whole job's partial output). The result is the
+    client's ``cancelRequested``.
 
     Raises:
         LeaseLost: the unit is no longer this worker's attempt.
@@ -238,6 +243,8 @@ def decide_heartbeat(
             parts = dict(job.parts or {})
             parts[ref.part] = parts[ref.part].model_copy(update={"progress": progress})
             patch.set("progress", overall_progress(parts), stamp=True)
+    if partial is not None and ref.part is None:
+        patch.set("partial", partial)
     return Decision(job.cancel_requested, patch)
 
 
