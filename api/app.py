@@ -197,7 +197,7 @@ def create_app(api: Api) -> FastAPI:
         pipeline's queue and when it should start and end (from the pipeline's recent run times
         and the capacity serving it now)."""
         job = await run_in_threadpool(owned, api, user, job_id)
-        live = await run_in_threadpool(api.live.compute, job)
+        live = await run_in_threadpool(api.live.shown, job_id, job)
         return Job.of(job_id, job, live)
 
     @app.post("/v1/jobs/{job_id}/cancel", response_model=Job, responses={**ERRORS, 409: {"model": Problem}})

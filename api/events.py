@@ -111,10 +111,8 @@ async def job_events(
             else:
                 doc = changed
             assert doc is not None
-            live = await run_in_threadpool(api.live.compute, doc)
+            live = await run_in_threadpool(api.live.follow, job_id, doc)
             next_live = loop.time() + s.live_refresh_seconds
-            if live is not None and live.position is not None:
-                await run_in_threadpool(api.live.write, job_id, live)
             job = Job.of(job_id, doc, live)
             body = job.model_dump(mode="json", by_alias=True, exclude_none=True)
             items, count = _new_items(doc.partial, seen)

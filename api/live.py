@@ -33,7 +33,9 @@ MAX_REMEMBERED = 10_000
 
 
 def _whole_seconds(moment: datetime) -> datetime:
-    return moment.replace(microsecond=0)
+    """A plain UTC datetime to the second (Firestore's own datetime subclass does not survive
+    ``replace`` as a value it can store)."""
+    return datetime.fromtimestamp(int(moment.timestamp()), UTC)
 
 
 class LiveStates:
@@ -132,6 +134,26 @@ class LiveStates:
         except (gexc.FailedPrecondition, gexc.NotFound, gexc.Aborted):
             return False  # it changed meanwhile: the next refresh tries again
         return True
+
+    def shown(self, job_id: str, job: JobDoc) -> Live | None:
+        """The live state to show: a failed read costs the answer its estimate (the phase stays),
+        never the answer."""
+        try:
+            return self.compute(job)
+        except Exception:
+            log.warning("job %s: live state not computed", job_id, exc_info=True)
+            phase = phase_of(job)
+            return None if phase is None else Live(phase=phase)
+
+    def follow(self, job_id: str, job: JobDoc) -> Live | None:
+        """For the event stream: :meth:`shown`, also put on the document (see :meth:`write`)."""
+        live = self.shown(job_id, job)
+        if live is not None and live.position is not None:
+            try:
+                self.write(job_id, live)
+            except Exception:
+                log.warning("job %s: live state not written", job_id, exc_info=True)
+        return live
 
     def forget(self, job_id: str) -> None:
         with self._lock:
