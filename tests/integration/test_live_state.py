@@ -68,12 +68,22 @@ def read_events(resp: httpx.Response) -> Iterator[tuple[str, str | None, dict[st
 
 
 def follow(
-    api: httpx.Client, user: AuthUser, job_id: str, last_event_id: str | None = None
+    api: httpx.Client,
+    user: AuthUser,
+    job_id: str,
+    last_event_id: str | None = None,
+    arrivals: list[float] | None = None,
 ) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """The events of a job's stream; ``arrivals`` gets each one's arrival time (monotonic)."""
     headers = {**user.headers, **({"Last-Event-ID": last_event_id} if last_event_id else {})}
+    events = []
     with api.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=180) as resp:
         assert resp.status_code == 200, resp.read()
-        return list(read_events(resp))
+        for event in read_events(resp):
+            events.append(event)
+            if arrivals is not None:
+                arrivals.append(time.monotonic())
+    return events
 
 
 def when(value: str) -> datetime:
@@ -175,7 +185,8 @@ def test_transcript_segments_arrive_before_the_job_ends(
 ) -> None:
     uri = client.upload(long_speech, alice.uid)
     job_id = create(api, alice, "transcribe", {"media": uri}).json()["id"]
-    events = follow(api, alice, job_id)
+    arrivals: list[float] = []
+    events = follow(api, alice, job_id, arrivals=arrivals)
     kinds = [kind for kind, _, _ in events]
     assert kinds[-1] == "end" and events[-1][2]["status"] == "succeeded", events[-3:]
     partial = [data for kind, _, data in events if kind == "partial"]
@@ -184,6 +195,12 @@ def test_transcript_segments_arrive_before_the_job_ends(
     )
     before = [i for i, (kind, _, _) in enumerate(events) if kind == "partial" and i < ended]
     assert before, kinds  # segments while it ran, not only at the end
+    started = next(
+        i for i, (kind, _, data) in enumerate(events) if kind == "job" and data["status"] == "running"
+    )
+    run = arrivals[ended] - arrivals[started]
+    first = arrivals[before[0]] - arrivals[started]
+    print(f"\npartial transcript: first segments {first:.1f} s into a {run:.1f} s run ({first / run:.0%})")
     items = [item for data in partial for item in data["items"]]
     counts = [data["count"] for data in partial]
     assert counts == sorted(counts) and len(items) == counts[-1]  # each segment once, in order

@@ -8,8 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from google.api_core.datetime_helpers import DatetimeWithNanoseconds
+from google.cloud.firestore_v1._helpers import encode_value
 
 from api.events import _new_items, resume_point
+from api.live import _whole_seconds
 from api.prefer import preferred_wait
 from core.contract import JobDoc, PartialOutput, Phase, Progress
 from core.lifecycle import decide_claim, decide_heartbeat
@@ -184,3 +187,12 @@ def test_a_resumed_stream_sends_only_the_partial_items_after_those_seen() -> Non
     retried = PartialOutput(attempt=2, count=1, items=[{"n": 0}])
     assert _new_items(retried, 10) == ([{"n": 0}], 1)  # a new attempt starts over
     assert _new_items(None, 3) == ([], 3)
+
+
+def test_an_estimate_from_firestore_times_is_a_plain_datetime_firestore_can_store() -> None:
+    # Running jobs' startedAt come back as Firestore's own datetime subclass: the estimate made
+    # from them must still be writable to the document.
+    since = DatetimeWithNanoseconds(2026, 12, 6, 11, 59, 59, 500_000, tzinfo=UTC)
+    start = _whole_seconds(estimated_start(NOW, ahead=0, running_since=[since], run_seconds=2, slots=1))
+    assert type(start) is datetime and start == at(1)
+    assert encode_value(start).timestamp_value == at(1)
