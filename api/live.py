@@ -38,6 +38,11 @@ def _whole_seconds(moment: datetime) -> datetime:
     return datetime.fromtimestamp(int(moment.timestamp()), UTC)
 
 
+def _started(fields: dict[str, Any]) -> datetime | None:
+    value = fields.get("startedAt")
+    return value if isinstance(value, datetime) else None
+
+
 class LiveStates:
     def __init__(self, db: firestore.Client, settings: Any) -> None:
         self._db = db
@@ -86,10 +91,9 @@ class LiveStates:
         before: Any = queued.where(filter=firestore.FieldFilter("queuedAt", "<", job.queued_at)).count()
         first = before.get()[0]  # one aggregation: a list of results per read (typed as flat)
         ahead = int((first[0] if isinstance(first, list) else first).value)
-        running = [
-            read_job(s.to_dict() or {})
-            for s in self._of_pipeline(job.pipeline, JobStatus.RUNNING).limit(MAX_RUNNING_READ).stream()
-        ]
+        # Only their start times: a projection, not the running jobs' whole documents.
+        running_query = self._of_pipeline(job.pipeline, JobStatus.RUNNING).select(["startedAt"])
+        running = [_started(s.to_dict() or {}) for s in running_query.limit(MAX_RUNNING_READ).stream()]
         per_instance = self._settings.pipeline_slots.get(job.pipeline, self._settings.max_concurrent_jobs)
         slots = max(len(running), per_instance, 1)
         run = self.run_seconds(job.pipeline)
@@ -98,9 +102,7 @@ class LiveStates:
         )
         if run is not None:
             now = datetime.now(UTC)
-            start = estimated_start(
-                now, ahead=ahead, running_since=[r.started_at for r in running], run_seconds=run, slots=slots
-            )
+            start = estimated_start(now, ahead=ahead, running_since=running, run_seconds=run, slots=slots)
             live.estimated_start_at = _whole_seconds(start)
             live.estimated_end_at = _whole_seconds(start + timedelta(seconds=run))
         return live
