@@ -24,6 +24,7 @@ from api.errors import ApiError
 from api.events import job_events
 from api.models import Health, Job, JobCreate, JobPage, Problem, Results, Upload, UploadCreate
 from api.notifications import notifications_router
+from api.prefer import preferred_wait
 from api.service import (
     MAX_PAGE_SIZE,
     Api,
@@ -89,8 +90,15 @@ def create_app(api: Api) -> FastAPI:
             CORSMiddleware,
             allow_origins=api.settings.api_cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Firebase-AppCheck"],
-            expose_headers=["Retry-After", "X-Job-Id"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "X-Firebase-AppCheck",
+                "Prefer",
+                "Last-Event-ID",
+            ],
+            expose_headers=["Retry-After", "X-Job-Id", "Preference-Applied"],
             max_age=600,
         )
 
@@ -155,7 +163,13 @@ def create_app(api: Api) -> FastAPI:
             str | None,
             Header(description="makes retries safe: the same key and request give the same job"),
         ] = None,
-        wait: Annotated[float, Query(ge=0, description="seconds to wait for the job to end")] = 0,
+        wait: Annotated[float | None, Query(ge=0, description="seconds to wait for the job to end")] = None,
+        prefer: Annotated[
+            str | None,
+            Header(
+                description="RFC 7240; 'wait=N' is the header form of ?wait (the query wins when both are sent)"
+            ),
+        ] = None,
     ) -> Job:
         """Create a job (validated and queued before the answer), optionally waiting for its end.
 
@@ -171,9 +185,15 @@ def create_app(api: Api) -> FastAPI:
         **wait** (at most ``API_MAX_WAIT_SECONDS``) keeps the request open until the job ends; the
         wait holds no worker thread, stops when the caller goes away, and counts against
         ``API_MAX_WAITS_PER_USER`` and ``API_MAX_WAITS`` (past them: ``429`` / ``503`` with
-        ``Retry-After``, checked before the job is made).
+        ``Retry-After``, checked before the job is made). ``Prefer: wait=N`` (RFC 7240) asks the
+        same without the query; the answer then says ``Preference-Applied: wait=N`` with the
+        seconds it waited at most.
         """
-        seconds = min(wait, api.settings.api_max_wait_seconds)
+        asked = wait
+        if asked is None and (preferred := preferred_wait(prefer)) is not None:
+            asked = preferred
+            response.headers["Preference-Applied"] = f"wait={min(asked, api.settings.api_max_wait_seconds):g}"
+        seconds = min(asked or 0.0, api.settings.api_max_wait_seconds)
         async with AsyncExitStack() as stack:
             if seconds > 0:
                 stack.enter_context(api.waits.hold(user.uid))
@@ -197,8 +217,12 @@ def create_app(api: Api) -> FastAPI:
 
     @app.get("/v1/jobs/{job_id}", response_model=Job, responses=ERRORS)
     async def get_job(user: Caller, job_id: str) -> Job:
+        """The job; ``live`` says what it is doing now, and for a queued job its place in its
+        pipeline's queue and when it should start and end (from the pipeline's recent run times
+        and the capacity serving it now)."""
         job = await run_in_threadpool(owned, api, user, job_id)
-        return Job.of(job_id, job)
+        live = await run_in_threadpool(api.live.shown, job_id, job)
+        return Job.of(job_id, job, live)
 
     @app.post("/v1/jobs/{job_id}/cancel", response_model=Job, responses={**ERRORS, 409: {"model": Problem}})
     async def post_cancel(user: Caller, job_id: str) -> Job:
@@ -220,8 +244,17 @@ def create_app(api: Api) -> FastAPI:
             200: {"content": {"text/event-stream": {}}, "description": "job events"},
         },
     )
-    async def get_events(user: Caller, job_id: str, request: Request) -> StreamingResponse:
-        """Server-Sent Events: ``job`` (the job, at each change of status or progress), then ``end``.
+    async def get_events(
+        user: Caller,
+        job_id: str,
+        request: Request,
+        last_event_id: Annotated[
+            str | None, Header(description="resume after this event: what it showed is not sent again")
+        ] = None,
+    ) -> StreamingResponse:
+        """Server-Sent Events: ``job`` (the job, at each change of status, progress or live state),
+        ``partial`` (output made so far: the new items only), then ``end``. A reconnect with
+        ``Last-Event-ID`` resumes after that event instead of starting over.
 
         The stream checks its token again every ``API_STREAM_RECHECK_SECONDS`` (revocation
         included) and ends with an ``error`` event ``{code, message}`` once it is not valid any
@@ -243,7 +276,7 @@ def create_app(api: Api) -> FastAPI:
             await run_in_threadpool(api.verifier.verify_token, token.strip(), check_revoked=True)
 
         return StreamingResponse(
-            job_events(api, job_id, follower, request.is_disconnected, recheck, stack.aclose),
+            job_events(api, job_id, follower, request.is_disconnected, recheck, stack.aclose, last_event_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             # Also when the stream never started (the caller left first).

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from core.contract import ErrorInfo, JobDoc, JobStatus, Notifications, Progress, Timings
+from core.contract import ErrorInfo, JobDoc, JobStatus, Live, Notifications, PartialOutput, Progress, Timings
 
 #: file names a signed upload may carry (the object is ``uploads/{uid}/{random}-{name}``)
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
@@ -78,6 +78,10 @@ class Job(_Body):
     error: ErrorInfo | None = None
     cancel_requested: bool = False
     timings: Timings | None = None
+    live: Live | None = Field(
+        None, description="queued or running: the phase; queued: the place in the queue and the estimate"
+    )
+    partial: PartialOutput | None = Field(None, description="output made so far by a running job")
     created_at: datetime | None = None
     queued_at: datetime | None = None
     started_at: datetime | None = None
@@ -87,8 +91,12 @@ class Job(_Body):
     )
 
     @classmethod
-    def of(cls, job_id: str, job: JobDoc) -> Job:
+    def of(cls, job_id: str, job: JobDoc, live: Live | None = None) -> Job:
+        """The job as its owner sees it; ``live`` as computed now (the document's own ``live`` is
+        only as fresh as its last write)."""
         return cls(
+            live=live,
+            partial=job.partial,
             id=job_id,
             pipeline=job.pipeline,
             status=job.effective_status,

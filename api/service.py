@@ -14,6 +14,7 @@ from google.cloud import firestore
 
 from api.auth import TokenVerifier, User
 from api.errors import ApiError
+from api.live import LiveStates
 from api.models import Job, JobCreate, JobPage, ResultFile, Results, Upload, UploadCreate
 from api.shedding import Gate
 from api.signing import UrlSigner
@@ -46,6 +47,8 @@ class Api:
     waits: Gate = field(init=False)
     #: open event streams, per user and in all
     streams: Gate = field(init=False)
+    #: followed jobs' live state (queue position, estimate, phase)
+    live: LiveStates = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -57,6 +60,7 @@ class Api:
         )
         self.waits = Gate("requests waiting for a job", s.api_max_waits_per_user, s.api_max_waits, retry)
         self.streams = Gate("event streams", s.api_max_streams_per_user, s.api_max_streams, retry)
+        self.live = LiveStates(self.db, s)
 
     @property
     def settings(self) -> Any:

@@ -112,12 +112,49 @@ class ErrorInfo(_Doc):
         )
 
 
+class Phase(StrEnum):
+    """What a job is doing now, in words every pipeline shares (``progress.stage`` is its own)."""
+
+    WAITING_FOR_GPU = "waiting_for_gpu"
+    LOADING_MODEL = "loading_model"
+    DOWNLOADING = "downloading"
+    RUNNING = "running"
+    UPLOADING = "uploading"
+
+
 class Progress(_Doc):
     """``job.progress``: a fraction in 0..1 and a stage a person can read."""
 
     fraction: float = Field(ge=0.0, le=1.0)
     stage: str = Field(max_length=64)
+    phase: Phase | None = Field(None, description="backend-written: the stage as a shared phase")
     updated_at: datetime | None = None
+
+
+class Live(_Doc):
+    """``job.live``: where a queued job stands. Backend-written while someone follows the job (the
+    API's event stream), at most once per ``LIVE_WRITE_SECONDS``; removed when the job starts."""
+
+    phase: Phase = Phase.WAITING_FOR_GPU
+    position: int | None = Field(None, ge=0, description="jobs of its pipeline queued before it")
+    estimated_start_at: datetime | None = None
+    estimated_end_at: datetime | None = None
+    run_seconds: float | None = Field(
+        None, ge=0, description="the pipeline's recent run time the estimate uses"
+    )
+    slots: int | None = Field(None, ge=1, description="the capacity serving the pipeline now")
+    updated_at: datetime | None = None
+
+
+class PartialOutput(_Doc):
+    """``job.partial``: what a running attempt has produced so far (transcript segments as they
+    are decoded): the last items only (``PARTIAL_MAX_ITEMS``), written with the progress."""
+
+    attempt: int = Field(ge=0)
+    count: int = Field(
+        ge=0, description="items produced so far; the first item listed is number count - len(items)"
+    )
+    items: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class Timings(_Doc):
@@ -260,6 +297,8 @@ class JobDoc(_Doc):
     prepared: Prepared | None = None
     parts: dict[str, PartState] | None = None
     timings: Timings | None = None
+    live: Live | None = None
+    partial: PartialOutput | None = None
     runtime: dict[str, Any] | None = None
     usage: Usage | None = None
     reused_from: str | None = Field(None, description="the job whose result this one reused (no GPU time)")

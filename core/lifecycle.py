@@ -33,6 +33,7 @@ from core.contract import (
     JobStatus,
     Lease,
     Notifications,
+    PartialOutput,
     PartState,
     Prepared,
     Progress,
@@ -188,6 +189,8 @@ def _claim_job(
         .set("progress", Progress(fraction=0.0, stage="starting"), stamp=True)
         .server_time("updated_at")
     )
+    if job.live is not None:
+        patch.delete("live")  # where it stood in the queue: over once it starts
     if job.started_at is None:
         patch.server_time("started_at")
     return Decision(Claim(ClaimOutcome.CLAIMED, job, attempt), patch)
@@ -227,8 +230,10 @@ def decide_heartbeat(
     now: datetime,
     lease_seconds: float,
     progress: Progress | None = None,
+    partial: PartialOutput | None = None,
 ) -> Decision[bool]:
-    """Renew the lease (and write progress). The result is the client's ``cancelRequested``.
+    """Renew the lease (and write progress and a whole job's partial output). The result is the
+    client's ``cancelRequested``.
 
     Raises:
         LeaseLost: the unit is no longer this worker's attempt.
@@ -243,6 +248,8 @@ def decide_heartbeat(
             parts = dict(job.parts or {})
             parts[ref.part] = parts[ref.part].model_copy(update={"progress": progress})
             patch.set("progress", overall_progress(parts), stamp=True)
+    if partial is not None and ref.part is None:
+        patch.set("partial", partial)
     return Decision(job.cancel_requested, patch)
 
 

@@ -277,6 +277,9 @@ class RunContext:
     #: what the service measured of this job's model work: a batched call records the job's share
     #: of it here (``gpu_seconds``, ``batch_size``, ``batch_seconds``, ``work``; see core/usage.py)
     meter: dict[str, float] = field(default_factory=dict)
+    #: ``partial(item)`` hands over output made so far (a transcript segment as it is decoded):
+    #: the job document's bounded ``partial`` field and the event stream show it while the job runs
+    partial: Callable[[dict[str, Any]], None] = field(default=lambda item: None)
 
 
 OutT = TypeVar("OutT", bound=BaseModel)

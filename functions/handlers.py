@@ -199,10 +199,18 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
             checked = validate(deps, job)
     except InvalidInput as exc:
         log.info("job %s rejected: %s", job_id, exc.code)
-        end(deps, job_id, JobStatus.REJECTED, ErrorInfo.from_exception(exc))
+        end(
+            deps,
+            job_id,
+            JobStatus.REJECTED,
+            ErrorInfo.from_exception(exc),
+            stamp_created="createdAt" not in event.fields,
+        )
         return JobStatus.REJECTED
 
     patch = Patch().server_time("queued_at").set("pipeline", checked.spec.name).set("attempt", 0)
+    if job.created_at is None:
+        patch.server_time("created_at")  # a client may leave it out: GET /v1/jobs orders on it
     for backend_field in ("lease", "last_error", "error", "outputs", "parts", "prepared", "progress"):
         patch.delete(backend_field)  # the backend's to write: whatever a document came with is dropped
     if checked.files:
@@ -370,9 +378,13 @@ def probe_head(
             return {}
 
 
-def end(deps: Deps, job_id: str, to: JobStatus, error: ErrorInfo) -> bool:
-    """End a job that is not running (rejected at validation, failed by a sweeper, ...)."""
-    return deps.jobs.transition(job_id, to, patch=Patch().set("error", error)) is not None
+def end(deps: Deps, job_id: str, to: JobStatus, error: ErrorInfo, *, stamp_created: bool = False) -> bool:
+    """End a job that is not running (rejected at validation, failed by a sweeper, ...);
+    ``stamp_created`` also sets a missing ``createdAt`` (a client's document without one)."""
+    patch = Patch().set("error", error)
+    if stamp_created:
+        patch.server_time("created_at")
+    return deps.jobs.transition(job_id, to, patch=patch) is not None
 
 
 def describe(exc: ValidationError, limit: int = 10) -> str:

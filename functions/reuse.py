@@ -105,6 +105,8 @@ def reuse_or_mark(
         .server_time("queued_at")
         .server_time("started_at")
     )
+    if job.created_at is None:
+        patch.server_time("created_at")
     for backend_field in ("lease", "last_error", "error", "parts", "prepared"):
         patch.delete(backend_field)
     if validated.files:

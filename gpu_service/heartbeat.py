@@ -6,10 +6,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from core.contract import Progress
-from core.errors import Cancelled, PermanentError, Preempted
+from core.contract import PartialOutput, Progress
+from core.errors import Cancelled, PermanentError, Preempted, bounded
 from core.lifecycle import LeaseLost
+from core.live import phase_of_stage
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,10 @@ class Heartbeat:
         self.check()
         now = time.monotonic()
         if now - self._last_write >= self._min_interval:
-            self._write(Progress(fraction=min(max(fraction, 0.0), 1.0), stage=stage[:64]))
+            progress = Progress(
+                fraction=min(max(fraction, 0.0), 1.0), stage=stage[:64], phase=phase_of_stage(stage)
+            )
+            self._write(progress)
         self.check()
 
     def _write(self, progress: Progress | None) -> None:
@@ -111,3 +116,38 @@ class Heartbeat:
         while not self._stop.wait(self._period):
             if time.monotonic() - self._last_write >= self._period:
                 self._write(None)
+
+
+#: the longest text of one partial item (a transcript segment) kept on the job document
+PARTIAL_TEXT_CHARS = 500
+
+
+class PartialBuffer:
+    """A running attempt's partial output (``job.partial``): the last ``max_items`` items, taken by
+    the next progress or lease write, so partial output costs no write of its own."""
+
+    def __init__(self, attempt: int, max_items: int) -> None:
+        self._attempt = attempt
+        self._max = max_items
+        self._lock = threading.Lock()
+        self._items: list[dict[str, Any]] = []
+        self._count = 0
+        self._dirty = False
+
+    def add(self, item: dict[str, Any]) -> None:
+        """The pipelines' partial callback (from any thread)."""
+        if self._max <= 0:
+            return
+        item = {k: bounded(v, PARTIAL_TEXT_CHARS) if isinstance(v, str) else v for k, v in item.items()}
+        with self._lock:
+            self._items = [*self._items, item][-self._max :]
+            self._count += 1
+            self._dirty = True
+
+    def take(self) -> PartialOutput | None:
+        """What changed since the last take (``None``: nothing)."""
+        with self._lock:
+            if not self._dirty:
+                return None
+            self._dirty = False
+            return PartialOutput(attempt=self._attempt, count=self._count, items=list(self._items))

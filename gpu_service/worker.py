@@ -77,7 +77,7 @@ from gpu_service.endings import (
     jsonable,
     seconds_between,
 )
-from gpu_service.heartbeat import Heartbeat
+from gpu_service.heartbeat import Heartbeat, PartialBuffer
 from gpu_service.pool import ModelPool
 from infra import roundtrips
 from infra.blobs import BlobStore
@@ -117,6 +117,8 @@ class ClaimedWork:
     meter: dict[str, float] = field(default_factory=dict)
     #: the pipeline's own run metadata (model and adapter versions), once it ran
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: output made so far (``job.partial``), written with the progress
+    partial: PartialBuffer = field(default_factory=lambda: PartialBuffer(0, 0))
 
     @property
     def label(self) -> str:
@@ -223,8 +225,15 @@ class Worker:
         def beat(progress: Progress | None) -> bool:
             with roundtrips.counting(work.roundtrips):  # also from the heartbeat's own thread
                 return self.jobs.heartbeat(
-                    work.ref, self.owner, work.attempt, self.settings.lease_seconds, progress
+                    work.ref,
+                    self.owner,
+                    work.attempt,
+                    self.settings.lease_seconds,
+                    progress,
+                    work.partial.take(),
                 )
+
+        work.partial = PartialBuffer(work.attempt, self.settings.partial_max_items)
 
         heartbeat = Heartbeat(
             work.label,
@@ -263,6 +272,7 @@ class Worker:
         pipeline = self._load(work, beat)
         ctx = self._context(work, files, workdir, beat.report)
         result = self._on_model(work, beat, lambda: self.pool.infer(work.spec, pipeline, inputs, ctx))
+        beat.report(1.0, "uploading")
         commit_start = time.perf_counter()
         outputs: dict[str, Any] = result.outputs.model_dump(mode="json", by_alias=True)
         uris = self._upload(work, result.files, work.results_prefix)
@@ -340,7 +350,12 @@ class Worker:
         out_dir = workdir / "out"
         out_dir.mkdir()
         return RunContext(
-            job_id=work.ref.job_id, workdir=out_dir, files=files, progress=report, meter=work.meter
+            job_id=work.ref.job_id,
+            workdir=out_dir,
+            files=files,
+            progress=report,
+            meter=work.meter,
+            partial=work.partial.add,
         )
 
     def _on_model(

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from core.contract import JobDoc, JobStatus, Prepared, Progress, Timings, Usage, read_job
+from core.contract import JobDoc, JobStatus, PartialOutput, Prepared, Progress, Timings, Usage, read_job
 from core.errors import PermanentError, RetryableError, bounded
 from core.lifecycle import (
     Claim,
@@ -370,9 +370,15 @@ class JobStore:
         )
 
     def heartbeat(
-        self, ref: WorkRef, owner: str, attempt: int, lease_seconds: float, progress: Progress | None = None
+        self,
+        ref: WorkRef,
+        owner: str,
+        attempt: int,
+        lease_seconds: float,
+        progress: Progress | None = None,
+        partial: PartialOutput | None = None,
     ) -> bool:
-        """Renew the lease (and write progress). Returns ``cancelRequested``.
+        """Renew the lease (and write progress, partial output). Returns ``cancelRequested``.
 
         Raises:
             LeaseLost: the unit is no longer this worker's attempt.
@@ -387,6 +393,7 @@ class JobStore:
                 now=utcnow(),
                 lease_seconds=lease_seconds,
                 progress=progress,
+                partial=partial,
             ),
         )
 

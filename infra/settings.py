@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(5, ge=1, description="run attempts before a retryable error fails the job")
     progress_min_interval_seconds: float = Field(1.0, ge=0, description="progress write throttle")
+    partial_max_items: int = Field(
+        20,
+        ge=0,
+        le=200,
+        description="partial output items (transcript segments) kept on a running job's document",
+    )
     shutdown_grace_seconds: float = Field(8.0, ge=0, description="Cloud Run allows about 10 s after SIGTERM")
     topology_file: Path | None = Field(None, description="another topology file than infra/topology.yaml")
     preload_pipelines: bool = Field(True, description="load enabled pipelines at start-up")
@@ -219,6 +225,17 @@ class Settings(BaseSettings):
     )
     sse_keepalive_seconds: float = Field(
         15.0, gt=0, description="comment lines that keep an idle stream open"
+    )
+    live_refresh_seconds: float = Field(
+        2.0, gt=0, description="how often a followed queued job's position and estimate are computed again"
+    )
+    live_write_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="a followed queued job's 'live' field is written at most this often (0: never)",
+    )
+    live_history_jobs: int = Field(
+        20, ge=1, le=200, description="recent succeeded jobs of a pipeline whose run times the estimate uses"
     )
     # Load shedding: past these caps the API answers 429 (the caller's own cap) or 503 (the
     # instance's) with Retry-After, instead of slowing everyone down.

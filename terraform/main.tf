@@ -290,6 +290,18 @@ module "firestore" {
       collection = module.topology.firestore.jobs_collection
       fields     = [{ field_path = "uid" }, { field_path = "createdAt", order = "DESCENDING" }]
     }
+    # A followed queued job's place: the jobs of its pipeline queued before it (api/live.py).
+    queued-ahead = {
+      collection = module.topology.firestore.jobs_collection
+      fields     = [{ field_path = "pipeline" }, { field_path = "status" }, { field_path = "queuedAt" }]
+    }
+    # ... and the pipeline's recent run times, newest first (its estimate).
+    recent-runs = {
+      collection = module.topology.firestore.jobs_collection
+      fields = [
+        { field_path = "pipeline" }, { field_path = "status" }, { field_path = "finishedAt", order = "DESCENDING" },
+      ]
+    }
   }
   iam_datastore_users = {
     api         = local.sa_member.api

@@ -328,6 +328,8 @@ class Transcriber:
                 raw_segments, info = self._segments(audio, length, options)
                 for raw in raw_segments:
                     segments.append(_segment(raw, start))
+                    shown = segments[-1]
+                    ctx.partial({"start": shown.start, "end": shown.end, "text": shown.text.strip()})
                     ctx.progress(min(1.0, (start + float(raw.end)) / total), "transcribing")
             inference_seconds += time.perf_counter() - started
             heard = _Heard.of(info) if heard is None else heard.plus(info)
