@@ -169,6 +169,10 @@ def test_the_functions_read_the_length_from_the_head_and_the_tail(
             "lavfi",
             "-i",
             "sine=f=300:d=1200",
+            # 8 kHz: only the length and the container's layout matter here, and the encoders
+            # take a third of the CPU time of 44.1 kHz over these 20 minutes.
+            "-ar",
+            "8000",
             *args[:-1],
             str(path),
         ],

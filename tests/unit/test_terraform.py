@@ -16,12 +16,15 @@ Terraform-backed tests skip, with the reason, when ``terraform`` is not on PATH.
 
 from __future__ import annotations
 
+import atexit
 import copy
+import functools
 import json
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -1070,14 +1073,15 @@ TFVARS = sorted((TF / "envs").glob("*.tfvars"))
 DEV_TFVARS = TF / "envs" / "dev.tfvars"
 
 
-def prepare_root(base: Path, topology: dict[str, Any] | None = None) -> Path:
-    """The root module with every provider-backed module mirrored, in `base`; returns its dir."""
-    skip_without_terraform()
+@functools.cache
+def _root_template() -> Path:
+    """The mirrored root, initialised: built once per session (generating the mirrors parses every
+    module's HCL), then copied for each plan. Its `.terraform` names modules by relative paths only."""
+    base = Path(tempfile.mkdtemp(prefix="tf-root-template-"))
+    atexit.register(shutil.rmtree, base, ignore_errors=True)
     (base / "infra").mkdir()
     for name in set(re.findall(r"/\.\./infra/([\w.-]+)", (TF / "main.tf").read_text())):
         shutil.copy(ROOT / "infra" / name, base / "infra" / name)  # topology.yaml and the rules files
-    if topology is not None:
-        (base / "infra" / "topology.yaml").write_text(yaml.safe_dump(topology))
     root = base / "terraform"
     shutil.copytree(TOPOLOGY_MODULE, root / "modules" / "topology")
     for module_dir in STUBBED_MODULES:
@@ -1087,19 +1091,29 @@ def prepare_root(base: Path, topology: dict[str, Any] | None = None) -> Path:
         (stub / "main.tf").write_text(mirror_module(module_dir))
     for f in ("main.tf", "variables.tf", "outputs.tf"):  # not versions.tf: no provider, no backend
         shutil.copy(TF / f, root / f)
+    calls = module_calls()
     echo = []
-    for module in module_calls():
+    for module, (_, arguments) in calls.items():
         if module != "topology":
-            value = (
-                f"one(module.{module}[*].inputs)"
-                if "count" in module_calls()[module][1]
-                else f"module.{module}.inputs"
-            )
+            value = f"one(module.{module}[*].inputs)" if "count" in arguments else f"module.{module}.inputs"
             echo.append(f'output "inputs_{module}" {{ value = {value} }}')
     (root / "inputs.tf").write_text("\n".join(echo) + "\n")
     result = _terraform(root, "init", "-backend=false")
     assert result.returncode == 0, result.stdout + result.stderr
-    return root
+    return base
+
+
+def prepare_root(base: Path, topology: dict[str, Any] | None = None) -> Path:
+    """The root module with every provider-backed module mirrored, in `base`; returns its dir."""
+    skip_without_terraform()
+    shutil.copytree(_root_template(), base, dirs_exist_ok=True)
+    if topology is not None:
+        (base / "infra" / "topology.yaml").write_text(yaml.safe_dump(topology))
+    return base / "terraform"
+
+
+#: plan_root's outputs by everything that decides them: the same plan is applied once per session.
+_PLANS: dict[tuple[str | None, tuple[str, ...]], dict[str, Any]] = {}
 
 
 def plan_root(
@@ -1107,15 +1121,20 @@ def plan_root(
 ) -> dict[str, Any]:
     """Plan, then apply, the root module (resource modules mirrored) in `base`; return its outputs.
     The plan sees every computed attribute as unknown, as on a real first apply."""
-    root = prepare_root(base, topology)
-    args = [f"-var-file={var_file}", *extra_vars]
-    result = _terraform(root, "plan", "-out=tfplan", *args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    result = _terraform(root, "apply", "tfplan")
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = _terraform(root, "output", "-json")
-    assert out.returncode == 0, out.stderr
-    return {k: v["value"] for k, v in json.loads(out.stdout).items()}
+    args = (f"-var-file={var_file}", *extra_vars)
+    # Var files written by a test are read now: their content, not their path, is part of the key.
+    files = tuple(Path(a.split("=", 1)[1]).read_text() for a in args if a.startswith("-var-file="))
+    key = (None if topology is None else yaml.safe_dump(topology), args + files)
+    if key not in _PLANS:
+        root = prepare_root(base, topology)
+        result = _terraform(root, "plan", "-out=tfplan", *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        result = _terraform(root, "apply", "tfplan")
+        assert result.returncode == 0, result.stdout + result.stderr
+        # The state's outputs, as `terraform output -json` prints them.
+        outputs = json.loads((root / "terraform.tfstate").read_text())["outputs"]
+        _PLANS[key] = {k: v["value"] for k, v in outputs.items()}
+    return copy.deepcopy(_PLANS[key])
 
 
 @pytest.fixture(scope="module")
