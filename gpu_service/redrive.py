@@ -5,14 +5,16 @@ A Pub/Sub delivery is a doorbell, not the work itself: a message may be in a bac
 ``queued``. So whenever this instance has a free slot and no push is waiting for one, the
 redriver looks for runnable work straight in Firestore — the oldest ``queued`` jobs of the
 pipelines served here, and the queued parts of fanned-out jobs — that has waited at least
-``redrive_after_seconds`` (younger work is the push path's), picks fairly (round robin over
-pipelines, then over users, oldest first), and runs it through the same claim as a delivery. The
+``redrive_after_seconds`` (younger work is the push path's), picks it in the order of
+``core/lanes.py`` (interactive before batch, with aging; then weighted fair share between users,
+oldest first), and runs it through the same claim as a delivery. The
 claim is still the only way to run, so a job found here and pushed at the same moment runs once.
 
 When every slot is busy, it looks instead for queued work of users who have nothing running here
 (Firestore's ``not-in`` on the users who do) and queues it for the next free slot. The capacity
-hands a freed slot to the waiter whose user runs the fewest units, so one user's thousand queued
-jobs do not make another user's one wait behind them, whatever order Pub/Sub delivers in.
+hands a freed slot by the same rule, so one user's thousand queued jobs do not make another
+user's one wait behind them, and interactive work does not wait behind batch work, whatever order
+Pub/Sub delivers in.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from core.contract import JobDoc, JobMessage, JobStatus
+from core.lanes import FairShare, Priority
 from gpu_service.capacity import Capacity, Slot
 from gpu_service.worker import Worker
 from infra.jobs import utcnow
@@ -39,28 +42,32 @@ class Candidate:
     message: JobMessage
     uid: str
     waiting_since: datetime
+    priority: Priority = Priority.INTERACTIVE
+    weight: float = 1.0
+    order: int = 0
+
+    @property
+    def since(self) -> float:
+        return self.waiting_since.timestamp()
 
 
-def fair_order(candidates: Iterable[Candidate]) -> list[Candidate]:
-    """Round robin over pipelines, and within each over users, each user's oldest first."""
-    by_pipeline: dict[str, dict[str, list[Candidate]]] = defaultdict(lambda: defaultdict(list))
+def fair_order(candidates: Iterable[Candidate], capacity: Capacity | None = None) -> list[Candidate]:
+    """The candidates in the order of ``core/lanes.py`` (lane, aging, weighted fair share), given
+    who runs what on ``capacity``. Among one user's equals: round robin over pipelines, each
+    pipeline's oldest first, so a slow pipeline's work is not always last."""
+    by_pipeline: dict[str, list[Candidate]] = defaultdict(list)
     for c in sorted(candidates, key=lambda c: c.waiting_since):
-        by_pipeline[c.message.pipeline][c.uid].append(c)
-    lanes: list[list[Candidate]] = []
-    for users in by_pipeline.values():
-        lane: list[Candidate] = []
-        queues = list(users.values())
-        while any(queues):
-            for q in queues:
-                if q:
-                    lane.append(q.pop(0))
-        lanes.append(lane)
-    ordered: list[Candidate] = []
-    while any(lanes):
-        for lane in lanes:
-            if lane:
-                ordered.append(lane.pop(0))
-    return ordered
+        by_pipeline[c.message.pipeline].append(c)
+    numbered: list[Candidate] = []
+    queues = list(by_pipeline.values())
+    while any(queues):
+        for q in queues:
+            if q:
+                numbered.append(replace(q.pop(0), order=len(numbered)))
+    now = utcnow().timestamp()
+    if capacity is None:
+        return FairShare().order(numbered, {}, now)
+    return capacity.order(numbered, now)
 
 
 def candidates(
@@ -76,15 +83,17 @@ def candidates(
         if since is None or since > cutoff:
             continue
         if job.status is JobStatus.QUEUED and not job.parts:
-            found.append(
-                Candidate(JobMessage(job_id=job_id, pipeline=job.pipeline), job.uid, job.queued_at or since)
-            )
+            found.append(Candidate(JobMessage.of(job_id, job), job.uid, job.queued_at or since, *_hints(job)))
         elif job.status is JobStatus.RUNNING and job.parts:
             for key, part in job.parts.items():
                 if part.status is JobStatus.QUEUED:
-                    message = JobMessage(job_id=job_id, pipeline=job.pipeline, part=key)
-                    found.append(Candidate(message, job.uid, since))
+                    message = JobMessage.of(job_id, job, key)
+                    found.append(Candidate(message, job.uid, since, *_hints(job)))
     return found
+
+
+def _hints(job: JobDoc) -> tuple[Priority, float]:
+    return job.priority or Priority.INTERACTIVE, job.share_weight or 1.0
 
 
 class Redriver:
@@ -141,8 +150,13 @@ class Redriver:
         now = utcnow()
         found = self.worker.jobs.find_runnable(limit)
         started = 0
-        for candidate in fair_order(candidates(found, self.served, now, self.after_seconds)):
-            slot = self.capacity.try_acquire(candidate.message.pipeline, candidate.uid)
+        for candidate in fair_order(candidates(found, self.served, now, self.after_seconds), self.capacity):
+            slot = self.capacity.try_acquire(
+                candidate.message.pipeline,
+                candidate.uid,
+                priority=candidate.priority,
+                weight=candidate.weight,
+            )
             if slot is None:
                 if self.capacity.free() <= 0:
                     break
@@ -166,7 +180,7 @@ class Redriver:
         found = self.worker.jobs.find_queued_of_others(busy_uids, limit=4 * self.capacity.total)
         chosen: list[Candidate] = []
         with self._lock:
-            for c in fair_order(candidates(found, self.served, utcnow(), self.after_seconds)):
+            for c in fair_order(candidates(found, self.served, utcnow(), self.after_seconds), self.capacity):
                 if c.uid in busy_uids or c.message.job_id in self._reserved or len(chosen) >= room:
                     continue
                 self._reserved.add(c.message.job_id)
@@ -177,7 +191,13 @@ class Redriver:
 
     def _wait_and_run(self, candidate: Candidate) -> None:
         try:
-            slot = self.capacity.acquire(candidate.message.pipeline, candidate.uid, self.reserve_seconds)
+            slot = self.capacity.acquire(
+                candidate.message.pipeline,
+                candidate.uid,
+                self.reserve_seconds,
+                priority=candidate.priority,
+                weight=candidate.weight,
+            )
             if slot is not None:
                 self.started_units += 1
                 self._run(candidate, slot)
