@@ -199,6 +199,9 @@ class PartState(_Doc):
     files: dict[str, str] | None = None
     error: ErrorInfo | None = None
     seconds: float | None = None
+    usage: Usage | None = Field(
+        None, description="what this part's attempt that ended it cost; summed into the job's usage"
+    )
 
 
 class Prepared(_Doc):

@@ -374,7 +374,9 @@ class Worker:
         """Commit the attempt's end; returns the job's final state if this ended the job."""
         ending = metering.with_usage(work, ending)
         final = self.jobs.finish(work.ref, self.owner, work.attempt, ending, _joiner(work.spec))
-        metering.report(work, ending, final)
+        # A part that ended its job: the job's usage is its join's sum; read it back for the log line.
+        joined = self.jobs.get(work.ref.job_id) if final is not None and work.ref.part is not None else None
+        metering.report(work, ending, final, joined)
         if final is not None and work.ref.part is not None:
             log.info("job %s ended %s (joined by %s)", work.ref.job_id, final, work.label)
             if final is JobStatus.CANCELLED:

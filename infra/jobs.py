@@ -398,11 +398,11 @@ class JobStore:
         return self._cas(
             ref.job_id,
             lambda job: decide_finish(job, ref, owner=owner, attempt=attempt, ending=ending, join=join),
-            also=self._rollup_of(ref.job_id, ending) if ending.usage is not None else None,
+            also=self._rollup_of(ref.job_id),
         )
 
     def _rollup_of(
-        self, job_id: str, ending: Ending
+        self, job_id: str
     ) -> Callable[
         [JobDoc, Decision[JobStatus | None]], tuple[firestore.DocumentReference, dict[str, Any]] | None
     ]:
@@ -411,9 +411,9 @@ class JobStore:
         def also(
             job: JobDoc, decision: Decision[JobStatus | None]
         ) -> tuple[firestore.DocumentReference, dict[str, Any]] | None:
-            if decision.result is None or ending.usage is None:
+            if decision.result is None or decision.usage is None:
                 return None
-            amounts = rollup(ending.usage, job.pipeline, reused=job.reused_from is not None)
+            amounts = rollup(decision.usage, job.pipeline, reused=job.reused_from is not None)
             data = usage_increments(day_of(utcnow()), amounts)
             # The job is final: it leaves the owner's unfinished jobs in the same commit.
             data["active"] = {job_id: firestore.DELETE_FIELD}
