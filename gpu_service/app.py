@@ -25,7 +25,7 @@ from core.routes import PUSH_PREFIX, route
 from gpu_service.auth import PushAuthError, PushVerifier
 from gpu_service.capacity import Capacity
 from gpu_service.pool import Health, ModelPool
-from gpu_service.push import BadEnvelope, decode
+from gpu_service.push import BadEnvelope, decode, waited_since
 from gpu_service.redrive import Redriver
 from gpu_service.worker import Worker
 
@@ -122,6 +122,7 @@ def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
                 settings.push_wait_seconds,
                 priority=message.priority or Priority.INTERACTIVE,
                 weight=message.weight or 1.0,
+                waited=waited_since(envelope.message.publish_time),
             )
         )
         if slot is None:

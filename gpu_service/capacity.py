@@ -131,14 +131,17 @@ class Capacity:
         *,
         priority: Priority = Priority.INTERACTIVE,
         weight: float = 1.0,
+        waited: float = 0.0,
     ) -> Slot | None:
-        """A slot, waiting up to ``timeout`` seconds in the queue; ``None`` if none came."""
+        """A slot, waiting up to ``timeout`` seconds in the queue; ``None`` if none came.
+        ``waited``: how long the unit has waited already (since it was queued), for aging."""
         with self._lock:
             if not self._waiters and self._fits(pipeline):
                 return self._take(pipeline, uid, weight)
             if timeout <= 0:
                 return None
-            waiter = _Waiter(pipeline, uid, next(self._order), priority, weight)
+            since = time.monotonic() - max(waited, 0.0)
+            waiter = _Waiter(pipeline, uid, next(self._order), priority, weight, since)
             self._waiters.append(waiter)
         waiter.event.wait(timeout)
         with self._lock:

@@ -26,7 +26,7 @@ from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
 from core.contract import JobMessage
 from core.lanes import Priority
 from gpu_service.capacity import Capacity
-from gpu_service.push import BadEnvelope
+from gpu_service.push import BadEnvelope, waited_since
 from gpu_service.worker import Worker
 from infra.settings import Settings
 
@@ -103,6 +103,7 @@ class PullConsumer:
                 self.wait_seconds,
                 priority=job.priority or Priority.INTERACTIVE,
                 weight=job.weight or 1.0,
+                waited=waited_since(message.publish_time),
             )
             if slot is None:
                 message.nack()  # still busy: let newer messages in; the redriver sees the job too

@@ -10,8 +10,9 @@ pipelines served here, and the queued parts of fanned-out jobs — that has wait
 oldest first), and runs it through the same claim as a delivery. The
 claim is still the only way to run, so a job found here and pushed at the same moment runs once.
 
-When every slot is busy, it looks instead for queued work of users who have nothing running here
-(Firestore's ``not-in`` on the users who do) and queues it for the next free slot. The capacity
+When every slot is busy, it queues the next unit of each user with work waiting (queued
+interactive work, the oldest queued work, and that of users who have nothing running here,
+found with Firestore's ``not-in`` on the users who do) for the next free slot. The capacity
 hands a freed slot by the same rule, so one user's thousand queued jobs do not make another
 user's one wait behind them, and interactive work does not wait behind batch work, whatever order
 Pub/Sub delivers in.
@@ -113,12 +114,15 @@ class Redriver:
         self.after_seconds = after_seconds
         self.poll_seconds = poll_seconds
         self.reserve_seconds = reserve_seconds
-        self._reserved: set[str] = set()  # job ids queued for a slot by the fairness pass
+        # job id -> (uid, lane): waiting for a slot, queued by the fairness pass
+        self._reserved: dict[str, tuple[str, Priority]] = {}
+        self._in_hand: set[str] = set()  # job ids it queued, waiting or running
         self._last_fairness_pass = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="redrive", daemon=True)
-        self._pool = ThreadPoolExecutor(2 * capacity.total, thread_name_prefix="redriven")
+        # the units it started, and up to two waiters per slot (see _reserve_for_other_users)
+        self._pool = ThreadPoolExecutor(3 * capacity.total, thread_name_prefix="redriven")
         self.started_units = 0
 
     def start(self) -> None:
@@ -167,9 +171,12 @@ class Redriver:
         return started
 
     def _reserve_for_other_users(self) -> int:
+        """All slots busy: queue, as waiters for the next free slot, the next unit of each user
+        and lane with work waiting, so that the capacity picks among them by the rule when a slot
+        frees, with who runs what then."""
         now = time.monotonic()
         with self._lock:
-            room = self.capacity.total - len(self._reserved)
+            room = 2 * self.capacity.total - len(self._reserved)
             # Slots free up often under load: look at most once per poll period.
             if room <= 0 or now - self._last_fairness_pass < self.poll_seconds:
                 return 0
@@ -177,19 +184,30 @@ class Redriver:
         busy_uids = self.capacity.running_uids()
         if not busy_uids:
             return 0
-        found = self.worker.jobs.find_queued_of_others(busy_uids, limit=4 * self.capacity.total)
+        limit = 4 * self.capacity.total
+        # The oldest queued work (and interactive work, whatever its age: find_runnable), and that
+        # of users with nothing running here, which a busy user's backlog could hide.
+        found = dict(self.worker.jobs.find_runnable(limit))
+        found.update(self.worker.jobs.find_queued_of_others(busy_uids, limit=limit))
         chosen: list[Candidate] = []
         with self._lock:
-            for c in fair_order(candidates(found, self.served, utcnow(), self.after_seconds), self.capacity):
-                if c.uid in busy_uids or c.message.job_id in self._reserved or len(chosen) >= room:
-                    continue
-                self._reserved.add(c.message.job_id)
+            waiting = set(self._reserved.values())
+            found_now = candidates(found.items(), self.served, utcnow(), self.after_seconds)
+            for c in fair_order(found_now, self.capacity):
+                if len(chosen) >= room:
+                    break
+                if c.message.job_id in self._in_hand or (c.uid, c.priority) in waiting:
+                    continue  # one waiter per user and lane: the capacity orders users and lanes
+                waiting.add((c.uid, c.priority))
+                self._reserved[c.message.job_id] = (c.uid, c.priority)
+                self._in_hand.add(c.message.job_id)
                 chosen.append(c)
         for c in chosen:
             self._pool.submit(self._wait_and_run, c)
         return len(chosen)
 
     def _wait_and_run(self, candidate: Candidate) -> None:
+        job_id = candidate.message.job_id
         try:
             slot = self.capacity.acquire(
                 candidate.message.pipeline,
@@ -197,13 +215,17 @@ class Redriver:
                 self.reserve_seconds,
                 priority=candidate.priority,
                 weight=candidate.weight,
+                waited=(utcnow() - candidate.waiting_since).total_seconds(),
             )
+            with self._lock:
+                self._reserved.pop(job_id, None)  # not waiting any more (still in hand while it runs)
             if slot is not None:
                 self.started_units += 1
                 self._run(candidate, slot)
         finally:
             with self._lock:
-                self._reserved.discard(candidate.message.job_id)
+                self._reserved.pop(job_id, None)
+                self._in_hand.discard(job_id)
 
     def _run(self, candidate: Candidate, slot: Slot) -> None:
         try:

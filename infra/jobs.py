@@ -20,6 +20,7 @@ from google.cloud import firestore
 
 from core.contract import JobDoc, JobStatus, Prepared, Progress, Timings, Usage, read_job
 from core.errors import PermanentError, RetryableError, bounded
+from core.lanes import Priority
 from core.lifecycle import (
     Claim,
     Decision,
@@ -152,19 +153,31 @@ class JobStore:
         return _jobs(query.stream())
 
     def find_runnable(self, limit: int) -> list[tuple[str, JobDoc]]:
-        """The oldest ``queued`` jobs, and ``running`` ones (whose parts may be queued), for the
-        redriver: at most ``limit`` of each. (Production needs a composite index on
-        ``status`` + ``queuedAt``; Terraform creates it.)"""
+        """The oldest ``queued`` jobs, the oldest queued ``interactive`` ones (a batch backlog
+        older than them must not hide them), and ``running`` ones (whose parts may be queued), for
+        the redriver: at most ``limit`` of each. (Production needs composite indexes on
+        ``status`` + ``queuedAt`` and ``status`` + ``priority`` + ``queuedAt``; Terraform creates
+        them.)"""
         coll = self._db.collection(self._collection)
-        queued = (
-            coll.where(filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value))
-            .order_by("queuedAt")
-            .limit(limit)
-        )
+        queued = coll.where(filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value))
+        oldest = queued.order_by("queuedAt").limit(limit)
         running = coll.where(filter=firestore.FieldFilter("status", "==", JobStatus.RUNNING.value)).limit(
             limit
         )
-        return _jobs([*queued.stream(), *running.stream()])
+        found = dict(_jobs([*oldest.stream(), *running.stream()]))
+        found.update(self.find_queued_interactive(limit))
+        return list(found.items())
+
+    def find_queued_interactive(self, limit: int) -> list[tuple[str, JobDoc]]:
+        """The oldest queued jobs of the interactive lane (``core/lanes.py``)."""
+        query = (
+            self._db.collection(self._collection)
+            .where(filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value))
+            .where(filter=firestore.FieldFilter("priority", "==", Priority.INTERACTIVE.value))
+            .order_by("queuedAt")
+            .limit(limit)
+        )
+        return _jobs(query.stream())
 
     def find_queued_of_others(self, exclude_uids: list[str], limit: int) -> list[tuple[str, JobDoc]]:
         """Queued jobs of users other than ``exclude_uids`` (at most 10: Firestore's ``not-in``

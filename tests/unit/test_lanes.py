@@ -174,3 +174,36 @@ def test_the_redriver_orders_queued_jobs_by_lane_then_weighted_share() -> None:
     app = [c("i0", "app", 1, INT), c("i1", "app", 0.5, INT)]
     ids = [x.message.job_id for x in fair_order([*batch, *app], Capacity(2, aging_seconds=60))]
     assert ids[:2] == ["i0", "i1"] and ids[2:] == [f"b{i}" for i in range(5)]
+
+
+def test_a_batch_push_that_waited_past_the_aging_time_since_it_was_published_competes_as_interactive() -> (
+    None
+):
+    from gpu_service.push import waited_since
+
+    published = (datetime.now(UTC) - timedelta(seconds=90)).isoformat()
+    assert 89 < waited_since(published) < 120 and waited_since("not a time") == 0.0
+    cap = Capacity(1, aging_seconds=60)
+    slot = cap.acquire("p", "app", 0)
+    assert slot is not None
+    got: list[str] = []
+
+    def wait(uid: str, priority: Priority, waited: float) -> None:
+        s = cap.acquire("p", uid, 5, priority=priority, waited=waited)
+        if s is not None:
+            got.append(uid)
+            cap.release(s)
+
+    # the interactive user already ran a unit; the aged batch user ran none: fair share picks it
+    threads = [
+        threading.Thread(target=wait, args=("app", INT, 0.0)),
+        threading.Thread(target=wait, args=("bulk", BAT, waited_since(published))),
+    ]
+    for t in threads:
+        t.start()
+        while cap.waiting() < threads.index(t) + 1:
+            time.sleep(0.01)
+    cap.release(slot)
+    for t in threads:
+        t.join()
+    assert got == ["bulk", "app"]
