@@ -105,10 +105,12 @@ def heavy_and_light(settings: Settings, heavy: int, light: int, seconds: float) 
     with lanes.running():
         jobs = lanes.wait_final(h + ll, timeout=1800)
     order = start_order(list(zip(h + ll, jobs, strict=True)))
+    light_jobs = jobs[heavy:]
     return {
         "jobs": {"heavy": heavy, "light": light},
         "light_jobs_start_positions": sorted(order.index(j) + 1 for j in ll),
-        "light_share_of_the_first_starts": f"{sum(1 for j in order[: 2 * light] if j in ll)}/{2 * light}",
+        "light_waits_s": [round(_wait(j), 3) for j in light_jobs],
+        "heavy_wait_median_s": round(statistics.median(_wait(j) for j in jobs[:heavy]), 3),
     }
 
 

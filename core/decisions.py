@@ -44,8 +44,9 @@ class Claim:
 class Decision(Generic[T]):
     result: T
     patch: Patch | None = None
-    #: the usage of the job this decision ends (its owner's daily roll-up adds it in the same commit)
-    usage: Usage | None = None
+    #: how the job ends, when this decision ends it (its usage goes to the owner's daily roll-up
+    #: in the same commit)
+    ending: Ending | None = None
 
 
 @dataclass(frozen=True)

@@ -301,7 +301,7 @@ def decide_finish(
             raise ValueError("a job's attempt is ended by its owner")
         owned(job, ref, owner, attempt)
         final = ending.status if ending.status.is_final else None
-        return Decision(final, _job_ending(ending, attempt), ending.usage if final else None)
+        return Decision(final, _job_ending(ending, attempt), ending if final else None)
     if join is None:
         raise ValueError("ending a part needs the pipeline's join")
     if owner is not None:
@@ -364,7 +364,7 @@ def _end_part(
     if not all(p.status.is_final for p in parts.values()):
         return Decision(None, patch)
     job_ending = join(job.model_copy(update={"parts": parts}))
-    return Decision(job_ending.status, patch.merge(_job_ending(job_ending, job.attempt)), job_ending.usage)
+    return Decision(job_ending.status, patch.merge(_job_ending(job_ending, job.attempt)), job_ending)
 
 
 def overall_progress(parts: dict[str, PartState], prepare_weight: float = PREPARE_WEIGHT) -> Progress:

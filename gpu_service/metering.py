@@ -71,22 +71,15 @@ def with_usage(attempt: Metered, ending: Ending) -> Ending:
     return dataclasses.replace(ending, usage=usage)
 
 
-def report(attempt: Metered, ending: Ending, final: JobStatus | None, joined: JobDoc | None = None) -> None:
-    """The usage line of a job that this commit ended (stdout: Cloud Logging's JSON payload);
-    for a part that ended its job, ``joined`` is the job as that commit left it."""
-    if final is None:
-        return
-    job = attempt.job.model_copy(update={"attempt": attempt.attempt})
-    usage, error = ending.usage, ending.error
-    if attempt.ref.part is not None:
-        if joined is None or joined.usage is None:
-            return
-        job, usage, error = joined, joined.usage, joined.error
-    if usage is None:
+def report(attempt: Metered, ending: Ending, final: JobStatus | None) -> None:
+    """The usage line of a job that this commit ended (stdout: Cloud Logging's JSON payload).
+    ``ending`` is the job's: for a part that ended its job, the join's (with the job's usage)."""
+    if final is None or ending.usage is None:
         return
     now = datetime.now(UTC)
-    code = error.code if error is not None else None
-    record = log_record(attempt.ref.job_id, job, final, usage, day=day_of(now), error_code=code)
+    job = attempt.job.model_copy(update={"attempt": attempt.attempt})
+    code = ending.error.code if ending.error is not None else None
+    record = log_record(attempt.ref.job_id, job, final, ending.usage, day=day_of(now), error_code=code)
     sys.stdout.write(log_line(record, now) + "\n")
     sys.stdout.flush()
 

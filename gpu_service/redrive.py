@@ -152,9 +152,15 @@ class Redriver:
             return self._reserve_for_other_users()
         limit = max(10, 4 * free)
         now = utcnow()
-        found = self.worker.jobs.find_runnable(limit)
+        found = dict(self.worker.jobs.find_runnable(limit))
+        # The oldest work may all be one user's: also look at other users' (fair share).
+        seen = sorted({job.uid for job in found.values() if job.status is JobStatus.QUEUED})
+        if seen:
+            found.update(self.worker.jobs.find_queued_of_others(seen, limit=limit))
         started = 0
-        for candidate in fair_order(candidates(found, self.served, now, self.after_seconds), self.capacity):
+        for candidate in fair_order(
+            candidates(found.items(), self.served, now, self.after_seconds), self.capacity
+        ):
             slot = self.capacity.try_acquire(
                 candidate.message.pipeline,
                 candidate.uid,

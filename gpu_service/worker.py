@@ -373,10 +373,8 @@ class Worker:
     def _finish(self, work: ClaimedWork, ending: Ending) -> JobStatus | None:
         """Commit the attempt's end; returns the job's final state if this ended the job."""
         ending = metering.with_usage(work, ending)
-        final = self.jobs.finish(work.ref, self.owner, work.attempt, ending, _joiner(work.spec))
-        # A part that ended its job: the job's usage is its join's sum; read it back for the log line.
-        joined = self.jobs.get(work.ref.job_id) if final is not None and work.ref.part is not None else None
-        metering.report(work, ending, final, joined)
+        final, ended = self.jobs.finish_unit(work.ref, self.owner, work.attempt, ending, _joiner(work.spec))
+        metering.report(work, ended or ending, final)
         if final is not None and work.ref.part is not None:
             log.info("job %s ended %s (joined by %s)", work.ref.job_id, final, work.label)
             if final is JobStatus.CANCELLED:

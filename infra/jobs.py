@@ -408,11 +408,26 @@ class JobStore:
         Raises:
             LeaseLost: ``owner`` no longer holds this attempt.
         """
-        return self._cas(
-            ref.job_id,
-            lambda job: decide_finish(job, ref, owner=owner, attempt=attempt, ending=ending, join=join),
-            also=self._rollup_of(ref.job_id),
-        )
+        return self.finish_unit(ref, owner, attempt, ending, join)[0]
+
+    def finish_unit(
+        self, ref: WorkRef, owner: str | None, attempt: int, ending: Ending, join: Joiner | None = None
+    ) -> tuple[JobStatus | None, Ending | None]:
+        """:meth:`finish`, and how the job ended when this ended it (for a part: the join's
+        ending, with the job's usage).
+
+        Raises:
+            LeaseLost: ``owner`` no longer holds this attempt.
+        """
+        decided: list[Decision[JobStatus | None]] = []
+
+        def decide(job: JobDoc | None) -> Decision[JobStatus | None]:
+            decision = decide_finish(job, ref, owner=owner, attempt=attempt, ending=ending, join=join)
+            decided.append(decision)  # the last one is the one committed
+            return decision
+
+        final = self._cas(ref.job_id, decide, also=self._rollup_of(ref.job_id))
+        return final, (decided[-1].ending if decided and final is not None else None)
 
     def _rollup_of(
         self, job_id: str
@@ -424,9 +439,10 @@ class JobStore:
         def also(
             job: JobDoc, decision: Decision[JobStatus | None]
         ) -> tuple[firestore.DocumentReference, dict[str, Any]] | None:
-            if decision.result is None or decision.usage is None:
+            ended = decision.ending
+            if decision.result is None or ended is None or ended.usage is None:
                 return None
-            amounts = rollup(decision.usage, job.pipeline, reused=job.reused_from is not None)
+            amounts = rollup(ended.usage, job.pipeline, reused=job.reused_from is not None)
             data = usage_increments(day_of(utcnow()), amounts)
             # The job is final: it leaves the owner's unfinished jobs in the same commit.
             data["active"] = {job_id: firestore.DELETE_FIELD}
