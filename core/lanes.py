@@ -9,13 +9,13 @@ The rule, in order:
 1. **Lane.** ``interactive`` work goes before ``batch`` work. A batch unit that has waited
    ``aging_seconds`` is *aged*: it competes in the interactive lane from then on, so a steady
    stream of interactive work never starves the batch backlog.
-2. **Weighted fair share, by running units.** Within the lane, the next unit goes to the user
-   with the fewest units running per unit of weight (``running / weight``): with weights 2 and 1
-   and a full backlog each, the first user holds two slots for each of the second's.
-3. **Weighted fair share, by units started.** Ties (with one slot, every waiting user runs
-   nothing) go to the user whose *virtual time* is lowest. Each unit a user starts advances it by
-   ``1 / weight``; a user who comes back after being idle starts at the lowest virtual time of
-   those served, so idle time is not saved up as credit (stride scheduling).
+2. **Weighted fair share.** Within the lane, the next unit goes to the user with the lowest
+   *virtual time*. Each unit a user starts advances theirs by ``1 / weight``, so with weights 3
+   and 1 and a backlog each, the first user starts three units for each of the second's, however
+   many slots there are (stride scheduling). A user who comes back after being idle starts at the
+   lowest virtual time of those served: idle time is not saved up as credit, and a newcomer's
+   first unit goes next, ahead of a heavy user's backlog.
+3. Ties (users at the same virtual time): the fewest units running per unit of weight.
 4. Within a user: their interactive work before their aged batch work, then in ``order`` (the
    callers number units oldest first; the redriver alternates pipelines among a user's units).
 """
@@ -95,8 +95,8 @@ class FairShare:
     ) -> tuple[int, float, float, int, int, float]:
         return (
             self.lane(unit, now),
-            running.get(unit.uid, 0) / _weight(unit.weight),
             max(virtual.get(unit.uid, self._floor), self._floor),
+            running.get(unit.uid, 0) / _weight(unit.weight),
             0 if unit.priority is Priority.INTERACTIVE else 1,
             unit.order,
             unit.since,

@@ -4,8 +4,8 @@ A push that finds every slot busy is not turned away at once (a 429 makes Pub/Su
 subscription for up to minutes, idling the GPU when the burst drains). It waits, up to
 ``push_wait_seconds``, in a queue that hands the next free slot by the rule of ``core/lanes.py``:
 interactive work before batch work (batch work that waited too long ages into the interactive
-lane), then the user with the fewest units running here per unit of their weight, so one user's
-thousand jobs do not starve another's one. Optional per-pipeline caps keep one slow pipeline from
+lane), then weighted fair share between users (stride scheduling on the units they start), so
+one user's thousand jobs do not starve another's one. Optional per-pipeline caps keep one slow pipeline from
 holding every slot.
 
 It also keeps the figures a burst is judged by: the time the slots were busy, and the longest a

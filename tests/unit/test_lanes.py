@@ -83,7 +83,7 @@ def test_two_users_with_100_and_2_jobs_share_slots_by_their_weights() -> None:
     assert started[:4].count("light") == 2
 
 
-@pytest.mark.parametrize("slots", [1, 3])
+@pytest.mark.parametrize("slots", [1, 2, 3])
 def test_a_user_of_weight_two_gets_two_slots_for_each_of_a_weight_one_user(slots: int) -> None:
     share = FairShare()
     waiting = [*_units("gold", 60, weight=2.0), *_units("free", 60, weight=1.0)]
