@@ -286,6 +286,8 @@ def test_the_same_request_again_is_answered_with_the_reused_jobs_audio(
 ) -> None:
     """With REUSE_PIPELINES=tts, the same user's same request is answered with the finished job's
     audio, from a new job that names it (reusedFrom) and spent no GPU time."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
     from core.contract import JobStatus, read_job
     from gpu_service.pool import ModelPool
     from gpu_service.worker import Worker
@@ -313,7 +315,8 @@ def test_the_same_request_again_is_answered_with_the_reused_jobs_audio(
 
     def run_queued(stop: threading.Event) -> None:
         while not stop.is_set():
-            for snap in db.collection(reusing.jobs_collection).where("uid", "==", alice.uid).stream():
+            mine = db.collection(reusing.jobs_collection).where(filter=FieldFilter("uid", "==", alice.uid))
+            for snap in mine.stream():
                 job = read_job(snap.to_dict() or {})
                 if job.status is JobStatus.QUEUED and snap.id not in ran:
                     ran.append(snap.id)
