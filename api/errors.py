@@ -16,6 +16,7 @@ from core.errors import bounded
 STATUS_FOR_CODE = {
     "quota_exceeded": 429,
     "forbidden_object": 403,
+    "priority_not_allowed": 403,
     "wrong_bucket": 403,
     "unauthenticated": 401,
     "invalid_token": 401,

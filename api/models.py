@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from core.contract import ErrorInfo, JobDoc, JobStatus, Live, Notifications, PartialOutput, Progress, Timings
+from core.lanes import Priority
 
 #: file names a signed upload may carry (the object is ``uploads/{uid}/{random}-{name}``)
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
@@ -64,6 +65,9 @@ class JobCreate(_Body):
     inputs: dict[str, Any] = Field(
         default_factory=dict, examples=[{"media": "gs://BUCKET/uploads/UID/x.wav"}]
     )
+    priority: Priority | None = Field(
+        None, description="the lane to wait in: interactive or batch (default: the first your tier allows)"
+    )
 
 
 class Job(_Body):
@@ -77,6 +81,7 @@ class Job(_Body):
     outputs: dict[str, Any] | None = None
     error: ErrorInfo | None = None
     cancel_requested: bool = False
+    priority: Priority | None = None
     timings: Timings | None = None
     live: Live | None = Field(
         None, description="queued or running: the phase; queued: the place in the queue and the estimate"
@@ -105,6 +110,7 @@ class Job(_Body):
             outputs=job.outputs,
             error=job.error,
             cancel_requested=job.cancel_requested,
+            priority=job.priority,
             timings=job.timings,
             created_at=job.created_at,
             queued_at=job.queued_at,

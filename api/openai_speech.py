@@ -4,7 +4,8 @@ Existing OpenAI clients (the official ``openai`` package among them) call it wit
 URL and the user's Firebase ID token as their API key. The request is OpenAI's; it becomes a
 ``tts`` job created exactly as ``POST /v1/jobs`` creates one (listed for the user, counted against
 the quota, followed and fetched like any other job), the answer waits for the job's end and is the
-audio itself. Every error is OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``,
+audio itself. With reuse on for ``tts`` (``REUSE_PIPELINES``), the same user's same request is
+answered at once with the audio of the finished job it reuses, and costs no GPU time. Every error is OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``,
 with OpenAI's status codes; a job still running at ``OPENAI_SPEECH_TIMEOUT_SECONDS`` is a ``504``
 whose message names the job (it goes on, and its result can be fetched later).
 
@@ -363,13 +364,15 @@ def install(app: FastAPI) -> None:
 
 
 def open_audio(api: Api, job_id: str, job: JobDoc) -> tuple[int, Iterator[bytes]]:
-    """The size and bytes of a succeeded speech job's audio (``outputs.audio``).
+    """The size and bytes of a succeeded speech job's audio (``outputs.audio``). A job that reused
+    an earlier result (``reusedFrom``, always the same owner's) names that job's audio.
 
     Raises:
-        OpenAIError: the job names no audio of its own, or the file is gone.
+        OpenAIError: the job names no audio of its own (or of the job it reused), or the file is gone.
     """
     uri = (job.outputs or {}).get("audio")
-    own = f"gs://{api.settings.media_bucket}/results/{job.uid}/{job_id}/"
+    results = f"gs://{api.settings.media_bucket}/results/{job.uid}/"
+    own = tuple(f"{results}{made_by}/" for made_by in (job_id, job.reused_from) if made_by)
     if not isinstance(uri, str) or not uri.startswith(own):
         raise OpenAIError(500, f"the speech job {job_id} ended without audio", code="no_audio", retry=False)
     try:
@@ -393,7 +396,10 @@ async def speak(
     timeout = api.settings.openai_speech_timeout_seconds
     with api.waits.hold(user.uid):
         job, _created = await run_in_threadpool(create_job, api, user, body, key)
-        ended = await wait_for_end(api.watches, job.id, timeout, disconnected)
+        if job.status.is_final:  # ended already: a reused result (or a retry of an ended request)
+            ended = await run_in_threadpool(api.deps.jobs.get, job.id)
+        else:
+            ended = await wait_for_end(api.watches, job.id, timeout, disconnected)
     if ended is None or not ended.effective_status.is_final:
         raise OpenAIError(
             504,

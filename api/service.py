@@ -133,7 +133,13 @@ def create_job(api: Api, user: User, body: JobCreate, key: str | None) -> tuple[
         check_inputs_shape(body.inputs, api.settings)
     except InvalidInput as exc:
         raise ApiError(exc.code, exc.message) from exc
-    doc = JobDoc(uid=user.uid, pipeline=body.pipeline, inputs=body.inputs, status=JobStatus.PENDING)
+    doc = JobDoc(
+        uid=user.uid,
+        pipeline=body.pipeline,
+        inputs=body.inputs,
+        status=JobStatus.PENDING,
+        priority=body.priority,
+    )
     created = _create(api, job_id, doc)
     for _ in range(REOPEN_ATTEMPTS):
         if created or not _reopen(api, user, job_id, body):

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, Val
 from pydantic.alias_generators import to_camel
 
 from core.errors import Cancelled, InvalidInput, JobError, Preempted, RetryableError, bounded, shown
+from core.lanes import Priority
 from core.work import PART_KEY_PATTERN, WorkRef
 
 JOB_ID_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
@@ -235,6 +236,9 @@ class PartState(_Doc):
     files: dict[str, str] | None = None
     error: ErrorInfo | None = None
     seconds: float | None = None
+    usage: Usage | None = Field(
+        None, description="what this part's attempt that ended it cost; summed into the job's usage"
+    )
 
 
 class Prepared(_Doc):
@@ -314,6 +318,16 @@ class JobDoc(_Doc):
     reuse_key: str | None = Field(
         None, description="backend-written: the hash of owner, content, inputs and model that reuse matches"
     )
+    priority: Priority | None = Field(
+        None,
+        description="client-set: the lane the job waits in (interactive or batch); the queue writes the "
+        "lane used (see docs/cost.md)",
+    )
+    share_weight: float | None = Field(
+        None,
+        gt=0,
+        description="backend-written: the owner's weight in fair share between users (their tier's)",
+    )
     delivery_attempts: int | None = Field(None, description="set when Pub/Sub dead-lettered the job")
     notifications: Notifications | None = Field(
         None, description="backend-written in the commit that ends the job: the end event's deliveries"
@@ -392,10 +406,24 @@ class JobMessage(BaseModel):
     uid: str | None = Field(
         None, max_length=128, description="the job's owner: a scheduling hint for fairness, never trusted"
     )
+    priority: Priority | None = Field(None, description="the job's lane: a scheduling hint")
+    weight: float | None = Field(None, gt=0, le=1000, description="the owner's fair-share weight: a hint")
 
     @property
     def ref(self) -> WorkRef:
         return WorkRef(self.job_id, self.part)
+
+    @classmethod
+    def of(cls, job_id: str, job: JobDoc, part: str | None = None) -> JobMessage:
+        """The message for ``job`` (or its ``part``), with its scheduling hints."""
+        return cls(
+            job_id=job_id,
+            pipeline=job.pipeline,
+            part=part,
+            uid=job.uid or None,
+            priority=job.priority,
+            weight=job.share_weight,
+        )
 
     @field_validator("part")
     @classmethod

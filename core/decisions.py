@@ -44,6 +44,9 @@ class Claim:
 class Decision(Generic[T]):
     result: T
     patch: Patch | None = None
+    #: how the job ends, when this decision ends it (its usage goes to the owner's daily roll-up
+    #: in the same commit)
+    ending: Ending | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class Ending:
     progress: Progress | None = None
     timings: Timings | None = None
     runtime: dict[str, Any] | None = None
-    #: what the job cost (single-unit jobs): written with the ending, rolled up in the owner's ledger
+    #: what the job (or the part) cost: written with the ending; a job's is rolled up in the owner's ledger
     usage: Usage | None = None
     seconds: float | None = None  # parts: how long the attempt ran
     #: the attempt does not count (the worker is shutting down: not the job's fault)

@@ -312,7 +312,8 @@ def decide_finish(
         if owner is None:
             raise ValueError("a job's attempt is ended by its owner")
         owned(job, ref, owner, attempt)
-        return Decision(ending.status if ending.status.is_final else None, _job_ending(ending, attempt))
+        final = ending.status if ending.status.is_final else None
+        return Decision(final, _job_ending(ending, attempt), ending if final else None)
     if join is None:
         raise ValueError("ending a part needs the pipeline's join")
     if owner is not None:
@@ -367,6 +368,7 @@ def _end_part(
         files=ending.files,
         seconds=ending.seconds,
         progress=ending.progress,
+        usage=ending.usage,
     )
     patch = Patch().set(f"parts.{ref.part}", state).server_time("updated_at")
     parts = dict(job.parts or {})
@@ -374,7 +376,7 @@ def _end_part(
     if not all(p.status.is_final for p in parts.values()):
         return Decision(None, patch)
     job_ending = join(job.model_copy(update={"parts": parts}))
-    return Decision(job_ending.status, patch.merge(_job_ending(job_ending, job.attempt)))
+    return Decision(job_ending.status, patch.merge(_job_ending(job_ending, job.attempt)), job_ending)
 
 
 def overall_progress(parts: dict[str, PartState], prepare_weight: float = PREPARE_WEIGHT) -> Progress:

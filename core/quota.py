@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from core.contract import ErrorInfo
+from core.lanes import LANES, Priority
 from core.usage import DayUsage
 
 #: The key of the all-pipelines count in :attr:`Ledger.daily`.
@@ -57,6 +58,12 @@ class QuotaTier(BaseModel):
     gpu_seconds_daily: float | None = Field(
         None, ge=0, description="model seconds per UTC day, per user (None: the top-level budget)"
     )
+    priorities: list[Priority] | None = Field(
+        None, min_length=1, description="the lanes these users may use (None: the top-level ones)"
+    )
+    weight: float | None = Field(
+        None, gt=0, le=1000, description="these users' weight in fair share (None: the top-level one)"
+    )
 
 
 def _default_tiers() -> dict[str, QuotaTier]:
@@ -84,6 +91,12 @@ class QuotaPolicy(BaseModel):
     gpu_seconds_daily: float | None = Field(
         None, ge=0, description="budget: model seconds (GPU time) per user per UTC day; None = no budget"
     )
+    priorities: list[Priority] = Field(
+        default_factory=lambda: list(LANES),
+        min_length=1,
+        description="the lanes a user may use; a job that names none waits in the first",
+    )
+    weight: float = Field(1.0, gt=0, le=1000, description="a user's weight in fair share between users")
     _closed_to: str | None = PrivateAttr(None)
 
     @property
@@ -104,6 +117,8 @@ class QuotaPolicy(BaseModel):
                 "gpu_seconds_daily": (
                     tier.gpu_seconds_daily if tier.gpu_seconds_daily is not None else self.gpu_seconds_daily
                 ),
+                "priorities": tier.priorities if tier.priorities is not None else self.priorities,
+                "weight": tier.weight if tier.weight is not None else self.weight,
             }
         )
         applied._closed_to = None if tier.allowed else provider

@@ -88,6 +88,33 @@ def job_usage(
     )
 
 
+def parts_usage(job: JobDoc) -> Usage:
+    """``job.usage`` of a multi-part job, once its parts are final: the prepare step's model time
+    and load (its ``timings``, written when it fanned the parts out) plus each part's own
+    ``usage``. A part that never ran adds nothing. The model and adapters are the first part's
+    that says them."""
+    timings = job.timings
+    queue = timings.queue if timings and timings.queue is not None else 0.0
+    load = timings.load if timings and timings.load is not None else 0.0
+    gpu = timings.inference if timings and timings.inference is not None else 0.0
+    model: str | None = None
+    adapters: list[str] | None = None
+    for part in (job.parts or {}).values():
+        if part.usage is None:
+            continue
+        load += part.usage.load_seconds
+        gpu += part.usage.gpu_seconds
+        model = model or part.usage.model
+        adapters = adapters or part.usage.adapters
+    return Usage(
+        queue_seconds=round(max(queue, 0.0), 3),
+        load_seconds=round(max(load, 0.0), 3),
+        gpu_seconds=round(max(gpu, 0.0), 6),
+        model=model,
+        adapters=adapters,
+    )
+
+
 class PipelineDay(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 

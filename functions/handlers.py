@@ -24,6 +24,7 @@ from core.contract import (
     validate_job_id,
 )
 from core.errors import InvalidInput, PermanentError, RetryableError, bounded, shown
+from core.lanes import allowed_priority
 from core.patch import Patch
 from core.routes import route
 from core.spec import Catalog, FileInput, PipelineModel, PipelineSpec, check_input_location, file_uris
@@ -223,6 +224,17 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
         policy = deps.settings.quotas
         if deps.identities is not None:  # the caps of the owner's sign-in provider (its tier)
             policy = policy.for_provider(deps.identities.provider(job.uid))
+        lane = allowed_priority(job.priority, policy.priorities)
+        if lane is None:
+            allowed = ", ".join(policy.priorities)
+            error = InvalidInput(
+                f"priority {shown(str(job.priority))} is not allowed for your account; allowed: {allowed}",
+                code="priority_not_allowed",
+            )
+            log.info("job %s rejected: %s", job_id, error.code)
+            end(deps, job_id, JobStatus.REJECTED, ErrorInfo.from_exception(error))
+            return JobStatus.REJECTED
+        patch.set("priority", lane).set("share_weight", policy.weight)
         moved, admission = deps.jobs.admit(job_id, job.uid, checked.spec.name, policy, patch)
     if moved is None:
         return None  # a duplicate event: the first one queued it (or the client cancelled)
@@ -233,7 +245,15 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
         return JobStatus.REJECTED
     try:
         with roundtrips.stage("publish"):
-            deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=checked.spec.name, uid=job.uid))
+            deps.bus.publish_job(
+                JobMessage(
+                    job_id=job_id,
+                    pipeline=checked.spec.name,
+                    uid=job.uid,
+                    priority=lane,
+                    weight=policy.weight,
+                )
+            )
     except RetryableError:
         # Queued but not announced: the service's redriver (or the sweeper) finds it anyway.
         log.warning("job %s queued but its message could not be published", job_id)

@@ -76,13 +76,13 @@ def _sweep_one(deps: Deps, job_id: str, job: JobDoc, now: datetime, report: Swee
     elif job.status is JobStatus.RUNNING and job.lease and job.lease.expires_at < now:
         state = deps.jobs.recover(WorkRef(job_id), settings.max_attempts)
         if state is JobStatus.QUEUED:
-            deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=job.pipeline, uid=job.uid))
+            deps.bus.publish_job(JobMessage.of(job_id, job))
             report.requeued.append(job_id)
         elif state is JobStatus.FAILED:
             report.failed.append(job_id)
     elif job.status is JobStatus.QUEUED and age > settings.stale_queued_seconds:
         deps.jobs.touch(job_id)
-        deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=job.pipeline, uid=job.uid))
+        deps.bus.publish_job(JobMessage.of(job_id, job))
         report.republished.append(job_id)
     elif job.status is JobStatus.PENDING and age > settings.stale_pending_seconds:
         path = f"{settings.jobs_collection}/{job_id}"
@@ -105,5 +105,5 @@ def _sweep_parts(
             report.republished.append(f"{job_id}/{part}")
         else:
             continue
-        message = JobMessage(job_id=job_id, pipeline=job.pipeline, part=part, uid=job.uid)
+        message = JobMessage.of(job_id, job, part)
         deps.bus.publish_job(message, topic=route(job.pipeline, ref.lane).topic)

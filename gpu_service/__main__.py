@@ -15,6 +15,7 @@ from types import FrameType
 import uvicorn
 
 from gpu_service.app import create_app
+from gpu_service.capacity import Capacity
 from gpu_service.pool import ModelPool
 from gpu_service.pull import PullConsumer, flow_control_messages
 from gpu_service.worker import Worker, subscription_path
@@ -69,18 +70,25 @@ def main() -> None:
         ModelPool(pipelines, settings.batching, settings.model_concurrency),
         Bus(settings),
     )
+    # One set of slots, shared by pushes, pulls and the redriver, so that one rule orders them all.
+    capacity = Capacity(
+        settings.max_concurrent_jobs, settings.pipeline_slots, aging_seconds=settings.batch_aging_seconds
+    )
     consumers = [
         PullConsumer(
             worker,
             subscription_path(settings.google_cloud_project, name, lane),
-            max_messages=flow_control_messages(settings, name),
+            # twice the slots: held messages wait for a slot in lane order, so a later one may go first
+            max_messages=2 * flow_control_messages(settings, name),
+            capacity=capacity,
+            wait_seconds=settings.push_wait_seconds,
         )
         for name, lane in pull_routes(settings)
     ]
     for consumer in consumers:
         consumer.start()
     config = uvicorn.Config(
-        create_app(worker),
+        create_app(worker, capacity),
         host=settings.host,
         port=settings.port,
         log_level="warning",

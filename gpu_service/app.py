@@ -14,16 +14,18 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from core.lanes import Priority
 from core.routes import PUSH_PREFIX, route
 from gpu_service.auth import PushAuthError, PushVerifier
 from gpu_service.capacity import Capacity
 from gpu_service.pool import Health, ModelPool
-from gpu_service.push import BadEnvelope, decode
+from gpu_service.push import BadEnvelope, decode, waited_since
 from gpu_service.redrive import Redriver
 from gpu_service.worker import Worker
 
@@ -34,7 +36,9 @@ def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
     models: ModelPool = worker.pool
     settings = worker.settings
     verifier = PushVerifier.from_settings(settings)  # None when PUSH_AUTH is off
-    capacity = capacity or Capacity(settings.max_concurrent_jobs, settings.pipeline_slots)
+    capacity = capacity or Capacity(
+        settings.max_concurrent_jobs, settings.pipeline_slots, aging_seconds=settings.batch_aging_seconds
+    )
     redriver = Redriver(
         worker,
         capacity,
@@ -111,7 +115,15 @@ def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
         # Wait for a slot (fairly, see gpu_service/capacity.py) rather than turn the push away:
         # a 429 makes Pub/Sub back off this subscription while the GPU may soon be idle.
         slot = await run_in_threadpool(
-            capacity.acquire, message.pipeline, message.uid or "", settings.push_wait_seconds
+            partial(
+                capacity.acquire,
+                message.pipeline,
+                message.uid or "",
+                settings.push_wait_seconds,
+                priority=message.priority or Priority.INTERACTIVE,
+                weight=message.weight or 1.0,
+                waited=waited_since(envelope.message.publish_time),
+            )
         )
         if slot is None:
             # Still busy: the job stays queued, and the redriver takes it when a slot frees.

@@ -2,9 +2,11 @@
 
 A push that finds every slot busy is not turned away at once (a 429 makes Pub/Sub back off that
 subscription for up to minutes, idling the GPU when the burst drains). It waits, up to
-``push_wait_seconds``, in a queue that hands the next free slot to the waiter whose user has the
-fewest units running here (ties: the longest waiting), so one user's thousand jobs do not starve
-another's one. Optional per-pipeline caps keep one slow pipeline from holding every slot.
+``push_wait_seconds``, in a queue that hands the next free slot by the rule of ``core/lanes.py``:
+interactive work before batch work (batch work that waited too long ages into the interactive
+lane), then weighted fair share between users (stride scheduling on the units they start), so
+one user's thousand jobs do not starve another's one. Optional per-pipeline caps keep one slow pipeline from
+holding every slot.
 
 It also keeps the figures a burst is judged by: the time the slots were busy, and the longest a
 slot stayed free while work waited for it.
@@ -19,12 +21,17 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from core.lanes import FairShare, Priority, W
+
 
 @dataclass
 class _Waiter:
     pipeline: str
     uid: str
     order: int
+    priority: Priority = Priority.INTERACTIVE
+    weight: float = 1.0
+    since: float = field(default_factory=time.monotonic)
     granted: bool = False
     event: threading.Event = field(default_factory=threading.Event)
 
@@ -36,10 +43,13 @@ class Slot:
 
 
 class Capacity:
-    def __init__(self, total: int, per_pipeline: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self, total: int, per_pipeline: Mapping[str, int] | None = None, *, aging_seconds: float = 60.0
+    ) -> None:
         if total < 1:
             raise ValueError("at least one slot")
         self.total = total
+        self._share = FairShare(aging_seconds)
         self._caps = dict(per_pipeline or {})
         self._lock = threading.Lock()
         self._running: Counter[str] = Counter()  # by pipeline
@@ -78,10 +88,11 @@ class Capacity:
         cap = self._caps.get(pipeline)
         return cap is None or self._running[pipeline] < cap
 
-    def _take(self, pipeline: str, uid: str) -> Slot:
+    def _take(self, pipeline: str, uid: str, weight: float) -> Slot:
         self._account()
         self._running[pipeline] += 1
         self._by_uid[uid] += 1
+        self._share.started(uid, weight)
         return Slot(pipeline, uid)
 
     def free(self) -> int:
@@ -97,21 +108,40 @@ class Capacity:
         with self._lock:
             return len(self._waiters)
 
-    def try_acquire(self, pipeline: str, uid: str = "") -> Slot | None:
+    def order(self, waiting: list[W], now: float) -> list[W]:
+        """``waiting`` (the redriver's candidates, ``since`` on ``now``'s clock) in the order this
+        queue would serve them, given who runs what here now."""
+        with self._lock:
+            return self._share.order(waiting, self._by_uid, now)
+
+    def try_acquire(
+        self, pipeline: str, uid: str = "", *, priority: Priority = Priority.INTERACTIVE, weight: float = 1.0
+    ) -> Slot | None:
         """A slot now, if one is free and nobody is waiting for it."""
         with self._lock:
             if self._waiters or not self._fits(pipeline):
                 return None
-            return self._take(pipeline, uid)
+            return self._take(pipeline, uid, weight)
 
-    def acquire(self, pipeline: str, uid: str = "", timeout: float = 0.0) -> Slot | None:
-        """A slot, waiting up to ``timeout`` seconds in the fair queue; ``None`` if none came."""
+    def acquire(
+        self,
+        pipeline: str,
+        uid: str = "",
+        timeout: float = 0.0,
+        *,
+        priority: Priority = Priority.INTERACTIVE,
+        weight: float = 1.0,
+        waited: float = 0.0,
+    ) -> Slot | None:
+        """A slot, waiting up to ``timeout`` seconds in the queue; ``None`` if none came.
+        ``waited``: how long the unit has waited already (since it was queued), for aging."""
         with self._lock:
             if not self._waiters and self._fits(pipeline):
-                return self._take(pipeline, uid)
+                return self._take(pipeline, uid, weight)
             if timeout <= 0:
                 return None
-            waiter = _Waiter(pipeline, uid, next(self._order))
+            since = time.monotonic() - max(waited, 0.0)
+            waiter = _Waiter(pipeline, uid, next(self._order), priority, weight, since)
             self._waiters.append(waiter)
         waiter.event.wait(timeout)
         with self._lock:
@@ -131,14 +161,14 @@ class Capacity:
             self._freed.notify_all()
 
     def _grant(self) -> None:
-        """Hand free slots to waiters: fewest running units of their user first, then oldest."""
+        """Hand free slots to waiters, in the order of ``core/lanes.py``."""
         while self._waiters:
             eligible = [w for w in self._waiters if self._fits(w.pipeline)]
-            if not eligible:
+            chosen = self._share.pick(eligible, self._by_uid, time.monotonic())
+            if chosen is None:
                 return
-            chosen = min(eligible, key=lambda w: (self._by_uid[w.uid], w.order))
             self._waiters.remove(chosen)
-            self._take(chosen.pipeline, chosen.uid)
+            self._take(chosen.pipeline, chosen.uid, chosen.weight)
             chosen.granted = True
             chosen.event.set()
 

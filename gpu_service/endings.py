@@ -15,6 +15,7 @@ from typing import Any
 from core.contract import ErrorInfo, JobDoc, JobStatus, Prepared, Progress, Timings
 from core.lifecycle import Ending
 from core.spec import PipelineSpec
+from core.usage import parts_usage
 from infra.jobs import utcnow
 
 # Firestore documents are limited to 1 MiB; long transcripts keep their files but drop bulky lists.
@@ -65,8 +66,9 @@ def end_from_parts(spec: PipelineSpec, job: JobDoc) -> Ending:
     """The end of a multi-part job whose parts are all final (a :data:`core.lifecycle.Joiner`
     once ``spec`` is bound; pure, and it may run more than once)."""
     parts = job.parts or {}
+    usage = parts_usage(job)  # the prepare step's model time and every part's, charged in all cases
     if any(p.status is JobStatus.CANCELLED for p in parts.values()):
-        return Ending(JobStatus.CANCELLED, clear_outputs=True)
+        return Ending(JobStatus.CANCELLED, clear_outputs=True, usage=usage)
     prepared = job.prepared or Prepared()
     done = {name: (p.outputs if p.status is JobStatus.SUCCEEDED else None) for name, p in parts.items()}
     inputs = spec.inputs.model_validate(job.inputs)
@@ -84,10 +86,13 @@ def end_from_parts(spec: PipelineSpec, job: JobDoc) -> Ending:
         error = error.model_copy(
             update={"part": name, "message": f"part {name!r} failed: {error.message}", "retryable": False}
         )
-        return Ending(JobStatus.FAILED, error=error, outputs=fit_in_document(outputs), timings=timings)
+        return Ending(
+            JobStatus.FAILED, error=error, outputs=fit_in_document(outputs), timings=timings, usage=usage
+        )
     return Ending(
         JobStatus.SUCCEEDED,
         outputs=fit_in_document(outputs),
         progress=Progress(fraction=1.0, stage="done"),
         timings=timings,
+        usage=usage,
     )

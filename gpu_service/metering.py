@@ -43,8 +43,9 @@ class Metered(Protocol):
 
 
 def with_usage(attempt: Metered, ending: Ending) -> Ending:
-    """``ending`` with the job's usage, when it ends a single-unit job (parts are not metered)."""
-    if attempt.ref.part is not None or attempt.spec.parts or not ending.status.is_final:
+    """``ending`` with what the attempt cost, when it ends its unit: a job's usage, or a part's
+    (a multi-part job's usage is the sum its join makes, see ``core.usage.parts_usage``)."""
+    if not ending.status.is_final:
         return ending
     if ending.usage is not None:
         return ending
@@ -57,7 +58,10 @@ def with_usage(attempt: Metered, ending: Ending) -> Ending:
             work=meter.get("work", 1.0),
         )
     usage = job_usage(
-        queue_seconds=seconds_between(attempt.job.queued_at, attempt.claimed_at),
+        # a part's queue time is not the job's: the job's is its prepare step's
+        queue_seconds=None
+        if attempt.ref.part
+        else seconds_between(attempt.job.queued_at, attempt.claimed_at),
         load_seconds=attempt.timings.get("load", 0.0),
         model_seconds=attempt.timings.get("inference", 0.0),
         batch=batch,
@@ -68,8 +72,9 @@ def with_usage(attempt: Metered, ending: Ending) -> Ending:
 
 
 def report(attempt: Metered, ending: Ending, final: JobStatus | None) -> None:
-    """The usage line of a job that this commit ended (stdout: Cloud Logging's JSON payload)."""
-    if final is None or ending.usage is None or attempt.ref.part is not None:
+    """The usage line of a job that this commit ended (stdout: Cloud Logging's JSON payload).
+    ``ending`` is the job's: for a part that ended its job, the join's (with the job's usage)."""
+    if final is None or ending.usage is None:
         return
     now = datetime.now(UTC)
     job = attempt.job.model_copy(update={"attempt": attempt.attempt})

@@ -6,6 +6,12 @@ throttled or shut down). For longer jobs, run the service as a Cloud Run worker 
 always-on instance) with the pipeline's subscription in ``mode: pull``: the client library keeps
 extending each message's ack deadline while the job runs (up to ``max_lease_seconds``), and the
 same claim → run → commit code decides ack or nack.
+
+Given the instance's ``Capacity``, the consumer holds more messages than it has slots, and each
+waits for a slot in the same order as a push (``core/lanes.py``): an interactive job pulled
+after a held batch job still starts first. A message that finds no slot within ``wait_seconds``
+is nacked, which makes room in the flow control for newer messages (the redriver still sees its
+job queued in Firestore).
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from google.cloud.pubsub_v1.subscriber.message import Message
 from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
 
 from core.contract import JobMessage
-from gpu_service.push import BadEnvelope
+from core.lanes import Priority
+from gpu_service.capacity import Capacity
+from gpu_service.push import BadEnvelope, waited_since
 from gpu_service.worker import Worker
 from infra.settings import Settings
 
@@ -42,8 +50,12 @@ class PullConsumer:
         max_messages: int = 1,
         max_lease_seconds: int = 4 * 3600,
         subscriber: pubsub_v1.SubscriberClient | None = None,
+        capacity: Capacity | None = None,
+        wait_seconds: float = 30.0,
     ) -> None:
         self.worker = worker
+        self.capacity = capacity
+        self.wait_seconds = wait_seconds
         self.subscription = subscription
         self._subscriber = subscriber or pubsub_v1.SubscriberClient()
         self._flow = pubsub_v1.types.FlowControl(
@@ -83,7 +95,24 @@ class PullConsumer:
             )
             message.nack()  # the dead-letter policy takes it out of circulation
             return
-        outcome = self.worker.process(job)
+        slot = None
+        if self.capacity is not None:
+            slot = self.capacity.acquire(
+                job.pipeline,
+                job.uid or "",
+                self.wait_seconds,
+                priority=job.priority or Priority.INTERACTIVE,
+                weight=job.weight or 1.0,
+                waited=waited_since(message.publish_time),
+            )
+            if slot is None:
+                message.nack()  # still busy: let newer messages in; the redriver sees the job too
+                return
+        try:
+            outcome = self.worker.process(job)
+        finally:
+            if slot is not None and self.capacity is not None:
+                self.capacity.release(slot)
         if outcome.retry:
             message.nack()
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -50,3 +51,19 @@ def decode(body: bytes) -> tuple[PushEnvelope, JobMessage]:
         return envelope, JobMessage.model_validate_json(data)
     except ValidationError as exc:
         raise BadEnvelope(f"message is not a job message: {data[:120]!r}") from exc
+
+
+def waited_since(publish_time: str | datetime | None, now: datetime | None = None) -> float:
+    """Seconds since a message was published (how long its job has waited, for the lanes' aging);
+    0 when the time is missing or not a timestamp."""
+    if publish_time is None:
+        return 0.0
+    try:
+        published = (
+            publish_time if isinstance(publish_time, datetime) else datetime.fromisoformat(publish_time)
+        )
+    except ValueError:
+        return 0.0
+    if published.tzinfo is None:
+        published = published.replace(tzinfo=UTC)
+    return max(((now or datetime.now(UTC)) - published).total_seconds(), 0.0)

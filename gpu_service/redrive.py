@@ -5,14 +5,17 @@ A Pub/Sub delivery is a doorbell, not the work itself: a message may be in a bac
 ``queued``. So whenever this instance has a free slot and no push is waiting for one, the
 redriver looks for runnable work straight in Firestore — the oldest ``queued`` jobs of the
 pipelines served here, and the queued parts of fanned-out jobs — that has waited at least
-``redrive_after_seconds`` (younger work is the push path's), picks fairly (round robin over
-pipelines, then over users, oldest first), and runs it through the same claim as a delivery. The
+``redrive_after_seconds`` (younger work is the push path's), picks it in the order of
+``core/lanes.py`` (interactive before batch, with aging; then weighted fair share between users,
+oldest first), and runs it through the same claim as a delivery. The
 claim is still the only way to run, so a job found here and pushed at the same moment runs once.
 
-When every slot is busy, it looks instead for queued work of users who have nothing running here
-(Firestore's ``not-in`` on the users who do) and queues it for the next free slot. The capacity
-hands a freed slot to the waiter whose user runs the fewest units, so one user's thousand queued
-jobs do not make another user's one wait behind them, whatever order Pub/Sub delivers in.
+When every slot is busy, it queues the next unit of each user with work waiting (queued
+interactive work, the oldest queued work, and that of users who have nothing running here,
+found with Firestore's ``not-in`` on the users who do) for the next free slot. The capacity
+hands a freed slot by the same rule, so one user's thousand queued jobs do not make another
+user's one wait behind them, and interactive work does not wait behind batch work, whatever order
+Pub/Sub delivers in.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from core.contract import JobDoc, JobMessage, JobStatus
+from core.lanes import FairShare, Priority
 from gpu_service.capacity import Capacity, Slot
 from gpu_service.worker import Worker
 from infra.jobs import utcnow
@@ -39,28 +43,32 @@ class Candidate:
     message: JobMessage
     uid: str
     waiting_since: datetime
+    priority: Priority = Priority.INTERACTIVE
+    weight: float = 1.0
+    order: int = 0
+
+    @property
+    def since(self) -> float:
+        return self.waiting_since.timestamp()
 
 
-def fair_order(candidates: Iterable[Candidate]) -> list[Candidate]:
-    """Round robin over pipelines, and within each over users, each user's oldest first."""
-    by_pipeline: dict[str, dict[str, list[Candidate]]] = defaultdict(lambda: defaultdict(list))
+def fair_order(candidates: Iterable[Candidate], capacity: Capacity | None = None) -> list[Candidate]:
+    """The candidates in the order of ``core/lanes.py`` (lane, aging, weighted fair share), given
+    who runs what on ``capacity``. Among one user's equals: round robin over pipelines, each
+    pipeline's oldest first, so a slow pipeline's work is not always last."""
+    by_pipeline: dict[str, list[Candidate]] = defaultdict(list)
     for c in sorted(candidates, key=lambda c: c.waiting_since):
-        by_pipeline[c.message.pipeline][c.uid].append(c)
-    lanes: list[list[Candidate]] = []
-    for users in by_pipeline.values():
-        lane: list[Candidate] = []
-        queues = list(users.values())
-        while any(queues):
-            for q in queues:
-                if q:
-                    lane.append(q.pop(0))
-        lanes.append(lane)
-    ordered: list[Candidate] = []
-    while any(lanes):
-        for lane in lanes:
-            if lane:
-                ordered.append(lane.pop(0))
-    return ordered
+        by_pipeline[c.message.pipeline].append(c)
+    numbered: list[Candidate] = []
+    queues = list(by_pipeline.values())
+    while any(queues):
+        for q in queues:
+            if q:
+                numbered.append(replace(q.pop(0), order=len(numbered)))
+    now = utcnow().timestamp()
+    if capacity is None:
+        return FairShare().order(numbered, {}, now)
+    return capacity.order(numbered, now)
 
 
 def candidates(
@@ -76,15 +84,17 @@ def candidates(
         if since is None or since > cutoff:
             continue
         if job.status is JobStatus.QUEUED and not job.parts:
-            found.append(
-                Candidate(JobMessage(job_id=job_id, pipeline=job.pipeline), job.uid, job.queued_at or since)
-            )
+            found.append(Candidate(JobMessage.of(job_id, job), job.uid, job.queued_at or since, *_hints(job)))
         elif job.status is JobStatus.RUNNING and job.parts:
             for key, part in job.parts.items():
                 if part.status is JobStatus.QUEUED:
-                    message = JobMessage(job_id=job_id, pipeline=job.pipeline, part=key)
-                    found.append(Candidate(message, job.uid, since))
+                    message = JobMessage.of(job_id, job, key)
+                    found.append(Candidate(message, job.uid, since, *_hints(job)))
     return found
+
+
+def _hints(job: JobDoc) -> tuple[Priority, float]:
+    return job.priority or Priority.INTERACTIVE, job.share_weight or 1.0
 
 
 class Redriver:
@@ -106,12 +116,15 @@ class Redriver:
         self.after_seconds = after_seconds
         self.poll_seconds = poll_seconds
         self.reserve_seconds = reserve_seconds
-        self._reserved: set[str] = set()  # job ids queued for a slot by the fairness pass
+        # job id -> (uid, lane): waiting for a slot, queued by the fairness pass
+        self._reserved: dict[str, tuple[str, Priority]] = {}
+        self._in_hand: set[str] = set()  # job ids it queued, waiting or running
         self._last_fairness_pass = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="redrive", daemon=True)
-        self._pool = ThreadPoolExecutor(2 * capacity.total, thread_name_prefix="redriven")
+        # the units it started, and up to two waiters per slot (see _reserve_for_other_users)
+        self._pool = ThreadPoolExecutor(3 * capacity.total, thread_name_prefix="redriven")
         self.started_units = 0
 
     def start(self) -> None:
@@ -141,10 +154,21 @@ class Redriver:
             return self._reserve_for_other_users()
         limit = max(10, 4 * free)
         now = utcnow()
-        found = self.worker.jobs.find_runnable(limit, self.parted)
+        found = dict(self.worker.jobs.find_runnable(limit, self.parted))
+        # The oldest work may all be one user's: also look at other users' (fair share).
+        seen = sorted({job.uid for job in found.values() if job.status is JobStatus.QUEUED})
+        if seen:
+            found.update(self.worker.jobs.find_queued_of_others(seen, limit=limit))
         started = 0
-        for candidate in fair_order(candidates(found, self.served, now, self.after_seconds)):
-            slot = self.capacity.try_acquire(candidate.message.pipeline, candidate.uid)
+        for candidate in fair_order(
+            candidates(found.items(), self.served, now, self.after_seconds), self.capacity
+        ):
+            slot = self.capacity.try_acquire(
+                candidate.message.pipeline,
+                candidate.uid,
+                priority=candidate.priority,
+                weight=candidate.weight,
+            )
             if slot is None:
                 if self.capacity.free() <= 0:
                     break
@@ -155,9 +179,12 @@ class Redriver:
         return started
 
     def _reserve_for_other_users(self) -> int:
+        """All slots busy: queue, as waiters for the next free slot, the next unit of each user
+        and lane with work waiting, so that the capacity picks among them by the rule when a slot
+        frees, with who runs what then."""
         now = time.monotonic()
         with self._lock:
-            room = self.capacity.total - len(self._reserved)
+            room = 2 * self.capacity.total - len(self._reserved)
             # Slots free up often under load: look at most once per poll period.
             if room <= 0 or now - self._last_fairness_pass < self.poll_seconds:
                 return 0
@@ -165,27 +192,48 @@ class Redriver:
         busy_uids = self.capacity.running_uids()
         if not busy_uids:
             return 0
-        found = self.worker.jobs.find_queued_of_others(busy_uids, limit=4 * self.capacity.total)
+        limit = 4 * self.capacity.total
+        # The oldest queued work (and interactive work, whatever its age: find_runnable), and that
+        # of users with nothing running here, which a busy user's backlog could hide.
+        found = dict(self.worker.jobs.find_runnable(limit))
+        found.update(self.worker.jobs.find_queued_of_others(busy_uids, limit=limit))
         chosen: list[Candidate] = []
         with self._lock:
-            for c in fair_order(candidates(found, self.served, utcnow(), self.after_seconds)):
-                if c.uid in busy_uids or c.message.job_id in self._reserved or len(chosen) >= room:
-                    continue
-                self._reserved.add(c.message.job_id)
+            waiting = set(self._reserved.values())
+            found_now = candidates(found.items(), self.served, utcnow(), self.after_seconds)
+            for c in fair_order(found_now, self.capacity):
+                if len(chosen) >= room:
+                    break
+                if c.message.job_id in self._in_hand or (c.uid, c.priority) in waiting:
+                    continue  # one waiter per user and lane: the capacity orders users and lanes
+                waiting.add((c.uid, c.priority))
+                self._reserved[c.message.job_id] = (c.uid, c.priority)
+                self._in_hand.add(c.message.job_id)
                 chosen.append(c)
         for c in chosen:
             self._pool.submit(self._wait_and_run, c)
         return len(chosen)
 
     def _wait_and_run(self, candidate: Candidate) -> None:
+        job_id = candidate.message.job_id
         try:
-            slot = self.capacity.acquire(candidate.message.pipeline, candidate.uid, self.reserve_seconds)
+            slot = self.capacity.acquire(
+                candidate.message.pipeline,
+                candidate.uid,
+                self.reserve_seconds,
+                priority=candidate.priority,
+                weight=candidate.weight,
+                waited=(utcnow() - candidate.waiting_since).total_seconds(),
+            )
+            with self._lock:
+                self._reserved.pop(job_id, None)  # not waiting any more (still in hand while it runs)
             if slot is not None:
                 self.started_units += 1
                 self._run(candidate, slot)
         finally:
             with self._lock:
-                self._reserved.discard(candidate.message.job_id)
+                self._reserved.pop(job_id, None)
+                self._in_hand.discard(job_id)
 
     def _run(self, candidate: Candidate, slot: Slot) -> None:
         try:

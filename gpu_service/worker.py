@@ -143,9 +143,10 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def part_message(job_id: str, pipeline: str, key: str, uid: str | None = None) -> tuple[JobMessage, str]:
+def part_message(job_id: str, job: JobDoc, key: str) -> tuple[JobMessage, str]:
     """The message for part ``key`` of a job, and the topic it goes to."""
-    message = JobMessage(job_id=job_id, pipeline=pipeline, part=key, uid=uid)
+    pipeline = job.pipeline
+    message = JobMessage.of(job_id, job, key)
     return message, route(pipeline, message.ref.lane).topic
 
 
@@ -307,7 +308,7 @@ class Worker:
         self.jobs.fan_out(work.ref, self.owner, work.attempt, prepared, keys, work.job_timings())
         for key in keys:
             # A failure here leaves the part queued; the sweeper re-publishes it.
-            message, topic = part_message(work.ref.job_id, work.spec.name, key, work.job.uid)
+            message, topic = part_message(work.ref.job_id, work.job, key)
             self.bus.publish_job(message, topic=topic)
         log.info("%s prepared; parts %s published", work.label, ", ".join(keys))
         return Outcome("fanned out")
@@ -387,8 +388,8 @@ class Worker:
     def _finish(self, work: ClaimedWork, ending: Ending) -> JobStatus | None:
         """Commit the attempt's end; returns the job's final state if this ended the job."""
         ending = metering.with_usage(work, ending)
-        final = self.jobs.finish(work.ref, self.owner, work.attempt, ending, _joiner(work.spec))
-        metering.report(work, ending, final)
+        final, ended = self.jobs.finish_unit(work.ref, self.owner, work.attempt, ending, _joiner(work.spec))
+        metering.report(work, ended or ending, final)
         if final is not None and work.ref.part is not None:
             log.info("job %s ended %s (joined by %s)", work.ref.job_id, final, work.label)
             if final is JobStatus.CANCELLED:

@@ -20,6 +20,7 @@ from google.cloud import firestore
 
 from core.contract import JobDoc, JobStatus, PartialOutput, Prepared, Progress, Timings, Usage, read_job
 from core.errors import PermanentError, RetryableError, bounded
+from core.lanes import Priority
 from core.lifecycle import (
     Claim,
     Decision,
@@ -152,9 +153,11 @@ class JobStore:
         return _jobs(query.stream())
 
     def find_runnable(self, limit: int, parted: Collection[str] | None = None) -> list[tuple[str, JobDoc]]:
-        """The oldest ``queued`` jobs, and ``running`` ones (whose parts may be queued), for the
-        redriver: at most ``limit`` of each. (Production needs a composite index on
-        ``status`` + ``queuedAt``; Terraform creates it.)
+        """The oldest ``queued`` jobs, the oldest queued ``interactive`` ones (a batch backlog
+        older than them must not hide them), and ``running`` ones (whose parts may be queued), for
+        the redriver: at most ``limit`` of each. (Production needs composite indexes on
+        ``status`` + ``queuedAt`` and ``status`` + ``priority`` + ``queuedAt``; Terraform creates
+        them.)
 
         ``parted`` names the multi-part pipelines the caller serves: only their running jobs can
         have queued parts, so only they are read, and none when it is empty. Every running job
@@ -166,13 +169,26 @@ class JobStore:
             .order_by("queuedAt")
             .limit(limit)
         )
-        found = [*queued.stream()]
+        found_docs = [*queued.stream()]
         if parted is None or parted:
             running = coll.where(filter=firestore.FieldFilter("status", "==", JobStatus.RUNNING.value))
             if parted:  # equality filters only: served by the single-field indexes
                 running = running.where(filter=firestore.FieldFilter("pipeline", "in", sorted(parted)[:30]))
-            found += running.limit(limit).stream()
-        return _jobs(found)
+            found_docs += running.limit(limit).stream()
+        found = dict(_jobs(found_docs))
+        found.update(self.find_queued_interactive(limit))
+        return list(found.items())
+
+    def find_queued_interactive(self, limit: int) -> list[tuple[str, JobDoc]]:
+        """The oldest queued jobs of the interactive lane (``core/lanes.py``)."""
+        query = (
+            self._db.collection(self._collection)
+            .where(filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value))
+            .where(filter=firestore.FieldFilter("priority", "==", Priority.INTERACTIVE.value))
+            .order_by("queuedAt")
+            .limit(limit)
+        )
+        return _jobs(query.stream())
 
     def find_queued_of_others(self, exclude_uids: list[str], limit: int) -> list[tuple[str, JobDoc]]:
         """Queued jobs of users other than ``exclude_uids`` (at most 10: Firestore's ``not-in``
@@ -422,14 +438,29 @@ class JobStore:
         Raises:
             LeaseLost: ``owner`` no longer holds this attempt.
         """
-        return self._cas(
-            ref.job_id,
-            lambda job: decide_finish(job, ref, owner=owner, attempt=attempt, ending=ending, join=join),
-            also=self._rollup_of(ref.job_id, ending) if ending.usage is not None else None,
-        )
+        return self.finish_unit(ref, owner, attempt, ending, join)[0]
+
+    def finish_unit(
+        self, ref: WorkRef, owner: str | None, attempt: int, ending: Ending, join: Joiner | None = None
+    ) -> tuple[JobStatus | None, Ending | None]:
+        """:meth:`finish`, and how the job ended when this ended it (for a part: the join's
+        ending, with the job's usage).
+
+        Raises:
+            LeaseLost: ``owner`` no longer holds this attempt.
+        """
+        decided: list[Decision[JobStatus | None]] = []
+
+        def decide(job: JobDoc | None) -> Decision[JobStatus | None]:
+            decision = decide_finish(job, ref, owner=owner, attempt=attempt, ending=ending, join=join)
+            decided.append(decision)  # the last one is the one committed
+            return decision
+
+        final = self._cas(ref.job_id, decide, also=self._rollup_of(ref.job_id))
+        return final, (decided[-1].ending if decided and final is not None else None)
 
     def _rollup_of(
-        self, job_id: str, ending: Ending
+        self, job_id: str
     ) -> Callable[
         [JobDoc, Decision[JobStatus | None]], tuple[firestore.DocumentReference, dict[str, Any]] | None
     ]:
@@ -438,9 +469,10 @@ class JobStore:
         def also(
             job: JobDoc, decision: Decision[JobStatus | None]
         ) -> tuple[firestore.DocumentReference, dict[str, Any]] | None:
-            if decision.result is None or ending.usage is None:
+            ended = decision.ending
+            if decision.result is None or ended is None or ended.usage is None:
                 return None
-            amounts = rollup(ending.usage, job.pipeline, reused=job.reused_from is not None)
+            amounts = rollup(ended.usage, job.pipeline, reused=job.reused_from is not None)
             data = usage_increments(day_of(utcnow()), amounts)
             # The job is final: it leaves the owner's unfinished jobs in the same commit.
             data["active"] = {job_id: firestore.DELETE_FIELD}

@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     push_wait_seconds: float = Field(
         30.0, ge=0, description="how long a push waits for a free slot before answering 429"
     )
+    batch_aging_seconds: float = Field(
+        60.0, ge=0, description="batch work waiting this long competes as interactive work (never starved)"
+    )
     batching: dict[str, Batching] = Field(
         default_factory=dict,
         description='per pipeline, e.g. BATCHING=\'{"edit": {"max_batch": 4, "max_wait_ms": 30}}\'',

@@ -280,6 +280,11 @@ module "firestore" {
       collection = module.topology.firestore.jobs_collection
       fields     = [{ field_path = "status" }, { field_path = "queuedAt" }]
     }
+    # ... the oldest queued interactive jobs, which a batch backlog must not hide (core/lanes.py).
+    queued-by-lane = {
+      collection = module.topology.firestore.jobs_collection
+      fields     = [{ field_path = "status" }, { field_path = "priority" }, { field_path = "queuedAt" }]
+    }
     # ... and the queued jobs of users with nothing running (its fairness pass, uid not-in).
     queued-by-user = {
       collection = module.topology.firestore.jobs_collection

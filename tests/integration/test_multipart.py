@@ -55,6 +55,25 @@ def test_parts_run_in_parallel_and_join_once_under_duplicate_deliveries(
     assert job.progress and job.progress.fraction == 1.0
 
 
+def test_a_multi_part_jobs_usage_is_its_prepare_step_and_every_part_summed_into_the_days_roll_up(
+    client: Client, uid: str
+) -> None:
+    job = client.follow(client.create_job(uid, "flakyparts", {"steps": 8, "step_seconds": 0.05}), timeout=60)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    assert job.parts and job.usage is not None
+    part_seconds = {name: p.usage.gpu_seconds for name, p in job.parts.items() if p.usage is not None}
+    # each part ran its model for at least its 8 steps of 0.05 s
+    assert set(part_seconds) == {"a", "b"} and all(s >= 0.4 for s in part_seconds.values())
+    prepare = job.timings.inference if job.timings and job.timings.inference else 0.0
+    assert job.usage.gpu_seconds == pytest.approx(prepare + sum(part_seconds.values()), abs=1e-5)
+    # the commit that joined the job added it to the owner's day, as for a single-unit job
+    ledger = client.db.collection(client.settings.quotas_collection).document(uid).get().to_dict() or {}
+    (day,) = ledger["usage"].values()
+    assert day["jobs"] == 1
+    assert day["gpuSeconds"] == pytest.approx(job.usage.gpu_seconds, abs=1e-5)
+    assert day["pipelines"]["flakyparts"]["gpuSeconds"] == pytest.approx(job.usage.gpu_seconds, abs=1e-5)
+
+
 def test_a_part_that_fails_fails_the_job_naming_it_and_keeps_the_other(
     client: Client, uid: str, flaky_state: Path
 ) -> None:

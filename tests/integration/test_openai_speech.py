@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from core.contract import JobMessage
 from core.quota import QuotaPolicy
 from devkit.apiserver import api_server
 from devkit.firebase_auth import AuthUser, sign_up, tampered
@@ -274,3 +276,68 @@ def test_a_speech_job_counts_against_the_quota(impatient_api: str, alice: AuthUs
     ]
     ledger = client.db.collection("speech-quotas").document(alice.uid).get().to_dict()
     assert list(ledger["active"]) == [jobs[1]["id"]]
+
+
+# -- a reused result, on an API with reuse on for tts ------------------------------------------------
+
+
+def test_the_same_request_again_is_answered_with_the_reused_jobs_audio(
+    settings: Settings, alice: AuthUser
+) -> None:
+    """With REUSE_PIPELINES=tts, the same user's same request is answered with the finished job's
+    audio, from a new job that names it (reusedFrom) and spent no GPU time."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    from core.contract import JobStatus, read_job
+    from gpu_service.pool import ModelPool
+    from gpu_service.worker import Worker
+    from infra.blobs import BlobStore, storage_client
+    from infra.bus import Bus
+    from infra.jobs import JobStore, firestore_client
+    from pipelines.registry import catalog
+
+    reusing = settings.model_copy(
+        update={
+            "jobs_collection": "speech-reuse-jobs",
+            "quotas_collection": "speech-reuse-quotas",
+            "reuse_pipelines": ["tts"],
+            "openai_speech_timeout_seconds": 120.0,
+        }
+    )
+    # This process's own worker runs the first job (no trigger or service watches the collection).
+    pipelines = catalog(["tts"], reusing.plugins, reusing.pipelines)
+    db = firestore_client(reusing)
+    jobs = JobStore(db, reusing.jobs_collection, reusing.quotas_collection)
+    worker = Worker(
+        reusing, pipelines, jobs, BlobStore(storage_client(reusing)), ModelPool(pipelines), Bus(reusing)
+    )
+    ran: list[str] = []
+
+    def run_queued(stop: threading.Event) -> None:
+        while not stop.is_set():
+            mine = db.collection(reusing.jobs_collection).where(filter=FieldFilter("uid", "==", alice.uid))
+            for snap in mine.stream():
+                job = read_job(snap.to_dict() or {})
+                if job.status is JobStatus.QUEUED and snap.id not in ran:
+                    ran.append(snap.id)
+                    worker.process(JobMessage(job_id=snap.id, pipeline="tts"))
+            stop.wait(0.2)
+
+    stop = threading.Event()
+    runner = threading.Thread(target=run_queued, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        with api_server(reusing) as (url, _api):
+            oa = speech_client(url, alice)
+            first = oa.audio.speech.with_raw_response.create(model="tts-1", voice="alloy", input=SENTENCE)
+            again = oa.audio.speech.with_raw_response.create(model="tts-1", voice="alloy", input=SENTENCE)
+    finally:
+        stop.set()
+        runner.join(30)
+    assert first.status_code == 200 and again.status_code == 200
+    original, reuse = first.headers["x-job-id"], again.headers["x-job-id"]
+    assert reuse != original and again.parse().content == first.parse().content
+    assert ran == [original]  # the second request ran nothing
+    second = read_job(db.collection(reusing.jobs_collection).document(reuse).get().to_dict() or {})
+    assert second.status is JobStatus.SUCCEEDED and second.reused_from == original
+    assert second.usage is not None and second.usage.gpu_seconds == 0.0

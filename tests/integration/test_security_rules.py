@@ -206,8 +206,9 @@ def test_user_creates_a_pending_job_that_reads_back_as_written(alice: App, uid: 
         lambda uid: new_job(uid, inputs={f"k{i}": i for i in range(32)}),
         lambda uid: new_job(uid, retentionDays=1),
         lambda uid: new_job(uid, deadline=datetime(2099, 1, 1, tzinfo=UTC)),
+        lambda uid: new_job(uid, priority="batch"),
     ],
-    ids=["without-inputs", "pipeline-of-40", "32-inputs", "retention-days", "deadline"],
+    ids=["without-inputs", "pipeline-of-40", "32-inputs", "retention-days", "deadline", "priority"],
 )
 def test_create_at_the_bounds_is_allowed(alice: App, uid: str, job: Any) -> None:
     assert alice.create("j", job(uid)).status_code == ALLOWED
@@ -249,6 +250,8 @@ FORGED: dict[str, Any] = {
     "retention-days-zero": lambda uid: new_job(uid, retentionDays=0),
     "retention-days-a-string": lambda uid: new_job(uid, retentionDays="30"),
     "deadline-a-string": lambda uid: new_job(uid, deadline="tomorrow"),
+    "priority-not-a-lane": lambda uid: new_job(uid, priority="urgent"),
+    "share-weight-set-by-a-client": lambda uid: new_job(uid, shareWeight=100),
     "uid-of-another-user": lambda uid: new_job(f"{uid}-victim"),
     "uid-missing": lambda uid: without(new_job(uid), "uid"),
     "pipeline-missing": lambda uid: without(new_job(uid), "pipeline"),

@@ -143,7 +143,7 @@ def test_only_work_that_waited_long_enough_on_served_pipelines_is_a_candidate() 
     assert [(c.message.job_id, c.message.part) for c in found] == [("old", None), ("fanned", "a")]
 
 
-def test_fair_order_alternates_pipelines_and_users_oldest_first() -> None:
+def test_fair_order_alternates_users_then_a_users_pipelines_oldest_first() -> None:
     def c(job: str, pipeline: str, uid: str, age: float) -> Candidate:
         return Candidate(JobMessage(job_id=job, pipeline=pipeline), uid, NOW - timedelta(seconds=age))
 
@@ -151,7 +151,7 @@ def test_fair_order_alternates_pipelines_and_users_oldest_first() -> None:
     ordered = fair_order([*flood, c("lone", "fast", "someone", 1), c("slow1", "slow", "flooder", 50)])
     ids = [x.message.job_id for x in ordered]
     # the lone user's job is second, not behind the flooder's five; the slow pipeline is not last
-    assert ids[:3] == ["f0", "slow1", "lone"]
+    assert ids[:3] == ["f0", "lone", "slow1"]
     assert sorted(ids) == sorted(["lone", "slow1", *(f"f{i}" for i in range(5))])
 
 

@@ -245,3 +245,26 @@ def test_a_job_still_queued_at_its_deadline_is_cancelled_rather_than_run_late() 
     # a job that already started (a retry after a crash) is not stopped by the queue deadline
     started = late.model_copy(update={"started_at": NOW - timedelta(minutes=1)})
     assert claim(started).result.outcome is ClaimOutcome.CLAIMED
+
+
+def test_a_multi_part_jobs_usage_sums_its_prepare_step_and_each_parts_own() -> None:
+    from core.contract import PartState, Timings
+    from core.usage import parts_usage
+
+    job = JobDoc(
+        uid="u",
+        pipeline="video",
+        timings=Timings(queue=0.5, load=2.0, inference=1.25),
+        parts={
+            "transcribe": PartState(
+                status=JobStatus.SUCCEEDED,
+                usage=Usage(gpu_seconds=3.5, load_seconds=1.0, model="whisper-tiny"),
+            ),
+            "ocr": PartState(status=JobStatus.FAILED, usage=Usage(gpu_seconds=0.75)),
+            "never_ran": PartState(status=JobStatus.CANCELLED),
+        },
+    )
+    usage = parts_usage(job)
+    assert usage.gpu_seconds == pytest.approx(1.25 + 3.5 + 0.75)
+    assert usage.load_seconds == pytest.approx(3.0) and usage.queue_seconds == 0.5
+    assert usage.model == "whisper-tiny"
