@@ -153,8 +153,8 @@ class JobStore:
         return _jobs(query.stream())
 
     def find_runnable(self, limit: int, parted: Collection[str] | None = None) -> list[tuple[str, JobDoc]]:
-        """The oldest ``queued`` jobs, the oldest queued ``interactive`` ones (a batch backlog
-        older than them must not hide them), and ``running`` ones (whose parts may be queued), for
+        """The oldest ``queued`` jobs, the oldest queued ``interactive`` ones when there are more
+        queued than that (a batch backlog older than them must not hide them), and ``running`` ones (whose parts may be queued), for
         the redriver: at most ``limit`` of each. (Production needs composite indexes on
         ``status`` + ``queuedAt`` and ``status`` + ``priority`` + ``queuedAt``; Terraform creates
         them.)
@@ -170,13 +170,16 @@ class JobStore:
             .limit(limit)
         )
         found_docs = [*queued.stream()]
+        # Fewer than ``limit`` queued: every queued job was seen, interactive ones included.
+        backlog = len(found_docs) >= limit
         if parted is None or parted:
             running = coll.where(filter=firestore.FieldFilter("status", "==", JobStatus.RUNNING.value))
             if parted:  # equality filters only: served by the single-field indexes
                 running = running.where(filter=firestore.FieldFilter("pipeline", "in", sorted(parted)[:30]))
             found_docs += running.limit(limit).stream()
         found = dict(_jobs(found_docs))
-        found.update(self.find_queued_interactive(limit))
+        if backlog:
+            found.update(self.find_queued_interactive(limit))
         return list(found.items())
 
     def find_queued_interactive(self, limit: int) -> list[tuple[str, JobDoc]]:
