@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Sent:
     delivered: bool
     status: str
     #: retrying cannot help (a refused address, no devices left): the dead letter at once
@@ -83,7 +83,7 @@ class WebhookSender:
             trust_env=False,  # no proxy: the vetted address is the one connected to
         )
 
-    def send(self, endpoint: Endpoint, msg_id: str, body: bytes, now: datetime) -> Outcome:
+    def send(self, endpoint: Endpoint, msg_id: str, body: bytes, now: datetime) -> Sent:
         try:
             url = check_webhook_url(endpoint.url, allow_loopback=self._allow_loopback)
             parts = urlsplit(url)
@@ -92,9 +92,9 @@ class WebhookSender:
                 parts.hostname, resolve=self._resolve, allow_loopback=self._allow_loopback
             )
         except InvalidInput as exc:
-            return Outcome(False, f"refused: {exc.code}: {exc.message}", permanent=True)
+            return Sent(False, f"refused: {exc.code}: {exc.message}", permanent=True)
         except RetryableError as exc:
-            return Outcome(False, f"unresolved: {exc.message}")
+            return Sent(False, f"unresolved: {exc.message}")
         signatures = " ".join(
             Webhook(secret).sign(msg_id, now, body) for secret in endpoint.signing_secrets(now)
         )
@@ -120,16 +120,16 @@ class WebhookSender:
                     extensions={"sni_hostname": parts.hostname} if parts.scheme == "https" else {},
                 )
             except httpx.TimeoutException:
-                return Outcome(False, "timeout")
+                return Sent(False, "timeout")
             except httpx.TransportError as exc:
                 last = f"connection failed: {type(exc).__name__}"
                 continue
             if 200 <= resp.status_code < 300:
-                return Outcome(True, f"HTTP {resp.status_code}")
+                return Sent(True, f"HTTP {resp.status_code}")
             if 300 <= resp.status_code < 400:
-                return Outcome(False, f"HTTP {resp.status_code}: a redirect (not followed)")
-            return Outcome(False, f"HTTP {resp.status_code}")
-        return Outcome(False, last)
+                return Sent(False, f"HTTP {resp.status_code}: a redirect (not followed)")
+            return Sent(False, f"HTTP {resp.status_code}")
+        return Sent(False, last)
 
     def close(self) -> None:
         self._http.close()
@@ -162,10 +162,10 @@ class PushSender:
                 service._fcm_url = self._settings.fcm_url.format(project=self._settings.google_cloud_project)
         return messaging
 
-    def send(self, targets: Targets, data: dict[str, str]) -> tuple[Outcome, list[str]]:
+    def send(self, targets: Targets, data: dict[str, str]) -> tuple[Sent, list[str]]:
         """Send to every device; the outcome, and the keys of the tokens FCM called stale."""
         if not targets.devices:
-            return Outcome(False, "no devices registered", permanent=True), []
+            return Sent(False, "no devices registered", permanent=True), []
         from firebase_admin import exceptions as firebase_exceptions
 
         messaging = self._messaging()
@@ -190,10 +190,10 @@ class PushSender:
             f", {failed} failed ({why})" if failed else ""
         )
         if failed and not sent:
-            return Outcome(False, status), stale
+            return Sent(False, status), stale
         if not sent:
-            return Outcome(False, status, permanent=True), stale
-        return Outcome(True, status), stale
+            return Sent(False, status, permanent=True), stale
+        return Sent(True, status), stale
 
 
 def _anonymous() -> Any:
@@ -294,7 +294,7 @@ class Dispatcher:
         log.info("job %s: %s attempt %d: %s (%s)", job_id, channel, attempt, outcome.status, result)
         return 1
 
-    def _attempt(self, job_id: str, job: JobDoc, channel: str, targets: Targets) -> Outcome:
+    def _attempt(self, job_id: str, job: JobDoc, channel: str, targets: Targets) -> Sent:
         assert job.notifications is not None
         msg_id = job.notifications.event_id or notify.event_id(job_id)
         event = notify.end_event(job_id, job)
@@ -311,7 +311,7 @@ class Dispatcher:
             return outcome
         endpoint = targets.webhooks.get(channel.removeprefix("webhook_"))
         if endpoint is None:
-            return Outcome(False, "the endpoint was deleted", permanent=True)
+            return Sent(False, "the endpoint was deleted", permanent=True)
         body = json.dumps(event, separators=(",", ":")).encode()
         return self.webhooks.send(endpoint, msg_id, body, self.clock())
 

@@ -22,7 +22,7 @@ from core.contract import JobDoc, JobStatus, Notifications
 from core.patch import Patch
 from devkit.firebase_auth import AuthUser, sign_up
 from devkit.receivers import FcmReceiver, WebhookReceiver, fcm_receiver, webhook_receiver
-from functions.notify import Dispatcher, Outcome, WebhookSender
+from functions.notify import Dispatcher, Sent, WebhookSender
 from infra.jobs import JobStore, firestore_client, to_firestore, utcnow
 from infra.localstack.stack import LocalStack
 from infra.notify_targets import Endpoint, Secret, TargetStore, device_key, new_secret
@@ -205,7 +205,7 @@ def test_push_reaches_the_device_and_a_stale_token_is_dropped(
 class _DiesAfterSending(WebhookSender):
     """A dispatcher that is killed after its POST reached the receiver, before it recorded it."""
 
-    def send(self, *args: Any, **kwargs: Any) -> Outcome:
+    def send(self, *args: Any, **kwargs: Any) -> Sent:
         super().send(*args, **kwargs)
         raise SystemExit("killed mid-delivery")
 
