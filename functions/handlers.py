@@ -298,7 +298,14 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
     files: dict[str, InputFile] = {}
     for name, uri, rule in file_uris(inputs):
         check_input_location(name, uri, job.uid, settings.media_bucket)
-        info = deps.blobs.stat(uri)
+        head = b""
+        if rule.header_check or rule.probe:
+            # One range read gives both the object's metadata and its first bytes.
+            found = deps.blobs.read_start(uri, rule.header_bytes)
+            info = found[0] if found else None
+            head = found[1] if found else b""
+        else:
+            info = deps.blobs.stat(uri)
         if info is None:
             raise InvalidInput(f"inputs.{name}: {shown(uri, 200)} does not exist", code="object_not_found")
         limit = min(rule.max_bytes, settings.max_input_bytes)
@@ -311,7 +318,6 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
                 code="unsupported_content_type",
             )
         if rule.header_check or rule.probe:
-            head = deps.blobs.read_head(uri, rule.header_bytes, info.generation)
             complete = len(head) >= info.size
             rule.run_header_check(head, complete=complete, what=f"inputs.{name}", config=config)
             if rule.probe:
