@@ -305,8 +305,24 @@ def read_job(data: dict[str, Any]) -> JobDoc:
     return job
 
 
+class QueuedCopy(BaseModel):
+    """The job as the functions' queueing write left it, and the update time Firestore gave that
+    write. A claim writes against that update time without reading the job: Firestore takes the
+    write only if nobody wrote since, that is, only if the document is still exactly this copy
+    (anything else, and the claim reads the job as it does without one)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    #: RFC 3339, to the nanosecond Firestore gave it
+    update_time: str = Field(max_length=40)
+    #: the document's fields (camelCase)
+    job: dict[str, Any]
+
+
 class JobMessage(BaseModel):
-    """The Pub/Sub message on ``jobs-{pipeline}``: a pointer to the job, never the job itself."""
+    """The Pub/Sub message on ``jobs-{pipeline}``: a pointer to the job. The functions' first
+    message of a job also carries the job as they queued it (``queued``), which saves the claim a
+    read; the job document stays the one source of truth (see :class:`QueuedCopy`)."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
@@ -315,6 +331,9 @@ class JobMessage(BaseModel):
     part: str | None = Field(None, description="for multi-part jobs: which part to run")
     uid: str | None = Field(
         None, max_length=128, description="the job's owner: a scheduling hint for fairness, never trusted"
+    )
+    queued: QueuedCopy | None = Field(
+        None, description="the job as queued, and that write's update time: the claim's precondition"
     )
 
     @property

@@ -33,7 +33,7 @@ from infra.blobs import BlobStore
 from infra.bus import Bus
 from infra.errors import TRANSIENT_GOOGLE_ERRORS
 from infra.identity import SignInProviders
-from infra.jobs import JobStore
+from infra.jobs import JobStore, LastWrite
 from infra.settings import Settings
 from pipelines.media import local_suffix
 
@@ -208,7 +208,8 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
         policy = deps.settings.quotas
         if deps.identities is not None:  # the caps of the owner's sign-in provider (its tier)
             policy = policy.for_provider(deps.identities.provider(job.uid))
-        moved, admission = deps.jobs.admit(job_id, job.uid, checked.spec.name, policy, patch)
+        written = LastWrite()
+        moved, admission = deps.jobs.admit(job_id, job.uid, checked.spec.name, policy, patch, written)
     if moved is None:
         return None  # a duplicate event: the first one queued it (or the client cancelled)
     if moved is JobStatus.REJECTED:
@@ -218,7 +219,10 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
         return JobStatus.REJECTED
     try:
         with roundtrips.stage("publish"):
-            deps.bus.publish_job(JobMessage(job_id=job_id, pipeline=checked.spec.name, uid=job.uid))
+            message = JobMessage(
+                job_id=job_id, pipeline=checked.spec.name, uid=job.uid, queued=written.copy()
+            )
+            deps.bus.publish_job(message)
     except RetryableError:
         # Queued but not announced: the service's redriver (or the sweeper) finds it anyway.
         log.warning("job %s queued but its message could not be published", job_id)
