@@ -356,16 +356,16 @@ def probe_head(
     the bytes between are never read nor stored), named after the validated content type: a
     media reader only ever opens a local file, and sees the object's real size and both ends.
     """
-    with tempfile.TemporaryDirectory(prefix="head-") as tmp:
-        path = Path(tmp) / ("head" + local_suffix(content_type))
-        with path.open("wb") as out:
-            out.write(head)
-            if tail and size > len(head):
-                out.seek(size - len(tail))
-                out.write(tail)
-                out.truncate(size)
+    # One private file, deleted on close (a temporary folder cost a directory walk per input).
+    with tempfile.NamedTemporaryFile(prefix="head-", suffix=local_suffix(content_type)) as out:
+        out.write(head)
+        if tail and size > len(head):
+            out.seek(size - len(tail))
+            out.write(tail)
+            out.truncate(size)
+        out.flush()
         try:
-            return rule.run_probe(path, complete=complete, size=size)
+            return rule.run_probe(Path(out.name), complete=complete, size=size)
         except (PermanentError, RetryableError) as exc:
             # The measuring tool is missing or stalled here: the worker measures the whole file
             # before anything is decoded, so the job is not let through unchecked.
