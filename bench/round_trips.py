@@ -109,6 +109,14 @@ def _since(after: dict[str, float], before: dict[str, float], jobs: int, top: in
     return {k: round(v, 2) for k, v in sorted(ms.items(), key=lambda kv: -kv[1])[:top] if v > 0}
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(raw[raw.rindex(")") + 2 :].split()[1])
+
+
 def profile(client: Client, stack: LocalStack, jobs: int, stamp: int, tmp: Path) -> int:
     """The burst alone, after one job of each pipeline (the models loaded, the clients
     connected), then where each project process spent its CPU in the burst (ms per job)."""
@@ -125,7 +133,7 @@ def profile(client: Client, stack: LocalStack, jobs: int, stamp: int, tmp: Path)
         cpu = data["cpu_seconds_sampled"] - old.get("cpu_seconds_sampled", 0.0)
         if cpu < 0.05:
             continue
-        name = names.get(pid, str(pid))
+        name = names.get(pid) or names.get(_parent(pid)) or str(pid)  # a server's worker process
         report[name] = {
             "cpu_ms_per_job_sampled": round(1000 * cpu / jobs, 1),
             "inclusive_ms_per_job": _since(
