@@ -102,10 +102,15 @@ def _profiles(folder: Path) -> dict[int, dict[str, Any]]:
     return {(d := json.loads(path.read_text()))["pid"]: d for path in folder.glob("*.json")}
 
 
+#: frames every request passes through (threads, servers, the retry wrapper): not where to cut
+_PLUMBING = ("3.11/threading.py", "3.11/concurrent/", "flask/", "gunicorn/", "functions_framework/",
+             "anyio/", "uvicorn/", "starlette/", "google/api_core/", "<frozen", "3.11/asyncio/")  # fmt: skip
+
+
 def _since(after: dict[str, float], before: dict[str, float], jobs: int, top: int) -> dict[str, float]:
     """Milliseconds per job between two profiles of one process (the profiles hold their top
-    entries only: an entry missing before counts from zero)."""
-    ms = {k: 1000 * (v - before.get(k, 0.0)) / jobs for k, v in after.items()}
+    entries only: an entry missing before counts from zero), the plumbing's frames left out."""
+    ms = {k: 1000 * (v - before.get(k, 0.0)) / jobs for k, v in after.items() if not k.startswith(_PLUMBING)}
     return {k: round(v, 2) for k, v in sorted(ms.items(), key=lambda kv: -kv[1])[:top] if v > 0}
 
 

@@ -93,7 +93,7 @@ class Sampler:
         report = {
             "pid": os.getpid(),
             "cpu_seconds_sampled": round(self.cpu, 3),
-            "inclusive_seconds": _top(self.inclusive, 60),
+            "inclusive_seconds": _top(self.inclusive, 120),
             "self_seconds": _top(self.own, 40),
         }
         self.out.parent.mkdir(parents=True, exist_ok=True)
