@@ -35,6 +35,7 @@ bench: install ## latency by stage; throughput side by side (direct vs system, b
 	$(PY) -m bench.e2e_latency --runs 5
 	$(PY) -m bench.video_latency --runs 3
 	$(PY) -m bench.throughput
+	$(PY) -m bench.round_trips
 	$(PY) -m bench.app_edge --runs 20 --browser-runs 5
 	$(PY) -m bench.tts_rtf --runs 3
 	$(PY) -m bench.scale

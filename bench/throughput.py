@@ -46,8 +46,10 @@ import httpx
 import psutil
 from google.cloud import firestore
 
+from bench import proc_cpu
 from core.contract import JobDoc, JobStatus, read_job
 from core.spec import RunContext
+from infra import roundtrips
 from infra.client import Client
 from infra.localstack.stack import LocalStack, StackConfig
 from infra.settings import Settings
@@ -337,14 +339,12 @@ def _log_time(path: Path, job_id: str) -> float | None:
 
 def round_trips(stack: LocalStack, ids: set[str]) -> dict[str, float]:
     """Mean round trips per job, summed over the functions and the GPU service, from their logs."""
-    per_job: dict[str, Counter[str]] = {job_id: Counter() for job_id in ids}
-    for name in ("on-object-finalized", "on-job-created", "gpu_service"):
-        for line in stack.log_path(name).read_text(errors="replace").splitlines():
-            m = _LOG_LINE.match(line)
-            if m and m[2] in per_job:
-                for pair in m[3].split():
-                    service, _, value = pair.partition("=")
-                    per_job[m[2]][service] += int(value)
+    lines = [
+        line
+        for name in ("on-object-finalized", "on-job-created", "gpu_service")
+        for line in stack.log_path(name).read_text(errors="replace").splitlines()
+    ]
+    per_job = roundtrips.from_logs(lines, ids)
     totals = Counter[str]()
     for counter in per_job.values():
         totals.update(counter)
@@ -539,12 +539,15 @@ def main() -> int:
             images_all = images_through_system(client, image, mask, IMAGES, f"img-par-{stamp}", at_once=True)
             hops = unavoidable_hops(client, stack, f"hops-{stamp}")
             raw = raw_push_rate(stack, args.burst * 2)
-            cpu_before = cpu_seconds()
+            cpu_before, by_process = cpu_seconds(), proc_cpu.sample(stack)
             small = burst(client, stack, args.burst, f"burst-{stamp}", tmp)
             # Everything on this machine shares its cores: CPU per job bounds the rate from above.
             cores = os.cpu_count() or 1
             small["cpu_seconds_per_job"] = round((cpu_seconds() - cpu_before) / args.burst, 4)
             small["cpu_bound_jobs_per_second"] = round(cores / small["cpu_seconds_per_job"], 1)
+            small["cpu"] = proc_cpu.per_job(
+                by_process, proc_cpu.sample(stack), args.burst, list(stack.topology.functions)
+            )
 
     n = len(clips)
     wall_added_per_job = (one_by_one - direct_seconds) / n
@@ -619,6 +622,12 @@ def main() -> int:
         f"{small['cpu_seconds_per_job'] * 1000:.0f} ms; on {os.cpu_count()} cores that allows at most "
         f"{small['cpu_bound_jobs_per_second']} jobs/s; the burst ran at "
         f"{small['jobs_per_second'] / small['cpu_bound_jobs_per_second']:.0%} of that"
+    )
+    cpu = small["cpu"]
+    print(
+        f"  CPU per job from /proc: the project's processes {cpu['project_ms_per_job']} ms, the emulators "
+        f"and stand-ins {cpu['emulators_ms_per_job']} ms, this client {cpu['client_ms_per_job']} ms; "
+        f"per process {cpu['per_process_ms_per_job']}"
     )
     print(f"  lost {small['lost']}, run twice {small['run_twice']}, not succeeded {small['not_succeeded']}")
     goals = {

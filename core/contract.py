@@ -395,8 +395,24 @@ def read_job(data: dict[str, Any]) -> JobDoc:
     return job
 
 
+class QueuedCopy(BaseModel):
+    """The job as the functions' queueing write left it, and the update time Firestore gave that
+    write. A claim writes against that update time without reading the job: Firestore takes the
+    write only if nobody wrote since, that is, only if the document is still exactly this copy
+    (anything else, and the claim reads the job as it does without one)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    #: RFC 3339, to the nanosecond Firestore gave it
+    update_time: str = Field(max_length=40)
+    #: the document's fields (camelCase)
+    job: dict[str, Any]
+
+
 class JobMessage(BaseModel):
-    """The Pub/Sub message on ``jobs-{pipeline}``: a pointer to the job, never the job itself."""
+    """The Pub/Sub message on ``jobs-{pipeline}``: a pointer to the job. The functions' first
+    message of a job also carries the job as they queued it (``queued``), which saves the claim a
+    read; the job document stays the one source of truth (see :class:`QueuedCopy`)."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
@@ -408,6 +424,9 @@ class JobMessage(BaseModel):
     )
     priority: Priority | None = Field(None, description="the job's lane: a scheduling hint")
     weight: float | None = Field(None, gt=0, le=1000, description="the owner's fair-share weight: a hint")
+    queued: QueuedCopy | None = Field(
+        None, description="the job as queued, and that write's update time: the claim's precondition"
+    )
 
     @property
     def ref(self) -> WorkRef:

@@ -35,7 +35,7 @@ from infra.blobs import BlobStore
 from infra.bus import Bus
 from infra.errors import TRANSIENT_GOOGLE_ERRORS
 from infra.identity import SignInProviders
-from infra.jobs import JobStore
+from infra.jobs import JobStore, LastWrite
 from infra.settings import Settings
 from pipelines.media import local_suffix
 
@@ -235,7 +235,8 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
             end(deps, job_id, JobStatus.REJECTED, ErrorInfo.from_exception(error))
             return JobStatus.REJECTED
         patch.set("priority", lane).set("share_weight", policy.weight)
-        moved, admission = deps.jobs.admit(job_id, job.uid, checked.spec.name, policy, patch)
+        written = LastWrite()
+        moved, admission = deps.jobs.admit(job_id, job.uid, checked.spec.name, policy, patch, written)
     if moved is None:
         return None  # a duplicate event: the first one queued it (or the client cancelled)
     if moved is JobStatus.REJECTED:
@@ -245,15 +246,15 @@ def handle_job_created(deps: Deps, event: DocumentEvent) -> JobStatus | None:
         return JobStatus.REJECTED
     try:
         with roundtrips.stage("publish"):
-            deps.bus.publish_job(
-                JobMessage(
-                    job_id=job_id,
-                    pipeline=checked.spec.name,
-                    uid=job.uid,
-                    priority=lane,
-                    weight=policy.weight,
-                )
+            message = JobMessage(
+                job_id=job_id,
+                pipeline=checked.spec.name,
+                uid=job.uid,
+                priority=lane,
+                weight=policy.weight,
+                queued=written.copy(),
             )
+            deps.bus.publish_job(message)
     except RetryableError:
         # Queued but not announced: the service's redriver (or the sweeper) finds it anyway.
         log.warning("job %s queued but its message could not be published", job_id)
@@ -333,7 +334,14 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
     files: dict[str, InputFile] = {}
     for name, uri, rule in file_uris(inputs):
         check_input_location(name, uri, job.uid, settings.media_bucket)
-        info = deps.blobs.stat(uri)
+        head = b""
+        if rule.header_check or rule.probe:
+            # One range read gives both the object's metadata and its first bytes.
+            found = deps.blobs.read_start(uri, rule.header_bytes)
+            info = found[0] if found else None
+            head = found[1] if found else b""
+        else:
+            info = deps.blobs.stat(uri)
         if info is None:
             raise InvalidInput(f"inputs.{name}: {shown(uri, 200)} does not exist", code="object_not_found")
         limit = min(rule.max_bytes, settings.max_input_bytes)
@@ -346,7 +354,6 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
                 code="unsupported_content_type",
             )
         if rule.header_check or rule.probe:
-            head = deps.blobs.read_head(uri, rule.header_bytes, info.generation)
             complete = len(head) >= info.size
             rule.run_header_check(head, complete=complete, what=f"inputs.{name}", config=config)
             if rule.probe:
@@ -381,16 +388,16 @@ def probe_head(
     the bytes between are never read nor stored), named after the validated content type: a
     media reader only ever opens a local file, and sees the object's real size and both ends.
     """
-    with tempfile.TemporaryDirectory(prefix="head-") as tmp:
-        path = Path(tmp) / ("head" + local_suffix(content_type))
-        with path.open("wb") as out:
-            out.write(head)
-            if tail and size > len(head):
-                out.seek(size - len(tail))
-                out.write(tail)
-                out.truncate(size)
+    # One private file, deleted on close (a temporary folder cost a directory walk per input).
+    with tempfile.NamedTemporaryFile(prefix="head-", suffix=local_suffix(content_type)) as out:
+        out.write(head)
+        if tail and size > len(head):
+            out.seek(size - len(tail))
+            out.write(tail)
+            out.truncate(size)
+        out.flush()
         try:
-            return rule.run_probe(path, complete=complete, size=size)
+            return rule.run_probe(Path(out.name), complete=complete, size=size)
         except (PermanentError, RetryableError) as exc:
             # The measuring tool is missing or stalled here: the worker measures the whole file
             # before anything is decoded, so the job is not let through unchecked.

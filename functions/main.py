@@ -28,7 +28,7 @@ from functions.handlers import (
 )
 from functions.notify import Dispatcher
 from functions.sweeper import sweep
-from infra import roundtrips
+from infra import roundtrips, sampling
 from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
 from infra.identity import SignInProviders
@@ -45,6 +45,7 @@ def deps() -> Deps:
     """Built once per instance, on the first event (the entry point of this deployable)."""
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sampling.start(settings.profile_dir, "functions")
     return Deps(
         settings=settings,
         catalog=catalog(settings.enabled_pipelines, settings.plugins, settings.pipelines),

@@ -19,6 +19,7 @@ from gpu_service.capacity import Capacity
 from gpu_service.pool import ModelPool
 from gpu_service.pull import PullConsumer, flow_control_messages
 from gpu_service.worker import Worker, subscription_path
+from infra import sampling
 from infra.blobs import BlobStore, storage_client
 from infra.bus import Bus
 from infra.jobs import JobStore, firestore_client
@@ -61,6 +62,7 @@ def pull_routes(settings: Settings) -> list[tuple[str, str | None]]:
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sampling.start(settings.profile_dir, "gpu_service")
     pipelines = catalog(settings.enabled_pipelines, settings.plugins, settings.pipelines)
     worker = Worker(
         settings,

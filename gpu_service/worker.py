@@ -82,7 +82,7 @@ from gpu_service.pool import ModelPool
 from infra import roundtrips
 from infra.blobs import BlobStore
 from infra.bus import Bus
-from infra.jobs import JobStore, utcnow
+from infra.jobs import JobStore, LastWrite, utcnow
 from infra.settings import Settings
 from pipelines.media import local_suffix
 
@@ -119,6 +119,8 @@ class ClaimedWork:
     metadata: dict[str, Any] = field(default_factory=dict)
     #: output made so far (``job.partial``), written with the progress
     partial: PartialBuffer = field(default_factory=lambda: PartialBuffer(0, 0))
+    #: the attempt's own last write to the job: its heartbeats and finish write against it unread
+    written: LastWrite = field(default_factory=LastWrite)
 
     @property
     def label(self) -> str:
@@ -206,7 +208,17 @@ class Worker:
             log.error("%s: pipeline %s has no part %r", ref.label, spec.name, ref.part)
             return Outcome("unknown part")
         s = self.settings
-        claim = self.jobs.claim(ref, self.owner, s.lease_seconds, s.max_attempts, _joiner(spec), spec.name)
+        written = LastWrite()
+        claim = self.jobs.claim(
+            ref,
+            self.owner,
+            s.lease_seconds,
+            s.max_attempts,
+            _joiner(spec),
+            spec.name,
+            last=written,
+            queued=message.queued,
+        )
         if claim.outcome is ClaimOutcome.RUNNING_ELSEWHERE:
             # Keep the message until that attempt ends: if its worker died, a redelivery after
             # the lease expires takes over (the sweeper re-publishes as a backstop).
@@ -218,13 +230,14 @@ class Worker:
         if claim.outcome is not ClaimOutcome.CLAIMED or claim.job is None:
             log.info("%s not run: %s", ref.label, claim.outcome)
             return Outcome(claim.outcome.value)
-        work = ClaimedWork(ref, claim.job, claim.attempt, spec, roundtrips=counter)
+        work = ClaimedWork(ref, claim.job, claim.attempt, spec, roundtrips=counter, written=written)
         log.info("%s claimed by %s", work.label, self.owner)
         return self._run(work)
 
     def _run(self, work: ClaimedWork) -> Outcome:
         def beat(progress: Progress | None) -> bool:
             with roundtrips.counting(work.roundtrips):  # also from the heartbeat's own thread
+                roundtrips.note("beats")  # lease renewals and progress: they grow with the run
                 return self.jobs.heartbeat(
                     work.ref,
                     self.owner,
@@ -232,6 +245,7 @@ class Worker:
                     self.settings.lease_seconds,
                     progress,
                     work.partial.take(),
+                    work.written,
                 )
 
         work.partial = PartialBuffer(work.attempt, self.settings.partial_max_items)
@@ -388,7 +402,9 @@ class Worker:
     def _finish(self, work: ClaimedWork, ending: Ending) -> JobStatus | None:
         """Commit the attempt's end; returns the job's final state if this ended the job."""
         ending = metering.with_usage(work, ending)
-        final, ended = self.jobs.finish_unit(work.ref, self.owner, work.attempt, ending, _joiner(work.spec))
+        final, ended = self.jobs.finish_unit(
+            work.ref, self.owner, work.attempt, ending, _joiner(work.spec), last=work.written
+        )
         metering.report(work, ended or ending, final)
         if final is not None and work.ref.part is not None:
             log.info("job %s ended %s (joined by %s)", work.ref.job_id, final, work.label)

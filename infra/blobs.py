@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +44,22 @@ class ObjectInfo:
     @property
     def uri(self) -> str:
         return f"gs://{self.bucket}/{self.name}"
+
+
+_CONTENT_RANGE = re.compile(r"bytes \d+-\d+/(\d+)")
+
+
+class _HeaderBlob(storage.Blob):  # type: ignore[misc]
+    """A blob that also keeps the object's size from a ranged download's ``Content-Range`` (the
+    library keeps its type, generation and hashes already): a range read then describes the
+    object too, and no metadata request is needed."""
+
+    def _extract_headers_from_download(self, response: object) -> None:
+        super()._extract_headers_from_download(response)
+        headers = getattr(response, "headers", {})
+        m = _CONTENT_RANGE.fullmatch(headers.get("Content-Range", "") or "")
+        if m:
+            self._properties["size"] = m[1]
 
 
 def storage_client(settings: Settings) -> storage.Client:
@@ -109,6 +126,44 @@ class BlobStore:
             except gexc.RequestRangeNotSatisfiable:
                 return b""  # an empty object
         return data
+
+    def read_start(self, uri: str, nbytes: int) -> tuple[ObjectInfo, bytes] | None:
+        """The object's first ``nbytes`` and its metadata (size, type, generation, hashes) from
+        one range read, or ``None`` if it does not exist. The bytes and the metadata are of the
+        same generation: the one the read was answered from. (An empty object has no range to
+        read: its metadata is read on its own.)
+
+        Raises:
+            RetryableError: Storage is unavailable.
+        """
+        bucket, name = parse_gs_uri(uri)
+        blob = _HeaderBlob(name, self._client.bucket(bucket))
+        roundtrips.note("storage")
+        try:
+            data: bytes = blob.download_as_bytes(start=0, end=max(nbytes, 1) - 1, checksum=None)
+        except gexc.NotFound:
+            return None
+        except gexc.RequestRangeNotSatisfiable:
+            info = self.stat(uri)
+            return None if info is None else (info, b"")
+        except _TRANSIENT as exc:
+            raise RetryableError(f"Cloud Storage unavailable reading {uri}: {exc}") from exc
+        if blob.generation is None or blob.size is None:
+            # A server that does not describe the object in a range read's headers.
+            info = self.stat(uri)
+            if info is None:
+                return None
+            return info, self.read_head(uri, nbytes, info.generation)
+        info = ObjectInfo(
+            bucket=bucket,
+            name=name,
+            size=int(blob.size),
+            content_type=blob.content_type,
+            generation=str(blob.generation),
+            md5_hash=blob.md5_hash,
+            crc32c=blob.crc32c,
+        )
+        return info, data[:nbytes]
 
     def stream(self, uri: str, chunk_bytes: int = 4 * 2**20) -> tuple[ObjectInfo, Iterator[bytes]]:
         """The object's metadata and its bytes as range reads of ``chunk_bytes``, all of the

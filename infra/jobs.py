@@ -12,17 +12,31 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection, Iterable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from proto.datetime_helpers import DatetimeWithNanoseconds
 
-from core.contract import JobDoc, JobStatus, PartialOutput, Prepared, Progress, Timings, Usage, read_job
+from core.contract import (
+    JobDoc,
+    JobStatus,
+    Lease,
+    PartialOutput,
+    Prepared,
+    Progress,
+    QueuedCopy,
+    Timings,
+    Usage,
+    read_job,
+)
 from core.errors import PermanentError, RetryableError, bounded
 from core.lanes import Priority
 from core.lifecycle import (
     Claim,
+    ClaimOutcome,
     Decision,
     Ending,
     Joiner,
@@ -79,6 +93,65 @@ def to_firestore(patch: Patch) -> dict[str, Any]:
     return {key: _native(value) for key, value in patch.to_dict().items()}
 
 
+@dataclass
+class LastWrite:
+    """An attempt's own last write to its job document: the update time Firestore gave it, and the
+    job as the attempt's decisions then see it (running, this attempt, this owner's lease).
+
+    The attempt's next write (a heartbeat, its finish) is made against that update time without
+    reading the document first: if nobody wrote since, the document is exactly what the attempt
+    wrote, so the decision made on ``job`` is the one a read would have given. If anybody wrote
+    since (a cancel request, a sweeper, a redelivered claim), the precondition fails and the write
+    reads the document and decides again, as every write does without one.
+    """
+
+    job: JobDoc | None = None
+    update_time: Any = None
+
+    def known(self) -> tuple[JobDoc, Any] | None:
+        job, update_time = self.job, self.update_time  # one look: the heartbeat's thread writes too
+        return (job, update_time) if job is not None and update_time is not None else None
+
+    def copy(self) -> QueuedCopy | None:
+        """The write as a message can carry it (the functions' queueing write, for the claim)."""
+        known = self.known()
+        if known is None or not isinstance(known[1], DatetimeWithNanoseconds):
+            return None
+        update_time: str = known[1].rfc3339()
+        return QueuedCopy(update_time=update_time, job=known[0].to_firestore())
+
+    @classmethod
+    def from_copy(cls, copy: QueuedCopy) -> LastWrite | None:
+        try:
+            update_time = DatetimeWithNanoseconds.from_rfc3339(copy.update_time)
+        except ValueError:
+            return None
+        return cls(read_job(copy.job), update_time)
+
+
+def applied(job: JobDoc, patch: Patch, when: datetime) -> JobDoc:
+    """``job`` as ``patch`` leaves it, its server times being ``when`` (the write's commit time)."""
+    data = job.to_firestore()
+    for path, value in to_firestore(patch).items():
+        *parents, leaf = path.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is firestore.DELETE_FIELD:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = _resolved(value, when)
+    return read_job(data)
+
+
+def _resolved(value: Any, when: datetime) -> Any:
+    if value is firestore.SERVER_TIMESTAMP:
+        return when
+    if isinstance(value, dict):
+        return {k: _resolved(v, when) for k, v in value.items()}
+    return value
+
+
 class JobStore:
     def __init__(
         self, client: firestore.Client, collection: str = "jobs", quotas_collection: str = "quotas"
@@ -96,6 +169,9 @@ class JobStore:
         decide: Callable[[JobDoc | None], Decision[T]],
         also: Callable[[JobDoc, Decision[T]], tuple[firestore.DocumentReference, dict[str, Any]] | None]
         | None = None,
+        last: LastWrite | None = None,
+        after: Callable[[JobDoc, Decision[T], Any], JobDoc | None] | None = None,
+        first: LastWrite | None = None,
     ) -> T:
         """Read the document, decide, and write only if it has not changed since: compare-and-set.
 
@@ -103,32 +179,54 @@ class JobStore:
         transactions stall each other, while a failed precondition just means "someone wrote
         first: read again and decide again".
 
+        With ``first`` (a write known to have left the job as it says, such as the queueing write
+        a message carries) or ``last`` (an attempt's own last write), the first try decides on
+        the job that write left, against its update time, without a read. After the write,
+        ``after(job, decision, update_time)`` says what the job is for the next write into ``last``
+        (``None``: the next write reads).
+
         Raises:
             RetryableError: the document kept changing under us (it never settles).
         """
         ref = self.ref(job_id)
+        known = first.known() if first is not None else None
+        if known is None and last is not None:
+            known = last.known()
         for tries in range(1, CAS_ATTEMPTS + 1):
-            roundtrips.note("firestore")
-            snap = ref.get()
-            job = read_job(snap.to_dict() or {}) if snap.exists else None
+            job: JobDoc | None
+            if known is not None:
+                job, update_time = known  # the attempt's own last write: no read
+            else:
+                roundtrips.note("firestore")
+                snap = ref.get()
+                job = read_job(snap.to_dict() or {}) if snap.exists else None
+                update_time = snap.update_time
             decision = decide(job)
             if not decision.patch:
                 return decision.result
             extra = also(job, decision) if also is not None and job is not None else None
             try:
                 roundtrips.note("firestore")
-                option = self._db.write_option(last_update_time=snap.update_time)
+                option = self._db.write_option(last_update_time=update_time)
                 if extra is None:
-                    ref.update(to_firestore(decision.patch), option=option)
+                    written = ref.update(to_firestore(decision.patch), option=option).update_time
                 else:
                     # One commit for both: the job's write (conditional) and the other (a merge of
                     # increments), so the other is applied exactly when the job's write is.
                     batch = self._db.batch()
                     batch.update(ref, to_firestore(decision.patch), option=option)
                     batch.set(extra[0], extra[1], merge=True)
-                    batch.commit()
+                    written = batch.commit()[0].update_time
+                if last is not None:
+                    next_job = None
+                    if after is not None and job is not None:
+                        next_job = after(job, decision, written)
+                    last.job, last.update_time = next_job, written if next_job is not None else None
                 return decision.result
             except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
+                if known is not None:
+                    known = None  # somebody wrote since: read and decide again, at once
+                    continue
                 time.sleep(random.uniform(0, 0.01 * tries))
             except gexc.InvalidArgument as exc:
                 # Firestore refused the write itself (the document would pass its 1 MiB limit):
@@ -275,7 +373,13 @@ class JobStore:
         return done
 
     def admit(
-        self, job_id: str, uid: str, pipeline: str, policy: QuotaPolicy, queue: Patch
+        self,
+        job_id: str,
+        uid: str,
+        pipeline: str,
+        policy: QuotaPolicy,
+        queue: Patch,
+        written: LastWrite | None = None,
     ) -> tuple[JobStatus | None, Admission | None]:
         """Admit a pending job against its owner's quota, then queue it (with ``queue``) or reject
         it with ``quota_exceeded``.
@@ -288,13 +392,21 @@ class JobStore:
         not pending any more (cancelled meanwhile, or a duplicate event) is not counted.
 
         Returns the state the job moved to (``None``: it was not pending any more, a duplicate
-        event), and the admission decided (``None`` when quotas are off).
+        event), and the admission decided (``None`` when quotas are off). A queued job's write
+        goes into ``written``: its message carries it, for the claim to write against.
 
         Raises:
             RetryableError: the ledger or the job kept changing under us.
         """
         if not policy.enabled:
-            moved = self.transition(job_id, JobStatus.QUEUED, allowed_from=[JobStatus.PENDING], patch=queue)
+            moved = self._cas(
+                job_id,
+                lambda job: decide_transition(
+                    job, JobStatus.QUEUED, allowed_from=[JobStatus.PENDING], patch=queue
+                ),
+                last=written,
+                after=lambda job, decision, when: applied(job, decision.patch or queue, when),
+            )
             return (JobStatus.QUEUED if moved else None), None
         job_ref, ledger_ref = self.ref(job_id), self._db.collection(self._quotas).document(uid)
         finished: set[str] = set()
@@ -329,7 +441,7 @@ class JobStore:
             )
             try:
                 roundtrips.note("firestore")
-                batch.commit()
+                results = batch.commit()
             except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.NotFound):
                 time.sleep(random.uniform(0, 0.01 * tries))
                 continue
@@ -338,6 +450,9 @@ class JobStore:
                     f"the job document cannot take this write: {bounded(str(exc.message), 200)}",
                     code="write_refused",
                 ) from exc
+            if written is not None and admission.admitted:
+                when = results[-1].update_time  # the job's write: the batch's last
+                written.job, written.update_time = applied(job, decision.patch, when), when
             return to, admission
         raise RetryableError(
             f"job {job_id}: the quota ledger of {uid} is too busy; try again", code="contention"
@@ -372,20 +487,42 @@ class JobStore:
         max_attempts: int,
         join: Joiner | None = None,
         pipeline: str | None = None,
+        last: LastWrite | None = None,
+        queued: QueuedCopy | None = None,
     ) -> Claim:
-        """Take ``ref`` for one attempt, atomically. Only the returned attempt may commit."""
+        """Take ``ref`` for one attempt, atomically. Only the returned attempt may commit.
+
+        With ``queued`` (the job as its queueing write left it), the claim first writes against
+        that write without reading the job. With ``last``, a job's claimed attempt (not a part's:
+        other parts write the same document) keeps its write there, for its heartbeats and its
+        finish to write against."""
+        now = utcnow()
+        first = LastWrite.from_copy(queued) if queued is not None and ref.part is None else None
+
+        def claimed(job: JobDoc, decision: Decision[Claim], _: Any) -> JobDoc | None:
+            claim = decision.result
+            if ref.part is not None or claim.outcome is not ClaimOutcome.CLAIMED:
+                return None
+            lease = Lease(owner=owner, expires_at=now + timedelta(seconds=lease_seconds))
+            return job.model_copy(
+                update={"status": JobStatus.RUNNING, "attempt": claim.attempt, "lease": lease}
+            )
+
         return self._cas(
             ref.job_id,
             lambda job: decide_claim(
                 job,
                 ref,
                 owner=owner,
-                now=utcnow(),
+                now=now,
                 lease_seconds=lease_seconds,
                 max_attempts=max_attempts,
                 join=join,
                 pipeline=pipeline,
             ),
+            last=last,
+            after=claimed,
+            first=first,
         )
 
     def heartbeat(
@@ -396,6 +533,7 @@ class JobStore:
         lease_seconds: float,
         progress: Progress | None = None,
         partial: PartialOutput | None = None,
+        last: LastWrite | None = None,
     ) -> bool:
         """Renew the lease (and write progress, partial output). Returns ``cancelRequested``.
 
@@ -414,6 +552,8 @@ class JobStore:
                 progress=progress,
                 partial=partial,
             ),
+            last=last,
+            after=lambda job, *_: job,  # still this attempt's (a cancel request since fails the write)
         )
 
     def fan_out(
@@ -434,17 +574,30 @@ class JobStore:
         )
 
     def finish(
-        self, ref: WorkRef, owner: str | None, attempt: int, ending: Ending, join: Joiner | None = None
+        self,
+        ref: WorkRef,
+        owner: str | None,
+        attempt: int,
+        ending: Ending,
+        join: Joiner | None = None,
+        last: LastWrite | None = None,
     ) -> JobStatus | None:
         """End (or re-queue) an attempt; returns the job's final state if this ended the job.
+        With ``last``, against the attempt's own last write, without reading the job again.
 
         Raises:
             LeaseLost: ``owner`` no longer holds this attempt.
         """
-        return self.finish_unit(ref, owner, attempt, ending, join)[0]
+        return self.finish_unit(ref, owner, attempt, ending, join, last)[0]
 
     def finish_unit(
-        self, ref: WorkRef, owner: str | None, attempt: int, ending: Ending, join: Joiner | None = None
+        self,
+        ref: WorkRef,
+        owner: str | None,
+        attempt: int,
+        ending: Ending,
+        join: Joiner | None = None,
+        last: LastWrite | None = None,
     ) -> tuple[JobStatus | None, Ending | None]:
         """:meth:`finish`, and how the job ended when this ended it (for a part: the join's
         ending, with the job's usage).
@@ -459,7 +612,7 @@ class JobStore:
             decided.append(decision)  # the last one is the one committed
             return decision
 
-        final = self._cas(ref.job_id, decide, also=self._rollup_of(ref.job_id))
+        final = self._cas(ref.job_id, decide, also=self._rollup_of(ref.job_id), last=last)
         return final, (decided[-1].ending if decided and final is not None else None)
 
     def _rollup_of(

@@ -9,9 +9,10 @@ that works for an attempt (the lease heartbeat) attaches the attempt's counter e
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -37,8 +38,26 @@ def counting(counter: Counter[str] | None = None) -> Iterator[Counter[str]]:
 
 
 def summary(counter: Counter[str]) -> str:
-    """``firestore=5 storage=2 pubsub=1``, for a log line a benchmark can read."""
-    return " ".join(f"{k}={counter[k]}" for k in ("firestore", "storage", "pubsub"))
+    """``firestore=5 storage=2 pubsub=1``, for a log line a benchmark can read; ``beats=N`` after
+    them when an attempt renewed its lease or wrote progress (N of its Firestore calls were those)."""
+    out = " ".join(f"{k}={counter[k]}" for k in ("firestore", "storage", "pubsub"))
+    return out + (f" beats={counter['beats']}" if counter["beats"] else "")
+
+
+_LOGGED = re.compile(r"job (\S+) round trips: ((?:\w+=\d+ ?)+)")
+
+
+def from_logs(lines: Iterable[str], job_ids: set[str]) -> dict[str, Counter[str]]:
+    """Each job's round trips, summed over the log lines of :func:`summary` that name it (the
+    functions' and the GPU service's: what the job cost from created to its end)."""
+    per_job: dict[str, Counter[str]] = {job_id: Counter() for job_id in job_ids}
+    for line in lines:
+        m = _LOGGED.search(line)
+        if m and m[1] in per_job:
+            for pair in m[2].split():
+                service, _, value = pair.partition("=")
+                per_job[m[1]][service] += int(value)
+    return per_job
 
 
 @contextmanager

@@ -317,6 +317,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="the root logger's level"
     )
+    profile_dir: Path | None = Field(
+        None,
+        description="benchmarks only: each process samples its own CPU by function and writes the "
+        "profile here (infra/sampling.py)",
+    )
 
     @field_validator("enabled_pipelines", "plugins", "api_cors_origins", "reuse_pipelines", mode="before")
     @classmethod

@@ -341,6 +341,14 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "Throughput: direct calls against the whole system, a burst, raw push, batching",
         "`make bench` (`bench/throughput.py`, batching in `devkit/batching.py`)",
     ),
+    "round_trips.json": (
+        "Round trips per job of each pipeline, and CPU per job of each process (from /proc)",
+        "`make bench` (`bench/round_trips.py`)",
+    ),
+    "round_trips_profile.json": (
+        "Where the project's processes spend their CPU in a burst of tiny jobs (ms per job)",
+        "`.venv/bin/python -m bench.round_trips --profile` (`infra/sampling.py`)",
+    ),
     "app_edge.json": (
         "The app edge: the HTTP API, Server-Sent Events and the web client in a browser (seconds)",
         "`make bench` (`bench/app_edge.py`)",

@@ -112,8 +112,11 @@ class MemoryJobs(JobStore):
     def __init__(self) -> None:
         self.docs: dict[str, dict[str, Any]] = {}
 
-    def _cas(self, job_id: str, decide: Callable[[JobDoc | None], Any], also: Any = None) -> Any:
-        # ``also`` (the owner's usage roll-up, a second document) has no place in this walk's store
+    def _cas(
+        self, job_id: str, decide: Callable[[JobDoc | None], Any], also: Any = None, **unread: Any
+    ) -> Any:
+        # ``also`` (the owner's usage roll-up, a second document) has no place in this walk's store;
+        # ``unread`` (a write against the attempt's last one, without a read): this store always reads
         data = self.docs.get(job_id)
         decision = decide(read_job(data) if data is not None else None)
         patch: Patch | None = decision.patch

@@ -46,6 +46,12 @@ ENCODINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "flac": ("speech.flac", ("-c:a", "flac", "-sample_fmt", "s16", "-f", "flac")),
     "pcm": ("speech.pcm", ("-c:a", "pcm_s16le", "-f", "s16le")),
 }
+#: formats whose file holds 16-bit PCM at the encoder's rate: what was written is known without
+#: decoding it (the samples, rounded as the encoder rounds them)
+LOSSLESS = frozenset({"wav", "flac", "pcm"})
+#: LU a lossy codec is expected to take from BS.1770 loudness (it cuts the highs K-weighting
+#: counts), before a job has measured it: the first encode is aimed over the target by this
+CODEC_LOSS_LU = {"mp3": 0.5}
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 #: BS.1770 measures in 400 ms blocks: shorter audio is measured padded with silence
 _MIN_MEASURE_SECONDS = 0.4
@@ -210,6 +216,12 @@ def encode(audio: Audio, rate: int, fmt: str, workdir: Path) -> Path:
         detail = result.stderr.decode(errors="replace")[-500:]
         raise PermanentError(f"encoding {fmt} failed: {detail}", code="encode_failed")
     return dest
+
+
+def as_written(audio: Audio) -> Audio:
+    """The samples a 16-bit PCM encoder writes for ``audio``, as a decoder gives them back."""
+    scaled = np.rint(np.clip(audio.astype(np.float64), -1.0, 1.0) * 32768.0)
+    return (np.clip(scaled, -32768, 32767) / 32768.0).astype(np.float32)
 
 
 def decode(path: Path, fmt: str, rate: int) -> Audio:

@@ -26,7 +26,11 @@ from typing import Any
 from core.errors import InvalidInput, PermanentError
 from core.spec import RunContext, RunResult
 from pipelines.tts.audio import (
+    CODEC_LOSS_LU,
     ENCODINGS,
+    LOSSLESS,
+    SILENCE_LUFS,
+    as_written,
     decode,
     encode,
     join,
@@ -78,6 +82,8 @@ class TtsPipeline:
     def __init__(self, config: TtsConfig, backend: SpeechBackend) -> None:
         self.config = config
         self.backend = backend
+        #: what each lossy codec took from the loudness of the last job encoded with it (LU)
+        self._codec_loss: dict[str, float] = dict(CODEC_LOSS_LU)
 
     def run(self, inputs: TtsInputs, ctx: RunContext) -> RunResult[TtsOutputs]:
         job = self._plan(inputs, ctx)
@@ -234,14 +240,21 @@ class TtsPipeline:
         if not len(audio) or loudness(audio, rate) <= -70.0:
             raise InvalidInput("the text produced no speech: give words to speak", code="no_speech")
         audio = resample(audio, rate, target_rate)
-        leveled = normalize_loudness(audio, target_rate, inputs.loudness, self.config.peak_limit_dbfs)
-        played_rate = output_rate(inputs.format, target_rate)
+        fmt, lossless = inputs.format, inputs.format in LOSSLESS
+        # Lossy codecs cut the highs that K-weighting counts (MP3 lands ~0.5 LU low): the first
+        # encode is aimed over the target by what the codec took last time, so one encode is
+        # usually enough; only a miss of more than 0.3 LU costs a second one.
+        aim = inputs.loudness + (0.0 if lossless else self._codec_loss.get(fmt, 0.0))
+        leveled = normalize_loudness(audio, target_rate, aim, self.config.peak_limit_dbfs)
+        played_rate = output_rate(fmt, target_rate)
         for _ in range(2):
-            path = encode(leveled.audio, target_rate, inputs.format, Path(ctx.workdir))
-            written = decode(path, inputs.format, played_rate)
-            # Lossy codecs cut the highs that K-weighting counts (MP3 lands ~0.5 LU low): once,
-            # aim the encoder's input off by what the codec took.
-            miss = inputs.loudness - loudness(written, played_rate)
+            path = encode(leveled.audio, target_rate, fmt, Path(ctx.workdir))
+            # A lossless file holds the samples themselves: measured without decoding it.
+            written = as_written(leveled.audio) if lossless else decode(path, fmt, played_rate)
+            measured = loudness(written, played_rate)
+            miss = inputs.loudness - measured
+            if not lossless and measured > SILENCE_LUFS:
+                self._codec_loss[fmt] = min(max(leveled.loudness_lufs - measured, -3.0), 3.0)
             if abs(miss) <= 0.3:
                 break
             leveled = normalize_loudness(
@@ -250,13 +263,13 @@ class TtsPipeline:
         timings["encode"] = time.perf_counter() - t2
         timings["total"] = time.perf_counter() - job.started
 
-        key = ENCODINGS[inputs.format][0]
+        key = ENCODINGS[fmt][0]
         duration = len(leveled.audio) / target_rate
         outputs = TtsOutputs(
             duration_seconds=round(duration, 3),
             sample_rate=played_rate,
             format=inputs.format,
-            loudness_lufs=round(loudness(written, played_rate), 2),
+            loudness_lufs=round(measured, 2),
             peak_dbfs=round(measure_peak(written), 2),
             chunks=len(job.chunks),
             backend=self.backend.name,
