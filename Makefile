@@ -31,7 +31,7 @@ lint:
 	$(PY) -m mypy
 	$(PY) -m tools.tfcheck
 
-bench: install ## latency by stage; throughput side by side (direct vs system, burst vs raw push, batching); the app edge; scale-out and cold start
+bench: install ## latency by stage; throughput side by side (direct vs system, burst vs raw push, batching); the app edge; scale-out and cold start; lanes; notifications
 	$(PY) -m bench.e2e_latency --runs 5
 	$(PY) -m bench.video_latency --runs 3
 	$(PY) -m bench.throughput
@@ -40,6 +40,8 @@ bench: install ## latency by stage; throughput side by side (direct vs system, b
 	$(PY) -m bench.tts_rtf --runs 3
 	$(PY) -m bench.scale
 	$(PY) -m bench.cost
+	$(PY) -m bench.lanes
+	$(PY) -m bench.notify
 
 clean:
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache
