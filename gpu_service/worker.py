@@ -30,13 +30,14 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -68,21 +69,23 @@ from core.spec import (
     check_input_location,
     file_uris,
 )
+from core.usage import day_of, log_line, log_record
 from core.work import WorkRef
-from gpu_service import metering
 from gpu_service.endings import (
     end_from_parts,
+    expiry,
     final_error,
     fit_in_document,
     jsonable,
     seconds_between,
+    with_usage,
 )
 from gpu_service.heartbeat import Heartbeat, PartialBuffer
 from gpu_service.pool import ModelPool
 from infra import roundtrips
 from infra.blobs import BlobStore
 from infra.bus import Bus
-from infra.jobs import JobStore, utcnow
+from infra.jobs import JobStore
 from infra.settings import Settings
 from pipelines.media import local_suffix
 
@@ -108,7 +111,7 @@ class ClaimedWork:
     job: JobDoc
     attempt: int
     spec: PipelineSpec
-    claimed_at: datetime = field(default_factory=utcnow)
+    claimed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     timings: dict[str, float] = field(default_factory=dict)
     uploaded: list[str] = field(default_factory=list)
     #: Firestore, Storage and Pub/Sub calls made for this attempt (infra.roundtrips)
@@ -117,12 +120,13 @@ class ClaimedWork:
     meter: dict[str, float] = field(default_factory=dict)
     #: the pipeline's own run metadata (model and adapter versions), once it ran
     metadata: dict[str, Any] = field(default_factory=dict)
-    #: output made so far (``job.partial``), written with the progress
-    partial: PartialBuffer = field(default_factory=lambda: PartialBuffer(0, 0))
+    #: output made so far (``job.partial``), written with the progress (set when the run starts)
+    partial: PartialBuffer = field(init=False, repr=False)
+    #: how logs name it, resolved once when claimed
+    label: str = field(init=False)
 
-    @property
-    def label(self) -> str:
-        return f"{self.ref.label} attempt {self.attempt}"
+    def __post_init__(self) -> None:
+        self.label = f"{self.ref.label} attempt {self.attempt}"
 
     @property
     def results_prefix(self) -> str:
@@ -134,7 +138,7 @@ class ClaimedWork:
         return Timings(
             delivery=seconds_between(self.job.created_at, self.job.queued_at),
             queue=seconds_between(self.job.queued_at, self.claimed_at),
-            total=seconds_between(self.job.created_at, utcnow()),
+            total=seconds_between(self.job.created_at, datetime.now(UTC)),
             **t,
         )
 
@@ -180,6 +184,8 @@ class Worker:
         self.bus = bus
         self.owner = settings.worker_id or default_worker_id()
         self.draining = threading.Event()
+        # settings of each pipeline, resolved once rather than on every push
+        self._max_run_seconds = {name: settings.max_run_seconds_for(name) for name in catalog.names}
 
     def drain(self) -> None:
         """Stop taking work; running attempts go back to the queue at their next checkpoint."""
@@ -189,19 +195,20 @@ class Worker:
 
     def process(self, message: JobMessage) -> Outcome:
         """One delivery (or redriven unit): claim, run, commit. Logs its round trips."""
+        ref = message.ref
+        label = ref.label
         with roundtrips.counting() as counter:
-            outcome = self._claim_and_run(message, counter)
-        log.info("%s round trips: %s (%s)", message.ref.label, roundtrips.summary(counter), outcome.detail)
+            outcome = self._claim_and_run(message, ref, counter)
+        log.info("%s round trips: %s (%s)", label, roundtrips.summary(counter), outcome.detail)
         return outcome
 
-    def _claim_and_run(self, message: JobMessage, counter: Counter[str]) -> Outcome:
+    def _claim_and_run(self, message: JobMessage, ref: WorkRef, counter: Counter[str]) -> Outcome:
         spec = self.catalog.get(message.pipeline)
         if spec is None:
             # Not ours to run (misrouted, or the pipeline is disabled here): leave the job alone;
             # the message is refused until Pub/Sub dead-letters it, which ends the job clearly.
-            log.error("%s: pipeline %r is not served here", message.ref.label, message.pipeline)
+            log.error("%s: pipeline %r is not served here", ref.label, message.pipeline)
             return Outcome(f"pipeline {message.pipeline!r} is not served here", retry=True)
-        ref = message.ref
         if ref.part is not None and ref.lane not in spec.parts:
             log.error("%s: pipeline %s has no part %r", ref.label, spec.name, ref.part)
             return Outcome("unknown part")
@@ -242,7 +249,7 @@ class Worker:
             lease_seconds=self.settings.lease_seconds,
             min_interval=self.settings.progress_min_interval_seconds,
             draining=self.draining,
-            max_run_seconds=self.settings.max_run_seconds_for(work.spec.name),
+            max_run_seconds=self._max_run_seconds.get(work.spec.name, self.settings.max_run_seconds),
         )
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{work.ref.job_id}-"))
         try:
@@ -375,26 +382,41 @@ class Worker:
 
     def _upload(self, work: ClaimedWork, files: dict[str, Path], prefix: str) -> dict[str, str]:
         uris: dict[str, str] = {}
+        expires = expiry(work.job)
         for key, path in files.items():
             if "/" in key or key.startswith("."):
                 raise ValueError(f"result file key {key!r} must be a plain file name")
             content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
             uris[key] = self.blobs.upload(
-                path, self.settings.media_bucket, prefix + key, content_type, metering.expiry(work.job)
+                path, self.settings.media_bucket, prefix + key, content_type, expires
             )
             work.uploaded.append(prefix + key)
         return uris
 
     def _finish(self, work: ClaimedWork, ending: Ending) -> JobStatus | None:
         """Commit the attempt's end; returns the job's final state if this ended the job."""
-        ending = metering.with_usage(work, ending)
+        ending = with_usage(work, ending)
         final, ended = self.jobs.finish_unit(work.ref, self.owner, work.attempt, ending, _joiner(work.spec))
-        metering.report(work, ended or ending, final)
+        self._report_usage(work, ended or ending, final)
         if final is not None and work.ref.part is not None:
             log.info("job %s ended %s (joined by %s)", work.ref.job_id, final, work.label)
             if final is JobStatus.CANCELLED:
                 self._discard_job_results(work.job.uid, work.ref.job_id)
         return final
+
+    @staticmethod
+    def _report_usage(work: ClaimedWork, ending: Ending, final: JobStatus | None) -> None:
+        """The usage line of a job that this commit ended (stdout: Cloud Logging's JSON payload),
+        printed only once the commit held, so a job whose ending lost a race is never counted
+        twice. ``ending`` is the job's: for a part that ended its job, the join's."""
+        if final is None or ending.usage is None:
+            return
+        now = datetime.now(UTC)
+        job = work.job.model_copy(update={"attempt": work.attempt})
+        code = ending.error.code if ending.error is not None else None
+        record = log_record(work.ref.job_id, job, final, ending.usage, day=day_of(now), error_code=code)
+        sys.stdout.write(log_line(record, now) + "\n")
+        sys.stdout.flush()
 
     def _inputs(self, work: ClaimedWork) -> PipelineModel:
         try:
