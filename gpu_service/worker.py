@@ -19,7 +19,10 @@ part that ends last joins the job in its own commit, through :func:`gpu_service.
 → :meth:`Worker._finish` (commit) or :meth:`Worker._fail` (retry or end with the error).
 
 Names: an *attempt* is always a number (the job document's ``attempt``); what this worker holds
-while it runs one is the :class:`ClaimedWork`; what it tells the consumer is an :class:`Outcome`.
+while it runs one is the :class:`ClaimedWork`; what it tells the consumer is what happened, a
+:data:`core.lifecycle.Delivered`: the :class:`~core.lifecycle.Claim` when it did not run the unit,
+or the :class:`~core.lifecycle.Ending` it committed (:func:`core.lifecycle.redeliver` says which
+of those Pub/Sub delivers again).
 """
 
 from __future__ import annotations
@@ -55,7 +58,16 @@ from core.contract import (
     state_for_error,
 )
 from core.errors import Cancelled, InvalidInput, JobError, Preempted
-from core.lifecycle import PREPARE_WEIGHT, ClaimOutcome, Ending, Joiner, LeaseLost
+from core.lifecycle import (
+    PREPARE_WEIGHT,
+    Claim,
+    ClaimOutcome,
+    Delivered,
+    Ending,
+    Joiner,
+    LeaseLost,
+    described,
+)
 from core.routes import route
 from core.spec import (
     Catalog,
@@ -91,16 +103,7 @@ from pipelines.media import local_suffix
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClaimedWork", "Outcome", "Worker", "default_worker_id"]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one delivery came to, for the consumer: ack it (the unit ended, or the delivery was a
-    duplicate), or refuse it so that Pub/Sub delivers it again with backoff (``retry``)."""
-
-    detail: str
-    retry: bool = False
+__all__ = ["ClaimedWork", "Worker", "default_worker_id"]
 
 
 @dataclass
@@ -193,43 +196,43 @@ class Worker:
 
     # -- one delivery ---------------------------------------------------------------------------
 
-    def process(self, message: JobMessage) -> Outcome:
+    def process(self, message: JobMessage) -> Delivered:
         """One delivery (or redriven unit): claim, run, commit. Logs its round trips."""
         ref = message.ref
         label = ref.label
         with roundtrips.counting() as counter:
             outcome = self._claim_and_run(message, ref, counter)
-        log.info("%s round trips: %s (%s)", label, roundtrips.summary(counter), outcome.detail)
+        log.info("%s round trips: %s (%s)", label, roundtrips.summary(counter), described(outcome))
         return outcome
 
-    def _claim_and_run(self, message: JobMessage, ref: WorkRef, counter: Counter[str]) -> Outcome:
+    def _claim_and_run(self, message: JobMessage, ref: WorkRef, counter: Counter[str]) -> Delivered:
         spec = self.catalog.get(message.pipeline)
         if spec is None:
             # Not ours to run (misrouted, or the pipeline is disabled here): leave the job alone;
             # the message is refused until Pub/Sub dead-letters it, which ends the job clearly.
             log.error("%s: pipeline %r is not served here", ref.label, message.pipeline)
-            return Outcome(f"pipeline {message.pipeline!r} is not served here", retry=True)
+            return Claim(ClaimOutcome.NOT_SERVED)
         if ref.part is not None and ref.lane not in spec.parts:
             log.error("%s: pipeline %s has no part %r", ref.label, spec.name, ref.part)
-            return Outcome("unknown part")
+            return Claim(ClaimOutcome.UNKNOWN_PART)
         s = self.settings
         claim = self.jobs.claim(ref, self.owner, s.lease_seconds, s.max_attempts, _joiner(spec), spec.name)
         if claim.outcome is ClaimOutcome.RUNNING_ELSEWHERE:
             # Keep the message until that attempt ends: if its worker died, a redelivery after
             # the lease expires takes over (the sweeper re-publishes as a backstop).
-            return Outcome(claim.outcome.value, retry=True)
+            return claim
         if claim.ended is JobStatus.CANCELLED and ref.part is not None and claim.job is not None:
             self._discard_job_results(claim.job.uid, ref.job_id)
         if claim.outcome is ClaimOutcome.MISROUTED:
             log.error("%s: the job is not a %s job; not run", ref.label, spec.name)
         if claim.outcome is not ClaimOutcome.CLAIMED or claim.job is None:
             log.info("%s not run: %s", ref.label, claim.outcome)
-            return Outcome(claim.outcome.value)
+            return claim
         work = ClaimedWork(ref, claim.job, claim.attempt, spec, roundtrips=counter)
         log.info("%s claimed by %s", work.label, self.owner)
         return self._run(work)
 
-    def _run(self, work: ClaimedWork) -> Outcome:
+    def _run(self, work: ClaimedWork) -> Delivered:
         def beat(progress: Progress | None) -> bool:
             with roundtrips.counting(work.roundtrips):  # also from the heartbeat's own thread
                 return self.jobs.heartbeat(
@@ -264,7 +267,7 @@ class Worker:
         except LeaseLost as exc:
             log.warning("%s lost its lease: %s", work.label, exc)
             self._discard_outputs(work)
-            return Outcome("lease lost")
+            return Claim(ClaimOutcome.LEASE_LOST, work.job, work.attempt)
         except Exception as exc:  # the boundary of one unit of work: record, then decide
             return self._fail(work, exc)
         finally:
@@ -275,7 +278,7 @@ class Worker:
 
     def _run_job(
         self, work: ClaimedWork, inputs: PipelineModel, files: dict[str, Path], workdir: Path, beat: Heartbeat
-    ) -> Outcome:
+    ) -> Delivered:
         """A job in one run: infer, upload its files, end it."""
         pipeline = self._load(work, beat)
         ctx = self._context(work, files, workdir, beat.report)
@@ -296,13 +299,13 @@ class Worker:
             timings=timings,
             runtime={"worker": self.owner, **jsonable(result.metadata)},
         )
-        self._finish(work, ending)
+        ending = self._finish(work, ending)
         log.info("%s succeeded %s", work.label, timings.to_firestore())
-        return Outcome("succeeded")
+        return ending
 
     def _prepare(
         self, work: ClaimedWork, inputs: PipelineModel, files: dict[str, Path], workdir: Path, beat: Heartbeat
-    ) -> Outcome:
+    ) -> Delivered:
         """A multi-part job's own step: prepare, publish what the parts need, fan them out."""
         if self.bus is None:
             raise RuntimeError("a multi-part pipeline needs the worker to have a Bus")
@@ -318,9 +321,11 @@ class Worker:
             message, topic = part_message(work.ref.job_id, work.job, key)
             self.bus.publish_job(message, topic=topic)
         log.info("%s prepared; parts %s published", work.label, ", ".join(keys))
-        return Outcome("fanned out")
+        return Claim(ClaimOutcome.FANNED_OUT, work.job, work.attempt)  # the parts run on
 
-    def _run_part(self, work: ClaimedWork, inputs: PipelineModel, workdir: Path, beat: Heartbeat) -> Outcome:
+    def _run_part(
+        self, work: ClaimedWork, inputs: PipelineModel, workdir: Path, beat: Heartbeat
+    ) -> Delivered:
         """One part: download what prepare left, run it, publish its files, end it (maybe the job)."""
         assert work.ref.part is not None
         part = work.ref.part
@@ -342,8 +347,7 @@ class Worker:
             seconds=round(time.perf_counter() - started, 3),
             progress=Progress(fraction=1.0, stage="done"),
         )
-        self._finish(work, ending)
-        return Outcome("part succeeded")
+        return self._finish(work, ending)
 
     # -- what the three steps share -------------------------------------------------------------
 
@@ -393,8 +397,8 @@ class Worker:
             work.uploaded.append(prefix + key)
         return uris
 
-    def _finish(self, work: ClaimedWork, ending: Ending) -> JobStatus | None:
-        """Commit the attempt's end; returns the job's final state if this ended the job."""
+    def _finish(self, work: ClaimedWork, ending: Ending) -> Ending:
+        """Commit the attempt's end (with its usage); returns the ending as committed."""
         ending = with_usage(work, ending)
         final, ended = self.jobs.finish_unit(work.ref, self.owner, work.attempt, ending, _joiner(work.spec))
         self._report_usage(work, ended or ending, final)
@@ -402,7 +406,7 @@ class Worker:
             log.info("job %s ended %s (joined by %s)", work.ref.job_id, final, work.label)
             if final is JobStatus.CANCELLED:
                 self._discard_job_results(work.job.uid, work.ref.job_id)
-        return final
+        return ending
 
     @staticmethod
     def _report_usage(work: ClaimedWork, ending: Ending, final: JobStatus | None) -> None:
@@ -472,24 +476,24 @@ class Worker:
         work.timings["download"] = time.perf_counter() - t0
         return files
 
-    def _fail(self, work: ClaimedWork, exc: Exception) -> Outcome:
+    def _fail(self, work: ClaimedWork, exc: Exception) -> Delivered:
         state = state_for_error(exc, attempts_left=work.attempt < self.settings.max_attempts)
         error = self._log_error(work, exc)
         self._discard_outputs(work)
         try:
             if state is None:
-                self._finish(work, Ending(JobStatus.QUEUED, error=error, refund=isinstance(exc, Preempted)))
-                return Outcome(error.message, retry=True)
+                return self._finish(
+                    work, Ending(JobStatus.QUEUED, error=error, refund=isinstance(exc, Preempted))
+                )
             ending = Ending(
                 state,
                 error=None if isinstance(exc, Cancelled) else final_error(error, state, work.attempt),
                 timings=work.job_timings() if work.ref.part is None else None,
             )
-            self._finish(work, ending)
+            return self._finish(work, ending)
         except LeaseLost as lost:
             log.warning("%s: could not record %s: %s", work.label, error.code, lost)
-            return Outcome("lease lost")
-        return Outcome(error.message)
+            return Claim(ClaimOutcome.LEASE_LOST, work.job, work.attempt)
 
     @staticmethod
     def _log_error(work: ClaimedWork, exc: Exception) -> ErrorInfo:

@@ -8,7 +8,7 @@ from scripts.walk import walk_pushes
 
 def test_each_push_enters_the_worker_once_and_every_job_ends() -> None:
     steps, ends = walk_pushes()
-    assert [s.detail for s in steps] == ["succeeded", "fanned out", "part succeeded", "part succeeded"]
+    assert [s.detail for s in steps] == ["succeeded", "fanned_out", "succeeded", "succeeded"]
     assert ends == {"single": "succeeded", "multi": "succeeded"}
     for step in steps:
         assert step.walk.entered[0] == "gpu_service/worker.py"
