@@ -201,9 +201,9 @@ class Worker:
         ref = message.ref
         label = ref.label
         with roundtrips.counting() as counter:
-            outcome = self._claim_and_run(message, ref, counter)
-        log.info("%s round trips: %s (%s)", label, roundtrips.summary(counter), described(outcome))
-        return outcome
+            result = self._claim_and_run(message, ref, counter)
+        log.info("%s round trips: %s (%s)", label, roundtrips.summary(counter), described(result))
+        return result
 
     def _claim_and_run(self, message: JobMessage, ref: WorkRef, counter: Counter[str]) -> Delivered:
         spec = self.catalog.get(message.pipeline)
@@ -252,7 +252,8 @@ class Worker:
             lease_seconds=self.settings.lease_seconds,
             min_interval=self.settings.progress_min_interval_seconds,
             draining=self.draining,
-            max_run_seconds=self._max_run_seconds.get(work.spec.name, self.settings.max_run_seconds),
+            max_run_seconds=self._max_run_seconds.get(work.spec.name)
+            or self.settings.max_run_seconds_for(work.spec.name),
         )
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{work.ref.job_id}-"))
         try:
