@@ -28,6 +28,10 @@ class ClaimOutcome(StrEnum):
     FANNED_OUT = "fanned_out"  # a multi-part job already prepared: its parts are running
     INVALID = "invalid"  # the document does not fit the contract: ended now, with why
     MISROUTED = "misrouted"  # the delivery names another pipeline than the job's: not run
+    # -- decided by the worker before or after a claim, never written to the document
+    NOT_SERVED = "not_served"  # the pipeline is not served by this service: left alone
+    UNKNOWN_PART = "unknown_part"  # the delivery names a part its pipeline does not have: not run
+    LEASE_LOST = "lease_lost"  # another attempt took the unit over: this one committed nothing
 
 
 @dataclass(frozen=True)

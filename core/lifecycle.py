@@ -390,6 +390,33 @@ def overall_progress(parts: dict[str, PartState], prepare_weight: float = PREPAR
     return Progress(fraction=prepare_weight + (1 - prepare_weight) * mean, stage=stage[:64])
 
 
+#: What one delivery came to in the worker: it did not run the unit (a :class:`Claim`, and why), or
+#: it committed how the attempt ended (an :class:`Ending`).
+Delivered = Claim | Ending
+
+#: The claims whose message must stay with Pub/Sub: another live attempt may die, and a pipeline not
+#: served here is refused until the dead-letter policy ends the job clearly.
+_REDELIVERED = frozenset({ClaimOutcome.RUNNING_ELSEWHERE, ClaimOutcome.NOT_SERVED})
+
+
+def redeliver(result: Delivered) -> bool:
+    """Whether Pub/Sub should deliver the message again (push: a non-2xx reply; pull: a nack)
+    rather than drop it: true for a unit running elsewhere, a pipeline not served here, and an
+    attempt that ended ``queued`` (to be tried again, with backoff)."""
+    if isinstance(result, Claim):
+        return result.outcome in _REDELIVERED
+    return result.status is JobStatus.QUEUED
+
+
+def described(result: Delivered) -> str:
+    """A delivery's result in a word for logs and the push reply: the claim's outcome, or the
+    status the attempt ended with (and its error code)."""
+    if isinstance(result, Claim):
+        return result.outcome.value
+    code = f" ({result.error.code})" if result.error is not None else ""
+    return f"{result.status.value}{code}"
+
+
 __all__ = [
     "DELETE",
     "PREPARE_WEIGHT",
@@ -397,6 +424,7 @@ __all__ = [
     "Claim",
     "ClaimOutcome",
     "Decision",
+    "Delivered",
     "Ending",
     "Joiner",
     "LeaseLost",
@@ -404,9 +432,11 @@ __all__ = [
     "decide_fan_out",
     "decide_finish",
     "decide_heartbeat",
+    "described",
     "final_patch",
     "lease_is_live",
     "overall_progress",
     "owned",
+    "redeliver",
     "unit_view",
 ]

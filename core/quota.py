@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from core.contract import ErrorInfo
 from core.lanes import LANES, Priority
 from core.usage import DayUsage
+from core.usage import day_of as day_of  # the roll-up's day, where usage is reported
 
 #: The key of the all-pipelines count in :attr:`Ledger.daily`.
 ALL = "*"
@@ -143,10 +144,6 @@ class Admission:
     admitted: bool
     ledger: Ledger
     error: ErrorInfo | None = None
-
-
-def day_of(now: datetime) -> str:
-    return now.astimezone(UTC).date().isoformat()
 
 
 def seconds_to_midnight(now: datetime) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -154,6 +154,11 @@ def rollup(usage: Usage, pipeline: str, *, reused: bool = False) -> dict[str, fl
         f"pipelines.{pipeline}.jobs": 1,
         f"pipelines.{pipeline}.gpuSeconds": usage.gpu_seconds,
     }
+
+
+def day_of(now: datetime) -> str:
+    """The day (UTC) that a use counts against: the key of the owner's daily roll-up."""
+    return now.astimezone(UTC).date().isoformat()
 
 
 def log_record(

@@ -21,6 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from core.lanes import Priority
+from core.lifecycle import described, redeliver
 from core.routes import PUSH_PREFIX, route
 from gpu_service.auth import PushAuthError, PushVerifier
 from gpu_service.capacity import Capacity
@@ -132,11 +133,12 @@ def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
             outcome = await run_in_threadpool(worker.process, message)
         finally:
             capacity.release(slot)
+        again = redeliver(outcome)
         body = {
-            "outcome": "retry" if outcome.retry else "done",
-            "detail": outcome.detail,
+            "outcome": "retry" if again else "done",
+            "detail": described(outcome),
             "jobId": message.job_id,
         }
-        return JSONResponse(body, status_code=503 if outcome.retry else 200)
+        return JSONResponse(body, status_code=503 if again else 200)
 
     return app

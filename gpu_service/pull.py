@@ -25,6 +25,7 @@ from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
 
 from core.contract import JobMessage
 from core.lanes import Priority
+from core.lifecycle import redeliver
 from gpu_service.capacity import Capacity
 from gpu_service.push import BadEnvelope, waited_since
 from gpu_service.worker import Worker
@@ -113,7 +114,7 @@ class PullConsumer:
         finally:
             if slot is not None and self.capacity is not None:
                 self.capacity.release(slot)
-        if outcome.retry:
+        if redeliver(outcome):
             message.nack()
         else:
             message.ack()

@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 
 from core.contract import JobDoc, JobMessage, JobStatus
 from core.lanes import FairShare, Priority
+from core.lifecycle import described
 from gpu_service.capacity import Capacity, Slot
 from gpu_service.worker import Worker
 from infra.jobs import utcnow
@@ -238,7 +239,7 @@ class Redriver:
     def _run(self, candidate: Candidate, slot: Slot) -> None:
         try:
             outcome = self.worker.process(candidate.message)
-            log.info("redriven %s: %s", candidate.message.ref.label, outcome.detail)
+            log.info("redriven %s: %s", candidate.message.ref.label, described(outcome))
         except Exception:
             log.exception("redriven %s crashed", candidate.message.ref.label)
         finally:

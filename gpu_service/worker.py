@@ -19,7 +19,10 @@ part that ends last joins the job in its own commit, through :func:`gpu_service.
 → :meth:`Worker._finish` (commit) or :meth:`Worker._fail` (retry or end with the error).
 
 Names: an *attempt* is always a number (the job document's ``attempt``); what this worker holds
-while it runs one is the :class:`ClaimedWork`; what it tells the consumer is an :class:`Outcome`.
+while it runs one is the :class:`ClaimedWork`; what it tells the consumer is what happened, a
+:data:`core.lifecycle.Delivered`: the :class:`~core.lifecycle.Claim` when it did not run the unit,
+or the :class:`~core.lifecycle.Ending` it committed (:func:`core.lifecycle.redeliver` says which
+of those Pub/Sub delivers again).
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -54,7 +58,16 @@ from core.contract import (
     state_for_error,
 )
 from core.errors import Cancelled, InvalidInput, JobError, Preempted
-from core.lifecycle import PREPARE_WEIGHT, ClaimOutcome, Ending, Joiner, LeaseLost
+from core.lifecycle import (
+    PREPARE_WEIGHT,
+    Claim,
+    ClaimOutcome,
+    Delivered,
+    Ending,
+    Joiner,
+    LeaseLost,
+    described,
+)
 from core.routes import route
 from core.spec import (
     Catalog,
@@ -68,36 +81,29 @@ from core.spec import (
     check_input_location,
     file_uris,
 )
+from core.usage import day_of, log_line, log_record
 from core.work import WorkRef
-from gpu_service import metering
 from gpu_service.endings import (
     end_from_parts,
+    expiry,
     final_error,
     fit_in_document,
     jsonable,
     seconds_between,
+    with_usage,
 )
 from gpu_service.heartbeat import Heartbeat, PartialBuffer
 from gpu_service.pool import ModelPool
 from infra import roundtrips
 from infra.blobs import BlobStore
 from infra.bus import Bus
-from infra.jobs import JobStore, LastWrite, utcnow
+from infra.jobs import JobStore, LastWrite
 from infra.settings import Settings
 from pipelines.media import local_suffix
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClaimedWork", "Outcome", "Worker", "default_worker_id"]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one delivery came to, for the consumer: ack it (the unit ended, or the delivery was a
-    duplicate), or refuse it so that Pub/Sub delivers it again with backoff (``retry``)."""
-
-    detail: str
-    retry: bool = False
+__all__ = ["ClaimedWork", "Worker", "default_worker_id"]
 
 
 @dataclass
@@ -108,7 +114,7 @@ class ClaimedWork:
     job: JobDoc
     attempt: int
     spec: PipelineSpec
-    claimed_at: datetime = field(default_factory=utcnow)
+    claimed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     timings: dict[str, float] = field(default_factory=dict)
     uploaded: list[str] = field(default_factory=list)
     #: Firestore, Storage and Pub/Sub calls made for this attempt (infra.roundtrips)
@@ -117,14 +123,15 @@ class ClaimedWork:
     meter: dict[str, float] = field(default_factory=dict)
     #: the pipeline's own run metadata (model and adapter versions), once it ran
     metadata: dict[str, Any] = field(default_factory=dict)
-    #: output made so far (``job.partial``), written with the progress
-    partial: PartialBuffer = field(default_factory=lambda: PartialBuffer(0, 0))
+    #: output made so far (``job.partial``), written with the progress (set when the run starts)
+    partial: PartialBuffer = field(init=False, repr=False)
+    #: how logs name it, resolved once when claimed
+    label: str = field(init=False)
     #: the attempt's own last write to the job: its heartbeats and finish write against it unread
     written: LastWrite = field(default_factory=LastWrite)
 
-    @property
-    def label(self) -> str:
-        return f"{self.ref.label} attempt {self.attempt}"
+    def __post_init__(self) -> None:
+        self.label = f"{self.ref.label} attempt {self.attempt}"
 
     @property
     def results_prefix(self) -> str:
@@ -136,7 +143,7 @@ class ClaimedWork:
         return Timings(
             delivery=seconds_between(self.job.created_at, self.job.queued_at),
             queue=seconds_between(self.job.queued_at, self.claimed_at),
-            total=seconds_between(self.job.created_at, utcnow()),
+            total=seconds_between(self.job.created_at, datetime.now(UTC)),
             **t,
         )
 
@@ -182,6 +189,8 @@ class Worker:
         self.bus = bus
         self.owner = settings.worker_id or default_worker_id()
         self.draining = threading.Event()
+        # settings of each pipeline, resolved once rather than on every push
+        self._max_run_seconds = {name: settings.max_run_seconds_for(name) for name in catalog.names}
 
     def drain(self) -> None:
         """Stop taking work; running attempts go back to the queue at their next checkpoint."""
@@ -189,24 +198,25 @@ class Worker:
 
     # -- one delivery ---------------------------------------------------------------------------
 
-    def process(self, message: JobMessage) -> Outcome:
+    def process(self, message: JobMessage) -> Delivered:
         """One delivery (or redriven unit): claim, run, commit. Logs its round trips."""
+        ref = message.ref
+        label = ref.label
         with roundtrips.counting() as counter:
-            outcome = self._claim_and_run(message, counter)
-        log.info("%s round trips: %s (%s)", message.ref.label, roundtrips.summary(counter), outcome.detail)
-        return outcome
+            result = self._claim_and_run(message, ref, counter)
+        log.info("%s round trips: %s (%s)", label, roundtrips.summary(counter), described(result))
+        return result
 
-    def _claim_and_run(self, message: JobMessage, counter: Counter[str]) -> Outcome:
+    def _claim_and_run(self, message: JobMessage, ref: WorkRef, counter: Counter[str]) -> Delivered:
         spec = self.catalog.get(message.pipeline)
         if spec is None:
             # Not ours to run (misrouted, or the pipeline is disabled here): leave the job alone;
             # the message is refused until Pub/Sub dead-letters it, which ends the job clearly.
-            log.error("%s: pipeline %r is not served here", message.ref.label, message.pipeline)
-            return Outcome(f"pipeline {message.pipeline!r} is not served here", retry=True)
-        ref = message.ref
+            log.error("%s: pipeline %r is not served here", ref.label, message.pipeline)
+            return Claim(ClaimOutcome.NOT_SERVED)
         if ref.part is not None and ref.lane not in spec.parts:
             log.error("%s: pipeline %s has no part %r", ref.label, spec.name, ref.part)
-            return Outcome("unknown part")
+            return Claim(ClaimOutcome.UNKNOWN_PART)
         s = self.settings
         written = LastWrite()
         claim = self.jobs.claim(
@@ -222,19 +232,19 @@ class Worker:
         if claim.outcome is ClaimOutcome.RUNNING_ELSEWHERE:
             # Keep the message until that attempt ends: if its worker died, a redelivery after
             # the lease expires takes over (the sweeper re-publishes as a backstop).
-            return Outcome(claim.outcome.value, retry=True)
+            return claim
         if claim.ended is JobStatus.CANCELLED and ref.part is not None and claim.job is not None:
             self._discard_job_results(claim.job.uid, ref.job_id)
         if claim.outcome is ClaimOutcome.MISROUTED:
             log.error("%s: the job is not a %s job; not run", ref.label, spec.name)
         if claim.outcome is not ClaimOutcome.CLAIMED or claim.job is None:
             log.info("%s not run: %s", ref.label, claim.outcome)
-            return Outcome(claim.outcome.value)
+            return claim
         work = ClaimedWork(ref, claim.job, claim.attempt, spec, roundtrips=counter, written=written)
         log.info("%s claimed by %s", work.label, self.owner)
         return self._run(work)
 
-    def _run(self, work: ClaimedWork) -> Outcome:
+    def _run(self, work: ClaimedWork) -> Delivered:
         def beat(progress: Progress | None) -> bool:
             with roundtrips.counting(work.roundtrips):  # also from the heartbeat's own thread
                 roundtrips.note("beats")  # lease renewals and progress: they grow with the run
@@ -256,7 +266,8 @@ class Worker:
             lease_seconds=self.settings.lease_seconds,
             min_interval=self.settings.progress_min_interval_seconds,
             draining=self.draining,
-            max_run_seconds=self.settings.max_run_seconds_for(work.spec.name),
+            max_run_seconds=self._max_run_seconds.get(work.spec.name)
+            or self.settings.max_run_seconds_for(work.spec.name),
         )
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{work.ref.job_id}-"))
         try:
@@ -271,7 +282,7 @@ class Worker:
         except LeaseLost as exc:
             log.warning("%s lost its lease: %s", work.label, exc)
             self._discard_outputs(work)
-            return Outcome("lease lost")
+            return Claim(ClaimOutcome.LEASE_LOST, work.job, work.attempt)
         except Exception as exc:  # the boundary of one unit of work: record, then decide
             return self._fail(work, exc)
         finally:
@@ -282,7 +293,7 @@ class Worker:
 
     def _run_job(
         self, work: ClaimedWork, inputs: PipelineModel, files: dict[str, Path], workdir: Path, beat: Heartbeat
-    ) -> Outcome:
+    ) -> Delivered:
         """A job in one run: infer, upload its files, end it."""
         pipeline = self._load(work, beat)
         ctx = self._context(work, files, workdir, beat.report)
@@ -303,13 +314,13 @@ class Worker:
             timings=timings,
             runtime={"worker": self.owner, **jsonable(result.metadata)},
         )
-        self._finish(work, ending)
+        ending = self._finish(work, ending)
         log.info("%s succeeded %s", work.label, timings.to_firestore())
-        return Outcome("succeeded")
+        return ending
 
     def _prepare(
         self, work: ClaimedWork, inputs: PipelineModel, files: dict[str, Path], workdir: Path, beat: Heartbeat
-    ) -> Outcome:
+    ) -> Delivered:
         """A multi-part job's own step: prepare, publish what the parts need, fan them out."""
         if self.bus is None:
             raise RuntimeError("a multi-part pipeline needs the worker to have a Bus")
@@ -325,9 +336,11 @@ class Worker:
             message, topic = part_message(work.ref.job_id, work.job, key)
             self.bus.publish_job(message, topic=topic)
         log.info("%s prepared; parts %s published", work.label, ", ".join(keys))
-        return Outcome("fanned out")
+        return Claim(ClaimOutcome.FANNED_OUT, work.job, work.attempt)  # the parts run on
 
-    def _run_part(self, work: ClaimedWork, inputs: PipelineModel, workdir: Path, beat: Heartbeat) -> Outcome:
+    def _run_part(
+        self, work: ClaimedWork, inputs: PipelineModel, workdir: Path, beat: Heartbeat
+    ) -> Delivered:
         """One part: download what prepare left, run it, publish its files, end it (maybe the job)."""
         assert work.ref.part is not None
         part = work.ref.part
@@ -349,8 +362,7 @@ class Worker:
             seconds=round(time.perf_counter() - started, 3),
             progress=Progress(fraction=1.0, stage="done"),
         )
-        self._finish(work, ending)
-        return Outcome("part succeeded")
+        return self._finish(work, ending)
 
     # -- what the three steps share -------------------------------------------------------------
 
@@ -389,28 +401,43 @@ class Worker:
 
     def _upload(self, work: ClaimedWork, files: dict[str, Path], prefix: str) -> dict[str, str]:
         uris: dict[str, str] = {}
+        expires = expiry(work.job)
         for key, path in files.items():
             if "/" in key or key.startswith("."):
                 raise ValueError(f"result file key {key!r} must be a plain file name")
             content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
             uris[key] = self.blobs.upload(
-                path, self.settings.media_bucket, prefix + key, content_type, metering.expiry(work.job)
+                path, self.settings.media_bucket, prefix + key, content_type, expires
             )
             work.uploaded.append(prefix + key)
         return uris
 
-    def _finish(self, work: ClaimedWork, ending: Ending) -> JobStatus | None:
-        """Commit the attempt's end; returns the job's final state if this ended the job."""
-        ending = metering.with_usage(work, ending)
+    def _finish(self, work: ClaimedWork, ending: Ending) -> Ending:
+        """Commit the attempt's end (with its usage); returns the ending as committed."""
+        ending = with_usage(work, ending)
         final, ended = self.jobs.finish_unit(
             work.ref, self.owner, work.attempt, ending, _joiner(work.spec), last=work.written
         )
-        metering.report(work, ended or ending, final)
+        self._report_usage(work, ended or ending, final)
         if final is not None and work.ref.part is not None:
             log.info("job %s ended %s (joined by %s)", work.ref.job_id, final, work.label)
             if final is JobStatus.CANCELLED:
                 self._discard_job_results(work.job.uid, work.ref.job_id)
-        return final
+        return ending
+
+    @staticmethod
+    def _report_usage(work: ClaimedWork, ending: Ending, final: JobStatus | None) -> None:
+        """The usage line of a job that this commit ended (stdout: Cloud Logging's JSON payload),
+        printed only once the commit held, so a job whose ending lost a race is never counted
+        twice. ``ending`` is the job's: for a part that ended its job, the join's."""
+        if final is None or ending.usage is None:
+            return
+        now = datetime.now(UTC)
+        job = work.job.model_copy(update={"attempt": work.attempt})
+        code = ending.error.code if ending.error is not None else None
+        record = log_record(work.ref.job_id, job, final, ending.usage, day=day_of(now), error_code=code)
+        sys.stdout.write(log_line(record, now) + "\n")
+        sys.stdout.flush()
 
     def _inputs(self, work: ClaimedWork) -> PipelineModel:
         try:
@@ -466,24 +493,24 @@ class Worker:
         work.timings["download"] = time.perf_counter() - t0
         return files
 
-    def _fail(self, work: ClaimedWork, exc: Exception) -> Outcome:
+    def _fail(self, work: ClaimedWork, exc: Exception) -> Delivered:
         state = state_for_error(exc, attempts_left=work.attempt < self.settings.max_attempts)
         error = self._log_error(work, exc)
         self._discard_outputs(work)
         try:
             if state is None:
-                self._finish(work, Ending(JobStatus.QUEUED, error=error, refund=isinstance(exc, Preempted)))
-                return Outcome(error.message, retry=True)
+                return self._finish(
+                    work, Ending(JobStatus.QUEUED, error=error, refund=isinstance(exc, Preempted))
+                )
             ending = Ending(
                 state,
                 error=None if isinstance(exc, Cancelled) else final_error(error, state, work.attempt),
                 timings=work.job_timings() if work.ref.part is None else None,
             )
-            self._finish(work, ending)
+            return self._finish(work, ending)
         except LeaseLost as lost:
             log.warning("%s: could not record %s: %s", work.label, error.code, lost)
-            return Outcome("lease lost")
-        return Outcome(error.message)
+            return Claim(ClaimOutcome.LEASE_LOST, work.job, work.attempt)
 
     @staticmethod
     def _log_error(work: ClaimedWork, exc: Exception) -> ErrorInfo:

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from core.contract import JobDoc, JobMessage, read_job
+from core.lifecycle import Claim, Ending, described
 from core.patch import DELETE, SERVER_TIME, Patch
 from core.spec import Catalog, PipelineModel, PipelineSpec, RunContext, RunResult
 from gpu_service.pool import ModelPool
@@ -249,6 +250,14 @@ class Step:
     detail: str
 
 
+def _described(outcome: Any) -> str:
+    """What a push came to: a Claim or an Ending since the worker returns what happened (an
+    ``Outcome`` with its ``detail`` before)."""
+    if isinstance(outcome, Claim | Ending):
+        return described(outcome)
+    return str(getattr(outcome, "detail", outcome))
+
+
 def walk_pushes() -> tuple[list[Step], dict[str, str]]:
     """Push a single job, then a multi-part job's own message and its two parts, each traced;
     returns the steps and each job's final status."""
@@ -281,7 +290,7 @@ def walk_pushes() -> tuple[list[Step], dict[str, str]]:
         for label, message in pushes:
             with tracing() as walk:
                 outcome = deliver(message)
-            steps.append(Step(label, walk, str(getattr(outcome, "detail", outcome))))
+            steps.append(Step(label, walk, _described(outcome)))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return steps, {job_id: str(doc["status"]) for job_id, doc in jobs.docs.items()}

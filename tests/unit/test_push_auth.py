@@ -25,7 +25,8 @@ from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 from google.auth import crypt, jwt
 
-from core.contract import JobMessage
+from core.contract import JobMessage, JobStatus
+from core.lifecycle import Delivered, Ending
 from core.spec import Catalog
 from gpu_service.app import create_app
 from gpu_service.auth import (
@@ -37,7 +38,6 @@ from gpu_service.auth import (
     PushVerifier,
 )
 from gpu_service.pool import ModelPool
-from gpu_service.worker import Outcome
 from infra.settings import Settings
 
 AUDIENCE = "https://gpu-service-123.europe-west4.run.app"
@@ -461,9 +461,9 @@ class StubWorker:
         self.draining = threading.Event()
         self.handled: list[JobMessage] = []
 
-    def process(self, message: JobMessage) -> Outcome:
+    def process(self, message: JobMessage) -> Delivered:
         self.handled.append(message)
-        return Outcome("ran")
+        return Ending(JobStatus.SUCCEEDED)
 
 
 def envelope(job: dict[str, Any] | None = None) -> dict[str, Any]:
