@@ -55,9 +55,7 @@ def wav_stream_header(rate: int) -> bytes:
     )  # fmt: skip
 
 
-def piece_audio(
-    piece: Audio, index: int, rate: int, *, gap_seconds: float, fade_seconds: float
-) -> Audio:
+def piece_audio(piece: Audio, index: int, rate: int, *, gap_seconds: float, fade_seconds: float) -> Audio:
     """The chunk's share of the joined file: the gap before it (none before the first), then the
     chunk faded in and out over ``fade_seconds``."""
     out = np.asarray(piece, dtype=np.float32).copy()
