@@ -7,7 +7,10 @@ interleaved so that both see the same machine load. Real-time factor = wall seco
 audio (lower is faster). Direct: ``PiperVoice.synthesize`` in this process, model already loaded.
 System: job document created -> job final, as a client sees it (delivery, text checks, chunking,
 synthesis, joining, loudness, mp3 encoding, upload, the result write); its ``inference`` share
-is reported too. Writes ``bench/results/tts_rtf.json``.
+is reported too. Streamed: the same text through ``POST /v1/audio/speech`` with the ``openai``
+client's ``with_streaming_response`` (mp3), the time to its first byte and to its last, and the
+first as a fraction of the whole; a plain (whole-file) request's time to its first byte beside it.
+Writes ``bench/results/tts_rtf.json``.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openai
 
 from core.contract import JobStatus
+from devkit.firebase_auth import sign_up
 from infra.client import Client
 from infra.localstack.stack import LocalStack, StackConfig
 from infra.settings import Settings
@@ -67,6 +72,23 @@ def system(client: Client) -> dict[str, float]:
     }
 
 
+def speech(oa: openai.OpenAI, *, streamed: bool) -> dict[str, float]:
+    """One speech request on the bench text: seconds to its first byte and to its last."""
+    t0 = time.perf_counter()
+    first: float | None = None
+    size = 0
+    call = oa.audio.speech.with_streaming_response if streamed else oa.audio.speech.with_raw_response
+    with call.create(model="tts-1", voice="alloy", input=TEXT, response_format="mp3") as response:
+        for piece in response.iter_bytes():
+            if first is None:
+                first = time.perf_counter() - t0
+            size += len(piece)
+    whole = time.perf_counter() - t0
+    if first is None or not size:
+        raise RuntimeError("the speech request answered no audio")
+    return {"first_byte": first, "whole": whole, "fraction": first / whole, "bytes": float(size)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
@@ -80,15 +102,21 @@ def main() -> int:
     voice = PiperVoice.load(model, config_path=config_path, use_cuda=False)
     direct(voice)  # warm-up
     with tempfile.TemporaryDirectory() as tmp_name:
-        config = StackConfig(state_dir=Path(tmp_name) / "stack", enabled_pipelines=["tts"], start_edge=False)
+        # The edge (API, Auth emulator) runs for the speech route's streamed requests.
+        config = StackConfig(state_dir=Path(tmp_name) / "stack", enabled_pipelines=["tts"])
         with LocalStack(config) as stack:
             os.environ.update(stack.env)
             client = Client.from_settings(Settings())
+            user = sign_up(stack.env["FIREBASE_AUTH_EMULATOR_HOST"])
+            oa = openai.OpenAI(base_url=f"{stack.env['API_URL']}/v1", api_key=user.token, max_retries=0)
             first = system(client)  # the first job pays the process's warm-up
-            directs, systems = [], []
+            speech(oa, streamed=True)  # and the API's first request its channels
+            directs, systems, streams, plains = [], [], [], []
             for _ in range(args.runs):
                 directs.append(direct(voice))
                 systems.append(system(client))
+                streams.append(speech(oa, streamed=True))
+                plains.append(speech(oa, streamed=False))
 
     def median(runs: list[dict[str, float]], key: str) -> float:
         return round(statistics.median(r[key] for r in runs), 4)
@@ -105,6 +133,12 @@ def main() -> int:
         "first_system_job": {k: round(v, 4) for k, v in first.items()},
         "direct_runs": [{k: round(v, 4) for k, v in r.items()} for r in directs],
         "system_runs": [{k: round(v, 4) for k, v in r.items()} for r in systems],
+        "streamed_first_byte_seconds": median(streams, "first_byte"),
+        "streamed_whole_seconds": median(streams, "whole"),
+        "streamed_first_byte_fraction": median(streams, "fraction"),
+        "plain_first_byte_seconds": median(plains, "first_byte"),
+        "streamed_runs": [{k: round(v, 4) for k, v in r.items()} for r in streams],
+        "plain_runs": [{k: round(v, 4) for k, v in r.items()} for r in plains],
     }
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "tts_rtf.json"
@@ -117,6 +151,11 @@ def main() -> int:
         f"tts pipeline (system):   RTF {report['system_rtf']:.3f}  (inference share {report['system_inference_rtf']:.3f})"
     )
     print(f"system / direct:         {report['ratio_system_to_direct']:.2f}x")
+    print(
+        f"streamed speech:         first byte {report['streamed_first_byte_seconds']:.2f} s of "
+        f"{report['streamed_whole_seconds']:.2f} s ({report['streamed_first_byte_fraction']:.0%}); "
+        f"a plain request's first byte {report['plain_first_byte_seconds']:.2f} s"
+    )
     print(f"written to {out}")
     return 0
 
