@@ -132,7 +132,7 @@ def test_a_plain_request_is_answered_as_before(
     raw = oa.audio.speech.with_raw_response.create(
         model="tts-1", voice="alloy", input="Two short sentences. Nothing streamed.", response_format="wav"
     )
-    data = raw.read()
+    data = raw.content
     assert raw.status_code == 200 and int(raw.headers["content-length"]) == len(data)
     job = job_doc(client, settings, raw.headers["x-job-id"])
     assert "stream" not in job["inputs"]
