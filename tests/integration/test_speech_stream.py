@@ -109,6 +109,24 @@ def test_streamed_speech_starts_while_the_job_is_still_speaking(
     assert abs(seconds - outputs["duration_seconds"]) <= outputs["chunks"] / rate + 0.002
 
 
+def test_a_job_cancelled_after_the_first_byte_breaks_the_stream(stack: LocalStack, alice: AuthUser) -> None:
+    oa = speech_client(stack.env["API_URL"], alice)
+    with oa.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input=TEXT, response_format="pcm"
+    ) as response:
+        pieces = response.iter_bytes()
+        assert next(pieces)
+        job_id = response.headers["x-job-id"]
+        cancel = httpx.post(
+            f"{stack.env['API_URL']}/v1/jobs/{job_id}/cancel", headers=alice.headers, timeout=30
+        )
+        assert cancel.status_code == 200
+        # The body never ends as if it were whole: the client sees the connection cut.
+        with pytest.raises(httpx.RemoteProtocolError):
+            for _ in pieces:
+                pass
+
+
 def test_streamed_mp3_plays_through(
     stack: LocalStack, alice: AuthUser, client: Client, settings: Settings
 ) -> None:
