@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Header, Request, Response
@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from starlette.concurrency import iterate_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import User
@@ -34,6 +35,7 @@ from api.errors import ApiError, http_error
 from api.models import JobCreate
 from api.service import Api, create_job
 from api.shedding import Caller
+from api.speech_stream import RAW_RESPONSE_HEADER, speech_chunks, streamed_response, wants_stream
 from api.watch import wait_for_end
 from core.contract import JobDoc, JobStatus
 from core.errors import RetryableError, bounded, shown
@@ -113,7 +115,10 @@ class SpeechRequest(BaseModel):
     )
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0, strict=True)
-    stream_format: str | None = Field(None, description="only 'audio': the answer is the whole file")
+    stream_format: str | None = Field(
+        None,
+        description="only 'audio': pcm, wav, mp3 and aac are then sent chunk by chunk as they are spoken",
+    )
 
     @field_validator("input")
     @classmethod
@@ -127,7 +132,7 @@ class SpeechRequest(BaseModel):
     def _audio_only(cls, value: str | None) -> str | None:
         if value not in (None, "audio"):
             raise ValueError(
-                f"{shown(value)} is not supported: this endpoint answers with the audio file ('audio')"
+                f"{shown(value)} is not supported: this endpoint answers with the audio itself ('audio')"
             )
         return value
 
@@ -400,22 +405,63 @@ async def speak(
             ended = await run_in_threadpool(api.deps.jobs.get, job.id)
         else:
             ended = await wait_for_end(api.watches, job.id, timeout, disconnected)
-    if ended is None or not ended.effective_status.is_final:
-        raise OpenAIError(
-            504,
-            f"the speech job {job.id} did not finish within {timeout:g} s; it goes on: follow it with "
-            f"GET /v1/jobs/{job.id} and fetch its audio from GET /v1/jobs/{job.id}/results",
-            code="timeout",
-            retry=False,
-        )
-    if ended.effective_status is not JobStatus.SUCCEEDED:
-        raise error_of_job(job.id, ended)
+    error = _error_of_end(job.id, ended, timeout)
+    if error is not None:
+        raise error
+    assert ended is not None
     size, chunks = await run_in_threadpool(open_audio, api, job.id, ended)
     return StreamingResponse(
         chunks,
         media_type=CONTENT_TYPES[request.response_format],
         headers={"Content-Length": str(size), "X-Job-Id": job.id},
     )
+
+
+def _error_of_end(job_id: str, ended: JobDoc | None, timeout: float) -> OpenAIError | None:
+    """The answer for a speech job as last seen, if it is not its audio: the 504 for one still
+    running at the timeout, the job's error for one that ended without audio."""
+    if ended is None or not ended.effective_status.is_final:
+        return OpenAIError(
+            504,
+            f"the speech job {job_id} did not finish within {timeout:g} s; it goes on: follow it with "
+            f"GET /v1/jobs/{job_id} and fetch its audio from GET /v1/jobs/{job_id}/results",
+            code="timeout",
+            retry=False,
+        )
+    if ended.effective_status is not JobStatus.SUCCEEDED:
+        return error_of_job(job_id, ended)
+    return None
+
+
+async def speak_streamed(
+    api: Api,
+    user: User,
+    request: SpeechRequest,
+    key: str | None,
+    disconnected: Callable[[], Awaitable[bool]],
+) -> Response:
+    """Create the tts job with ``stream: true`` and answer its chunks as they are spoken
+    (``api/speech_stream.py``)."""
+    body = JobCreate(pipeline=SPEECH_PIPELINE, inputs={**job_inputs(request, api.settings), "stream": True})
+    timeout = api.settings.openai_speech_timeout_seconds
+
+    async def whole_file(job_id: str, job: JobDoc) -> AsyncIterator[bytes]:
+        _size, chunks = await run_in_threadpool(open_audio, api, job_id, job)
+        return iterate_in_threadpool(chunks)
+
+    job_ids: list[str] = []
+    chunks = speech_chunks(
+        api,
+        user,
+        body,
+        key,
+        timeout,
+        disconnected,
+        job_ids,
+        lambda job_id, job: _error_of_end(job_id, job, timeout),
+        whole_file,
+    )
+    return await streamed_response(chunks, job_ids, CONTENT_TYPES[request.response_format])
 
 
 _ERROR_BODY = {
@@ -454,7 +500,13 @@ def speech_router() -> APIRouter:
         idempotency_key: Annotated[str | None, Header()] = None,
     ) -> Response:
         """OpenAI's text to speech: the audio of ``input`` (the job is one of the caller's jobs).
-        The API key is the user's Firebase ID token; errors are OpenAI's shape."""
-        return await speak(request.app.state.api, user, body, idempotency_key, request.is_disconnected)
+        The API key is the user's Firebase ID token; errors are OpenAI's shape. A streaming request
+        (``with_streaming_response``, or ``stream_format: "audio"``) for pcm, wav, mp3 or aac gets
+        the audio chunk by chunk as it is spoken."""
+        api = request.app.state.api
+        header = request.headers.get(RAW_RESPONSE_HEADER)
+        if wants_stream(header, body.stream_format, body.response_format):
+            return await speak_streamed(api, user, body, idempotency_key, request.is_disconnected)
+        return await speak(api, user, body, idempotency_key, request.is_disconnected)
 
     return router

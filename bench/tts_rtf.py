@@ -9,8 +9,11 @@ System: job document created -> job final, as a client sees it (delivery, text c
 synthesis, joining, loudness, mp3 encoding, upload, the result write); its ``inference`` share
 is reported too. Then the pipeline's fixed cost in CPU seconds, which a busy machine does not
 skew: the ``tts`` pipeline's run (synthesis, joining, loudness, encoding: ffmpeg included) against
-Piper alone on the same text, both in this process (goal: <= 1.15x). Writes
-``bench/results/tts_rtf.json``.
+Piper alone on the same text, both in this process (goal: <= 1.15x).
+Streamed: the same text through ``POST /v1/audio/speech`` with the ``openai``
+client's ``with_streaming_response`` (mp3), the time to its first byte and to its last, and the
+first as a fraction of the whole; a plain (whole-file) request's time to its first byte beside it.
+Writes ``bench/results/tts_rtf.json``.
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+import openai
 
 from core.contract import JobStatus
+from devkit.firebase_auth import sign_up
 from infra.client import Client
 from infra.localstack.stack import LocalStack, StackConfig
 from infra.settings import Settings
@@ -114,6 +120,33 @@ def system(client: Client) -> dict[str, float]:
     }
 
 
+def speech(oa: openai.OpenAI, *, streamed: bool) -> dict[str, float]:
+    """One speech request on the bench text: seconds to its first byte and to its last."""
+    t0 = time.perf_counter()
+    first: float | None = None
+    size = 0
+    body = {"model": "tts-1", "voice": "alloy", "input": TEXT, "response_format": "mp3"}
+    if streamed:
+        with oa.audio.speech.with_streaming_response.create(**body) as response:  # type: ignore[arg-type]
+            pieces = response.iter_bytes()
+            for piece in pieces:
+                first = first if first is not None else time.perf_counter() - t0
+                size += len(piece)
+    else:  # no streaming header: the whole file once the job has ended
+        headers = {"Authorization": f"Bearer {oa.api_key}"}
+        with httpx.stream(
+            "POST", f"{oa.base_url}audio/speech", json=body, headers=headers, timeout=300
+        ) as plain:
+            plain.raise_for_status()
+            for piece in plain.iter_bytes():
+                first = first if first is not None else time.perf_counter() - t0
+                size += len(piece)
+    whole = time.perf_counter() - t0
+    if first is None or not size:
+        raise RuntimeError("the speech request answered no audio")
+    return {"first_byte": first, "whole": whole, "fraction": first / whole, "bytes": float(size)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
@@ -127,15 +160,21 @@ def main() -> int:
     voice = PiperVoice.load(model, config_path=config_path, use_cuda=False)
     direct(voice)  # warm-up
     with tempfile.TemporaryDirectory() as tmp_name:
-        config = StackConfig(state_dir=Path(tmp_name) / "stack", enabled_pipelines=["tts"], start_edge=False)
+        # The edge (API, Auth emulator) runs for the speech route's streamed requests.
+        config = StackConfig(state_dir=Path(tmp_name) / "stack", enabled_pipelines=["tts"])
         with LocalStack(config) as stack:
             os.environ.update(stack.env)
             client = Client.from_settings(Settings())
+            user = sign_up(stack.env["FIREBASE_AUTH_EMULATOR_HOST"])
+            oa = openai.OpenAI(base_url=f"{stack.env['API_URL']}/v1", api_key=user.token, max_retries=0)
             first = system(client)  # the first job pays the process's warm-up
-            directs, systems = [], []
+            speech(oa, streamed=True)  # and the API's first request its channels
+            directs, systems, streams, plains = [], [], [], []
             for _ in range(args.runs):
                 directs.append(direct(voice))
                 systems.append(system(client))
+                streams.append(speech(oa, streamed=True))
+                plains.append(speech(oa, streamed=False))
 
     def median(runs: list[dict[str, float]], key: str) -> float:
         return round(statistics.median(r[key] for r in runs), 4)
@@ -154,6 +193,12 @@ def main() -> int:
         "direct_runs": [{k: round(v, 4) for k, v in r.items()} for r in directs],
         "system_runs": [{k: round(v, 4) for k, v in r.items()} for r in systems],
         "cpu": cpu,
+        "streamed_first_byte_seconds": median(streams, "first_byte"),
+        "streamed_whole_seconds": median(streams, "whole"),
+        "streamed_first_byte_fraction": median(streams, "fraction"),
+        "plain_first_byte_seconds": median(plains, "first_byte"),
+        "streamed_runs": [{k: round(v, 4) for k, v in r.items()} for r in streams],
+        "plain_runs": [{k: round(v, 4) for k, v in r.items()} for r in plains],
     }
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "tts_rtf.json"
@@ -169,6 +214,11 @@ def main() -> int:
     print(
         f"CPU, pipeline run / Piper alone: {cpu['pipeline_cpu_seconds']} s / {cpu['piper_alone_cpu_seconds']} s "
         f"= {cpu['ratio']}x; goal <= {CPU_GOAL}x: {'met' if cpu['ratio'] <= CPU_GOAL else 'NOT met'}"
+    )
+    print(
+        f"streamed speech:         first byte {report['streamed_first_byte_seconds']:.2f} s of "
+        f"{report['streamed_whole_seconds']:.2f} s ({report['streamed_first_byte_fraction']:.0%}); "
+        f"a plain request's first byte {report['plain_first_byte_seconds']:.2f} s"
     )
     print(f"written to {out}")
     return 0

@@ -280,6 +280,11 @@ class RunContext:
     #: ``partial(item)`` hands over output made so far (a transcript segment as it is decoded):
     #: the job document's bounded ``partial`` field and the event stream show it while the job runs
     partial: Callable[[dict[str, Any]], None] = field(default=lambda item: None)
+    #: ``publish(key, path, item)`` uploads a file made while the job runs (a spoken chunk of a
+    #: streamed speech job) under the attempt's results prefix as ``key`` (e.g. ``stream/00000.mp3``)
+    #: and hands over ``item`` with the file's ``uri`` as partial output; the first one is written to
+    #: the job document at once. Returns the ``gs://`` URI (``None`` where nothing is published).
+    publish: Callable[[str, Path, dict[str, Any]], str | None] = field(default=lambda key, path, item: None)
 
 
 OutT = TypeVar("OutT", bound=BaseModel)

@@ -96,6 +96,11 @@ class Heartbeat:
             self._write(progress)
         self.check()
 
+    def flush(self) -> None:
+        """Renew the lease now, taking the partial output with it (a streamed job's first chunk:
+        its listener should not wait for the next throttled write)."""
+        self._write(None)
+
     def _write(self, progress: Progress | None) -> None:
         with self._lock:
             if self._lost is not None:

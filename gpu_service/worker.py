@@ -296,7 +296,7 @@ class Worker:
     ) -> Delivered:
         """A job in one run: infer, upload its files, end it."""
         pipeline = self._load(work, beat)
-        ctx = self._context(work, files, workdir, beat.report)
+        ctx = self._context(work, files, workdir, beat.report, self._publisher(work, beat))
         result = self._on_model(work, beat, lambda: self.pool.infer(work.spec, pipeline, inputs, ctx))
         beat.report(1.0, "uploading")
         commit_start = time.perf_counter()
@@ -373,10 +373,16 @@ class Worker:
         return pipeline
 
     @staticmethod
-    def _context(work: ClaimedWork, files: dict[str, Path], workdir: Path, report: ProgressFn) -> RunContext:
+    def _context(
+        work: ClaimedWork,
+        files: dict[str, Path],
+        workdir: Path,
+        report: ProgressFn,
+        publish: Callable[[str, Path, dict[str, Any]], str | None] | None = None,
+    ) -> RunContext:
         out_dir = workdir / "out"
         out_dir.mkdir()
-        return RunContext(
+        ctx = RunContext(
             job_id=work.ref.job_id,
             workdir=out_dir,
             files=files,
@@ -384,6 +390,31 @@ class Worker:
             meter=work.meter,
             partial=work.partial.add,
         )
+        if publish is not None:
+            ctx.publish = publish
+        return ctx
+
+    def _publisher(self, work: ClaimedWork, beat: Heartbeat) -> Callable[[str, Path, dict[str, Any]], str]:
+        """``ctx.publish`` for a whole job: upload under the attempt's prefix (removed with the
+        attempt's other outputs if it fails), then hand the item over; the first one at once."""
+        published = 0
+
+        def publish(key: str, path: Path, item: dict[str, Any]) -> str:
+            nonlocal published
+            parts = key.split("/")
+            if any(not p or p.startswith(".") for p in parts):
+                raise ValueError(f"published file key {key!r} must be a relative path of plain names")
+            name = work.results_prefix + key
+            content_type = mimetypes.guess_type(parts[-1])[0] or "application/octet-stream"
+            uri = self.blobs.upload(path, self.settings.media_bucket, name, content_type, expiry(work.job))
+            work.uploaded.append(name)
+            work.partial.add({**item, "uri": uri})
+            published += 1
+            if published == 1:
+                beat.flush()
+            return uri
+
+        return publish
 
     def _on_model(
         self, work: ClaimedWork, beat: Heartbeat, call: Callable[[], RunResult[Any]]

@@ -43,12 +43,15 @@ from pipelines.tts.audio import peak_dbfs as measure_peak
 from pipelines.tts.backend import Audio, Chunk, ChunkRequest, SpeechBackend, Turn, Voice, chunk_seed
 from pipelines.tts.checks import prepare
 from pipelines.tts.spec import TtsConfig, TtsInputs, TtsOutputs
+from pipelines.tts.stream import encode_piece, piece_audio
 from pipelines.tts.text import chunk_turns
 
 log = logging.getLogger(__name__)
 
 #: share of the progress bar for speaking (the rest: checks before, joining and encoding after)
 _SPEAK_FROM, _SPEAK_TO = 0.05, 0.9
+#: the longest chunk of a streamed job: about a sentence, so that the first audio comes early
+STREAM_CHUNK_CHARS = 120
 
 
 @dataclass
@@ -65,6 +68,8 @@ class _Job:
     timings: dict[str, float]
     pieces: list[Audio | None] = field(default_factory=list)
     error: Exception | None = None
+    #: chunks published so far (a streamed job: ``inputs.stream``)
+    streamed: int = 0
 
     @property
     def spoken(self) -> int:
@@ -137,7 +142,11 @@ class TtsPipeline:
         chunks = [
             Chunk(turns=tuple(Turn(speaker, text) for speaker, text in chunk))
             for chunk in chunk_turns(
-                prepared.script.turns, self.backend.max_chunk_chars, multi_speaker=self.backend.multi_speaker
+                prepared.script.turns,
+                min(self.backend.max_chunk_chars, STREAM_CHUNK_CHARS)
+                if inputs.stream
+                else self.backend.max_chunk_chars,
+                multi_speaker=self.backend.multi_speaker,
             )
         ]
         log.info(
@@ -184,6 +193,8 @@ class TtsPipeline:
                     job.pieces[i] = audio
             for job in _distinct(j for j, _ in part):
                 job.timings["inference"] += seconds
+                if job.inputs.stream and job.error is None:
+                    self._stream(job)
                 self._report(job)
 
     def _speak_part(self, part: list[tuple[_Job, int]]) -> list[Audio | None]:
@@ -214,6 +225,38 @@ class TtsPipeline:
             for n, samples in zip(mine, audio, strict=True):
                 out[n] = samples
         return out
+
+    def _stream(self, job: _Job) -> None:
+        """Publish the job's chunks spoken so far that follow the last one published, in order."""
+        rate = self.backend.sample_rate
+        try:
+            while job.streamed < len(job.pieces) and (piece := job.pieces[job.streamed]) is not None:
+                index = job.streamed
+                audio = piece_audio(
+                    piece,
+                    index,
+                    rate,
+                    gap_seconds=self.config.gap_seconds,
+                    fade_seconds=self.config.crossfade_seconds,
+                )
+                stream_dir = Path(job.ctx.workdir) / "stream"
+                stream_dir.mkdir(exist_ok=True)
+                path, seconds = encode_piece(
+                    audio,
+                    rate,
+                    job.inputs.sample_rate or rate,
+                    job.inputs.format,
+                    index,
+                    stream_dir,
+                    loudness_lufs=job.inputs.loudness,
+                    ceiling_dbfs=self.config.peak_limit_dbfs,
+                )
+                item = {"index": index, "bytes": path.stat().st_size, "seconds": round(seconds, 3)}
+                job.ctx.publish(f"stream/{path.name}", path, item)
+                path.unlink()
+                job.streamed += 1
+        except Exception as exc:  # this job's chunk, not its batch-mates'
+            job.error = exc
 
     @staticmethod
     def _report(job: _Job) -> None:

@@ -7,7 +7,7 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.spec import CostLimit, FileInput, GsUri, PipelineModel, PipelineSpec
 
@@ -59,6 +59,11 @@ class TtsInputs(PipelineModel):
     speed: float = Field(1.0, ge=0.25, le=4.0, description="1.0 is the voice's natural pace.")
     loudness: float = Field(-16.0, ge=-40.0, le=-5.0, description="Target integrated loudness, LUFS.")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Fixes the backend's sampling.")
+    stream: bool = Field(
+        False,
+        description="Also publish each chunk as it is spoken (partial items {index, uri, bytes, seconds} "
+        "whose files concatenate in order): pcm, wav, mp3 or aac only.",
+    )
 
     @field_validator("text")
     @classmethod
@@ -66,6 +71,14 @@ class TtsInputs(PipelineModel):
         if not value.strip():
             raise ValueError("text is empty: give the words to speak")
         return value
+
+    @model_validator(mode="after")
+    def _streamable(self) -> TtsInputs:
+        if self.stream and self.format in ("opus", "flac"):
+            raise ValueError(
+                f"stream: {self.format} pieces do not concatenate into one file; stream pcm, wav, mp3 or aac"
+            )
+        return self
 
 
 class TtsOutputs(BaseModel):
