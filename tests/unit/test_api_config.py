@@ -18,8 +18,10 @@ from infra.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 
 
-# Explicit environment= throughout: the integration stack's ENVIRONMENT=local stays set for the
-# rest of a whole-suite session.
+# The integration stack's environment (ENVIRONMENT=local, NOTIFY_ALLOW_LOOPBACK, FCM_URL, ...)
+# stays set for the rest of a whole-suite session: each test here builds its settings from its own
+# values only.
+pytestmark = pytest.mark.usefixtures("no_settings_env")
 
 
 def test_production_refuses_the_auth_emulator() -> None:
