@@ -155,11 +155,7 @@ class Redriver:
             return self._reserve_for_other_users()
         limit = max(10, 4 * free)
         now = utcnow()
-        found = dict(self.worker.jobs.find_runnable(limit, self.parted))
-        # The oldest work may all be one user's: also look at other users' (fair share).
-        seen = sorted({job.uid for job in found.values() if job.status is JobStatus.QUEUED})
-        if seen:
-            found.update(self.worker.jobs.find_queued_of_others(seen, limit=limit))
+        found = self.runnable(limit)
         started = 0
         for candidate in fair_order(
             candidates(found.items(), self.served, now, self.after_seconds), self.capacity
@@ -179,6 +175,20 @@ class Redriver:
         self.started_units += started
         return started
 
+    def runnable(self, limit: int, others_than: list[str] | None = None) -> dict[str, JobDoc]:
+        """The oldest runnable work (``find_runnable``) and, when that read was full, the queued
+        work of other users than ``others_than`` (default: the users it found), which a heavy
+        user's backlog could hide. A read that was not full saw every queued job: every user's
+        work is in it, and the second query would only bill reads (each instance, each pass)."""
+        found = dict(self.worker.jobs.find_runnable(limit, self.parted))
+        queued = [job for job in found.values() if job.status is JobStatus.QUEUED]
+        if len(queued) < limit:
+            return found
+        exclude = others_than if others_than is not None else sorted({job.uid for job in queued})
+        if exclude:
+            found.update(self.worker.jobs.find_queued_of_others(exclude, limit=limit))
+        return found
+
     def _reserve_for_other_users(self) -> int:
         """All slots busy: queue, as waiters for the next free slot, the next unit of each user
         and lane with work waiting, so that the capacity picks among them by the rule when a slot
@@ -196,8 +206,7 @@ class Redriver:
         limit = 4 * self.capacity.total
         # The oldest queued work (and interactive work, whatever its age: find_runnable), and that
         # of users with nothing running here, which a busy user's backlog could hide.
-        found = dict(self.worker.jobs.find_runnable(limit))
-        found.update(self.worker.jobs.find_queued_of_others(busy_uids, limit=limit))
+        found = self.runnable(limit, others_than=busy_uids)
         chosen: list[Candidate] = []
         with self._lock:
             waiting = set(self._reserved.values())

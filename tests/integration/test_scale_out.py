@@ -93,3 +93,36 @@ def test_the_queued_part_of_a_running_multi_part_job_is_still_found(
     running(client, collection, "plain", "flaky")
     found = dict(r.worker.jobs.find_runnable(10, r.parted))
     assert set(found) == {"parted"}  # the plain running job has no part to run: not read
+
+
+def queued(client: Client, collection: str, job_id: str, owner: str, n: int) -> None:
+    client.db.collection(collection).document(job_id).set(
+        {
+            "uid": owner,
+            "pipeline": "flaky",
+            "inputs": {},
+            "status": "queued",
+            "queuedAt": datetime(2026, 1, 1, 0, n, tzinfo=UTC),
+            "updatedAt": datetime(2026, 1, 1, 0, n, tzinfo=UTC),
+        }
+    )
+
+
+def test_a_short_queue_is_read_once_and_a_full_read_also_finds_the_other_users(
+    stack: LocalStack, client: Client, uid: str, counted: None
+) -> None:
+    """Other users' queued work is looked for only when the oldest-queued read was full: a read
+    that was not full saw every queued job, so a second query would only bill reads."""
+    collection = f"jobs-fleet-{uid}"
+    r = redriver(client, collection, ["flaky"])
+    for n in range(3):
+        queued(client, collection, f"heavy-{n}", "heavy", n)
+    before = counts()["queries"]
+    found = r.runnable(10)
+    assert set(found) == {"heavy-0", "heavy-1", "heavy-2"}
+    assert counts()["queries"] - before == 1  # the oldest-queued read only
+    for n in range(3, 10):
+        queued(client, collection, f"heavy-{n}", "heavy", n)
+    queued(client, collection, "light-0", "light", 59)  # younger than the whole heavy backlog
+    found = r.runnable(10)
+    assert "light-0" in found  # the full read did not hide the light user's job
