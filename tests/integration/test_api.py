@@ -216,6 +216,7 @@ def test_upload_create_wait_and_fetch_results(api: httpx.Client, alice: AuthUser
         "/v1/jobs?wait=60",
         headers=alice.headers,
         json={"pipeline": "transcribe", "inputs": {"media": slot["uri"]}},
+        timeout=90,  # past the wait: a job still running at 60 s is answered, not cut off
     )
     assert resp.status_code == 201, resp.text
     job = resp.json()
