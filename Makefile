@@ -10,8 +10,8 @@ install:
 demo: install ## start the local stack, submit sample jobs, print the results and timings
 	$(PY) -m scripts.demo
 
-test: install ## the whole suite: unit tests and the end-to-end tests on the real emulators
-	$(PY) -m pytest
+test: install ## the whole suite: unit tests and the end-to-end tests on the real emulators, on two workers (the integration tests together on one, with one stack)
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 test-fast: install ## unit tests only, without the slow ones (no emulators, no models, no terraform)
 	$(PY) -m pytest tests/unit -m "not slow"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+TESTS = Path(__file__).resolve().parent
 
 
 def _cuda_available() -> bool:
@@ -21,10 +25,21 @@ SLOW_FIXTURES = frozenset(
 )
 
 
+def work_group(item: pytest.Item) -> str:
+    """The unit of work a test goes to a worker with when the suite runs on several (``make test``:
+    pytest-xdist, ``--dist loadgroup``): every integration test in one, so that one emulator stack
+    serves them all; each other file in one, so that what it builds once per process (Terraform's
+    initialised root, a module's fixtures) is built once."""
+    if item.path.resolve().is_relative_to(TESTS / "integration"):
+        return "integration"
+    return item.path.name
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        item.add_marker(pytest.mark.xdist_group(work_group(item)))
     if _cuda_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
