@@ -343,29 +343,48 @@ class Dispatcher:
         """Plan (once) and make the attempts of ``job_id`` that are due now."""
         job = known.job
         assert job is not None and job.notifications is not None
+        made = 0
         if job.notifications.deliveries is None:
             channels = channels_of(targets.get(job.uid))
-            if not self.jobs.decide_known(job_id, lambda j: notify.decide_plan(j, job_id, channels), known):
-                return 0
+
+            def plan(j: JobDoc | None) -> Decision[int]:
+                return notify.decide_plan_and_claim(
+                    j, job_id, channels, now=self.clock(), lease_seconds=self._lease()
+                )
+
+            attempt = self.jobs.decide_known(job_id, plan, known)
             self.settled += 1
+            if attempt:  # planned, and the first channel's attempt claimed in the same write
+                made += self._send(job_id, known, known.job or job, channels[0], attempt, targets)
             job = known.job or self.jobs.get(job_id)
             if job is None:
-                return 0
-        made = 0
+                return made
         for channel in notify.due(job, self.clock()):
             made += self._one(job_id, known, job, channel, targets)
         return made
 
-    def _one(self, job_id: str, known: LastWrite, job: JobDoc, channel: str, targets: _TickTargets) -> int:
-        lease = self.settings.notify_timeout_seconds * 3 + 5
+    def _lease(self) -> float:
+        return self.settings.notify_timeout_seconds * 3 + 5
 
+    def _one(self, job_id: str, known: LastWrite, job: JobDoc, channel: str, targets: _TickTargets) -> int:
         def claim(j: JobDoc | None) -> Decision[int]:
-            return notify.decide_attempt(j, channel, now=self.clock(), lease_seconds=lease)
+            return notify.decide_attempt(j, channel, now=self.clock(), lease_seconds=self._lease())
 
         attempt = self.jobs.decide_known(job_id, claim, known)
         if not attempt:
             return 0  # not due any more: another dispatcher has it
-        current = known.job or self.jobs.get(job_id) or job
+        return self._send(job_id, known, known.job or self.jobs.get(job_id) or job, channel, attempt, targets)
+
+    def _send(
+        self,
+        job_id: str,
+        known: LastWrite,
+        current: JobDoc,
+        channel: str,
+        attempt: int,
+        targets: _TickTargets,
+    ) -> int:
+        """Make the claimed ``attempt`` of ``channel`` and record how it went."""
         outcome = self._attempt(job_id, current, channel, targets.get(current.uid))
 
         def record(j: JobDoc | None) -> Decision[Any]:
