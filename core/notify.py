@@ -8,6 +8,7 @@ The dispatcher then, with compare-and-set writes on the job document:
    retry and redelivery (``evt_{jobId}``: a job ends once);
 2. **claims** an attempt of one delivery (``attempts + 1``, ``nextAttemptAt`` = now + the
    attempt's timeout: a lease, so a dispatcher that dies mid-send leaves it to the next one);
+   the plan and the first channel's claim go in one write (:func:`decide_plan_and_claim`).
 3. **records** the outcome: delivered, or a retry after the backoff, or ``dead`` when the
    attempts are spent. The job's ``notifications.state`` follows: ``done`` once every channel
    delivered, ``dead`` once none is pending and one is dead, ``owed`` while any is pending.
@@ -74,17 +75,38 @@ def decide_plan(job: JobDoc | None, job_id: str, channels: Iterable[str]) -> Dec
     notes = job.notifications
     if notes.deliveries is not None:
         return Decision(any(d.state == "pending" for d in notes.deliveries.values()))
-    deliveries: dict[str, Delivery] = {}
-    for key in channels:
-        deliveries[key] = Delivery(kind="push" if key == PUSH else "webhook")
-    planned = notes.model_copy(
+    planned = _planned(notes, job_id, channels)
+    return Decision(bool(planned.deliveries), Patch().set("notifications", planned))
+
+
+def _planned(notes: Notifications, job_id: str, channels: Iterable[str]) -> Notifications:
+    deliveries = {key: Delivery(kind="push" if key == PUSH else "webhook") for key in channels}
+    return notes.model_copy(
         update={
             "event_id": notes.event_id or event_id(job_id),
             "deliveries": deliveries,
             "state": "owed" if deliveries else "done",
         }
     )
-    return Decision(bool(deliveries), Patch().set("notifications", planned))
+
+
+def decide_plan_and_claim(
+    job: JobDoc | None, job_id: str, channels: Sequence[str], *, now: datetime, lease_seconds: float
+) -> Decision[int]:
+    """:func:`decide_plan` and, in the same write, :func:`decide_attempt` of the first channel:
+    one write where there were two. The result: the number of the attempt claimed (1), or 0 when
+    none was (nothing registered, the job is done; or a plan made elsewhere, which the caller
+    then reads for what is due)."""
+    plan = decide_plan(job, job_id, channels)
+    if job is None or job.notifications is None or not plan.result or plan.patch is None:
+        return Decision(0, plan.patch)
+    planned = _planned(job.notifications, job_id, channels)
+    assert planned.deliveries is not None
+    first = channels[0]
+    claimed = _claimed(planned.deliveries[first], now, lease_seconds)
+    deliveries = {**planned.deliveries, first: claimed}
+    both = planned.model_copy(update={"deliveries": deliveries})
+    return Decision(claimed.attempts, Patch().set("notifications", both))
 
 
 def due(job: JobDoc, now: datetime) -> list[str]:
@@ -104,15 +126,19 @@ def decide_attempt(job: JobDoc | None, channel: str, *, now: datetime, lease_sec
     if job is None or channel not in due(job, now):
         return Decision(0)
     assert job.notifications is not None and job.notifications.deliveries is not None
-    current = job.notifications.deliveries[channel]
-    claimed = current.model_copy(
+    claimed = _claimed(job.notifications.deliveries[channel], now, lease_seconds)
+    return Decision(claimed.attempts, Patch().set(f"notifications.deliveries.{channel}", claimed))
+
+
+def _claimed(current: Delivery, now: datetime, lease_seconds: float) -> Delivery:
+    """The next attempt of a delivery, leased until ``now + lease_seconds``."""
+    return current.model_copy(
         update={
             "attempts": current.attempts + 1,
             "last_attempt_at": now,
             "next_attempt_at": now + timedelta(seconds=lease_seconds),
         }
     )
-    return Decision(claimed.attempts, Patch().set(f"notifications.deliveries.{channel}", claimed))
 
 
 def decide_outcome(
@@ -176,6 +202,7 @@ __all__ = [
     "decide_attempt",
     "decide_outcome",
     "decide_plan",
+    "decide_plan_and_claim",
     "decide_redeliver",
     "due",
     "end_event",

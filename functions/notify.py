@@ -19,6 +19,7 @@ calls unregistered is dropped from the user's devices.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -35,7 +36,8 @@ from core import notify
 from core.contract import JobDoc
 from core.decisions import Decision
 from core.errors import InvalidInput, RetryableError
-from infra.jobs import JobStore, utcnow
+from infra import roundtrips
+from infra.jobs import JobStore, LastWrite, utcnow
 from infra.notify_targets import Endpoint, Targets, TargetStore, device_key
 from infra.settings import Settings
 from pipelines.video.urls import Resolver, check_host, check_url_syntax, default_resolve
@@ -208,7 +210,52 @@ def _anonymous() -> Any:
     return Anonymous()
 
 
+#: targets read for a tick are used for this long; a tick that runs longer (slow endpoints) reads
+#: a user's again before using them, so a change of targets is seen as soon as it was before
+TARGETS_MAX_AGE_SECONDS = 1.0
+#: the scan's pause while nothing more is owed (the first attempt follows an end by under a second)
+SCAN_PAUSE_SECONDS = 0.5
+
+
+def _owed(job: JobDoc | None) -> bool:
+    return job is not None and job.notifications is not None and job.notifications.state == "owed"
+
+
+def _plan_nothing(job: JobDoc | None, job_id: str) -> Decision[bool]:
+    return notify.decide_plan(job, job_id, [])
+
+
+class _TickTargets:
+    """The owners' targets for one tick: every owner's in one read at its start, a user's read
+    again when the copy is older than ``TARGETS_MAX_AGE_SECONDS``."""
+
+    def __init__(self, store: TargetStore, uids: set[str]) -> None:
+        self._store = store
+        read = time.monotonic()
+        self._found = store.get_many(uids)
+        self._read = dict.fromkeys(self._found, read)
+
+    def get(self, uid: str) -> Targets:
+        if uid not in self._found or time.monotonic() - self._read[uid] > TARGETS_MAX_AGE_SECONDS:
+            self._found[uid] = self._store.get(uid)
+            self._read[uid] = time.monotonic()
+        return self._found[uid]
+
+
+def channels_of(targets: Targets) -> list[str]:
+    channels = [notify.webhook_channel(e) for e in sorted(targets.webhooks)]
+    if targets.devices:
+        channels.append(notify.PUSH)
+    return channels
+
+
 class Dispatcher:
+    """Each tick: one query for the owed jobs, one read of all their owners' targets, then writes
+    decided on the documents the query returned, against their update times (no read before a
+    write; a failed precondition reads and decides again). The jobs of owners with nothing
+    registered are settled (``done``) in one commit; should one of them have changed since the
+    query, that commit writes nothing and each is settled on its own."""
+
     def __init__(
         self,
         settings: Settings,
@@ -224,6 +271,9 @@ class Dispatcher:
         self.webhooks = webhooks or WebhookSender(settings)
         self.push = push or PushSender(settings)
         self.clock = clock
+        #: the last tick's owed jobs, and how many of them it planned or settled
+        self.scanned = 0
+        self.settled = 0
 
     def run(self, seconds: float | None = None) -> int:
         """Deliver what is due, again and again, for ``seconds`` (``NOTIFY_RUN_SECONDS``); returns
@@ -232,51 +282,110 @@ class Dispatcher:
         end = time.monotonic() + budget
         made = 0
         while True:
-            made += self.tick()
+            with roundtrips.counting() as calls:
+                made += self.tick()
+            if self.settled:
+                log.info(
+                    "notifications: %d owed, %d planned or settled; round trips: %s",
+                    self.scanned,
+                    self.settled,
+                    roundtrips.summary(calls),
+                )
             if time.monotonic() >= end:
                 return made
-            time.sleep(min(0.5, max(0.0, end - time.monotonic())))
+            if self.scanned >= self.settings.notify_batch and self.settled:
+                continue  # more are owed than one scan reads, and this one moved: scan again now
+            time.sleep(min(SCAN_PAUSE_SECONDS, max(0.0, end - time.monotonic())))
 
     def tick(self) -> int:
+        owed = [(i, k) for i, k in self.jobs.find_owed_known(self.settings.notify_batch) if _owed(k.job)]
+        self.scanned, self.settled = len(owed), 0
+        if not owed:
+            return 0
+        targets = _TickTargets(self.targets, {k.job.uid for _, k in owed if k.job is not None})
+        quiet = {
+            job_id
+            for job_id, known in owed
+            if known.job is not None
+            and known.job.notifications is not None
+            and known.job.notifications.deliveries is None
+            and not channels_of(targets.get(known.job.uid))
+        }
+        self._settle([(i, k) for i, k in owed if i in quiet])
         made = 0
-        for job_id, _ in self.jobs.find_owed(self.settings.notify_batch):
+        for job_id, known in owed:
+            if job_id in quiet:
+                continue
             try:
-                made += self.deliver(job_id)
+                made += self._deliver(job_id, known, targets)
             except RetryableError:
                 log.warning("job %s: notifications deferred (the job document is busy)", job_id)
         return made
 
-    def deliver(self, job_id: str) -> int:
+    def _settle(self, quiet: list[tuple[str, LastWrite]]) -> None:
+        """Owners with nothing registered: their jobs are done, in one commit."""
+        writes = []
+        for job_id, known in quiet:
+            decision = notify.decide_plan(known.job, job_id, [])
+            if decision.patch:
+                writes.append((job_id, known, decision.patch))
+        if self.jobs.commit_known(writes):
+            self.settled += len(writes)
+            return
+        for job_id, _, _ in writes:  # one changed since the scan: each on its own
+            try:
+                self.jobs.decide(job_id, functools.partial(_plan_nothing, job_id=job_id))
+                self.settled += 1
+            except RetryableError:
+                log.warning("job %s: notifications deferred (the job document is busy)", job_id)
+
+    def _deliver(self, job_id: str, known: LastWrite, targets: _TickTargets) -> int:
         """Plan (once) and make the attempts of ``job_id`` that are due now."""
-        job = self.jobs.get(job_id)
-        if job is None or job.notifications is None or job.notifications.state != "owed":
-            return 0
-        targets = self.targets.get(job.uid)
-        if job.notifications.deliveries is None:
-            channels = [notify.webhook_channel(e) for e in sorted(targets.webhooks)]
-            if targets.devices:
-                channels.append(notify.PUSH)
-            if not self.jobs.decide(job_id, lambda j: notify.decide_plan(j, job_id, channels)):
-                return 0
-            job = self.jobs.get(job_id)
-            if job is None:
-                return 0
+        job = known.job
+        assert job is not None and job.notifications is not None
         made = 0
+        if job.notifications.deliveries is None:
+            channels = channels_of(targets.get(job.uid))
+
+            def plan(j: JobDoc | None) -> Decision[int]:
+                return notify.decide_plan_and_claim(
+                    j, job_id, channels, now=self.clock(), lease_seconds=self._lease()
+                )
+
+            attempt = self.jobs.decide_known(job_id, plan, known)
+            self.settled += 1
+            if attempt:  # planned, and the first channel's attempt claimed in the same write
+                made += self._send(job_id, known, known.job or job, channels[0], attempt, targets)
+            job = known.job or self.jobs.get(job_id)
+            if job is None:
+                return made
         for channel in notify.due(job, self.clock()):
-            made += self._one(job_id, job, channel, targets)
+            made += self._one(job_id, known, job, channel, targets)
         return made
 
-    def _one(self, job_id: str, job: JobDoc, channel: str, targets: Targets) -> int:
-        lease = self.settings.notify_timeout_seconds * 3 + 5
+    def _lease(self) -> float:
+        return self.settings.notify_timeout_seconds * 3 + 5
 
+    def _one(self, job_id: str, known: LastWrite, job: JobDoc, channel: str, targets: _TickTargets) -> int:
         def claim(j: JobDoc | None) -> Decision[int]:
-            return notify.decide_attempt(j, channel, now=self.clock(), lease_seconds=lease)
+            return notify.decide_attempt(j, channel, now=self.clock(), lease_seconds=self._lease())
 
-        attempt = self.jobs.decide(job_id, claim)
+        attempt = self.jobs.decide_known(job_id, claim, known)
         if not attempt:
             return 0  # not due any more: another dispatcher has it
-        current = self.jobs.get(job_id) or job
-        outcome = self._attempt(job_id, current, channel, targets)
+        return self._send(job_id, known, known.job or self.jobs.get(job_id) or job, channel, attempt, targets)
+
+    def _send(
+        self,
+        job_id: str,
+        known: LastWrite,
+        current: JobDoc,
+        channel: str,
+        attempt: int,
+        targets: _TickTargets,
+    ) -> int:
+        """Make the claimed ``attempt`` of ``channel`` and record how it went."""
+        outcome = self._attempt(job_id, current, channel, targets.get(current.uid))
 
         def record(j: JobDoc | None) -> Decision[Any]:
             return notify.decide_outcome(
@@ -290,7 +399,7 @@ class Dispatcher:
                 permanent=outcome.permanent,
             )
 
-        result = self.jobs.decide(job_id, record)
+        result = self.jobs.decide_known(job_id, record, known)
         log.info("job %s: %s attempt %d: %s (%s)", job_id, channel, attempt, outcome.status, result)
         return 1
 

@@ -332,6 +332,56 @@ class JobStore:
         """Apply a decision of another module (the notification outbox's) with compare-and-set."""
         return self._cas(job_id, decide)
 
+    def find_owed_known(self, limit: int) -> list[tuple[str, LastWrite]]:
+        """:meth:`find_owed`, each job with the update time it was read at: a write decided on it
+        (:meth:`decide_known`, :meth:`commit_known`) needs no read of its own."""
+        roundtrips.note("firestore")
+        query = self._db.collection(self._collection).where(
+            filter=firestore.FieldFilter("notifications.state", "==", "owed")
+        )
+        return [
+            (snap.id, LastWrite(read_job(snap.to_dict() or {}), snap.update_time))
+            for snap in query.limit(limit).stream()
+        ]
+
+    def decide_known(
+        self, job_id: str, decide: Callable[[JobDoc | None], Decision[T]], known: LastWrite
+    ) -> T:
+        """:meth:`decide` on the job as ``known`` says it is, against its update time, without a
+        read (a failed precondition reads and decides again). ``known`` is left holding the job as
+        this write left it, or nothing (the next decision reads) when it no longer knows."""
+        stale = known.job
+
+        def deciding(job: JobDoc | None) -> Decision[T]:
+            if job is not stale:  # a read: what ``known`` holds is out of date
+                known.job = known.update_time = None
+            return decide(job)
+
+        return self._cas(
+            job_id,
+            deciding,
+            first=known,
+            last=known,
+            after=lambda job, decision, when: applied(job, decision.patch or Patch(), when),
+        )
+
+    def commit_known(self, writes: list[tuple[str, LastWrite, Patch]]) -> bool:
+        """Every write in one commit, each against its job's known update time: all or nothing.
+        False when one precondition failed (somebody wrote one of the jobs since): nothing was
+        written, and the caller decides each job again on its own."""
+        if not writes:
+            return True
+        batch = self._db.batch()
+        for job_id, known, patch in writes:
+            option = self._db.write_option(last_update_time=known.update_time)
+            batch.update(self.ref(job_id), to_firestore(patch), option=option)
+        roundtrips.note("firestore")
+        try:
+            batch.commit()
+        except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
+            return False
+        return True
+
     # -- creation -------------------------------------------------------------------------------
 
     def create(self, job_id: str, job: JobDoc) -> bool:

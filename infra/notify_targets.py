@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
@@ -77,6 +77,18 @@ class TargetStore:
         roundtrips.note("firestore")
         snap = self._ref(uid).get()
         return Targets.model_validate(snap.to_dict() or {}) if snap.exists else Targets()
+
+    def get_many(self, uids: Iterable[str]) -> dict[str, Targets]:
+        """Several users' targets in one call (a user with no document has none)."""
+        wanted = sorted(set(uids))
+        if not wanted:
+            return {}
+        roundtrips.note("firestore")
+        found = {uid: Targets() for uid in wanted}
+        for snap in self._db.get_all([self._ref(uid) for uid in wanted]):
+            if snap.exists:
+                found[snap.id] = Targets.model_validate(snap.to_dict() or {})
+        return found
 
     def update(self, uid: str, change: Callable[[Targets], T]) -> T:
         """Read the user's targets, apply ``change`` (which mutates them and returns a result, or
