@@ -223,6 +223,13 @@ class InputFile(_Doc):
     content_hash: str | None = Field(
         None, description="Storage's hash of the content ('md5:...' or 'crc32c:...'), for reuse"
     )
+    measured: dict[str, float] | None = Field(
+        None,
+        description="What the input's probe measured on the whole object at validation (the cost caps' "
+        "quantities, such as duration): the worker, reading this same generation, checks its caps on "
+        "these instead of measuring again. None: validation saw only the object's ends, or could not "
+        "measure it, and the worker measures the whole file.",
+    )
 
 
 class PartState(_Doc):

@@ -332,6 +332,7 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
     config = deps.catalog.config(spec)
     spec.check_input_costs(inputs, config)
     files: dict[str, InputFile] = {}
+    whole: dict[str, dict[str, float]] = {}
     for name, uri, rule in file_uris(inputs):
         check_input_location(name, uri, job.uid, settings.media_bucket)
         head = b""
@@ -366,13 +367,16 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
                 measured = probe_head(
                     rule, head, complete=complete, size=info.size, content_type=info.content_type, tail=tail
                 )
-                spec.check_file_costs(name, measured, config)
+                spec.check_file_costs(name, measured or {}, config)
+                if complete and measured is not None:
+                    whole[name] = measured  # the whole object measured: the worker need not again
         files[name] = InputFile(
             uri=uri,
             generation=info.generation,
             size=info.size,
             content_type=info.content_type,
             content_hash=info.content_hash,
+            measured=whole.get(name),
         )
     if spec.precheck:
         spec.run_precheck(inputs, config)
@@ -381,8 +385,9 @@ def validate(deps: Deps, job: JobDoc) -> Validated:
 
 def probe_head(
     rule: FileInput, head: bytes, *, complete: bool, size: int, content_type: str | None, tail: bytes = b""
-) -> dict[str, float]:
-    """What ``rule``'s probe measures on an object's first bytes, and its last ``tail`` bytes.
+) -> dict[str, float] | None:
+    """What ``rule``'s probe measures on an object's first bytes, and its last ``tail`` bytes;
+    ``None`` when the measuring tool is missing or stalled here.
 
     They are written where they belong in a private temporary file of the object's size (sparse:
     the bytes between are never read nor stored), named after the validated content type: a
@@ -402,7 +407,7 @@ def probe_head(
             # The measuring tool is missing or stalled here: the worker measures the whole file
             # before anything is decoded, so the job is not let through unchecked.
             log.warning("could not measure an input's head (%s); left to the worker", exc)
-            return {}
+            return None
 
 
 def end(deps: Deps, job_id: str, to: JobStatus, error: ErrorInfo, *, stamp_created: bool = False) -> bool:

@@ -94,6 +94,22 @@ def test_job_document_becomes_a_transcript(
     _assert_transcript(client, job_id, job, uid, tmp_path)
     assert any(s.progress and s.progress.stage for s in seen if s.status is JobStatus.RUNNING)
     assert [j for j, _ in client.list(uid)] == [job_id]  # the plain upload created no job
+    # Larger than the head the functions read: validation measured its ends, the worker the whole.
+    assert job.input_files and job.input_files["media"].measured is None
+
+
+def test_a_clip_read_whole_at_validation_carries_its_measure_to_the_worker(
+    client: Client, uid: str, media_dir: Path
+) -> None:
+    short = synthesize("Send the report today.", media_dir / "short.wav")
+    assert short.stat().st_size < 256 * 1024  # within the head the functions read in one range
+    job_id = client.create_job(uid, "transcribe", {"media": client.upload(short, uid)})
+    job, _ = _follow(client, job_id)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    assert job.outputs and word_error_rate("Send the report today.", job.outputs["text"]) <= 0.25
+    pin = job.input_files["media"] if job.input_files else None
+    assert pin and pin.measured, pin
+    assert pin.measured["duration_seconds"] == pytest.approx(wav_duration(short), abs=0.05)
 
 
 def test_upload_outside_a_pipeline_folder_creates_no_job(client: Client, uid: str, speech: Path) -> None:

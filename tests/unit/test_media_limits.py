@@ -345,7 +345,7 @@ def test_without_ffprobe_the_functions_leave_the_measuring_to_the_worker(
     monkeypatch.setenv("PATH", "/nonexistent")
     assert (
         probe_head(rule, head, complete=False, size=five_hours.stat().st_size, content_type="audio/flac")
-        == {}
+        is None
     )
     with pytest.raises(PermanentError, match="ffprobe is not installed"):
         media.measure_audio(five_hours, complete=True, size=five_hours.stat().st_size)
