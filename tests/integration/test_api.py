@@ -33,7 +33,11 @@ LONG = {"steps": 400, "step_seconds": 0.05}  # 20 s unless cancelled
 
 @pytest.fixture(scope="module")
 def api(stack: LocalStack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.env["API_URL"], timeout=60) as http:
+    # The server closes a connection idle for 5 s (uvicorn's keep-alive); a client that kept it as
+    # long could send a request on it as it closes ("Server disconnected without sending a
+    # response"): this one lets idle connections go first.
+    limits = httpx.Limits(keepalive_expiry=2.0)
+    with httpx.Client(base_url=stack.env["API_URL"], timeout=60, limits=limits) as http:
         yield http
 
 
