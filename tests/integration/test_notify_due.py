@@ -153,3 +153,26 @@ def test_outboxes_of_an_older_release_are_dated_then_delivered(
         assert stores.notes(job_id).state == "done", job_id
     assert stores.notes(retried).deliveries["webhook_e1"].attempts == 2  # type: ignore[index]
     assert stores.notes(later).state == "owed", "still waiting its backoff"
+
+
+def test_a_date_that_is_off_is_put_right_once_not_read_by_every_scan(
+    settings: Settings, receiver: WebhookReceiver
+) -> None:
+    stores = _Stores(settings, receiver)
+    uid = f"hand-{stores.run}"
+    stores.hook(uid)
+    now = utcnow()
+    # Written by hand: a delivered outbox that kept a date, and a leased one dated as due now.
+    leased = Delivery(kind="webhook", attempts=1, next_attempt_at=now + timedelta(minutes=10))
+    done = Notifications(state="done", event_id="evt_x", deliveries={}, due_at=now - timedelta(seconds=5))
+    off = Notifications(
+        event_id="evt_y", deliveries={"webhook_e1": leased}, due_at=now - timedelta(seconds=5)
+    )
+    stray = stores.ended(f"hand-{stores.run}-done", uid, Patch().set("notifications", done))
+    wrong = stores.ended(f"hand-{stores.run}-off", uid, Patch().set("notifications", off))
+    dispatcher = Dispatcher(stores.settings, stores.jobs, stores.targets)
+
+    assert dispatcher.tick() == 0 and dispatcher.scanned == 2
+    assert stores.notes(stray).due_at is None
+    assert stores.notes(wrong).due_at == leased.next_attempt_at
+    assert dispatcher.tick() == 0 and dispatcher.scanned == 0, "neither is read again"
