@@ -287,6 +287,11 @@ class Notifications(_Doc):
     event_id: str | None = Field(None, description="the webhook-id of the end event: the same on every retry")
     deliveries: dict[str, Delivery] | None = None
     redeliveries: int = Field(0, ge=0, description="redeliveries asked through the API")
+    due_at: datetime | None = Field(
+        None,
+        description="while owed: when the next attempt may start (the end, or the earliest pending "
+        "channel's nextAttemptAt); unset once done or dead. The dispatcher scans by it",
+    )
 
 
 class JobDoc(_Doc):

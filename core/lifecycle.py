@@ -80,7 +80,8 @@ def final_patch(patch: Patch, status: JobStatus) -> Patch:
     that owes the end event to the owner's webhooks and devices (in the same write, so no path
     can end a job without owing its notifications; see docs/notifications.md)."""
     patch.set("status", status).server_time("finished_at").server_time("updated_at").delete("lease")
-    patch.set("notifications", Notifications(state="owed"))
+    # Due from the end (the dispatcher scans by ``notifications.dueAt``).
+    patch.set("notifications", Notifications(state="owed"), stamp="due_at")
     return patch
 
 

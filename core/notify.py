@@ -14,6 +14,13 @@ The dispatcher then, with compare-and-set writes on the job document:
    delivered, ``dead`` once none is pending and one is dead, ``owed`` while any is pending.
 
 A redelivery asked through the API makes the outbox ``owed`` again with a fresh plan.
+
+Every one of these writes also keeps ``notifications.dueAt``, the time the outbox's next attempt
+may start (:func:`due_at`): the end (a server time, stamped by the commit that ends the job) or a
+redelivery, then the earliest pending channel's ``nextAttemptAt`` (a backoff or a lease), unset
+once the outbox is ``done`` or ``dead``. The dispatcher reads only the jobs due now, in the order
+they fell due, so jobs waiting out backoffs never fill a scan. An outbox written before the field
+existed is dated once by :func:`decide_due`.
 """
 
 from __future__ import annotations
@@ -67,6 +74,45 @@ def output_uris(outputs: dict[str, Any]) -> dict[str, str]:
     return found
 
 
+def due_at(notes: Notifications, now: datetime) -> datetime | None:
+    """When the outbox's next attempt may start: None unless it is owed; a channel not yet tried is
+    due since the outbox fell due (or ``now`` for an outbox without the field), the others at their
+    ``nextAttemptAt``."""
+    if notes.state != "owed":
+        return None
+    if notes.deliveries is None:  # not planned yet: due since it was owed
+        return notes.due_at or now
+    pending = [d.next_attempt_at for d in notes.deliveries.values() if d.state == "pending"]
+    if not pending:
+        return None
+    since = min(notes.due_at, now) if notes.due_at is not None else now
+    return min(since if at is None else at for at in pending)
+
+
+def _dated(notes: Notifications, now: datetime) -> Notifications:
+    return notes.model_copy(update={"due_at": due_at(notes, now)})
+
+
+def _set_due(patch: Patch, notes: Notifications, now: datetime) -> Patch:
+    """``patch`` also writing ``notes.due_at`` as :func:`due_at` says (or removing it)."""
+    when = due_at(notes, now)
+    return (
+        patch.set("notifications.due_at", when) if when is not None else patch.delete("notifications.due_at")
+    )
+
+
+def decide_due(job: JobDoc | None, now: datetime) -> Decision[datetime | None]:
+    """Give the outbox the ``dueAt`` its deliveries call for: an outbox written before the field
+    existed, or one whose date is off (unset when it is not owed). The result: the time it is due."""
+    notes = job.notifications if job is not None else None
+    if notes is None:
+        return Decision(None)
+    when = due_at(notes, now)
+    if when == notes.due_at:
+        return Decision(when)
+    return Decision(when, _set_due(Patch(), notes, now))
+
+
 def decide_plan(job: JobDoc | None, job_id: str, channels: Iterable[str]) -> Decision[bool]:
     """Fix which channels this event goes to (the owner's registrations now). The result: whether
     there is anything to deliver. A plan already made is kept (another dispatcher made it)."""
@@ -80,12 +126,14 @@ def decide_plan(job: JobDoc | None, job_id: str, channels: Iterable[str]) -> Dec
 
 
 def _planned(notes: Notifications, job_id: str, channels: Iterable[str]) -> Notifications:
+    """The plan; each channel is due since the outbox was (its ``due_at`` kept, unset if done)."""
     deliveries = {key: Delivery(kind="push" if key == PUSH else "webhook") for key in channels}
     return notes.model_copy(
         update={
             "event_id": notes.event_id or event_id(job_id),
             "deliveries": deliveries,
             "state": "owed" if deliveries else "done",
+            "due_at": notes.due_at if deliveries else None,
         }
     )
 
@@ -105,7 +153,7 @@ def decide_plan_and_claim(
     first = channels[0]
     claimed = _claimed(planned.deliveries[first], now, lease_seconds)
     deliveries = {**planned.deliveries, first: claimed}
-    both = planned.model_copy(update={"deliveries": deliveries})
+    both = _dated(planned.model_copy(update={"deliveries": deliveries}), now)
     return Decision(claimed.attempts, Patch().set("notifications", both))
 
 
@@ -127,7 +175,11 @@ def decide_attempt(job: JobDoc | None, channel: str, *, now: datetime, lease_sec
         return Decision(0)
     assert job.notifications is not None and job.notifications.deliveries is not None
     claimed = _claimed(job.notifications.deliveries[channel], now, lease_seconds)
-    return Decision(claimed.attempts, Patch().set(f"notifications.deliveries.{channel}", claimed))
+    patch = Patch().set(f"notifications.deliveries.{channel}", claimed)
+    after = job.notifications.model_copy(
+        update={"deliveries": {**job.notifications.deliveries, channel: claimed}}
+    )
+    return Decision(claimed.attempts, _set_due(patch, after, now))
 
 
 def _claimed(current: Delivery, now: datetime, lease_seconds: float) -> Delivery:
@@ -177,7 +229,9 @@ def decide_outcome(
     state = overall(deliveries)
     if state != notes.state:
         patch.set("notifications.state", state)
-    return Decision(outcome, patch)
+    return Decision(
+        outcome, _set_due(patch, notes.model_copy(update={"deliveries": deliveries, "state": state}), now)
+    )
 
 
 def overall(deliveries: dict[str, Delivery]) -> Literal["owed", "done", "dead"]:
@@ -188,23 +242,26 @@ def overall(deliveries: dict[str, Delivery]) -> Literal["owed", "done", "dead"]:
 
 
 def decide_redeliver(job: JobDoc | None) -> Decision[bool]:
-    """Owe the end event again (every channel the owner has then); the event id stays. The
-    result: whether the job has ended (only a final job has an end event to send)."""
+    """Owe the end event again (every channel the owner has then); the event id stays, and it is
+    due at once (``dueAt``: the write's server time). The result: whether the job has ended (only
+    a final job has an end event to send)."""
     if job is None or not job.effective_status.is_final:
         return Decision(False)
     notes = job.notifications or Notifications()
     again = Notifications(state="owed", event_id=notes.event_id, redeliveries=notes.redeliveries + 1)
-    return Decision(True, Patch().set("notifications", again))
+    return Decision(True, Patch().set("notifications", again, stamp="due_at"))
 
 
 __all__ = [
     "PUSH",
     "decide_attempt",
+    "decide_due",
     "decide_outcome",
     "decide_plan",
     "decide_plan_and_claim",
     "decide_redeliver",
     "due",
+    "due_at",
     "end_event",
     "event_id",
     "output_uris",

@@ -118,10 +118,11 @@ class Patch:
         self._model = model
         self._data: dict[str, Any] = {}
 
-    def set(self, path: str, value: Any, *, stamp: bool = False) -> Patch:
+    def set(self, path: str, value: Any, *, stamp: bool | str = False) -> Patch:
         """Set ``path`` (attribute names, dots between) to ``value``.
 
-        ``stamp=True`` also sets the written sub-document's ``updated_at`` to the server time.
+        ``stamp=True`` also sets the written sub-document's ``updated_at`` to the server time;
+        ``stamp="name"`` its field ``name`` instead.
 
         Raises:
             UnknownField: the path is not in the contract.
@@ -130,9 +131,10 @@ class Patch:
         field_path, annotation = _resolve(self._model, path)
         data = _dump(annotation, value)
         if stamp:
-            if not (_is_model(annotation) and "updated_at" in annotation.model_fields):
-                raise UnknownField(f"{path!r} has no updated_at to stamp")
-            data = {**data, "updatedAt": SERVER_TIME}
+            name = "updated_at" if stamp is True else str(stamp)
+            if not (_is_model(annotation) and name in annotation.model_fields):
+                raise UnknownField(f"{path!r} has no {name} to stamp")
+            data = {**data, annotation.model_fields[name].alias or name: SERVER_TIME}
         for existing in self._data:
             if existing != field_path and (
                 existing.startswith(field_path + ".") or field_path.startswith(existing + ".")

@@ -35,7 +35,7 @@ from infra.blobs import BlobStore
 from infra.bus import Bus
 from infra.errors import TRANSIENT_GOOGLE_ERRORS
 from infra.identity import SignInProviders
-from infra.jobs import JobStore, LastWrite
+from infra.jobs import JobStore, LastWrite, utcnow
 from infra.settings import Settings
 from pipelines.media import local_suffix
 
@@ -134,7 +134,7 @@ def handle_object_finalized(deps: Deps, event: StorageEvent) -> str | None:
                 "status": JobStatus.REJECTED,
                 "error": error,
                 "inputs": {drop_field: uri},
-                "notifications": Notifications(),
+                "notifications": Notifications(due_at=utcnow()),  # due now
             }
         )
     try:
@@ -153,7 +153,7 @@ def handle_object_finalized(deps: Deps, event: StorageEvent) -> str | None:
             status=JobStatus.REJECTED,
             source=source,
             error=refused,
-            notifications=Notifications(),
+            notifications=Notifications(due_at=utcnow()),
         )
         try:
             created = deps.jobs.create(job_id, minimal)

@@ -19,6 +19,7 @@ calls unregistered is dropped from the user's devices.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import logging
@@ -37,7 +38,7 @@ from core.contract import JobDoc
 from core.decisions import Decision
 from core.errors import InvalidInput, RetryableError
 from infra import roundtrips
-from infra.jobs import JobStore, LastWrite, utcnow
+from infra.jobs import JobStore, LastWrite, firestore_client, utcnow
 from infra.notify_targets import Endpoint, Targets, TargetStore, device_key
 from infra.settings import Settings
 from pipelines.video.urls import Resolver, check_host, check_url_syntax, default_resolve
@@ -225,6 +226,14 @@ def _plan_nothing(job: JobDoc | None, job_id: str) -> Decision[bool]:
     return notify.decide_plan(job, job_id, [])
 
 
+def _redate(job: JobDoc | None, now: datetime) -> Decision[datetime | None]:
+    return notify.decide_due(job, now)
+
+
+#: a job of a scan and the decision that settles it without a delivery
+_Settle = tuple[str, LastWrite, Callable[[JobDoc | None], Decision[Any]]]
+
+
 class _TickTargets:
     """The owners' targets for one tick: every owner's in one read at its start, a user's read
     again when the copy is older than ``TARGETS_MAX_AGE_SECONDS``."""
@@ -250,11 +259,12 @@ def channels_of(targets: Targets) -> list[str]:
 
 
 class Dispatcher:
-    """Each tick: one query for the owed jobs, one read of all their owners' targets, then writes
-    decided on the documents the query returned, against their update times (no read before a
-    write; a failed precondition reads and decides again). The jobs of owners with nothing
-    registered are settled (``done``) in one commit; should one of them have changed since the
-    query, that commit writes nothing and each is settled on its own."""
+    """Each tick: one query for the jobs due now (``notifications.dueAt`` passed, the longest due
+    first, so jobs waiting out a backoff or a lease are never read), one read of all their owners'
+    targets, then writes decided on the documents the query returned, against their update times
+    (no read before a write; a failed precondition reads and decides again). The jobs of owners
+    with nothing registered are settled (``done``) in one commit; should one of them have changed
+    since the query, that commit writes nothing and each is settled on its own."""
 
     def __init__(
         self,
@@ -298,9 +308,16 @@ class Dispatcher:
             time.sleep(min(SCAN_PAUSE_SECONDS, max(0.0, end - time.monotonic())))
 
     def tick(self) -> int:
-        owed = [(i, k) for i, k in self.jobs.find_owed_known(self.settings.notify_batch) if _owed(k.job)]
-        self.scanned, self.settled = len(owed), 0
+        now = self.clock()
+        found = self.jobs.find_due_known(now, self.settings.notify_batch)
+        owed = [(i, k) for i, k in found if _owed(k.job)]
+        # Not owed, yet dated (only a write by hand leaves one): its date goes, so it is not read again.
+        stray: list[_Settle] = [
+            (i, k, functools.partial(_redate, now=now)) for i, k in found if not _owed(k.job)
+        ]
+        self.scanned, self.settled = len(found), 0
         if not owed:
+            self._settle(stray)
             return 0
         targets = _TickTargets(self.targets, {k.job.uid for _, k in owed if k.job is not None})
         quiet = {
@@ -311,7 +328,10 @@ class Dispatcher:
             and known.job.notifications.deliveries is None
             and not channels_of(targets.get(known.job.uid))
         }
-        self._settle([(i, k) for i, k in owed if i in quiet])
+        nothing: list[_Settle] = [
+            (i, k, functools.partial(_plan_nothing, job_id=i)) for i, k in owed if i in quiet
+        ]
+        self._settle(nothing + stray)
         made = 0
         for job_id, known in owed:
             if job_id in quiet:
@@ -322,19 +342,21 @@ class Dispatcher:
                 log.warning("job %s: notifications deferred (the job document is busy)", job_id)
         return made
 
-    def _settle(self, quiet: list[tuple[str, LastWrite]]) -> None:
-        """Owners with nothing registered: their jobs are done, in one commit."""
-        writes = []
-        for job_id, known in quiet:
-            decision = notify.decide_plan(known.job, job_id, [])
+    def _settle(self, quiet: list[_Settle]) -> None:
+        """Owners with nothing registered: their jobs are done (and stray dates removed), in one
+        commit."""
+        writes, decisions = [], {}
+        for job_id, known, decide in quiet:
+            decision = decide(known.job)
             if decision.patch:
                 writes.append((job_id, known, decision.patch))
+                decisions[job_id] = decide
         if self.jobs.commit_known(writes):
             self.settled += len(writes)
             return
         for job_id, _, _ in writes:  # one changed since the scan: each on its own
             try:
-                self.jobs.decide(job_id, functools.partial(_plan_nothing, job_id=job_id))
+                self.jobs.decide(job_id, decisions[job_id])
                 self.settled += 1
             except RetryableError:
                 log.warning("job %s: notifications deferred (the job document is busy)", job_id)
@@ -359,7 +381,11 @@ class Dispatcher:
             job = known.job or self.jobs.get(job_id)
             if job is None:
                 return made
-        for channel in notify.due(job, self.clock()):
+        due = notify.due(job, self.clock())
+        if not due and not made:
+            # Read as due, yet no channel is: its date is off. Put it right, or every scan reads it.
+            self.jobs.decide_known(job_id, functools.partial(_redate, now=self.clock()), known)
+        for channel in due:
             made += self._one(job_id, known, job, channel, targets)
         return made
 
@@ -427,3 +453,50 @@ class Dispatcher:
 
 def forget_device(targets: TargetStore, uid: str, token: str) -> None:
     targets.drop_devices(uid, [device_key(token)])
+
+
+def date_undated(settings: Settings, jobs: JobStore, clock: Callable[[], datetime] = utcnow) -> int:
+    """Give every owed outbox the ``dueAt`` its deliveries call for: those written before the
+    field existed (by an older release) are not seen by the dispatcher's scan until they have it.
+    A walk through all owed jobs in id order, ``NOTIFY_BATCH`` at a time, one commit per page
+    (writes against the update times read; a page that changed meanwhile is dated job by job).
+    Outboxes already dated right are not written, so it can run again at any time. Returns how
+    many were dated."""
+    dated, after = 0, None
+    while True:
+        page = jobs.find_owed_known(settings.notify_batch, after)
+        now = clock()
+        writes = []
+        for job_id, known in page:
+            decision = notify.decide_due(known.job, now)
+            if decision.patch:
+                writes.append((job_id, known, decision.patch))
+        if not jobs.commit_known(writes):
+            for job_id, _, _ in writes:
+                jobs.decide(job_id, functools.partial(_redate, now=now))
+        dated += len(writes)
+        if len(page) < settings.notify_batch:
+            return dated
+        after = page[-1][0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m functions.notify --date-undated``: the one-off of an upgrade (see
+    docs/notifications.md), with the deployment's settings from the environment."""
+    parser = argparse.ArgumentParser(prog="python -m functions.notify")
+    parser.add_argument(
+        "--date-undated",
+        action="store_true",
+        required=True,
+        help="give owed outboxes written before notifications.dueAt existed their date",
+    )
+    parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    dated = date_undated(settings, JobStore(firestore_client(settings), settings.jobs_collection))
+    log.info("%d owed job(s) dated", dated)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -332,13 +332,33 @@ class JobStore:
         """Apply a decision of another module (the notification outbox's) with compare-and-set."""
         return self._cas(job_id, decide)
 
-    def find_owed_known(self, limit: int) -> list[tuple[str, LastWrite]]:
-        """:meth:`find_owed`, each job with the update time it was read at: a write decided on it
-        (:meth:`decide_known`, :meth:`commit_known`) needs no read of its own."""
+    def find_due_known(self, now: datetime, limit: int) -> list[tuple[str, LastWrite]]:
+        """Jobs whose notifications are due by ``now`` (``notifications.dueAt``), the longest due
+        first, each with the update time it was read at: a write decided on it
+        (:meth:`decide_known`, :meth:`commit_known`) needs no read of its own. A range and an
+        order on one field: Firestore's single-field index serves it."""
         roundtrips.note("firestore")
-        query = self._db.collection(self._collection).where(
-            filter=firestore.FieldFilter("notifications.state", "==", "owed")
+        query = (
+            self._db.collection(self._collection)
+            .where(filter=firestore.FieldFilter("notifications.dueAt", "<=", now))
+            .order_by("notifications.dueAt")
         )
+        return [
+            (snap.id, LastWrite(read_job(snap.to_dict() or {}), snap.update_time))
+            for snap in query.limit(limit).stream()
+        ]
+
+    def find_owed_known(self, limit: int, after: str | None = None) -> list[tuple[str, LastWrite]]:
+        """Owed jobs in id order, after the job ``after``: a walk through every owed outbox (to
+        date those written before ``dueAt`` existed), each with the update time it was read at."""
+        roundtrips.note("firestore")
+        query = (
+            self._db.collection(self._collection)
+            .where(filter=firestore.FieldFilter("notifications.state", "==", "owed"))
+            .order_by("__name__")
+        )
+        if after is not None:
+            query = query.start_after({"__name__": after})
         return [
             (snap.id, LastWrite(read_job(snap.to_dict() or {}), snap.update_time))
             for snap in query.limit(limit).stream()

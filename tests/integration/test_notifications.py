@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from core.contract import JobDoc, JobStatus, Notifications
+from core.contract import JobDoc, JobStatus
+from core.lifecycle import final_patch
 from core.patch import Patch
 from devkit.firebase_auth import AuthUser, sign_up
 from devkit.receivers import FcmReceiver, WebhookReceiver, fcm_receiver, webhook_receiver
@@ -232,7 +233,7 @@ def test_a_restarted_dispatcher_sends_the_same_event_again(
     )
     # A job as the commit that ended it leaves it: final, with its end event owed.
     assert jobs.create(job_id, JobDoc(uid=uid, pipeline="flaky", status=JobStatus.RUNNING))
-    end = Patch().set("status", JobStatus.SUCCEEDED).set("notifications", Notifications())
+    end = final_patch(Patch(), JobStatus.SUCCEEDED)
     jobs.ref(job_id).update(to_firestore(end))
 
     first = Dispatcher(local, jobs, targets, webhooks=_DiesAfterSending(local))

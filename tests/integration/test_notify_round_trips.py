@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 import uuid
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 import pytest
 
 from core.contract import JobDoc, JobStatus, Notifications
+from core.lifecycle import final_patch
 from core.patch import Patch
 from devkit.receivers import WebhookReceiver, webhook_receiver
 from functions.notify import Dispatcher
@@ -49,7 +51,7 @@ class _Stores:
         for i in range(n):
             job_id = f"job-{self.run}-{uid}-{i}"
             assert self.jobs.create(job_id, JobDoc(uid=uid, pipeline="flaky", status=JobStatus.RUNNING))
-            end = Patch().set("status", JobStatus.SUCCEEDED).set("notifications", Notifications())
+            end = final_patch(Patch(), JobStatus.SUCCEEDED)
             self.jobs.ref(job_id).update(to_firestore(end))
             ids.append(job_id)
         return ids
@@ -91,8 +93,8 @@ class _WritesAfterTheScan(JobStore):
 
     victim = ""
 
-    def find_owed_known(self, limit: int) -> list[tuple[str, LastWrite]]:
-        found = super().find_owed_known(limit)
+    def find_due_known(self, now: datetime, limit: int) -> list[tuple[str, LastWrite]]:
+        found = super().find_due_known(now, limit)
         self.ref(self.victim).update({"notifications.redeliveries": 1})
         return found
 

@@ -12,6 +12,7 @@ from core import notify
 from core.contract import Delivery, ErrorInfo, JobDoc, JobStatus, Lease, Notifications
 from core.decisions import Ending
 from core.lifecycle import decide_finish
+from core.patch import DELETE, SERVER_TIME
 from core.recovery import decide_recover, decide_transition
 from core.work import WorkRef
 from devkit.receivers import WebhookReceiver, fcm_receiver, webhook_receiver
@@ -73,7 +74,8 @@ def test_every_commit_that_ends_a_job_owes_its_end_event(decision: object) -> No
     made = decision()  # type: ignore[operator]
     data = made.patch.to_dict()
     assert data["status"] in {"succeeded", "failed", "rejected", "cancelled"}
-    assert data["notifications"] == {"state": "owed", "redeliveries": 0}
+    # Due from the end: the commit's own time.
+    assert data["notifications"] == {"state": "owed", "redeliveries": 0, "dueAt": SERVER_TIME}
 
 
 def test_the_plan_names_each_channel_and_a_stable_event_id() -> None:
@@ -137,7 +139,7 @@ def test_done_once_every_channel_delivered() -> None:
 def test_redelivery_keeps_the_event_id_and_needs_a_final_job() -> None:
     job = owed(webhook_a=Delivery(kind="webhook", state="dead", attempts=3))
     again = notify.decide_redeliver(job).patch.to_dict()["notifications"]
-    assert again == {"state": "owed", "eventId": "evt_j1", "redeliveries": 1}
+    assert again == {"state": "owed", "eventId": "evt_j1", "redeliveries": 1, "dueAt": SERVER_TIME}
     assert notify.decide_redeliver(running()).result is False
 
 
@@ -171,7 +173,10 @@ def _apply(job: JobDoc, data: dict[str, object]) -> JobDoc:
         node = raw
         for key in keys[:-1]:
             node = node.setdefault(key, {})
-        node[keys[-1]] = value
+        if value is DELETE:
+            node.pop(keys[-1], None)
+        else:
+            node[keys[-1]] = value
     return job.model_copy(update={"notifications": Notifications.model_validate(raw)})
 
 

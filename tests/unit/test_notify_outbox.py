@@ -16,7 +16,7 @@ def ended(notes: Notifications) -> JobDoc:
 
 
 def test_one_write_leaves_the_job_as_the_plan_then_the_claim_did() -> None:
-    job = ended(Notifications())
+    job = ended(Notifications(due_at=NOW - timedelta(seconds=1)))
     channels = ["webhook_a", notify.PUSH]
 
     both = notify.decide_plan_and_claim(job, "j1", channels, now=NOW, lease_seconds=LEASE)
@@ -28,12 +28,14 @@ def test_one_write_leaves_the_job_as_the_plan_then_the_claim_did() -> None:
     assert claim.patch is not None
     expected = plan.patch.to_dict()["notifications"]
     expected["deliveries"]["webhook_a"] = claim.patch.to_dict()["notifications.deliveries.webhook_a"]
+    expected["dueAt"] = claim.patch.to_dict()["notifications.dueAt"]
     assert both.result == claim.result == 1
     assert both.patch is not None and both.patch.to_dict() == {"notifications": expected}
     written = Notifications.model_validate(expected)
     assert written.deliveries is not None
     assert written.deliveries["webhook_a"].next_attempt_at == NOW + timedelta(seconds=LEASE)
     assert notify.due(ended(written), NOW) == [notify.PUSH], "the claimed channel is leased, not due"
+    assert written.due_at == NOW - timedelta(seconds=1), "push is still due since the end"
 
 
 def test_nothing_registered_is_done_with_no_attempt() -> None:
