@@ -59,6 +59,18 @@ CAS_ATTEMPTS = 50
 #: A user creating many jobs at once contends on one ledger document: read and decide again.
 ADMIT_ATTEMPTS = 100
 CREATE_ATTEMPTS = 5
+#: What the redriver's queries read of each job: what it schedules by (the rest is the claim's).
+SCHEDULING_FIELDS = [
+    "uid",
+    "pipeline",
+    "status",
+    "parts",
+    "cancelRequested",
+    "priority",
+    "shareWeight",
+    "queuedAt",
+    "updatedAt",
+]
 #: The ledger fields admission writes (``usage`` is only ever incremented, by the ends of jobs).
 LEDGER_COUNTS = {"day", "daily", "active"}
 
@@ -256,11 +268,14 @@ class JobStore:
         ``status`` + ``queuedAt`` and ``status`` + ``priority`` + ``queuedAt``; Terraform creates
         them.)
 
+        The jobs are read as far as scheduling needs (``SCHEDULING_FIELDS``): whoever runs one
+        claims it, and the claim reads it whole.
+
         ``parted`` names the multi-part pipelines the caller serves: only their running jobs can
         have queued parts, so only they are read, and none when it is empty. Every running job
         of the fleet read on every pass would make each instance's reads grow with the fleet.
         """
-        coll = self._db.collection(self._collection)
+        coll = self._db.collection(self._collection).select(SCHEDULING_FIELDS)
         queued = (
             coll.where(filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value))
             .order_by("queuedAt")
@@ -283,6 +298,7 @@ class JobStore:
         """The oldest queued jobs of the interactive lane (``core/lanes.py``)."""
         query = (
             self._db.collection(self._collection)
+            .select(SCHEDULING_FIELDS)
             .where(filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value))
             .where(filter=firestore.FieldFilter("priority", "==", Priority.INTERACTIVE.value))
             .order_by("queuedAt")
@@ -294,8 +310,10 @@ class JobStore:
         """Queued jobs of users other than ``exclude_uids`` (at most 10: Firestore's ``not-in``
         limit), for the redriver's fairness: work of users with nothing running. (Production
         needs a composite index on ``status`` + ``uid``; Terraform creates it.)"""
-        query = self._db.collection(self._collection).where(
-            filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value)
+        query = (
+            self._db.collection(self._collection)
+            .select(SCHEDULING_FIELDS)
+            .where(filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value))
         )
         if exclude_uids:
             query = query.where(filter=firestore.FieldFilter("uid", "not-in", exclude_uids[:10])).order_by(
