@@ -20,8 +20,9 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from core.contract import JobMessage
 from core.lanes import Priority
-from core.lifecycle import described, redeliver
+from core.lifecycle import Delivered, described, redeliver
 from core.routes import PUSH_PREFIX, route
 from gpu_service.auth import PushAuthError, PushVerifier
 from gpu_service.capacity import Capacity
@@ -90,6 +91,23 @@ def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
     async def push_part(pipeline: str, lane: str, request: Request) -> JSONResponse:
         return await serve_push(request, pipeline, lane)
 
+    def take_slot_and_process(message: JobMessage, waited: float) -> Delivered | None:
+        """A slot (``None``: none freed in ``PUSH_WAIT_SECONDS``), then the unit run in it."""
+        slot = capacity.acquire(
+            message.pipeline,
+            message.uid or "",
+            settings.push_wait_seconds,
+            priority=message.priority or Priority.INTERACTIVE,
+            weight=message.weight or 1.0,
+            waited=waited,
+        )
+        if slot is None:
+            return None
+        try:
+            return worker.process(message)
+        finally:
+            capacity.release(slot)
+
     async def serve_push(request: Request, pipeline: str, lane: str | None) -> JSONResponse:
         if verifier is not None:
             try:  # before anything is read: an unverified push touches no job
@@ -114,25 +132,14 @@ def create_app(worker: Worker, capacity: Capacity | None = None) -> FastAPI:
         if models.health is not Health.READY:
             return JSONResponse({"outcome": "busy", "detail": models.health.value}, status_code=429)
         # Wait for a slot (fairly, see gpu_service/capacity.py) rather than turn the push away:
-        # a 429 makes Pub/Sub back off this subscription while the GPU may soon be idle.
-        slot = await run_in_threadpool(
-            partial(
-                capacity.acquire,
-                message.pipeline,
-                message.uid or "",
-                settings.push_wait_seconds,
-                priority=message.priority or Priority.INTERACTIVE,
-                weight=message.weight or 1.0,
-                waited=waited_since(envelope.message.publish_time),
-            )
+        # a 429 makes Pub/Sub back off this subscription while the GPU may soon be idle. The wait
+        # and the run are one hand-off to a worker thread, not two.
+        outcome = await run_in_threadpool(
+            partial(take_slot_and_process, message, waited_since(envelope.message.publish_time))
         )
-        if slot is None:
+        if outcome is None:
             # Still busy: the job stays queued, and the redriver takes it when a slot frees.
             return JSONResponse({"outcome": "busy", "detail": "at capacity"}, status_code=429)
-        try:
-            outcome = await run_in_threadpool(worker.process, message)
-        finally:
-            capacity.release(slot)
         again = redeliver(outcome)
         body = {
             "outcome": "retry" if again else "done",

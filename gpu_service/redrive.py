@@ -94,6 +94,29 @@ def candidates(
     return found
 
 
+def quiet_until(jobs: Iterable[JobDoc], limit: int, now: datetime, after: float) -> datetime:
+    """After a pass at ``now`` that found nothing old enough among ``jobs`` (what
+    :meth:`Redriver.runnable` read with ``limit``), the earliest time a pass could: a unit is
+    old enough ``after`` seconds past its job's last write (its queueing, at the earliest).
+
+    Work written after the read is not old enough before ``now + after``; a full oldest-queued
+    read saw the ``limit`` oldest queued jobs, so those it did not see were queued after the
+    last of them; a full read of running jobs (not ordered) bounds nothing: ``now``.
+    """
+    jobs = list(jobs)
+    until = now + timedelta(seconds=after)
+    queued = sorted(j.queued_at for j in jobs if j.status is JobStatus.QUEUED and j.queued_at is not None)
+    if len(queued) >= limit:
+        until = min(until, queued[limit - 1] + timedelta(seconds=after))
+    if sum(1 for j in jobs if j.status is JobStatus.RUNNING) >= limit:
+        return now
+    for job in jobs:
+        since = job.updated_at or job.queued_at
+        if since is not None:
+            until = min(until, since + timedelta(seconds=after))
+    return until
+
+
 def _hints(job: JobDoc) -> tuple[Priority, float]:
     return job.priority or Priority.INTERACTIVE, job.share_weight or 1.0
 
@@ -121,6 +144,9 @@ class Redriver:
         self._reserved: dict[str, tuple[str, Priority]] = {}
         self._in_hand: set[str] = set()  # job ids it queued, waiting or running
         self._last_fairness_pass = 0.0
+        # No queued unit can be old enough to redrive before then (see quiet_until): a slot that
+        # frees sooner (every job's end, in a burst) needs no read of Firestore.
+        self._quiet_until: datetime | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="redrive", daemon=True)
@@ -139,7 +165,7 @@ class Redriver:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.capacity.wait_for_free(self.poll_seconds)
+            self.capacity.wait_for_free(self._wait_seconds())
             if self._stop.is_set() or self.worker.draining.is_set():
                 continue
             try:
@@ -147,19 +173,28 @@ class Redriver:
             except Exception:  # Firestore unavailable, say: try again at the next tick
                 log.warning("redrive pass failed", exc_info=True)
 
+    def _wait_seconds(self) -> float:
+        """Until the next pass: a freed slot wakes it sooner; so does the end of a quiet spell."""
+        if self._quiet_until is None:
+            return self.poll_seconds
+        left = (self._quiet_until - utcnow()).total_seconds()
+        return min(self.poll_seconds, max(left, 0.05))
+
     def once(self) -> int:
         """One pass: start as many waiting units as there are free slots, or (all busy) queue the
         work of users with nothing running for the next free slot. Returns how many."""
         free = self.capacity.free()
         if free <= 0 or self.capacity.waiting():
             return self._reserve_for_other_users()
-        limit = max(10, 4 * free)
         now = utcnow()
+        if self._quiet_until is not None and now < self._quiet_until:
+            return 0  # the last read showed nothing can be old enough yet
+        limit = max(10, 4 * free)
         found = self.runnable(limit)
+        ready = candidates(found.items(), self.served, now, self.after_seconds)
+        self._quiet_until = None if ready else quiet_until(found.values(), limit, now, self.after_seconds)
         started = 0
-        for candidate in fair_order(
-            candidates(found.items(), self.served, now, self.after_seconds), self.capacity
-        ):
+        for candidate in fair_order(ready, self.capacity):
             slot = self.capacity.try_acquire(
                 candidate.message.pipeline,
                 candidate.uid,

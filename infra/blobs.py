@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+from urllib.request import getproxies
 
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
@@ -66,8 +68,26 @@ def storage_client(settings: Settings) -> storage.Client:
     if settings.storage_emulator_host:
         # The client library honours STORAGE_EMULATOR_HOST; it needs no credentials there.
         os.environ.setdefault("STORAGE_EMULATOR_HOST", settings.storage_emulator_host)
-        return storage.Client(project=settings.google_cloud_project, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
-    return storage.Client(project=settings.google_cloud_project)
+        client = storage.Client(project=settings.google_cloud_project, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+    else:
+        client = storage.Client(project=settings.google_cloud_project)
+    _settle_environment(client._http)
+    return client
+
+
+def _settle_environment(session: Any) -> None:
+    """requests reads the environment (proxies, CA bundle) and looks for ``~/.netrc`` again on
+    every request; without proxies or a netrc file, what it finds there is read here once."""
+    if (
+        getproxies()
+        or os.environ.get("NETRC")
+        or any((Path.home() / n).exists() for n in (".netrc", "_netrc"))
+    ):
+        return
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle and session.verify is True:
+        session.verify = bundle
+    session.trust_env = False
 
 
 class BlobStore:

@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
@@ -23,7 +23,6 @@ from proto.datetime_helpers import DatetimeWithNanoseconds
 from core.contract import (
     JobDoc,
     JobStatus,
-    Lease,
     PartialOutput,
     Prepared,
     Progress,
@@ -60,6 +59,18 @@ CAS_ATTEMPTS = 50
 #: A user creating many jobs at once contends on one ledger document: read and decide again.
 ADMIT_ATTEMPTS = 100
 CREATE_ATTEMPTS = 5
+#: What the redriver's queries read of each job: what it schedules by (the rest is the claim's).
+SCHEDULING_FIELDS = [
+    "uid",
+    "pipeline",
+    "status",
+    "parts",
+    "cancelRequested",
+    "priority",
+    "shareWeight",
+    "queuedAt",
+    "updatedAt",
+]
 #: The ledger fields admission writes (``usage`` is only ever incremented, by the ends of jobs).
 LEDGER_COUNTS = {"day", "daily", "active"}
 
@@ -170,7 +181,7 @@ class JobStore:
         also: Callable[[JobDoc, Decision[T]], tuple[firestore.DocumentReference, dict[str, Any]] | None]
         | None = None,
         last: LastWrite | None = None,
-        after: Callable[[JobDoc, Decision[T], Any], JobDoc | None] | None = None,
+        keep: bool | Callable[[Decision[T]], bool] = True,
         first: LastWrite | None = None,
     ) -> T:
         """Read the document, decide, and write only if it has not changed since: compare-and-set.
@@ -181,9 +192,10 @@ class JobStore:
 
         With ``first`` (a write known to have left the job as it says, such as the queueing write
         a message carries) or ``last`` (an attempt's own last write), the first try decides on
-        the job that write left, against its update time, without a read. After the write,
-        ``after(job, decision, update_time)`` says what the job is for the next write into ``last``
-        (``None``: the next write reads).
+        the job that write left, against its update time, without a read. After the write, the
+        job it left (the decided patch applied to the job it was decided on, at the write's commit
+        time) goes into ``last`` for the next write, unless ``keep`` (or ``keep(decision)``) says
+        not to: then the next write reads.
 
         Raises:
             RetryableError: the document kept changing under us (it never settles).
@@ -218,9 +230,8 @@ class JobStore:
                     batch.set(extra[0], extra[1], merge=True)
                     written = batch.commit()[0].update_time
                 if last is not None:
-                    next_job = None
-                    if after is not None and job is not None:
-                        next_job = after(job, decision, written)
+                    kept = keep(decision) if callable(keep) else keep
+                    next_job = applied(job, decision.patch, written) if kept and job is not None else None
                     last.job, last.update_time = next_job, written if next_job is not None else None
                 return decision.result
             except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
@@ -257,11 +268,14 @@ class JobStore:
         ``status`` + ``queuedAt`` and ``status`` + ``priority`` + ``queuedAt``; Terraform creates
         them.)
 
+        The jobs are read as far as scheduling needs (``SCHEDULING_FIELDS``): whoever runs one
+        claims it, and the claim reads it whole.
+
         ``parted`` names the multi-part pipelines the caller serves: only their running jobs can
         have queued parts, so only they are read, and none when it is empty. Every running job
         of the fleet read on every pass would make each instance's reads grow with the fleet.
         """
-        coll = self._db.collection(self._collection)
+        coll = self._db.collection(self._collection).select(SCHEDULING_FIELDS)
         queued = (
             coll.where(filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value))
             .order_by("queuedAt")
@@ -284,6 +298,7 @@ class JobStore:
         """The oldest queued jobs of the interactive lane (``core/lanes.py``)."""
         query = (
             self._db.collection(self._collection)
+            .select(SCHEDULING_FIELDS)
             .where(filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value))
             .where(filter=firestore.FieldFilter("priority", "==", Priority.INTERACTIVE.value))
             .order_by("queuedAt")
@@ -295,8 +310,10 @@ class JobStore:
         """Queued jobs of users other than ``exclude_uids`` (at most 10: Firestore's ``not-in``
         limit), for the redriver's fairness: work of users with nothing running. (Production
         needs a composite index on ``status`` + ``uid``; Terraform creates it.)"""
-        query = self._db.collection(self._collection).where(
-            filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value)
+        query = (
+            self._db.collection(self._collection)
+            .select(SCHEDULING_FIELDS)
+            .where(filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value))
         )
         if exclude_uids:
             query = query.where(filter=firestore.FieldFilter("uid", "not-in", exclude_uids[:10])).order_by(
@@ -475,7 +492,6 @@ class JobStore:
                     job, JobStatus.QUEUED, allowed_from=[JobStatus.PENDING], patch=queue
                 ),
                 last=written,
-                after=lambda job, decision, when: applied(job, decision.patch or queue, when),
             )
             return (JobStatus.QUEUED if moved else None), None
         job_ref, ledger_ref = self.ref(job_id), self._db.collection(self._quotas).document(uid)
@@ -569,15 +585,6 @@ class JobStore:
         now = utcnow()
         first = LastWrite.from_copy(queued) if queued is not None and ref.part is None else None
 
-        def claimed(job: JobDoc, decision: Decision[Claim], _: Any) -> JobDoc | None:
-            claim = decision.result
-            if ref.part is not None or claim.outcome is not ClaimOutcome.CLAIMED:
-                return None
-            lease = Lease(owner=owner, expires_at=now + timedelta(seconds=lease_seconds))
-            return job.model_copy(
-                update={"status": JobStatus.RUNNING, "attempt": claim.attempt, "lease": lease}
-            )
-
         return self._cas(
             ref.job_id,
             lambda job: decide_claim(
@@ -591,7 +598,9 @@ class JobStore:
                 pipeline=pipeline,
             ),
             last=last,
-            after=claimed,
+            # A job's own attempt keeps the job its claim left; a part's does not (other parts
+            # write the same document), nor a claim that ended the job or ran nothing.
+            keep=lambda decision: ref.part is None and decision.result.outcome is ClaimOutcome.CLAIMED,
             first=first,
         )
 
@@ -623,7 +632,6 @@ class JobStore:
                 partial=partial,
             ),
             last=last,
-            after=lambda job, *_: job,  # still this attempt's (a cancel request since fails the write)
         )
 
     def fan_out(
@@ -682,7 +690,8 @@ class JobStore:
             decided.append(decision)  # the last one is the one committed
             return decision
 
-        final = self._cas(ref.job_id, decide, also=self._rollup_of(ref.job_id), last=last)
+        # The attempt's last write: nothing of this attempt writes after it.
+        final = self._cas(ref.job_id, decide, also=self._rollup_of(ref.job_id), last=last, keep=False)
         return final, (decided[-1].ending if decided and final is not None else None)
 
     def _rollup_of(

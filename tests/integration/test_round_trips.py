@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from core.contract import JobStatus
+from core.contract import JobStatus, Progress
 from core.lifecycle import ClaimOutcome, Ending
 from core.patch import Patch
 from core.quota import QuotaPolicy
@@ -109,3 +109,55 @@ def test_a_claim_writes_against_the_queued_copy_only_while_nobody_wrote_since(
     assert finish_count["firestore"] == 1  # against the heartbeat's own write
     job = store.get(job_id)
     assert job and job.status is JobStatus.CANCELLED and job.attempt == 1
+
+
+def test_a_heartbeat_after_a_claim_writes_against_the_job_the_claim_left(
+    stack: LocalStack, client: Client, uid: str
+) -> None:
+    """The claim keeps the job its write left (its decided patch applied at the commit time), not
+    the job it was decided on: the heartbeats write against it without a read, and each keeps
+    the job it left in turn; a write by someone else in between still makes one read and decide
+    again."""
+    collection = "kept-jobs"  # no trigger watches it: this test is the only writer
+    store = JobStore(client.db, collection, client.settings.quotas_collection)
+    job_id = f"kept-{uid}"
+    ref = WorkRef(job_id)
+    doc = client.db.collection(collection).document(job_id)
+    doc.set({"uid": uid, "pipeline": "none", "inputs": {}, "status": "pending"})
+    queued = LastWrite()
+    store.admit(job_id, uid, "none", QuotaPolicy(), Patch().set("attempt", 0), queued)
+    copy = queued.copy()
+    assert copy is not None
+
+    written = LastWrite()
+    claim = store.claim(ref, "worker-a", 30, 5, last=written, queued=copy)
+    assert claim.outcome is ClaimOutcome.CLAIMED
+    kept, stored = written.job, store.get(job_id)
+    assert kept is not None and stored is not None
+    # What the claim wrote, beyond status, attempt and lease: the start time and the first stage.
+    assert kept.started_at is not None and stored.started_at is not None  # (the emulator's own clock)
+    assert kept.progress is not None and stored.progress is not None
+    assert kept.progress.stage == stored.progress.stage == "starting"
+    assert (kept.status, kept.attempt, kept.lease) == (stored.status, stored.attempt, stored.lease)
+
+    with roundtrips.counting() as beat_count:
+        store.heartbeat(
+            ref, "worker-a", 1, 300, progress=Progress(fraction=0.5, stage="halfway"), last=written
+        )
+    assert beat_count["firestore"] == 1  # the write alone: no read
+    kept, stored = written.job, store.get(job_id)
+    assert kept is not None and stored is not None and kept.lease is not None and stored.lease is not None
+    assert kept.progress is not None and kept.progress.stage == "halfway"  # the heartbeat's own write
+    assert kept.lease.expires_at == stored.lease.expires_at  # the renewed lease, as stored
+
+    doc.update({"cancelRequested": True})  # the client, meanwhile
+    with roundtrips.counting() as cancel_count:
+        assert store.heartbeat(ref, "worker-a", 1, 30, last=written) is True  # it sees the request
+    assert cancel_count["firestore"] == 3  # refused, read, written
+    assert written.job is not None and written.job.cancel_requested  # kept from the read it decided on
+    with roundtrips.counting() as finish_count:
+        store.finish(ref, "worker-a", 1, Ending(JobStatus.CANCELLED), last=written)
+    assert finish_count["firestore"] == 1
+    assert written.job is None  # the attempt's last write: nothing kept after it
+    job = store.get(job_id)
+    assert job and job.status is JobStatus.CANCELLED

@@ -6,12 +6,14 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 
 from core.contract import JobDoc, JobMessage, JobStatus, PartState
+from core.lifecycle import Claim, ClaimOutcome
 from gpu_service.capacity import Capacity
-from gpu_service.redrive import Candidate, candidates, fair_order
+from gpu_service.redrive import Candidate, Redriver, candidates, fair_order
 
 
 def _waiting(
@@ -119,7 +121,8 @@ def _job(
     pipeline: str, uid: str, age: float, status: JobStatus = JobStatus.QUEUED, **extra: object
 ) -> JobDoc:
     t = NOW - timedelta(seconds=age)
-    return JobDoc(uid=uid, pipeline=pipeline, status=status, queued_at=t, updated_at=t, **extra)  # type: ignore[arg-type]
+    fields: dict[str, object] = {"queued_at": t, "updated_at": t, **extra}
+    return JobDoc(uid=uid, pipeline=pipeline, status=status, **fields)  # type: ignore[arg-type]
 
 
 def test_only_work_that_waited_long_enough_on_served_pipelines_is_a_candidate() -> None:
@@ -141,6 +144,95 @@ def test_only_work_that_waited_long_enough_on_served_pipelines_is_a_candidate() 
     ]
     found = candidates(jobs, {"p"}, NOW, after=5)
     assert [(c.message.job_id, c.message.part) for c in found] == [("old", None), ("fanned", "a")]
+
+
+class _Jobs:
+    """The redriver's reads, of a fixed set of job documents, counted."""
+
+    def __init__(self, jobs: dict[str, JobDoc]) -> None:
+        self.jobs = jobs
+        self.reads = 0
+
+    def find_runnable(self, limit: int, parted: object = None) -> list[tuple[str, JobDoc]]:
+        self.reads += 1
+        queued = sorted(self.jobs.items(), key=lambda kv: kv[1].queued_at or NOW)
+        return [(k, j) for k, j in queued if j.status is JobStatus.QUEUED][:limit]
+
+    def find_queued_of_others(self, exclude: list[str], limit: int) -> list[tuple[str, JobDoc]]:
+        self.reads += 1
+        return [(k, j) for k, j in self.jobs.items() if j.uid not in exclude][:limit]
+
+
+def _settle_free(cap: Capacity) -> None:
+    deadline = time.monotonic() + 5
+    while cap.free() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _redriver(
+    jobs: _Jobs, clock: list[datetime], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Redriver, list[str]]:
+    import gpu_service.redrive as redrive
+
+    ran: list[str] = []
+
+    def process(message: JobMessage) -> Claim:
+        ran.append(message.job_id)
+        return Claim(ClaimOutcome.FINAL)
+
+    monkeypatch.setattr(redrive, "utcnow", lambda: clock[0])
+    worker = SimpleNamespace(
+        jobs=jobs, catalog=SimpleNamespace(get=lambda name: None), draining=threading.Event(), process=process
+    )
+    return Redriver(worker, Capacity(1), ["p"], after_seconds=5, poll_seconds=5), ran  # type: ignore[arg-type]
+
+
+def test_slots_that_free_before_any_queued_job_can_be_old_enough_read_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a burst every job's end frees a slot; while the queued jobs are all younger than the
+    redrive age, a pass would read them only to find nothing: the first read says until when."""
+    jobs = _Jobs({"young": _job("p", "u", 1), "younger": _job("p", "u", 0.5)})
+    clock = [NOW]
+    r, ran = _redriver(jobs, clock, monkeypatch)
+    assert r.once() == 0 and jobs.reads == 1
+    for _ in range(5):  # slots freed: no read
+        clock[0] += timedelta(seconds=0.5)
+        assert r.once() == 0
+    assert jobs.reads == 1
+    clock[0] = NOW + timedelta(seconds=4)  # the oldest queued job is now old enough
+    assert r.once() == 1 and jobs.reads == 2
+    _settle_free(r.capacity)
+    assert ran == ["young"]
+    jobs.jobs["new"] = _job("p", "u", -4)  # queued at +4 s: old enough at +9 s
+    jobs.jobs.pop("young")
+    jobs.jobs.pop("younger")
+    assert r.once() == 0 and jobs.reads == 3
+    clock[0] += timedelta(seconds=4.9)
+    assert r.once() == 0 and jobs.reads == 3
+    clock[0] += timedelta(seconds=0.2)
+    assert r.once() == 1 and jobs.reads == 4  # read again as soon as it could be old enough: run
+
+
+def test_a_full_read_holds_no_longer_than_the_jobs_it_could_not_see_allow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full oldest-queued read saw only the oldest queued jobs: one it did not see was queued
+    after the last of them, but may have been written since (a retry) no later than that."""
+
+    def retried(n: int) -> JobDoc:  # queued long ago, its last write (a retry) recent
+        return _job("p", f"u{n}", 60, updated_at=NOW - timedelta(seconds=1))
+
+    few = _Jobs({f"j{n}": retried(n) for n in range(3)})
+    clock = [NOW]
+    r, _ = _redriver(few, clock, monkeypatch)
+    assert r.once() == 0 and r.once() == 0
+    assert few.reads == 1  # every queued job seen: none is old enough for 4 s
+    full = _Jobs({f"j{n}": retried(n) for n in range(10)})
+    r, _ = _redriver(full, clock, monkeypatch)
+    assert r.once() == 0
+    reads = full.reads
+    assert r.once() == 0 and full.reads > reads  # an unseen one may be old enough already: read again
 
 
 def test_fair_order_alternates_users_then_a_users_pipelines_oldest_first() -> None:

@@ -121,3 +121,43 @@ def test_push_envelope_decodes_to_a_job_message() -> None:
 def test_poison_push_bodies_are_refused(body: bytes) -> None:
     with pytest.raises(BadEnvelope):
         decode(body)
+
+
+def test_a_protobuf_event_reads_as_its_json_form_does_for_every_kind_of_value() -> None:
+    from datetime import UTC, datetime
+
+    from google.events.cloud.firestore_v1.types import ArrayValue
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from google.type.latlng_pb2 import LatLng
+
+    from functions.events import from_value
+
+    when = Timestamp(seconds=1_800_000_000, nanos=123_456_789)
+    doc = Document(
+        name="projects/p/databases/(default)/documents/jobs/job-2",
+        fields={
+            "createdAt": Value(timestamp_value=when),
+            "ratio": Value(double_value=0.25),
+            "big": Value(integer_value=2**40),
+            "blob": Value(bytes_value=b"\x00\x01"),
+            "ref": Value(reference_value="projects/p/databases/(default)/documents/a/b"),
+            "where": Value(geo_point_value=LatLng(latitude=1.5, longitude=-2.5)),
+            "list": Value(array_value=ArrayValue(values=[Value(string_value="x"), Value(null_value=0)])),
+            "empty": Value(map_value=MapValue()),
+        },
+    )
+    raw = DocumentEventData.serialize(DocumentEventData(value=doc))
+    ce = CloudEvent({"type": "google.cloud.firestore.document.v1.created", "source": "//f", "id": "5"}, raw)
+    fields = firestore_document(ce).fields
+    as_json = json.loads(DocumentEventData.to_json(DocumentEventData.deserialize(raw)))
+    assert fields == {k: from_value(v) for k, v in as_json["value"]["fields"].items()}
+    assert fields["createdAt"] == datetime(2027, 1, 15, 8, 0, 0, 123456, tzinfo=UTC)
+    assert fields["big"] == 2**40 and fields["list"] == ["x", None] and fields["empty"] == {}
+
+
+def test_a_body_that_is_not_a_document_event_is_invalid_input() -> None:
+    ce = CloudEvent(
+        {"type": "google.cloud.firestore.document.v1.created", "source": "//f", "id": "6"}, b"\xff\xff"
+    )
+    with pytest.raises(InvalidInput):
+        firestore_document(ce)
