@@ -523,12 +523,30 @@ class LocalStack:
         for thread in self._tickers:
             thread.join(timeout=5)
         self._tickers.clear()
-        for proc in reversed(self._procs):
+        # The Pub/Sub emulator first, gone before the rest is asked to stop: a functions-framework
+        # (gunicorn) process asked to stop while the emulator still pushes to it keeps serving
+        # until it is killed; once the pushes have ended it stops in about 4 s (gunicorn's graceful
+        # linger). Nothing of a stopped stack outlives it (the emulators keep their data in
+        # memory), so the rest gets a short grace before SIGKILL.
+        pubsub = [proc for proc in self._procs if proc.name == "pubsub"]
+        self._terminate(pubsub, grace=10)
+        self._terminate([proc for proc in self._procs if proc not in pubsub], grace=3)
+        self._procs.clear()
+        for limit in self.memory.values():
+            limit.remove()
+        self.memory.clear()
+        with contextlib.suppress(FileNotFoundError):
+            (self.config.state_dir / "stack.env").unlink()
+
+    @staticmethod
+    def _terminate(procs: list[_Proc], grace: float) -> None:
+        """SIGTERM to each process group, SIGKILL after ``grace`` seconds."""
+        for proc in reversed(procs):
             if proc.popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.popen.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in reversed(self._procs):
+        deadline = time.monotonic() + grace
+        for proc in reversed(procs):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
             # The JVM launchers leave children in the group: always sweep the whole group.
@@ -536,12 +554,6 @@ class LocalStack:
                 os.killpg(proc.popen.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=5)
-        self._procs.clear()
-        for limit in self.memory.values():
-            limit.remove()
-        self.memory.clear()
-        with contextlib.suppress(FileNotFoundError):
-            (self.config.state_dir / "stack.env").unlink()
 
     def restart_gpu_service(self, extra_env: Mapping[str, str] | None = None) -> None:
         """Kill the GPU service with SIGKILL (a crash, not a shutdown) and start it again."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from functions.sweeper import sweep
 from infra.blobs import BlobStore
 from infra.bus import Bus
 from infra.client import Client
-from infra.jobs import JobStore, firestore_client
+from infra.jobs import JobStore, firestore_client, utcnow
 from infra.localstack.stack import LocalStack
 from infra.settings import Settings
 from pipelines.registry import catalog
@@ -203,8 +204,9 @@ def test_sweeper_validates_a_pending_job_whose_trigger_never_ran(stack: LocalSta
         {"uid": uid, "pipeline": "nope", "inputs": {}, "status": "pending"}
     )
     assert not sweep(deps).revalidated  # too recent: its trigger may still be on the way
-    time.sleep(4.5)
-    report = sweep(deps)
+    # A sweep once they are older than STALE_PENDING_SECONDS: its clock, not a sleep, moves on.
+    later = utcnow() + timedelta(seconds=deps.settings.stale_pending_seconds + 0.5)
+    report = sweep(deps, now=later)
     assert {f"p-{uid}", f"bad-{uid}"} <= set(report.revalidated)
     assert deps.jobs.get(f"p-{uid}").status is JobStatus.QUEUED  # type: ignore[union-attr]
     bad = deps.jobs.get(f"bad-{uid}")
