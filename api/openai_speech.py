@@ -461,7 +461,7 @@ async def speak_streamed(
         lambda job_id, job: _error_of_end(job_id, job, timeout),
         whole_file,
     )
-    return await streamed_response(chunks, job_ids, CONTENT_TYPES[request.response_format])
+    return await streamed_response(chunks, job_ids, CONTENT_TYPES[request.response_format], timeout)
 
 
 _ERROR_BODY = {

@@ -22,9 +22,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
+import anyio
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from api.auth import User
 from api.models import JobCreate
@@ -158,12 +161,36 @@ def _read(api: Api, uri: str) -> bytes:
         raise _broken(f"a streamed chunk is missing: {uri}") from exc
 
 
+class _BoundedStream(StreamingResponse):
+    """A streamed answer that ends by its deadline even when the caller reads nothing: a write
+    waiting on the caller's full socket is given up there, the connection is closed without the
+    body's end, and the chunks' generator is closed, so that its place under the waiting
+    requests' caps and its job listener are free for the next request."""
+
+    def __init__(self, body: AsyncIterator[bytes], deadline: float, timeout: float, **kwargs: Any) -> None:
+        super().__init__(body, **kwargs)
+        self.deadline, self.timeout = deadline, timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        left = max(self.deadline - asyncio.get_running_loop().time(), 0.0)
+        try:
+            with anyio.fail_after(left):
+                await super().__call__(scope, receive, send)
+        except TimeoutError as exc:
+            error = _broken(f"the streamed answer was not read within {self.timeout:g} s")
+            log.warning("streamed speech ended early: %s", error)
+            raise error from exc
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
 async def streamed_response(
-    chunks: AsyncIterator[bytes], job_ids: list[str], media_type: str
+    chunks: AsyncIterator[bytes], job_ids: list[str], media_type: str, timeout: float
 ) -> StreamingResponse:
     """The answer once its first bytes are in hand: any error before them is raised here, so that
-    the route answers it as usual; the generator, started, closes its hold when it ends or is
-    collected."""
+    the route answers it as usual; the generator, started, closes its hold when it ends, when the
+    answer is given up, or at the latest ``timeout`` seconds from now, read or not."""
+    deadline = asyncio.get_running_loop().time() + timeout
     try:
         first = await anext(chunks)
     except StopAsyncIteration:  # the caller went away before any audio
@@ -180,4 +207,4 @@ async def streamed_response(
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
 
-    return StreamingResponse(body(), media_type=media_type, headers={"X-Job-Id": job_ids[0]})
+    return _BoundedStream(body(), deadline, timeout, media_type=media_type, headers={"X-Job-Id": job_ids[0]})

@@ -3,6 +3,7 @@ emulators): for tests that need tighter limits than the stack's API has."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,13 +19,26 @@ from infra.settings import Settings
 
 
 @contextmanager
-def api_server(settings: Settings) -> Iterator[tuple[str, Api]]:
-    """The URL of the served API, and its :class:`Api` (to look at its gates and listeners)."""
+def api_server(settings: Settings, send_buffer_bytes: int | None = None) -> Iterator[tuple[str, Api]]:
+    """The URL of the served API, and its :class:`Api` (to look at its gates and listeners).
+
+    ``send_buffer_bytes`` sets the kernel's send buffer of every connection (``SO_SNDBUF``; it is
+    otherwise tuned up to megabytes on loopback): with a caller who reads nothing, the server's
+    writes wait after that much instead of after megabytes.
+    """
     api = build(settings)
     server = uvicorn.Server(
         uvicorn.Config(create_app(api), host="127.0.0.1", port=free_port(), log_level="warning")
     )
-    thread = threading.Thread(target=server.run, daemon=True)
+    sockets: list[socket.socket] = []
+    if send_buffer_bytes is not None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # (the accepted connections inherit it)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
+        listener.bind(("127.0.0.1", 0))
+        server.config.port = listener.getsockname()[1]
+        sockets.append(listener)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets or None}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:

@@ -64,7 +64,9 @@ def serve_app_check_keys(project_id: str) -> Iterator[AppCheckKeys]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, name="app-check-keys", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="app-check-keys", daemon=True
+    )
     thread.start()
     keys.url = f"http://127.0.0.1:{server.server_address[1]}/v1/jwks"
     try:

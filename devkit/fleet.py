@@ -233,7 +233,9 @@ class Front:
                     super().handle_error(request, client_address)
 
         self._server = Server(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, name="front", daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="front", daemon=True
+        ).start()
 
     def stop(self) -> None:
         if self._server is not None:

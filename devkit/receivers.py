@@ -160,7 +160,9 @@ def _fcm_handler(receiver: FcmReceiver) -> type[BaseHTTPRequestHandler]:
 def _serve(handler: type[BaseHTTPRequestHandler], port: int) -> Iterator[int]:
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="receiver", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="receiver", daemon=True
+    )
     thread.start()
     try:
         yield server.server_address[1]

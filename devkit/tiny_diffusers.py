@@ -28,6 +28,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from core.spec import Pipeline, RunContext, RunResult
+from devkit.progress import ProgressLog  # here too: tests name it tiny.ProgressLog
 
 _WORDS = ("a", "photo", "of", "the", "red", "cat", "wooden", "bench", "make", "it", "snow", "blue", "sky")
 
@@ -517,31 +518,3 @@ def run_job(
     with Image.open(result.files[result.outputs.result_file]) as written:
         pixels = np.asarray(written.convert("RGB")).astype(np.int16)
     return result, pixels
-
-
-class ProgressLog:
-    """A ``RunContext.progress`` that records calls and can cancel at a chosen call.
-
-    ``cancel_at=(stage, n)`` raises :class:`~core.errors.Cancelled` on the ``n``-th call
-    (1-based) reporting ``stage``, as the service does when a client asks to cancel.
-    """
-
-    def __init__(self, cancel_at: tuple[str, int] | None = None) -> None:
-        self.calls: list[tuple[float, str]] = []
-        self.cancel_at = cancel_at
-
-    def __call__(self, fraction: float, stage: str) -> None:
-        from core.errors import Cancelled
-
-        self.calls.append((fraction, stage))
-        if self.cancel_at is not None:
-            stage_wanted, n = self.cancel_at
-            if stage == stage_wanted and sum(1 for _, s in self.calls if s == stage) == n:
-                raise Cancelled("cancelled by the test")
-
-    @property
-    def fractions(self) -> list[float]:
-        return [f for f, _ in self.calls]
-
-    def stages(self, stage: str) -> list[float]:
-        return [f for f, s in self.calls if s == stage]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.slow_modules import skip_module
+
 TESTS = Path(__file__).resolve().parent
 
 
@@ -35,12 +37,20 @@ def work_group(item: pytest.Item) -> str:
     return item.path.name
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """A module slow as a whole is not imported by a run whose ``-m`` leaves out slow tests."""
+    if skip_module(collection_path, config.option.markexpr or "", SLOW_FIXTURES):
+        return True
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
         item.add_marker(pytest.mark.xdist_group(work_group(item)))
-    if _cuda_available():
+    # torch (seconds to import) only when a collected test needs a GPU
+    if not any(item.get_closest_marker("gpu") is not None for item in items) or _cuda_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:

@@ -17,6 +17,8 @@ written as a block. `python -m tools.tfcheck` prints the findings and exits 1 wh
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import hashlib
 import json
 import re
@@ -170,13 +172,7 @@ def load_schema(provider: str, version: str, schemas_dir: Path = SCHEMAS) -> Sch
     key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}:v1".encode()).hexdigest()[:16]
     cached = schemas_dir / "node_modules" / ".tfcheck-cache" / f"{provider}-{version}-{key}.json"
     if cached.is_file():
-        data = json.loads(cached.read_text())
-        return Schema(
-            provider,
-            version,
-            {k: _from_json(v) for k, v in data["resources"].items()},
-            {k: _from_json(v) for k, v in data["data_sources"].items()},
-        )
+        return _read_cached(cached, provider, version)
     schema = parse_assembly(path)
     if (schema.provider, schema.version) != (provider, version):
         raise SchemaError(f"{path} is {schema.provider} {schema.version}, not {provider} {version}")
@@ -187,6 +183,19 @@ def load_schema(provider: str, version: str, schemas_dir: Path = SCHEMAS) -> Sch
     }
     cached.write_text(json.dumps(payload))
     return schema
+
+
+@functools.lru_cache(maxsize=8)
+def _read_cached(cached: Path, provider: str, version: str) -> Schema:
+    """A cached schema, read once per process (its name holds the package's size and time: a
+    changed package is another file). The schema is shared: callers only read it."""
+    data = json.loads(cached.read_text())
+    return Schema(
+        provider,
+        version,
+        {k: _from_json(v) for k, v in data["resources"].items()},
+        {k: _from_json(v) for k, v in data["data_sources"].items()},
+    )
 
 
 def newest(provider: str, schemas_dir: Path = SCHEMAS) -> str:
@@ -223,6 +232,7 @@ def _keep(token: Token) -> Token:
 _comment_parser = Lark(
     grammar=LARK_GRAMMAR,
     parser="lalr",
+    cache=True,  # the grammar analysis from a temporary file after the first build (as python-hcl2 does)
     lexer_callbacks={"_NEW_LINE_OR_COMMENT": _keep, "__IGNORE_1": _keep},
 )
 _LINE_COMMENT = re.compile(r"(#|//)[^\n]*")
@@ -253,7 +263,14 @@ def _body(tree: Tree[Any], text: str) -> Body:
 
 
 def parse_hcl(text: str) -> Body:
-    """The top-level body of an HCL file (python-hcl2's Lark grammar, positions kept)."""
+    """The top-level body of an HCL file (python-hcl2's Lark grammar, positions kept). A text parsed
+    before is not parsed again (checks of copies of terraform/ that differ in one file): the caller
+    gets its own copy of the remembered body."""
+    return copy.deepcopy(_parsed(text))
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed(text: str) -> Body:
     tree = _parser.parse(text + "\n")
     start = tree if tree.data == "body" else next(c for c in tree.children if isinstance(c, Tree))
     return _body(start, text + "\n")

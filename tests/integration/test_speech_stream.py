@@ -1,10 +1,13 @@
 """Streamed speech on the running stack: the ``openai`` client's ``with_streaming_response`` gets the
 first audio while the job is still speaking the rest, the streamed bytes are as long as the final
 file, a plain request is answered as before, and a streaming request past the wait caps is refused
-before any job is made."""
+before any job is made, and a caller that never reads its streamed answer gives its place under the
+wait caps back at the speech timeout."""
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import threading
 import time
@@ -15,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from api.service import Api
 from core.quota import QuotaPolicy
 from devkit.apiserver import api_server
 from devkit.firebase_auth import AuthUser, sign_up
@@ -216,3 +220,78 @@ def my_jobs(api_url: str, user: AuthUser) -> list[dict[str, Any]]:
     resp = httpx.get(f"{api_url}/v1/jobs", headers=user.headers, timeout=30)
     jobs: list[dict[str, Any]] = resp.json()["jobs"]
     return jobs
+
+
+# -- a caller that never reads its streamed answer ---------------------------------------------------
+
+#: the tight API's wait for a speech job: long enough for the first chunk on a busy machine
+UNREAD_TIMEOUT = 25.0
+
+
+@pytest.fixture(scope="module")
+def one_place_api(settings: Settings) -> Iterator[tuple[str, Api]]:
+    """An API on the stack's jobs (they run) with one place for waiting requests, the user's and
+    the instance's, and a short wait for speech; its connections' small send buffers make its
+    writes to a caller who reads nothing wait within the first chunk of audio."""
+    tight = settings.model_copy(
+        update={
+            "quotas_collection": "speech-unread-quotas",
+            "openai_speech_timeout_seconds": UNREAD_TIMEOUT,
+            "api_max_waits_per_user": 1,
+            "api_max_waits": 1,
+            "quotas": QuotaPolicy(max_unfinished=5, max_daily=None, tiers={}),
+        }
+    )
+    with api_server(tight, send_buffer_bytes=16384) as served:
+        yield served
+
+
+def unread_stream(api_url: str, user: AuthUser, text: str) -> socket.socket:
+    """A streaming speech request on a raw socket whose caller will read nothing: a small receive
+    buffer, so that the server's writes soon wait on it."""
+    body = json.dumps({"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm"}).encode()
+    port = int(api_url.rsplit(":", 1)[1])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(UNREAD_TIMEOUT + 60)
+    sock.connect(("127.0.0.1", port))
+    head = (
+        f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {user.token}\r\nContent-Type: application/json\r\n"
+        f"X-Stainless-Raw-Response: stream\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def test_a_streamed_answer_nobody_reads_gives_its_place_back_at_the_timeout(
+    stack: LocalStack, one_place_api: tuple[str, Api]
+) -> None:
+    url, api = one_place_api
+    auth = stack.env["FIREBASE_AUTH_EMULATOR_HOST"]
+    alice, bob = sign_up(auth), sign_up(auth)
+    oa_alice, oa_bob = speech_client(url, alice), speech_client(url, bob)
+    unread = unread_stream(url, alice, TEXT)
+    try:
+        # The first audio is on its way (looked at, not read: the bytes stay where they are).
+        assert unread.recv(12, socket.MSG_PEEK) == b"HTTP/1.1 200"
+        # Its place is taken: the next waiting request, hers or anyone's, is refused ...
+        for oa in (oa_alice, oa_bob):
+            with pytest.raises(openai.APIStatusError) as caught:
+                oa.audio.speech.create(model="tts-1", voice="alloy", input="Hello.", response_format="wav")
+            assert caught.value.status_code == 503
+        # ... until the speech timeout, though the server's writes wait on a caller who never reads.
+        deadline = time.monotonic() + UNREAD_TIMEOUT + 60
+        while api.waits.count() > 0:
+            assert time.monotonic() < deadline, "the unread stream still holds its place"
+            time.sleep(0.2)
+        # (the job goes on without its reader: cancelled, to leave the worker to the next ones)
+        job_id = my_jobs(url, alice)[0]["id"]
+        httpx.post(f"{url}/v1/jobs/{job_id}/cancel", headers=alice.headers, timeout=30)
+        for oa in (oa_alice, oa_bob):
+            raw = oa.audio.speech.with_raw_response.create(
+                model="tts-1", voice="alloy", input="Hello again.", response_format="wav"
+            )
+            assert raw.status_code == 200 and raw.content[:4] == b"RIFF"
+    finally:
+        unread.close()

@@ -59,12 +59,18 @@ FORBIDDEN = sorted(
 )
 
 
+@cache
+def _tree(path: Path) -> ast.Module:
+    """A file's syntax tree, parsed once for all the scans of this module."""
+    return ast.parse(path.read_text())
+
+
 def _walk(root: Path) -> frozenset[tuple[str, str]]:
     """(file, imported module) for every import under ``root``, lazy ones included."""
     found: set[tuple[str, str]] = set()
     for path in root.rglob("*.py"):
         where = str(path.relative_to(root.parent))
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(_tree(path)):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 found.add((where, node.module))
                 found.update((where, f"{node.module}.{a.name}") for a in node.names)
@@ -109,11 +115,12 @@ OUTSIDE = (
 _MODULE_PATH = re.compile(r"(\w+)(\.\w+)+(:\w+)?")
 
 
+@cache
 def _module_paths(root: Path) -> frozenset[tuple[str, str]]:
     """(file, string) for every string constant under ``root`` that reads as a module path."""
     found: set[tuple[str, str]] = set()
     for path in root.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(_tree(path)):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 found.update(
                     (str(path.relative_to(root.parent)), part.strip())
@@ -241,7 +248,7 @@ def _import_graph() -> dict[str, set[str]]:
     for module, path in paths.items():
         package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(_tree(path)):
             if isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:

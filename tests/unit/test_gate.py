@@ -28,7 +28,9 @@ def gate() -> Iterator[tuple[str, int]]:
     server = ThreadingHTTPServer(
         ("127.0.0.1", 0), make_handler("http://127.0.0.1:9", key.public_key(), ACCOUNT)
     )
-    thread = threading.Thread(target=server.serve_forever, name="gate", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="gate", daemon=True
+    )
     thread.start()
     yield "127.0.0.1", server.server_address[1]
     server.shutdown()

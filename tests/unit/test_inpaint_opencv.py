@@ -13,8 +13,8 @@ from PIL import Image
 
 from core.errors import Cancelled, InvalidInput, PermanentError
 from core.spec import RunContext
+from devkit.progress import ProgressLog
 from devkit.sample_images import make_sample
-from devkit.tiny_diffusers import ProgressLog
 from pipelines.inpaint import SPEC, InpaintConfig, InpaintInputs
 from pipelines.inpaint.pipeline import InpaintPipeline
 

@@ -112,7 +112,9 @@ def certs_server(google_key: rsa.RSAPrivateKey) -> Iterator[_CertsServer]:
     server.documents = {"/certs": json.dumps({KID: _self_signed_pem(google_key)}).encode()}
     server.cache_control = {"/certs": "public, max-age=3600, must-revalidate, no-transform"}
     server.hits = {}
-    thread = threading.Thread(target=server.serve_forever, name="certs", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="certs", daemon=True
+    )
     thread.start()
     yield server
     server.shutdown()

@@ -30,6 +30,8 @@ from devkit.speech import synthesize
 from pipelines.transcribe import TranscribeConfig, TranscribeInputs
 from pipelines.transcribe.model import Transcriber, load
 
+pytestmark = pytest.mark.slow  # every test runs the real tiny.en on Piper speech
+
 MEDIA_URI = "gs://test-bucket/uploads/u1/transcribe/clip.wav"
 SENTENCES = [
     "Please send the quarterly report to the finance team before Friday afternoon.",
