@@ -399,7 +399,6 @@ class JobStore:
             deciding,
             first=known,
             last=known,
-            after=lambda job, decision, when: applied(job, decision.patch or Patch(), when),
         )
 
     def commit_known(self, writes: list[tuple[str, LastWrite, Patch]]) -> bool:
