@@ -14,7 +14,7 @@ test: install ## the whole suite: unit tests and the end-to-end tests on the rea
 	$(PY) -m pytest -n 2 --dist loadgroup
 
 test-fast: install ## unit tests only, without the slow ones (no emulators, no models, no terraform)
-	$(PY) -m pytest tests/unit -m "not slow"
+	$(PY) -m pytest tests/unit -m "not slow" -n 2 --dist loadgroup
 
 up: install ## start the local stack in the background; settings in .local/stack.env; prints the web client's URL
 	@mkdir -p .local/logs
