@@ -165,20 +165,14 @@ class Redriver:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.capacity.wait_for_free(self._wait_seconds())
+            # Every poll, or sooner when a slot frees (a pass then may find the quiet spell on).
+            self.capacity.wait_for_free(self.poll_seconds)
             if self._stop.is_set() or self.worker.draining.is_set():
                 continue
             try:
                 self.once()
             except Exception:  # Firestore unavailable, say: try again at the next tick
                 log.warning("redrive pass failed", exc_info=True)
-
-    def _wait_seconds(self) -> float:
-        """Until the next pass: a freed slot wakes it sooner; so does the end of a quiet spell."""
-        if self._quiet_until is None:
-            return self.poll_seconds
-        left = (self._quiet_until - utcnow()).total_seconds()
-        return min(self.poll_seconds, max(left, 0.05))
 
     def once(self) -> int:
         """One pass: start as many waiting units as there are free slots, or (all busy) queue the
