@@ -297,6 +297,12 @@ class Settings(BaseSettings):
         description="how long one dispatcher tick keeps delivering what falls due (below the function's timeout)",
     )
     notify_batch: int = Field(50, ge=1, le=500, description="owed jobs a dispatcher scan reads at once")
+    notify_parallel: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="owners whose deliveries one scan makes side by side (each owner's one after another)",
+    )
     notify_max_endpoints: int = Field(5, ge=0, le=20, description="webhook endpoints per user")
     notify_max_devices: int = Field(10, ge=0, le=50, description="push device tokens per user")
     notify_secret_grace_seconds: int = Field(

@@ -8,6 +8,8 @@ Each test plays the dispatcher on its own collections (the stack's dispatcher do
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -101,6 +103,38 @@ def test_a_dead_endpoint_with_many_jobs_does_not_hold_up_another_users_event(
         assert notes.deliveries["webhook_e1"].attempts == 1, "tried once, then left to its backoff"
         assert notes.due_at is not None and notes.due_at > utcnow() + timedelta(minutes=5)
     assert len(receiver.for_path(dead)) == len(ids)
+
+
+def test_a_slow_endpoint_holds_up_only_its_owners_deliveries(
+    settings: Settings, receiver: WebhookReceiver
+) -> None:
+    stores = _Stores(settings, receiver)
+    slow_user, other = f"slow-{stores.run}", f"other-{stores.run}"
+    slow = stores.hook(slow_user)
+    receiver.script[slow] = ["hang"]  # answers after NOTIFY_TIMEOUT_SECONDS: the attempt times out
+    stuck = stores.ended(f"a-{stores.run}", slow_user)  # due first: a scan in due order meets it first
+    path = stores.hook(other)
+    theirs = stores.ended(f"z-{stores.run}", other)
+    dispatcher = Dispatcher(stores.settings, stores.jobs, stores.targets)
+    scan = threading.Thread(target=dispatcher.tick)
+    scan.start()
+    deadline = time.monotonic() + 30
+    while not receiver.for_path(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # The other owner's event arrived while the slow endpoint still held its attempt open.
+    slow_notes = stores.notes(stuck)
+    scan.join(60)
+    assert [r.webhook_id for r in receiver.for_path(path)] == [f"evt_{theirs}"]
+    assert slow_notes.deliveries is None or slow_notes.deliveries["webhook_e1"].last_status is None, (
+        slow_notes
+    )
+    assert stores.notes(theirs).state == "done"
+    timed_out = stores.notes(stuck).deliveries
+    assert (
+        timed_out
+        and timed_out["webhook_e1"].attempts == 1
+        and timed_out["webhook_e1"].last_status == "timeout"
+    )
 
 
 def test_outboxes_of_an_older_release_are_dated_then_delivered(
