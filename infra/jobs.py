@@ -337,14 +337,6 @@ class JobStore:
                 return job_id, job
         return None
 
-    def find_owed(self, limit: int) -> list[tuple[str, JobDoc]]:
-        """Jobs whose end event is still owed to a channel (the notification dispatcher's scan)."""
-        roundtrips.note("firestore")
-        query = self._db.collection(self._collection).where(
-            filter=firestore.FieldFilter("notifications.state", "==", "owed")
-        )
-        return _jobs(query.limit(limit).stream())
-
     def decide(self, job_id: str, decide: Callable[[JobDoc | None], Decision[T]]) -> T:
         """Apply a decision of another module (the notification outbox's) with compare-and-set."""
         return self._cas(job_id, decide)
@@ -360,10 +352,7 @@ class JobStore:
             .where(filter=firestore.FieldFilter("notifications.dueAt", "<=", now))
             .order_by("notifications.dueAt")
         )
-        return [
-            (snap.id, LastWrite(read_job(snap.to_dict() or {}), snap.update_time))
-            for snap in query.limit(limit).stream()
-        ]
+        return _known(query.limit(limit).stream())
 
     def find_owed_known(self, limit: int, after: str | None = None) -> list[tuple[str, LastWrite]]:
         """Owed jobs in id order, after the job ``after``: a walk through every owed outbox (to
@@ -376,10 +365,7 @@ class JobStore:
         )
         if after is not None:
             query = query.start_after({"__name__": after})
-        return [
-            (snap.id, LastWrite(read_job(snap.to_dict() or {}), snap.update_time))
-            for snap in query.limit(limit).stream()
-        ]
+        return _known(query.limit(limit).stream())
 
     def decide_known(
         self, job_id: str, decide: Callable[[JobDoc | None], Decision[T]], known: LastWrite
@@ -739,6 +725,11 @@ def usage_increments(day: str, amounts: dict[str, float]) -> dict[str, Any]:
             node = node.setdefault(key, {})
         node[leaf] = firestore.Increment(amount)
     return {"usage": {day: tree}}
+
+
+def _known(snaps: Iterable[Any]) -> list[tuple[str, LastWrite]]:
+    """Query results as ``(id, the job with the update time it was read at)``."""
+    return [(snap.id, LastWrite(read_job(snap.to_dict() or {}), snap.update_time)) for snap in snaps]
 
 
 def _jobs(snaps: Iterable[Any]) -> list[tuple[str, JobDoc]]:

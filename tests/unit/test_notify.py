@@ -12,11 +12,12 @@ from core import notify
 from core.contract import Delivery, ErrorInfo, JobDoc, JobStatus, Lease, Notifications
 from core.decisions import Ending
 from core.lifecycle import decide_finish
-from core.patch import DELETE, SERVER_TIME
+from core.patch import SERVER_TIME
 from core.recovery import decide_recover, decide_transition
 from core.work import WorkRef
 from devkit.receivers import WebhookReceiver, fcm_receiver, webhook_receiver
 from functions.notify import PushSender, WebhookSender, check_webhook_url
+from infra.jobs import applied
 from infra.notify_targets import Device, Endpoint, Secret, Targets, new_secret, rotated
 from infra.settings import Settings
 
@@ -102,12 +103,12 @@ def test_a_failed_attempt_waits_its_backoff_then_the_dead_letter() -> None:
     for attempt, wait in enumerate([*BACKOFF, None], start=1):
         claim = notify.decide_attempt(job, "webhook_a", now=now, lease_seconds=30)
         assert claim.result == attempt
-        job = _apply(job, claim.patch.to_dict())
+        job = applied(job, claim.patch, now)
         assert notify.due(job, now) == [], "claimed: not due for another dispatcher"
         made = notify.decide_outcome(
             job, "webhook_a", attempt=attempt, delivered=False, status="HTTP 500", now=now, backoff=BACKOFF
         )
-        job = _apply(job, made.patch.to_dict())
+        job = applied(job, made.patch, now)
         assert job.notifications is not None and job.notifications.deliveries is not None
         delivery = job.notifications.deliveries["webhook_a"]
         if wait is None:
@@ -160,24 +161,6 @@ def test_the_event_is_small_ids_status_and_uris() -> None:
         "error": {"code": "told_to_fail"},
         "outputs": {"result.txt": "gs://b/results/u1/j1/1/result.txt"},
     }
-
-
-def _apply(job: JobDoc, data: dict[str, object]) -> JobDoc:
-    """The job after a notifications patch (field paths under notifications only)."""
-    raw = job.notifications.to_firestore() if job.notifications else {}
-    for path, value in data.items():
-        keys = path.split(".")[1:]
-        if not keys:
-            raw = dict(value)  # type: ignore[call-overload]
-            continue
-        node = raw
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        if value is DELETE:
-            node.pop(keys[-1], None)
-        else:
-            node[keys[-1]] = value
-    return job.model_copy(update={"notifications": Notifications.model_validate(raw)})
 
 
 # -- senders -----------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 from core import notify
 from core.contract import Delivery, JobDoc, JobStatus, Notifications
 from core.lifecycle import final_patch
-from core.patch import DELETE, SERVER_TIME, Patch
+from core.patch import SERVER_TIME, Patch
+from infra.jobs import applied
 
 ENDED = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 NOW = ENDED + timedelta(seconds=2)
@@ -26,20 +27,7 @@ def ended(notes: Notifications) -> JobDoc:
 def after(job: JobDoc, patch: Patch | None) -> JobDoc:
     """The job once ``patch`` (paths under ``notifications`` only) is written."""
     assert patch is not None
-    raw = job.notifications.to_firestore() if job.notifications else {}
-    for path, value in patch.to_dict().items():
-        keys = path.split(".")[1:]
-        if not keys:
-            raw = dict(value)
-            continue
-        node = raw
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        if value is DELETE:
-            node.pop(keys[-1], None)
-        else:
-            node[keys[-1]] = value
-    return job.model_copy(update={"notifications": Notifications.model_validate(raw)})
+    return applied(job, patch, NOW)
 
 
 def due_at(job: JobDoc) -> datetime | None:
