@@ -1,6 +1,7 @@
 """Audio after the model: joining pieces, resampling, loudness, peak limiting, encoding.
 
-Loudness is ITU-R BS.1770 integrated loudness (``pyloudnorm``). Encoding runs the ffmpeg CLI:
+Loudness is ITU-R BS.1770-4 integrated loudness (:func:`loudness`: the recommendation's K-weighting
+filters, designed for the rate in use, then its 400 ms gated blocks). Encoding runs the ffmpeg CLI:
 
 =========  =====================  ===========================================================
 format     file                   codec
@@ -30,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import pyloudnorm
-from scipy.signal import resample_poly
+from scipy.signal import resample_poly, sosfilt
 
 from core.errors import PermanentError
 
@@ -56,6 +56,13 @@ OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 #: BS.1770 measures in 400 ms blocks: shorter audio is measured padded with silence
 _MIN_MEASURE_SECONDS = 0.4
 SILENCE_LUFS = -70.0
+#: BS.1770-4 gating: 400 ms blocks, each starting a quarter block after the last
+_BLOCK_SECONDS, _BLOCK_STEP = 0.4, 0.25
+#: the K-weighting filters' analogue parameters (centre Hz, Q, gain dB) that give the
+#: recommendation's 48 kHz coefficients, and the shelf's mid-band gain exponent
+_SHELF_HZ, _SHELF_Q, _SHELF_DB = 1681.974450955533, 0.7071752369554196, 3.999843853973347
+_SHELF_VB_EXPONENT = 0.4996667741545416
+_HIGHPASS_HZ, _HIGHPASS_Q = 38.13547087602444, 0.5003270373238773
 
 
 def silence(seconds: float, rate: int) -> Audio:
@@ -105,12 +112,54 @@ def resample(audio: Audio, rate: int, target: int) -> Audio:
     return np.asarray(resampled, dtype=np.float32)
 
 
+def k_weighting(rate: int) -> npt.NDArray[np.float64]:
+    """BS.1770's K-weighting at ``rate`` as second-order sections: its shelving pre-filter (+4 dB
+    above ~1.7 kHz) and its RLB high-pass (~38 Hz), from their analogue parameters by the bilinear
+    transform, so that at 48 kHz they are the coefficients the recommendation tabulates."""
+    sections = []
+    for f0, q, gain_db in ((_SHELF_HZ, _SHELF_Q, _SHELF_DB), (_HIGHPASS_HZ, _HIGHPASS_Q, None)):
+        k = math.tan(math.pi * f0 / rate)
+        norm = 1.0 + k / q + k * k
+        a = [1.0, 2.0 * (k * k - 1.0) / norm, (1.0 - k / q + k * k) / norm]
+        if gain_db is None:
+            b = [1.0, -2.0, 1.0]
+        else:
+            vh = 10 ** (gain_db / 20)
+            vb = vh**_SHELF_VB_EXPONENT
+            b = [
+                (vh + vb * k / q + k * k) / norm,
+                2.0 * (k * k - vh) / norm,
+                (vh - vb * k / q + k * k) / norm,
+            ]
+        sections.append(b + a)
+    return np.array(sections, dtype=np.float64)
+
+
 def loudness(audio: Audio, rate: int) -> float:
-    """Integrated loudness in LUFS (ITU-R BS.1770-4); ``SILENCE_LUFS`` for silence."""
+    """Integrated loudness in LUFS (ITU-R BS.1770-4, mono); ``SILENCE_LUFS`` for silence.
+
+    The K-weighted signal's mean square over 400 ms blocks every 100 ms (one cumulative sum, not
+    a loop over blocks); blocks under -70 LUFS, then those 10 LU under the mean of the rest, are
+    left out of the mean that gives the loudness."""
     minimum = math.ceil(_MIN_MEASURE_SECONDS * rate) + 1
     if len(audio) < minimum:
         audio = np.concatenate([audio, np.zeros(minimum - len(audio), np.float32)])
-    value = float(pyloudnorm.Meter(rate).integrated_loudness(audio.astype(np.float64)))
+    weighted = sosfilt(k_weighting(rate), np.asarray(audio, dtype=np.float64))
+    energy = np.concatenate([[0.0], np.cumsum(weighted * weighted)])
+    count = round((len(weighted) / rate - _BLOCK_SECONDS) / (_BLOCK_SECONDS * _BLOCK_STEP)) + 1
+    starts = np.arange(count) * _BLOCK_STEP
+    low = np.floor(_BLOCK_SECONDS * starts * rate).astype(np.int64)
+    high = np.minimum(np.floor(_BLOCK_SECONDS * (starts + 1) * rate).astype(np.int64), len(weighted))
+    mean_square = (energy[high] - energy[low]) / (_BLOCK_SECONDS * rate)
+    with np.errstate(divide="ignore"):
+        blocks = -0.691 + 10 * np.log10(mean_square)
+    gated = blocks >= SILENCE_LUFS
+    if not gated.any():
+        return SILENCE_LUFS
+    relative = -0.691 + 10 * math.log10(float(mean_square[gated].mean())) - 10.0
+    gated &= blocks > relative
+    total = float(mean_square[gated].mean()) if gated.any() else 0.0
+    value = -0.691 + 10 * math.log10(total) if total > 0 else -math.inf
     return value if math.isfinite(value) and value > SILENCE_LUFS else SILENCE_LUFS
 
 
@@ -120,9 +169,11 @@ def peak_dbfs(audio: Audio) -> float:
 
 
 def _moving_average(x: npt.NDArray[np.float64], width: int) -> npt.NDArray[np.float64]:
-    kernel = np.ones(width) / width
+    """Mean over ``width`` samples centred on each (edges held), by a cumulative sum."""
     padded = np.pad(x, (width // 2, width - 1 - width // 2), mode="edge")
-    return np.convolve(padded, kernel, mode="valid")
+    sums: npt.NDArray[np.float64] = np.concatenate([[0.0], np.cumsum(padded)])
+    averaged: npt.NDArray[np.float64] = (sums[width:] - sums[:-width]) / width
+    return averaged
 
 
 def limit_peaks(audio: Audio, rate: int, ceiling_dbfs: float, *, window_seconds: float = 0.005) -> Audio:
@@ -149,14 +200,17 @@ class Leveled:
     peak_dbfs: float
 
 
-def normalize_loudness(audio: Audio, rate: int, target_lufs: float, ceiling_dbfs: float) -> Leveled:
+def normalize_loudness(
+    audio: Audio, rate: int, target_lufs: float, ceiling_dbfs: float, *, measured: float | None = None
+) -> Leveled:
     """Gain to ``target_lufs`` integrated loudness with peaks limited below ``ceiling_dbfs``.
 
     Limiting takes back some of the gain, the more the louder the target, so the gain is found
     by a secant search on the limited result's loudness (a few measurements) until it is within
-    0.1 LU of the target, or as close as the ceiling allows.
+    0.1 LU of the target, or as close as the ceiling allows. ``measured``: the loudness of
+    ``audio`` when the caller has it already.
     """
-    start = loudness(audio, rate)
+    start = loudness(audio, rate) if measured is None else measured
     if start <= SILENCE_LUFS:
         return Leveled(audio, start, peak_dbfs(audio))
 
@@ -225,14 +279,34 @@ def as_written(audio: Audio) -> Audio:
 
 
 def decode(path: Path, fmt: str, rate: int) -> Audio:
-    """The samples of an encoded file, mono float at ``rate`` (for measuring what was written)."""
-    source = ["-f", "s16le", "-ar", str(rate), "-ac", "1"] if fmt == "pcm" else []
-    command = [
-        _ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error",
-        *source, "-i", str(path), "-f", "f32le", "-ac", "1", "-ar", str(rate), "pipe:1",
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, check=False, timeout=600)
-    if result.returncode != 0:
-        detail = result.stderr.decode(errors="replace")[-500:]
-        raise PermanentError(f"decoding the {fmt} output failed: {detail}", code="encode_failed")
-    return np.frombuffer(result.stdout, dtype="<f4").astype(np.float32)
+    """The samples of an encoded file, mono float at ``rate`` (for measuring what was written).
+
+    The file is this pipeline's own output, so it is decoded in this process (PyAV), without an
+    ffmpeg process start per job; raw ``pcm`` is 16-bit samples at ``rate`` as they are."""
+    if fmt == "pcm":
+        return (np.fromfile(path, dtype="<i2").astype(np.float32) / 32768.0).astype(np.float32)
+    import av
+
+    pieces: list[Audio] = []
+    try:
+        with av.open(str(path), mode="r") as container:
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            for frame in container.decode(stream):
+                # Mono float at the rate asked for (what this pipeline writes): the samples as they are.
+                as_is = (
+                    frame.sample_rate == rate
+                    and frame.layout.nb_channels == 1
+                    and frame.format.name in _FLOAT
+                )
+                for out in [frame] if as_is else resampler.resample(frame):
+                    pieces.append(np.asarray(out.to_ndarray(), dtype=np.float32).reshape(-1))
+            for out in resampler.resample(None):
+                pieces.append(np.asarray(out.to_ndarray(), dtype=np.float32).reshape(-1))
+    except (av.FFmpegError, IndexError, OSError) as exc:
+        raise PermanentError(f"decoding the {fmt} output failed: {exc}", code="encode_failed") from exc
+    return np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
+
+
+#: PyAV's names of 32-bit float samples (packed, planar): one mono plane is the samples as they are
+_FLOAT = frozenset({"flt", "fltp"})

@@ -280,15 +280,18 @@ class TtsPipeline:
         audio = join(
             pieces, rate, gap_seconds=self.config.gap_seconds, fade_seconds=self.config.crossfade_seconds
         )
-        if not len(audio) or loudness(audio, rate) <= -70.0:
+        heard = loudness(audio, rate) if len(audio) else SILENCE_LUFS
+        if heard <= SILENCE_LUFS:
             raise InvalidInput("the text produced no speech: give words to speak", code="no_speech")
-        audio = resample(audio, rate, target_rate)
+        if target_rate != rate:
+            audio = resample(audio, rate, target_rate)
+            heard = loudness(audio, target_rate)
         fmt, lossless = inputs.format, inputs.format in LOSSLESS
         # Lossy codecs cut the highs that K-weighting counts (MP3 lands ~0.5 LU low): the first
         # encode is aimed over the target by what the codec took last time, so one encode is
         # usually enough; only a miss of more than 0.3 LU costs a second one.
         aim = inputs.loudness + (0.0 if lossless else self._codec_loss.get(fmt, 0.0))
-        leveled = normalize_loudness(audio, target_rate, aim, self.config.peak_limit_dbfs)
+        leveled = normalize_loudness(audio, target_rate, aim, self.config.peak_limit_dbfs, measured=heard)
         played_rate = output_rate(fmt, target_rate)
         for _ in range(2):
             path = encode(leveled.audio, target_rate, fmt, Path(ctx.workdir))

