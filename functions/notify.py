@@ -421,6 +421,12 @@ class Dispatcher:
                     self.settled,
                     roundtrips.summary(calls),
                 )
+            if self.deferred:
+                log.info(
+                    "notifications: %d job(s) left due for the next scan (an owner's endpoint timed "
+                    "out, or the tick's deadline passed)",
+                    self.deferred,
+                )
             if time.monotonic() >= end:
                 return made
             if self.scanned >= self.settings.notify_batch and self.settled:
