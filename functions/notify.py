@@ -2,7 +2,7 @@
 
 It runs as the ``on_notify`` function on each ``notify-tick`` (Cloud Scheduler, every minute; the
 local stack ticks every few seconds) and keeps delivering what falls due for
-``NOTIFY_RUN_SECONDS``. Everything it needs to know is on the job documents (the outbox), so a
+``NOTIFY_RUN_SECONDS``, starting no attempt past ``NOTIFY_DEADLINE_SECONDS``. Everything it needs to know is on the job documents (the outbox), so a
 dispatcher that is restarted, or two that overlap, lose and repeat nothing: each attempt is
 claimed with a compare-and-set write before it is made, and recorded after.
 
@@ -10,8 +10,9 @@ Webhooks are signed as the Standard Webhooks specification says, with the ``stan
 package. A webhook URL is hostile input: only ``https`` (``http`` to loopback only with
 ``NOTIFY_ALLOW_LOOPBACK`` on the local stack), the host is checked and resolved when the attempt
 connects, with the video downloader's rules (:func:`pipelines.video.urls.check_host`: no
-private, loopback or metadata addresses), the connection goes to exactly the vetted address, and
-a redirect is a failed attempt, never followed.
+private, loopback or metadata addresses), the connection goes to exactly the vetted address, a
+redirect is a failed attempt, never followed, and ``NOTIFY_TIMEOUT_SECONDS`` bounds the whole
+attempt, however slowly the endpoint answers.
 
 Push notifications go through ``firebase-admin`` messaging, one message per device; a token FCM
 calls unregistered is dropped from the user's devices.

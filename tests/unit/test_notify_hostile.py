@@ -135,3 +135,14 @@ def test_the_default_deadline_fits_the_functions_timeout_and_schedule(no_setting
     last = settings.notify_deadline_seconds + settings.notify_timeout_seconds + writes
     assert last <= timeout and last <= 60
     assert settings.notify_run_seconds <= settings.notify_deadline_seconds
+
+
+def test_a_tls_handshake_that_never_ends_is_bounded_by_the_same_deadline(local: Settings) -> None:
+    # A TCP endpoint that accepts and then says nothing: the TLS handshake waits for its answer.
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        endpoint = Endpoint(
+            url=f"https://127.0.0.1:{port}/hook", secrets=[Secret(secret=new_secret())], created_at=NOW
+        )
+        outcome = WebhookSender(local).send(endpoint, "evt_1", b"{}", NOW)
+    assert outcome.status == "timeout: no answer within 1 s" and outcome.timed_out
