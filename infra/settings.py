@@ -288,7 +288,11 @@ class Settings(BaseSettings):
         description="waits after each failed delivery, as JSON; attempts = its length + 1, then the dead letter",
     )
     notify_timeout_seconds: float = Field(
-        10.0, gt=0, le=60, description="one delivery attempt's time (connect, send, answer)"
+        10.0,
+        gt=0,
+        le=60,
+        description="one delivery attempt's whole time, in total: connect, TLS, send and the answer's head "
+        "(its body is not read); past it the attempt fails as a timeout",
     )
     notify_run_seconds: float = Field(
         40.0,
@@ -296,12 +300,21 @@ class Settings(BaseSettings):
         le=540,
         description="how long one dispatcher tick keeps delivering what falls due (below the function's timeout)",
     )
+    notify_deadline_seconds: float = Field(
+        45.0,
+        gt=0,
+        le=540,
+        description="a dispatcher tick starts no delivery attempt this long after it began, leaving the rest "
+        "due for the next tick: with one attempt's NOTIFY_TIMEOUT_SECONDS it ends before the function's "
+        "timeout (60 s) and the next tick (every minute)",
+    )
     notify_batch: int = Field(50, ge=1, le=500, description="owed jobs a dispatcher scan reads at once")
     notify_parallel: int = Field(
         8,
         ge=1,
         le=64,
-        description="owners whose deliveries one scan makes side by side (each owner's one after another)",
+        description="owners whose deliveries one scan makes side by side (each owner's one after another): "
+        "a quarter of them (at least 1) for owners with retries due or a timeout lately, the rest for the others",
     )
     notify_max_endpoints: int = Field(5, ge=0, le=20, description="webhook endpoints per user")
     notify_max_devices: int = Field(10, ge=0, le=50, description="push device tokens per user")
@@ -370,6 +383,15 @@ class Settings(BaseSettings):
                     f"BATCHING for {name}: max_batch {batching.max_batch} is larger than "
                     f"MAX_CONCURRENT_JOBS {self.max_concurrent_jobs}; raise MAX_CONCURRENT_JOBS"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _notify_deadline_covers_the_run(self) -> Settings:
+        if self.notify_deadline_seconds < self.notify_run_seconds:
+            raise ValueError(
+                f"NOTIFY_DEADLINE_SECONDS ({self.notify_deadline_seconds:g}) is below NOTIFY_RUN_SECONDS "
+                f"({self.notify_run_seconds:g}): a tick would scan with no time left to deliver"
+            )
         return self
 
     @model_validator(mode="after")

@@ -290,6 +290,12 @@ module "firestore" {
       collection = module.topology.firestore.jobs_collection
       fields     = [{ field_path = "status" }, { field_path = "uid" }]
     }
+    # The notification dispatcher's second look when a few owners filled its scan: the due jobs
+    # of the other owners, longest due first (uid not-in, functions/notify.py).
+    notify-due-of-others = {
+      collection = module.topology.firestore.jobs_collection
+      fields     = [{ field_path = "notifications.dueAt" }, { field_path = "uid" }]
+    }
     # A user's jobs, newest first: the API's list and the web client's (api/service.py, web/).
     jobs-by-user = {
       collection = module.topology.firestore.jobs_collection

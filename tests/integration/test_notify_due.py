@@ -133,7 +133,7 @@ def test_a_slow_endpoint_holds_up_only_its_owners_deliveries(
     assert (
         timed_out
         and timed_out["webhook_e1"].attempts == 1
-        and timed_out["webhook_e1"].last_status == "timeout"
+        and (timed_out["webhook_e1"].last_status or "").startswith("timeout: no answer within")
     )
 
 

@@ -194,7 +194,7 @@ def test_each_attempt_is_signed_and_a_redirect_is_not_followed(
     ]
     assert [o.status for o in outcomes] == [
         "HTTP 500",
-        "timeout",
+        "timeout: no answer within 1 s",
         "HTTP 307: a redirect (not followed)",
         "HTTP 204",
     ]
