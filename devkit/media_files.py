@@ -124,3 +124,18 @@ def samples(folder: Path) -> list[tuple[Path, str]]:
             _ffmpeg(*args, str(path))
         made.append((path, content_type))
     return made
+
+
+def flac_with_large_tag(flac: Path, path: Path, tag_bytes: int) -> Path:
+    """``flac`` with a Vorbis comment block of ``tag_bytes`` (up to 16 MiB - 1) after its
+    STREAMINFO: zeros, in a sparse file. A reader allocates the whole block while reading the
+    header, so it needs that much memory before it knows anything else."""
+    data = flac.read_bytes()
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0, "a FLAC file starts with its STREAMINFO"
+    end = 8 + int.from_bytes(data[5:8], "big")
+    with path.open("wb") as out:
+        out.write(b"fLaC" + bytes([data[4] & 0x7F]) + data[5:end])  # STREAMINFO, not the last block
+        out.write(bytes([4]) + tag_bytes.to_bytes(3, "big"))  # VORBIS_COMMENT
+        out.seek(tag_bytes, 1)
+        out.write(data[end:])
+    return path
