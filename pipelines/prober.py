@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,28 @@ class ProberConfig:
     lifetime_cpu_seconds: float = 600.0
     #: how long a child may take to start (an interpreter and PyAV's import)
     start_seconds: float = 30.0
+
+
+class ProberSettings(Protocol):
+    """The deployment's settings of the prober (``infra.settings.Settings`` has them)."""
+
+    @property
+    def media_probers(self) -> int: ...
+    @property
+    def media_prober_memory_mb(self) -> int: ...
+    @property
+    def media_prober_cpu_seconds(self) -> float: ...
+    @property
+    def media_prober_timeout_seconds(self) -> float: ...
+
+
+def config_from(settings: ProberSettings) -> ProberConfig:
+    return ProberConfig(
+        children=settings.media_probers,
+        memory_mb=settings.media_prober_memory_mb,
+        cpu_seconds=settings.media_prober_cpu_seconds,
+        timeout_seconds=settings.media_prober_timeout_seconds,
+    )
 
 
 class ChildLost(Exception):
@@ -289,4 +311,4 @@ def _close_at_exit() -> None:
         prober.close()
 
 
-__all__ = ["ChildLost", "ProberConfig", "WarmProber", "configure", "shared"]
+__all__ = ["ChildLost", "ProberConfig", "ProberSettings", "WarmProber", "config_from", "configure", "shared"]

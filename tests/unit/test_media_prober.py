@@ -338,3 +338,12 @@ def test_configured_with_no_children_probe_runs_ffprobe(files: dict[str, Path]) 
         prober.configure(ProberConfig())
     shared = prober.shared()
     assert shared is not None and shared.config == ProberConfig()
+
+
+def test_the_deployment_settings_default_to_the_probers_own_defaults(no_settings_env: None) -> None:
+    from infra.settings import Settings
+
+    assert prober.config_from(Settings()) == ProberConfig()
+    assert prober.config_from(Settings(media_probers=0, media_prober_memory_mb=64)) == ProberConfig(
+        children=0, memory_mb=64
+    )
