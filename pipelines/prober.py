@@ -12,7 +12,7 @@ inherited), limited in address space and CPU time, and each request has a deadli
 misses it, crashes or dies is killed and replaced (lazily, by the next request); the request is
 then answered ``None``, and the caller probes that file with ffprobe, so an odd file gets exactly
 the outcome it had before. Requests from several threads are safe: each child serves one thread
-at a time, and a thread that finds none idle within its deadline also gets ``None``.
+at a time, and a thread that finds none idle soon (``wait_seconds``) also gets ``None``.
 
 Cheap to import: the standard library only.
 """
@@ -23,6 +23,7 @@ import atexit
 import contextlib
 import json
 import logging
+import math
 import os
 import queue
 import select
@@ -59,6 +60,9 @@ class ProberConfig:
     lifetime_cpu_seconds: float = 600.0
     #: how long a child may take to start (an interpreter and PyAV's import)
     start_seconds: float = 30.0
+    #: how long a request waits for a free child (all busy longer: that file goes to ffprobe, so a
+    #: child stuck on one file does not hold up the others' requests)
+    wait_seconds: float = 1.0
 
 
 class ProberSettings(Protocol):
@@ -127,12 +131,13 @@ class _Child:
     def _line(self, deadline: float) -> dict[str, Any]:
         assert self.popen.stdout is not None
         fd = self.popen.stdout.fileno()
+        poller = select.poll()  # not select(): a server's descriptors may be past FD_SETSIZE
+        poller.register(fd, select.POLLIN)
         while b"\n" not in self._buffer:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ChildLost(f"child {self.pid} did not answer in time")
-            readable, _, _ = select.select([fd], [], [], left)
-            if not readable:
+            if not poller.poll(max(1, math.ceil(left * 1000))):
                 continue
             chunk = os.read(fd, 65536)
             if not chunk:
@@ -194,7 +199,9 @@ class WarmProber:
         if self._closed or self.config.children < 1 or os.getpid() != self._pid:
             return None
         try:
-            child = self._idle.get(timeout=max(0.0, deadline - time.monotonic()))
+            child = self._idle.get(
+                timeout=max(0.0, min(self.config.wait_seconds, deadline - time.monotonic()))
+            )
         except queue.Empty:
             return self._fell_back("no warm child was free in time")
         try:

@@ -246,6 +246,25 @@ def test_a_child_that_misses_its_deadline_is_killed_and_ffprobe_answers(
     assert media.probe(wav, AUDIO).duration == 4.0 and pool.pids() != [pid]
 
 
+def test_a_child_stuck_on_one_file_does_not_hold_up_the_other_requests(
+    files: dict[str, Path], use: Callable[[WarmProber], WarmProber]
+) -> None:
+    pool = use(WarmProber(ProberConfig(children=1, timeout_seconds=600, wait_seconds=0.2)))
+    assert media.probe(files["tone.wav"], AUDIO).duration == 4.0
+    (pid,) = pool.pids()
+    os.kill(pid, signal.SIGSTOP)  # stuck until it is killed: its deadline is far away
+    answers: list[MediaFacts] = []
+    stuck = threading.Thread(target=lambda: answers.append(media.probe(files["clip.mp4"], VIDEO)))
+    stuck.start()
+    _wait_for(lambda: pool.stats["asked"] == 2)
+    flac = files["tone.flac"]
+    assert media.probe(flac, AUDIO) == media.probe_with_ffprobe(flac, AUDIO)  # ffprobe, meanwhile
+    assert stuck.is_alive() and pool.stats["fell_back"] == 1 and pool.stats["lost"] == 0
+    os.kill(pid, signal.SIGKILL)
+    stuck.join()
+    assert answers == [media.probe_with_ffprobe(files["clip.mp4"], VIDEO)] and pool.stats["lost"] == 1
+
+
 def test_a_child_over_its_memory_cap_fails_that_probe_to_ffprobe_not_the_caller(
     tmp_path: Path, files: dict[str, Path], use: Callable[[WarmProber], WarmProber]
 ) -> None:
