@@ -105,7 +105,7 @@ def _answer(av: Any, request: dict[str, Any]) -> dict[str, Any]:
             if exc.errno == errno.ENOMEM:
                 return {"ok": False, "memory": True}
             return {"ok": False, "detail": str(exc.strerror or "Invalid data found when processing input")}
-        except (OSError, ValueError, UnicodeError) as exc:
+        except Exception as exc:  # anything else PyAV raises on an odd file: ffprobe decides
             return {"ok": False, "detail": type(exc).__name__}
 
 
