@@ -366,3 +366,20 @@ def test_the_deployment_settings_default_to_the_probers_own_defaults(no_settings
     assert prober.config_from(Settings(media_probers=0, media_prober_memory_mb=64)) == ProberConfig(
         children=0, memory_mb=64
     )
+
+
+def test_the_functions_head_check_reads_through_the_warm_prober(
+    files: dict[str, Path], use: Callable[[WarmProber], WarmProber]
+) -> None:
+    from functions.handlers import probe_head
+    from pipelines.transcribe import SPEC as TRANSCRIBE
+
+    pool = use(WarmProber(ProberConfig(children=1)))
+    rule = TRANSCRIBE.file_fields()["media"]
+    data = files["tone.mp3"].read_bytes()
+    assert len(data) > rule.header_bytes  # a range read of the head and one of the tail
+    head, tail = data[: rule.header_bytes], data[-rule.header_bytes :]
+    measured = probe_head(rule, head, complete=False, size=len(data), content_type="audio/mpeg", tail=tail)
+    assert measured is not None and measured["duration_seconds"] == pytest.approx(40, abs=0.1)
+    assert measured["sample_rate"] == 44100
+    assert pool.stats["answered"] == 1 and pool.stats["fell_back"] == 0
