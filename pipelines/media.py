@@ -15,7 +15,8 @@ media file from a user must be read as what it claims to be and nothing else, so
   the functions (on the object's first bytes, a range read) and again in the worker (on the whole
   file) before anything is decoded.
 
-Cheap to import: the standard library and core only (PyAV is imported where it is used).
+Cheap to import: the standard library, core and :mod:`pipelines.prober` only (PyAV is imported
+where it is used, and by the prober's children).
 """
 
 from __future__ import annotations
