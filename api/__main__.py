@@ -17,6 +17,7 @@ from infra.bus import Bus
 from infra.identity import SignInProviders
 from infra.jobs import JobStore, firestore_client
 from infra.settings import Settings
+from pipelines import prober
 from pipelines.registry import catalog
 
 log = logging.getLogger("api")
@@ -25,6 +26,7 @@ log = logging.getLogger("api")
 def build(settings: Settings) -> Api:
     """Everything the API needs, built once (the functions' own dependencies among them)."""
     check_environment(settings)
+    prober.configure(prober.config_from(settings))
     db = firestore_client(settings)
     gcs = storage_client(settings)
     deps = Deps(

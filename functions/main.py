@@ -35,6 +35,7 @@ from infra.identity import SignInProviders
 from infra.jobs import JobStore, firestore_client
 from infra.notify_targets import TargetStore
 from infra.settings import Settings
+from pipelines import prober
 from pipelines.registry import catalog
 
 log = logging.getLogger("functions")
@@ -46,6 +47,7 @@ def deps() -> Deps:
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sampling.start(settings.profile_dir, "functions")
+    prober.configure(prober.config_from(settings))
     return Deps(
         settings=settings,
         catalog=catalog(settings.enabled_pipelines, settings.plugins, settings.pipelines),

@@ -25,6 +25,7 @@ from infra.bus import Bus
 from infra.jobs import JobStore, firestore_client
 from infra.settings import Settings
 from infra.topology import load_topology
+from pipelines import prober
 from pipelines.registry import catalog, plugin_topology
 
 log = logging.getLogger("gpu_service")
@@ -63,6 +64,7 @@ def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sampling.start(settings.profile_dir, "gpu_service")
+    prober.configure(prober.config_from(settings))
     pipelines = catalog(settings.enabled_pipelines, settings.plugins, settings.pipelines)
     worker = Worker(
         settings,

@@ -91,6 +91,24 @@ class Settings(BaseSettings):
     max_inputs_bytes: int = Field(
         64 * 2**10, gt=0, description="cap on a job's inputs as JSON (keeps job documents far below 1 MiB)"
     )
+    # Measuring media inputs (pipelines/prober.py): the functions, the API and the GPU service.
+    media_probers: int = Field(
+        2,
+        ge=0,
+        le=16,
+        description="warm PyAV processes reading media headers per process (0: ffprobe per input)",
+    )
+    media_prober_memory_mb: int = Field(
+        512, ge=1, description="address space one probe may add to a warm prober process"
+    )
+    media_prober_cpu_seconds: float = Field(
+        10.0, gt=0, description="CPU time one probe may take before the kernel ends its process"
+    )
+    media_prober_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="one probe's wall-clock limit: past it, a new process, and ffprobe reads that file",
+    )
 
     # The GPU service.
     host: str = Field("0.0.0.0", description="address the GPU service listens on")

@@ -15,7 +15,8 @@ media file from a user must be read as what it claims to be and nothing else, so
   the functions (on the object's first bytes, a range read) and again in the worker (on the whole
   file) before anything is decoded.
 
-Cheap to import: the standard library and core only (PyAV is imported where it is used).
+Cheap to import: the standard library, core and :mod:`pipelines.prober` only (PyAV is imported
+where it is used, and by the prober's children).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InvalidInput, PermanentError, RetryableError
+from pipelines import prober
 
 #: ffmpeg's warning when it guesses a duration from the bit rate and the file size
 _ESTIMATED = "Estimating duration from bitrate"
@@ -226,15 +228,49 @@ def _rate(value: Any) -> float | None:
 
 
 def probe(path: Path, policy: MediaPolicy, *, timeout: float = 60.0, size: int | None = None) -> MediaFacts:
-    """Read the header of the local file ``path`` with ffprobe, under ``policy``.
+    """Read the header of the local file ``path`` under ``policy``.
+
+    A warm PyAV child of :mod:`pipelines.prober` reads it where this process has one; ffprobe
+    reads it where not, and wherever the child could not answer for this file (see
+    :func:`probe_warm`): either way the same facts and the same errors.
 
     ``size``: the size of the whole object when ``path`` holds only its first bytes (a range read
     in the functions). A duration ffmpeg guessed from the bit rate is then scaled to the whole
     object; a duration the container states (FLAC, WAV, MP4 headers) is taken as it is.
 
     Raises:
-        InvalidInput: ``unsupported_media`` if ffprobe cannot read it under ``policy``.
+        InvalidInput: ``unsupported_media`` if it cannot be read under ``policy``.
     """
+    warm = prober.shared()
+    facts = probe_warm(path, policy, warm, timeout=timeout, size=size) if warm is not None else None
+    return facts or probe_with_ffprobe(path, policy, timeout=timeout, size=size)
+
+
+def probe_warm(
+    path: Path,
+    policy: MediaPolicy,
+    warm: prober.WarmProber,
+    *,
+    timeout: float = 60.0,
+    size: int | None = None,
+) -> MediaFacts | None:
+    """:func:`probe` by one of ``warm``'s children; ``None`` where ffprobe must read this file.
+
+    That is where the child could not answer (it missed its deadline, died, or went over its
+    memory cap), and where its ffmpeg could not read the file or took its format on a low probe
+    score: PyAV's ffmpeg need not be the ffprobe's version, so ffprobe's verdict on an odd file,
+    and its error text, stay the job's.
+    """
+    answer = warm.ask(local_url(path), policy.format_whitelist, timeout=timeout, what=policy.name)
+    if answer is None or answer.get("ok") is not True or answer.get("doubtful"):
+        return None
+    return _facts(answer, bool(answer.get("estimated")), path, size)
+
+
+def probe_with_ffprobe(
+    path: Path, policy: MediaPolicy, *, timeout: float = 60.0, size: int | None = None
+) -> MediaFacts:
+    """:func:`probe` by one ``ffprobe`` process, whatever the warm prober's state."""
     cmd = [
         "ffprobe", "-v", "warning", *policy.ffmpeg_input(path),
         "-print_format", "json", "-show_format", "-show_streams",
@@ -247,6 +283,12 @@ def probe(path: Path, policy: MediaPolicy, *, timeout: float = 60.0, size: int |
         data = json.loads(result.stdout or "{}")
     except ValueError as exc:
         raise unreadable(policy) from exc
+    return _facts(data, _ESTIMATED in result.stderr, path, size)
+
+
+def _facts(data: Mapping[str, Any], estimated: bool, path: Path, size: int | None) -> MediaFacts:
+    """:class:`MediaFacts` from ffprobe's ``-show_format -show_streams`` JSON (or the warm
+    prober's answer in the same shape); ``estimated``: ffmpeg guessed the length from the bit rate."""
     fmt = data.get("format") or {}
     streams = [s for s in data.get("streams") or [] if isinstance(s, dict)]
     videos = [
@@ -258,7 +300,7 @@ def probe(path: Path, policy: MediaPolicy, *, timeout: float = 60.0, size: int |
     known = [d for d in [_number(fmt.get("duration"))] + [_number(s.get("duration")) for s in streams] if d]
     duration = max(known) if known else None
     head_size = Path(path).stat().st_size
-    if duration is not None and size and size > head_size and _ESTIMATED in result.stderr:
+    if duration is not None and size and size > head_size and estimated:
         duration *= size / max(head_size, 1)
     video = videos[0] if videos else {}
     rates = [r for r in (_number(s.get("sample_rate")) for s in audios) if r]
@@ -319,5 +361,7 @@ __all__ = [
     "measure_audio_or_video",
     "measure_video",
     "probe",
+    "probe_warm",
+    "probe_with_ffprobe",
     "stderr_tail",
 ]

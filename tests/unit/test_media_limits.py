@@ -18,7 +18,7 @@ from core.errors import InvalidInput, PermanentError
 from core.spec import CostLimit, PipelineModel, PipelineSpec, RunContext
 from devkit.media_files import long_video, playlist, silent_flac, to_mp3
 from functions.handlers import probe_head
-from pipelines import media
+from pipelines import media, prober
 from pipelines.media import AUDIO, AUDIO_OR_VIDEO, VIDEO, MediaPolicy, local_suffix
 from pipelines.registry import all_specs
 from pipelines.transcribe import SPEC as TRANSCRIBE
@@ -343,6 +343,8 @@ def test_without_ffprobe_the_functions_leave_the_measuring_to_the_worker(
     rule = TRANSCRIBE.file_fields()["media"]
     head = five_hours.read_bytes()[: rule.header_bytes]
     monkeypatch.setenv("PATH", "/nonexistent")
+    # no warm PyAV prober either (with one, ffprobe is only the fallback)
+    monkeypatch.setattr(prober, "shared", lambda: None)
     assert (
         probe_head(rule, head, complete=False, size=five_hours.stat().st_size, content_type="audio/flac")
         is None
