@@ -16,11 +16,20 @@ found with Firestore's ``not-in`` on the users who do) for the next free slot. T
 hands a freed slot by the same rule, so one user's thousand queued jobs do not make another
 user's one wait behind them, and interactive work does not wait behind batch work, whatever order
 Pub/Sub delivers in.
+
+What a pass reads is sized to what it can take: its free slots (or, all busy, the waiters it may
+queue) plus ``LOOKAHEAD`` for the units it cannot (too young, cancelled, another pipeline's, or
+claimed by another instance meanwhile). The queued jobs are read whole, so the claim of one that
+nobody wrote since writes against the update time read here without reading it again. Instances
+whose slots free together read the same head of the queue and race for it; the claim settles who
+runs it, and a pass that lost waits a random fraction of ``RACE_BACKOFF_SECONDS`` before reading
+again, so that the losers do not read the same head once more in step.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import defaultdict
@@ -29,14 +38,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from core.contract import JobDoc, JobMessage, JobStatus
+from core.contract import JobDoc, JobMessage, JobStatus, QueuedCopy
 from core.lanes import FairShare, Priority
-from core.lifecycle import described
+from core.lifecycle import Claim, ClaimOutcome, described
 from gpu_service.capacity import Capacity, Slot
 from gpu_service.worker import Worker
 from infra.jobs import utcnow
 
 log = logging.getLogger(__name__)
+
+#: Units a pass reads beyond those it can take (a margin for the ones it cannot): small, since each
+#: is a billed read on every pass of every instance.
+LOOKAHEAD = 3
+#: A pass that lost a claim to another instance waits up to this long (at random) before the next.
+RACE_BACKOFF_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,12 @@ class Candidate:
     @property
     def since(self) -> float:
         return self.waiting_since.timestamp()
+
+    def known(self, seen: dict[str, QueuedCopy]) -> Candidate:
+        """This unit, its message carrying the job as the read saw it whole (a job, not a part:
+        other parts write the same document), for its claim to write against unread."""
+        copy = seen.get(self.message.job_id) if self.message.part is None else None
+        return replace(self, message=self.message.model_copy(update={"queued": copy})) if copy else self
 
 
 def fair_order(candidates: Iterable[Candidate], capacity: Capacity | None = None) -> list[Candidate]:
@@ -147,6 +168,8 @@ class Redriver:
         # No queued unit can be old enough to redrive before then (see quiet_until): a slot that
         # frees sooner (every job's end, in a burst) needs no read of Firestore.
         self._quiet_until: datetime | None = None
+        # After a claim lost to another instance: no pass before then (monotonic clock).
+        self._backoff_until = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="redrive", daemon=True)
@@ -165,8 +188,10 @@ class Redriver:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            # Every poll, or sooner when a slot frees (a pass then may find the quiet spell on).
-            self.capacity.wait_for_free(self.poll_seconds)
+            # Every poll, or sooner when a slot frees (a pass then may find the quiet spell on),
+            # or when a back-off after a lost claim ends.
+            backoff = self._backoff_until - time.monotonic()
+            self.capacity.wait_for_free(min(self.poll_seconds, backoff) if backoff > 0 else self.poll_seconds)
             if self._stop.is_set() or self.worker.draining.is_set():
                 continue
             try:
@@ -180,11 +205,14 @@ class Redriver:
         free = self.capacity.free()
         if free <= 0 or self.capacity.waiting():
             return self._reserve_for_other_users()
+        if time.monotonic() < self._backoff_until:
+            return 0  # it just lost a claim race: let the winners' claims land first
         now = utcnow()
         if self._quiet_until is not None and now < self._quiet_until:
             return 0  # the last read showed nothing can be old enough yet
-        limit = max(10, 4 * free)
-        found = self.runnable(limit)
+        limit = free + LOOKAHEAD
+        seen: dict[str, QueuedCopy] = {}
+        found = self.runnable(limit, seen=seen)
         ready = candidates(found.items(), self.served, now, self.after_seconds)
         self._quiet_until = None if ready else quiet_until(found.values(), limit, now, self.after_seconds)
         started = 0
@@ -200,22 +228,25 @@ class Redriver:
                     break
                 continue
             started += 1
-            self._pool.submit(self._run, candidate, slot)
+            self._pool.submit(self._run, candidate.known(seen), slot)
         self.started_units += started
         return started
 
-    def runnable(self, limit: int, others_than: list[str] | None = None) -> dict[str, JobDoc]:
+    def runnable(
+        self, limit: int, others_than: list[str] | None = None, seen: dict[str, QueuedCopy] | None = None
+    ) -> dict[str, JobDoc]:
         """The oldest runnable work (``find_runnable``) and, when that read was full, the queued
         work of other users than ``others_than`` (default: the users it found), which a heavy
         user's backlog could hide. A read that was not full saw every queued job: every user's
-        work is in it, and the second query would only bill reads (each instance, each pass)."""
-        found = dict(self.worker.jobs.find_runnable(limit, self.parted))
+        work is in it, and the second query would only bill reads (each instance, each pass).
+        ``seen`` gets the queued jobs read whole (``find_runnable``)."""
+        found = dict(self.worker.jobs.find_runnable(limit, self.parted, seen))
         queued = [job for job in found.values() if job.status is JobStatus.QUEUED]
         if len(queued) < limit:
             return found
         exclude = others_than if others_than is not None else sorted({job.uid for job in queued})
         if exclude:
-            found.update(self.worker.jobs.find_queued_of_others(exclude, limit=limit))
+            found.update(self.worker.jobs.find_queued_of_others(exclude, limit=limit, seen=seen))
         return found
 
     def _reserve_for_other_users(self) -> int:
@@ -232,10 +263,11 @@ class Redriver:
         busy_uids = self.capacity.running_uids()
         if not busy_uids:
             return 0
-        limit = 4 * self.capacity.total
+        limit = room + LOOKAHEAD
         # The oldest queued work (and interactive work, whatever its age: find_runnable), and that
         # of users with nothing running here, which a busy user's backlog could hide.
-        found = self.runnable(limit, others_than=busy_uids)
+        seen: dict[str, QueuedCopy] = {}
+        found = self.runnable(limit, others_than=busy_uids, seen=seen)
         chosen: list[Candidate] = []
         with self._lock:
             waiting = set(self._reserved.values())
@@ -248,7 +280,7 @@ class Redriver:
                 waiting.add((c.uid, c.priority))
                 self._reserved[c.message.job_id] = (c.uid, c.priority)
                 self._in_hand.add(c.message.job_id)
-                chosen.append(c)
+                chosen.append(c.known(seen))
         for c in chosen:
             self._pool.submit(self._wait_and_run, c)
         return len(chosen)
@@ -278,6 +310,8 @@ class Redriver:
         try:
             outcome = self.worker.process(candidate.message)
             log.info("redriven %s: %s", candidate.message.ref.label, described(outcome))
+            if isinstance(outcome, Claim) and outcome.outcome is ClaimOutcome.RUNNING_ELSEWHERE:
+                self._backoff_until = time.monotonic() + random.uniform(0, RACE_BACKOFF_SECONDS)
         except Exception:
             log.exception("redriven %s crashed", candidate.message.ref.label)
         finally:

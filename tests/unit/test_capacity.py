@@ -153,12 +153,16 @@ class _Jobs:
         self.jobs = jobs
         self.reads = 0
 
-    def find_runnable(self, limit: int, parted: object = None) -> list[tuple[str, JobDoc]]:
+    def find_runnable(
+        self, limit: int, parted: object = None, seen: object = None
+    ) -> list[tuple[str, JobDoc]]:
         self.reads += 1
         queued = sorted(self.jobs.items(), key=lambda kv: kv[1].queued_at or NOW)
         return [(k, j) for k, j in queued if j.status is JobStatus.QUEUED][:limit]
 
-    def find_queued_of_others(self, exclude: list[str], limit: int) -> list[tuple[str, JobDoc]]:
+    def find_queued_of_others(
+        self, exclude: list[str], limit: int, seen: object = None
+    ) -> list[tuple[str, JobDoc]]:
         self.reads += 1
         return [(k, j) for k, j in self.jobs.items() if j.uid not in exclude][:limit]
 
