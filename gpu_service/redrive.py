@@ -22,8 +22,10 @@ queue) plus ``LOOKAHEAD`` for the units it cannot (too young, cancelled, another
 claimed by another instance meanwhile). The queued jobs are read whole, so the claim of one that
 nobody wrote since writes against the update time read here without reading it again. Instances
 whose slots free together read the same head of the queue and race for it; the claim settles who
-runs it, and a pass that lost waits a random fraction of ``RACE_BACKOFF_SECONDS`` before reading
-again, so that the losers do not read the same head once more in step.
+runs it. So a pass after a slot frees starts a random moment (up to ``COALESCE_SECONDS``) later:
+the slots freeing with it are taken with one read, and the instances' passes fall out of step. A
+pass that lost a claim anyway waits a random fraction of ``RACE_BACKOFF_SECONDS`` before reading
+again, so that the losers do not read the same head once more together.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ log = logging.getLogger(__name__)
 LOOKAHEAD = 3
 #: A pass that lost a claim to another instance waits up to this long (at random) before the next.
 RACE_BACKOFF_SECONDS = 0.5
+#: A pass after a slot freed waits up to this long (at random) for the slots freeing with it.
+COALESCE_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,14 @@ class Redriver:
             # Every poll, or sooner when a slot frees (a pass then may find the quiet spell on),
             # or when a back-off after a lost claim ends.
             backoff = self._backoff_until - time.monotonic()
-            self.capacity.wait_for_free(min(self.poll_seconds, backoff) if backoff > 0 else self.poll_seconds)
+            timeout = min(self.poll_seconds, backoff) if backoff > 0 else self.poll_seconds
+            waited = time.monotonic()
+            self.capacity.wait_for_free(timeout)
+            if time.monotonic() - waited < timeout:
+                # A slot freed: the units that ended with it free theirs within moments, and other
+                # instances' slots may have freed in step. One pass a random moment later takes
+                # them all with one read, and is out of step with the other instances' passes.
+                self._stop.wait(random.uniform(0, COALESCE_SECONDS))
             if self._stop.is_set() or self.worker.draining.is_set():
                 continue
             try:

@@ -366,3 +366,30 @@ def test_more_model_turns_than_slots_is_refused_with_the_reason() -> None:
     with pytest.raises(ValidationError, match="MODEL_CONCURRENCY 3 is larger than MAX_CONCURRENT_JOBS 2"):
         Settings(max_concurrent_jobs=2, model_concurrency=3)
     assert Settings(max_concurrent_jobs=6, model_concurrency=2).model_concurrency == 2
+
+
+def test_a_pass_that_lost_its_claim_to_another_instance_reads_nothing_until_its_back_off_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Instances whose slots free together read the same oldest jobs and race for them: the
+    losers do not read the same head again at once, in step, to lose again."""
+    import gpu_service.redrive as redrive
+
+    jobs = _Jobs({"taken": _job("p", "u", 30)})
+    clock = [NOW]
+    r, _ = _redriver(jobs, clock, monkeypatch)
+    lost: list[str] = []
+
+    def process(message: JobMessage) -> Claim:
+        lost.append(message.job_id)
+        return Claim(ClaimOutcome.RUNNING_ELSEWHERE)
+
+    r.worker.process = process  # type: ignore[method-assign]
+    monkeypatch.setattr(redrive, "RACE_BACKOFF_SECONDS", 3600.0)
+    monkeypatch.setattr(redrive.random, "uniform", lambda low, high: high)
+    assert r.once() == 1 and jobs.reads == 1
+    _settle_free(r.capacity)
+    assert lost == ["taken"]
+    assert r.once() == 0 and jobs.reads == 1  # backing off: no read
+    r._backoff_until = 0.0  # the back-off ended
+    assert r.once() == 1 and jobs.reads == 2
