@@ -198,10 +198,15 @@ class Redriver:
             timeout = min(self.poll_seconds, backoff) if backoff > 0 else self.poll_seconds
             waited = time.monotonic()
             self.capacity.wait_for_free(timeout)
-            if time.monotonic() - waited < timeout:
-                # A slot freed: the units that ended with it free theirs within moments, and other
-                # instances' slots may have freed in step. One pass a random moment later takes
-                # them all with one read, and is out of step with the other instances' passes.
+            if (
+                time.monotonic() - waited < timeout
+                and self.capacity.free() > 0
+                and not self.capacity.waiting()
+            ):
+                # A slot freed for a pass to fill (not one the capacity handed to a waiter: the
+                # waiters are replenished at once): the units that ended with it free theirs within
+                # moments, and other instances' slots may have freed in step. One pass a random
+                # moment later takes them all with one read, out of step with the other instances.
                 self._stop.wait(random.uniform(0, COALESCE_SECONDS))
             if self._stop.is_set() or self.worker.draining.is_set():
                 continue
