@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from core.contract import JobDoc, JobMessage, JobStatus, PartState
+from core.contract import JobDoc, JobMessage, JobStatus, Lease, PartState
 from core.lifecycle import Claim, ClaimOutcome
 from gpu_service.capacity import Capacity
 from gpu_service.redrive import Candidate, Redriver, candidates, fair_order
@@ -382,9 +382,11 @@ def test_a_pass_that_lost_its_claim_to_another_instance_reads_nothing_until_its_
 
     def process(message: JobMessage) -> Claim:
         lost.append(message.job_id)
-        return Claim(ClaimOutcome.RUNNING_ELSEWHERE)
+        lease = Lease(owner="another-instance", expires_at=NOW + timedelta(seconds=30))
+        return Claim(ClaimOutcome.RUNNING_ELSEWHERE, _job("p", "u", 30, JobStatus.RUNNING, lease=lease))
 
     r.worker.process = process  # type: ignore[method-assign]
+    r.worker.owner = "this-instance"
     monkeypatch.setattr(redrive, "RACE_BACKOFF_SECONDS", 3600.0)
     monkeypatch.setattr(redrive.random, "uniform", lambda low, high: high)
     assert r.once() == 1 and jobs.reads == 1
