@@ -22,10 +22,12 @@ queue) plus ``LOOKAHEAD`` for the units it cannot (too young, cancelled, another
 claimed by another instance meanwhile). The queued jobs are read whole, so the claim of one that
 nobody wrote since writes against the update time read here without reading it again. Instances
 whose slots free together read the same head of the queue and race for it; the claim settles who
-runs it. So a pass after a slot frees starts a random moment (up to ``COALESCE_SECONDS``) later:
-the slots freeing with it are taken with one read, and the instances' passes fall out of step. A
-pass that lost a claim anyway waits a random fraction of ``RACE_BACKOFF_SECONDS`` before reading
-again, so that the losers do not read the same head once more together.
+runs it. A pass that lost a claim to another instance waits a random fraction of
+``RACE_BACKOFF_SECONDS`` before reading again, so that the losers do not read the same head once
+more together; and for ``RACED_SECONDS`` after, a pass after a slot frees starts a random moment
+(up to ``COALESCE_SECONDS``) later: the slots freeing with it are taken with one read, and the
+instances' passes fall out of step. An instance that races nobody (the only one, or one whose
+work reaches it by push) starts its passes at once: a short job's slot is not left idle.
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ log = logging.getLogger(__name__)
 LOOKAHEAD = 3
 #: A pass that lost a claim to another instance waits up to this long (at random) before the next.
 RACE_BACKOFF_SECONDS = 0.5
-#: A pass after a slot freed waits up to this long (at random) for the slots freeing with it: about
-#: a claim's round trip, short beside a job's run.
-COALESCE_SECONDS = 0.05
+#: After a claim lost to another instance, for this long, a pass after a slot freed waits up to
+#: ``COALESCE_SECONDS`` (at random) for the slots freeing with it: about two claims' round trips.
+RACED_SECONDS = 60.0
+COALESCE_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -183,8 +186,10 @@ class Redriver:
         # No queued unit can be old enough to redrive before then (see quiet_until): a slot that
         # frees sooner (every job's end, in a burst) needs no read of Firestore.
         self._quiet_until: datetime | None = None
-        # After a claim lost to another instance: no pass before then (monotonic clock).
+        # After a claim lost to another instance: no pass before then (monotonic clock), and the
+        # last such loss (passes are spread out for a while after it).
         self._backoff_until = 0.0
+        self._raced_at = -RACED_SECONDS
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="redrive", daemon=True)
@@ -211,13 +216,14 @@ class Redriver:
             self.capacity.wait_for_free(timeout)
             if (
                 time.monotonic() - waited < timeout
+                and time.monotonic() - self._raced_at < RACED_SECONDS
                 and self.capacity.free() > 0
                 and not self.capacity.waiting()
             ):
-                # A slot freed for a pass to fill (not one the capacity handed to a waiter: the
-                # waiters are replenished at once): the units that ended with it free theirs within
-                # moments, and other instances' slots may have freed in step. One pass a random
-                # moment later takes them all with one read, out of step with the other instances.
+                # Racing other instances, a slot freed for a pass to fill (not one the capacity
+                # handed to a waiter: the waiters are replenished at once): the units that ended with
+                # it free theirs within moments, and other instances' slots may have freed in step.
+                # One pass a random moment later takes them all with one read, out of their step.
                 self._stop.wait(random.uniform(0, COALESCE_SECONDS))
             if self._stop.is_set() or self.worker.draining.is_set():
                 continue
@@ -338,7 +344,8 @@ class Redriver:
             outcome = self.worker.process(candidate.message)
             log.info("redriven %s: %s", candidate.message.ref.label, described(outcome))
             if _lost_to_another(outcome, candidate.message, self.worker.owner):
-                self._backoff_until = time.monotonic() + random.uniform(0, RACE_BACKOFF_SECONDS)
+                self._raced_at = time.monotonic()
+                self._backoff_until = self._raced_at + random.uniform(0, RACE_BACKOFF_SECONDS)
         except Exception:
             log.exception("redriven %s crashed", candidate.message.ref.label)
         finally:
