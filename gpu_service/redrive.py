@@ -146,14 +146,14 @@ def quiet_until(jobs: Iterable[JobDoc], limit: int, now: datetime, after: float)
     return until
 
 
-def _lost_to_another(outcome: Delivered, message: JobMessage, owner: str) -> bool:
+def _lost_to_another(outcome: Delivered, message: JobMessage, worker: Worker) -> bool:
     """Whether a redriven claim found its unit running under another instance's lease (not under
     this one's: a push here that took it first is no race with another instance)."""
     if not isinstance(outcome, Claim) or outcome.outcome is not ClaimOutcome.RUNNING_ELSEWHERE:
         return False
     job = outcome.job
     unit = job.parts.get(message.part) if job is not None and job.parts and message.part else job
-    return unit is None or unit.lease is None or unit.lease.owner != owner
+    return unit is None or unit.lease is None or unit.lease.owner != worker.owner
 
 
 def _hints(job: JobDoc) -> tuple[Priority, float]:
@@ -343,7 +343,7 @@ class Redriver:
         try:
             outcome = self.worker.process(candidate.message)
             log.info("redriven %s: %s", candidate.message.ref.label, described(outcome))
-            if _lost_to_another(outcome, candidate.message, self.worker.owner):
+            if _lost_to_another(outcome, candidate.message, self.worker):
                 self._raced_at = time.monotonic()
                 self._backoff_until = self._raced_at + random.uniform(0, RACE_BACKOFF_SECONDS)
         except Exception:
