@@ -16,11 +16,24 @@ found with Firestore's ``not-in`` on the users who do) for the next free slot. T
 hands a freed slot by the same rule, so one user's thousand queued jobs do not make another
 user's one wait behind them, and interactive work does not wait behind batch work, whatever order
 Pub/Sub delivers in.
+
+What a pass reads is sized to what it can take: its free slots (or, all busy, the waiters it may
+queue) plus ``LOOKAHEAD`` for the units it cannot (too young, cancelled, another pipeline's, or
+claimed by another instance meanwhile). The queued jobs are read whole, so the claim of one that
+nobody wrote since writes against the update time read here without reading it again. Instances
+whose slots free together read the same head of the queue and race for it; the claim settles who
+runs it. A pass that lost a claim to another instance waits a random fraction of
+``RACE_BACKOFF_SECONDS`` before reading again, so that the losers do not read the same head once
+more together; and for ``RACED_SECONDS`` after, a pass after a slot frees starts a random moment
+(up to ``COALESCE_SECONDS``) later: the slots freeing with it are taken with one read, and the
+instances' passes fall out of step. An instance that races nobody (the only one, or one whose
+work reaches it by push) starts its passes at once: a short job's slot is not left idle.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import defaultdict
@@ -29,14 +42,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from core.contract import JobDoc, JobMessage, JobStatus
+from core.contract import JobDoc, JobMessage, JobStatus, QueuedCopy
 from core.lanes import FairShare, Priority
-from core.lifecycle import described
+from core.lifecycle import Claim, ClaimOutcome, Delivered, described
 from gpu_service.capacity import Capacity, Slot
 from gpu_service.worker import Worker
 from infra.jobs import utcnow
 
 log = logging.getLogger(__name__)
+
+#: Units a pass reads beyond those it can take (a margin for the ones it cannot): small, since each
+#: is a billed read on every pass of every instance.
+LOOKAHEAD = 3
+#: A pass that lost a claim to another instance waits up to this long (at random) before the next.
+RACE_BACKOFF_SECONDS = 0.5
+#: After a claim lost to another instance, for this long, a pass after a slot freed waits up to
+#: ``COALESCE_SECONDS`` (at random) for the slots freeing with it: about two claims' round trips.
+RACED_SECONDS = 60.0
+COALESCE_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -51,6 +74,12 @@ class Candidate:
     @property
     def since(self) -> float:
         return self.waiting_since.timestamp()
+
+    def known(self, seen: dict[str, QueuedCopy]) -> Candidate:
+        """This unit, its message carrying the job as the read saw it whole (a job, not a part:
+        other parts write the same document), for its claim to write against unread."""
+        copy = seen.get(self.message.job_id) if self.message.part is None else None
+        return replace(self, message=self.message.model_copy(update={"queued": copy})) if copy else self
 
 
 def fair_order(candidates: Iterable[Candidate], capacity: Capacity | None = None) -> list[Candidate]:
@@ -117,6 +146,16 @@ def quiet_until(jobs: Iterable[JobDoc], limit: int, now: datetime, after: float)
     return until
 
 
+def _lost_to_another(outcome: Delivered, message: JobMessage, worker: Worker) -> bool:
+    """Whether a redriven claim found its unit running under another instance's lease (not under
+    this one's: a push here that took it first is no race with another instance)."""
+    if not isinstance(outcome, Claim) or outcome.outcome is not ClaimOutcome.RUNNING_ELSEWHERE:
+        return False
+    job = outcome.job
+    unit = job.parts.get(message.part) if job is not None and job.parts and message.part else job
+    return unit is None or unit.lease is None or unit.lease.owner != worker.owner
+
+
 def _hints(job: JobDoc) -> tuple[Priority, float]:
     return job.priority or Priority.INTERACTIVE, job.share_weight or 1.0
 
@@ -147,6 +186,10 @@ class Redriver:
         # No queued unit can be old enough to redrive before then (see quiet_until): a slot that
         # frees sooner (every job's end, in a burst) needs no read of Firestore.
         self._quiet_until: datetime | None = None
+        # After a claim lost to another instance: no pass before then (monotonic clock), and the
+        # last such loss (passes are spread out for a while after it).
+        self._backoff_until = 0.0
+        self._raced_at = -RACED_SECONDS
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="redrive", daemon=True)
@@ -165,8 +208,23 @@ class Redriver:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            # Every poll, or sooner when a slot frees (a pass then may find the quiet spell on).
-            self.capacity.wait_for_free(self.poll_seconds)
+            # Every poll, or sooner when a slot frees (a pass then may find the quiet spell on),
+            # or when a back-off after a lost claim ends.
+            backoff = self._backoff_until - time.monotonic()
+            timeout = min(self.poll_seconds, backoff) if backoff > 0 else self.poll_seconds
+            waited = time.monotonic()
+            self.capacity.wait_for_free(timeout)
+            if (
+                time.monotonic() - waited < timeout
+                and time.monotonic() - self._raced_at < RACED_SECONDS
+                and self.capacity.free() > 0
+                and not self.capacity.waiting()
+            ):
+                # Racing other instances, a slot freed for a pass to fill (not one the capacity
+                # handed to a waiter: the waiters are replenished at once): the units that ended with
+                # it free theirs within moments, and other instances' slots may have freed in step.
+                # One pass a random moment later takes them all with one read, out of their step.
+                self._stop.wait(random.uniform(0, COALESCE_SECONDS))
             if self._stop.is_set() or self.worker.draining.is_set():
                 continue
             try:
@@ -180,11 +238,14 @@ class Redriver:
         free = self.capacity.free()
         if free <= 0 or self.capacity.waiting():
             return self._reserve_for_other_users()
+        if time.monotonic() < self._backoff_until:
+            return 0  # it just lost a claim race: let the winners' claims land first
         now = utcnow()
         if self._quiet_until is not None and now < self._quiet_until:
             return 0  # the last read showed nothing can be old enough yet
-        limit = max(10, 4 * free)
-        found = self.runnable(limit)
+        limit = free + LOOKAHEAD
+        seen: dict[str, QueuedCopy] = {}
+        found = self.runnable(limit, seen=seen)
         ready = candidates(found.items(), self.served, now, self.after_seconds)
         self._quiet_until = None if ready else quiet_until(found.values(), limit, now, self.after_seconds)
         started = 0
@@ -200,22 +261,25 @@ class Redriver:
                     break
                 continue
             started += 1
-            self._pool.submit(self._run, candidate, slot)
+            self._pool.submit(self._run, candidate.known(seen), slot)
         self.started_units += started
         return started
 
-    def runnable(self, limit: int, others_than: list[str] | None = None) -> dict[str, JobDoc]:
+    def runnable(
+        self, limit: int, others_than: list[str] | None = None, seen: dict[str, QueuedCopy] | None = None
+    ) -> dict[str, JobDoc]:
         """The oldest runnable work (``find_runnable``) and, when that read was full, the queued
         work of other users than ``others_than`` (default: the users it found), which a heavy
         user's backlog could hide. A read that was not full saw every queued job: every user's
-        work is in it, and the second query would only bill reads (each instance, each pass)."""
-        found = dict(self.worker.jobs.find_runnable(limit, self.parted))
+        work is in it, and the second query would only bill reads (each instance, each pass).
+        ``seen`` gets the queued jobs read whole (``find_runnable``)."""
+        found = dict(self.worker.jobs.find_runnable(limit, self.parted, seen))
         queued = [job for job in found.values() if job.status is JobStatus.QUEUED]
         if len(queued) < limit:
             return found
         exclude = others_than if others_than is not None else sorted({job.uid for job in queued})
         if exclude:
-            found.update(self.worker.jobs.find_queued_of_others(exclude, limit=limit))
+            found.update(self.worker.jobs.find_queued_of_others(exclude, limit=limit, seen=seen))
         return found
 
     def _reserve_for_other_users(self) -> int:
@@ -232,10 +296,11 @@ class Redriver:
         busy_uids = self.capacity.running_uids()
         if not busy_uids:
             return 0
-        limit = 4 * self.capacity.total
+        limit = room + LOOKAHEAD
         # The oldest queued work (and interactive work, whatever its age: find_runnable), and that
         # of users with nothing running here, which a busy user's backlog could hide.
-        found = self.runnable(limit, others_than=busy_uids)
+        seen: dict[str, QueuedCopy] = {}
+        found = self.runnable(limit, others_than=busy_uids, seen=seen)
         chosen: list[Candidate] = []
         with self._lock:
             waiting = set(self._reserved.values())
@@ -248,7 +313,7 @@ class Redriver:
                 waiting.add((c.uid, c.priority))
                 self._reserved[c.message.job_id] = (c.uid, c.priority)
                 self._in_hand.add(c.message.job_id)
-                chosen.append(c)
+                chosen.append(c.known(seen))
         for c in chosen:
             self._pool.submit(self._wait_and_run, c)
         return len(chosen)
@@ -278,6 +343,9 @@ class Redriver:
         try:
             outcome = self.worker.process(candidate.message)
             log.info("redriven %s: %s", candidate.message.ref.label, described(outcome))
+            if _lost_to_another(outcome, candidate.message, self.worker):
+                self._raced_at = time.monotonic()
+                self._backoff_until = self._raced_at + random.uniform(0, RACE_BACKOFF_SECONDS)
         except Exception:
             log.exception("redriven %s crashed", candidate.message.ref.label)
         finally:

@@ -59,7 +59,8 @@ CAS_ATTEMPTS = 50
 #: A user creating many jobs at once contends on one ledger document: read and decide again.
 ADMIT_ATTEMPTS = 100
 CREATE_ATTEMPTS = 5
-#: What the redriver's queries read of each job: what it schedules by (the rest is the claim's).
+#: What the redriver's query of running jobs reads of each: what it schedules by (the rest is the
+#: claim's). Its queued jobs are read whole, for their claims (see ``JobStore.find_runnable``).
 SCHEDULING_FIELDS = [
     "uid",
     "pipeline",
@@ -261,65 +262,77 @@ class JobStore:
         )
         return _jobs(query.stream())
 
-    def find_runnable(self, limit: int, parted: Collection[str] | None = None) -> list[tuple[str, JobDoc]]:
+    def find_runnable(
+        self, limit: int, parted: Collection[str] | None = None, seen: dict[str, QueuedCopy] | None = None
+    ) -> list[tuple[str, JobDoc]]:
         """The oldest ``queued`` jobs, the oldest queued ``interactive`` ones when there are more
-        queued than that (a batch backlog older than them must not hide them), and ``running`` ones (whose parts may be queued), for
-        the redriver: at most ``limit`` of each. (Production needs composite indexes on
-        ``status`` + ``queuedAt`` and ``status`` + ``priority`` + ``queuedAt``; Terraform creates
-        them.)
+        queued than that and batch work is among them (a batch backlog older than them must not
+        hide them), and ``running`` ones (whose parts may be queued), for the redriver: at most
+        ``limit`` of each. (Production needs composite indexes on ``status`` + ``queuedAt`` and
+        ``status`` + ``priority`` + ``queuedAt``; Terraform creates them.)
 
-        The jobs are read as far as scheduling needs (``SCHEDULING_FIELDS``): whoever runs one
-        claims it, and the claim reads it whole.
+        Queued jobs are read whole: a query bills one read per document whatever it selects, and
+        the claim of one of them can then write against the update time read here instead of
+        reading the job again. With ``seen``, each one goes there as a :class:`QueuedCopy`.
+        Running jobs are read as far as scheduling needs (``SCHEDULING_FIELDS``): a part's claim
+        reads its job anyway (the other parts write the same document).
 
         ``parted`` names the multi-part pipelines the caller serves: only their running jobs can
         have queued parts, so only they are read, and none when it is empty. Every running job
         of the fleet read on every pass would make each instance's reads grow with the fleet.
         """
-        coll = self._db.collection(self._collection).select(SCHEDULING_FIELDS)
+        coll = self._db.collection(self._collection)
         queued = (
             coll.where(filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value))
             .order_by("queuedAt")
             .limit(limit)
         )
-        found_docs = [*queued.stream()]
+        found_docs = _seen([*queued.stream()], seen)
         # Fewer than ``limit`` queued: every queued job was seen, interactive ones included.
         backlog = len(found_docs) >= limit
         if parted is None or parted:
-            running = coll.where(filter=firestore.FieldFilter("status", "==", JobStatus.RUNNING.value))
+            running = coll.select(SCHEDULING_FIELDS).where(
+                filter=firestore.FieldFilter("status", "==", JobStatus.RUNNING.value)
+            )
             if parted:  # equality filters only: served by the single-field indexes
                 running = running.where(filter=firestore.FieldFilter("pipeline", "in", sorted(parted)[:30]))
             found_docs += running.limit(limit).stream()
         found = dict(_jobs(found_docs))
-        if backlog:
-            found.update(self.find_queued_interactive(limit))
+        # Only batch work can hide interactive work: when the oldest queued are all interactive,
+        # they are the oldest interactive ones too, and the lane's own query would bill them again.
+        if backlog and any(job.priority is Priority.BATCH for job in found.values()):
+            found.update(self.find_queued_interactive(limit, seen))
         return list(found.items())
 
-    def find_queued_interactive(self, limit: int) -> list[tuple[str, JobDoc]]:
-        """The oldest queued jobs of the interactive lane (``core/lanes.py``)."""
+    def find_queued_interactive(
+        self, limit: int, seen: dict[str, QueuedCopy] | None = None
+    ) -> list[tuple[str, JobDoc]]:
+        """The oldest queued jobs of the interactive lane (``core/lanes.py``), read whole (see
+        :meth:`find_runnable`)."""
         query = (
             self._db.collection(self._collection)
-            .select(SCHEDULING_FIELDS)
             .where(filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value))
             .where(filter=firestore.FieldFilter("priority", "==", Priority.INTERACTIVE.value))
             .order_by("queuedAt")
             .limit(limit)
         )
-        return _jobs(query.stream())
+        return _jobs(_seen([*query.stream()], seen))
 
-    def find_queued_of_others(self, exclude_uids: list[str], limit: int) -> list[tuple[str, JobDoc]]:
+    def find_queued_of_others(
+        self, exclude_uids: list[str], limit: int, seen: dict[str, QueuedCopy] | None = None
+    ) -> list[tuple[str, JobDoc]]:
         """Queued jobs of users other than ``exclude_uids`` (at most 10: Firestore's ``not-in``
-        limit), for the redriver's fairness: work of users with nothing running. (Production
-        needs a composite index on ``status`` + ``uid``; Terraform creates it.)"""
-        query = (
-            self._db.collection(self._collection)
-            .select(SCHEDULING_FIELDS)
-            .where(filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value))
+        limit), for the redriver's fairness: work of users with nothing running; read whole (see
+        :meth:`find_runnable`). (Production needs a composite index on ``status`` + ``uid``;
+        Terraform creates it.)"""
+        query = self._db.collection(self._collection).where(
+            filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value)
         )
         if exclude_uids:
             query = query.where(filter=firestore.FieldFilter("uid", "not-in", exclude_uids[:10])).order_by(
                 "uid"
             )
-        return _jobs(query.limit(limit).stream())
+        return _jobs(_seen([*query.limit(limit).stream()], seen))
 
     def find_reusable(self, uid: str, pipeline: str, reuse_key: str) -> tuple[str, JobDoc] | None:
         """A succeeded job of ``uid`` whose reuse key is ``reuse_key`` (equality filters only:
@@ -746,6 +759,16 @@ def usage_increments(day: str, amounts: dict[str, float]) -> dict[str, Any]:
 def _known(snaps: Iterable[Any]) -> list[tuple[str, LastWrite]]:
     """Query results as ``(id, the job with the update time it was read at)``."""
     return [(snap.id, LastWrite(read_job(snap.to_dict() or {}), snap.update_time)) for snap in snaps]
+
+
+def _seen(snaps: list[Any], seen: dict[str, QueuedCopy] | None) -> list[Any]:
+    """``snaps`` (whole documents a query read), each also put in ``seen`` as a copy that a claim
+    can write against (:class:`QueuedCopy`), when ``seen`` is given."""
+    if seen is not None:
+        for snap in snaps:
+            if isinstance(snap.update_time, DatetimeWithNanoseconds):
+                seen[snap.id] = QueuedCopy(update_time=snap.update_time.rfc3339(), job=snap.to_dict() or {})
+    return snaps
 
 
 def _jobs(snaps: Iterable[Any]) -> list[tuple[str, JobDoc]]:

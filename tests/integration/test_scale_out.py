@@ -7,11 +7,15 @@ Every GPU instance's redriver queries Firestore on each pass (when a slot frees,
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 
+from core.contract import JobStatus, QueuedCopy
+from core.lifecycle import ClaimOutcome
+from core.work import WorkRef
 from devkit.fleet import counts, install_firestore_counter
 from gpu_service.capacity import Capacity
 from gpu_service.pool import ModelPool
@@ -126,3 +130,66 @@ def test_a_short_queue_is_read_once_and_a_full_read_also_finds_the_other_users(
     queued(client, collection, "light-0", "light", 59)  # younger than the whole heavy backlog
     found = r.runnable(10)
     assert "light-0" in found  # the full read did not hide the light user's job
+
+
+def backlog(client: Client, collection: str, jobs: int, users: int) -> None:
+    """``jobs`` queued interactive ``flaky`` jobs of ``users`` users, oldest first, old enough."""
+    batch = client.db.batch()
+    for n in range(jobs):
+        batch.set(
+            client.db.collection(collection).document(f"job-{n:02d}"),
+            {
+                "uid": f"user-{n % users}",
+                "pipeline": "flaky",
+                "inputs": {"steps": 1, "step_seconds": 0},
+                "status": "queued",
+                "priority": "interactive",
+                "queuedAt": datetime(2026, 1, 1, 0, n, tzinfo=UTC),
+                "updatedAt": datetime(2026, 1, 1, 0, n, tzinfo=UTC),
+            },
+        )
+    batch.commit()
+
+
+def test_a_pass_with_one_free_slot_reads_a_few_jobs_and_its_claim_reads_none(
+    stack: LocalStack, client: Client, uid: str, counted: None
+) -> None:
+    """With a backlog of 20 jobs, an instance with one free slot pays for a handful of documents
+    (the oldest queued, and other users' when that read was full), not for a tenth of the queue,
+    and runs the one it picks without reading it again."""
+    collection = f"jobs-fleet-{uid}"
+    r = redriver(client, collection, ["flaky"])
+    backlog(client, collection, jobs=20, users=5)
+    held = r.capacity.try_acquire("flaky", "someone-else")  # one of the two slots is busy
+    assert held is not None and r.capacity.free() == 1
+    before = counts()
+    assert r.once() == 1
+    deadline = time.monotonic() + 60
+    while r.capacity.free() < 1 and time.monotonic() < deadline:  # the unit ran, and ended
+        time.sleep(0.05)
+    spent = counts() - before
+    assert spent["reads"] <= 8  # was 22: the 10 oldest, again as the interactive lane, a get
+    assert spent["gets"] == 0
+    done = JobStore(client.db, collection).get("job-00")
+    assert done is not None and done.status is JobStatus.SUCCEEDED and done.attempt == 1
+
+
+def test_a_job_written_after_the_pass_read_it_is_claimed_as_it_is_now(
+    stack: LocalStack, client: Client, uid: str
+) -> None:
+    """The claim of a job the pass read whole writes against the update time it read: a write
+    since (a cancel, another instance's claim) makes it read the job and decide again."""
+    collection = f"jobs-fleet-{uid}"
+    store = JobStore(client.db, collection)
+    backlog(client, collection, jobs=2, users=1)
+    seen: dict[str, QueuedCopy] = {}
+    assert [job_id for job_id, _ in store.find_runnable(5, (), seen)] == ["job-00", "job-01"]
+    first = store.claim(WorkRef("job-00"), "instance-a", 30, 3, queued=seen["job-00"])
+    assert first.outcome is ClaimOutcome.CLAIMED
+    second = store.claim(WorkRef("job-00"), "instance-b", 30, 3, queued=seen["job-00"])
+    assert second.outcome is ClaimOutcome.RUNNING_ELSEWHERE  # the loser of a race runs nothing
+    client.db.collection(collection).document("job-01").update({"cancelRequested": True})
+    cancelled = store.claim(WorkRef("job-01"), "instance-a", 30, 3, queued=seen["job-01"])
+    assert cancelled.outcome is ClaimOutcome.CANCELLED
+    after = store.get("job-01")
+    assert after is not None and after.status is JobStatus.CANCELLED

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from core.contract import JobDoc, JobMessage, JobStatus, PartState
+from core.contract import JobDoc, JobMessage, JobStatus, Lease, PartState
 from core.lifecycle import Claim, ClaimOutcome
 from gpu_service.capacity import Capacity
 from gpu_service.redrive import Candidate, Redriver, candidates, fair_order
@@ -153,12 +153,16 @@ class _Jobs:
         self.jobs = jobs
         self.reads = 0
 
-    def find_runnable(self, limit: int, parted: object = None) -> list[tuple[str, JobDoc]]:
+    def find_runnable(
+        self, limit: int, parted: object = None, seen: object = None
+    ) -> list[tuple[str, JobDoc]]:
         self.reads += 1
         queued = sorted(self.jobs.items(), key=lambda kv: kv[1].queued_at or NOW)
         return [(k, j) for k, j in queued if j.status is JobStatus.QUEUED][:limit]
 
-    def find_queued_of_others(self, exclude: list[str], limit: int) -> list[tuple[str, JobDoc]]:
+    def find_queued_of_others(
+        self, exclude: list[str], limit: int, seen: object = None
+    ) -> list[tuple[str, JobDoc]]:
         self.reads += 1
         return [(k, j) for k, j in self.jobs.items() if j.uid not in exclude][:limit]
 
@@ -362,3 +366,32 @@ def test_more_model_turns_than_slots_is_refused_with_the_reason() -> None:
     with pytest.raises(ValidationError, match="MODEL_CONCURRENCY 3 is larger than MAX_CONCURRENT_JOBS 2"):
         Settings(max_concurrent_jobs=2, model_concurrency=3)
     assert Settings(max_concurrent_jobs=6, model_concurrency=2).model_concurrency == 2
+
+
+def test_a_pass_that_lost_its_claim_to_another_instance_reads_nothing_until_its_back_off_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Instances whose slots free together read the same oldest jobs and race for them: the
+    losers do not read the same head again at once, in step, to lose again."""
+    import gpu_service.redrive as redrive
+
+    jobs = _Jobs({"taken": _job("p", "u", 30)})
+    clock = [NOW]
+    r, _ = _redriver(jobs, clock, monkeypatch)
+    lost: list[str] = []
+
+    def process(message: JobMessage) -> Claim:
+        lost.append(message.job_id)
+        lease = Lease(owner="another-instance", expires_at=NOW + timedelta(seconds=30))
+        return Claim(ClaimOutcome.RUNNING_ELSEWHERE, _job("p", "u", 30, JobStatus.RUNNING, lease=lease))
+
+    r.worker.process = process  # type: ignore[method-assign]
+    r.worker.owner = "this-instance"
+    monkeypatch.setattr(redrive, "RACE_BACKOFF_SECONDS", 3600.0)
+    monkeypatch.setattr(redrive.random, "uniform", lambda low, high: high)
+    assert r.once() == 1 and jobs.reads == 1
+    _settle_free(r.capacity)
+    assert lost == ["taken"]
+    assert r.once() == 0 and jobs.reads == 1  # backing off: no read
+    r._backoff_until = 0.0  # the back-off ended
+    assert r.once() == 1 and jobs.reads == 2
