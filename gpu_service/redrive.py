@@ -37,7 +37,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -123,23 +123,29 @@ def candidates(
     return found
 
 
-def quiet_until(jobs: Iterable[JobDoc], limit: int, now: datetime, after: float) -> datetime:
+def quiet_until(
+    jobs: Iterable[JobDoc], limit: int, now: datetime, after: float, served: Collection[str] | None = None
+) -> datetime:
     """After a pass at ``now`` that found nothing old enough among ``jobs`` (what
     :meth:`Redriver.runnable` read with ``limit``), the earliest time a pass could: a unit is
     old enough ``after`` seconds past its job's last write (its queueing, at the earliest).
 
     Work written after the read is not old enough before ``now + after``; a full oldest-queued
     read saw the ``limit`` oldest queued jobs, so those it did not see were queued after the
-    last of them; a full read of running jobs (not ordered) bounds nothing: ``now``.
+    last of them; a full read of running jobs (not ordered) bounds nothing: ``now``. Jobs of
+    pipelines other than ``served`` never become this instance's work: they bound nothing.
     """
     jobs = list(jobs)
     until = now + timedelta(seconds=after)
-    queued = sorted(j.queued_at for j in jobs if j.status is JobStatus.QUEUED and j.queued_at is not None)
+    mine = [j for j in jobs if served is None or j.pipeline in served or j.status is not JobStatus.QUEUED]
+    # A full read of this instance's queued work (the oldest-queued read, or the second look at
+    # its own pipelines when other services' backlog filled that one) bounds the unseen.
+    queued = sorted(j.queued_at for j in mine if j.status is JobStatus.QUEUED and j.queued_at is not None)
     if len(queued) >= limit:
         until = min(until, queued[limit - 1] + timedelta(seconds=after))
     if sum(1 for j in jobs if j.status is JobStatus.RUNNING) >= limit:
         return now
-    for job in jobs:
+    for job in mine:
         since = job.updated_at or job.queued_at
         if since is not None:
             until = min(until, since + timedelta(seconds=after))
@@ -247,7 +253,9 @@ class Redriver:
         seen: dict[str, QueuedCopy] = {}
         found = self.runnable(limit, seen=seen)
         ready = candidates(found.items(), self.served, now, self.after_seconds)
-        self._quiet_until = None if ready else quiet_until(found.values(), limit, now, self.after_seconds)
+        self._quiet_until = (
+            None if ready else quiet_until(found.values(), limit, now, self.after_seconds, self.served)
+        )
         started = 0
         for candidate in fair_order(ready, self.capacity):
             slot = self.capacity.try_acquire(
@@ -277,6 +285,10 @@ class Redriver:
         queued = [job for job in found.values() if job.status is JobStatus.QUEUED]
         if len(queued) < limit:
             return found
+        if any(job.pipeline not in self.served for job in queued):
+            # Full, and with other services' work in it: their backlog must not hide this one's.
+            found.update(self.worker.jobs.find_queued_of_pipelines(self.served, limit, seen))
+            queued = [job for job in found.values() if job.status is JobStatus.QUEUED]
         exclude = others_than if others_than is not None else sorted({job.uid for job in queued})
         if exclude:
             found.update(self.worker.jobs.find_queued_of_others(exclude, limit=limit, seen=seen))

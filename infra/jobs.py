@@ -318,6 +318,23 @@ class JobStore:
         )
         return _jobs(_seen([*query.stream()], seen))
 
+    def find_queued_of_pipelines(
+        self, pipelines: Collection[str], limit: int, seen: dict[str, QueuedCopy] | None = None
+    ) -> list[tuple[str, JobDoc]]:
+        """The oldest queued jobs of ``pipelines`` (at most 30: Firestore's ``in`` limit), for a
+        redriver whose oldest-queued read was full of other services' work (a worker pool's
+        backlog, say), which would otherwise hide its own; read whole (see :meth:`find_runnable`).
+        (Production: ``in`` is equalities on ``pipeline``, served by the ``pipeline`` + ``status``
+        + ``queuedAt`` index Terraform creates for a queued job's place.)"""
+        query = (
+            self._db.collection(self._collection)
+            .where(filter=firestore.FieldFilter("status", "==", JobStatus.QUEUED.value))
+            .where(filter=firestore.FieldFilter("pipeline", "in", sorted(pipelines)[:30]))
+            .order_by("queuedAt")
+            .limit(limit)
+        )
+        return _jobs(_seen([*query.stream()], seen))
+
     def find_queued_of_others(
         self, exclude_uids: list[str], limit: int, seen: dict[str, QueuedCopy] | None = None
     ) -> list[tuple[str, JobDoc]]:

@@ -132,6 +132,51 @@ def test_a_short_queue_is_read_once_and_a_full_read_also_finds_the_other_users(
     assert "light-0" in found  # the full read did not hide the light user's job
 
 
+def test_another_services_older_backlog_does_not_hide_this_instances_queued_job(
+    stack: LocalStack, client: Client, uid: str
+) -> None:
+    """Production splits pipelines between the GPU service and a worker pool: the pool's backlog
+    of long jobs, queued first, fills the oldest-queued read of every service instance. The
+    instance still finds, and runs, the job of its own pipeline queued after it."""
+    collection = f"jobs-fleet-{uid}"
+    r = redriver(client, collection, ["flaky"])
+    batch = client.db.batch()
+    for n in range(12):
+        batch.set(
+            client.db.collection(collection).document(f"pool-{n:02d}"),
+            {
+                "uid": f"pool-user-{n}",
+                "pipeline": "t2v",
+                "inputs": {},
+                "status": "queued",
+                "queuedAt": datetime(2026, 1, 1, 0, n, tzinfo=UTC),
+                "updatedAt": datetime(2026, 1, 1, 0, n, tzinfo=UTC),
+            },
+        )
+    batch.commit()
+    client.db.collection(collection).document("mine").set(
+        {
+            "uid": "someone",
+            "pipeline": "flaky",
+            "inputs": {"steps": 1, "step_seconds": 0},
+            "status": "queued",
+            "priority": "interactive",
+            "queuedAt": datetime(2026, 1, 1, 1, 0, tzinfo=UTC),
+            "updatedAt": datetime(2026, 1, 1, 1, 0, tzinfo=UTC),
+        }
+    )
+    assert r.once() == 1
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done = JobStore(client.db, collection).get("mine")
+        if done is not None and done.status is JobStatus.SUCCEEDED:
+            break
+        time.sleep(0.05)
+    assert done is not None and done.status is JobStatus.SUCCEEDED
+    pool = JobStore(client.db, collection).get("pool-00")
+    assert pool is not None and pool.status is JobStatus.QUEUED  # not this service's to run
+
+
 def backlog(client: Client, collection: str, jobs: int, users: int) -> None:
     """``jobs`` queued interactive ``flaky`` jobs of ``users`` users, oldest first, old enough."""
     batch = client.db.batch()

@@ -166,6 +166,13 @@ class _Jobs:
         self.reads += 1
         return [(k, j) for k, j in self.jobs.items() if j.uid not in exclude][:limit]
 
+    def find_queued_of_pipelines(
+        self, pipelines: object, limit: int, seen: object = None
+    ) -> list[tuple[str, JobDoc]]:
+        self.reads += 1
+        queued = sorted(self.jobs.items(), key=lambda kv: kv[1].queued_at or NOW)
+        return [(k, j) for k, j in queued if j.status is JobStatus.QUEUED and j.pipeline in pipelines][:limit]  # type: ignore[operator]
+
 
 def _settle_free(cap: Capacity) -> None:
     deadline = time.monotonic() + 5
@@ -237,6 +244,33 @@ def test_a_full_read_holds_no_longer_than_the_jobs_it_could_not_see_allow(
     assert r.once() == 0
     reads = full.reads
     assert r.once() == 0 and full.reads > reads  # an unseen one may be old enough already: read again
+
+
+def test_another_services_backlog_neither_hides_this_ones_work_nor_keeps_it_reading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The oldest queued jobs are another service's (a worker pool's long backlog): a full read of
+    them looks again at this instance's own pipelines, and, with nothing of its own old enough,
+    they do not hold it to a read every pass."""
+    backlog = {f"pool-{n}": _job("q", f"u{n}", 600 - n) for n in range(10)}
+    jobs = _Jobs({**backlog, "mine": _job("p", "v", 30)})
+    clock = [NOW]
+    r, ran = _redriver(jobs, clock, monkeypatch)
+    assert r.once() == 1  # found behind the backlog, and run
+    _settle_free(r.capacity)
+    assert ran == ["mine"]
+    jobs.jobs.pop("mine")
+    jobs.jobs["young"] = _job("p", "v", 1)  # old enough in 4 s
+    reads = jobs.reads
+    assert r.once() == 0
+    assert jobs.reads > reads
+    reads = jobs.reads
+    for _ in range(3):  # the backlog is old, but none of it will ever be this instance's
+        clock[0] += timedelta(seconds=1)
+        assert r.once() == 0
+    assert jobs.reads == reads
+    clock[0] += timedelta(seconds=1.1)
+    assert r.once() == 1
 
 
 def test_fair_order_alternates_users_then_a_users_pipelines_oldest_first() -> None:
