@@ -7,8 +7,9 @@ import sys
 
 import uvicorn
 
-from api.app import create_app
+from api.app import create_app, render_error
 from api.auth import TokenVerifier, UnsafeConfiguration, check_environment
+from api.connections import server_options
 from api.service import Api
 from api.signing import UrlSigner
 from functions.handlers import Deps
@@ -48,7 +49,13 @@ def main() -> int:
     except UnsafeConfiguration as exc:
         log.critical("refusing to start: %s", exc)
         return 2
-    uvicorn.run(create_app(api), host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.run(
+        create_app(api),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        **server_options(settings, render_error),
+    )
     return 0
 
 

@@ -31,6 +31,7 @@ STATUS_FOR_CODE = {
     "unavailable": 503,
     "too_many_requests": 429,
     "overloaded": 503,
+    "request_timeout": 408,
 }
 
 

@@ -12,23 +12,33 @@ from contextlib import contextmanager
 import uvicorn
 
 from api.__main__ import build
-from api.app import create_app
+from api.app import create_app, render_error
+from api.connections import Implementation, server_options
 from api.service import Api
 from infra.localstack.stack import free_port
 from infra.settings import Settings
 
 
 @contextmanager
-def api_server(settings: Settings, send_buffer_bytes: int | None = None) -> Iterator[tuple[str, Api]]:
+def api_server(
+    settings: Settings, send_buffer_bytes: int | None = None, http: Implementation = "auto"
+) -> Iterator[tuple[str, Api]]:
     """The URL of the served API, and its :class:`Api` (to look at its gates and listeners).
 
     ``send_buffer_bytes`` sets the kernel's send buffer of every connection (``SO_SNDBUF``; it is
     otherwise tuned up to megabytes on loopback): with a caller who reads nothing, the server's
-    writes wait after that much instead of after megabytes.
+    writes wait after that much instead of after megabytes. ``http`` picks uvicorn's HTTP
+    implementation (``auto``: httptools when installed, as in production).
     """
     api = build(settings)
     server = uvicorn.Server(
-        uvicorn.Config(create_app(api), host="127.0.0.1", port=free_port(), log_level="warning")
+        uvicorn.Config(
+            create_app(api),
+            host="127.0.0.1",
+            port=free_port(),
+            log_level="warning",
+            **server_options(settings, render_error, http),
+        )
     )
     sockets: list[socket.socket] = []
     if send_buffer_bytes is not None:

@@ -278,6 +278,27 @@ class Settings(BaseSettings):
         description="Firestore listeners open at once (one per followed job, shared by its followers)",
     )
     api_busy_retry_seconds: int = Field(5, ge=1, le=3600, description="Retry-After past a cap")
+    # Connections (api/connections.py): time and room a caller may hold before sending a request.
+    api_head_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="a request's head (line and headers) must arrive within this of the connection's "
+        "start or of the previous response; past it the connection is closed (idle ones too)",
+    )
+    api_body_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="a request's body must arrive within this of its head; past it 408 "
+        "request_timeout and the connection is closed (keep it below the API service's request timeout)",
+    )
+    api_max_connections: int = Field(
+        500,
+        ge=1,
+        description="open connections (or requests in flight) per API process; a request past it is "
+        "answered 503 overloaded with Retry-After and its connection closed",
+    )
     api_stream_recheck_seconds: float = Field(
         60.0, gt=0, description="how often an open event stream checks its token again (expiry, revocation)"
     )

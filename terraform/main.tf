@@ -498,6 +498,10 @@ module "api" {
         ENABLED_PIPELINES       = join(",", local.servable_pipelines)
         SIGNING_SERVICE_ACCOUNT = local.sa_email.api
         API_CORS_ORIGINS        = join(",", var.api_config.cors_origins)
+        # What a caller may hold before its request is read (api/connections.py).
+        API_HEAD_SECONDS    = tostring(var.api_config.head_seconds)
+        API_BODY_SECONDS    = tostring(var.api_config.body_seconds)
+        API_MAX_CONNECTIONS = tostring(var.api_config.max_connections)
       },
       var.api_config.env,
     )

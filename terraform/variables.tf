@@ -2,14 +2,20 @@ variable "api_config" {
   description = <<-EOT
     The HTTP API apps call with a Firebase ID token (api/), run from the functions image.
     cors_origins are the web app origins allowed to call it from a browser; env adds settings
-    (infra/settings.py), e.g. API_MAX_WAIT_SECONDS.
+    (infra/settings.py), e.g. API_MAX_WAIT_SECONDS. head_seconds, body_seconds and
+    max_connections bound what a caller holds before its request is read (API_HEAD_SECONDS,
+    API_BODY_SECONDS, API_MAX_CONNECTIONS per instance): at least concurrency connections, and a
+    head and body that are due well within the request timeout.
   EOT
   type = object({
+    body_seconds    = optional(number, 30)
     concurrency     = optional(number, 80)
     cors_origins    = optional(list(string), [])
     cpu             = optional(string, "1")
     env             = optional(map(string), {})
+    head_seconds    = optional(number, 10)
     ingress         = optional(string, "INGRESS_TRAFFIC_ALL")
+    max_connections = optional(number, 500)
     max_instances   = optional(number, 10)
     memory          = optional(string, "512Mi")
     min_instances   = optional(number, 0)
@@ -18,6 +24,14 @@ variable "api_config" {
   })
   nullable = false
   default  = {}
+  validation {
+    condition     = var.api_config.max_connections >= var.api_config.concurrency
+    error_message = "api_config.max_connections must be at least api_config.concurrency: the API would answer 503 to requests Cloud Run sent it."
+  }
+  validation {
+    condition     = var.api_config.head_seconds > 0 && var.api_config.body_seconds > 0 && var.api_config.head_seconds + var.api_config.body_seconds < var.api_config.timeout_seconds
+    error_message = "api_config.head_seconds + api_config.body_seconds must be positive and below api_config.timeout_seconds: Cloud Run would cut a slow request before the API answers it 408."
+  }
 }
 
 variable "artifact_registry_config" {

@@ -2200,3 +2200,26 @@ def test_cloudbuild_gives_terraform_the_plugins_of_the_built_image(cloudbuild: d
     assert "docker run --rm --entrypoint python ${_GPU_SERVICE_IMAGE} -m pipelines.registry" in script
     assert script.endswith("> terraform/plugins.auto.tfvars.json") and "pipefail" in script
     assert step["waitFor"] == ["build-gpu-service"] and "plugin-vars" in steps["deploy"]["waitFor"]
+
+
+def test_the_apis_connection_limits_reach_it_within_cloud_runs(
+    root_plan: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infra.settings import Settings
+
+    config = root_plan["inputs_api"]["config"]
+    env = config["env"]
+    monkeypatch.setenv("API_HEAD_SECONDS", env["API_HEAD_SECONDS"])
+    monkeypatch.setenv("API_BODY_SECONDS", env["API_BODY_SECONDS"])
+    monkeypatch.setenv("API_MAX_CONNECTIONS", env["API_MAX_CONNECTIONS"])
+    settings = Settings()
+    # Cloud Run sends an instance up to `concurrency` requests: the API must not refuse them, and
+    # it must answer a slow request 408 before Cloud Run's own request timeout cuts it.
+    assert settings.api_max_connections >= config["concurrency"]
+    assert settings.api_head_seconds + settings.api_body_seconds < config["timeout_seconds"]
+    (tmp_path / "few").mkdir()
+    (tmp_path / "slow").mkdir()
+    error = _plan_error(tmp_path / "few", "-var=api_config={ concurrency = 80, max_connections = 40 }")
+    assert "max_connections must be at least api_config.concurrency" in error
+    error = _plan_error(tmp_path / "slow", "-var=api_config={ timeout_seconds = 30, body_seconds = 30 }")
+    assert "below api_config.timeout_seconds" in error
