@@ -47,7 +47,9 @@ def main() -> int:
         log.critical("refusing to start: %s", exc)
         return 2
     # httptools parses HTTP in C (h11, the pure-Python default, costs more CPU per request)
-    uvicorn.run(create_app(api), host=settings.host, port=settings.port, log_level="warning", http="httptools")
+    uvicorn.run(
+        create_app(api), host=settings.host, port=settings.port, log_level="warning", http="httptools"
+    )
     return 0
 
 
