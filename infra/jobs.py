@@ -72,6 +72,8 @@ SCHEDULING_FIELDS = [
     "queuedAt",
     "updatedAt",
 ]
+#: How many decoded versions of scheduling reads a store keeps (then it starts again).
+SCHEDULED_KEPT = 4096
 #: The ledger fields admission writes (``usage`` is only ever incremented, by the ends of jobs).
 LEDGER_COUNTS = {"day", "daily", "active"}
 
@@ -173,6 +175,8 @@ class JobStore:
         self._db = client
         self._collection = collection
         self._quotas = quotas_collection
+        #: scheduling reads decoded, by document id and update time (see :meth:`_scheduling`)
+        self._scheduled: dict[tuple[str, Any, int], JobDoc] = {}
 
     def ref(self, job_id: str) -> firestore.DocumentReference:
         return self._db.collection(self._collection).document(job_id)
@@ -290,7 +294,7 @@ class JobStore:
             if parted:  # equality filters only: served by the single-field indexes
                 running = running.where(filter=firestore.FieldFilter("pipeline", "in", sorted(parted)[:30]))
             found_docs += running.limit(limit).stream()
-        found = dict(_jobs(found_docs))
+        found = dict(self._scheduling(found_docs))
         if backlog:
             found.update(self.find_queued_interactive(limit))
         return list(found.items())
@@ -305,7 +309,7 @@ class JobStore:
             .order_by("queuedAt")
             .limit(limit)
         )
-        return _jobs(query.stream())
+        return self._scheduling(query.stream())
 
     def find_queued_of_others(self, exclude_uids: list[str], limit: int) -> list[tuple[str, JobDoc]]:
         """Queued jobs of users other than ``exclude_uids`` (at most 10: Firestore's ``not-in``
@@ -320,7 +324,26 @@ class JobStore:
             query = query.where(filter=firestore.FieldFilter("uid", "not-in", exclude_uids[:10])).order_by(
                 "uid"
             )
-        return _jobs(query.limit(limit).stream())
+        return self._scheduling(query.limit(limit).stream())
+
+    def _scheduling(self, snaps: Iterable[Any]) -> list[tuple[str, JobDoc]]:
+        """:func:`_jobs` of a scheduling read (``SCHEDULING_FIELDS``), each version of a document
+        decoded once: a backlog's oldest jobs come back unchanged in pass after pass of the
+        redriver, and copying and validating each again cost more than reading it. The jobs are
+        shared between reads: callers only read them."""
+        seen = self._scheduled
+        found: list[tuple[str, JobDoc]] = []
+        for snap in snaps:
+            stamp = snap.update_time
+            key = (snap.id, stamp, getattr(stamp, "nanosecond", 0))
+            job = seen.get(key)
+            if job is None:
+                [(_, job)] = _jobs([snap])
+                if len(seen) >= SCHEDULED_KEPT:
+                    seen.clear()
+                seen[key] = job
+            found.append((snap.id, job))
+        return found
 
     def find_reusable(self, uid: str, pipeline: str, reuse_key: str) -> tuple[str, JobDoc] | None:
         """A succeeded job of ``uid`` whose reuse key is ``reuse_key`` (equality filters only:
