@@ -286,15 +286,16 @@ class JobStore:
             .order_by("queuedAt")
             .limit(limit)
         )
-        found_docs = [*queued.stream()]
-        # Fewer than ``limit`` queued: every queued job was seen, interactive ones included.
-        backlog = len(found_docs) >= limit
+        oldest = self._scheduling(queued.stream())
+        # Fewer than ``limit`` queued: every queued job was seen, interactive ones included. And
+        # when the ``limit`` oldest are all interactive, they are the oldest interactive ones too.
+        backlog = len(oldest) >= limit and any(job.priority is not Priority.INTERACTIVE for _, job in oldest)
+        found = dict(oldest)
         if parted is None or parted:
             running = coll.where(filter=firestore.FieldFilter("status", "==", JobStatus.RUNNING.value))
             if parted:  # equality filters only: served by the single-field indexes
                 running = running.where(filter=firestore.FieldFilter("pipeline", "in", sorted(parted)[:30]))
-            found_docs += running.limit(limit).stream()
-        found = dict(self._scheduling(found_docs))
+            found.update(self._scheduling(running.limit(limit).stream()))
         if backlog:
             found.update(self.find_queued_interactive(limit))
         return list(found.items())

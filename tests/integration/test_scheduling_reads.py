@@ -45,3 +45,38 @@ def test_an_unchanged_job_is_decoded_once_and_a_changed_one_again(
     assert later[ids[2]] is first[ids[2]]
     others = dict(store.find_queued_of_others(["someone-else"], limit=10))
     assert others[ids[0]] is later[ids[0]] and others[ids[2]] is first[ids[2]]
+
+
+def test_the_interactive_lane_is_read_again_only_when_batch_work_is_among_the_oldest(
+    stack: LocalStack, client: Client, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collection = f"lane-reads-{uid}"
+    store = JobStore(client.db, collection)
+    lane_reads: list[int] = []
+    read_lane = store.find_queued_interactive
+    monkeypatch.setattr(
+        store, "find_queued_interactive", lambda limit: lane_reads.append(limit) or read_lane(limit)
+    )
+    start = datetime(2026, 12, 7, 5, 0, tzinfo=UTC)
+
+    def queue(name: str, priority: str, n: int) -> None:
+        client.db.collection(collection).document(f"{name}-{uid}").set(
+            {
+                "uid": uid,
+                "pipeline": "inpaint",
+                "inputs": {},
+                "status": "queued",
+                "priority": priority,
+                "queuedAt": start + timedelta(seconds=n),
+            }
+        )
+
+    for n in range(3):
+        queue(f"app{n}", "interactive", n)
+    found = dict(store.find_runnable(2, parted=set()))
+    assert set(found) == {f"app0-{uid}", f"app1-{uid}"} and lane_reads == []  # the oldest are the lane's
+
+    queue("batch", "batch", -1)  # older than all of them: now the oldest two hide an interactive job
+    found = dict(store.find_runnable(2, parted=set()))
+    assert lane_reads == [2]
+    assert {f"batch-{uid}", f"app0-{uid}", f"app1-{uid}"} <= set(found)
