@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from google.cloud.firestore_v1 import _helpers
 from proto.datetime_helpers import DatetimeWithNanoseconds
 
 from core.contract import (
@@ -217,9 +218,7 @@ class JobStore:
                 job, update_time = known  # the attempt's own last write: no read
             else:
                 roundtrips.note("firestore")
-                snap = ref.get()
-                job = read_job(snap.to_dict() or {}) if snap.exists else None
-                update_time = snap.update_time
+                job, update_time = self._read(ref)
             decision = decide(job)
             if not decision.patch:
                 return decision.result
@@ -257,8 +256,21 @@ class JobStore:
 
     def get(self, job_id: str) -> JobDoc | None:
         roundtrips.note("firestore")
-        snap = self.ref(job_id).get()
-        return read_job(snap.to_dict() or {}) if snap.exists else None
+        return self._read(self.ref(job_id))[0]
+
+    def _read(self, ref: firestore.DocumentReference) -> tuple[JobDoc | None, Any]:
+        """The job and its update time (``None, None`` when there is no such document), read with
+        Firestore's unary ``GetDocument``: the library's own ``get`` is a streaming
+        ``BatchGetDocuments``, which cost gRPC about 0.6 ms more CPU per read here, and copies the
+        data twice on the way."""
+        try:
+            doc = self._db._firestore_api.get_document(
+                request={"name": ref._document_path}, metadata=self._db._rpc_metadata
+            )
+        except gexc.NotFound:
+            return None, None
+        fields = _helpers.decode_dict(doc.fields, self._db)  # a map, unless a hostile "__type__"
+        return read_job(fields if isinstance(fields, dict) else {}), doc.update_time
 
     def find(self, statuses: Iterable[JobStatus]) -> list[tuple[str, JobDoc]]:
         query = self._db.collection(self._collection).where(
