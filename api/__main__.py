@@ -54,7 +54,9 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         log_level="warning",
-        **server_options(settings, render_error),
+        # httptools (a pinned dependency) parses HTTP in C: h11, uvicorn's pure-Python parser,
+        # costs more CPU per request
+        **server_options(settings, render_error, "httptools"),
     )
     return 0
 

@@ -13,6 +13,7 @@ import signal
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from gpu_service.app import create_app
 from gpu_service.capacity import Capacity
@@ -91,14 +92,20 @@ def main() -> None:
     ]
     for consumer in consumers:
         consumer.start()
-    config = uvicorn.Config(
-        create_app(worker, capacity),
+    _Server(server_config(create_app(worker, capacity), settings), worker, consumers).run()
+
+
+def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """uvicorn for the push routes, its HTTP parsed by httptools (C) rather than h11 (pure
+    Python, a tenth of a millisecond of CPU more per push)."""
+    return uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level="warning",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        http="httptools",
     )
-    _Server(config, worker, consumers).run()
 
 
 if __name__ == "__main__":

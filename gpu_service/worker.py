@@ -83,6 +83,7 @@ from core.spec import (
 )
 from core.usage import day_of, log_line, log_record
 from core.work import WorkRef
+from gpu_service.claimed import Claimed
 from gpu_service.endings import (
     end_from_parts,
     expiry,
@@ -189,6 +190,8 @@ class Worker:
         self.bus = bus
         self.owner = settings.worker_id or default_worker_id()
         self.draining = threading.Event()
+        #: the jobs this process claimed: their redeliveries skip calls that cannot succeed
+        self.claimed = Claimed()
         # settings of each pipeline, resolved once rather than on every push
         self._max_run_seconds = {name: settings.max_run_seconds_for(name) for name in catalog.names}
 
@@ -219,6 +222,12 @@ class Worker:
             return Claim(ClaimOutcome.UNKNOWN_PART)
         s = self.settings
         written = LastWrite()
+        queued = message.queued
+        if ref.part is None:
+            duplicate, queued = self.claimed.delivery(ref.job_id, queued)
+            if duplicate:  # this process ended the job this very message queued
+                log.info("%s not run: %s (ended here)", ref.label, ClaimOutcome.FINAL)
+                return Claim(ClaimOutcome.FINAL)
         claim = self.jobs.claim(
             ref,
             self.owner,
@@ -227,7 +236,7 @@ class Worker:
             _joiner(spec),
             spec.name,
             last=written,
-            queued=message.queued,
+            queued=queued,
         )
         if claim.outcome is ClaimOutcome.RUNNING_ELSEWHERE:
             # Keep the message until that attempt ends: if its worker died, a redelivery after
@@ -240,6 +249,8 @@ class Worker:
         if claim.outcome is not ClaimOutcome.CLAIMED or claim.job is None:
             log.info("%s not run: %s", ref.label, claim.outcome)
             return claim
+        if ref.part is None:
+            self.claimed.claimed(ref.job_id, written.decided_on)
         work = ClaimedWork(ref, claim.job, claim.attempt, spec, roundtrips=counter, written=written)
         log.info("%s claimed by %s", work.label, self.owner)
         return self._run(work)
@@ -449,6 +460,8 @@ class Worker:
         final, ended = self.jobs.finish_unit(
             work.ref, self.owner, work.attempt, ending, _joiner(work.spec), last=work.written
         )
+        if final is not None and work.ref.part is None:
+            self.claimed.ended(work.ref.job_id)
         self._report_usage(work, ended or ending, final)
         if final is not None and work.ref.part is not None:
             log.info("job %s ended %s (joined by %s)", work.ref.job_id, final, work.label)

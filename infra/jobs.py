@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from google.cloud.firestore_v1 import _helpers
 from proto.datetime_helpers import DatetimeWithNanoseconds
 
 from core.contract import (
@@ -49,6 +50,7 @@ from core.quota import Admission, Ledger, QuotaPolicy, day_of, decide_admission,
 from core.recovery import decide_recover, decide_transition
 from core.usage import rollup
 from core.work import WorkRef
+from infra import firestore_writes as writes_pb
 from infra import roundtrips
 from infra.settings import Settings
 
@@ -119,6 +121,8 @@ class LastWrite:
 
     job: JobDoc | None = None
     update_time: Any = None
+    #: the update time of the document the last write was decided on (the write before it)
+    decided_on: Any = None
 
     def known(self) -> tuple[JobDoc, Any] | None:
         job, update_time = self.job, self.update_time  # one look: the heartbeat's thread writes too
@@ -211,26 +215,22 @@ class JobStore:
                 job, update_time = known  # the attempt's own last write: no read
             else:
                 roundtrips.note("firestore")
-                snap = ref.get()
-                job = read_job(snap.to_dict() or {}) if snap.exists else None
-                update_time = snap.update_time
+                job, update_time = self._read(ref)
             decision = decide(job)
             if not decision.patch:
                 return decision.result
             extra = also(job, decision) if also is not None and job is not None else None
             try:
                 roundtrips.note("firestore")
-                option = self._db.write_option(last_update_time=update_time)
-                if extra is None:
-                    written = ref.update(to_firestore(decision.patch), option=option).update_time
-                else:
-                    # One commit for both: the job's write (conditional) and the other (a merge of
-                    # increments), so the other is applied exactly when the job's write is.
-                    batch = self._db.batch()
-                    batch.update(ref, to_firestore(decision.patch), option=option)
-                    batch.set(extra[0], extra[1], merge=True)
-                    written = batch.commit()[0].update_time
+                # The job's write against the update time it was decided on; with ``extra`` (a
+                # merge of increments) in the same commit, so that one applies exactly when the
+                # job's write does.
+                writes = [writes_pb.update(ref._document_path, to_firestore(decision.patch), update_time)]
+                if extra is not None:
+                    writes.append(writes_pb.merge(extra[0]._document_path, extra[1]))
+                written = writes_pb.commit(self._db, writes)[0].update_time
                 if last is not None:
+                    last.decided_on = update_time
                     kept = keep(decision) if callable(keep) else keep
                     next_job = applied(job, decision.patch, written) if kept and job is not None else None
                     last.job, last.update_time = next_job, written if next_job is not None else None
@@ -253,8 +253,21 @@ class JobStore:
 
     def get(self, job_id: str) -> JobDoc | None:
         roundtrips.note("firestore")
-        snap = self.ref(job_id).get()
-        return read_job(snap.to_dict() or {}) if snap.exists else None
+        return self._read(self.ref(job_id))[0]
+
+    def _read(self, ref: firestore.DocumentReference) -> tuple[JobDoc | None, Any]:
+        """The job and its update time (``None, None`` when there is no such document), read with
+        Firestore's unary ``GetDocument``: the library's own ``get`` is a streaming
+        ``BatchGetDocuments``, which cost gRPC about 0.6 ms more CPU per read here, and copies the
+        data twice on the way."""
+        try:
+            doc = self._db._firestore_api.get_document(
+                request={"name": ref._document_path}, metadata=self._db._rpc_metadata
+            )
+        except gexc.NotFound:
+            return None, None
+        fields = _helpers.decode_dict(doc.fields, self._db)  # a map, unless a hostile "__type__"
+        return read_job(fields if isinstance(fields, dict) else {}), doc.update_time
 
     def find(self, statuses: Iterable[JobStatus]) -> list[tuple[str, JobDoc]]:
         query = self._db.collection(self._collection).where(
@@ -460,7 +473,7 @@ class JobStore:
         for tries in range(1, CREATE_ATTEMPTS + 1):
             try:
                 roundtrips.note("firestore")
-                self.ref(job_id).create(data)
+                writes_pb.commit(self._db, [writes_pb.create(self.ref(job_id)._document_path, data)])
             except gexc.AlreadyExists:
                 return False
             except gexc.Aborted:
@@ -545,20 +558,17 @@ class JobStore:
             decision = decide_transition(job, to, allowed_from=[JobStatus.PENDING], patch=move)
             if decision.patch is None:
                 return None, None
-            batch = self._db.batch()
-            if ledger_snap.exists:
-                last = self._db.write_option(last_update_time=ledger_snap.update_time)
-                batch.update(ledger_ref, admission.ledger.model_dump(include=LEDGER_COUNTS), option=last)
-            else:
-                batch.create(ledger_ref, admission.ledger.model_dump(include=LEDGER_COUNTS))
-            batch.update(
-                job_ref,
-                to_firestore(decision.patch),
-                option=self._db.write_option(last_update_time=job_snap.update_time),
-            )
+            counts = admission.ledger.model_dump(include=LEDGER_COUNTS)
+            ledger_path = ledger_ref._document_path
+            writes = [
+                writes_pb.update(ledger_path, counts, ledger_snap.update_time)
+                if ledger_snap.exists
+                else writes_pb.create(ledger_path, counts),
+                writes_pb.update(job_ref._document_path, to_firestore(decision.patch), job_snap.update_time),
+            ]
             try:
                 roundtrips.note("firestore")
-                results = batch.commit()
+                results = writes_pb.commit(self._db, writes)
             except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.NotFound):
                 time.sleep(random.uniform(0, 0.01 * tries))
                 continue
