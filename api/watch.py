@@ -6,6 +6,10 @@ document, the others join it (and are handed the job as last seen at once), the 
 closes it. Followers wait on the event loop, not in worker threads, so a thousand waiting callers
 hold no thread of the pool that every other request needs; how many listeners may be open at once
 is capped (``API_MAX_LISTENERS``: past it ``503 overloaded`` with ``Retry-After``).
+
+A listener's stream can end for good (Firestore cancels it: the client library gives up on a
+``CANCELLED`` stream and its thread ends): a follower that hears nothing for a poll checks its
+listener, and a dead one is opened again, whose first snapshot is the job as it is now.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ OpenListener = Callable[[str, Callable[[list[Any], Any, Any], None]], Any]
 class Follower:
     """One waiting request's view of a followed job: the job at each change, in order."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, mend: Callable[[], None] | None = None) -> None:
         self._loop = loop
         self._queue: asyncio.Queue[JobDoc] = asyncio.Queue()
+        self._mend = mend
 
     def push(self, job: JobDoc) -> None:
         """From any thread (Firestore calls back on its own)."""
@@ -46,6 +51,8 @@ class Follower:
         try:
             return await asyncio.wait_for(self._queue.get(), timeout=max(timeout, 0))
         except TimeoutError:
+            if self._mend is not None:
+                self._mend()  # nothing heard: the listener may have died
             return None
 
 
@@ -78,7 +85,7 @@ class JobWatches:
             ApiError: ``overloaded`` (503, with ``Retry-After``): as many jobs are followed as the
                 instance allows, and this one is not among them.
         """
-        follower = Follower(asyncio.get_running_loop())
+        follower = Follower(asyncio.get_running_loop(), lambda: self._mend(job_id))
         with self._lock:
             listener = self._listeners.get(job_id)
             opening = listener is None
@@ -109,6 +116,26 @@ class JobWatches:
             if last and listener.handle is not None:
                 # Closing joins the listener's thread for up to a second: not on the event loop.
                 asyncio.get_running_loop().run_in_executor(None, _close, listener.handle)
+
+    def _mend(self, job_id: str) -> None:
+        """Open the listener of ``job_id`` again if its stream has ended (``is_active`` false)."""
+        with self._lock:
+            listener = self._listeners.get(job_id)
+            handle = listener.handle if listener is not None else None
+            if listener is None or handle is None or getattr(handle, "is_active", True):
+                return
+            listener.handle = None  # one follower reopens it; the others find it being opened
+        log.warning("job %s: its listener's stream ended; opening it again", job_id)
+        try:
+            fresh = self._open_listener(job_id, self._callback(listener))
+        except Exception:
+            log.warning("job %s: opening its listener again failed", job_id, exc_info=True)
+            fresh = handle  # dead: the next quiet poll tries again
+        with self._lock:
+            listener.handle = fresh
+            orphaned = self._listeners.get(job_id) is not listener  # its last follower left meanwhile
+        if orphaned and fresh is not handle:
+            _close(fresh)
 
     def _callback(self, listener: _Listener) -> Callable[[list[Any], Any, Any], None]:
         def on_snapshot(snaps: list[Any], _changes: Any, _read_time: Any) -> None:

@@ -63,3 +63,45 @@ def test_followers_of_a_job_share_one_listener_and_the_cap_counts_jobs() -> None
         assert await first.next(0.01) is None
 
     asyncio.run(run())
+
+
+def test_a_listener_whose_stream_ended_is_opened_again_and_its_followers_see_the_job_as_it_is() -> None:
+    """Firestore can cancel a listener's stream for good (the client library's thread then ends
+    and calls back no more): a ``?wait`` or an event stream must not wait out its time on it and
+    answer a state long gone."""
+
+    async def run() -> None:
+        opened: list[Any] = []
+
+        class Handle:
+            def __init__(self, callback: Any) -> None:
+                self.callback = callback
+                self.is_active = True
+
+            def unsubscribe(self) -> None:
+                self.is_active = False
+
+        def open_listener(job_id: str, callback: Any) -> Handle:
+            opened.append(Handle(callback))
+            return opened[-1]
+
+        watches = JobWatches(open_listener, limit=5, retry_after=3)
+        async with watches.follow("a") as first, watches.follow("a") as second:
+            opened[0].callback([Snap("queued")], None, None)
+            assert (await first.next(5)).status is JobStatus.QUEUED  # type: ignore[union-attr]
+            assert (await second.next(5)).status is JobStatus.QUEUED  # type: ignore[union-attr]
+            opened[0].is_active = False  # the stream was cancelled; the job then succeeded
+            assert await first.next(0.05) is None  # nothing heard: the listener is checked
+            assert await second.next(0.05) is None
+            assert len(opened) == 2  # opened again once, not once per follower
+            opened[1].callback([Snap("succeeded")], None, None)  # its first snapshot: the job now
+            assert (await first.next(5)).status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
+            assert (await second.next(5)).status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
+            assert await first.next(0.05) is None and len(opened) == 2  # a live one is left alone
+        for _ in range(200):
+            if not opened[1].is_active:
+                break
+            await asyncio.sleep(0.05)
+        assert not opened[1].is_active and watches.open == 0  # the reopened one is closed at the end
+
+    asyncio.run(run())
