@@ -61,7 +61,7 @@ MAX_SAMPLE_RATE = 192_000
 #: it the voice activity detector's; 120 s keeps one job near 110 MB at any length
 CHUNK_SECONDS = 120.0
 
-_WHERE = "functions (ffprobe on the object's head); worker (ffprobe on the file, unless validation read it whole; then while decoding)"
+_WHERE = "functions (`probe` on the object's head); worker (`probe` on the file, unless validation read it whole; then while decoding)"
 
 
 class TranscribeInputs(PipelineModel):

@@ -176,7 +176,7 @@ def _characters(inputs: TtsInputs) -> float:
     return float(len(inputs.text))
 
 
-_WHERE = "functions (ffprobe on the object's head); worker (ffprobe on the file, unless validation read it whole); decode (cut at the cap)"
+_WHERE = "functions (`probe` on the object's head); worker (`probe` on the file, unless validation read it whole); decode (cut at the cap)"
 
 SPEC = PipelineSpec(
     name="tts",

@@ -17,7 +17,7 @@ MAX_VIDEO_BYTES = 1 * 2**30
 MAX_FRAME_PIXELS = 4096 * 2160
 MAX_DECODED_FRAMES = 3600 * 60
 MAX_SAMPLE_RATE = 192_000
-_WHERE = "functions (ffprobe on an upload's head); worker (ffprobe on the upload or the download)"
+_WHERE = "functions (`probe` on an upload's head); worker (`probe` on the upload or the download)"
 
 
 class VideoInputs(PipelineModel):
