@@ -27,12 +27,10 @@ import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from starlette.responses import Response
-from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.server import ServerState
 
 from api.errors import ApiError
 from infra.settings import Settings
@@ -203,17 +201,20 @@ class Watch:
         self.protocol.loop.call_later(_FLUSH_SECONDS, self.transport.abort)
 
 
-class _WatchedH11(H11Protocol):
+if TYPE_CHECKING:
+    _Protocol = H11Protocol  # what both of uvicorn's HTTP protocols offer
+else:
+    _Protocol = object
+
+
+class _Watched(_Protocol):
+    """The hooks both of uvicorn's HTTP protocols have, told to a :class:`Watch`: mixed in before
+    either (``protocol_class``), so each ``super()`` call is that protocol's own."""
+
     limits: Limits
 
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.watch = Watch(self, self.limits)
         self.app = self.watch.admit
 
@@ -234,49 +235,17 @@ class _WatchedH11(H11Protocol):
         self.watch.lost()
 
 
-def _watched_httptools() -> type[asyncio.Protocol]:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    class _WatchedHttpTools(HttpToolsProtocol):
-        limits: Limits
-
-        def __init__(
-            self,
-            config: Config,
-            server_state: ServerState,
-            app_state: dict[str, Any],
-            _loop: asyncio.AbstractEventLoop | None = None,
-        ) -> None:
-            super().__init__(config, server_state, app_state, _loop)
-            self.watch = Watch(self, self.limits)
-            self.app = self.watch.admit
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self.watch.connected()
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            self.watch.received()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self.watch.responded()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            super().connection_lost(exc)
-            self.watch.lost()
-
-    return _WatchedHttpTools
-
-
 def protocol_class(limits: Limits, implementation: Implementation = "auto") -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol (``implementation``; ``auto`` picks httptools when it is installed,
     as uvicorn does) with ``limits``: pass it as ``http=`` to ``uvicorn.Config`` or ``uvicorn.run``."""
     if implementation == "auto":
         implementation = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    base = _watched_httptools() if implementation == "httptools" else _WatchedH11
-    return type(base.__name__, (base,), {"limits": limits})
+    base: type[asyncio.Protocol] = H11Protocol
+    if implementation == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        base = HttpToolsProtocol
+    return type(f"Watched{base.__name__}", (_Watched, base), {"limits": limits})
 
 
 def server_options(
